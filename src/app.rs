@@ -1,0 +1,202 @@
+//! The application: builds every part from a [`Config`] and runs until told to stop.
+//!
+//! `App::build` loads the schemas, connects to the database, creates the tables, and
+//! binds the listeners (so tests can ask for port 0 and read the real address).
+//! `App::run_until_stopped` serves until its shutdown future resolves, then stops in
+//! order: stop accepting, let in-flight requests finish, drain every queue, wait for the
+//! batchers up to `shutdown_timeout`, close the database pool.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::event::{DeadLetter, Row};
+use crate::ingest::http::{router, AppState};
+use crate::ingest::Ingest;
+use crate::pipeline::batcher::Batcher;
+use crate::pipeline::queue::{self, QueueReceiver};
+use crate::schema::Registry;
+use crate::sink::{self, Sink};
+
+/// A built, bound, not yet running Sluice.
+pub struct App {
+    config: Config,
+    http: TcpListener,
+    http_addr: SocketAddr,
+    ingest: Arc<Ingest>,
+    sink: Arc<dyn Sink>,
+    /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
+    stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
+    dead_letter_receiver: QueueReceiver<DeadLetter>,
+}
+
+impl App {
+    /// Loads schemas, connects to the database, creates the tables and binds the listeners.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let registry = Registry::load(&config).context("cannot load the stream schemas")?;
+        let sink = sink::connect(&config.database).await.with_context(|| {
+            format!(
+                "cannot connect to the database {}",
+                redact(&config.database.url)
+            )
+        })?;
+        let streams: Vec<_> = registry.iter().cloned().collect();
+        sink.prepare(&streams)
+            .await
+            .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
+        let mut queues = HashMap::new();
+        let mut stream_receivers = Vec::new();
+        for stream in &streams {
+            let (tx, rx) = queue::bounded(
+                stream.settings.queue_max_events,
+                stream.settings.queue_max_bytes,
+            );
+            queues.insert(stream.name.clone(), tx);
+            stream_receivers.push((stream.clone(), rx));
+            tracing::info!(
+                stream = %stream.name,
+                table = %stream.table,
+                database = sink.dialect().name(),
+                batch_max_events = stream.settings.batch_max_events,
+                batch_max_wait_ms = stream.settings.batch_max_wait.as_millis() as u64,
+                queue_max_events = stream.settings.queue_max_events,
+                "Stream ready."
+            );
+        }
+        let (dl_tx, dead_letter_receiver) = queue::bounded(
+            config.defaults.queue_max_events,
+            config.defaults.queue_max_bytes,
+        );
+        let ingest = Arc::new(Ingest::new(registry, queues, dl_tx));
+        let http = TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
+        let http_addr = http.local_addr()?;
+        Ok(App {
+            config,
+            http,
+            http_addr,
+            ingest,
+            sink,
+            stream_receivers,
+            dead_letter_receiver,
+        })
+    }
+
+    /// The address the HTTP API listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains every queue and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop_batchers = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        for (stream, rx) in self.stream_receivers {
+            let settings = stream.settings.clone();
+            tracker.spawn(
+                Batcher {
+                    rx,
+                    sink: self.sink.clone(),
+                    target: stream,
+                    settings,
+                    stop: stop_batchers.clone(),
+                }
+                .run(),
+            );
+        }
+        tracker.spawn(
+            Batcher::<DeadLetter> {
+                rx: self.dead_letter_receiver,
+                sink: self.sink.clone(),
+                target: (),
+                settings: self.config.defaults.clone(),
+                stop: stop_batchers.clone(),
+            }
+            .run(),
+        );
+        tracker.close();
+
+        let state = AppState {
+            ingest: self.ingest.clone(),
+            sink: self.sink.clone(),
+            http: Arc::new(self.config.http.clone()),
+        };
+        tracing::info!(http = %self.http_addr, "Sluice is listening.");
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.http, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+
+        tracing::info!("Shutting down: no new requests; flushing queues.");
+        self.ingest.close();
+        stop_batchers.cancel();
+        let timeout = self.config.shutdown_timeout;
+        let drained = tokio::time::timeout(timeout, tracker.wait()).await.is_ok();
+        if drained {
+            tracing::info!("Every queue is flushed.");
+        } else {
+            let left: usize = self
+                .ingest
+                .registry
+                .iter()
+                .filter_map(|s| self.ingest.queue(&s.name))
+                .map(|q| q.depth().0)
+                .sum();
+            tracing::error!(
+                events_left = left,
+                timeout_s = timeout.as_secs(),
+                "Queues were not flushed within shutdown_timeout (is the database down?); unflushed events are lost."
+            );
+        }
+        self.sink.close().await;
+        served.context("the HTTP server failed")?;
+        if drained {
+            Ok(())
+        } else {
+            anyhow::bail!("shutdown_timeout elapsed before the queues were flushed")
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@h/db"),
+            "postgres://app:***@h/db"
+        );
+        assert_eq!(super::redact("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

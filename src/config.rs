@@ -1,0 +1,449 @@
+//! Configuration: the TOML file (`sluice.toml` or `--config PATH`) with `SLUICE_*`
+//! environment overrides, deserialized into typed, documented settings.
+//!
+//! In: an optional file path and the process environment. Out: a [`Config`] whose
+//! defaults live in one place (the `default_*` functions below). Unknown keys are errors
+//! that name the key, so a typo never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Sections of the file that `SLUICE_<SECTION>_<KEY>` environment variables address.
+const ENV_SECTIONS: &[&str] = &["database", "http", "tcp", "defaults"];
+/// Top-level keys that `SLUICE_<KEY>` environment variables address.
+const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout"];
+/// `SLUICE_*` variables that are not settings (test switches, the config path itself).
+const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG"];
+
+/// Everything Sluice needs to run; see DESIGN.md "Configuration".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding one JSON Schema per stream (`<stream>.json`).
+    #[serde(default = "default_schemas_dir")]
+    pub schemas_dir: PathBuf,
+    /// How long SIGTERM waits for queues to flush before giving up (e.g. `"30s"`).
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// The database every stream and the dead letters are written to.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The HTTP listener.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// The TCP line-protocol listener.
+    #[serde(default)]
+    pub tcp: TcpConfig,
+    /// Per-stream settings that apply unless a `[streams.NAME]` section overrides them.
+    #[serde(default)]
+    pub defaults: StreamSettings,
+    /// Per-stream overrides, keyed by stream name.
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH`, `postgres://…` or `mysql://…` (MariaDB uses `mysql://` too).
+    #[serde(default = "default_database_url")]
+    pub url: String,
+    /// Upper bound of the connection pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// How long a write waits for a pooled connection before counting as a transient failure.
+    #[serde(default = "default_acquire_timeout", deserialize_with = "duration")]
+    pub acquire_timeout: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the HTTP API binds to (`host:port`; port 0 picks a free one).
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// Largest accepted request body in bytes, after gzip decompression too (413 above it).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest number of events in one request (413 above it).
+    #[serde(default = "default_max_events_per_request")]
+    pub max_events_per_request: usize,
+    /// How long a request waits for room in a full queue before `503` + `Retry-After`.
+    #[serde(default = "default_enqueue_timeout", deserialize_with = "duration")]
+    pub enqueue_timeout: Duration,
+}
+
+/// `[tcp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address the TCP line listener binds to; an empty string disables it.
+    #[serde(default = "default_tcp_listen")]
+    pub listen: String,
+    /// Longest accepted line in bytes; longer lines are dead-lettered.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Field of each line that names its stream.
+    #[serde(default = "default_stream_field")]
+    pub stream_field: String,
+    /// Stream for lines that carry no `stream_field`.
+    #[serde(default)]
+    pub default_stream: Option<String>,
+}
+
+/// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// A batch is written once it holds this many events.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// A batch is written once its first event has waited this long (linger).
+    #[serde(default = "default_batch_max_wait", deserialize_with = "duration")]
+    pub batch_max_wait: Duration,
+    /// Queue capacity in events (accepted but not yet committed, batches in flight included).
+    #[serde(default = "default_queue_max_events")]
+    pub queue_max_events: usize,
+    /// Queue capacity in bytes of event JSON, so a stream of huge events cannot take all memory.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: usize,
+}
+
+/// `[streams.NAME]`: where one stream writes and how it overrides `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Table name; the stream's name when absent.
+    pub table: Option<String>,
+    /// Property holding a unique event id; gets a unique key so a retried event is stored once.
+    pub id_field: Option<String>,
+    /// Overrides `[defaults].batch_max_events`.
+    pub batch_max_events: Option<usize>,
+    /// Overrides `[defaults].batch_max_wait`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub batch_max_wait: Option<Duration>,
+    /// Overrides `[defaults].queue_max_events`.
+    pub queue_max_events: Option<usize>,
+    /// Overrides `[defaults].queue_max_bytes`.
+    pub queue_max_bytes: Option<usize>,
+}
+
+fn default_schemas_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_database_url() -> String {
+    "sqlite://sluice.db".to_owned()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    10 * 1024 * 1024
+}
+fn default_max_events_per_request() -> usize {
+    10_000
+}
+fn default_enqueue_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_tcp_listen() -> String {
+    "127.0.0.1:9000".to_owned()
+}
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+fn default_stream_field() -> String {
+    "stream".to_owned()
+}
+fn default_batch_max_events() -> usize {
+    1000
+}
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_queue_max_events() -> usize {
+    50_000
+}
+fn default_queue_max_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+macro_rules! default_from_empty_table {
+    ($($ty:ty),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::deserialize(toml::Value::Table(toml::Table::new()))
+                    .expect("every field of this section has a default")
+            }
+        }
+    )*};
+}
+default_from_empty_table!(
+    Config,
+    DatabaseConfig,
+    HttpConfig,
+    TcpConfig,
+    StreamSettings
+);
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {text:?} ({e}); write e.g. \"20ms\", \"5s\""
+        ))
+    })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// A configuration problem, reported with where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads `path` (or `./sluice.toml` if it exists, or nothing) and applies `SLUICE_*`
+    /// environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let default_path = Path::new("sluice.toml");
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None if default_path.exists() => Some(default_path.to_path_buf()),
+            None => None,
+        };
+        let (text, origin) = match &path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "(defaults, no file)".to_owned()),
+        };
+        Self::from_toml_and_env(&text, &origin, std::env::vars())
+    }
+
+    /// Parses `text` as TOML, overlays the `SLUICE_*` entries of `env`, and validates.
+    pub fn from_toml_and_env(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SLUICE_") else {
+                continue;
+            };
+            if rest.starts_with("TEST_") || ENV_NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            let rest = rest.to_ascii_lowercase();
+            let parsed = env_value(&value);
+            if ENV_TOP_LEVEL.contains(&rest.as_str()) {
+                table.insert(rest, parsed);
+            } else if let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
+                rest.strip_prefix(s)
+                    .and_then(|k| k.strip_prefix('_'))
+                    .map(|k| (*s, k))
+            }) {
+                let entry = table
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry {
+                    toml::Value::Table(t) => {
+                        t.insert(key.to_owned(), parsed);
+                    }
+                    _ => return Err(invalid(format!("`{section}` must be a table"))),
+                }
+            } else {
+                return Err(invalid(format!(
+                    "unknown environment setting {name}: expected SLUICE_<SECTION>_<KEY> with a section among {ENV_SECTIONS:?}, or one of {:?}",
+                    ENV_TOP_LEVEL.iter().map(|k| format!("SLUICE_{}", k.to_ascii_uppercase())).collect::<Vec<_>>()
+                )));
+            }
+            overridden.push(name);
+        }
+        let origin_full = if overridden.is_empty() {
+            origin.to_owned()
+        } else {
+            format!(
+                "{origin} with environment overrides {}",
+                overridden.join(", ")
+            )
+        };
+        let config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid {
+                origin: origin_full.clone(),
+                message: e.to_string(),
+            })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin_full,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn validate(&self) -> Result<(), String> {
+        let mut checks: Vec<(String, StreamSettings)> =
+            vec![("defaults".into(), self.defaults.clone())];
+        for name in self.streams.keys() {
+            checks.push((format!("streams.{name}"), self.stream_settings(name)));
+        }
+        for (section, s) in checks {
+            if s.batch_max_events == 0 || s.queue_max_events == 0 || s.queue_max_bytes == 0 {
+                return Err(format!(
+                    "[{section}]: batch_max_events, queue_max_events and queue_max_bytes must be greater than 0"
+                ));
+            }
+            if s.queue_max_bytes < self.tcp.max_line_bytes {
+                return Err(format!(
+                    "[{section}]: queue_max_bytes ({}) must be at least tcp.max_line_bytes ({}) so that one line always fits",
+                    s.queue_max_bytes, self.tcp.max_line_bytes
+                ));
+            }
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_events_per_request == 0 {
+            return Err(
+                "[http]: max_body_bytes and max_events_per_request must be greater than 0".into(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return Err("[database]: max_connections must be greater than 0".into());
+        }
+        Ok(())
+    }
+
+    /// The effective settings of `stream`: `[defaults]` overlaid by `[streams.NAME]`.
+    pub fn stream_settings(&self, stream: &str) -> StreamSettings {
+        let mut s = self.defaults.clone();
+        if let Some(o) = self.streams.get(stream) {
+            s.batch_max_events = o.batch_max_events.unwrap_or(s.batch_max_events);
+            s.batch_max_wait = o.batch_max_wait.unwrap_or(s.batch_max_wait);
+            s.queue_max_events = o.queue_max_events.unwrap_or(s.queue_max_events);
+            s.queue_max_bytes = o.queue_max_bytes.unwrap_or(s.queue_max_bytes);
+        }
+        s
+    }
+}
+
+/// An environment value as TOML would read it (`1000` is an integer, `true` a boolean),
+/// falling back to a plain string (`sqlite://x.db`, `127.0.0.1:8080`, `20ms`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_gives_the_documented_defaults() {
+        let c = Config::from_toml_and_env("", "test", env(&[])).unwrap();
+        assert_eq!(c.database.url, "sqlite://sluice.db");
+        assert_eq!(c.schemas_dir, PathBuf::from("schemas"));
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert_eq!(c.defaults.batch_max_wait, Duration::from_millis(20));
+        assert_eq!(c.defaults.queue_max_events, 50_000);
+    }
+
+    #[test]
+    fn environment_overrides_file_values() {
+        let c = Config::from_toml_and_env(
+            "[http]\nlisten = \"0.0.0.0:1\"\n[defaults]\nbatch_max_events = 5\n",
+            "test",
+            env(&[
+                ("SLUICE_HTTP_LISTEN", "127.0.0.1:9"),
+                ("SLUICE_DATABASE_URL", "postgres://x@h/db"),
+                ("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "5ms"),
+                ("SLUICE_HTTP_MAX_BODY_BYTES", "1024"),
+                ("SLUICE_TEST_POSTGRES_URL", "ignored"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.listen, "127.0.0.1:9");
+        assert_eq!(c.database.url, "postgres://x@h/db");
+        assert_eq!(c.defaults.batch_max_events, 5);
+        assert_eq!(c.defaults.batch_max_wait, Duration::from_millis(5));
+        assert_eq!(c.http.max_body_bytes, 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let e = Config::from_toml_and_env("[http]\nlistn = \"x\"\n", "sluice.toml", env(&[]))
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("listn") && msg.contains("sluice.toml"),
+            "{msg}"
+        );
+        let e = Config::from_toml_and_env("", "t", env(&[("SLUICE_HTTP_LISTN", "x")])).unwrap_err();
+        assert!(e.to_string().contains("SLUICE_HTTP_LISTN"), "{e}");
+    }
+
+    #[test]
+    fn stream_overrides_apply_over_defaults() {
+        let c = Config::from_toml_and_env(
+            "[defaults]\nbatch_max_events = 10\n[streams.orders]\ntable = \"o\"\nbatch_max_wait = \"1s\"\n",
+            "t",
+            env(&[]),
+        )
+        .unwrap();
+        let s = c.stream_settings("orders");
+        assert_eq!(s.batch_max_events, 10);
+        assert_eq!(s.batch_max_wait, Duration::from_secs(1));
+        assert_eq!(c.streams["orders"].table.as_deref(), Some("o"));
+    }
+
+    #[test]
+    fn bad_durations_say_how_to_write_them() {
+        let e = Config::from_toml_and_env("[defaults]\nbatch_max_wait = \"soon\"\n", "t", env(&[]))
+            .unwrap_err();
+        assert!(e.to_string().contains("20ms"), "{e}");
+    }
+}

@@ -1,0 +1,259 @@
+//! HTTP request bodies: content type and encoding, gzip with a size limit, and splitting
+//! into event texts (one object, a JSON array of objects, or NDJSON).
+
+use std::io::Read;
+
+use axum::http::{header, HeaderMap};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// How the body holds its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object or a JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+/// A body that cannot be read as events; the request is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is not what its headers say; it is dead-lettered whole.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// One event's text and its parse result.
+pub struct Piece<'a> {
+    pub raw: &'a [u8],
+    /// The parsed object, or why this event is not one.
+    pub value: Result<Value, String>,
+}
+
+/// The body format from `Content-Type`. A missing type, and curl's `-d` default
+/// (`application/x-www-form-urlencoded`), are read as JSON.
+pub fn format_of(headers: &HeaderMap) -> Result<Format, BodyError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(Format::Json);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "text/json" | "application/x-www-form-urlencoded" | "" => Ok(Format::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/jsonlines"
+        | "application/x-jsonlines" | "application/json-lines" => Ok(Format::Ndjson),
+        e if e.ends_with("+json") => Ok(Format::Json),
+        _ => Err(BodyError::UnsupportedMediaType(format!(
+            "unsupported Content-Type {text:?}: send application/json (one object or an array of objects) or application/x-ndjson (one object per line)"
+        ))),
+    }
+}
+
+/// Whether the body is gzip-compressed, from `Content-Encoding`.
+pub fn is_gzip(headers: &HeaderMap) -> Result<bool, BodyError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(false);
+    };
+    match value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "" | "identity" => Ok(false),
+        "gzip" | "x-gzip" => Ok(true),
+        other => Err(BodyError::UnsupportedMediaType(format!(
+            "unsupported Content-Encoding {other:?}: send the body uncompressed or with gzip"
+        ))),
+    }
+}
+
+/// Decompresses a gzip body, refusing output above `limit` bytes (a small body can
+/// expand to gigabytes).
+pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    let mut reader = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
+    reader.read_to_end(&mut out).map_err(|e| {
+        BodyError::Malformed(format!(
+            "the body is not valid gzip ({e}); send it uncompressed or fix the compression"
+        ))
+    })?;
+    if out.len() > limit {
+        return Err(BodyError::TooLarge(format!(
+            "the decompressed body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"
+        )));
+    }
+    Ok(out)
+}
+
+/// Splits a body into event texts, parsing each. `Err` when the body as a whole is not
+/// JSON of the announced format (`Malformed`), or holds more than `max_events` events.
+pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece<'_>>, BodyError> {
+    let too_many = |n: usize| {
+        BodyError::TooLarge(format!(
+            "the request holds {n} events, more than http.max_events_per_request ({max_events}); split it into smaller requests"
+        ))
+    };
+    match format {
+        Format::Ndjson => {
+            let lines: Vec<&[u8]> = body
+                .split(|b| *b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .collect();
+            if lines.len() > max_events {
+                return Err(too_many(lines.len()));
+            }
+            if lines.is_empty() {
+                return Err(BodyError::Malformed(
+                    "the body is empty: send one JSON object per line".into(),
+                ));
+            }
+            Ok(lines
+                .into_iter()
+                .map(|raw| Piece {
+                    raw,
+                    value: parse_object(raw),
+                })
+                .collect())
+        }
+        Format::Json => {
+            let text = std::str::from_utf8(body).map_err(|e| {
+                BodyError::Malformed(format!(
+                    "the body is not valid UTF-8 ({e}); JSON must be UTF-8"
+                ))
+            })?;
+            let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
+            if trimmed.is_empty() {
+                return Err(BodyError::Malformed(
+                    "the body is empty: send a JSON object or an array of objects".into(),
+                ));
+            }
+            let not_json = |e: serde_json::Error| {
+                BodyError::Malformed(format!(
+                    "the body is not valid JSON: {e}. Send one object or an array of objects; for one object per line use Content-Type: application/x-ndjson"
+                ))
+            };
+            if trimmed.starts_with('[') {
+                let elements: Vec<&RawValue> = serde_json::from_str(trimmed).map_err(not_json)?;
+                if elements.len() > max_events {
+                    return Err(too_many(elements.len()));
+                }
+                Ok(elements
+                    .into_iter()
+                    .map(|raw| Piece {
+                        raw: raw.get().as_bytes(),
+                        value: parse_object(raw.get().as_bytes()),
+                    })
+                    .collect())
+            } else {
+                let value: Value = serde_json::from_str(trimmed).map_err(not_json)?;
+                if !value.is_object() {
+                    return Err(BodyError::Malformed(format!(
+                        "the body is a JSON {}, not an object: send one object or an array of objects",
+                        kind(&value)
+                    )));
+                }
+                Ok(vec![Piece {
+                    raw: trimmed.as_bytes(),
+                    value: Ok(value),
+                }])
+            }
+        }
+    }
+}
+
+/// Parses one event text, which must be a JSON object.
+pub fn parse_object(raw: &[u8]) -> Result<Value, String> {
+    let text =
+        std::str::from_utf8(raw).map_err(|e| format!("the event is not valid UTF-8 ({e})"))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(v) => Err(format!("the event is a JSON {}, not an object", kind(&v))),
+        Err(e) => Err(format!("the event is not valid JSON: {e}")),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_elements_keep_their_original_text() {
+        let pieces = split(Format::Json, br#"[ {"a": 1}, 2, {"b" :"x"} ]"#, 10).unwrap();
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces[0].raw, br#"{"a": 1}"#);
+        assert!(pieces[1].value.as_ref().unwrap_err().contains("number"));
+        assert_eq!(pieces[2].raw, br#"{"b" :"x"}"#);
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_strips_crlf() {
+        let pieces = split(Format::Ndjson, b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}", 10).unwrap();
+        assert_eq!(pieces.len(), 3);
+        assert_eq!(pieces[0].raw, b"{\"a\":1}");
+        assert!(pieces[1]
+            .value
+            .as_ref()
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(pieces[2].value.is_ok());
+    }
+
+    #[test]
+    fn whole_body_problems_are_malformed_or_too_large() {
+        assert!(matches!(
+            split(Format::Json, b"{nope", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            split(Format::Json, b"  ", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            split(Format::Json, b"\"text\"", 10),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            split(Format::Json, b"[{},{},{}]", 2),
+            Err(BodyError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn gzip_bombs_are_cut_at_the_limit() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 1_000_000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(matches!(gunzip(&gz, 1000), Err(BodyError::TooLarge(_))));
+        assert_eq!(gunzip(&gz, 2_000_000).unwrap().len(), 1_000_000);
+        assert!(matches!(
+            gunzip(b"not gzip", 1000),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,407 @@
+//! The HTTP API (DESIGN.md "Inputs / HTTP"): event ingestion, health, readiness and
+//! stream status. Handlers parse and validate, then hand events to the queues; they never
+//! write to the database themselves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::body::{self, BodyError};
+use super::{Batch, EventError, Ingest};
+use crate::config::HttpConfig;
+use crate::event::Stage;
+use crate::pipeline::queue::QueueError;
+use crate::sink::Sink;
+
+/// Most per-event errors listed in one response; the rest are counted in `errors_omitted`.
+const MAX_REPORTED_ERRORS: usize = 1000;
+/// `Retry-After` sent with a 503, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Arc<Ingest>,
+    pub sink: Arc<dyn Sink>,
+    pub http: Arc<HttpConfig>,
+}
+
+/// The HTTP API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/streams/{stream}/events", post(ingest_events))
+        .route("/v1/streams", get(list_streams))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            ApiError::NotFound(
+                "no such endpoint; events go to POST /v1/streams/{stream}/events".into(),
+            )
+        })
+        .with_state(state)
+}
+
+/// An error answered to an HTTP client, as JSON `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body is not JSON (it was dead-lettered whole), or a bad query parameter.
+    BadRequest { error: String, dead_lettered: usize },
+    /// 404: unknown stream (the body was dead-lettered, stage `route`) or endpoint.
+    UnknownStream { stream: String, known: Vec<String> },
+    /// 404: no such endpoint.
+    NotFound(String),
+    /// 413: body, decompressed body or event count above the configured limits.
+    TooLarge(String),
+    /// 415: unsupported `Content-Type` or `Content-Encoding`.
+    UnsupportedMediaType(String),
+    /// 503 + `Retry-After`: the queue stayed full for `enqueue_timeout`; nothing was accepted.
+    QueueFull { stream: String },
+    /// 503: Sluice is shutting down and accepts nothing more.
+    ShuttingDown,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::BadRequest {
+                error,
+                dead_lettered,
+            } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": error, "dead_lettered": dead_lettered}),
+            ),
+            ApiError::UnknownStream { stream, known } => (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("unknown stream `{stream}`: there is no schemas/{stream}.json"), "streams": known, "dead_lettered": 1}),
+            ),
+            ApiError::NotFound(error) => (StatusCode::NOT_FOUND, json!({ "error": error })),
+            ApiError::TooLarge(error) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": error })),
+            ApiError::UnsupportedMediaType(error) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({ "error": error }),
+            ),
+            ApiError::QueueFull { stream } => {
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "error": format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"),
+                        "retry_after_seconds": RETRY_AFTER_SECS,
+                    })),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                return r;
+            }
+            ApiError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "Sluice is shutting down and accepts no more events; retry against another instance or later"}),
+            ),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            BodyError::TooLarge(m) => ApiError::TooLarge(m),
+            BodyError::Malformed(m) => ApiError::BadRequest {
+                error: m,
+                dead_lettered: 1,
+            },
+        }
+    }
+}
+
+/// `?ack=`: when the response is sent.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the events are committed or dead-lettered (200).
+    #[default]
+    Commit,
+    /// Once the events are queued (202).
+    Accepted,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestParams {
+    #[serde(default)]
+    ack: AckMode,
+}
+
+/// The answer to an ingest request.
+#[derive(Debug, Serialize)]
+pub struct IngestResponse {
+    /// Events stored in the stream's table (or queued, with `ack=accepted`).
+    pub accepted: usize,
+    /// Events stored in `sluice_dead_letters` instead.
+    pub dead_lettered: usize,
+    /// Why each dead-lettered event was refused, by index.
+    pub errors: Vec<EventError>,
+    /// Errors left out of `errors` to bound the response size.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub errors_omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+async fn ingest_events(
+    State(state): State<AppState>,
+    Path(stream_name): Path<String>,
+    params: Result<Query<IngestParams>, axum::extract::rejection::QueryRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ack = match params {
+        Ok(Query(p)) => p.ack,
+        Err(e) => {
+            return Err(ApiError::BadRequest {
+                error: format!(
+                    "invalid query: {}; use ?ack=commit (default) or ?ack=accepted",
+                    e.body_text()
+                ),
+                dead_lettered: 0,
+            })
+        }
+    };
+    let limit = state.http.max_body_bytes;
+    let format = body::format_of(&headers)?;
+    let gzip = body::is_gzip(&headers)?;
+    let bytes = to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            ApiError::TooLarge(format!("the body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"))
+        } else {
+            ApiError::BadRequest {
+                error: format!("could not read the request body: {e}"),
+                dead_lettered: 0,
+            }
+        }
+    })?;
+    let decompressed;
+    let body: &[u8] = if gzip {
+        decompressed = body::gunzip(&bytes, limit)?;
+        &decompressed
+    } else {
+        &bytes
+    };
+    let source: Arc<str> = format!("http {peer}").into();
+    let received_at = chrono::Utc::now();
+    let ingest = &state.ingest;
+    let timeout = state.http.enqueue_timeout;
+
+    let Some(stream) = ingest.registry.get(&stream_name).cloned() else {
+        let mut batch = Batch::default();
+        let error = format!("unknown stream `{stream_name}`");
+        batch.reject(
+            None,
+            body,
+            EventError {
+                index: 0,
+                stage: Stage::Route,
+                error,
+                pointer: None,
+            },
+            &source,
+            received_at,
+        );
+        submit(ingest, None, batch, ack, timeout, &stream_name).await?;
+        return Err(ApiError::UnknownStream {
+            stream: stream_name,
+            known: ingest.registry.names(),
+        });
+    };
+
+    let pieces = match body::split(format, body, state.http.max_events_per_request) {
+        Ok(p) => p,
+        Err(BodyError::Malformed(error)) => {
+            let mut batch = Batch::default();
+            let ev = EventError {
+                index: 0,
+                stage: Stage::Parse,
+                error: error.clone(),
+                pointer: None,
+            };
+            batch.reject(Some(&stream.name), body, ev, &source, received_at);
+            submit(
+                ingest,
+                Some(&stream.name),
+                batch,
+                ack,
+                timeout,
+                &stream_name,
+            )
+            .await?;
+            return Err(ApiError::BadRequest {
+                error,
+                dead_lettered: 1,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut batch = Batch::default();
+    for (index, piece) in pieces.into_iter().enumerate() {
+        match piece.value {
+            // The raw text of a parsed piece is valid UTF-8.
+            Ok(value) => batch.add(
+                &stream,
+                std::str::from_utf8(piece.raw).unwrap_or_default(),
+                value,
+                index,
+                &source,
+                received_at,
+            ),
+            Err(error) => batch.reject(
+                Some(&stream.name),
+                piece.raw,
+                EventError {
+                    index,
+                    stage: Stage::Parse,
+                    error,
+                    pointer: None,
+                },
+                &source,
+                received_at,
+            ),
+        }
+    }
+    let total = batch.rows.len() + batch.letters.len();
+    let mut errors = std::mem::take(&mut batch.errors);
+    let outcome = submit(
+        ingest,
+        Some(&stream.name),
+        batch,
+        ack,
+        timeout,
+        &stream_name,
+    )
+    .await?;
+    for r in outcome {
+        errors.push(EventError {
+            index: r.index,
+            stage: Stage::Write,
+            error: r.error,
+            pointer: None,
+        });
+    }
+    errors.sort_by_key(|e| e.index);
+    let dead_lettered = errors.len();
+    let errors_omitted = errors.len().saturating_sub(MAX_REPORTED_ERRORS);
+    errors.truncate(MAX_REPORTED_ERRORS);
+    let response = IngestResponse {
+        accepted: total - dead_lettered,
+        dead_lettered,
+        errors,
+        errors_omitted,
+    };
+    let status = match ack {
+        AckMode::Commit => StatusCode::OK,
+        AckMode::Accepted => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(response)).into_response())
+}
+
+/// Queues `batch` within the enqueue timeout and, with `ack=commit`, waits for the
+/// commit; returns the write-stage rejections.
+async fn submit(
+    ingest: &Ingest,
+    stream: Option<&str>,
+    batch: Batch,
+    ack: AckMode,
+    timeout: Duration,
+    stream_name: &str,
+) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
+    let wait_for_commit = ack == AckMode::Commit;
+    let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
+        Err(_) => return Err(ApiError::QueueFull { stream: stream_name.to_owned() }),
+        Ok(Err(QueueError::TooLarge { events, bytes, max_events, max_bytes })) => {
+            return Err(ApiError::TooLarge(format!(
+                "the request holds {events} events ({bytes} bytes) but the queue of stream `{stream_name}` holds at most {max_events} events and {max_bytes} bytes; send smaller requests"
+            )))
+        }
+        Ok(Err(QueueError::Closed)) => return Err(ApiError::ShuttingDown),
+        Ok(Ok(p)) => p,
+    };
+    if !wait_for_commit {
+        return Ok(Vec::new());
+    }
+    pending
+        .committed()
+        .await
+        .map(|o| o.rejected)
+        .map_err(|_| ApiError::ShuttingDown)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = match tokio::time::timeout(READY_TIMEOUT, state.sink.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", READY_TIMEOUT.as_secs())),
+    };
+    let full: Vec<String> = state
+        .ingest
+        .registry
+        .iter()
+        .filter(|s| state.ingest.queue(&s.name).is_some_and(|q| q.is_full()))
+        .map(|s| s.name.clone())
+        .collect();
+    let ready = db.is_ok() && full.is_empty();
+    let body = json!({
+        "status": if ready { "ready" } else { "unready" },
+        "database": match &db { Ok(()) => "reachable".to_owned(), Err(e) => format!("unreachable: {e}") },
+        "saturated_streams": full,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn list_streams(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let streams: Vec<serde_json::Value> = state
+        .ingest
+        .registry
+        .iter()
+        .map(|s| {
+            let (events, bytes) = state
+                .ingest
+                .queue(&s.name)
+                .map(|q| q.depth())
+                .unwrap_or_default();
+            json!({
+                "stream": s.name,
+                "table": s.table,
+                "schema_file": s.schema_file.display().to_string(),
+                "schema_id": s.schema_id,
+                "queue_events": events,
+                "queue_bytes": bytes,
+                "queue_max_events": s.settings.queue_max_events,
+                "queue_max_bytes": s.settings.queue_max_bytes,
+            })
+        })
+        .collect();
+    Json(json!({ "streams": streams }))
+}

@@ -1,0 +1,205 @@
+//! Ingest: turns event texts into rows or dead letters and hands them to the queues.
+//!
+//! In: the bytes of one event (a JSON array element, an NDJSON line, a TCP line) and the
+//! stream it is for. Out: [`Row`]s queued for the stream's batcher and [`DeadLetter`]s
+//! queued for the dead-letter batcher, reserved together so that a request is accepted
+//! whole or not at all. Ingest never writes to the database itself.
+
+pub mod body;
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::event::{payload_text, DeadLetter, Row, Stage};
+use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
+use crate::schema::{Registry, Stream};
+
+/// Why one event of a request was not accepted, as reported to the client.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventError {
+    /// Position of the event in the request (array element or non-blank NDJSON line).
+    pub index: usize,
+    pub stage: Stage,
+    pub error: String,
+    /// JSON pointer to the offending value, for schema errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+}
+
+/// The events of one request, sorted into rows and dead letters.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub rows: Vec<Row>,
+    pub letters: Vec<DeadLetter>,
+    pub errors: Vec<EventError>,
+    /// Bytes the rows count against the stream's queue.
+    pub row_bytes: usize,
+    /// Bytes the dead letters count against the dead-letter queue.
+    pub letter_bytes: usize,
+}
+
+impl Batch {
+    /// Sets an event aside with `stage` and `error`.
+    pub fn reject(
+        &mut self,
+        stream: Option<&str>,
+        raw: &[u8],
+        err: EventError,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) {
+        let payload = payload_text(raw);
+        self.letter_bytes += payload.len();
+        self.letters.push(DeadLetter {
+            stream: stream.map(str::to_owned),
+            stage: err.stage,
+            error: err.error.clone(),
+            payload,
+            source: source.clone(),
+            received_at,
+            attempts: 1,
+            index: err.index,
+        });
+        self.errors.push(err);
+    }
+
+    /// Validates one parsed event against `stream` and files it as a row or a dead letter.
+    pub fn add(
+        &mut self,
+        stream: &Stream,
+        raw: &str,
+        value: Value,
+        index: usize,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) {
+        match stream.to_row(value, raw.into(), source.clone(), index, received_at) {
+            Ok(row) => {
+                self.row_bytes += raw.len();
+                self.rows.push(row);
+            }
+            Err(rejection) => self.reject(
+                Some(&stream.name),
+                raw.as_bytes(),
+                EventError {
+                    index,
+                    stage: rejection.stage,
+                    error: rejection.error,
+                    pointer: rejection.pointer,
+                },
+                source,
+                received_at,
+            ),
+        }
+    }
+}
+
+/// Acknowledgements still to come for a submitted batch.
+pub struct Pending {
+    rows: Option<oneshot::Receiver<Outcome>>,
+    letters: Option<oneshot::Receiver<Outcome>>,
+}
+
+impl Pending {
+    /// Waits until every row and dead letter is committed; returns the rows the database
+    /// refused (dead-lettered at the write stage). `Err` if Sluice stopped before that.
+    pub async fn committed(self) -> Result<Outcome, QueueError> {
+        let mut outcome = Outcome::default();
+        for rx in [self.rows, self.letters].into_iter().flatten() {
+            let o = rx.await.map_err(|_| QueueError::Closed)?;
+            outcome.rejected.extend(o.rejected);
+        }
+        Ok(outcome)
+    }
+}
+
+/// The queues of every stream plus the dead-letter queue.
+pub struct Ingest {
+    pub registry: Registry,
+    queues: HashMap<String, QueueSender<Row>>,
+    dead_letters: QueueSender<DeadLetter>,
+}
+
+impl Ingest {
+    pub fn new(
+        registry: Registry,
+        queues: HashMap<String, QueueSender<Row>>,
+        dead_letters: QueueSender<DeadLetter>,
+    ) -> Ingest {
+        Ingest {
+            registry,
+            queues,
+            dead_letters,
+        }
+    }
+
+    /// The queue of `stream`.
+    pub fn queue(&self, stream: &str) -> Option<&QueueSender<Row>> {
+        self.queues.get(stream)
+    }
+
+    /// The dead-letter queue.
+    pub fn dead_letter_queue(&self) -> &QueueSender<DeadLetter> {
+        &self.dead_letters
+    }
+
+    /// Reserves room for all of `batch` (waiting as long as it takes; wrap in a timeout
+    /// to fail fast), then queues it. Cancel-safe: nothing is queued until every
+    /// reservation is held. With `ack`, the returned [`Pending`] resolves on commit.
+    pub async fn submit(
+        &self,
+        stream: Option<&str>,
+        batch: Batch,
+        ack: bool,
+    ) -> Result<Pending, QueueError> {
+        let queue = match stream {
+            Some(name) if !batch.rows.is_empty() => {
+                Some(self.queues.get(name).ok_or(QueueError::Closed)?)
+            }
+            _ => None,
+        };
+        let row_permit = match queue {
+            Some(q) => Some(q.reserve(batch.rows.len(), batch.row_bytes).await?),
+            None => None,
+        };
+        let letter_permit = if batch.letters.is_empty() {
+            None
+        } else {
+            Some(
+                self.dead_letters
+                    .reserve(batch.letters.len(), batch.letter_bytes)
+                    .await?,
+            )
+        };
+        let mut pending = Pending {
+            rows: None,
+            letters: None,
+        };
+        if let (Some(q), Some(permit)) = (queue, row_permit) {
+            let (tx, rx) = oneshot::channel();
+            q.send(permit, batch.rows, ack.then_some(tx))?;
+            pending.rows = ack.then_some(rx);
+        }
+        if let Some(permit) = letter_permit {
+            let (tx, rx) = oneshot::channel();
+            self.dead_letters
+                .send(permit, batch.letters, ack.then_some(tx))?;
+            pending.letters = ack.then_some(rx);
+        }
+        Ok(pending)
+    }
+
+    /// Refuses new events; producers waiting for room are told Sluice is shutting down.
+    pub fn close(&self) {
+        for q in self.queues.values() {
+            q.close();
+        }
+        self.dead_letters.close();
+    }
+}

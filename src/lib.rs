@@ -1,0 +1,16 @@
+//! Sluice: an event-to-SQL ingestion sidecar.
+//!
+//! An event enters through [`ingest`] (HTTP), is checked against its stream's schema
+//! ([`schema`]), is queued and batched by [`pipeline`], and is written by a [`sink`], or
+//! set aside as a dead letter ([`event::DeadLetter`]). [`app::App`] wires them together.
+
+pub mod app;
+pub mod config;
+pub mod event;
+pub mod ingest;
+pub mod pipeline;
+pub mod schema;
+pub mod sink;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,114 @@
+//! The `sluice` command: parses the command line, starts logging, and dispatches to
+//! `serve` (the default) or `check`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::schema::Registry;
+use sluice::sink::Dialect;
+use sluice::{App, Config};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Event-to-SQL ingestion sidecar")]
+struct Cli {
+    /// Configuration file (default: ./sluice.toml if present, else built-in defaults).
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Serve,
+    /// Load the config and schemas and print each stream's table DDL for the configured database.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config),
+        Command::Check => check(cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let app = App::build(config).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    })
+}
+
+fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let dialect = Dialect::from_url(&config.database.url)
+        .map_err(|m| anyhow::anyhow!("[database].url: {m}"))?;
+    let registry = Registry::load(&config)?;
+    println!(
+        "-- {} ({} streams, database {})",
+        config.schemas_dir.display(),
+        registry.names().len(),
+        dialect.name()
+    );
+    for sql in dialect.create_dead_letters() {
+        println!("{sql};\n");
+    }
+    for stream in registry.iter() {
+        println!(
+            "-- stream `{}` from {}",
+            stream.name,
+            stream.schema_file.display()
+        );
+        println!("{};\n", dialect.create_table(stream));
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "Cannot listen for Ctrl-C.");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received."),
+        _ = term => tracing::info!("SIGTERM received."),
+    }
+}

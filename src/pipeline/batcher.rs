@@ -1,0 +1,286 @@
+//! The batcher: one task per queue that gathers envelopes into batches and writes them.
+//!
+//! A batch is written once it holds `batch_max_events` events or its first event has
+//! waited `batch_max_wait`. A transient failure retries the same batch with exponential
+//! backoff and full jitter, forever, so the queue fills and backpressure reaches the
+//! clients; nothing is dead-lettered for it. A permanent failure splits the batch in
+//! halves until the rows the database refuses are isolated (O(k log n) statements for k
+//! bad rows); those are dead-lettered with the database's message, the rest are written.
+//! Acknowledgements are sent only after the batch's rows and dead letters are committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
+use crate::config::StreamSettings;
+use crate::event::{DeadLetter, Row, Stage};
+use crate::schema::Stream;
+use crate::sink::{BoxFuture, Sink, SinkError};
+
+/// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between two attempts at the same batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a batcher writes: stream rows or dead letters.
+pub trait Item: Send + Sync + Sized + 'static {
+    /// Where items of this kind go (a stream's table, or the dead-letter table).
+    type Target: Send + Sync + 'static;
+    /// A name for logs.
+    fn target_name(target: &Self::Target) -> &str;
+    /// Position of the item in its request.
+    fn index(&self) -> usize;
+    /// Writes `items` in one transaction.
+    fn write<'a>(
+        sink: &'a dyn Sink,
+        target: &'a Self::Target,
+        items: &'a [Self],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// The dead letter that replaces an item the database refuses, if it can have one.
+    fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
+}
+
+impl Item for Row {
+    type Target = Arc<Stream>;
+
+    fn target_name(target: &Self::Target) -> &str {
+        &target.name
+    }
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn write<'a>(
+        sink: &'a dyn Sink,
+        target: &'a Self::Target,
+        items: &'a [Self],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        sink.write_rows(target, items)
+    }
+
+    fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
+        Some(DeadLetter {
+            stream: Some(target.name.clone()),
+            stage: Stage::Write,
+            error: error.to_string(),
+            payload: self.raw.to_string(),
+            source: self.source.clone(),
+            received_at: self.received_at,
+            attempts: 1,
+            index: self.index,
+        })
+    }
+}
+
+impl Item for DeadLetter {
+    type Target = ();
+
+    fn target_name(_target: &Self::Target) -> &str {
+        "sluice_dead_letters"
+    }
+
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn write<'a>(
+        sink: &'a dyn Sink,
+        _target: &'a Self::Target,
+        items: &'a [Self],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        sink.write_dead_letters(items)
+    }
+
+    fn dead_letter(&self, _target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
+        // A dead letter has no further place to go. Its text is made safe for every
+        // database (see `payload_text`), so this is not expected; log all of it.
+        tracing::error!(
+            stream = self.stream.as_deref().unwrap_or("-"),
+            stage = self.stage.as_str(),
+            reason = %self.error,
+            payload = %self.payload,
+            %error,
+            "The database refused a dead letter; it is logged here instead."
+        );
+        None
+    }
+}
+
+/// Gathers and writes the batches of one queue.
+pub struct Batcher<T: Item> {
+    pub rx: QueueReceiver<T>,
+    pub sink: Arc<dyn Sink>,
+    pub target: T::Target,
+    pub settings: StreamSettings,
+    /// Cancelled at shutdown: the batcher then refuses new envelopes, drains and exits.
+    pub stop: CancellationToken,
+}
+
+impl<T: Item> Batcher<T> {
+    pub async fn run(mut self) {
+        let mut stopping = false;
+        loop {
+            let first = tokio::select! {
+                env = self.rx.recv() => env,
+                _ = self.stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    self.rx.close();
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut count = first.items.len();
+            let mut batch = vec![first];
+            let deadline = Instant::now() + self.settings.batch_max_wait;
+            while count < self.settings.batch_max_events {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(env)) => {
+                        count += env.items.len();
+                        batch.push(env);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.flush(batch).await;
+        }
+        tracing::debug!(
+            target_name = T::target_name(&self.target),
+            "Batcher drained its queue and stopped."
+        );
+    }
+
+    /// Writes every event of `batch`, then acknowledges each envelope.
+    async fn flush(&self, mut batch: Vec<Envelope<T>>) {
+        let total: usize = batch.iter().map(|e| e.items.len()).sum();
+        let mut items = Vec::with_capacity(total);
+        let mut owners = Vec::with_capacity(total);
+        for (owner, env) in batch.iter_mut().enumerate() {
+            owners.extend(std::iter::repeat_n(owner, env.items.len()));
+            items.append(&mut env.items);
+        }
+        let mut refused: Vec<(usize, SinkError)> = Vec::new();
+        let max = self.settings.batch_max_events.max(1);
+        for (n, chunk) in items.chunks(max).enumerate() {
+            self.write_isolating(chunk, n * max, &mut refused).await;
+        }
+        let letters: Vec<DeadLetter> = refused
+            .iter()
+            .filter_map(|(i, e)| items[*i].dead_letter(&self.target, e))
+            .collect();
+        if !letters.is_empty() {
+            tracing::warn!(
+                target_name = T::target_name(&self.target),
+                count = letters.len(),
+                first_error = %refused[0].1,
+                "The database refused rows; they are dead-lettered (stage write), the rest of the batch is written."
+            );
+            // Dead letters are written before the acknowledgement: a 200 means each event
+            // is in its table or in the dead-letter table.
+            if let Err(e) = self
+                .write_retrying(letters.len(), || self.sink.write_dead_letters(&letters))
+                .await
+            {
+                for letter in &letters {
+                    let _ = letter.dead_letter(&(), &e);
+                }
+            }
+        }
+        let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::default()).collect();
+        for (i, error) in refused {
+            outcomes[owners[i]].rejected.push(Rejected {
+                index: items[i].index(),
+                error: error.to_string(),
+            });
+        }
+        for (env, outcome) in batch.into_iter().zip(outcomes) {
+            if let Some(ack) = env.ack {
+                // The requester may have gone away; the events are stored all the same.
+                let _ = ack.send(outcome);
+            }
+            drop(env.permit);
+        }
+    }
+
+    /// Writes `items`, bisecting on permanent errors; pushes each refused item's position
+    /// (offset by `base`) and error to `refused`.
+    async fn write_isolating(
+        &self,
+        items: &[T],
+        base: usize,
+        refused: &mut Vec<(usize, SinkError)>,
+    ) {
+        let mut ranges = vec![(0, items.len())];
+        while let Some((lo, hi)) = ranges.pop() {
+            match self
+                .write_retrying(hi - lo, || {
+                    T::write(&*self.sink, &self.target, &items[lo..hi])
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if hi - lo == 1 => refused.push((base + lo, e)),
+                Err(_) => {
+                    let mid = lo + (hi - lo) / 2;
+                    // Pushed in reverse so the first half is written first, keeping order.
+                    ranges.push((mid, hi));
+                    ranges.push((lo, mid));
+                }
+            }
+        }
+    }
+
+    /// Runs `write` (of `rows` rows), retrying transient failures with backoff; returns the
+    /// first permanent failure.
+    async fn write_retrying<'w>(
+        &self,
+        rows: usize,
+        write: impl Fn() -> BoxFuture<'w, Result<(), SinkError>>,
+    ) -> Result<(), SinkError> {
+        let mut attempt: u32 = 0;
+        loop {
+            match write().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    attempt = attempt.saturating_add(1);
+                    let delay = backoff(attempt);
+                    tracing::warn!(
+                        target_name = T::target_name(&self.target),
+                        rows,
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %e,
+                        "Write failed for a transient reason; retrying the same batch."
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(MAX, BASE * 2^attempt)]`.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = BASE_BACKOFF
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(MAX_BACKOFF);
+    Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for attempt in 0..40 {
+            assert!(backoff(attempt) <= MAX_BACKOFF);
+        }
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(10)).collect();
+        assert!(samples.len() > 1, "full jitter must vary");
+    }
+}

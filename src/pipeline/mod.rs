@@ -1,0 +1,4 @@
+//! Queues and batchers: the bounded hand-off between ingest and the sinks.
+
+pub mod batcher;
+pub mod queue;

@@ -1,0 +1,207 @@
+//! The bounded per-stream queue. Backpressure lives here.
+//!
+//! Capacity is counted in events *and* in bytes of event JSON, with one semaphore each.
+//! A producer reserves room for a whole request before sending anything, so a request is
+//! accepted entirely or not at all; the room is given back only when the batcher has
+//! committed (or dead-lettered) those events, so events in a batch being written still
+//! count. That keeps memory bounded whatever the input rate. The policy when full is the
+//! producer's: HTTP waits at most `enqueue_timeout` and answers 503; TCP waits, which
+//! stops reading the socket so that TCP flow control slows the sender.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// A write-stage failure reported back to the producer that asked for an acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Position of the event in its request.
+    pub index: usize,
+    /// The database's message.
+    pub error: String,
+}
+
+/// What the batcher reports once an envelope's events are committed or dead-lettered.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Events that the database refused and that were dead-lettered instead.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Room reserved in a queue; given back when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    _events: Option<OwnedSemaphorePermit>,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// The events of one request (or one TCP line), with the room they hold.
+pub struct Envelope<T> {
+    pub items: Vec<T>,
+    pub ack: Option<oneshot::Sender<Outcome>>,
+    pub permit: Permit,
+}
+
+/// Why a reservation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{events} events of {bytes} bytes can never fit a queue of {max_events} events and {max_bytes} bytes")]
+    TooLarge {
+        events: usize,
+        bytes: usize,
+        max_events: usize,
+        max_bytes: usize,
+    },
+    #[error("the queue is closed: Sluice is shutting down")]
+    Closed,
+}
+
+/// The producing side of a queue; cheap to clone.
+pub struct QueueSender<T> {
+    tx: mpsc::UnboundedSender<Envelope<T>>,
+    events: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+impl<T> Clone for QueueSender<T> {
+    fn clone(&self) -> Self {
+        QueueSender {
+            tx: self.tx.clone(),
+            events: self.events.clone(),
+            bytes: self.bytes.clone(),
+            max_events: self.max_events,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// The consuming side of a queue, owned by the batcher.
+pub type QueueReceiver<T> = mpsc::UnboundedReceiver<Envelope<T>>;
+
+/// A queue holding at most `max_events` events and `max_bytes` bytes.
+pub fn bounded<T>(max_events: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let max_bytes = max_bytes.min(u32::MAX as usize);
+    let sender = QueueSender {
+        tx,
+        events: Arc::new(Semaphore::new(max_events)),
+        bytes: Arc::new(Semaphore::new(max_bytes)),
+        max_events,
+        max_bytes,
+    };
+    (sender, rx)
+}
+
+impl<T> QueueSender<T> {
+    /// Waits until the queue has room for `events` events of `bytes` bytes in all.
+    /// Cancel-safe: dropping the future gives back whatever it had reserved.
+    pub async fn reserve(&self, events: usize, bytes: usize) -> Result<Permit, QueueError> {
+        if events > self.max_events || bytes > self.max_bytes {
+            return Err(QueueError::TooLarge {
+                events,
+                bytes,
+                max_events: self.max_events,
+                max_bytes: self.max_bytes,
+            });
+        }
+        let acquire = |sem: &Arc<Semaphore>, n: usize| {
+            let sem = sem.clone();
+            async move {
+                if n == 0 {
+                    return Ok(None);
+                }
+                // n <= max, and max fits u32 (checked in `bounded` and above).
+                sem.acquire_many_owned(n as u32)
+                    .await
+                    .map(Some)
+                    .map_err(|_| QueueError::Closed)
+            }
+        };
+        let events = acquire(&self.events, events).await?;
+        let bytes = acquire(&self.bytes, bytes).await?;
+        Ok(Permit {
+            _events: events,
+            _bytes: bytes,
+        })
+    }
+
+    /// Hands reserved events to the batcher.
+    pub fn send(
+        &self,
+        permit: Permit,
+        items: Vec<T>,
+        ack: Option<oneshot::Sender<Outcome>>,
+    ) -> Result<(), QueueError> {
+        self.tx
+            .send(Envelope { items, ack, permit })
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Events and bytes currently held (queued or being written).
+    pub fn depth(&self) -> (usize, usize) {
+        (
+            self.max_events - self.events.available_permits(),
+            self.max_bytes - self.bytes.available_permits(),
+        )
+    }
+
+    /// Whether the queue is at its limit in events or bytes.
+    pub fn is_full(&self) -> bool {
+        self.events.available_permits() == 0 || self.bytes.available_permits() == 0
+    }
+
+    /// Refuses new reservations; producers waiting for room get [`QueueError::Closed`].
+    pub fn close(&self) {
+        self.events.close();
+        self.bytes.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn room_is_given_back_only_when_the_envelope_is_dropped() {
+        let (tx, mut rx) = bounded::<u8>(3, 100);
+        let p = tx.reserve(3, 10).await.unwrap();
+        tx.send(p, vec![1, 2, 3], None).unwrap();
+        assert_eq!(tx.depth(), (3, 10));
+        assert!(tx.is_full());
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.reserve(1, 1)).await;
+        assert!(blocked.is_err(), "a full queue must make the producer wait");
+        let env = rx.recv().await.unwrap();
+        assert_eq!(tx.depth(), (3, 10), "events being written still count");
+        drop(env);
+        assert_eq!(tx.depth(), (0, 0));
+        assert!(tx.reserve(1, 1).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn requests_that_can_never_fit_are_refused_at_once() {
+        let (tx, _rx) = bounded::<u8>(3, 100);
+        assert!(matches!(
+            tx.reserve(4, 1).await,
+            Err(QueueError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            tx.reserve(1, 101).await,
+            Err(QueueError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_waiting_producers() {
+        let (tx, _rx) = bounded::<u8>(1, 100);
+        let held = tx.reserve(1, 1).await.unwrap();
+        let tx2 = tx.clone();
+        let waiter = tokio::spawn(async move { tx2.reserve(1, 1).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.close();
+        assert!(matches!(waiter.await.unwrap(), Err(QueueError::Closed)));
+        drop(held);
+    }
+}

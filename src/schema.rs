@@ -1,0 +1,583 @@
+//! Streams: one JSON Schema file per stream, compiled into a validator and mapped to
+//! table columns (DESIGN.md "Tables").
+//!
+//! In: `schemas/*.json` and the `[streams.*]` config. Out: a [`Registry`] of [`Stream`]s,
+//! each able to turn a parsed event into a typed [`Row`] or a reason to dead-letter it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::config::{Config, StreamSettings};
+use crate::event::{truncate_utf8, Cell, Row, Stage};
+
+/// Longest identifier accepted (PostgreSQL truncates above 63 bytes).
+pub const MAX_IDENT_LEN: usize = 63;
+/// System column: when Sluice accepted the event.
+pub const RECEIVED_AT: &str = "_received_at";
+/// System column: undeclared properties, as a JSON object.
+pub const EXTRA: &str = "_extra";
+/// Longest validation message kept; a message quoting a huge value is cut here.
+const MAX_ERROR_CHARS: usize = 1000;
+
+/// The SQL type family of a column, derived from the property's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// `string`; `max_length` from `maxLength`.
+    Text { max_length: Option<u64> },
+    /// `string` with `format: date-time`.
+    Timestamp,
+    /// `string` with `format: uuid`.
+    Uuid,
+    /// `integer` (64-bit).
+    Integer,
+    /// `number` (double precision).
+    Number,
+    /// `boolean`.
+    Boolean,
+    /// `object`, `array`, or no single type.
+    Json,
+}
+
+/// One table column from one top-level property.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    /// False for `required` properties.
+    pub nullable: bool,
+}
+
+/// Why an event could not become a row.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub stage: Stage,
+    pub error: String,
+    /// JSON pointer to the offending value, for schema errors.
+    pub pointer: Option<String>,
+}
+
+/// A problem in a schema file or a stream's configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {reason}", property.as_ref().map(|p| format!(", property `{p}`")).unwrap_or_default())]
+pub struct SchemaError {
+    pub file: PathBuf,
+    pub property: Option<String>,
+    pub reason: String,
+}
+
+/// One stream: its schema, compiled validator, table and settings.
+pub struct Stream {
+    pub name: String,
+    pub table: String,
+    pub schema_file: PathBuf,
+    /// The schema's `$id`, if it declares one.
+    pub schema_id: Option<String>,
+    pub columns: Vec<Column>,
+    /// Whether the table has an `_extra` column (the schema allows undeclared properties).
+    pub has_extra: bool,
+    /// Column with a unique key, so a retried event is stored once.
+    pub id_field: Option<String>,
+    pub settings: StreamSettings,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("name", &self.name)
+            .field("table", &self.table)
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every stream, by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    streams: BTreeMap<String, Arc<Stream>>,
+}
+
+impl Registry {
+    /// Loads every `*.json` in `config.schemas_dir`, in name order.
+    pub fn load(config: &Config) -> Result<Registry, SchemaError> {
+        let dir = &config.schemas_dir;
+        let err = |reason: String| SchemaError {
+            file: dir.clone(),
+            property: None,
+            reason,
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| err(format!("cannot read the schemas directory: {e}")))?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(err("no stream schemas (*.json) found".into()));
+        }
+        let mut streams = BTreeMap::new();
+        let mut tables: HashMap<String, String> = HashMap::new();
+        for file in files {
+            let stream = Stream::load(&file, config)?;
+            if let Some(other) =
+                tables.insert(stream.table.to_ascii_lowercase(), stream.name.clone())
+            {
+                return Err(SchemaError {
+                    file,
+                    property: None,
+                    reason: format!(
+                        "stream `{}` writes to table `{}`, which stream `{other}` already uses",
+                        stream.name, stream.table
+                    ),
+                });
+            }
+            streams.insert(stream.name.clone(), Arc::new(stream));
+        }
+        for name in config.streams.keys() {
+            if !streams.contains_key(name) {
+                return Err(SchemaError {
+                    file: dir.join(format!("{name}.json")),
+                    property: None,
+                    reason: format!("the config has a [streams.{name}] section but there is no schema file for it"),
+                });
+            }
+        }
+        Ok(Registry { streams })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Stream>> {
+        self.streams.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Stream>> {
+        self.streams.values()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.streams.keys().cloned().collect()
+    }
+}
+
+/// Checks that `name` can be used as a SQL identifier.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "`{name}` is not a valid identifier: use letters, digits and `_`, not starting with a digit ([A-Za-z_][A-Za-z0-9_]*)"
+        ));
+    }
+    if name.len() > MAX_IDENT_LEN {
+        return Err(format!(
+            "`{name}` is longer than {MAX_IDENT_LEN} characters"
+        ));
+    }
+    Ok(())
+}
+
+impl Stream {
+    fn load(file: &Path, config: &Config) -> Result<Stream, SchemaError> {
+        let err = |property: Option<&str>, reason: String| SchemaError {
+            file: file.to_path_buf(),
+            property: property.map(str::to_owned),
+            reason,
+        };
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| err(None, "file name is not UTF-8".into()))?
+            .to_owned();
+        check_identifier(&name)
+            .map_err(|e| err(None, format!("stream name (the file name) {e}")))?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        let schema: Value =
+            serde_json::from_str(&text).map_err(|e| err(None, format!("not valid JSON: {e}")))?;
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|e| err(None, format!("not a valid JSON Schema: {e}")))?;
+        let root = schema
+            .as_object()
+            .ok_or_else(|| err(None, "the schema must be a JSON object".into()))?;
+        if root.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(err(
+                None,
+                "the top level must declare \"type\": \"object\" (one event is one JSON object)"
+                    .into(),
+            ));
+        }
+        let required: Vec<&str> = root
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let empty = Map::new();
+        let properties = match root.get("properties") {
+            None => &empty,
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(err(None, "`properties` must be an object".into())),
+        };
+        let mut columns = Vec::with_capacity(properties.len());
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for (prop, sub) in properties {
+            check_identifier(prop)
+                .map_err(|e| err(Some(prop), format!("cannot be a column name: {e}")))?;
+            if prop.eq_ignore_ascii_case(RECEIVED_AT) || prop.eq_ignore_ascii_case(EXTRA) {
+                return Err(err(Some(prop), format!("`{RECEIVED_AT}` and `{EXTRA}` are Sluice's system columns; rename the property")));
+            }
+            if let Some(other) = seen.insert(prop.to_ascii_lowercase(), prop) {
+                return Err(err(Some(prop), format!("differs from property `{other}` only in case; column names are case-insensitive in MySQL and SQLite")));
+            }
+            let sub = resolve_local_ref(&schema, sub);
+            let (ty, nullable_type) = column_type(sub);
+            columns.push(Column {
+                name: prop.clone(),
+                ty,
+                nullable: nullable_type || !required.contains(&prop.as_str()),
+            });
+        }
+        let has_extra = root.get("additionalProperties") != Some(&Value::Bool(false));
+        let stream_config = config.streams.get(&name).cloned().unwrap_or_default();
+        let table = stream_config.table.clone().unwrap_or_else(|| name.clone());
+        check_identifier(&table)
+            .map_err(|e| err(None, format!("table name {e} (set [streams.{name}].table)")))?;
+        if table.starts_with("sluice_") {
+            return Err(err(
+                None,
+                format!(
+                    "table `{table}`: the `sluice_` prefix is reserved for Sluice's own tables"
+                ),
+            ));
+        }
+        if let Some(id) = &stream_config.id_field {
+            match columns.iter().find(|c| &c.name == id) {
+                None => {
+                    return Err(err(
+                        Some(id),
+                        format!(
+                        "[streams.{name}].id_field names a property the schema does not declare"
+                    ),
+                    ))
+                }
+                Some(c) if c.ty == ColumnType::Json => {
+                    return Err(err(
+                        Some(id),
+                        "an id_field must be a string, uuid or integer property".into(),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Stream {
+            schema_id: root.get("$id").and_then(Value::as_str).map(str::to_owned),
+            settings: config.stream_settings(&name),
+            id_field: stream_config.id_field,
+            name,
+            table,
+            schema_file: file.to_path_buf(),
+            columns,
+            has_extra,
+            validator,
+        })
+    }
+
+    /// Validates `event` and converts it to a row. `raw` is the event's original text.
+    pub fn to_row(
+        &self,
+        event: Value,
+        raw: Box<str>,
+        source: Arc<str>,
+        index: usize,
+        received_at: DateTime<Utc>,
+    ) -> Result<Row, Rejection> {
+        if !self.validator.is_valid(&event) {
+            return Err(self.explain_invalid(&event));
+        }
+        let Value::Object(mut map) = event else {
+            // Unreachable for a valid event: the top-level schema type is `object`.
+            return Err(Rejection {
+                stage: Stage::Validate,
+                error: "the event is not a JSON object".into(),
+                pointer: Some(String::new()),
+            });
+        };
+        let mut cells = Vec::with_capacity(self.columns.len());
+        for col in &self.columns {
+            let cell = match map.remove(&col.name) {
+                None | Some(Value::Null) => Cell::Null,
+                Some(v) => convert(col.ty, v).map_err(|error| Rejection {
+                    stage: Stage::Validate,
+                    error: format!("at /{}: {error}", col.name),
+                    pointer: Some(format!("/{}", col.name)),
+                })?,
+            };
+            cells.push(cell);
+        }
+        let extra = (self.has_extra && !map.is_empty()).then(|| Value::Object(map).to_string());
+        Ok(Row {
+            cells,
+            extra,
+            received_at,
+            raw,
+            source,
+            index,
+        })
+    }
+
+    fn explain_invalid(&self, event: &Value) -> Rejection {
+        let mut pointer = None;
+        let mut messages = Vec::new();
+        for e in self.validator.iter_errors(event).take(5) {
+            let at = e.instance_path().as_str().to_owned();
+            let text = e.to_string();
+            messages.push(if at.is_empty() {
+                text
+            } else {
+                format!("at {at}: {text}")
+            });
+            pointer.get_or_insert(at);
+        }
+        let joined = messages.join("; ");
+        Rejection {
+            stage: Stage::Validate,
+            error: truncate_utf8(&joined, MAX_ERROR_CHARS).to_owned(),
+            pointer,
+        }
+    }
+}
+
+/// Follows a `{"$ref": "#/…"}` to a definition in the same document, so its type maps.
+fn resolve_local_ref<'a>(root: &'a Value, sub: &'a Value) -> &'a Value {
+    let mut current = sub;
+    for _ in 0..8 {
+        match current
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+        {
+            Some(pointer) => match root.pointer(pointer) {
+                Some(target) => current = target,
+                None => return current,
+            },
+            None => return current,
+        }
+    }
+    current
+}
+
+/// The column type of a property schema, and whether the schema itself allows `null`.
+fn column_type(sub: &Value) -> (ColumnType, bool) {
+    let mut types: Vec<&str> = match sub.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => infer_types_from_values(sub),
+    };
+    let nullable = types.contains(&"null");
+    types.retain(|t| *t != "null");
+    let ty = match types.as_slice() {
+        ["string"] => match sub.get("format").and_then(Value::as_str) {
+            Some("date-time") => ColumnType::Timestamp,
+            Some("uuid") => ColumnType::Uuid,
+            _ => ColumnType::Text {
+                max_length: sub
+                    .get("maxLength")
+                    .and_then(Value::as_u64)
+                    .or_else(|| longest_enum_value(sub)),
+            },
+        },
+        ["integer"] => ColumnType::Integer,
+        ["number"] => ColumnType::Number,
+        ["integer", "number"] | ["number", "integer"] => ColumnType::Number,
+        ["boolean"] => ColumnType::Boolean,
+        _ => ColumnType::Json,
+    };
+    (ty, nullable)
+}
+
+/// The length in characters of the longest string of an all-string `enum`.
+fn longest_enum_value(sub: &Value) -> Option<u64> {
+    let values = sub.get("enum")?.as_array()?;
+    values
+        .iter()
+        .map(|v| v.as_str().map(|s| s.chars().count() as u64))
+        .collect::<Option<Vec<u64>>>()?
+        .into_iter()
+        .max()
+}
+
+/// For a property with `enum` or `const` and no `type`: the JSON types of its values.
+fn infer_types_from_values(sub: &Value) -> Vec<&'static str> {
+    let values: Vec<&Value> = match (sub.get("enum"), sub.get("const")) {
+        (Some(Value::Array(a)), _) => a.iter().collect(),
+        (_, Some(c)) => vec![c],
+        _ => return Vec::new(),
+    };
+    let mut types: Vec<&'static str> = values
+        .iter()
+        .map(|v| match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        })
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    types
+}
+
+/// Converts one valid JSON value to the column's cell type.
+fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
+    Ok(match (ty, v) {
+        (ColumnType::Text { .. }, Value::String(s)) => Cell::Text(s),
+        (ColumnType::Uuid, Value::String(s)) => Cell::Uuid(s.to_ascii_lowercase()),
+        (ColumnType::Timestamp, Value::String(s)) => Cell::Timestamp(parse_timestamp(&s)?),
+        (ColumnType::Integer, Value::Number(n)) => Cell::Int(match n.as_i64() {
+            Some(i) => i,
+            None => match n.as_f64() {
+                Some(f)
+                    if f.fract() == 0.0
+                        && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) =>
+                {
+                    f as i64
+                }
+                _ => return Err(format!("{n} does not fit a 64-bit signed integer column")),
+            },
+        }),
+        (ColumnType::Number, Value::Number(n)) => Cell::Float(
+            n.as_f64()
+                .ok_or_else(|| format!("{n} is not a finite number"))?,
+        ),
+        (ColumnType::Boolean, Value::Bool(b)) => Cell::Bool(b),
+        (ColumnType::Json, v) => Cell::Json(v.to_string()),
+        (ty, v) => return Err(format!("{v} cannot be stored in a {ty:?} column")),
+    })
+}
+
+/// Parses an RFC 3339 timestamp into UTC, truncated to microseconds (the precision every
+/// supported database keeps).
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 date-time ({e})"))?
+        .with_timezone(&Utc);
+    let micros = t.timestamp_micros();
+    DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn identifiers_are_checked() {
+        assert!(check_identifier("order_placed").is_ok());
+        assert!(check_identifier("_x1").is_ok());
+        assert!(check_identifier("1x").is_err());
+        assert!(check_identifier("a-b").is_err());
+        assert!(check_identifier("a\"; drop table x").is_err());
+        assert!(check_identifier("").is_err());
+        assert!(check_identifier(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn property_schemas_map_to_the_documented_column_types() {
+        let cases = [
+            (
+                json!({"type": "string"}),
+                ColumnType::Text { max_length: None },
+                false,
+            ),
+            (
+                json!({"type": "string", "maxLength": 64}),
+                ColumnType::Text {
+                    max_length: Some(64),
+                },
+                false,
+            ),
+            (
+                json!({"type": "string", "format": "date-time"}),
+                ColumnType::Timestamp,
+                false,
+            ),
+            (
+                json!({"type": "string", "format": "uuid"}),
+                ColumnType::Uuid,
+                false,
+            ),
+            (json!({"type": "integer"}), ColumnType::Integer, false),
+            (json!({"type": "number"}), ColumnType::Number, false),
+            (json!({"type": "boolean"}), ColumnType::Boolean, false),
+            (json!({"type": "object"}), ColumnType::Json, false),
+            (json!({"type": "array"}), ColumnType::Json, false),
+            (json!({}), ColumnType::Json, false),
+            (
+                json!({"type": ["string", "integer"]}),
+                ColumnType::Json,
+                false,
+            ),
+            (
+                json!({"type": ["string", "null"]}),
+                ColumnType::Text { max_length: None },
+                true,
+            ),
+            (
+                json!({"enum": ["a", "bcd"]}),
+                ColumnType::Text {
+                    max_length: Some(3),
+                },
+                false,
+            ),
+            (
+                json!({"enum": ["a", null]}),
+                ColumnType::Text { max_length: None },
+                true,
+            ),
+            (
+                json!({"type": "string", "enum": ["né"]}),
+                ColumnType::Text {
+                    max_length: Some(2),
+                },
+                false,
+            ),
+        ];
+        for (schema, ty, nullable) in cases {
+            assert_eq!(column_type(&schema), (ty, nullable), "{schema}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_normalized_to_utc_microseconds() {
+        let t = parse_timestamp("2024-05-01T14:00:00.1234567+02:00").unwrap();
+        assert_eq!(
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "2024-05-01T12:00:00.123456Z"
+        );
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_are_refused_with_a_reason() {
+        let e = convert(ColumnType::Integer, json!(18446744073709551615u64)).unwrap_err();
+        assert!(e.contains("64-bit"), "{e}");
+        assert_eq!(
+            convert(ColumnType::Integer, json!(3.0)).unwrap(),
+            Cell::Int(3)
+        );
+        assert_eq!(
+            convert(ColumnType::Integer, json!(i64::MIN)).unwrap(),
+            Cell::Int(i64::MIN)
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Batch writes as multi-row `INSERT`s with bound values, shared by the SQLite and
+//! MySQL/MariaDB writers: one transaction per batch, chunked under the database's
+//! bound-parameter and statement-size limits.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
+
+use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
+use super::{chunks_by, sink_error, BoxFuture, Sink, SinkError};
+use crate::event::{Cell, DeadLetter, Row};
+use crate::schema::Stream;
+
+/// The DDL that `prepare` runs: the dead-letter table, then every stream's table.
+pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> {
+    let mut statements = dialect.create_dead_letters();
+    statements.extend(streams.iter().map(|s| dialect.create_table(s)));
+    statements
+}
+
+/// Runs `statements` one after the other on the pool.
+pub async fn execute_all<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    statements: Vec<String>,
+) -> Result<(), SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    for sql in statements {
+        sqlx::query::<DB>(&sql)
+            .execute(pool)
+            .await
+            .map_err(sink_error(dialect))?;
+    }
+    Ok(())
+}
+
+/// Formats a timestamp the way the database's timestamp column reads it from text.
+pub type TimestampText = fn(&DateTime<Utc>) -> String;
+
+/// Writes `rows` to `stream`'s table in one transaction.
+pub async fn write_rows<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    max_statement_bytes: usize,
+    timestamp: TimestampText,
+    stream: &Stream,
+    rows: &[Row],
+) -> Result<(), SinkError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    let err = sink_error(dialect);
+    let columns = dialect.column_list(stream);
+    let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
+    let mut tx = pool.begin().await.map_err(&err)?;
+    for chunk in chunks_by(
+        rows,
+        width,
+        dialect.max_bind_params(),
+        max_statement_bytes,
+        |r| r.raw.len(),
+    ) {
+        let sql = dialect.insert_statement(
+            &stream.table,
+            &columns,
+            width,
+            chunk.len(),
+            stream.id_field.as_deref(),
+        );
+        let mut q = sqlx::query::<DB>(&sql);
+        for row in chunk {
+            for cell in &row.cells {
+                q = match cell {
+                    Cell::Null => q.bind(None::<&str>),
+                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => q.bind(s.as_str()),
+                    Cell::Int(i) => q.bind(*i),
+                    Cell::Float(f) => q.bind(*f),
+                    Cell::Bool(b) => q.bind(*b),
+                    Cell::Timestamp(t) => q.bind(timestamp(t)),
+                };
+            }
+            q = q.bind(timestamp(&row.received_at));
+            if stream.has_extra {
+                q = q.bind(row.extra.as_deref());
+            }
+        }
+        q.execute(&mut *tx).await.map_err(&err)?;
+    }
+    tx.commit().await.map_err(&err)
+}
+
+/// Writes `letters` to `sluice_dead_letters` in one transaction.
+pub async fn write_dead_letters<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    max_statement_bytes: usize,
+    timestamp: TimestampText,
+    letters: &[DeadLetter],
+) -> Result<(), SinkError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+{
+    let err = sink_error(dialect);
+    let columns = DEAD_LETTER_COLUMNS.join(", ");
+    let width = DEAD_LETTER_COLUMNS.len();
+    let mut tx = pool.begin().await.map_err(&err)?;
+    for chunk in chunks_by(
+        letters,
+        width,
+        dialect.max_bind_params(),
+        max_statement_bytes,
+        |d| d.payload.len(),
+    ) {
+        let sql = dialect.insert_statement(DEAD_LETTERS, &columns, width, chunk.len(), None);
+        let mut q = sqlx::query::<DB>(&sql);
+        for d in chunk {
+            q = q
+                .bind(d.stream.as_deref())
+                .bind(d.stage.as_str())
+                .bind(d.error.as_str())
+                .bind(d.payload.as_str())
+                .bind(&*d.source)
+                .bind(timestamp(&d.received_at))
+                .bind(d.attempts);
+        }
+        q.execute(&mut *tx).await.map_err(&err)?;
+    }
+    tx.commit().await.map_err(&err)
+}
+
+/// A sink for databases written with bound multi-row `INSERT`s (SQLite, MySQL/MariaDB).
+pub struct BoundSink<DB: Database> {
+    pub pool: Pool<DB>,
+    pub dialect: Dialect,
+    /// Payload bytes per statement (MySQL's `max_allowed_packet`; memory for SQLite).
+    pub max_statement_bytes: usize,
+    pub timestamp: TimestampText,
+}
+
+impl<DB> Sink for BoundSink<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+{
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        streams: &'a [std::sync::Arc<Stream>],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(execute_all(
+            &self.pool,
+            self.dialect,
+            ddl(self.dialect, streams),
+        ))
+    }
+
+    fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(write_rows(
+            &self.pool,
+            self.dialect,
+            self.max_statement_bytes,
+            self.timestamp,
+            stream,
+            rows,
+        ))
+    }
+
+    fn write_dead_letters<'a>(
+        &'a self,
+        letters: &'a [DeadLetter],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(write_dead_letters(
+            &self.pool,
+            self.dialect,
+            self.max_statement_bytes,
+            self.timestamp,
+            letters,
+        ))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(execute_all(
+            &self.pool,
+            self.dialect,
+            vec!["SELECT 1".to_owned()],
+        ))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
+    }
+}

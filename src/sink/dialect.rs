@@ -1,0 +1,330 @@
+//! SQL text for each database: identifier quoting, DDL, insert statements and the
+//! PostgreSQL `COPY` text encoding. Pure code, no I/O, unit-tested here.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::event::Cell;
+use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
+
+/// Name of the dead-letter table (DESIGN.md "Dead letters").
+pub const DEAD_LETTERS: &str = "sluice_dead_letters";
+/// Columns of the dead-letter table that Sluice writes (`id` is generated).
+pub const DEAD_LETTER_COLUMNS: [&str; 7] = [
+    "stream",
+    "stage",
+    "error",
+    "payload",
+    "source",
+    "received_at",
+    "attempts",
+];
+/// Longest `varchar(n)` MySQL can index and store in a row with utf8mb4 (65,535 bytes / 4).
+const MYSQL_MAX_VARCHAR: u64 = 16_383;
+
+/// The SQL flavour of the configured database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Dialect {
+    /// The dialect of a database URL, from its scheme.
+    pub fn from_url(url: &str) -> Result<Dialect, String> {
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Ok(Dialect::Sqlite),
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            "mysql" | "mariadb" => Ok(Dialect::Mysql),
+            _ => Err(format!(
+                "unsupported database URL scheme `{scheme}:`; use sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "SQLite",
+            Dialect::Postgres => "PostgreSQL",
+            Dialect::Mysql => "MySQL/MariaDB",
+        }
+    }
+
+    /// Quotes an identifier. Identifiers are checked at load time; quoting still doubles
+    /// the quote character so that the statement stays well-formed whatever it is given.
+    pub fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::Mysql => format!("`{}`", ident.replace('`', "``")),
+            _ => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
+    }
+
+    /// The column type for one schema property.
+    pub fn column_type(self, ty: ColumnType, is_id: bool) -> String {
+        match (self, ty) {
+            (Dialect::Postgres, ColumnType::Text { .. }) => "text".into(),
+            (Dialect::Postgres, ColumnType::Timestamp) => "timestamptz".into(),
+            (Dialect::Postgres, ColumnType::Uuid) => "uuid".into(),
+            (Dialect::Postgres, ColumnType::Integer) => "bigint".into(),
+            (Dialect::Postgres, ColumnType::Number) => "double precision".into(),
+            (Dialect::Postgres, ColumnType::Boolean) => "boolean".into(),
+            (Dialect::Postgres, ColumnType::Json) => "jsonb".into(),
+            (
+                Dialect::Mysql,
+                ColumnType::Text {
+                    max_length: Some(n),
+                },
+            ) if n <= MYSQL_MAX_VARCHAR => format!("varchar({n})"),
+            // A unique key needs a bounded type; 255 characters covers ids in practice.
+            (Dialect::Mysql, ColumnType::Text { .. }) if is_id => "varchar(255)".into(),
+            (Dialect::Mysql, ColumnType::Text { .. }) => "longtext".into(),
+            (Dialect::Mysql, ColumnType::Timestamp) => "datetime(6)".into(),
+            (Dialect::Mysql, ColumnType::Uuid) => "char(36)".into(),
+            (Dialect::Mysql, ColumnType::Integer) => "bigint".into(),
+            (Dialect::Mysql, ColumnType::Number) => "double".into(),
+            (Dialect::Mysql, ColumnType::Boolean) => "boolean".into(),
+            (Dialect::Mysql, ColumnType::Json) => "json".into(),
+            (Dialect::Sqlite, ColumnType::Integer | ColumnType::Boolean) => "INTEGER".into(),
+            (Dialect::Sqlite, ColumnType::Number) => "REAL".into(),
+            (Dialect::Sqlite, _) => "TEXT".into(),
+        }
+    }
+
+    fn timestamp_type(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "timestamptz",
+            Dialect::Mysql => "datetime(6)",
+            Dialect::Sqlite => "TEXT",
+        }
+    }
+
+    fn json_type(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "jsonb",
+            Dialect::Mysql => "json",
+            Dialect::Sqlite => "TEXT",
+        }
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for a stream's table.
+    pub fn create_table(self, stream: &Stream) -> String {
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n",
+            self.quote(&stream.table)
+        );
+        let mut lines = Vec::new();
+        for col in &stream.columns {
+            let is_id = stream.id_field.as_deref() == Some(col.name.as_str());
+            lines.push(format!(
+                "  {} {}{}",
+                self.quote(&col.name),
+                self.column_type(col.ty, is_id),
+                if col.nullable { "" } else { " NOT NULL" }
+            ));
+        }
+        lines.push(format!(
+            "  {} {} NOT NULL",
+            self.quote(RECEIVED_AT),
+            self.timestamp_type()
+        ));
+        if stream.has_extra {
+            lines.push(format!("  {} {}", self.quote(EXTRA), self.json_type()));
+        }
+        if let Some(id) = &stream.id_field {
+            lines.push(format!("  UNIQUE ({})", self.quote(id)));
+        }
+        sql.push_str(&lines.join(",\n"));
+        sql.push_str("\n)");
+        if self == Dialect::Mysql {
+            sql.push_str(" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin");
+        }
+        sql
+    }
+
+    /// Statements creating `sluice_dead_letters` and its index, if missing.
+    pub fn create_dead_letters(self) -> Vec<String> {
+        match self {
+            Dialect::Postgres => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (\n  id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,\n  stream text,\n  stage text NOT NULL,\n  error text NOT NULL,\n  payload text NOT NULL,\n  source text,\n  received_at timestamptz NOT NULL,\n  attempts integer NOT NULL DEFAULT 1\n)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {DEAD_LETTERS}_stream_id ON {DEAD_LETTERS} (stream, id)"),
+            ],
+            Dialect::Mysql => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (\n  id bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,\n  stream varchar(255),\n  stage varchar(16) NOT NULL,\n  error longtext NOT NULL,\n  payload longtext NOT NULL,\n  source varchar(255),\n  received_at datetime(6) NOT NULL,\n  attempts int NOT NULL DEFAULT 1,\n  KEY {DEAD_LETTERS}_stream_id (stream, id)\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+            )],
+            Dialect::Sqlite => vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  stream TEXT,\n  stage TEXT NOT NULL,\n  error TEXT NOT NULL,\n  payload TEXT NOT NULL,\n  source TEXT,\n  received_at TEXT NOT NULL,\n  attempts INTEGER NOT NULL DEFAULT 1\n)"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {DEAD_LETTERS}_stream_id ON {DEAD_LETTERS} (stream, id)"),
+            ],
+        }
+    }
+
+    /// The quoted, comma-separated column list of a stream's table, system columns last.
+    pub fn column_list(self, stream: &Stream) -> String {
+        let mut names: Vec<String> = stream.columns.iter().map(|c| self.quote(&c.name)).collect();
+        names.push(self.quote(RECEIVED_AT));
+        if stream.has_extra {
+            names.push(self.quote(EXTRA));
+        }
+        names.join(", ")
+    }
+
+    /// A multi-row `INSERT … VALUES (?, …), …` for `rows` rows of `width` bound values,
+    /// written so that a duplicate `id_field` is skipped rather than failing the batch.
+    pub fn insert_statement(
+        self,
+        table: &str,
+        columns: &str,
+        width: usize,
+        rows: usize,
+        id_field: Option<&str>,
+    ) -> String {
+        let mut sql = format!("INSERT INTO {} ({columns}) VALUES ", self.quote(table));
+        let mut group = String::with_capacity(width * 3 + 2);
+        group.push('(');
+        for i in 0..width {
+            group.push_str(if i == 0 { "?" } else { ", ?" });
+        }
+        group.push(')');
+        sql.reserve(rows * (group.len() + 2) + 64);
+        for i in 0..rows {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&group);
+        }
+        if let Some(id) = id_field {
+            let id = self.quote(id);
+            match self {
+                Dialect::Mysql => write!(sql, " ON DUPLICATE KEY UPDATE {id} = {id}"),
+                _ => write!(sql, " ON CONFLICT ({id}) DO NOTHING"),
+            }
+            .expect("writing to a String cannot fail");
+        }
+        sql
+    }
+
+    /// Most bound values one statement may carry.
+    pub fn max_bind_params(self) -> usize {
+        match self {
+            Dialect::Mysql => 65_535,
+            Dialect::Postgres => 65_535,
+            Dialect::Sqlite => 32_766,
+        }
+    }
+}
+
+/// A timestamp as SQLite stores it: RFC 3339, UTC, microseconds.
+pub fn sqlite_timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A timestamp as MySQL's `datetime(6)` reads it, in UTC.
+pub fn mysql_timestamp(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+}
+
+/// Appends one value in PostgreSQL `COPY … FROM STDIN` text format.
+pub fn copy_text_cell(out: &mut String, cell: &Cell) {
+    match cell {
+        Cell::Null => out.push_str("\\N"),
+        Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => copy_text_escape(out, s),
+        Cell::Int(i) => write!(out, "{i}").expect("writing to a String cannot fail"),
+        Cell::Float(f) => write!(out, "{f:?}").expect("writing to a String cannot fail"),
+        Cell::Bool(b) => out.push(if *b { 't' } else { 'f' }),
+        Cell::Timestamp(t) => write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"))
+            .expect("writing to a String cannot fail"),
+    }
+}
+
+/// Escapes text for the `COPY` text format: backslash, tab, newline and carriage return.
+pub fn copy_text_escape(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(esc);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_the_quote_character() {
+        assert_eq!(Dialect::Postgres.quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(Dialect::Mysql.quote("a`b"), "`a``b`");
+        assert_eq!(Dialect::Sqlite.quote("orders"), "\"orders\"");
+    }
+
+    #[test]
+    fn urls_select_the_dialect() {
+        assert_eq!(Dialect::from_url("sqlite://x.db"), Ok(Dialect::Sqlite));
+        assert_eq!(
+            Dialect::from_url("postgresql://u@h/d"),
+            Ok(Dialect::Postgres)
+        );
+        assert_eq!(Dialect::from_url("mariadb://u@h/d"), Ok(Dialect::Mysql));
+        assert!(Dialect::from_url("oracle://x")
+            .unwrap_err()
+            .contains("oracle"));
+    }
+
+    #[test]
+    fn copy_text_escapes_the_format_metacharacters() {
+        let mut out = String::new();
+        copy_text_escape(&mut out, "a\tb\nc\\d\re;'\"");
+        assert_eq!(out, "a\\tb\\nc\\\\d\\re;'\"");
+        let mut out = String::new();
+        for c in [
+            Cell::Null,
+            Cell::Bool(true),
+            Cell::Int(-5),
+            Cell::Float(0.5),
+        ] {
+            copy_text_cell(&mut out, &c);
+            out.push('|');
+        }
+        assert_eq!(out, "\\N|t|-5|0.5|");
+    }
+
+    #[test]
+    fn insert_statement_has_one_group_per_row_and_skips_duplicates() {
+        let sql = Dialect::Sqlite.insert_statement("t", "\"a\", \"b\"", 2, 3, Some("a"));
+        assert_eq!(sql, "INSERT INTO \"t\" (\"a\", \"b\") VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (\"a\") DO NOTHING");
+        let sql = Dialect::Mysql.insert_statement("t", "`a`", 1, 2, Some("a"));
+        assert_eq!(
+            sql,
+            "INSERT INTO `t` (`a`) VALUES (?), (?) ON DUPLICATE KEY UPDATE `a` = `a`"
+        );
+    }
+
+    #[test]
+    fn timestamps_render_per_database() {
+        let t = crate::schema::parse_timestamp("2024-05-01T12:00:00.5Z").unwrap();
+        assert_eq!(sqlite_timestamp(&t), "2024-05-01T12:00:00.500000Z");
+        assert_eq!(mysql_timestamp(&t), "2024-05-01 12:00:00.500000");
+        let mut out = String::new();
+        copy_text_cell(&mut out, &Cell::Timestamp(t));
+        assert_eq!(out, "2024-05-01 12:00:00.500000+00");
+    }
+}

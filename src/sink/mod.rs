@@ -1,0 +1,214 @@
+//! Sinks: where batches go. One [`Sink`] trait with a writer per database; each write is
+//! atomic (the whole batch or nothing) and its error is classified as transient (retry
+//! the same batch) or permanent (the data is at fault: isolate the bad rows).
+//!
+//! In: batches of [`Row`]s and [`DeadLetter`]s. Out: committed rows, or a [`SinkError`].
+
+mod bound;
+pub mod dialect;
+mod mysql;
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::DatabaseConfig;
+use crate::event::{DeadLetter, Row};
+use crate::schema::Stream;
+pub use dialect::Dialect;
+
+/// A boxed future, so that [`Sink`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Whether retrying the same statement can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database is unreachable, overloaded, restarting, locked, or misconfigured in a
+    /// way an operator fixes (missing table, privileges): retry with backoff.
+    Transient,
+    /// The data is at fault (constraint, range, invalid text): retrying cannot help.
+    Permanent,
+}
+
+/// A failed database operation and its class.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct SinkError {
+    pub class: ErrorClass,
+    #[source]
+    pub source: sqlx::Error,
+}
+
+impl SinkError {
+    pub fn is_transient(&self) -> bool {
+        self.class == ErrorClass::Transient
+    }
+}
+
+/// A database that stream rows and dead letters are written to.
+pub trait Sink: Send + Sync + 'static {
+    fn dialect(&self) -> Dialect;
+    /// Creates the dead-letter table and every stream's table if missing.
+    fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Writes `rows` to `stream`'s table in one transaction.
+    fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Writes `letters` to `sluice_dead_letters` in one transaction.
+    fn write_dead_letters<'a>(
+        &'a self,
+        letters: &'a [DeadLetter],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Checks that the database answers.
+    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+    /// Closes the pool, waiting for connections in use to come back.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Connects to the configured database.
+pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Sink>, SinkError> {
+    let dialect = Dialect::from_url(&config.url).map_err(|m| SinkError {
+        class: ErrorClass::Permanent,
+        source: sqlx::Error::Configuration(m.into()),
+    })?;
+    Ok(match dialect {
+        Dialect::Sqlite => Arc::new(sqlite::connect(config).await?),
+        Dialect::Postgres => Arc::new(postgres::PgSink::connect(config).await?),
+        Dialect::Mysql => Arc::new(mysql::connect(config).await?),
+    })
+}
+
+/// Classifies a driver error from its kind and SQLSTATE / error number, never its text.
+pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => ErrorClass::Transient,
+        E::Database(db) => {
+            let transient = match dialect {
+                Dialect::Postgres => {
+                    let code = db.code().unwrap_or_default();
+                    // 08 connection, 53 resources, 57 operator intervention (shutdown,
+                    // cancel), 58 system I/O, 42 missing table/column or privileges (an
+                    // operator fixes it; dead-lettering every event would be worse).
+                    ["08", "53", "57", "58", "42"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                        || matches!(
+                            code.as_ref(),
+                            "40001" | "40P01" | "25006" | "55P03" | "55006"
+                        )
+                }
+                Dialect::Mysql => {
+                    let number = db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .map(|e| e.number())
+                        .unwrap_or_default();
+                    matches!(
+                        number,
+                        // too many connections, server shutdown, lock wait timeout, deadlock,
+                        // read-only, query interrupted, connection killed, network errors,
+                        // no such table / unknown column / command denied (operator fixes).
+                        1040 | 1053 | 1205 | 1213 | 1290 | 1836 | 1317 | 1927 | 1158
+                            ..=1161 | 2002 | 2003 | 2006 | 2013 | 1146 | 1054 | 1142 | 1044 | 1045
+                    )
+                }
+                Dialect::Sqlite => {
+                    let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
+                    // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL, READONLY.
+                    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+                }
+            };
+            if transient {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            }
+        }
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// Wraps a driver error with its class.
+pub(crate) fn sink_error(dialect: Dialect) -> impl Fn(sqlx::Error) -> SinkError {
+    move |source| SinkError {
+        class: classify(dialect, &source),
+        source,
+    }
+}
+
+/// Splits `items` into chunks that stay under `max_params` bound values and roughly
+/// `max_bytes` of payload, so one statement never exceeds the database's limits.
+pub(crate) fn chunks_by<T>(
+    items: &[T],
+    width: usize,
+    max_params: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<&[T]> {
+    let max_rows = (max_params / width.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let s = size(item);
+        if i > start && (i - start >= max_rows || bytes + s > max_bytes) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += s;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_param_and_byte_limits() {
+        let items = [10usize; 10];
+        let c = chunks_by(&items, 3, 9, 1000, |s| *s);
+        assert_eq!(
+            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
+        let c = chunks_by(&items, 1, 1000, 25, |s| *s);
+        assert_eq!(
+            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            vec![2, 2, 2, 2, 2]
+        );
+        let big = [100usize, 1, 1];
+        let c = chunks_by(&big, 1, 1000, 10, |s| *s);
+        assert_eq!(c.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn io_and_pool_errors_are_transient_decode_errors_are_not() {
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert_eq!(classify(Dialect::Postgres, &io), ErrorClass::Transient);
+        assert_eq!(
+            classify(Dialect::Mysql, &sqlx::Error::PoolTimedOut),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify(Dialect::Sqlite, &sqlx::Error::RowNotFound),
+            ErrorClass::Permanent
+        );
+    }
+}

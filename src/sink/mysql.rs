@@ -1,0 +1,33 @@
+//! MySQL/MariaDB writer: one transaction per batch of multi-row `INSERT`s with bound
+//! values, chunked under 65,535 placeholders and a statement size well under
+//! `max_allowed_packet`. sqlx sets the session to UTC and strict SQL mode.
+
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::MySql;
+
+use super::bound::BoundSink;
+use super::dialect::{mysql_timestamp, Dialect};
+use super::{sink_error, SinkError};
+use crate::config::DatabaseConfig;
+
+/// Payload bytes per statement, well under MariaDB's default 16 MiB `max_allowed_packet`.
+const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
+
+pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkError> {
+    let err = sink_error(Dialect::Mysql);
+    let options = MySqlConnectOptions::from_str(&config.url).map_err(&err)?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(&err)?;
+    Ok(BoundSink {
+        pool,
+        dialect: Dialect::Mysql,
+        max_statement_bytes: MAX_STATEMENT_BYTES,
+        timestamp: mysql_timestamp,
+    })
+}
