@@ -3,8 +3,6 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-COPY benches ./benches
-COPY tests ./tests
 # The README's build command.
 RUN cargo build --release --locked
 

@@ -137,13 +137,22 @@ impl<T: Item> Batcher<T> {
             let mut batch = vec![first];
             let deadline = Instant::now() + self.settings.batch_max_wait;
             while count < self.settings.batch_max_events {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(env)) => {
-                        count += env.items.len();
-                        batch.push(env);
+                let next = if stopping {
+                    // Draining at shutdown: no linger, take what is already queued.
+                    self.rx.try_recv().ok()
+                } else {
+                    tokio::select! {
+                        r = tokio::time::timeout_at(deadline, self.rx.recv()) => r.ok().flatten(),
+                        _ = self.stop.cancelled() => {
+                            stopping = true;
+                            self.rx.close();
+                            continue;
+                        }
                     }
-                    Ok(None) | Err(_) => break,
-                }
+                };
+                let Some(env) = next else { break };
+                count += env.items.len();
+                batch.push(env);
             }
             self.flush(batch).await;
         }

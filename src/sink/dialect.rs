@@ -76,14 +76,25 @@ impl Dialect {
             (Dialect::Postgres, ColumnType::Number) => "double precision".into(),
             (Dialect::Postgres, ColumnType::Boolean) => "boolean".into(),
             (Dialect::Postgres, ColumnType::Json) => "jsonb".into(),
+            // A unique key needs a bounded type (255 characters covers ids in practice)
+            // and a binary collation, so that ids differing in case stay distinct.
+            (
+                Dialect::Mysql,
+                ColumnType::Text {
+                    max_length: Some(n),
+                },
+            ) if is_id && n <= 255 => {
+                format!("varchar({n}) COLLATE utf8mb4_bin")
+            }
+            (Dialect::Mysql, ColumnType::Text { .. }) if is_id => {
+                "varchar(255) COLLATE utf8mb4_bin".into()
+            }
             (
                 Dialect::Mysql,
                 ColumnType::Text {
                     max_length: Some(n),
                 },
             ) if n <= MYSQL_MAX_VARCHAR => format!("varchar({n})"),
-            // A unique key needs a bounded type; 255 characters covers ids in practice.
-            (Dialect::Mysql, ColumnType::Text { .. }) if is_id => "varchar(255)".into(),
             (Dialect::Mysql, ColumnType::Text { .. }) => "longtext".into(),
             (Dialect::Mysql, ColumnType::Timestamp) => "datetime(6)".into(),
             (Dialect::Mysql, ColumnType::Uuid) => "char(36)".into(),
@@ -143,7 +154,7 @@ impl Dialect {
         sql.push_str(&lines.join(",\n"));
         sql.push_str("\n)");
         if self == Dialect::Mysql {
-            sql.push_str(" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin");
+            sql.push_str(" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4");
         }
         sql
     }
@@ -158,7 +169,7 @@ impl Dialect {
                 format!("CREATE INDEX IF NOT EXISTS {DEAD_LETTERS}_stream_id ON {DEAD_LETTERS} (stream, id)"),
             ],
             Dialect::Mysql => vec![format!(
-                "CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (\n  id bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,\n  stream varchar(255),\n  stage varchar(16) NOT NULL,\n  error longtext NOT NULL,\n  payload longtext NOT NULL,\n  source varchar(255),\n  received_at datetime(6) NOT NULL,\n  attempts int NOT NULL DEFAULT 1,\n  KEY {DEAD_LETTERS}_stream_id (stream, id)\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+                "CREATE TABLE IF NOT EXISTS {DEAD_LETTERS} (\n  id bigint NOT NULL AUTO_INCREMENT PRIMARY KEY,\n  stream varchar(255),\n  stage varchar(16) NOT NULL,\n  error longtext NOT NULL,\n  payload longtext NOT NULL,\n  source varchar(255),\n  received_at datetime(6) NOT NULL,\n  attempts int NOT NULL DEFAULT 1,\n  KEY {DEAD_LETTERS}_stream_id (stream, id)\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
             )],
             Dialect::Sqlite => vec![
                 format!(

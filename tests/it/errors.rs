@@ -1,0 +1,335 @@
+//! Every error status, with a clear message, and dead letters for bad input.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use crate::db_tests;
+use crate::helpers::{fixture_schemas, spawn_app, Db};
+
+async fn invalid_event_is_dead_lettered_with_its_json_pointer_and_the_valid_ones_are_stored(
+    db: Db,
+) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let body = r#"[{"seq": 1, "sensor": "a", "value": 1.5},
+                   {"seq": 2, "sensor": "b", "value": 5000},
+                   {"seq": 3, "sensor": "c", "value": -2},
+                   "not an object",
+                   {"seq": 5, "sensor": "e", "value": 0, "colour": "red"}]"#;
+    let r = app.post("reading", "", "application/json", body).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(answer["dead_lettered"], 3);
+    let errors = answer["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["index"], 1);
+    assert_eq!(errors[0]["stage"], "validate");
+    assert_eq!(errors[0]["pointer"], "/value");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 1000"),
+        "{answer}"
+    );
+    assert_eq!(
+        (&errors[1]["index"], &errors[1]["stage"]),
+        (&json!(3), &json!("parse"))
+    );
+    assert!(errors[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not an object"));
+    assert_eq!(errors[2]["index"], 4);
+    assert!(
+        errors[2]["error"].as_str().unwrap().contains("colour"),
+        "{answer}"
+    );
+
+    assert_eq!(app.db.count("reading").await, 2);
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 3);
+    assert_eq!(letters[0][0].as_deref(), Some("reading"));
+    assert_eq!(letters[0][1].as_deref(), Some("validate"));
+    assert!(
+        letters[0][2].as_deref().unwrap().contains("/value"),
+        "the reason names the pointer"
+    );
+    assert_eq!(
+        letters[0][3].as_deref(),
+        Some(r#"{"seq": 2, "sensor": "b", "value": 5000}"#),
+        "payload verbatim"
+    );
+    assert!(letters[0][4]
+        .as_deref()
+        .unwrap()
+        .starts_with("http 127.0.0.1:"));
+    assert_eq!(letters[1][3].as_deref(), Some(r#""not an object""#));
+}
+
+async fn a_body_that_is_not_json_is_400_and_dead_lettered_whole(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let r = app
+        .post(
+            "reading",
+            "",
+            "application/json",
+            r#"{"seq": 1, "sensor": "#,
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("not valid JSON"),
+        "{answer}"
+    );
+    assert_eq!(answer["dead_lettered"], 1);
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0][1].as_deref(), Some("parse"));
+    assert_eq!(letters[0][3].as_deref(), Some(r#"{"seq": 1, "sensor": "#));
+    assert_eq!(app.db.count("reading").await, 0);
+}
+
+async fn bytes_that_are_not_utf8_are_dead_lettered_as_escapes(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let mut body = br#"{"seq": 1, "sensor": "a", "value": 1}"#.to_vec();
+    body.extend_from_slice(b"\n{\"seq\": 2, \"sensor\": \"\xff\xfe\0\", \"value\": 2}\n");
+    let r = app.post("reading", "", "application/x-ndjson", body).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&answer["accepted"], &answer["dead_lettered"]),
+        (&json!(1), &json!(1)),
+        "{answer}"
+    );
+    assert!(answer["errors"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("UTF-8"));
+    let letters = app.db.dead_letters().await;
+    assert_eq!(
+        letters[0][3].as_deref(),
+        Some(r#"{"seq": 2, "sensor": "\xFF\xFE\x00", "value": 2}"#)
+    );
+}
+
+async fn an_unknown_stream_is_404_listing_the_streams_and_the_body_is_dead_lettered(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let (status, answer) = app.post_json("readings", &json!({"seq": 1})).await;
+    assert_eq!(status, 404);
+    assert!(answer["error"].as_str().unwrap().contains("readings"));
+    assert_eq!(answer["streams"], json!(["reading", "typemap"]));
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0][0], None, "no stream");
+    assert_eq!(letters[0][1].as_deref(), Some("route"));
+    assert_eq!(letters[0][3].as_deref(), Some(r#"{"seq":1}"#));
+}
+
+/// Holds a lock that stops Sluice from writing to `reading` until dropped/committed.
+async fn hold_write_lock(db: &crate::helpers::TestDb) -> Box<dyn std::any::Any + Send> {
+    match db.kind {
+        Db::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+        Db::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("LOCK TABLE reading IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+        Db::Mysql => {
+            let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+            sqlx::query("LOCK TABLES reading WRITE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Box::new(c)
+        }
+    }
+}
+
+async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |c| {
+        c.defaults.queue_max_events = 2;
+        c.http.enqueue_timeout = Duration::from_millis(100);
+    })
+    .await
+    else {
+        return;
+    };
+    let lock = hold_write_lock(&app.db).await;
+    let two = r#"[{"seq": 1, "sensor": "a", "value": 1}, {"seq": 2, "sensor": "a", "value": 2}]"#;
+    let r = app
+        .post("reading", "?ack=accepted", "application/json", two)
+        .await;
+    assert_eq!(r.status(), 202, "the queue had room");
+
+    let third = r#"{"seq": 3, "sensor": "a", "value": 3}"#;
+    let r = app.post("reading", "", "application/json", third).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing from this request was accepted"),
+        "{answer}"
+    );
+
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "a saturated queue is not ready");
+
+    drop(lock); // the database is writable again
+    app.db.wait_for_count("reading", 2).await;
+    let (status, _) = app
+        .post_json("reading", &serde_json::from_str(third).unwrap())
+        .await;
+    assert_eq!(status, 200, "the retried request is accepted");
+    assert_eq!(app.db.count("reading").await, 3);
+    assert!(
+        app.db.dead_letters().await.is_empty(),
+        "a 503 dead-letters nothing"
+    );
+}
+
+db_tests!(
+    invalid_event_is_dead_lettered_with_its_json_pointer_and_the_valid_ones_are_stored,
+    a_body_that_is_not_json_is_400_and_dead_lettered_whole,
+    bytes_that_are_not_utf8_are_dead_lettered_as_escapes,
+    an_unknown_stream_is_404_listing_the_streams_and_the_body_is_dead_lettered,
+    a_full_queue_answers_503_with_retry_after_and_accepts_nothing,
+);
+
+#[tokio::test]
+async fn bodies_above_the_limits_are_413_with_the_limit_named() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.http.max_body_bytes = 2000;
+        c.http.max_events_per_request = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let big = format!(
+        r#"{{"seq": 1, "sensor": "{}", "value": 1}}"#,
+        "x".repeat(3000)
+    );
+    let r = app.post("reading", "", "application/json", big).await;
+    assert_eq!(r.status(), 413);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_body_bytes"),
+        "{answer}"
+    );
+
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &vec![b' '; 100_000]).unwrap();
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 2000);
+    let r = app
+        .client
+        .post(app.url("/v1/streams/reading/events"))
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "the limit applies after decompression");
+
+    let four = "{\"seq\":1,\"sensor\":\"a\",\"value\":1}\n".repeat(4);
+    let r = app.post("reading", "", "application/x-ndjson", four).await;
+    assert_eq!(r.status(), 413);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_events_per_request"),
+        "{answer}"
+    );
+    assert_eq!(app.db.count("reading").await, 0);
+}
+
+#[tokio::test]
+async fn unsupported_media_types_and_encodings_are_415() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let r = app.post("reading", "", "text/xml", "<seq>1</seq>").await;
+    assert_eq!(r.status(), 415);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson"),
+        "{answer}"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/streams/reading/events"))
+        .header("content-encoding", "br")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+}
+
+#[tokio::test]
+async fn a_bad_ack_parameter_is_400_naming_the_choices() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let r = app
+        .post("reading", "?ack=maybe", "application/json", "{}")
+        .await;
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("ack=accepted"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_stream_status_answer() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = app
+        .client
+        .get(app.url("/v1/streams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["streams"][0]["stream"], "reading");
+    assert_eq!(r["streams"][0]["queue_events"], 0);
+}

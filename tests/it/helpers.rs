@@ -1,0 +1,347 @@
+//! Test harness: `spawn_app` starts the real server on a free port against its own
+//! database (a temporary SQLite file, or a fresh PostgreSQL / MariaDB database), and
+//! reads rows back through a separate connection, as an operator would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sluice::{App, Config};
+use sqlx::{Connection, Row as _};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// A database of this test's own.
+pub struct TestDb {
+    pub kind: Db,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_name() -> String {
+    format!(
+        "sluice_t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        fastrand_suffix()
+    )
+}
+
+fn fastrand_suffix() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos % 100_000
+}
+
+/// `base` with its database path replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (without_query, query) = match base.split_once('?') {
+        Some((a, q)) => (a, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let scheme_end = without_query.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match without_query[scheme_end..].find('/') {
+        Some(i) => &without_query[..scheme_end + i],
+        None => without_query,
+    };
+    format!("{host_part}/{name}{query}")
+}
+
+impl TestDb {
+    /// A new empty database, or `None` (after printing SKIPPED) when the server's URL
+    /// is not configured. With `SLUICE_TEST_REQUIRE_ALL=1` a missing URL fails the test.
+    pub async fn create(kind: Db) -> Option<TestDb> {
+        let var = match kind {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                return Some(TestDb {
+                    kind,
+                    url,
+                    _dir: Some(dir),
+                });
+            }
+            Db::Postgres => "SLUICE_TEST_POSTGRES_URL",
+            Db::Mysql => "SLUICE_TEST_MYSQL_URL",
+        };
+        let Ok(base) = std::env::var(var) else {
+            if std::env::var("SLUICE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+                panic!("{var} is not set but SLUICE_TEST_REQUIRE_ALL=1");
+            }
+            println!("SKIPPED: {kind:?} test, set {var} to run it");
+            return None;
+        };
+        let name = fresh_name();
+        match kind {
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&base)
+                    .await
+                    .unwrap_or_else(|e| panic!("{var}={base} is unreachable: {e}"));
+                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+                    .execute(&mut c)
+                    .await
+                    .expect("create test database");
+            }
+            Db::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(&base)
+                    .await
+                    .unwrap_or_else(|e| panic!("{var}={base} is unreachable: {e}"));
+                sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+                    .execute(&mut c)
+                    .await
+                    .expect("create test database");
+            }
+            Db::Sqlite => unreachable!(),
+        }
+        Some(TestDb {
+            kind,
+            url: with_database(&base, &name),
+            _dir: None,
+        })
+    }
+
+    /// Runs `sql` and returns every value as text (`None` for SQL NULL).
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        macro_rules! fetch {
+            ($conn:ty) => {{
+                let mut c = <$conn>::connect(&self.url)
+                    .await
+                    .expect("connect to the test database");
+                let rows = sqlx::query(sql)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                // MySQL reports text in a binary collation as VARBINARY.
+                                r.try_get::<Option<String>, _>(i).unwrap_or_else(|_| {
+                                    r.try_get::<Option<Vec<u8>>, _>(i)
+                                        .expect("a text column")
+                                        .map(|b| String::from_utf8(b).expect("UTF-8 text"))
+                                })
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }};
+        }
+        match self.kind {
+            Db::Sqlite => fetch!(sqlx::SqliteConnection),
+            Db::Postgres => fetch!(sqlx::PgConnection),
+            Db::Mysql => fetch!(sqlx::MySqlConnection),
+        }
+    }
+
+    /// Runs a statement (test set-up: constraints, locks).
+    pub async fn execute(&self, sql: &str) {
+        match self.kind {
+            Db::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sql).execute(&mut c).await.expect(sql);
+            }
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sql).execute(&mut c).await.expect(sql);
+            }
+            Db::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query(sql).execute(&mut c).await.expect(sql);
+            }
+        }
+    }
+
+    /// `SELECT count(*) FROM table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!(
+            "SELECT {} FROM {}",
+            self.text("COUNT(*)"),
+            self.quote(table)
+        );
+        self.query(&sql).await[0][0]
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .expect("a count")
+    }
+
+    /// Waits until `table` holds `n` rows (for `ack=accepted`), failing after 15 s.
+    pub async fn wait_for_count(&self, table: &str, n: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let c = self.count(table).await;
+            if c == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{table} holds {c} rows, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The dead letters, oldest first: (stream, stage, error, payload, source).
+    pub async fn dead_letters(&self) -> Vec<Vec<Option<String>>> {
+        self.query(
+            "SELECT stream, stage, error, payload, source FROM sluice_dead_letters ORDER BY id",
+        )
+        .await
+    }
+
+    pub fn quote(&self, ident: &str) -> String {
+        match self.kind {
+            Db::Mysql => format!("`{ident}`"),
+            _ => format!("\"{ident}\""),
+        }
+    }
+
+    /// `expr` cast to text, to read any column as a string.
+    pub fn text(&self, expr: &str) -> String {
+        format!("CAST({expr} AS {})", self.text_type())
+    }
+
+    /// The type to `CAST` a value to for reading it as text.
+    pub fn text_type(&self) -> &'static str {
+        match self.kind {
+            Db::Mysql => "CHAR",
+            _ => "TEXT",
+        }
+    }
+}
+
+/// A running Sluice.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The schemas shipped in `schemas/`.
+pub fn shipped_schemas() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
+}
+
+/// The test schemas in `tests/fixtures/schemas/`.
+pub fn fixture_schemas() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schemas")
+}
+
+/// Starts Sluice on a free port with `schemas` against a fresh `db`, after `tweak`
+/// adjusts the configuration. `None` when the database is not configured (skipped).
+pub async fn spawn_app(
+    db: Db,
+    schemas: PathBuf,
+    tweak: impl FnOnce(&mut Config),
+) -> Option<TestApp> {
+    let db = TestDb::create(db).await?;
+    let mut config = Config {
+        schemas_dir: schemas,
+        ..Config::default()
+    };
+    config.database.url = db.url.clone();
+    config.database.max_connections = 4;
+    config.http.listen = "127.0.0.1:0".into();
+    config.tcp.listen = "127.0.0.1:0".into();
+    config.defaults.batch_max_wait = Duration::from_millis(5);
+    tweak(&mut config);
+    let app = App::build(config).await.expect("Sluice starts");
+    let addr = app.http_addr();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+    Some(TestApp {
+        addr,
+        db,
+        client: reqwest::Client::new(),
+        stop,
+        handle: Some(handle),
+    })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` to a stream with `content_type` and extra `query` (e.g. `?ack=accepted`).
+    pub async fn post(
+        &self,
+        stream: &str,
+        query: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/streams/{stream}/events{query}")))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the request reaches Sluice")
+    }
+
+    /// POSTs JSON and returns the status and the JSON answer.
+    pub async fn post_json(
+        &self,
+        stream: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .post(stream, "", "application/json", body.to_string())
+            .await;
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("a JSON answer"))
+    }
+
+    /// Stops Sluice as SIGTERM would and waits until it has flushed and exited.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let handle = self.handle.take().expect("stopped once");
+        handle.await.expect("the server task does not panic")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Defines one test per database from an `async fn(Db)`.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() { super::$name($crate::helpers::Db::Sqlite).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() { super::$name($crate::helpers::Db::Postgres).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() { super::$name($crate::helpers::Db::Mysql).await }
+            }
+        )*
+    };
+}

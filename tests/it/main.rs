@@ -1,0 +1,7 @@
+//! Integration tests: the real server on free ports, real HTTP, real databases.
+
+mod helpers;
+
+mod errors;
+mod ingest;
+mod typemap;

@@ -1,0 +1,167 @@
+//! Every row of the type mapping round-trips, identically in every database: timestamps,
+//! uuids, nested JSON, nulls, unicode, 64-bit integers, and text that looks like SQL.
+
+use serde_json::{json, Value};
+
+use crate::db_tests;
+use crate::helpers::{fixture_schemas, spawn_app, Db, TestDb};
+
+const COLUMNS: [&str; 14] = [
+    "id",
+    "s",
+    "s_max",
+    "ts",
+    "u",
+    "i",
+    "n",
+    "b",
+    "o",
+    "a",
+    "anything",
+    "opt",
+    "_received_at",
+    "_extra",
+];
+
+fn events() -> Value {
+    json!([
+        {
+            "id": 1,
+            "s": "O'Brien\"; DROP TABLE typemap; -- \\ back\\slash\ttab\nnewline\r\n",
+            "s_max": "héllo ✓ 日本語 🚀 ሰላም",
+            "ts": "2024-05-01T14:00:00.123456+02:00",
+            "u": "6F1C2D3E-4B5A-4C6D-8E7F-8091A2B3C4D5",
+            "i": 9223372036854775807i64,
+            "n": 0.1,
+            "b": true,
+            "o": {"k": [1, {"x": null}], "ü": "v", "q": "it's; \"quoted\""},
+            "a": [1, "two", null, {"three": 3.5}],
+            "anything": "a string in a column of no single type",
+            "opt": null,
+            "zzz": {"undeclared": true}
+        },
+        {
+            "id": 2,
+            "s": "",
+            "ts": "1999-12-31T23:59:59Z",
+            "i": -9223372036854775808i64,
+            "n": -1.5e300,
+            "b": false,
+            "anything": 42
+        }
+    ])
+}
+
+/// The expected rows, normalized (see `normalize`); `_received_at` is checked apart.
+fn expected() -> Vec<Vec<Option<Value>>> {
+    let e = events();
+    let first = &e[0];
+    vec![
+        vec![
+            Some(json!(1)),
+            Some(first["s"].clone()),
+            Some(first["s_max"].clone()),
+            Some(json!("2024-05-01T12:00:00.123456Z")),
+            Some(json!("6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4d5")),
+            Some(json!(9223372036854775807i64)),
+            Some(json!(0.1)),
+            Some(json!(true)),
+            Some(first["o"].clone()),
+            Some(first["a"].clone()),
+            Some(json!("a string in a column of no single type")),
+            None,
+            Some(json!({"zzz": {"undeclared": true}})),
+        ],
+        vec![
+            Some(json!(2)),
+            Some(json!("")),
+            None,
+            Some(json!("1999-12-31T23:59:59.000000Z")),
+            None,
+            Some(json!(-9223372036854775808i64)),
+            Some(json!(-1.5e300)),
+            Some(json!(false)),
+            None,
+            None,
+            Some(json!(42)),
+            None,
+            None,
+        ],
+    ]
+}
+
+/// Reads a database's text rendering of a column back into a comparable JSON value.
+fn normalize(column: &str, text: Option<String>) -> Option<Value> {
+    let text = text?;
+    Some(match column {
+        "id" | "i" => json!(text.parse::<i64>().expect("an integer")),
+        "n" => json!(text.parse::<f64>().expect("a number")),
+        "b" => json!(matches!(text.as_str(), "1" | "true" | "t")),
+        "o" | "a" | "anything" | "_extra" => serde_json::from_str(&text).expect("JSON"),
+        "ts" => json!(normalize_timestamp(&text)),
+        _ => json!(text),
+    })
+}
+
+/// `2024-05-01 12:00:00.123456+00` (PostgreSQL), `2024-05-01 12:00:00.123456` (MySQL,
+/// UTC) and `2024-05-01T12:00:00.123456Z` (SQLite) to one RFC 3339 form.
+fn normalize_timestamp(text: &str) -> String {
+    let t = text.replace(' ', "T");
+    let t = if t.ends_with("+00") {
+        format!("{t}:00")
+    } else {
+        t
+    };
+    let t = if t.ends_with('Z') || t.contains('+') {
+        t
+    } else {
+        format!("{t}Z")
+    };
+    chrono::DateTime::parse_from_rfc3339(&t)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+async fn read_back(db: &TestDb) -> Vec<Vec<Option<String>>> {
+    let columns: Vec<String> = COLUMNS.iter().map(|c| db.text(&db.quote(c))).collect();
+    db.query(&format!(
+        "SELECT {} FROM typemap ORDER BY id",
+        columns.join(", ")
+    ))
+    .await
+}
+
+async fn every_type_round_trips_identically(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let before = chrono::Utc::now();
+    let (status, answer) = app.post_json("typemap", &events()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let rows = read_back(&app.db).await;
+    assert_eq!(rows.len(), 2);
+    let mut got = Vec::new();
+    for row in rows {
+        let mut normalized = Vec::new();
+        for (column, text) in COLUMNS.iter().zip(row) {
+            if *column == "_received_at" {
+                let t = normalize_timestamp(text.as_deref().expect("_received_at is NOT NULL"));
+                let t = chrono::DateTime::parse_from_rfc3339(&t).unwrap();
+                assert!(
+                    t >= before - chrono::Duration::seconds(1) && t <= chrono::Utc::now(),
+                    "{t}"
+                );
+                continue;
+            }
+            normalized.push(normalize(column, text));
+        }
+        got.push(normalized);
+    }
+    assert_eq!(got, expected(), "{db:?}");
+    let tables = app.db.count("typemap").await;
+    assert_eq!(tables, 2, "the DROP TABLE in a value is only text");
+}
+
+db_tests!(every_type_round_trips_identically);
