@@ -7,7 +7,7 @@
 mod bound;
 pub mod dialect;
 mod mysql;
-mod postgres;
+pub mod postgres;
 mod sqlite;
 
 use std::future::Future;

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod cli;
 mod errors;
 mod ingest;
 mod typemap;

@@ -1,0 +1,148 @@
+//! The `sluice` binary itself: `check` output and errors, and SIGTERM flushing the queues.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{fixture_schemas, shipped_schemas, Db, TestDb};
+
+fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // Settings come from the test, not from the environment CI runs in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn check_prints_the_ddl_of_every_stream_for_the_configured_database() {
+    let out = sluice()
+        .args(["check"])
+        .env("SLUICE_SCHEMAS_DIR", shipped_schemas())
+        .env("SLUICE_DATABASE_URL", "postgres://app@db.invalid/events")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ddl = String::from_utf8(out.stdout).unwrap();
+    assert!(ddl.contains("CREATE TABLE IF NOT EXISTS sluice_dead_letters"));
+    assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"order_placed\""));
+    assert!(ddl.contains("\"occurred_at\" timestamptz NOT NULL"));
+    assert!(ddl.contains("\"items\" jsonb NOT NULL"));
+    assert!(ddl.contains("\"event_id\" uuid NOT NULL"));
+}
+
+#[test]
+fn check_names_the_file_property_and_reason_of_a_bad_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"type": "object", "properties": {"ok": {"type": "string"}, "not-ok": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    let out = sluice()
+        .args(["check"])
+        .env("SLUICE_SCHEMAS_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.json") && err.contains("not-ok") && err.contains("identifier"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_unknown_config_keys_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1\"\nmax_body = 5\n").unwrap();
+    let out = sluice()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("sluice.toml") && err.contains("max_body"),
+        "{err}"
+    );
+}
+
+/// SIGTERM: stop accepting, flush every queue, exit 0. Events accepted with
+/// `ack=accepted` and still lingering in the queue are in the table afterwards.
+#[tokio::test]
+async fn sigterm_flushes_the_queues_and_exits_zero() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let mut child = sluice()
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("Sluice logs its address");
+        if let Some(pos) = line.find("http=") {
+            break line[pos + 5..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    let body: String = (0..300)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/v1/streams/reading/events?ack=accepted"
+        ))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(db.count("reading").await, 0, "lingering for 30 s");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(db.count("reading").await, 300);
+    let logs: Vec<String> = rx.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("SIGTERM received")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("Every queue is flushed")),
+        "{logs:?}"
+    );
+}
