@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
 use crate::ingest::http::{router, AppState};
-use crate::ingest::Ingest;
+use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
@@ -30,6 +30,9 @@ pub struct App {
     config: Config,
     http: TcpListener,
     http_addr: SocketAddr,
+    /// The TCP line listener, unless `tcp.listen` is empty.
+    tcp: Option<TcpListener>,
+    tcp_addr: Option<SocketAddr>,
     ingest: Arc<Ingest>,
     sink: Arc<dyn Sink>,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
@@ -41,6 +44,13 @@ impl App {
     /// Loads schemas, connects to the database, creates the tables and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let registry = Registry::load(&config).context("cannot load the stream schemas")?;
+        if let Some(default) = &config.tcp.default_stream {
+            anyhow::ensure!(
+                registry.get(default).is_some(),
+                "tcp.default_stream = {default:?} names no stream; the streams are {:?}",
+                registry.names()
+            );
+        }
         let sink = sink::connect(&config.database).await.with_context(|| {
             format!(
                 "cannot connect to the database {}",
@@ -79,10 +89,21 @@ impl App {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let http_addr = http.local_addr()?;
+        let tcp = match config.tcp.listen.as_str() {
+            "" => None,
+            addr => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for TCP lines on {addr}"))?,
+            ),
+        };
+        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
         Ok(App {
             config,
             http,
             http_addr,
+            tcp,
+            tcp_addr,
             ingest,
             sink,
             stream_receivers,
@@ -93,6 +114,11 @@ impl App {
     /// The address the HTTP API listens on.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address the TCP line listener listens on, if enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// Serves until `shutdown` resolves, then drains every queue and returns.
@@ -127,22 +153,48 @@ impl App {
         );
         tracker.close();
 
+        // Stop accepting (HTTP and TCP) as soon as `shutdown` resolves.
+        let accepting = CancellationToken::new();
+        let trigger = accepting.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let connections = TaskTracker::new();
+        if let Some(listener) = self.tcp {
+            let config = Arc::new(self.config.tcp.clone());
+            connections.spawn(tcp::serve(
+                listener,
+                self.ingest.clone(),
+                config,
+                accepting.clone(),
+                connections.clone(),
+            ));
+        }
+
         let state = AppState {
             ingest: self.ingest.clone(),
             sink: self.sink.clone(),
             http: Arc::new(self.config.http.clone()),
         };
-        tracing::info!(http = %self.http_addr, "Sluice is listening.");
+        tracing::info!(http = %self.http_addr, tcp = ?self.tcp_addr, "Sluice is listening.");
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.http, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(accepting.clone().cancelled_owned())
             .await;
 
-        tracing::info!("Shutting down: no new requests; flushing queues.");
+        // In order: in-flight HTTP requests are done (above); TCP connections finish
+        // queueing what they read; the queues refuse more; the batchers drain.
+        tracing::info!("Shutting down: no new requests or connections; flushing queues.");
+        let timeout = self.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        connections.close();
+        let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
         self.ingest.close();
         stop_batchers.cancel();
-        let timeout = self.config.shutdown_timeout;
-        let drained = tokio::time::timeout(timeout, tracker.wait()).await.is_ok();
+        let drained = tokio::time::timeout_at(deadline, tracker.wait())
+            .await
+            .is_ok();
         if drained {
             tracing::info!("Every queue is flushed.");
         } else {

@@ -94,6 +94,12 @@ pub struct TcpConfig {
     /// Stream for lines that carry no `stream_field`.
     #[serde(default)]
     pub default_stream: Option<String>,
+    /// Most connections served at once; further clients wait in the accept backlog.
+    #[serde(default = "default_max_connections_tcp")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (e.g. `"10m"`).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 /// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
@@ -165,6 +171,12 @@ fn default_tcp_listen() -> String {
 }
 fn default_max_line_bytes() -> usize {
     1024 * 1024
+}
+fn default_max_connections_tcp() -> usize {
+    1024
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_stream_field() -> String {
     "stream".to_owned()
@@ -339,6 +351,9 @@ impl Config {
             return Err(
                 "[http]: max_body_bytes and max_events_per_request must be greater than 0".into(),
             );
+        }
+        if self.tcp.max_connections == 0 || self.tcp.max_line_bytes == 0 {
+            return Err("[tcp]: max_connections and max_line_bytes must be greater than 0".into());
         }
         if self.database.max_connections == 0 {
             return Err("[database]: max_connections must be greater than 0".into());

@@ -289,6 +289,11 @@ impl Stream {
         })
     }
 
+    /// Whether the schema declares `property` (a column of the table).
+    pub fn declares(&self, property: &str) -> bool {
+        self.columns.iter().any(|c| c.name == property)
+    }
+
     /// Validates `event` and converts it to a row. `raw` is the event's original text.
     pub fn to_row(
         &self,

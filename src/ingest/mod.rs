@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod http;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,6 +99,31 @@ impl Batch {
             ),
         }
     }
+}
+
+/// Splits `items` into runs that each fit a queue of `(max_events, max_bytes)`; an item
+/// larger than `max_bytes` forms a run of its own.
+fn split_to_fit<T>(
+    items: Vec<T>,
+    (max_events, max_bytes): (usize, usize),
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut pieces: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let s = size(&item);
+        match pieces.last_mut() {
+            Some(last) if last.len() < max_events && bytes + s <= max_bytes => {
+                bytes += s;
+                last.push(item);
+            }
+            _ => {
+                bytes = s;
+                pieces.push(vec![item]);
+            }
+        }
+    }
+    pieces
 }
 
 /// Acknowledgements still to come for a submitted batch.
@@ -195,11 +221,60 @@ impl Ingest {
         Ok(pending)
     }
 
+    /// Queues `batch` in as many pieces as the queues' bounds require, each waiting for
+    /// room (no acknowledgement). For producers without all-or-nothing semantics (TCP).
+    pub async fn submit_in_pieces(
+        &self,
+        stream: Option<&str>,
+        batch: Batch,
+    ) -> Result<(), QueueError> {
+        let row_cap = stream
+            .and_then(|s| self.queues.get(s))
+            .map(|q| q.capacity())
+            .unwrap_or((usize::MAX, usize::MAX));
+        let letter_cap = self.dead_letters.capacity();
+        for piece in split_to_fit(batch.rows, row_cap, |r| r.raw.len()) {
+            let row_bytes = piece.iter().map(|r| r.raw.len()).sum();
+            let part = Batch {
+                rows: piece,
+                row_bytes,
+                ..Batch::default()
+            };
+            self.submit(stream, part, false).await?;
+        }
+        for piece in split_to_fit(batch.letters, letter_cap, |d| d.payload.len()) {
+            let letter_bytes = piece.iter().map(|d| d.payload.len()).sum();
+            let part = Batch {
+                letters: piece,
+                letter_bytes,
+                ..Batch::default()
+            };
+            self.submit(stream, part, false).await?;
+        }
+        Ok(())
+    }
+
     /// Refuses new events; producers waiting for room are told Sluice is shutting down.
     pub fn close(&self) {
         for q in self.queues.values() {
             q.close();
         }
         self.dead_letters.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pieces_fit_the_queue_bounds() {
+        let sizes = |p: &Vec<Vec<usize>>| {
+            p.iter()
+                .map(|v| v.iter().sum::<usize>())
+                .collect::<Vec<_>>()
+        };
+        let p = super::split_to_fit(vec![1usize; 7], (3, 100), |s| *s);
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 1]);
+        let p = super::split_to_fit(vec![40usize, 40, 40, 200, 10], (10, 100), |s| *s);
+        assert_eq!(sizes(&p), vec![80, 40, 200, 10]);
     }
 }

@@ -97,7 +97,16 @@ pub fn bounded<T>(max_events: usize, max_bytes: usize) -> (QueueSender<T>, Queue
 impl<T> QueueSender<T> {
     /// Waits until the queue has room for `events` events of `bytes` bytes in all.
     /// Cancel-safe: dropping the future gives back whatever it had reserved.
+    ///
+    /// A single event larger than the byte budget (possible only for a dead letter whose
+    /// escaped payload outgrows its line) takes the whole budget: it waits for an empty
+    /// queue and holds it alone, so memory stays bounded by the larger of the two.
     pub async fn reserve(&self, events: usize, bytes: usize) -> Result<Permit, QueueError> {
+        let bytes = if events == 1 {
+            bytes.min(self.max_bytes)
+        } else {
+            bytes
+        };
         if events > self.max_events || bytes > self.max_bytes {
             return Err(QueueError::TooLarge {
                 events,
@@ -137,6 +146,11 @@ impl<T> QueueSender<T> {
         self.tx
             .send(Envelope { items, ack, permit })
             .map_err(|_| QueueError::Closed)
+    }
+
+    /// The queue's bounds: events and bytes.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.max_events, self.max_bytes)
     }
 
     /// Events and bytes currently held (queued or being written).
@@ -188,9 +202,15 @@ mod tests {
             Err(QueueError::TooLarge { .. })
         ));
         assert!(matches!(
-            tx.reserve(1, 101).await,
+            tx.reserve(2, 101).await,
             Err(QueueError::TooLarge { .. })
         ));
+        let whole = tx
+            .reserve(1, 500)
+            .await
+            .expect("one oversized event takes the whole budget");
+        assert_eq!(tx.depth(), (1, 100));
+        drop(whole);
     }
 
     #[tokio::test]

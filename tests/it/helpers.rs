@@ -233,6 +233,7 @@ impl TestDb {
 /// A running Sluice.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
     pub db: TestDb,
     pub client: reqwest::Client,
     stop: CancellationToken,
@@ -269,10 +270,12 @@ pub async fn spawn_app(
     tweak(&mut config);
     let app = App::build(config).await.expect("Sluice starts");
     let addr = app.http_addr();
+    let tcp_addr = app.tcp_addr();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     Some(TestApp {
         addr,
+        tcp_addr,
         db,
         client: reqwest::Client::new(),
         stop,

@@ -5,4 +5,5 @@ mod helpers;
 mod cli;
 mod errors;
 mod ingest;
+mod tcp;
 mod typemap;

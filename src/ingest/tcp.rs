@@ -1,0 +1,399 @@
+//! The TCP line protocol (DESIGN.md "TCP line protocol"): one JSON object per line, the
+//! `json_lines` / NDJSON that Vector, Fluent Bit and Logstash emit.
+//!
+//! In: sockets. Out: rows and dead letters handed to the queues. A connection-limit
+//! permit is taken *before* `accept()`, so the limit is also backpressure. Each line is
+//! routed by its `stream_field` (or the listener's `default_stream`); a bad line (invalid
+//! UTF-8 or JSON, not an object, too long, unknown stream, schema-invalid) is
+//! dead-lettered with its reason and peer address and the connection goes on. When a
+//! stream's queue is full the connection waits for room and stops reading, so TCP flow
+//! control slows the sender; nothing is dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{body::parse_object, Batch, EventError, Ingest};
+use crate::config::TcpConfig;
+use crate::event::Stage;
+use crate::schema::Stream;
+
+/// Lines handed to the queues together, at most (they are already in the read buffer).
+const MAX_CHUNK_LINES: usize = 1000;
+/// Bytes of lines handed to the queues together, at most.
+const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+/// Read buffer of a connection.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// One line of input, as the codec found it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line, without its `\n` or `\r\n`.
+    Line(Bytes),
+    /// The bytes after the last newline when the peer closed the connection.
+    Unterminated(Bytes),
+    /// A line longer than the limit: its first `max_line_bytes` bytes. The rest, up to the
+    /// next newline, is skipped.
+    TooLong(Bytes),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Frame::Line(b) | Frame::Unterminated(b) | Frame::TooLong(b) => b.len(),
+        }
+    }
+}
+
+/// Newline framing with a maximum length: tokio-util's delimiter codec, with per-line
+/// problems returned as frames rather than errors so the connection goes on.
+pub struct LineCodec {
+    inner: AnyDelimiterCodec,
+    max: usize,
+}
+
+impl LineCodec {
+    pub fn new(max_line_bytes: usize) -> LineCodec {
+        LineCodec {
+            inner: Self::delimiter_codec(max_line_bytes),
+            max: max_line_bytes,
+        }
+    }
+
+    fn delimiter_codec(max: usize) -> AnyDelimiterCodec {
+        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max)
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Frame;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, io::Error> {
+        match self.inner.decode(buf) {
+            Ok(Some(line)) => Ok(Some(Frame::Line(strip_cr(line)))),
+            Ok(None) => Ok(None),
+            // The codec reports the overflow before skipping, so the prefix is still here.
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Frame::TooLong(
+                Bytes::copy_from_slice(&buf[..self.max.min(buf.len())]),
+            ))),
+            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, io::Error> {
+        match self.decode(buf)? {
+            Some(frame) => Ok(Some(frame)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                let rest = buf.split().freeze();
+                // The inner codec remembers how far it searched this buffer; start afresh.
+                self.inner = Self::delimiter_codec(self.max);
+                Ok(Some(Frame::Unterminated(strip_cr(rest))))
+            }
+        }
+    }
+}
+
+fn strip_cr(line: Bytes) -> Bytes {
+    if line.last() == Some(&b'\r') {
+        line.slice(..line.len() - 1)
+    } else {
+        line
+    }
+}
+
+/// Accepts connections until `stop`, each served on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Arc<Ingest>,
+    config: Arc<TcpConfig>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "TCP accept failed; retrying shortly.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let connection = Connection {
+            ingest: ingest.clone(),
+            config: config.clone(),
+            source: format!("tcp {peer}").into(),
+            peer,
+            line: 0,
+        };
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            connection.run(socket, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One client connection.
+struct Connection {
+    ingest: Arc<Ingest>,
+    config: Arc<TcpConfig>,
+    source: Arc<str>,
+    peer: SocketAddr,
+    /// Lines read so far, to number dead letters.
+    line: usize,
+}
+
+impl Connection {
+    async fn run(mut self, socket: TcpStream, stop: CancellationToken) {
+        tracing::debug!(peer = %self.peer, "TCP connection opened.");
+        let mut frames = FramedRead::with_capacity(
+            socket,
+            LineCodec::new(self.config.max_line_bytes),
+            READ_BUFFER,
+        );
+        let idle = self.config.idle_timeout;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                next = tokio::time::timeout(idle, frames.next()) => match next {
+                    Err(_) => {
+                        tracing::info!(peer = %self.peer, idle_s = idle.as_secs(), "Closing an idle TCP connection.");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TCP connection failed.");
+                        break;
+                    }
+                    Ok(Some(Ok(frame))) => frame,
+                },
+            };
+            // Take the lines that are already read too, up to a bound, to queue them at once.
+            let mut bytes = first.len();
+            let mut chunk = vec![first];
+            let mut ended = false;
+            while chunk.len() < MAX_CHUNK_LINES && bytes < MAX_CHUNK_BYTES {
+                match frames.next().now_or_never() {
+                    Some(Some(Ok(frame))) => {
+                        bytes += frame.len();
+                        chunk.push(frame);
+                    }
+                    Some(None) | Some(Some(Err(_))) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !self.ingest_chunk(chunk).await || ended {
+                break;
+            }
+        }
+        tracing::debug!(peer = %self.peer, lines = self.line, "TCP connection closed.");
+    }
+
+    /// Routes, validates and queues `chunk`, waiting for room (this is what pauses the
+    /// reads). `false` if Sluice is shutting down and the lines could not be queued.
+    async fn ingest_chunk(&mut self, chunk: Vec<Frame>) -> bool {
+        let received_at = chrono::Utc::now();
+        let mut per_stream: Vec<(Arc<Stream>, Batch)> = Vec::new();
+        let mut unrouted = Batch::default();
+        for frame in chunk {
+            let index = self.line;
+            self.line += 1;
+            let reject = |batch: &mut Batch, stream: Option<&str>, raw: &[u8], stage, error| {
+                let err = EventError {
+                    index,
+                    stage,
+                    error,
+                    pointer: None,
+                };
+                batch.reject(stream, raw, err, &self.source, received_at);
+            };
+            let (raw, unterminated) = match &frame {
+                Frame::TooLong(prefix) => {
+                    let error = format!(
+                        "line too long: more than tcp.max_line_bytes ({} bytes); its first {} bytes are kept here",
+                        self.config.max_line_bytes,
+                        prefix.len()
+                    );
+                    reject(&mut unrouted, None, prefix, Stage::Parse, error);
+                    continue;
+                }
+                Frame::Line(raw) => (raw, false),
+                Frame::Unterminated(raw) => (raw, true),
+            };
+            let value = match parse_object(raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    let error = if unterminated {
+                        format!(
+                            "the connection closed in the middle of this line (no newline): {e}"
+                        )
+                    } else {
+                        e
+                    };
+                    reject(&mut unrouted, None, raw, Stage::Parse, error);
+                    continue;
+                }
+            };
+            let (stream, value) = match self.route(value) {
+                Ok(routed) => routed,
+                Err(error) => {
+                    reject(&mut unrouted, None, raw, Stage::Route, error);
+                    continue;
+                }
+            };
+            let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
+                Some(i) => i,
+                None => {
+                    per_stream.push((stream.clone(), Batch::default()));
+                    per_stream.len() - 1
+                }
+            };
+            // Lines are valid UTF-8 here: `parse_object` checked.
+            let text = std::str::from_utf8(raw).unwrap_or_default();
+            per_stream[slot]
+                .1
+                .add(&stream, text, value, index, &self.source, received_at);
+        }
+        let batches = per_stream
+            .into_iter()
+            .map(|(stream, batch)| (Some(stream), batch))
+            .chain(std::iter::once((None, unrouted)));
+        for (stream, batch) in batches {
+            let lines = batch.rows.len() + batch.letters.len();
+            if lines == 0 {
+                continue;
+            }
+            let name = stream.as_ref().map(|s| s.name.as_str());
+            if let Err(e) = self.ingest.submit_in_pieces(name, batch).await {
+                tracing::warn!(peer = %self.peer, lines, error = %e, "Lines read from TCP could not be queued.");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The stream of a line: its `stream_field`, else the listener's `default_stream`.
+    /// The field is removed unless the stream's schema declares it as a property.
+    fn route(&self, mut value: Value) -> Result<(Arc<Stream>, Value), String> {
+        let field = &self.config.stream_field;
+        let Value::Object(map) = &mut value else {
+            return Err("the line is not a JSON object".into());
+        };
+        let name = match map.get(field.as_str()) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => return Err(format!("the \"{field}\" field must be a string naming a stream, not {other}")),
+            None => match &self.config.default_stream {
+                Some(d) => d.clone(),
+                None => {
+                    return Err(format!(
+                        "the line has no \"{field}\" field naming its stream, and tcp.default_stream is not set"
+                    ))
+                }
+            },
+        };
+        let stream = self
+            .ingest
+            .registry
+            .get(&name)
+            .ok_or_else(|| format!("unknown stream `{name}`: there is no schemas/{name}.json"))?
+            .clone();
+        if !stream.declares(field) {
+            map.shift_remove(field.as_str());
+        }
+        Ok((stream, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(input: &[u8], max: usize) -> Vec<Frame> {
+        let mut codec = LineCodec::new(max);
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        while let Some(f) = codec.decode_eof(&mut buf).unwrap() {
+            out.push(f);
+        }
+        assert_eq!(
+            codec.decode_eof(&mut buf).unwrap(),
+            None,
+            "EOF may be polled again"
+        );
+        out
+    }
+
+    #[test]
+    fn a_partial_line_searched_before_eof_is_returned_once_at_eof() {
+        let mut codec = LineCodec::new(100);
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"partial"[..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Line(Bytes::from_static(b"{\"a\":1}")))
+        );
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert_eq!(
+            codec.decode_eof(&mut buf).unwrap(),
+            Some(Frame::Unterminated(Bytes::from_static(b"{\"partial")))
+        );
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn lines_end_at_lf_or_crlf_and_a_last_line_without_newline_is_unterminated() {
+        let f = frames(b"{\"a\":1}\r\n{\"b\":2}\n{\"c\"", 100);
+        assert_eq!(
+            f,
+            vec![
+                Frame::Line(Bytes::from_static(b"{\"a\":1}")),
+                Frame::Line(Bytes::from_static(b"{\"b\":2}")),
+                Frame::Unterminated(Bytes::from_static(b"{\"c\"")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_line_keeps_its_prefix_and_the_next_line_is_read() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\nok\n");
+        let f = frames(&input, 10);
+        assert_eq!(
+            f,
+            vec![
+                Frame::TooLong(Bytes::from(vec![b'x'; 10])),
+                Frame::Line(Bytes::from_static(b"ok"))
+            ]
+        );
+    }
+}
