@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
-use crate::ingest::http::{router, AppState};
+use crate::ingest::http::{router, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::Batcher;
 use crate::pipeline::queue::{self, QueueReceiver};
@@ -177,17 +177,24 @@ impl App {
             sink: self.sink.clone(),
             http: Arc::new(self.config.http.clone()),
         };
-        tracing::info!(http = %self.http_addr, tcp = ?self.tcp_addr, "Sluice is listening.");
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.http, app)
-            .with_graceful_shutdown(accepting.clone().cancelled_owned())
-            .await;
+        let tcp_addr = self
+            .tcp_addr
+            .map_or_else(|| "disabled".to_owned(), |a| a.to_string());
+        tracing::info!(http = %self.http_addr, tcp = %tcp_addr, "Sluice is listening.");
+        let timeout = self.config.shutdown_timeout;
+        let http = tokio::spawn(serve_http(
+            self.http,
+            router(state),
+            Arc::new(self.config.http.clone()),
+            accepting.clone(),
+        ));
+        accepting.cancelled().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let served = tokio::time::timeout_at(deadline, http).await;
 
         // In order: in-flight HTTP requests are done (above); TCP connections finish
         // queueing what they read; the queues refuse more; the batchers drain.
         tracing::info!("Shutting down: no new requests or connections; flushing queues.");
-        let timeout = self.config.shutdown_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
         connections.close();
         let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
         self.ingest.close();
@@ -212,7 +219,12 @@ impl App {
             );
         }
         self.sink.close().await;
-        served.context("the HTTP server failed")?;
+        match served {
+            Ok(joined) => joined.context("the HTTP server task failed")?,
+            Err(_) => {
+                tracing::error!("In-flight HTTP requests did not finish within shutdown_timeout.")
+            }
+        }
         if drained {
             Ok(())
         } else {

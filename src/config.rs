@@ -76,6 +76,12 @@ pub struct HttpConfig {
     /// How long a request waits for room in a full queue before `503` + `Retry-After`.
     #[serde(default = "default_enqueue_timeout", deserialize_with = "duration")]
     pub enqueue_timeout: Duration,
+    /// Most connections served at once; further clients wait in the accept backlog.
+    #[serde(default = "default_max_connections_http")]
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time (slow clients are cut off).
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 /// `[tcp]`.
@@ -165,6 +171,12 @@ fn default_max_events_per_request() -> usize {
 }
 fn default_enqueue_timeout() -> Duration {
     Duration::from_millis(100)
+}
+fn default_max_connections_http() -> usize {
+    1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_tcp_listen() -> String {
     "127.0.0.1:9000".to_owned()

@@ -7,6 +7,10 @@ use axum::http::{header, HeaderMap};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// Deepest nesting of objects and arrays accepted: serde_json's recursion limit, which
+/// keeps a hostile body from exhausting the stack.
+pub const MAX_DEPTH: usize = 128;
+
 /// How the body holds its events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -142,7 +146,8 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
             }
             let not_json = |e: serde_json::Error| {
                 BodyError::Malformed(format!(
-                    "the body is not valid JSON: {e}. Send one object or an array of objects; for one object per line use Content-Type: application/x-ndjson"
+                    "the body is not valid JSON: {}. Send one object or an array of objects; for one object per line use Content-Type: application/x-ndjson",
+                    explain(&e)
                 ))
             };
             if trimmed.starts_with('[') {
@@ -181,7 +186,16 @@ pub fn parse_object(raw: &[u8]) -> Result<Value, String> {
     match serde_json::from_str::<Value>(text) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(v) => Err(format!("the event is a JSON {}, not an object", kind(&v))),
-        Err(e) => Err(format!("the event is not valid JSON: {e}")),
+        Err(e) => Err(format!("the event is not valid JSON: {}", explain(&e))),
+    }
+}
+
+/// A parse error, with the nesting limit spelled out when that is what was hit.
+fn explain(e: &serde_json::Error) -> String {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        format!("{e} (objects and arrays may nest at most {MAX_DEPTH} levels deep)")
+    } else {
+        e.to_string()
     }
 }
 
@@ -240,6 +254,17 @@ mod tests {
             split(Format::Json, b"[{},{},{}]", 2),
             Err(BodyError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_refused_with_the_limit_named() {
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(200), "]".repeat(200));
+        match split(Format::Json, deep.as_bytes(), 10) {
+            Err(BodyError::Malformed(m)) => assert!(m.contains("128 levels"), "{m}"),
+            _ => panic!("deep nesting must be refused"),
+        }
+        let ok = format!("{{\"a\": {}1{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(split(Format::Json, ok.as_bytes(), 10).is_ok());
     }
 
     #[test]

@@ -12,8 +12,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::body::{self, BodyError};
 use super::{Batch, EventError, Ingest};
@@ -35,6 +40,59 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     pub sink: Arc<dyn Sink>,
     pub http: Arc<HttpConfig>,
+}
+
+/// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
+///
+/// A connection-limit permit is taken before `accept()` (so the limit is backpressure,
+/// not an error), and a client must send its request headers within
+/// `header_read_timeout`, so slow or stalled clients cannot hold connections forever.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: Arc<HttpConfig>,
+    stop: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed; retrying shortly.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// The HTTP API's routes.

@@ -333,3 +333,79 @@ async fn health_readiness_and_stream_status_answer() {
     assert_eq!(r["streams"][1]["stream"], "reading");
     assert_eq!(r["streams"][1]["queue_events"], 0);
 }
+
+/// A client that never finishes its headers is cut off after `header_read_timeout`.
+#[tokio::test]
+async fn a_client_slower_than_the_header_timeout_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.http.header_read_timeout = Duration::from_millis(300);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"POST /v1/streams/reading/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "Sluice closes the connection instead of waiting forever"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+/// With `max_connections` held by idle keep-alive clients, a new client waits (it is
+/// not accepted) and is served once a connection frees up.
+#[tokio::test]
+async fn the_connection_limit_makes_new_clients_wait_not_fail() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.http.max_connections = 2
+    })
+    .await
+    else {
+        return;
+    };
+    let url = app.url("/healthz");
+    let holders: Vec<reqwest::Client> = (0..2).map(|_| reqwest::Client::new()).collect();
+    for h in &holders {
+        assert_eq!(h.get(&url).send().await.unwrap().status(), 200);
+    }
+    let third = reqwest::Client::new();
+    let waiting = tokio::time::timeout(Duration::from_millis(500), third.get(&url).send()).await;
+    assert!(
+        waiting.is_err(),
+        "a third connection is not served while two are held"
+    );
+    drop(holders); // closes their pooled keep-alive connections
+    let served = tokio::time::timeout(Duration::from_secs(5), third.get(&url).send()).await;
+    assert_eq!(
+        served.expect("served once a slot frees").unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn json_nested_too_deep_is_400_naming_the_limit_and_dead_lettered() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let deep = format!("{{\"seq\": {}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = app.post("reading", "", "application/json", deep).await;
+    assert_eq!(r.status(), 400);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        answer["error"].as_str().unwrap().contains("128 levels"),
+        "{answer}"
+    );
+    assert_eq!(app.db.dead_letters().await.len(), 1);
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the process is unharmed");
+}
