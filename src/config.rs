@@ -121,7 +121,8 @@ pub struct StreamSettings {
     /// Queue capacity in events (accepted but not yet committed, batches in flight included).
     #[serde(default = "default_queue_max_events")]
     pub queue_max_events: usize,
-    /// Queue capacity in bytes of event JSON, so a stream of huge events cannot take all memory.
+    /// Queue capacity in bytes of memory the queued events hold (JSON text and decoded
+    /// values), so a stream of huge events cannot take all memory.
     #[serde(default = "default_queue_max_bytes")]
     pub queue_max_bytes: usize,
 }

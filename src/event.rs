@@ -38,6 +38,27 @@ pub struct Row {
     pub index: usize,
 }
 
+impl Row {
+    /// Approximate bytes of memory the row holds: its original text, its decoded
+    /// values and their bookkeeping. This is what counts against `queue_max_bytes`, so
+    /// the budget bounds memory, not just the size of the JSON received.
+    pub fn memory_size(&self) -> usize {
+        let cells: usize = self
+            .cells
+            .iter()
+            .map(|c| match c {
+                Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => s.capacity(),
+                _ => 0,
+            })
+            .sum();
+        std::mem::size_of::<Row>()
+            + self.raw.len()
+            + self.extra.as_ref().map_or(0, String::capacity)
+            + self.cells.capacity() * std::mem::size_of::<Cell>()
+            + cells
+    }
+}
+
 /// The pipeline stage at which an event was set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

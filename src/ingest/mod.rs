@@ -39,7 +39,7 @@ pub struct Batch {
     pub rows: Vec<Row>,
     pub letters: Vec<DeadLetter>,
     pub errors: Vec<EventError>,
-    /// Bytes the rows count against the stream's queue.
+    /// Bytes the rows count against the stream's queue ([`Row::memory_size`]).
     pub row_bytes: usize,
     /// Bytes the dead letters count against the dead-letter queue.
     pub letter_bytes: usize,
@@ -82,7 +82,7 @@ impl Batch {
     ) {
         match stream.to_row(value, raw.into(), source.clone(), index, received_at) {
             Ok(row) => {
-                self.row_bytes += raw.len();
+                self.row_bytes += row.memory_size();
                 self.rows.push(row);
             }
             Err(rejection) => self.reject(
@@ -233,8 +233,8 @@ impl Ingest {
             .map(|q| q.capacity())
             .unwrap_or((usize::MAX, usize::MAX));
         let letter_cap = self.dead_letters.capacity();
-        for piece in split_to_fit(batch.rows, row_cap, |r| r.raw.len()) {
-            let row_bytes = piece.iter().map(|r| r.raw.len()).sum();
+        for piece in split_to_fit(batch.rows, row_cap, Row::memory_size) {
+            let row_bytes = piece.iter().map(Row::memory_size).sum();
             let part = Batch {
                 rows: piece,
                 row_bytes,

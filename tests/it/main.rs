@@ -4,6 +4,7 @@ mod helpers;
 
 mod cli;
 mod errors;
+mod flood;
 mod ingest;
 mod tcp;
 mod typemap;

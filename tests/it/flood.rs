@@ -1,0 +1,199 @@
+//! Memory stays bounded under a flood: the real binary, HTTP and TCP clients sending
+//! faster than the database can write (its table is locked most of the time), RSS read
+//! from /proc. Nothing accepted is lost: every 202-acknowledged event and every line a
+//! TCP client wrote is in the table at the end.
+//!
+//! `SLUICE_TEST_FLOOD_SECS` (default 3) sets the flood's length; `SLUICE_TEST_BIN`
+//! points it at another build (e.g. `target/release/sluice`) for longer measurements.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use crate::helpers::{fixture_schemas, Db, TestDb};
+
+/// The queue's byte budget in this test.
+const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
+/// Allowed on top of the queue's byte budget (runtime, buffers, decoded rows).
+const HEADROOM: u64 = 64 * 1024 * 1024;
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// An event of about 1 KB, so the byte budget binds before the event count.
+fn event(seq: u64) -> String {
+    format!("{{\"id\": {seq}, \"s\": \"{}\"}}\n", "x".repeat(1000))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_a_flood_and_nothing_accepted_is_lost() {
+    let secs: u64 = std::env::var("SLUICE_TEST_FLOOD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let bin = std::env::var("SLUICE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned());
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let mut cmd = Command::new(bin);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_DEFAULTS_QUEUE_MAX_BYTES", QUEUE_BYTES.to_string())
+        .env("SLUICE_TCP_MAX_LINE_BYTES", "65536")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (http, tcp) = loop {
+        let line = lines.next().expect("Sluice logs its addresses").unwrap();
+        let field = |name: &str| {
+            line.find(name).map(|p| {
+                line[p + name.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+        };
+        if let (Some(h), Some(t)) = (field("http="), field("tcp=")) {
+            break (h, t);
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let idle_rss = rss_bytes(pid);
+
+    // The database is locked 90% of the time: it writes far slower than clients send.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let locker = {
+        let url = db.url.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            loop {
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                let stopped = tokio::time::timeout(Duration::from_millis(900), stop.notified())
+                    .await
+                    .is_ok();
+                sqlx::query("COMMIT").execute(&mut c).await.unwrap();
+                if stopped {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let seq = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let rejected = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (seq, accepted, rejected) = (seq.clone(), accepted.clone(), rejected.clone());
+        let url = format!("http://{http}/v1/streams/typemap/events?ack=accepted");
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while Instant::now() < deadline {
+                let first = seq.fetch_add(500, Ordering::SeqCst);
+                let body: String = (first..first + 500).map(event).collect();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    202 => accepted.fetch_add(500, Ordering::SeqCst),
+                    503 => {
+                        assert!(r.headers().contains_key("retry-after"));
+                        rejected.fetch_add(500, Ordering::SeqCst)
+                    }
+                    s => panic!("unexpected status {s}"),
+                };
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (seq, accepted) = (seq.clone(), accepted.clone());
+        let tcp = tcp.clone();
+        clients.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+            while Instant::now() < deadline {
+                let first = seq.fetch_add(200, Ordering::SeqCst);
+                let chunk: String = (first..first + 200)
+                    .map(|i| format!("{{\"stream\": \"typemap\", {}", &event(i)[1..]))
+                    .collect();
+                // Blocks while Sluice has stopped reading: that is the backpressure.
+                s.write_all(chunk.as_bytes()).await.unwrap();
+                accepted.fetch_add(200, Ordering::SeqCst);
+            }
+            s.shutdown().await.unwrap();
+        }));
+    }
+
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.notify_one();
+    locker.await.unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    peak = peak.max(rss_bytes(pid));
+    let expected = accepted.load(Ordering::SeqCst) as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = db.count("typemap").await;
+        if n == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} rows of {expected} accepted events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(child.wait().unwrap().success());
+    println!(
+        "flood {secs}s: {expected} events accepted and stored, {} refused with 503; RSS idle {} MiB, peak {} MiB (bound {} MiB)",
+        rejected.load(Ordering::SeqCst),
+        idle_rss >> 20,
+        peak >> 20,
+        (QUEUE_BYTES + HEADROOM) >> 20
+    );
+    assert!(
+        rejected.load(Ordering::SeqCst) > 0,
+        "the flood outpaced the database"
+    );
+    assert!(peak < QUEUE_BYTES + HEADROOM, "peak RSS {} MiB", peak >> 20);
+}
