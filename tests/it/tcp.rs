@@ -322,3 +322,48 @@ async fn a_full_queue_pauses_reading_so_the_tcp_writer_blocks_and_nothing_is_los
         .unwrap();
     app.db.wait_for_count("reading", LINES as i64).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncReadExt;
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.tcp.idle_timeout = Duration::from_millis(300)
+    })
+    .await
+    else {
+        return;
+    };
+    let mut s = connect(&app).await;
+    s.write_all(line(1).as_bytes()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0))),
+        "Sluice closes the idle connection: {n:?}"
+    );
+    app.db.wait_for_count("reading", 1).await;
+}
+
+/// With `max_connections` taken, a new client is not accepted (its lines wait in the
+/// kernel) until a connection closes; then its lines are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_defers_new_clients_until_a_slot_frees() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| c.tcp.max_connections = 1).await
+    else {
+        return;
+    };
+    let mut first = connect(&app).await;
+    first.write_all(line(1).as_bytes()).await.unwrap();
+    app.db.wait_for_count("reading", 1).await;
+    let mut second = connect(&app).await;
+    second.write_all(line(2).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.db.count("reading").await,
+        1,
+        "the second client waits for a slot"
+    );
+    first.shutdown().await.unwrap();
+    drop(first);
+    app.db.wait_for_count("reading", 2).await;
+}
