@@ -3,6 +3,7 @@
 mod helpers;
 
 mod cli;
+mod delivery;
 mod errors;
 mod flood;
 mod ingest;
