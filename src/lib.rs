@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod ingest;
 pub mod pipeline;
+pub mod replay;
 pub mod schema;
 pub mod sink;
 

@@ -26,6 +26,18 @@ enum Command {
     Serve,
     /// Load the config and schemas and print each stream's table DDL for the configured database.
     Check,
+    /// Re-validate dead letters against the current schemas and write those that now pass.
+    Replay {
+        /// Only this stream's dead letters.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only dead letters received at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Report what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +53,11 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config),
         Command::Check => check(cli.config),
+        Command::Replay {
+            stream,
+            since,
+            dry_run,
+        } => replay(cli.config, stream, since, dry_run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,6 +100,43 @@ fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             stream.schema_file.display()
         );
         println!("{};\n", dialect.create_table(stream));
+    }
+    Ok(())
+}
+
+fn replay(
+    config_path: Option<PathBuf>,
+    stream: Option<String>,
+    since: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let since = since
+        .map(|s| sluice::schema::parse_timestamp(&s).map_err(|e| anyhow::anyhow!("--since: {e}")))
+        .transpose()?;
+    let options = sluice::replay::ReplayOptions {
+        stream,
+        since,
+        dry_run,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(sluice::replay::replay(&config, &options))?;
+    for (stream, r) in &report {
+        println!(
+            "{stream}: {} {}, {} still failing",
+            r.replayed,
+            if dry_run {
+                "would be replayed"
+            } else {
+                "replayed"
+            },
+            r.still_failing
+        );
+    }
+    if report.is_empty() {
+        println!("no dead letters to replay");
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ impl Item for Row {
         target: &'a Self::Target,
         items: &'a [Self],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        sink.write_rows(target, items)
+        sink.write_rows(target, items, &[])
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {

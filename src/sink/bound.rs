@@ -3,10 +3,10 @@
 //! bound-parameter and statement-size limits.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Database, Encode, Executor, IntoArguments, Pool, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
-use super::{chunks_by, sink_error, BoxFuture, Sink, SinkError};
+use super::{chunks_by, sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
 
@@ -37,10 +37,75 @@ where
     Ok(())
 }
 
+/// Reads a page of replayable dead letters.
+pub async fn fetch_dead_letters<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    timestamp: TimestampText,
+    page: &DeadLetterPage,
+) -> Result<Vec<StoredDeadLetter>, SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let err = sink_error(dialect);
+    let sql = dialect.select_dead_letters(page.stream.is_some(), page.since.is_some());
+    let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
+    if let Some(stream) = &page.stream {
+        q = q.bind(stream.as_str());
+    }
+    if let Some(since) = &page.since {
+        q = q.bind(timestamp(since));
+    }
+    let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredDeadLetter {
+                id: r.try_get(0)?,
+                stream: r.try_get(1)?,
+                payload: r.try_get(2)?,
+                received_at: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(&err)
+}
+
+/// Counts one more failed replay of dead letter `id`, with its new reason.
+pub async fn record_replay_failure<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    id: i64,
+    error: &str,
+) -> Result<(), SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(&dialect.record_replay_failure())
+        .bind(error)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(())
+}
+
 /// Formats a timestamp the way the database's timestamp column reads it from text.
 pub type TimestampText = fn(&DateTime<Utc>) -> String;
 
-/// Writes `rows` to `stream`'s table in one transaction.
+/// Writes `rows` to `stream`'s table and deletes the dead letters `replayed` (those the
+/// rows came from, when replaying) in one transaction.
 pub async fn write_rows<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
@@ -48,6 +113,7 @@ pub async fn write_rows<DB>(
     timestamp: TimestampText,
     stream: &Stream,
     rows: &[Row],
+    replayed: &[i64],
 ) -> Result<(), SinkError>
 where
     DB: Database,
@@ -94,6 +160,14 @@ where
             if stream.has_extra {
                 q = q.bind(row.extra.as_deref());
             }
+        }
+        q.execute(&mut *tx).await.map_err(&err)?;
+    }
+    for ids in replayed.chunks(1000) {
+        let sql = dialect.delete_dead_letters(ids.len());
+        let mut q = sqlx::query::<DB>(&sql);
+        for id in ids {
+            q = q.bind(*id);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
@@ -167,7 +241,30 @@ where
     for<'q> i32: Encode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB>,
+    usize: ColumnIndex<DB::Row>,
 {
+    fn fetch_dead_letters<'a>(
+        &'a self,
+        page: &'a DeadLetterPage,
+    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
+        Box::pin(fetch_dead_letters(
+            &self.pool,
+            self.dialect,
+            self.timestamp,
+            page,
+        ))
+    }
+
+    fn record_replay_failure<'a>(
+        &'a self,
+        id: i64,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(record_replay_failure(&self.pool, self.dialect, id, error))
+    }
+
     fn dialect(&self) -> Dialect {
         self.dialect
     }
@@ -187,6 +284,7 @@ where
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
+        replayed: &'a [i64],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(write_rows(
             &self.pool,
@@ -195,6 +293,7 @@ where
             self.timestamp,
             stream,
             rows,
+            replayed,
         ))
     }
 

@@ -225,6 +225,68 @@ impl Dialect {
         sql
     }
 
+    /// The `n`th (1-based) bound-value placeholder.
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// `DELETE FROM sluice_dead_letters WHERE id IN (…)` for `n` bound ids.
+    pub fn delete_dead_letters(self, n: usize) -> String {
+        let params: Vec<String> = (1..=n).map(|i| self.placeholder(i)).collect();
+        format!(
+            "DELETE FROM {DEAD_LETTERS} WHERE id IN ({})",
+            params.join(", ")
+        )
+    }
+
+    /// A page of replayable dead letters (with a stream), oldest first, after id
+    /// `$1`, optionally for one stream and since a time: `id, stream, payload,
+    /// received_at` (as RFC 3339 text). Binds: after id, [stream], [since], limit.
+    pub fn select_dead_letters(self, by_stream: bool, since: bool) -> String {
+        let received = match self {
+            Dialect::Postgres => {
+                "to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+            }
+            Dialect::Mysql => "DATE_FORMAT(received_at, '%Y-%m-%dT%H:%i:%s.%fZ')",
+            Dialect::Sqlite => "received_at",
+        };
+        let mut n = 1;
+        let mut next = || {
+            n += 1;
+            self.placeholder(n)
+        };
+        let mut sql = format!(
+            "SELECT id, stream, payload, {received} FROM {DEAD_LETTERS} WHERE id > {} AND stream IS NOT NULL",
+            self.placeholder(1)
+        );
+        if by_stream {
+            sql.push_str(&format!(" AND stream = {}", next()));
+        }
+        if since {
+            let p = next();
+            let p = if self == Dialect::Postgres {
+                format!("CAST({p} AS timestamptz)")
+            } else {
+                p
+            };
+            sql.push_str(&format!(" AND received_at >= {p}"));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT {}", next()));
+        sql
+    }
+
+    /// Records a failed replay of dead letter `$2`: one more attempt, and the new reason `$1`.
+    pub fn record_replay_failure(self) -> String {
+        format!(
+            "UPDATE {DEAD_LETTERS} SET attempts = attempts + 1, error = {} WHERE id = {}",
+            self.placeholder(1),
+            self.placeholder(2)
+        )
+    }
+
     /// Most bound values one statement may carry.
     pub fn max_bind_params(self) -> usize {
         match self {

@@ -52,21 +52,53 @@ pub trait Sink: Send + Sync + 'static {
     fn dialect(&self) -> Dialect;
     /// Creates the dead-letter table and every stream's table if missing.
     fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// Writes `rows` to `stream`'s table in one transaction.
+    /// Writes `rows` to `stream`'s table in one transaction, deleting the dead letters
+    /// `replayed` in the same transaction (empty except for `sluice replay`).
     fn write_rows<'a>(
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
+        replayed: &'a [i64],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Writes `letters` to `sluice_dead_letters` in one transaction.
     fn write_dead_letters<'a>(
         &'a self,
         letters: &'a [DeadLetter],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// A page of dead letters that name a stream, for `sluice replay`.
+    fn fetch_dead_letters<'a>(
+        &'a self,
+        page: &'a DeadLetterPage,
+    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>>;
+    /// Records that replaying dead letter `id` failed again, with the new reason.
+    fn record_replay_failure<'a>(
+        &'a self,
+        id: i64,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Checks that the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Closes the pool, waiting for connections in use to come back.
     fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Which dead letters to read: those after `after_id`, oldest first.
+#[derive(Debug, Clone)]
+pub struct DeadLetterPage {
+    pub after_id: i64,
+    pub stream: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: i64,
+}
+
+/// A dead letter as stored, with what replay needs.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub stream: String,
+    pub payload: String,
+    /// When Sluice first accepted the event, RFC 3339.
+    pub received_at: String,
 }
 
 /// Connects to the configured database.

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::bound::{ddl, execute_all};
+use super::bound::{ddl, execute_all, fetch_dead_letters, record_replay_failure};
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
-use super::{sink_error, BoxFuture, Sink, SinkError};
+use super::{sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -98,6 +98,11 @@ async fn copy_in(
     Ok(())
 }
 
+/// A timestamp as PostgreSQL reads `timestamptz` from text.
+fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339()
+}
+
 /// A per-connection staging table name for `table`, stable and within 63 bytes.
 fn staging_table(table: &str) -> String {
     let mut h = DefaultHasher::new();
@@ -118,39 +123,35 @@ impl Sink for PgSink {
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
+        replayed: &'a [i64],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let err = sink_error(DIALECT);
             let columns = DIALECT.column_list(stream);
             let data = encode_rows(stream, rows);
             let table = DIALECT.quote(&stream.table);
+            if stream.id_field.is_none() && replayed.is_empty() {
+                // The common case: one COPY, atomic on its own.
+                let mut conn = self.pool.acquire().await.map_err(&err)?;
+                let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                return copy_in(&mut conn, &statement, data).await.map_err(&err);
+            }
+            let mut tx = self.pool.begin().await.map_err(&err)?;
             match &stream.id_field {
                 None => {
-                    let mut conn = self.pool.acquire().await.map_err(&err)?;
-                    copy_in(
-                        &mut conn,
-                        &format!("COPY {table} ({columns}) FROM STDIN"),
-                        data,
-                    )
-                    .await
-                    .map_err(&err)
+                    let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                    copy_in(&mut tx, &statement, data).await.map_err(&err)?;
                 }
                 Some(id) => {
                     let stage = staging_table(&stream.table);
-                    let mut tx = self.pool.begin().await.map_err(&err)?;
                     sqlx::query(&format!(
                         "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                     ))
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    copy_in(
-                        &mut tx,
-                        &format!("COPY {stage} ({columns}) FROM STDIN"),
-                        data,
-                    )
-                    .await
-                    .map_err(&err)?;
+                    let statement = format!("COPY {stage} ({columns}) FROM STDIN");
+                    copy_in(&mut tx, &statement, data).await.map_err(&err)?;
                     sqlx::query(&format!(
                         "INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT ({}) DO NOTHING",
                         DIALECT.quote(id)
@@ -158,9 +159,17 @@ impl Sink for PgSink {
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
-                    tx.commit().await.map_err(&err)
                 }
             }
+            for ids in replayed.chunks(1000) {
+                let sql = DIALECT.delete_dead_letters(ids.len());
+                let mut q = sqlx::query(&sql);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *tx).await.map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)
         })
     }
 
@@ -179,6 +188,21 @@ impl Sink for PgSink {
                 .await
                 .map_err(&err)
         })
+    }
+
+    fn fetch_dead_letters<'a>(
+        &'a self,
+        page: &'a DeadLetterPage,
+    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
+        Box::pin(fetch_dead_letters(&self.pool, DIALECT, rfc3339, page))
+    }
+
+    fn record_replay_failure<'a>(
+        &'a self,
+        id: i64,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(record_replay_failure(&self.pool, DIALECT, id, error))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -7,5 +7,6 @@ mod delivery;
 mod errors;
 mod flood;
 mod ingest;
+mod replay;
 mod tcp;
 mod typemap;

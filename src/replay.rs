@@ -1,0 +1,200 @@
+//! `sluice replay`: after a schema or data fix, re-validates dead letters against the
+//! current schemas and writes the ones that now pass.
+//!
+//! In: `sluice_dead_letters` rows that name a stream (optionally one stream, since a
+//! time). Out: rows in their tables, each written in the same transaction that deletes
+//! its dead letter, so running replay twice never duplicates anything. Dead letters that
+//! still fail stay, with `attempts` counted up and the new reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::event::Row;
+use crate::ingest::body::parse_object;
+use crate::pipeline::batcher::backoff;
+use crate::schema::{parse_timestamp, Registry, Stream};
+use crate::sink::{self, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
+
+/// Dead letters read per round trip.
+const PAGE: i64 = 500;
+/// Attempts at one write before replay gives up on a transient failure.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// A stream and the rows (with the ids of their dead letters) that now pass its schema.
+type Replayable = (Arc<Stream>, Vec<(i64, Row)>);
+
+/// What to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    pub stream: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    /// Report what would be replayed without writing anything.
+    pub dry_run: bool,
+}
+
+/// Per-stream outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Written to the table (or, with `--dry-run`, would be).
+    pub replayed: usize,
+    /// Still refused (schema, parse or database), left in the dead-letter table.
+    pub still_failing: usize,
+}
+
+/// Replays dead letters; prints progress to stderr.
+pub async fn replay(
+    config: &Config,
+    options: &ReplayOptions,
+) -> anyhow::Result<BTreeMap<String, StreamReport>> {
+    let registry = Registry::load(config).context("cannot load the stream schemas")?;
+    if let Some(s) = &options.stream {
+        anyhow::ensure!(
+            registry.get(s).is_some(),
+            "--stream {s}: no such stream; the streams are {:?}",
+            registry.names()
+        );
+    }
+    let sink = sink::connect(&config.database).await.with_context(|| {
+        format!(
+            "cannot connect to the database {}",
+            crate::app::redact(&config.database.url)
+        )
+    })?;
+    let streams: Vec<_> = registry.iter().cloned().collect();
+    sink.prepare(&streams)
+        .await
+        .context("cannot create the tables")?;
+    let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
+    let mut page = DeadLetterPage {
+        after_id: 0,
+        stream: options.stream.clone(),
+        since: options.since,
+        limit: PAGE,
+    };
+    let mut examined = 0usize;
+    loop {
+        let letters = sink
+            .fetch_dead_letters(&page)
+            .await
+            .context("cannot read sluice_dead_letters")?;
+        let Some(last) = letters.last() else { break };
+        page.after_id = last.id;
+        examined += letters.len();
+        let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
+        for letter in letters {
+            let entry = report.entry(letter.stream.clone()).or_default();
+            match revalidate(&registry, &letter) {
+                Ok((stream, row)) => {
+                    by_stream
+                        .entry(stream.name.clone())
+                        .or_insert_with(|| (stream, Vec::new()))
+                        .1
+                        .push((letter.id, row));
+                }
+                Err(reason) => {
+                    entry.still_failing += 1;
+                    if !options.dry_run {
+                        retrying(|| sink.record_replay_failure(letter.id, &reason)).await?;
+                    }
+                }
+            }
+        }
+        for (name, (stream, rows)) in by_stream {
+            let entry = report.entry(name).or_default();
+            if options.dry_run {
+                entry.replayed += rows.len();
+                continue;
+            }
+            let (written, failed) = write(&*sink, &stream, rows).await?;
+            entry.replayed += written;
+            entry.still_failing += failed;
+        }
+        let replayed: usize = report.values().map(|r| r.replayed).sum();
+        eprintln!(
+            "replay: {examined} dead letters examined, {replayed} replayed{}",
+            if options.dry_run { " (dry run)" } else { "" }
+        );
+    }
+    sink.close().await;
+    Ok(report)
+}
+
+/// Parses and validates a dead letter's payload against its stream's current schema.
+fn revalidate(
+    registry: &Registry,
+    letter: &StoredDeadLetter,
+) -> Result<(Arc<Stream>, Row), String> {
+    let stream = registry
+        .get(&letter.stream)
+        .ok_or_else(|| format!("replay: stream `{}` no longer has a schema", letter.stream))?;
+    let value = parse_object(letter.payload.as_bytes()).map_err(|e| format!("replay: {e}"))?;
+    let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
+    let source: Arc<str> = "replay".into();
+    let row = stream
+        .to_row(
+            value,
+            letter.payload.as_str().into(),
+            source,
+            letter.id as usize,
+            received_at,
+        )
+        .map_err(|r| format!("replay: {}", r.error))?;
+    Ok((stream.clone(), row))
+}
+
+/// Writes rows and deletes their dead letters together; on a permanent failure, one by
+/// one, so that one bad row does not hold back the others. Returns (written, failed).
+async fn write(
+    sink: &dyn Sink,
+    stream: &Stream,
+    rows: Vec<(i64, Row)>,
+) -> anyhow::Result<(usize, usize)> {
+    let (ids, rows): (Vec<i64>, Vec<Row>) = rows.into_iter().unzip();
+    match retrying(|| sink.write_rows(stream, &rows, &ids)).await {
+        Ok(()) => return Ok((rows.len(), 0)),
+        Err(e)
+            if e.downcast_ref::<SinkError>()
+                .is_some_and(|e| !e.is_transient()) => {}
+        Err(e) => return Err(e),
+    }
+    let (mut written, mut failed) = (0, 0);
+    for (id, row) in ids.iter().zip(&rows) {
+        match retrying(|| {
+            sink.write_rows(stream, std::slice::from_ref(row), std::slice::from_ref(id))
+        })
+        .await
+        {
+            Ok(()) => written += 1,
+            Err(e) => match e.downcast_ref::<SinkError>() {
+                Some(db) if !db.is_transient() => {
+                    failed += 1;
+                    let reason = format!("replay: {db}");
+                    retrying(|| sink.record_replay_failure(*id, &reason)).await?;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+    Ok((written, failed))
+}
+
+/// Runs `op`, retrying transient failures a few times with backoff.
+async fn retrying<'a>(
+    op: impl Fn() -> sink::BoxFuture<'a, Result<(), SinkError>>,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && attempt < MAX_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
