@@ -129,15 +129,14 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
                 Dialect::Postgres => {
                     let code = db.code().unwrap_or_default();
                     // 08 connection, 53 resources, 57 operator intervention (shutdown,
-                    // cancel), 58 system I/O, 42 missing table/column or privileges (an
-                    // operator fixes it; dead-lettering every event would be worse).
-                    ["08", "53", "57", "58", "42"]
+                    // cancel), 58 system I/O, 55 object state (database not accepting
+                    // connections, lock not available), and what an operator fixes: 28
+                    // authentication, 3D missing database, 42 missing table/column or
+                    // privileges (dead-lettering every event would be worse).
+                    ["08", "53", "57", "58", "55", "28", "3D", "42"]
                         .iter()
                         .any(|class| code.starts_with(class))
-                        || matches!(
-                            code.as_ref(),
-                            "40001" | "40P01" | "25006" | "55P03" | "55006"
-                        )
+                        || matches!(code.as_ref(), "40001" | "40P01" | "25006")
                 }
                 Dialect::Mysql => {
                     let number = db
@@ -150,7 +149,17 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
                         // read-only, query interrupted, connection killed, network errors,
                         // no such table / unknown column / command denied (operator fixes).
                         1040 | 1053 | 1205 | 1213 | 1290 | 1836 | 1317 | 1927 | 1158
-                            ..=1161 | 2002 | 2003 | 2006 | 2013 | 1146 | 1054 | 1142 | 1044 | 1045
+                            ..=1161
+                                | 2002
+                                | 2003
+                                | 2006
+                                | 2013
+                                | 1146
+                                | 1054
+                                | 1142
+                                | 1044
+                                | 1045
+                                | 1049
                     )
                 }
                 Dialect::Sqlite => {

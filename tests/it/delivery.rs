@@ -176,3 +176,71 @@ mod connections_killed {
             .await
     }
 }
+
+/// While Sluice's database refuses connections, `/readyz` is 503 and accepted events
+/// wait in the queue (retried, not dead-lettered); when it is back, `/readyz` is 200
+/// and every event is stored. The outage is simulated for this test's database only:
+/// it stops accepting connections and Sluice's sessions are terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_an_outage_loses_nothing() {
+    let Some(app) = spawn_app(Db::Postgres, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let admin = std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap();
+    let admin_exec = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(&sql).execute(&mut c).await.unwrap();
+        }
+    };
+    let ready = || async { app.client.get(app.url("/readyz")).send().await.unwrap() };
+    assert_eq!(ready().await.status(), 200);
+
+    admin_exec(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+    ))
+    .await;
+    admin_exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let r = ready().await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{body}"
+    );
+
+    let r = app
+        .post(
+            "reading",
+            "?ack=accepted",
+            "application/x-ndjson",
+            ndjson(0..300),
+        )
+        .await;
+    assert_eq!(r.status(), 202, "queued while the database is away");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    admin_exec(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ready().await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "readyz recovers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.db.wait_for_count("reading", 300).await;
+    assert!(
+        app.db.dead_letters().await.is_empty(),
+        "an outage is never a reason to dead-letter"
+    );
+}
