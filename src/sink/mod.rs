@@ -188,6 +188,11 @@ pub(crate) fn sink_error(dialect: Dialect) -> impl Fn(sqlx::Error) -> SinkError 
 
 /// Splits `items` into chunks that stay under `max_params` bound values and roughly
 /// `max_bytes` of payload, so one statement never exceeds the database's limits.
+///
+/// Every chunk holds a power-of-two number of rows. Each chunk size is a distinct
+/// statement text, and drivers cache a prepared statement per text and connection; with
+/// arbitrary sizes that cache grew by megabytes under a flood (measured), with powers
+/// of two a table has at most a handful of shapes.
 pub(crate) fn chunks_by<T>(
     items: &[T],
     width: usize,
@@ -195,23 +200,30 @@ pub(crate) fn chunks_by<T>(
     max_bytes: usize,
     size: impl Fn(&T) -> usize,
 ) -> Vec<&[T]> {
-    let max_rows = (max_params / width.max(1)).max(1);
+    let max_rows = prev_power_of_two((max_params / width.max(1)).max(1));
     let mut out = Vec::new();
     let mut start = 0;
-    let mut bytes = 0;
-    for (i, item) in items.iter().enumerate() {
-        let s = size(item);
-        if i > start && (i - start >= max_rows || bytes + s > max_bytes) {
-            out.push(&items[start..i]);
-            start = i;
-            bytes = 0;
+    while start < items.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < items.len() && end - start < max_rows {
+            let s = size(&items[end]);
+            if end > start && bytes + s > max_bytes {
+                break;
+            }
+            bytes += s;
+            end += 1;
         }
-        bytes += s;
-    }
-    if start < items.len() {
-        out.push(&items[start..]);
+        let n = prev_power_of_two(end - start);
+        out.push(&items[start..start + n]);
+        start += n;
     }
     out
+}
+
+/// The largest power of two not above `n` (`n` >= 1).
+fn prev_power_of_two(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.max(1).leading_zeros())
 }
 
 #[cfg(test)]
@@ -219,21 +231,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_respect_param_and_byte_limits() {
+    fn chunks_respect_param_and_byte_limits_in_powers_of_two() {
+        let lens = |c: Vec<&[usize]>| c.iter().map(|c| c.len()).collect::<Vec<_>>();
         let items = [10usize; 10];
-        let c = chunks_by(&items, 3, 9, 1000, |s| *s);
         assert_eq!(
-            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
-            vec![3, 3, 3, 1]
+            lens(chunks_by(&items, 3, 9, 1000, |s| *s)),
+            vec![2, 2, 2, 2, 2]
         );
-        let c = chunks_by(&items, 1, 1000, 25, |s| *s);
+        assert_eq!(lens(chunks_by(&items, 1, 1000, 1000, |s| *s)), vec![8, 2]);
         assert_eq!(
-            c.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            lens(chunks_by(&items, 1, 1000, 25, |s| *s)),
             vec![2, 2, 2, 2, 2]
         );
         let big = [100usize, 1, 1];
-        let c = chunks_by(&big, 1, 1000, 10, |s| *s);
-        assert_eq!(c.iter().map(|c| c.len()).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(lens(chunks_by(&big, 1, 1000, 10, |s| *s)), vec![1, 2]);
+        assert_eq!(
+            lens(chunks_by(&[1usize; 1000], 3, 65_535, usize::MAX, |s| *s)),
+            vec![512, 256, 128, 64, 32, 8]
+        );
     }
 
     #[test]
