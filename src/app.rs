@@ -58,6 +58,7 @@ impl App {
             )
         })?;
         let streams: Vec<_> = registry.iter().cloned().collect();
+        evolve_tables(&*sink, &streams).await?;
         sink.prepare(&streams)
             .await
             .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
@@ -231,6 +232,46 @@ impl App {
             anyhow::bail!("shutdown_timeout elapsed before the queues were flushed")
         }
     }
+}
+
+/// Adds the columns of new optional properties to existing tables; stops start-up,
+/// naming the change and the DDL to run, when a change cannot be applied safely.
+pub async fn evolve_tables(
+    sink: &dyn Sink,
+    streams: &[Arc<crate::schema::Stream>],
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for stream in streams {
+        let existing = sink
+            .describe_table(&stream.table)
+            .await
+            .context("cannot read the tables' columns")?;
+        if existing.is_empty() {
+            continue; // created by `prepare`
+        }
+        let has_rows = sink
+            .table_has_rows(&stream.table)
+            .await
+            .context("cannot read the tables")?;
+        match crate::schema_evolution::plan(sink.dialect(), stream, &existing, has_rows) {
+            Ok(statements) if statements.is_empty() => {}
+            Ok(statements) => {
+                for sql in &statements {
+                    tracing::info!(stream = %stream.name, %sql, "Schema changed: extending the table.");
+                }
+                sink.execute_ddl(statements)
+                    .await
+                    .context("cannot extend the table")?;
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the schemas changed in ways Sluice cannot apply by itself:\n{}",
+        problems.join("\n")
+    );
+    Ok(())
 }
 
 /// A database URL without its password, for messages.

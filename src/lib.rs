@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod pipeline;
 pub mod replay;
 pub mod schema;
+pub mod schema_evolution;
 pub mod sink;
 
 pub use app::App;

@@ -9,6 +9,7 @@ use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{chunks_by, sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
+use crate::schema_evolution::ExistingColumn;
 
 /// The DDL that `prepare` runs: the dead-letter table, then every stream's table.
 pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> {
@@ -76,6 +77,56 @@ where
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(&err)
+}
+
+/// The columns of `table` (empty if it does not exist).
+pub async fn describe_table<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    table: &str,
+) -> Result<Vec<ExistingColumn>, SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let err = sink_error(dialect);
+    let rows = sqlx::query::<DB>(dialect.describe_table())
+        .bind(table)
+        .fetch_all(pool)
+        .await
+        .map_err(&err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(ExistingColumn {
+                name: r.try_get(0)?,
+                nullable: r.try_get::<String, _>(1)? == "YES",
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(&err)
+}
+
+/// Whether `table` holds at least one row.
+pub async fn table_has_rows<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    table: &str,
+) -> Result<bool, SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let sql = format!("SELECT 1 FROM {} LIMIT 1", dialect.quote(table));
+    let row = sqlx::query::<DB>(&sql)
+        .fetch_optional(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(row.is_some())
 }
 
 /// Counts one more failed replay of dead letter `id`, with its new reason.
@@ -263,6 +314,21 @@ where
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(record_replay_failure(&self.pool, self.dialect, id, error))
+    }
+
+    fn describe_table<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
+        Box::pin(describe_table(&self.pool, self.dialect, table))
+    }
+
+    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
+        Box::pin(table_has_rows(&self.pool, self.dialect, table))
+    }
+
+    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(execute_all(&self.pool, self.dialect, statements))
     }
 
     fn dialect(&self) -> Dialect {

@@ -108,7 +108,7 @@ impl Dialect {
         }
     }
 
-    fn timestamp_type(self) -> &'static str {
+    pub fn timestamp_type(self) -> &'static str {
         match self {
             Dialect::Postgres => "timestamptz",
             Dialect::Mysql => "datetime(6)",
@@ -116,7 +116,7 @@ impl Dialect {
         }
     }
 
-    fn json_type(self) -> &'static str {
+    pub fn json_type(self) -> &'static str {
         match self {
             Dialect::Postgres => "jsonb",
             Dialect::Mysql => "json",
@@ -285,6 +285,16 @@ impl Dialect {
             self.placeholder(1),
             self.placeholder(2)
         )
+    }
+
+    /// The columns of table `$1` in the current database/schema: `name, nullable`
+    /// (`YES` / `NO`).
+    pub fn describe_table(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "SELECT CAST(column_name AS TEXT), CAST(is_nullable AS TEXT) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+            Dialect::Mysql => "SELECT CAST(COLUMN_NAME AS CHAR), CAST(IS_NULLABLE AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+            Dialect::Sqlite => "SELECT name, CASE WHEN \"notnull\" = 1 THEN 'NO' ELSE 'YES' END FROM pragma_table_info(?)",
+        }
     }
 
     /// Most bound values one statement may carry.

@@ -19,6 +19,8 @@ use crate::event::{DeadLetter, Row};
 use crate::schema::Stream;
 pub use dialect::Dialect;
 
+use crate::schema_evolution::ExistingColumn;
+
 /// A boxed future, so that [`Sink`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -76,6 +78,15 @@ pub trait Sink: Send + Sync + 'static {
         id: i64,
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// The columns of `table`; empty if it does not exist.
+    fn describe_table<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>>;
+    /// Whether `table` holds at least one row.
+    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>>;
+    /// Runs DDL statements in order.
+    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Checks that the database answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
     /// Closes the pool, waiting for connections in use to come back.

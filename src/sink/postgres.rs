@@ -11,7 +11,9 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::bound::{ddl, execute_all, fetch_dead_letters, record_replay_failure};
+use super::bound::{
+    ddl, describe_table, execute_all, fetch_dead_letters, record_replay_failure, table_has_rows,
+};
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
@@ -19,6 +21,7 @@ use super::{sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLe
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
+use crate::schema_evolution::ExistingColumn;
 
 const DIALECT: Dialect = Dialect::Postgres;
 
@@ -203,6 +206,21 @@ impl Sink for PgSink {
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(record_replay_failure(&self.pool, DIALECT, id, error))
+    }
+
+    fn describe_table<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
+        Box::pin(describe_table(&self.pool, DIALECT, table))
+    }
+
+    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
+        Box::pin(table_has_rows(&self.pool, DIALECT, table))
+    }
+
+    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(execute_all(&self.pool, DIALECT, statements))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -5,6 +5,7 @@ mod helpers;
 mod cli;
 mod delivery;
 mod errors;
+mod evolution;
 mod flood;
 mod ingest;
 mod replay;
