@@ -244,3 +244,55 @@ async fn readiness_follows_the_database_and_an_outage_loses_nothing() {
         "an outage is never a reason to dead-letter"
     );
 }
+
+/// One poison row in a batch of 10,000: exactly one dead letter, 9,999 rows, and the
+/// bisection costs a logarithmic number of write statements, not 10,000. Statements
+/// are counted by a statement-level trigger drawing from a sequence, which (unlike the
+/// rows) is not rolled back with a failed statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_row_in_10000_costs_a_logarithmic_number_of_statements() {
+    let Some(app) = spawn_app(Db::Postgres, fixture_schemas(), |c| {
+        c.defaults.batch_max_events = 10_000;
+        c.defaults.batch_max_wait = Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    for sql in [
+        "ALTER TABLE reading ADD CONSTRAINT not_4321 CHECK (seq <> 4321)",
+        "CREATE SEQUENCE write_statements",
+        "CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('write_statements'); RETURN NULL; END $$",
+        "CREATE TRIGGER count_writes BEFORE INSERT ON reading FOR EACH STATEMENT EXECUTE FUNCTION count_statement()",
+    ] {
+        app.db.execute(sql).await;
+    }
+    let r = app
+        .post("reading", "", "application/x-ndjson", ndjson(0..10_000))
+        .await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            answer["accepted"].as_i64(),
+            answer["dead_lettered"].as_i64()
+        ),
+        (Some(9_999), Some(1))
+    );
+    assert_eq!(answer["errors"][0]["index"], 4321);
+    assert_eq!(app.db.count("reading").await, 9_999);
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0][2].as_deref().unwrap().contains("not_4321"),
+        "the database's own message: {letters:?}"
+    );
+    let used = app
+        .db
+        .query("SELECT CAST(last_value AS TEXT) FROM write_statements")
+        .await;
+    let statements: u32 = used[0][0].as_deref().unwrap().parse().unwrap();
+    println!("write statements for 10,000 rows with one poison row: {statements}");
+    // 1 for the batch, then two halves per level of the bisection: 1 + 2 * ceil(log2 10,000).
+    assert!(statements <= 1 + 2 * 14, "{statements} statements");
+}
