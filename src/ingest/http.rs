@@ -17,11 +17,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{self, BodyError};
-use super::{Batch, EventError, Ingest};
+use super::{Batch, EventError, Ingest, LimitedListener};
 use crate::config::HttpConfig;
 use crate::event::Stage;
 use crate::pipeline::queue::QueueError;
@@ -53,31 +52,13 @@ pub async fn serve(
     config: Arc<HttpConfig>,
     stop: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.cancelled() => break,
-        };
-        let (socket, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed; retrying shortly.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
+    let listener = LimitedListener::new(listener, config.max_connections, "HTTP");
+    while let Some((socket, peer, permit)) = listener.accept(&stop).await {
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {

@@ -10,16 +10,65 @@ pub mod http;
 pub mod tcp;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::event::{payload_text, DeadLetter, Row, Stage};
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
 use crate::schema::{Registry, Stream};
+
+/// A listener that serves at most `max` connections at once. The permit is taken
+/// *before* `accept()`, so the limit is backpressure (further clients wait in the kernel's
+/// backlog) rather than an error, as mini-redis does.
+pub struct LimitedListener {
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    /// `HTTP` or `TCP`, for logs.
+    name: &'static str,
+}
+
+impl LimitedListener {
+    pub fn new(listener: TcpListener, max: usize, name: &'static str) -> LimitedListener {
+        LimitedListener {
+            listener,
+            limit: Arc::new(Semaphore::new(max)),
+            name,
+        }
+    }
+
+    /// The next connection and the permit it holds until dropped; `None` once `stop`
+    /// is cancelled.
+    pub async fn accept(
+        &self,
+        stop: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        let permit = tokio::select! {
+            p = self.limit.clone().acquire_owned() => p.ok()?,
+            _ = stop.cancelled() => return None,
+        };
+        loop {
+            tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok((socket, peer)) => return Some((socket, peer, permit)),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather than spin.
+                        tracing::warn!(listener = self.name, error = %e, "Accept failed; retrying shortly.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+}
 
 /// Why one event of a request was not accepted, as reported to the client.
 #[derive(Debug, Clone, Serialize)]

@@ -12,18 +12,16 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{body::parse_object, Batch, EventError, Ingest};
+use super::{body::parse_object, Batch, EventError, Ingest, LimitedListener};
 use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::schema::Stream;
@@ -121,27 +119,8 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections));
-    loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.cancelled() => break,
-        };
-        let (socket, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "TCP accept failed; retrying shortly.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
+    let listener = LimitedListener::new(listener, config.max_connections, "TCP");
+    while let Some((socket, peer, permit)) = listener.accept(&stop).await {
         let connection = Connection {
             ingest: ingest.clone(),
             config: config.clone(),

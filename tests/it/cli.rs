@@ -1,10 +1,11 @@
 //! The `sluice` binary itself: `check` output and errors, and SIGTERM flushing the queues.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{fixture_schemas, shipped_schemas, Db, TestDb};
+use crate::helpers::{fixture_schemas, shipped_schemas, spawn_binary, Db, TestDb};
 
 fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -82,41 +83,24 @@ fn check_reports_unknown_config_keys_with_the_file_name() {
 #[tokio::test]
 async fn sigterm_flushes_the_queues_and_exits_zero() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
-    let mut child = sluice()
-        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
-        .env("SLUICE_DATABASE_URL", &db.url)
-        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("Sluice logs its address");
-        if let Some(pos) = line.find("http=") {
-            break line[pos + 5..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
+    let sluice = spawn_binary(
+        None,
+        &[
+            (
+                "SLUICE_SCHEMAS_DIR",
+                fixture_schemas().display().to_string(),
+            ),
+            ("SLUICE_DATABASE_URL", db.url.clone()),
+            ("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s".into()),
+        ],
+    );
     let body: String = (0..300)
         .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
         .collect();
     let r = reqwest::Client::new()
         .post(format!(
-            "http://{addr}/v1/streams/reading/events?ack=accepted"
+            "http://{}/v1/streams/reading/events?ack=accepted",
+            sluice.http
         ))
         .header("content-type", "application/x-ndjson")
         .body(body)
@@ -125,18 +109,9 @@ async fn sigterm_flushes_the_queues_and_exits_zero() {
         .unwrap();
     assert_eq!(r.status(), 202);
     assert_eq!(db.count("reading").await, 0, "lingering for 30 s");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, logs) = sluice.terminate().await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(db.count("reading").await, 300);
-    let logs: Vec<String> = rx.try_iter().collect();
     assert!(
         logs.iter().any(|l| l.contains("SIGTERM received")),
         "{logs:?}"
@@ -153,31 +128,20 @@ async fn sigterm_flushes_the_queues_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_keeps_every_acknowledged_event() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
-    let mut child = sluice()
-        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
-        .env("SLUICE_DATABASE_URL", &db.url)
-        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_TCP_LISTEN", "")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("Sluice logs its address").unwrap();
-        if let Some(pos) = line.find("http=") {
-            break line[pos + 5..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sluice = spawn_binary(
+        None,
+        &[
+            (
+                "SLUICE_SCHEMAS_DIR",
+                fixture_schemas().display().to_string(),
+            ),
+            ("SLUICE_DATABASE_URL", db.url.clone()),
+        ],
+    );
+    let acked = Arc::new(AtomicI64::new(0));
     let mut clients = Vec::new();
     for c in 0..4i64 {
-        let (addr, acked) = (addr.clone(), acked.clone());
+        let (addr, acked) = (sluice.http.clone(), acked.clone());
         clients.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             for r in 0..10_000i64 {
@@ -195,7 +159,7 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
                     .await;
                 match sent {
                     Ok(resp) if resp.status() == 202 => {
-                        acked.fetch_add(50, std::sync::atomic::Ordering::SeqCst);
+                        acked.fetch_add(50, Ordering::SeqCst);
                     }
                     Ok(resp) => assert_eq!(resp.status(), 503, "only 503 while stopping"),
                     Err(_) => return, // the listener is closed
@@ -204,20 +168,12 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, _) = sluice.terminate().await;
     assert!(status.success(), "exit status {status}");
     for c in clients {
         c.await.unwrap();
     }
-    let acked = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let acked = acked.load(Ordering::SeqCst);
     assert!(acked > 0, "the load ran before the signal");
     assert_eq!(
         db.count("reading").await,

@@ -6,8 +6,6 @@
 //! `SLUICE_TEST_FLOOD_SECS` (default 3) sets the flood's length; `SLUICE_TEST_BIN`
 //! points it at another build (e.g. `target/release/sluice`) for longer measurements.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use sqlx::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::helpers::{fixture_schemas, Db, TestDb};
+use crate::helpers::{fixture_schemas, spawn_binary, Db, TestDb};
 
 /// The queue's byte budget in this test.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
@@ -46,39 +44,24 @@ async fn memory_stays_bounded_under_a_flood_and_nothing_accepted_is_lost() {
     let bin = std::env::var("SLUICE_TEST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned());
     let db = TestDb::create(Db::Sqlite).await.unwrap();
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = cmd
-        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
-        .env("SLUICE_DATABASE_URL", &db.url)
-        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_TCP_LISTEN", "127.0.0.1:0")
-        .env("SLUICE_DEFAULTS_QUEUE_MAX_BYTES", QUEUE_BYTES.to_string())
-        .env("SLUICE_TCP_MAX_LINE_BYTES", "65536")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (http, tcp) = loop {
-        let line = lines.next().expect("Sluice logs its addresses").unwrap();
-        let field = |name: &str| {
-            line.find(name).map(|p| {
-                line[p + name.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_owned()
-            })
-        };
-        if let (Some(h), Some(t)) = (field("http="), field("tcp=")) {
-            break (h, t);
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let sluice = spawn_binary(
+        Some(&bin),
+        &[
+            (
+                "SLUICE_SCHEMAS_DIR",
+                fixture_schemas().display().to_string(),
+            ),
+            ("SLUICE_DATABASE_URL", db.url.clone()),
+            ("SLUICE_TCP_LISTEN", "127.0.0.1:0".into()),
+            ("SLUICE_DEFAULTS_QUEUE_MAX_BYTES", QUEUE_BYTES.to_string()),
+            ("SLUICE_TCP_MAX_LINE_BYTES", "65536".into()),
+        ],
+    );
+    let pid = sluice.child.id();
+    let (http, tcp) = (
+        sluice.http.clone(),
+        sluice.tcp.clone().expect("TCP is enabled"),
+    );
     let idle_rss = rss_bytes(pid);
 
     // The database is locked 90% of the time: it writes far slower than clients send.
@@ -178,12 +161,8 @@ async fn memory_stays_bounded_under_a_flood_and_nothing_accepted_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    assert!(child.wait().unwrap().success());
+    let (status, _) = sluice.terminate().await;
+    assert!(status.success(), "exit status {status}");
     println!(
         "flood {secs}s: {expected} events accepted and stored, {} refused with 503; RSS idle {} MiB, peak {} MiB (bound {} MiB)",
         rejected.load(Ordering::SeqCst),

@@ -348,3 +348,80 @@ macro_rules! db_tests {
         )*
     };
 }
+
+/// The real `sluice` binary, running with settings from the test only.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub http: String,
+    /// The TCP listener's address, unless disabled.
+    pub tcp: Option<String>,
+    /// Every log line written after the listening line.
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts `bin` (the test build of `sluice` when `None`) with `env` on top of a clean
+/// environment, and waits for the line that gives its addresses.
+pub fn spawn_binary(bin: Option<&str>, env: &[(&str, String)]) -> Binary {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(bin.unwrap_or(env!("CARGO_BIN_EXE_sluice")));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let (http, tcp) = loop {
+        let line = lines
+            .next()
+            .expect("Sluice logs its addresses")
+            .expect("UTF-8 logs");
+        let field = |name: &str| {
+            line.find(name).map(|p| {
+                line[p + name.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        };
+        if let (Some(http), Some(tcp)) = (field("http="), field("tcp=")) {
+            break (http, (tcp != "disabled").then_some(tcp));
+        }
+    };
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Binary {
+        child,
+        http,
+        tcp,
+        logs,
+    }
+}
+
+impl Binary {
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = tokio::task::spawn_blocking(move || (self.child.wait(), self.logs))
+            .await
+            .unwrap();
+        let logs = status.1.try_iter().collect();
+        (status.0.expect("wait for sluice"), logs)
+    }
+}
