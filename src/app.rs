@@ -195,7 +195,11 @@ impl App {
 
         // In order: in-flight HTTP requests are done (above); TCP connections finish
         // queueing what they read; the queues refuse more; the batchers drain.
-        tracing::info!("Shutting down: no new requests or connections; flushing queues.");
+        let queued = self.ingest.queued_events();
+        tracing::info!(
+            events_queued = queued,
+            "Shutting down: no new requests or connections; flushing queues."
+        );
         connections.close();
         let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
         self.ingest.close();
@@ -206,13 +210,7 @@ impl App {
         if drained {
             tracing::info!("Every queue is flushed.");
         } else {
-            let left: usize = self
-                .ingest
-                .registry
-                .iter()
-                .filter_map(|s| self.ingest.queue(&s.name))
-                .map(|q| q.depth().0)
-                .sum();
+            let left = self.ingest.queued_events();
             tracing::error!(
                 events_left = left,
                 timeout_s = timeout.as_secs(),

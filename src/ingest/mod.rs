@@ -219,6 +219,11 @@ impl Ingest {
         self.queues.get(stream)
     }
 
+    /// Events held in every stream's queue (queued or being written).
+    pub fn queued_events(&self) -> usize {
+        self.queues.values().map(|q| q.depth().0).sum()
+    }
+
     /// The dead-letter queue.
     pub fn dead_letter_queue(&self) -> &QueueSender<DeadLetter> {
         &self.dead_letters

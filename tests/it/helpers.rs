@@ -81,7 +81,13 @@ impl TestDb {
             if std::env::var("SLUICE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
                 panic!("{var} is not set but SLUICE_TEST_REQUIRE_ALL=1");
             }
-            println!("SKIPPED: {kind:?} test, set {var} to run it");
+            // Written to the real stderr (not the captured test output), so that a
+            // plain `cargo test` shows what it skipped.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED: a {kind:?} test; set {var} to run it"
+            );
             return None;
         };
         let name = fresh_name();
