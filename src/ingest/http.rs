@@ -25,6 +25,7 @@ use crate::config::HttpConfig;
 use crate::event::Stage;
 use crate::pipeline::queue::QueueError;
 use crate::sink::Sink;
+use crate::telemetry;
 
 /// Most per-event errors listed in one response; the rest are counted in `errors_omitted`.
 const MAX_REPORTED_ERRORS: usize = 1000;
@@ -83,11 +84,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams", get(list_streams))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::NotFound(
                 "no such endpoint; events go to POST /v1/streams/{stream}/events".into(),
             )
         })
+        .layer(axum::middleware::from_fn(record_request))
         .with_state(state)
 }
 
@@ -368,8 +371,12 @@ async fn submit(
     stream_name: &str,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
     let wait_for_commit = ack == AckMode::Commit;
+    let events = batch.rows.len() + batch.letters.len();
     let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
-        Err(_) => return Err(ApiError::QueueFull { stream: stream_name.to_owned() }),
+        Err(_) => {
+            telemetry::events_rejected(stream_name, events);
+            return Err(ApiError::QueueFull { stream: stream_name.to_owned() });
+        }
         Ok(Err(QueueError::TooLarge { events, bytes, max_events, max_bytes })) => {
             return Err(ApiError::TooLarge(format!(
                 "the request holds {events} events ({bytes} bytes) but the queue of stream `{stream_name}` holds at most {max_events} events and {max_bytes} bytes; send smaller requests"
@@ -386,6 +393,32 @@ async fn submit(
         .await
         .map(|o| o.rejected)
         .map_err(|_| ApiError::ShuttingDown)
+}
+
+/// Counts every request by status, with its duration.
+async fn record_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    telemetry::http_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    for stream in state.ingest.registry.iter() {
+        if let Some(q) = state.ingest.queue(&stream.name) {
+            let (events, bytes) = q.depth();
+            telemetry::queue_depth(&stream.name, events, bytes);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{payload_text, DeadLetter, Row, Stage};
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
 use crate::schema::{Registry, Stream};
+use crate::telemetry;
 
 /// A listener that serves at most `max` connections at once. The permit is taken
 /// *before* `accept()`, so the limit is backpressure (further clients wait in the kernel's
@@ -150,6 +151,32 @@ impl Batch {
     }
 }
 
+/// Counts a batch that is about to be queued: received events by stream and source,
+/// and dead letters by stream and stage.
+fn record_submitted(stream: Option<&str>, batch: &Batch) {
+    let source = |s: &str| if s.starts_with("tcp") { "tcp" } else { "http" };
+    let mut received: std::collections::BTreeMap<(Option<&str>, &'static str), usize> =
+        Default::default();
+    let mut dead: std::collections::BTreeMap<(Option<&str>, &'static str), (Stage, usize)> =
+        Default::default();
+    for row in &batch.rows {
+        *received.entry((stream, source(&row.source))).or_default() += 1;
+    }
+    for letter in &batch.letters {
+        let name = letter.stream.as_deref();
+        *received.entry((name, source(&letter.source))).or_default() += 1;
+        dead.entry((name, letter.stage.as_str()))
+            .or_insert((letter.stage, 0))
+            .1 += 1;
+    }
+    for ((stream, src), n) in received {
+        telemetry::events_received(stream.unwrap_or(telemetry::NO_STREAM), src, n);
+    }
+    for ((stream, _), (stage, n)) in dead {
+        telemetry::events_dead_lettered(stream, stage, n);
+    }
+}
+
 /// Splits `items` into runs that each fit a queue of `(max_events, max_bytes)`; an item
 /// larger than `max_bytes` forms a run of its own.
 fn split_to_fit<T>(
@@ -257,6 +284,7 @@ impl Ingest {
                     .await?,
             )
         };
+        record_submitted(stream, &batch);
         let mut pending = Pending {
             rows: None,
             letters: None,

@@ -25,6 +25,7 @@ use super::{body::parse_object, Batch, EventError, Ingest, LimitedListener};
 use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::schema::Stream;
+use crate::telemetry;
 
 /// Lines handed to the queues together, at most (they are already in the read buffer).
 const MAX_CHUNK_LINES: usize = 1000;
@@ -149,6 +150,7 @@ struct Connection {
 impl Connection {
     async fn run(mut self, socket: TcpStream, stop: CancellationToken) {
         tracing::debug!(peer = %self.peer, "TCP connection opened.");
+        telemetry::tcp_connection_opened();
         let mut frames = FramedRead::with_capacity(
             socket,
             LineCodec::new(self.config.max_line_bytes),
@@ -193,6 +195,7 @@ impl Connection {
                 break;
             }
         }
+        telemetry::tcp_connection_closed();
         tracing::debug!(peer = %self.peer, lines = self.line, "TCP connection closed.");
     }
 

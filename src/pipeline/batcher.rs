@@ -19,6 +19,7 @@ use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
 use crate::sink::{BoxFuture, Sink, SinkError};
+use crate::telemetry;
 
 /// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
@@ -41,6 +42,8 @@ pub trait Item: Send + Sync + Sized + 'static {
     ) -> BoxFuture<'a, Result<(), SinkError>>;
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
+    /// Counts `n` items written in `seconds` (stream rows only).
+    fn record_written(_target: &Self::Target, _n: usize, _seconds: f64) {}
 }
 
 impl Item for Row {
@@ -48,6 +51,10 @@ impl Item for Row {
 
     fn target_name(target: &Self::Target) -> &str {
         &target.name
+    }
+
+    fn record_written(target: &Self::Target, n: usize, seconds: f64) {
+        telemetry::batch_written(&target.name, n, seconds);
     }
 
     fn index(&self) -> usize {
@@ -174,13 +181,20 @@ impl<T: Item> Batcher<T> {
         let mut refused: Vec<(usize, SinkError)> = Vec::new();
         let max = self.settings.batch_max_events.max(1);
         for (n, chunk) in items.chunks(max).enumerate() {
+            let before = refused.len();
+            let started = std::time::Instant::now();
             self.write_isolating(chunk, n * max, &mut refused).await;
+            let written = chunk.len() - (refused.len() - before);
+            T::record_written(&self.target, written, started.elapsed().as_secs_f64());
         }
         let letters: Vec<DeadLetter> = refused
             .iter()
             .filter_map(|(i, e)| items[*i].dead_letter(&self.target, e))
             .collect();
         if !letters.is_empty() {
+            for letter in &letters {
+                telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
+            }
             tracing::warn!(
                 target_name = T::target_name(&self.target),
                 count = letters.len(),
@@ -255,6 +269,7 @@ impl<T: Item> Batcher<T> {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     attempt = attempt.saturating_add(1);
+                    telemetry::write_retried(T::target_name(&self.target));
                     let delay = backoff(attempt);
                     tracing::warn!(
                         target_name = T::target_name(&self.target),

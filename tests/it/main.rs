@@ -8,6 +8,7 @@ mod errors;
 mod evolution;
 mod flood;
 mod ingest;
+mod metrics;
 mod replay;
 mod tcp;
 mod typemap;

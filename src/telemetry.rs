@@ -1,0 +1,101 @@
+//! Metrics, through the `metrics` facade and rendered by `metrics-exporter-prometheus`.
+//! Every metric Sluice emits is defined here, one function each, so names, units and
+//! labels stay consistent. Emitted per request or per batch, never per event.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `sluice_events_received_total` | counter | `stream`, `source` (`http`/`tcp`) |
+//! | `sluice_events_written_total` | counter | `stream` |
+//! | `sluice_events_dead_lettered_total` | counter | `stream`, `stage` |
+//! | `sluice_events_rejected_total` | counter | `stream` (503: queue full) |
+//! | `sluice_queue_events` / `sluice_queue_bytes` | gauge | `stream` |
+//! | `sluice_batch_size_events` | histogram | `stream` |
+//! | `sluice_batch_write_duration_seconds` | histogram | `stream` |
+//! | `sluice_write_retries_total` | counter | `stream` |
+//! | `sluice_tcp_connections` | gauge | |
+//! | `sluice_http_requests_total` | counter | `status` |
+//! | `sluice_http_request_duration_seconds` | histogram | `status` |
+
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::event::Stage;
+
+/// Label value for dead letters that belong to no stream (unknown or missing).
+pub const NO_STREAM: &str = "(none)";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once); `None` if another recorder
+/// was installed first.
+fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let sizes = [1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("sluice_batch_size_events".into()), &sizes))
+                .and_then(|b| b.install_recorder())
+                .map_err(|e| tracing::warn!(error = %e, "Metrics are disabled: cannot install the recorder."))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Installs the recorder; call once at start-up.
+pub fn install() {
+    handle();
+}
+
+/// The metrics in Prometheus text format.
+pub fn render() -> String {
+    handle().map(|h| h.render()).unwrap_or_default()
+}
+
+pub fn events_received(stream: &str, source: &'static str, n: usize) {
+    counter!("sluice_events_received_total", "stream" => stream.to_owned(), "source" => source)
+        .increment(n as u64);
+}
+
+pub fn events_dead_lettered(stream: Option<&str>, stage: Stage, n: usize) {
+    let stream = stream.unwrap_or(NO_STREAM).to_owned();
+    counter!("sluice_events_dead_lettered_total", "stream" => stream, "stage" => stage.as_str())
+        .increment(n as u64);
+}
+
+pub fn events_rejected(stream: &str, n: usize) {
+    counter!("sluice_events_rejected_total", "stream" => stream.to_owned()).increment(n as u64);
+}
+
+pub fn batch_written(stream: &str, rows: usize, seconds: f64) {
+    counter!("sluice_events_written_total", "stream" => stream.to_owned()).increment(rows as u64);
+    histogram!("sluice_batch_size_events", "stream" => stream.to_owned()).record(rows as f64);
+    histogram!("sluice_batch_write_duration_seconds", "stream" => stream.to_owned())
+        .record(seconds);
+}
+
+pub fn write_retried(stream: &str) {
+    counter!("sluice_write_retries_total", "stream" => stream.to_owned()).increment(1);
+}
+
+pub fn queue_depth(stream: &str, events: usize, bytes: usize) {
+    gauge!("sluice_queue_events", "stream" => stream.to_owned()).set(events as f64);
+    gauge!("sluice_queue_bytes", "stream" => stream.to_owned()).set(bytes as f64);
+}
+
+pub fn tcp_connection_opened() {
+    gauge!("sluice_tcp_connections").increment(1.0);
+}
+
+pub fn tcp_connection_closed() {
+    gauge!("sluice_tcp_connections").decrement(1.0);
+}
+
+pub fn http_request(status: u16, seconds: f64) {
+    counter!("sluice_http_requests_total", "status" => status.to_string()).increment(1);
+    histogram!("sluice_http_request_duration_seconds", "status" => status.to_string())
+        .record(seconds);
+}
