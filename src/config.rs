@@ -16,7 +16,7 @@ const ENV_SECTIONS: &[&str] = &["database", "http", "tcp", "defaults"];
 /// Top-level keys that `SLUICE_<KEY>` environment variables address.
 const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout"];
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
-const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG"];
+const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_LOG_FORMAT"];
 
 /// Everything Sluice needs to run; see DESIGN.md "Configuration".
 #[derive(Debug, Clone, Deserialize)]

@@ -181,3 +181,48 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
         "every acknowledged event is stored"
     );
 }
+
+/// `--log-format json`: every log line is one JSON object a log collector can read.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::BufRead;
+    let db = tempfile::tempdir().unwrap();
+    let mut child = sluice()
+        .args(["--log-format", "json"])
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env(
+            "SLUICE_DATABASE_URL",
+            format!("sqlite://{}", db.path().join("j.db").display()),
+        )
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let listening = v["fields"]["message"] == "Sluice is listening.";
+        seen.push(v);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let last = seen.last().expect("log lines");
+    assert_eq!(last["level"], "INFO");
+    assert!(
+        last["fields"]["http"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{last}"
+    );
+    assert!(
+        seen.iter().any(|v| v["fields"]["stream"] == "reading"),
+        "one start-up line per stream"
+    );
+}
