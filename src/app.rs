@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::event::{DeadLetter, Row};
 use crate::ingest::http::{router, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
-use crate::pipeline::batcher::Batcher;
+use crate::pipeline::batcher::{Batcher, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
 use crate::sink::{self, Sink};
@@ -136,7 +136,10 @@ impl App {
                 Batcher {
                     rx,
                     sink: self.sink.clone(),
-                    target: stream,
+                    target: StreamTarget {
+                        stats: self.ingest.stats(&stream.name).cloned().unwrap_or_default(),
+                        stream,
+                    },
                     settings,
                     stop: stop_batchers.clone(),
                 }

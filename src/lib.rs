@@ -13,6 +13,7 @@ pub mod replay;
 pub mod schema;
 pub mod schema_evolution;
 pub mod sink;
+pub mod stats;
 pub mod telemetry;
 
 pub use app::App;

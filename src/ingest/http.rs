@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/streams/{stream}/events", post(ingest_events))
         .route("/v1/streams", get(list_streams))
+        .route("/v1/streams/{stream}", get(get_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -375,6 +376,9 @@ async fn submit(
     let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
         Err(_) => {
             telemetry::events_rejected(stream_name, events);
+            if let Some(stats) = ingest.stats(stream_name) {
+                stats.rejected(events);
+            }
             return Err(ApiError::QueueFull { stream: stream_name.to_owned() });
         }
         Ok(Err(QueueError::TooLarge { events, bytes, max_events, max_bytes })) => {
@@ -452,28 +456,53 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// One stream's status: where it writes, its queue, and its counters since start.
+fn stream_status(ingest: &Ingest, s: &crate::schema::Stream) -> serde_json::Value {
+    let (events, bytes) = ingest.queue(&s.name).map(|q| q.depth()).unwrap_or_default();
+    let stats = ingest
+        .stats(&s.name)
+        .map(|st| st.snapshot(chrono::Utc::now()))
+        .unwrap_or_default();
+    json!({
+        "stream": s.name,
+        "table": s.table,
+        "schema_file": s.schema_file.display().to_string(),
+        "schema_id": s.schema_id,
+        "queue_events": events,
+        "queue_bytes": bytes,
+        "queue_max_events": s.settings.queue_max_events,
+        "queue_max_bytes": s.settings.queue_max_bytes,
+        "received": stats["received"],
+        "written": stats["written"],
+        "dead_lettered": stats["dead_lettered"],
+        "rejected": stats["rejected"],
+        "last_write_at": stats["last_write_at"],
+        "last_error": stats["last_error"],
+        "written_per_second_1m": stats["written_per_second_1m"],
+    })
+}
+
+/// `GET /v1/streams`: every stream's status.
 async fn list_streams(State(state): State<AppState>) -> Json<serde_json::Value> {
     let streams: Vec<serde_json::Value> = state
         .ingest
         .registry
         .iter()
-        .map(|s| {
-            let (events, bytes) = state
-                .ingest
-                .queue(&s.name)
-                .map(|q| q.depth())
-                .unwrap_or_default();
-            json!({
-                "stream": s.name,
-                "table": s.table,
-                "schema_file": s.schema_file.display().to_string(),
-                "schema_id": s.schema_id,
-                "queue_events": events,
-                "queue_bytes": bytes,
-                "queue_max_events": s.settings.queue_max_events,
-                "queue_max_bytes": s.settings.queue_max_bytes,
-            })
-        })
+        .map(|s| stream_status(&state.ingest, s))
         .collect();
     Json(json!({ "streams": streams }))
+}
+
+/// `GET /v1/streams/{stream}`: one stream's status.
+async fn get_stream(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.ingest.registry.get(&name) {
+        Some(s) => Ok(Json(stream_status(&state.ingest, s))),
+        None => Err(ApiError::NotFound(format!(
+            "unknown stream `{name}`; the streams are {:?}",
+            state.ingest.registry.names()
+        ))),
+    }
 }

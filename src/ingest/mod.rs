@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{payload_text, DeadLetter, Row, Stage};
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
 use crate::schema::{Registry, Stream};
+use crate::stats::StreamStats;
 use crate::telemetry;
 
 /// A listener that serves at most `max` connections at once. The permit is taken
@@ -153,7 +154,11 @@ impl Batch {
 
 /// Counts a batch that is about to be queued: received events by stream and source,
 /// and dead letters by stream and stage.
-fn record_submitted(stream: Option<&str>, batch: &Batch) {
+fn record_submitted(
+    stream: Option<&str>,
+    batch: &Batch,
+    stats: &HashMap<String, Arc<StreamStats>>,
+) {
     let source = |s: &str| if s.starts_with("tcp") { "tcp" } else { "http" };
     let mut received: std::collections::BTreeMap<(Option<&str>, &'static str), usize> =
         Default::default();
@@ -169,11 +174,18 @@ fn record_submitted(stream: Option<&str>, batch: &Batch) {
             .or_insert((letter.stage, 0))
             .1 += 1;
     }
+    let stats_of = |stream: Option<&str>| stream.and_then(|s| stats.get(s));
     for ((stream, src), n) in received {
         telemetry::events_received(stream.unwrap_or(telemetry::NO_STREAM), src, n);
+        if let Some(s) = stats_of(stream) {
+            s.received(n);
+        }
     }
     for ((stream, _), (stage, n)) in dead {
         telemetry::events_dead_lettered(stream, stage, n);
+        if let Some(s) = stats_of(stream) {
+            s.dead_lettered(n);
+        }
     }
 }
 
@@ -226,6 +238,8 @@ pub struct Ingest {
     pub registry: Registry,
     queues: HashMap<String, QueueSender<Row>>,
     dead_letters: QueueSender<DeadLetter>,
+    /// Status of each stream, for `GET /v1/streams`.
+    stats: HashMap<String, Arc<StreamStats>>,
 }
 
 impl Ingest {
@@ -234,11 +248,22 @@ impl Ingest {
         queues: HashMap<String, QueueSender<Row>>,
         dead_letters: QueueSender<DeadLetter>,
     ) -> Ingest {
+        let stats = registry
+            .names()
+            .into_iter()
+            .map(|n| (n, Arc::default()))
+            .collect();
         Ingest {
             registry,
             queues,
             dead_letters,
+            stats,
         }
+    }
+
+    /// The status counters of `stream`.
+    pub fn stats(&self, stream: &str) -> Option<&Arc<StreamStats>> {
+        self.stats.get(stream)
     }
 
     /// The queue of `stream`.
@@ -284,7 +309,7 @@ impl Ingest {
                     .await?,
             )
         };
-        record_submitted(stream, &batch);
+        record_submitted(stream, &batch, &self.stats);
         let mut pending = Pending {
             rows: None,
             letters: None,

@@ -19,6 +19,7 @@ use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
 use crate::sink::{BoxFuture, Sink, SinkError};
+use crate::stats::StreamStats;
 use crate::telemetry;
 
 /// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
@@ -44,17 +45,38 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
     /// Counts `n` items written in `seconds` (stream rows only).
     fn record_written(_target: &Self::Target, _n: usize, _seconds: f64) {}
+    /// Notes the last error writing to the target (stream rows only).
+    fn record_error(_target: &Self::Target, _error: &str) {}
+    /// Counts `n` items dead-lettered at the write stage (stream rows only).
+    fn record_dead_lettered(_target: &Self::Target, _n: usize) {}
+}
+
+/// A stream's table, and the status the batcher keeps up to date.
+pub struct StreamTarget {
+    pub stream: Arc<Stream>,
+    pub stats: Arc<StreamStats>,
 }
 
 impl Item for Row {
-    type Target = Arc<Stream>;
+    type Target = StreamTarget;
 
     fn target_name(target: &Self::Target) -> &str {
-        &target.name
+        &target.stream.name
     }
 
     fn record_written(target: &Self::Target, n: usize, seconds: f64) {
-        telemetry::batch_written(&target.name, n, seconds);
+        telemetry::batch_written(&target.stream.name, n, seconds);
+        if n > 0 {
+            target.stats.written(n, chrono::Utc::now());
+        }
+    }
+
+    fn record_error(target: &Self::Target, error: &str) {
+        target.stats.error(error, chrono::Utc::now());
+    }
+
+    fn record_dead_lettered(target: &Self::Target, n: usize) {
+        target.stats.dead_lettered(n);
     }
 
     fn index(&self) -> usize {
@@ -66,12 +88,12 @@ impl Item for Row {
         target: &'a Self::Target,
         items: &'a [Self],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        sink.write_rows(target, items, &[])
+        sink.write_rows(&target.stream, items, &[])
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
         Some(DeadLetter {
-            stream: Some(target.name.clone()),
+            stream: Some(target.stream.name.clone()),
             stage: Stage::Write,
             error: error.to_string(),
             payload: self.raw.to_string(),
@@ -195,6 +217,8 @@ impl<T: Item> Batcher<T> {
             for letter in &letters {
                 telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
             }
+            T::record_dead_lettered(&self.target, letters.len());
+            T::record_error(&self.target, &refused[0].1.to_string());
             tracing::warn!(
                 target_name = T::target_name(&self.target),
                 count = letters.len(),
@@ -270,6 +294,7 @@ impl<T: Item> Batcher<T> {
                 Err(e) if e.is_transient() => {
                     attempt = attempt.saturating_add(1);
                     telemetry::write_retried(T::target_name(&self.target));
+                    T::record_error(&self.target, &e.to_string());
                     let delay = backoff(attempt);
                     tracing::warn!(
                         target_name = T::target_name(&self.target),

@@ -409,3 +409,44 @@ async fn json_nested_too_deep_is_400_naming_the_limit_and_dead_lettered() {
     let r = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the process is unharmed");
 }
+
+#[tokio::test]
+async fn stream_status_counts_what_happened_since_start() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let body = "{\"seq\":1,\"sensor\":\"a\",\"value\":1}\n{\"seq\":2,\"sensor\":\"a\",\"value\":1}\n\
+                {\"seq\":3,\"sensor\":\"a\",\"value\":1}\n{\"seq\":4,\"sensor\":\"a\",\"value\":5000}\n";
+    let r = app.post("reading", "", "application/x-ndjson", body).await;
+    assert_eq!(r.status(), 200);
+    let s: Value = app
+        .client
+        .get(app.url("/v1/streams/reading"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            &s["received"],
+            &s["written"],
+            &s["dead_lettered"],
+            &s["rejected"]
+        ),
+        (&json!(4), &json!(3), &json!(1), &json!(0)),
+        "{s}"
+    );
+    assert!(s["last_write_at"].is_string(), "{s}");
+    assert_eq!(s["written_per_second_1m"], json!(0.05));
+    assert_eq!(s["schema_id"], "urn:sluice:test:reading");
+    assert_eq!(s["last_error"], Value::Null);
+    let r = app
+        .client
+        .get(app.url("/v1/streams/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

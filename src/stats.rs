@@ -1,0 +1,129 @@
+//! Per-stream status for `GET /v1/streams`: counters since start, last successful
+//! write, last error, and the write rate over the last minute. Owned by the running
+//! app (not process-wide), updated per request or per batch.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// Seconds in the rate window.
+const WINDOW: usize = 60;
+
+/// Counters and recent history of one stream.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    received: AtomicU64,
+    written: AtomicU64,
+    dead_lettered: AtomicU64,
+    rejected: AtomicU64,
+    /// Unix microseconds of the last committed batch; 0 before the first.
+    last_write_micros: AtomicI64,
+    last_error: Mutex<Option<(DateTime<Utc>, String)>>,
+    /// Rows written per second over the last minute.
+    rate: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    buckets: [u64; WINDOW],
+    /// The second (Unix time) that the newest bucket counts.
+    newest: i64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            buckets: [0; WINDOW],
+            newest: 0,
+        }
+    }
+}
+
+impl Window {
+    /// Moves the window to `now`, zeroing the seconds that passed without events.
+    fn advance(&mut self, now: i64) {
+        let elapsed = now - self.newest;
+        if elapsed <= 0 {
+            return;
+        }
+        for i in 1..=elapsed.min(WINDOW as i64) {
+            self.buckets[((self.newest + i) as usize) % WINDOW] = 0;
+        }
+        self.newest = now;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (plain counters).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StreamStats {
+    pub fn received(&self, n: usize) {
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn dead_lettered(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, n: usize) {
+        self.rejected.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn written(&self, n: usize, at: DateTime<Utc>) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_write_micros
+            .store(at.timestamp_micros(), Ordering::Relaxed);
+        let mut w = lock(&self.rate);
+        w.advance(at.timestamp());
+        w.buckets[(at.timestamp() as usize) % WINDOW] += n as u64;
+    }
+
+    pub fn error(&self, message: &str, at: DateTime<Utc>) {
+        *lock(&self.last_error) = Some((at, message.to_owned()));
+    }
+
+    /// The status as JSON, at `now`.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> Value {
+        let last_write = match self.last_write_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => DateTime::<Utc>::from_timestamp_micros(micros).map(|t| t.to_rfc3339()),
+        };
+        let per_second = {
+            let mut w = lock(&self.rate);
+            w.advance(now.timestamp());
+            w.buckets.iter().sum::<u64>() as f64 / WINDOW as f64
+        };
+        let last_error = lock(&self.last_error)
+            .as_ref()
+            .map(|(at, message)| json!({"at": at.to_rfc3339(), "message": message}));
+        json!({
+            "received": self.received.load(Ordering::Relaxed),
+            "written": self.written.load(Ordering::Relaxed),
+            "dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "last_write_at": last_write,
+            "last_error": last_error,
+            "written_per_second_1m": per_second,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_covers_the_last_minute_only() {
+        let s = StreamStats::default();
+        let t0 = DateTime::<Utc>::from_timestamp(1_000_000, 0).unwrap();
+        s.written(600, t0);
+        assert_eq!(s.snapshot(t0)["written_per_second_1m"], 10.0);
+        let later = t0 + chrono::Duration::seconds(61);
+        assert_eq!(s.snapshot(later)["written_per_second_1m"], 0.0);
+        assert_eq!(s.snapshot(later)["written"], 600);
+    }
+}
