@@ -321,15 +321,7 @@ async fn health_readiness_and_stream_status_answer() {
     assert_eq!(r.status(), 200);
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r: Value = app
-        .client
-        .get(app.url("/v1/streams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = app.get_json("/v1/streams").await.1;
     assert_eq!(r["streams"][1]["stream"], "reading");
     assert_eq!(r["streams"][1]["queue_events"], 0);
 }
@@ -419,15 +411,7 @@ async fn stream_status_counts_what_happened_since_start() {
                 {\"seq\":3,\"sensor\":\"a\",\"value\":1}\n{\"seq\":4,\"sensor\":\"a\",\"value\":5000}\n";
     let r = app.post("reading", "", "application/x-ndjson", body).await;
     assert_eq!(r.status(), 200);
-    let s: Value = app
-        .client
-        .get(app.url("/v1/streams/reading"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = app.get_json("/v1/streams/reading").await.1;
     assert_eq!(
         (
             &s["received"],

@@ -324,6 +324,18 @@ impl TestApp {
         (status, r.json().await.expect("a JSON answer"))
     }
 
+    /// GETs `path` and returns the status and the JSON answer.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the request reaches Sluice");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("a JSON answer"))
+    }
+
     /// Stops Sluice as SIGTERM would and waits until it has flushed and exited.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.stop.cancel();

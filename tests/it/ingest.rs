@@ -249,15 +249,7 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_written(db: Db
         letters[0][3].as_deref(),
         Some(reading(13).to_string().as_str())
     );
-    let status: Value = app
-        .client
-        .get(app.url("/v1/streams/reading"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = app.get_json("/v1/streams/reading").await.1;
     assert_eq!(
         (&status["written"], &status["dead_lettered"]),
         (&json!(499), &json!(1)),

@@ -298,15 +298,7 @@ async fn a_full_queue_pauses_reading_so_the_tcp_writer_blocks_and_nothing_is_los
         !writer.is_finished(),
         "the writer must be blocked by flow control"
     );
-    let streams: Value = app
-        .client
-        .get(app.url("/v1/streams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let streams: Value = app.get_json("/v1/streams").await.1;
     let depth = streams["streams"]
         .as_array()
         .unwrap()
