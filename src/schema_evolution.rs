@@ -11,6 +11,41 @@ use crate::sink::Dialect;
 pub struct ExistingColumn {
     pub name: String,
     pub nullable: bool,
+    /// The type as the database reports it (`information_schema` / `pragma_table_info`).
+    pub data_type: String,
+}
+
+/// The storage class of a column type, coarse enough that the spellings a database
+/// reports for the type Sluice creates compare equal (`character varying` and `text`,
+/// MariaDB's `json` reported as `longtext`, SQLite's type affinities).
+fn storage_class(dialect: Dialect, data_type: &str) -> &'static str {
+    let t = data_type.to_ascii_lowercase();
+    let base = t.split('(').next().unwrap_or_default().trim();
+    match dialect {
+        Dialect::Postgres => match base {
+            "text" | "character varying" | "character" | "varchar" | "char" => "text",
+            "timestamp with time zone" | "timestamptz" => "timestamptz",
+            "uuid" => "uuid",
+            "bigint" | "integer" | "smallint" | "int" | "int8" | "int4" | "int2" => "integer",
+            "double precision" | "real" | "numeric" | "float8" | "float4" => "number",
+            "boolean" | "bool" => "boolean",
+            "jsonb" | "json" => "json",
+            _ => "other",
+        },
+        Dialect::Mysql => match base {
+            "varchar" | "char" | "text" | "tinytext" | "mediumtext" | "longtext" | "json" => "text",
+            "datetime" | "timestamp" => "datetime",
+            "bigint" | "int" | "integer" | "mediumint" | "smallint" => "integer",
+            "tinyint" | "boolean" | "bool" => "boolean",
+            "double" | "float" | "decimal" | "real" => "number",
+            _ => "other",
+        },
+        // SQLite's affinity rules (https://sqlite.org/datatype3.html, 3.1).
+        Dialect::Sqlite if t.contains("int") => "integer",
+        Dialect::Sqlite if t.contains("char") || t.contains("clob") || t.contains("text") => "text",
+        Dialect::Sqlite if t.contains("real") || t.contains("floa") || t.contains("doub") => "real",
+        Dialect::Sqlite => "other",
+    }
 }
 
 /// The statements that bring `existing` (the table's columns, non-empty) in line with
@@ -22,7 +57,6 @@ pub fn plan(
     table_has_rows: bool,
 ) -> Result<Vec<String>, String> {
     let table = dialect.quote(&stream.table);
-    let has = |name: &str| existing.iter().any(|c| c.name.eq_ignore_ascii_case(name));
     let mut wanted: Vec<(String, String, bool)> = stream
         .columns
         .iter()
@@ -42,7 +76,18 @@ pub fn plan(
     let mut statements = Vec::new();
     let mut problems = Vec::new();
     for (name, ty, nullable) in &wanted {
-        if has(name) {
+        if let Some(current) = existing.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+            if storage_class(dialect, &current.data_type) != storage_class(dialect, ty) {
+                problems.push(format!(
+                    "column `{name}` of table {table} is {} but the schema now makes it {ty}: change the column (e.g. {}) or the schema",
+                    current.data_type,
+                    match dialect {
+                        Dialect::Postgres => format!("ALTER TABLE {table} ALTER COLUMN {} TYPE {ty} USING …", dialect.quote(name)),
+                        Dialect::Mysql => format!("ALTER TABLE {table} MODIFY {} {ty}", dialect.quote(name)),
+                        Dialect::Sqlite => format!("recreate {table} with {} {ty}", dialect.quote(name)),
+                    }
+                ));
+            }
             continue;
         }
         let column = dialect.quote(name);
@@ -92,5 +137,71 @@ pub fn plan(
             stream.schema_file.display(),
             problems.join("; ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_types_sluice_creates_are_recognised_as_reported() {
+        use crate::schema::ColumnType as T;
+        let types = [
+            T::Text { max_length: None },
+            T::Text {
+                max_length: Some(8),
+            },
+            T::Timestamp,
+            T::Uuid,
+            T::Integer,
+            T::Number,
+            T::Boolean,
+            T::Json,
+        ];
+        let reported = |d: Dialect, ty: T| -> &'static str {
+            match (d, ty) {
+                (Dialect::Postgres, T::Text { .. }) => "text",
+                (Dialect::Postgres, T::Timestamp) => "timestamp with time zone",
+                (Dialect::Postgres, T::Uuid) => "uuid",
+                (Dialect::Postgres, T::Integer) => "bigint",
+                (Dialect::Postgres, T::Number) => "double precision",
+                (Dialect::Postgres, T::Boolean) => "boolean",
+                (Dialect::Postgres, T::Json) => "jsonb",
+                (
+                    Dialect::Mysql,
+                    T::Text {
+                        max_length: Some(_),
+                    },
+                ) => "varchar",
+                (Dialect::Mysql, T::Text { .. } | T::Json) => "longtext",
+                (Dialect::Mysql, T::Timestamp) => "datetime",
+                (Dialect::Mysql, T::Uuid) => "char",
+                (Dialect::Mysql, T::Integer) => "bigint",
+                (Dialect::Mysql, T::Number) => "double",
+                (Dialect::Mysql, T::Boolean) => "tinyint",
+                (Dialect::Sqlite, _) => "",
+            }
+        };
+        for d in [Dialect::Postgres, Dialect::Mysql, Dialect::Sqlite] {
+            for ty in types {
+                let created = d.column_type(ty, false);
+                let seen = if d == Dialect::Sqlite {
+                    created.clone()
+                } else {
+                    reported(d, ty).to_owned()
+                };
+                assert_eq!(
+                    storage_class(d, &seen),
+                    storage_class(d, &created),
+                    "{d:?} {ty:?}"
+                );
+                assert_ne!(storage_class(d, &created), "other", "{d:?} {ty:?}");
+            }
+        }
+        assert_ne!(
+            storage_class(Dialect::Postgres, "text"),
+            storage_class(Dialect::Postgres, "double precision")
+        );
     }
 }

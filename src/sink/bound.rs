@@ -104,6 +104,7 @@ where
             Ok(ExistingColumn {
                 name: r.try_get(0)?,
                 nullable: r.try_get::<String, _>(1)? == "YES",
+                data_type: r.try_get(2)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

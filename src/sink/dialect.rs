@@ -288,12 +288,12 @@ impl Dialect {
     }
 
     /// The columns of table `$1` in the current database/schema: `name, nullable`
-    /// (`YES` / `NO`).
+    /// (`YES` / `NO`), type.
     pub fn describe_table(self) -> &'static str {
         match self {
-            Dialect::Postgres => "SELECT CAST(column_name AS TEXT), CAST(is_nullable AS TEXT) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
-            Dialect::Mysql => "SELECT CAST(COLUMN_NAME AS CHAR), CAST(IS_NULLABLE AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
-            Dialect::Sqlite => "SELECT name, CASE WHEN \"notnull\" = 1 THEN 'NO' ELSE 'YES' END FROM pragma_table_info(?)",
+            Dialect::Postgres => "SELECT CAST(column_name AS TEXT), CAST(is_nullable AS TEXT), CAST(data_type AS TEXT) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+            Dialect::Mysql => "SELECT CAST(COLUMN_NAME AS CHAR), CAST(IS_NULLABLE AS CHAR), CAST(DATA_TYPE AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?",
+            Dialect::Sqlite => "SELECT name, CASE WHEN \"notnull\" = 1 THEN 'NO' ELSE 'YES' END, type FROM pragma_table_info(?)",
         }
     }
 

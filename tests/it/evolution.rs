@@ -1,5 +1,6 @@
 //! Schema evolution at start-up: a new optional property becomes a new column; a change
-//! that cannot be applied safely stops start-up with a clear message and the DDL to run.
+//! that cannot be applied safely (a new required property on a table with rows, a type
+//! change) stops start-up with a clear message and the DDL to run.
 
 use serde_json::json;
 use sluice::{App, Config};
@@ -71,6 +72,21 @@ async fn a_new_optional_property_adds_a_column_and_a_new_required_one_stops_star
     let e = format!("{e:#}");
     assert!(
         e.contains("`site` is now required") && e.contains("ALTER TABLE"),
+        "{e}"
+    );
+
+    // v4: `site` optional again, but `value` changes from number to string.
+    edit_reading(schemas.path(), |s| {
+        s["required"] = json!(["seq", "sensor", "value"]);
+        s["properties"]["value"] = json!({"type": "string"});
+    });
+    let e = App::build(config(&app.db.url))
+        .await
+        .err()
+        .expect("start-up stops")
+        .to_string();
+    assert!(
+        e.contains("column `value`") && e.contains("schema now makes it"),
         "{e}"
     );
 }
