@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream}/events", post(ingest_events))
         .route("/v1/streams", get(list_streams))
         .route("/v1/streams/{stream}", get(get_stream))
+        .route("/v1/dead-letters", get(list_dead_letters))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -112,6 +113,8 @@ pub enum ApiError {
     QueueFull { stream: String },
     /// 503: Sluice is shutting down and accepts nothing more.
     ShuttingDown,
+    /// 503: the database did not answer a read (the details are logged, not sent).
+    DatabaseUnavailable,
 }
 
 impl IntoResponse for ApiError {
@@ -147,6 +150,10 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 return r;
             }
+            ApiError::DatabaseUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the database did not answer; retry later (see /readyz and the logs)"}),
+            ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "Sluice is shutting down and accepts no more events; retry against another instance or later"}),
@@ -480,6 +487,63 @@ fn stream_status(ingest: &Ingest, s: &crate::schema::Stream) -> serde_json::Valu
         "last_error": stats["last_error"],
         "written_per_second_1m": stats["written_per_second_1m"],
     })
+}
+
+/// Query of `GET /v1/dead-letters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterParams {
+    stream: Option<String>,
+    stage: Option<String>,
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// Most dead letters in one page.
+const MAX_DEAD_LETTER_PAGE: i64 = 1000;
+
+/// `GET /v1/dead-letters?stream=&stage=&limit=&before=`: newest first; pass the answer's
+/// `next_before` as `before` for the next page.
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let bad = |error: String| ApiError::BadRequest {
+        error,
+        dead_lettered: 0,
+    };
+    let Query(p) = params.map_err(|e| {
+        bad(format!("invalid query: {}; use stream, stage, limit (1-{MAX_DEAD_LETTER_PAGE}) and before (an id)", e.body_text()))
+    })?;
+    if let Some(stage) = &p.stage {
+        if !["parse", "route", "validate", "write"].contains(&stage.as_str()) {
+            return Err(bad(format!(
+                "unknown stage `{stage}`: use parse, route, validate or write"
+            )));
+        }
+    }
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=MAX_DEAD_LETTER_PAGE).contains(&limit) {
+        return Err(bad(format!(
+            "limit must be between 1 and {MAX_DEAD_LETTER_PAGE}"
+        )));
+    }
+    let query = crate::sink::DeadLetterQuery {
+        before: p.before,
+        stream: p.stream,
+        stage: p.stage,
+        limit,
+    };
+    let letters = state.sink.list_dead_letters(&query).await.map_err(|e| {
+        tracing::warn!(error = %e, "Cannot list dead letters.");
+        ApiError::DatabaseUnavailable
+    })?;
+    let next_before = (letters.len() as i64 == limit)
+        .then(|| letters.last().map(|l| l.id))
+        .flatten();
+    Ok(Json(
+        json!({ "dead_letters": letters, "next_before": next_before }),
+    ))
 }
 
 /// `GET /v1/streams`: every stream's status.

@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
-use super::{chunks_by, sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
+use super::{
+    chunks_by, sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, Sink,
+    SinkError, StoredDeadLetter,
+};
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
 use crate::schema_evolution::ExistingColumn;
@@ -128,6 +131,53 @@ where
         .await
         .map_err(sink_error(dialect))?;
     Ok(row.is_some())
+}
+
+/// The newest dead letters first.
+pub async fn list_dead_letters<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    query: &DeadLetterQuery,
+) -> Result<Vec<ListedDeadLetter>, SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let err = sink_error(dialect);
+    let sql = dialect.list_dead_letters(
+        query.before.is_some(),
+        query.stream.is_some(),
+        query.stage.is_some(),
+    );
+    let mut q = sqlx::query::<DB>(&sql);
+    if let Some(before) = query.before {
+        q = q.bind(before);
+    }
+    for text in [&query.stream, &query.stage].into_iter().flatten() {
+        q = q.bind(text.as_str());
+    }
+    let rows = q.bind(query.limit).fetch_all(pool).await.map_err(&err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(ListedDeadLetter {
+                id: r.try_get(0)?,
+                stream: r.try_get(1)?,
+                stage: r.try_get(2)?,
+                error: r.try_get(3)?,
+                payload: r.try_get(4)?,
+                source: r.try_get(5)?,
+                received_at: r.try_get(6)?,
+                attempts: r.try_get(7)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(&err)
 }
 
 /// Counts one more failed replay of dead letter `id`, with its new reason.
@@ -330,6 +380,13 @@ where
 
     fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(execute_all(&self.pool, self.dialect, statements))
+    }
+
+    fn list_dead_letters<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
+        Box::pin(list_dead_letters(&self.pool, self.dialect, query))
     }
 
     fn dialect(&self) -> Dialect {

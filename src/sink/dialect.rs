@@ -242,17 +242,45 @@ impl Dialect {
         )
     }
 
-    /// A page of replayable dead letters (with a stream), oldest first, after id
-    /// `$1`, optionally for one stream and since a time: `id, stream, payload,
-    /// received_at` (as RFC 3339 text). Binds: after id, [stream], [since], limit.
-    pub fn select_dead_letters(self, by_stream: bool, since: bool) -> String {
-        let received = match self {
+    /// `received_at` of the dead-letter table as RFC 3339 text (UTC).
+    fn received_at_text(self) -> &'static str {
+        match self {
             Dialect::Postgres => {
                 "to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
             }
             Dialect::Mysql => "DATE_FORMAT(received_at, '%Y-%m-%dT%H:%i:%s.%fZ')",
             Dialect::Sqlite => "received_at",
+        }
+    }
+
+    /// The newest dead letters first, for operators: `id, stream, stage, error,
+    /// payload, source, received_at, attempts`. Binds in order: [before id], [stream],
+    /// [stage], limit.
+    pub fn list_dead_letters(self, before: bool, stream: bool, stage: bool) -> String {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            self.placeholder(n)
         };
+        let mut sql = format!(
+            "SELECT id, stream, stage, error, payload, source, {}, CAST(attempts AS {}) FROM {DEAD_LETTERS} WHERE 1 = 1",
+            self.received_at_text(),
+            if self == Dialect::Mysql { "SIGNED" } else { "BIGINT" }
+        );
+        for (on, column) in [(before, "id <"), (stream, "stream ="), (stage, "stage =")] {
+            if on {
+                sql.push_str(&format!(" AND {column} {}", next()));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", next()));
+        sql
+    }
+
+    /// A page of replayable dead letters (with a stream), oldest first, after id
+    /// `$1`, optionally for one stream and since a time: `id, stream, payload,
+    /// received_at` (as RFC 3339 text). Binds: after id, [stream], [since], limit.
+    pub fn select_dead_letters(self, by_stream: bool, since: bool) -> String {
+        let received = self.received_at_text();
         let mut n = 1;
         let mut next = || {
             n += 1;

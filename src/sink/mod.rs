@@ -72,6 +72,11 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         page: &'a DeadLetterPage,
     ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>>;
+    /// The newest dead letters first, for `GET /v1/dead-letters`.
+    fn list_dead_letters<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>>;
     /// Records that replaying dead letter `id` failed again, with the new reason.
     fn record_replay_failure<'a>(
         &'a self,
@@ -100,6 +105,29 @@ pub struct DeadLetterPage {
     pub stream: Option<String>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: i64,
+}
+
+/// Filters of `GET /v1/dead-letters`.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    /// Only ids below this (keyset pagination, newest first).
+    pub before: Option<i64>,
+    pub stream: Option<String>,
+    pub stage: Option<String>,
+    pub limit: i64,
+}
+
+/// A dead letter, whole, as `GET /v1/dead-letters` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListedDeadLetter {
+    pub id: i64,
+    pub stream: Option<String>,
+    pub stage: String,
+    pub error: String,
+    pub payload: String,
+    pub source: Option<String>,
+    pub received_at: String,
+    pub attempts: i64,
 }
 
 /// A dead letter as stored, with what replay needs.

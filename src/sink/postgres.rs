@@ -12,12 +12,16 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::bound::{
-    ddl, describe_table, execute_all, fetch_dead_letters, record_replay_failure, table_has_rows,
+    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, record_replay_failure,
+    table_has_rows,
 };
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
-use super::{sink_error, BoxFuture, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
+use super::{
+    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, Sink, SinkError,
+    StoredDeadLetter,
+};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -221,6 +225,13 @@ impl Sink for PgSink {
 
     fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(execute_all(&self.pool, DIALECT, statements))
+    }
+
+    fn list_dead_letters<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
+        Box::pin(list_dead_letters(&self.pool, DIALECT, query))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {

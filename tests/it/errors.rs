@@ -434,3 +434,67 @@ async fn stream_status_counts_what_happened_since_start() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// `GET /v1/dead-letters`: newest first, filtered, keyset-paginated, payload included.
+async fn dead_letters_are_listed_newest_first_with_filters_and_pages(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let body = "{\"seq\":1,\"sensor\":\"a\",\"value\":5000}\n{oops\n{\"seq\":3,\"sensor\":\"a\",\"value\":6000}\n";
+    assert_eq!(
+        app.post("reading", "", "application/x-ndjson", body)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.post_json("nope", &json!({"x": 1})).await.0, 404);
+
+    let (status, all) = app.get_json("/v1/dead-letters").await;
+    assert_eq!(status, 200, "{all}");
+    let letters = all["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 4);
+    assert_eq!(letters[0]["stage"], "route", "newest first");
+    assert_eq!(letters[0]["stream"], Value::Null);
+    assert_eq!(
+        letters[3]["payload"],
+        "{\"seq\":1,\"sensor\":\"a\",\"value\":5000}"
+    );
+    assert_eq!(letters[3]["attempts"], 1);
+    assert!(letters[3]["received_at"]
+        .as_str()
+        .unwrap()
+        .starts_with("20"));
+    assert!(letters[3]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("http 127.0.0.1:"));
+    assert_eq!(all["next_before"], Value::Null);
+
+    let (_, validate) = app
+        .get_json("/v1/dead-letters?stream=reading&stage=validate&limit=1")
+        .await;
+    assert_eq!(
+        validate["dead_letters"][0]["payload"],
+        "{\"seq\":3,\"sensor\":\"a\",\"value\":6000}"
+    );
+    let before = validate["next_before"].as_i64().expect("a next page");
+    let (_, page2) = app
+        .get_json(&format!(
+            "/v1/dead-letters?stream=reading&stage=validate&limit=1&before={before}"
+        ))
+        .await;
+    assert_eq!(
+        page2["dead_letters"][0]["payload"],
+        "{\"seq\":1,\"sensor\":\"a\",\"value\":5000}"
+    );
+
+    let (status, bad) = app.get_json("/v1/dead-letters?stage=lost").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"]
+        .as_str()
+        .unwrap()
+        .contains("parse, route, validate or write"));
+    assert_eq!(app.get_json("/v1/dead-letters?limit=0").await.0, 400);
+}
+
+db_tests!(dead_letters_are_listed_newest_first_with_filters_and_pages);
