@@ -85,14 +85,8 @@ async fn sigterm_flushes_the_queues_and_exits_zero() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let sluice = spawn_binary(
         None,
-        &[
-            (
-                "SLUICE_SCHEMAS_DIR",
-                fixture_schemas().display().to_string(),
-            ),
-            ("SLUICE_DATABASE_URL", db.url.clone()),
-            ("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s".into()),
-        ],
+        &db,
+        &[("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s".into())],
     );
     let body: String = (0..300)
         .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
@@ -128,16 +122,7 @@ async fn sigterm_flushes_the_queues_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_keeps_every_acknowledged_event() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
-    let sluice = spawn_binary(
-        None,
-        &[
-            (
-                "SLUICE_SCHEMAS_DIR",
-                fixture_schemas().display().to_string(),
-            ),
-            ("SLUICE_DATABASE_URL", db.url.clone()),
-        ],
-    );
+    let sluice = spawn_binary(None, &db, &[]);
     let acked = Arc::new(AtomicI64::new(0));
     let mut clients = Vec::new();
     for c in 0..4i64 {

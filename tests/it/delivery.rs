@@ -148,14 +148,7 @@ async fn connections_killed_under_load_lose_and_duplicate_nothing(db: Db) {
     );
     assert_eq!(acked, 10_000);
     assert_eq!(app.db.count("reading").await, 10_000);
-    let distinct = app
-        .db
-        .query(&format!(
-            "SELECT {} FROM reading",
-            app.db.text("COUNT(DISTINCT seq)")
-        ))
-        .await;
-    assert_eq!(distinct[0][0].as_deref(), Some("10000"));
+    assert_eq!(app.db.distinct("reading", "seq").await, 10000);
     assert!(
         app.db.dead_letters().await.is_empty(),
         "transient failures are never dead-lettered"

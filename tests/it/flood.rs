@@ -14,7 +14,7 @@ use sqlx::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::helpers::{fixture_schemas, spawn_binary, Db, TestDb};
+use crate::helpers::{spawn_binary, Db, TestDb};
 
 /// The queue's byte budget in this test.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
@@ -46,12 +46,8 @@ async fn memory_stays_bounded_under_a_flood_and_nothing_accepted_is_lost() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let sluice = spawn_binary(
         Some(&bin),
+        &db,
         &[
-            (
-                "SLUICE_SCHEMAS_DIR",
-                fixture_schemas().display().to_string(),
-            ),
-            ("SLUICE_DATABASE_URL", db.url.clone()),
             ("SLUICE_TCP_LISTEN", "127.0.0.1:0".into()),
             ("SLUICE_DEFAULTS_QUEUE_MAX_BYTES", QUEUE_BYTES.to_string()),
             ("SLUICE_TCP_MAX_LINE_BYTES", "65536".into()),

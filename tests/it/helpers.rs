@@ -191,6 +191,32 @@ impl TestDb {
             .expect("a count")
     }
 
+    /// `SELECT count(DISTINCT column) FROM table`.
+    pub async fn distinct(&self, table: &str, column: &str) -> i64 {
+        let expr = format!("COUNT(DISTINCT {})", self.quote(column));
+        let sql = format!("SELECT {} FROM {}", self.text(&expr), self.quote(table));
+        self.query(&sql).await[0][0]
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .expect("a count")
+    }
+
+    /// Every value of `column` in `table` as text, in the column's order.
+    pub async fn values(&self, table: &str, column: &str) -> Vec<Option<String>> {
+        let column = self.quote(column);
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {column}",
+            self.text(&column),
+            self.quote(table)
+        );
+        self.query(&sql)
+            .await
+            .into_iter()
+            .map(|mut r| r.remove(0))
+            .collect()
+    }
+
     /// Waits until `table` holds `n` rows (for `ack=accepted`), failing after 15 s.
     pub async fn wait_for_count(&self, table: &str, n: i64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -377,14 +403,17 @@ pub struct Binary {
     pub logs: std::sync::mpsc::Receiver<String>,
 }
 
-/// Starts `bin` (the test build of `sluice` when `None`) with `env` on top of a clean
-/// environment, and waits for the line that gives its addresses.
-pub fn spawn_binary(bin: Option<&str>, env: &[(&str, String)]) -> Binary {
+/// Starts `bin` (the test build of `sluice` when `None`) on the fixture schemas and
+/// `db`, with `env` on top of a clean environment, and waits for the line that gives
+/// its addresses.
+pub fn spawn_binary(bin: Option<&str>, db: &TestDb, env: &[(&str, String)]) -> Binary {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(bin.unwrap_or(env!("CARGO_BIN_EXE_sluice")));
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
         cmd.env_remove(k);
     }
+    cmd.env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", &db.url);
     cmd.env("RUST_LOG", "info")
         .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
         .env("SLUICE_TCP_LISTEN", "");

@@ -89,14 +89,7 @@ async fn ndjson_and_gzip_bodies_are_stored(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(app.db.count("reading").await, 1502);
-    let distinct = app
-        .db
-        .query(&format!(
-            "SELECT {} FROM reading",
-            app.db.text("COUNT(DISTINCT seq)")
-        ))
-        .await;
-    assert_eq!(distinct[0][0].as_deref(), Some("1502"));
+    assert_eq!(app.db.distinct("reading", "seq").await, 1502);
 }
 
 async fn ack_accepted_answers_202_once_queued_and_the_rows_follow(db: Db) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use prometheus_parse::{Scrape, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{fixture_schemas, spawn_binary, Db, TestDb};
+use crate::helpers::{spawn_binary, Db, TestDb};
 
 async fn scrape(http: &str) -> Scrape {
     let text = reqwest::get(format!("http://{http}/metrics"))
@@ -35,17 +35,7 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_happened() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
-    let sluice = spawn_binary(
-        None,
-        &[
-            (
-                "SLUICE_SCHEMAS_DIR",
-                fixture_schemas().display().to_string(),
-            ),
-            ("SLUICE_DATABASE_URL", db.url.clone()),
-            ("SLUICE_TCP_LISTEN", "127.0.0.1:0".into()),
-        ],
-    );
+    let sluice = spawn_binary(None, &db, &[("SLUICE_TCP_LISTEN", "127.0.0.1:0".into())]);
     let client = reqwest::Client::new();
     let post = |stream: &str, body: &'static str| {
         client

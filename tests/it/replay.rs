@@ -93,15 +93,8 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
             still_failing: 2
         }
     );
-    let seqs = app
-        .db
-        .query(&format!(
-            "SELECT {} FROM reading ORDER BY seq",
-            app.db.text("seq")
-        ))
-        .await;
-    let seqs: Vec<_> = seqs.into_iter().map(|r| r[0].clone().unwrap()).collect();
-    assert_eq!(seqs, ["1", "2", "3"]);
+    let seqs = app.db.values("reading", "seq").await;
+    assert_eq!(seqs, [Some("1".into()), Some("2".into()), Some("3".into())]);
 
     let again = replay(&config, &ReplayOptions::default()).await.unwrap();
     assert_eq!(

@@ -187,14 +187,8 @@ async fn bad_lines_are_dead_lettered_with_reason_and_peer_and_the_connection_goe
     for l in &letters {
         assert_eq!(l[4].as_deref(), Some(format!("tcp {peer}").as_str()));
     }
-    let seqs = app
-        .db
-        .query(&format!(
-            "SELECT {} FROM reading ORDER BY seq",
-            app.db.text("seq")
-        ))
-        .await;
-    assert_eq!(seqs, vec![vec![Some("1".into())], vec![Some("7".into())]]);
+    let seqs = app.db.values("reading", "seq").await;
+    assert_eq!(seqs, [Some("1".into()), Some("7".into())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
