@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
-use crate::ingest::http::{router, serve as serve_http, AppState};
+use crate::ingest::http::{routers, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
@@ -30,6 +30,9 @@ pub struct App {
     config: Config,
     http: TcpListener,
     http_addr: SocketAddr,
+    /// The admin listener, when `admin.listen` is set.
+    admin: Option<TcpListener>,
+    admin_addr: Option<SocketAddr>,
     /// The TCP line listener, unless `tcp.listen` is empty.
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
@@ -100,10 +103,21 @@ impl App {
             ),
         };
         let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let admin = match config.admin.listen.as_str() {
+            "" => None,
+            addr => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the admin API on {addr}"))?,
+            ),
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         Ok(App {
             config,
             http,
             http_addr,
+            admin,
+            admin_addr,
             tcp,
             tcp_addr,
             ingest,
@@ -116,6 +130,11 @@ impl App {
     /// The address the HTTP API listens on.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address of the admin listener, if `admin.listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The address the TCP line listener listens on, if enabled.
@@ -166,6 +185,12 @@ impl App {
             trigger.cancel();
         });
         let connections = TaskTracker::new();
+        let (ingest, interval, stop) = (
+            self.ingest.clone(),
+            self.config.log_summary_interval,
+            accepting.clone(),
+        );
+        connections.spawn(async move { ingest.dead_letter_log.run(interval, stop).await });
         if let Some(listener) = self.tcp {
             let config = Arc::new(self.config.tcp.clone());
             connections.spawn(tcp::serve(
@@ -182,15 +207,30 @@ impl App {
             sink: self.sink.clone(),
             http: Arc::new(self.config.http.clone()),
         };
-        let tcp_addr = self
-            .tcp_addr
-            .map_or_else(|| "disabled".to_owned(), |a| a.to_string());
-        tracing::info!(http = %self.http_addr, tcp = %tcp_addr, "Sluice is listening.");
+        let show = |addr: Option<SocketAddr>, none: &str| {
+            addr.map_or_else(|| none.to_owned(), |a| a.to_string())
+        };
+        tracing::info!(
+            http = %self.http_addr,
+            admin = %show(self.admin_addr, "same-as-http"),
+            tcp = %show(self.tcp_addr, "disabled"),
+            "Sluice is listening."
+        );
         let timeout = self.config.shutdown_timeout;
+        let http_config = Arc::new(self.config.http.clone());
+        let (ingest_router, admin_router) = routers(state, self.admin.is_some());
+        if let (Some(listener), Some(router)) = (self.admin, admin_router) {
+            connections.spawn(serve_http(
+                listener,
+                router,
+                http_config.clone(),
+                accepting.clone(),
+            ));
+        }
         let http = tokio::spawn(serve_http(
             self.http,
-            router(state),
-            Arc::new(self.config.http.clone()),
+            ingest_router,
+            http_config,
             accepting.clone(),
         ));
         accepting.cancelled().await;

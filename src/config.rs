@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// Sections of the file that `SLUICE_<SECTION>_<KEY>` environment variables address.
-const ENV_SECTIONS: &[&str] = &["database", "http", "tcp", "defaults"];
+const ENV_SECTIONS: &[&str] = &["database", "http", "admin", "tcp", "defaults"];
 /// Top-level keys that `SLUICE_<KEY>` environment variables address.
-const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout"];
+const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout", "log_summary_interval"];
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
 const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_LOG_FORMAT"];
 
@@ -28,12 +28,22 @@ pub struct Config {
     /// How long SIGTERM waits for queues to flush before giving up (e.g. `"30s"`).
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Events dead-lettered at ingest are logged once per stream and stage, then as one
+    /// summary line (with a count) per this interval, so a flood cannot flood the logs.
+    #[serde(
+        default = "default_log_summary_interval",
+        deserialize_with = "duration"
+    )]
+    pub log_summary_interval: Duration,
     /// The database every stream and the dead letters are written to.
     #[serde(default)]
     pub database: DatabaseConfig,
     /// The HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The optional separate listener for the admin surface.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The TCP line-protocol listener.
     #[serde(default)]
     pub tcp: TcpConfig,
@@ -82,6 +92,17 @@ pub struct HttpConfig {
     /// A client must send a request's headers within this time (slow clients are cut off).
     #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address for `/metrics`, `/v1/streams` and `/v1/dead-letters` (`host:port`). When
+    /// set, those are served only there, so the ingest port can be exposed without them;
+    /// empty (the default) serves them on the HTTP port.
+    #[serde(default)]
+    pub listen: String,
 }
 
 /// `[tcp]`.
@@ -151,6 +172,9 @@ fn default_schemas_dir() -> PathBuf {
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_log_summary_interval() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_database_url() -> String {
     "sqlite://sluice.db".to_owned()
@@ -370,6 +394,9 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err("[database]: max_connections must be greater than 0".into());
+        }
+        if self.log_summary_interval.is_zero() {
+            return Err("log_summary_interval must be greater than 0 (e.g. \"10s\")".into());
         }
         Ok(())
     }

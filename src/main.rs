@@ -1,5 +1,5 @@
 //! The `sluice` command: parses the command line, starts logging, and dispatches to
-//! `serve` (the default) or `check`.
+//! `serve` (the default), `check`, `replay` or `openapi`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -47,6 +47,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API (the one kept in docs/openapi.json).
+    Openapi,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,10 @@ fn main() -> ExitCode {
             since,
             dry_run,
         } => replay(cli.config, stream, since, dry_run),
+        Command::Openapi => {
+            print!("{}", sluice::ingest::openapi::document());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Seconds in the rate window.
 const WINDOW: usize = 60;
@@ -86,8 +87,8 @@ impl StreamStats {
         *lock(&self.last_error) = Some((at, message.to_owned()));
     }
 
-    /// The status as JSON, at `now`.
-    pub fn snapshot(&self, now: DateTime<Utc>) -> Value {
+    /// The counters and history at `now`.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> Snapshot {
         let last_write = match self.last_write_micros.load(Ordering::Relaxed) {
             0 => None,
             micros => DateTime::<Utc>::from_timestamp_micros(micros).map(|t| t.to_rfc3339()),
@@ -99,17 +100,48 @@ impl StreamStats {
         };
         let last_error = lock(&self.last_error)
             .as_ref()
-            .map(|(at, message)| json!({"at": at.to_rfc3339(), "message": message}));
-        json!({
-            "received": self.received.load(Ordering::Relaxed),
-            "written": self.written.load(Ordering::Relaxed),
-            "dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
-            "rejected": self.rejected.load(Ordering::Relaxed),
-            "last_write_at": last_write,
-            "last_error": last_error,
-            "written_per_second_1m": per_second,
-        })
+            .map(|(at, message)| LastError {
+                at: at.to_rfc3339(),
+                message: message.clone(),
+            });
+        Snapshot {
+            received: self.received.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            last_write_at: last_write,
+            last_error,
+            written_per_second_1m: per_second,
+        }
     }
+}
+
+/// A stream's counters since start and its recent history.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Snapshot {
+    /// Events received (HTTP and TCP), valid or not.
+    pub received: u64,
+    /// Rows committed to the stream's table.
+    pub written: u64,
+    /// Events stored in `sluice_dead_letters` instead.
+    pub dead_lettered: u64,
+    /// Events refused with 503 because the queue was full.
+    pub rejected: u64,
+    /// When the last batch was committed (RFC 3339), `null` before the first.
+    pub last_write_at: Option<String>,
+    /// The last write error, `null` if there was none.
+    pub last_error: Option<LastError>,
+    /// Rows written per second, averaged over the last 60 seconds.
+    pub written_per_second_1m: f64,
+}
+
+/// A write error and when it happened.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LastError {
+    /// RFC 3339 time of the error.
+    pub at: String,
+    /// The database's message.
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -121,9 +153,9 @@ mod tests {
         let s = StreamStats::default();
         let t0 = DateTime::<Utc>::from_timestamp(1_000_000, 0).unwrap();
         s.written(600, t0);
-        assert_eq!(s.snapshot(t0)["written_per_second_1m"], 10.0);
+        assert_eq!(s.snapshot(t0).written_per_second_1m, 10.0);
         let later = t0 + chrono::Duration::seconds(61);
-        assert_eq!(s.snapshot(later)["written_per_second_1m"], 0.0);
-        assert_eq!(s.snapshot(later)["written"], 600);
+        assert_eq!(s.snapshot(later).written_per_second_1m, 0.0);
+        assert_eq!(s.snapshot(later).written, 600);
     }
 }

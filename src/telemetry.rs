@@ -13,6 +13,8 @@
 //! | `sluice_batch_write_duration_seconds` | histogram | `stream` |
 //! | `sluice_write_retries_total` | counter | `stream` |
 //! | `sluice_tcp_connections` | gauge | |
+//! | `sluice_db_pool_connections` | gauge | `state` (`in_use`/`idle`) |
+//! | `sluice_db_pool_max_connections` | gauge | |
 //! | `sluice_http_requests_total` | counter | `status` |
 //! | `sluice_http_request_duration_seconds` | histogram | `status` |
 
@@ -98,4 +100,10 @@ pub fn http_request(status: u16, seconds: f64) {
     counter!("sluice_http_requests_total", "status" => status.to_string()).increment(1);
     histogram!("sluice_http_request_duration_seconds", "status" => status.to_string())
         .record(seconds);
+}
+
+pub fn db_pool(usage: crate::sink::PoolUsage) {
+    gauge!("sluice_db_pool_connections", "state" => "in_use").set(usage.in_use as f64);
+    gauge!("sluice_db_pool_connections", "state" => "idle").set(usage.idle as f64);
+    gauge!("sluice_db_pool_max_connections").set(usage.max as f64);
 }

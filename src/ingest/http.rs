@@ -15,10 +15,11 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
 
+use super::admin;
 use super::body::{self, BodyError};
 use super::{Batch, EventError, Ingest, LimitedListener};
 use crate::config::HttpConfig;
@@ -31,8 +32,6 @@ use crate::telemetry;
 const MAX_REPORTED_ERRORS: usize = 1000;
 /// `Retry-After` sent with a 503, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
-/// How long `/readyz` waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
@@ -77,23 +76,65 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
-/// The HTTP API's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/streams/{stream}/events", post(ingest_events))
-        .route("/v1/streams", get(list_streams))
-        .route("/v1/streams/{stream}", get(get_stream))
-        .route("/v1/dead-letters", get(list_dead_letters))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::NotFound(
-                "no such endpoint; events go to POST /v1/streams/{stream}/events".into(),
-            )
-        })
-        .layer(axum::middleware::from_fn(record_request))
-        .with_state(state)
+/// The HTTP routes: the ingest router, and the admin router when the admin surface
+/// (`/metrics`, `/v1/streams`, `/v1/dead-letters`) has its own listener. Health,
+/// readiness and the OpenAPI document are served on both.
+pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>) {
+    let common = Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/v1/openapi.json", get(super::openapi::openapi_json));
+    let admin = common
+        .clone()
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/streams", get(admin::list_streams))
+        .route("/v1/streams/{stream}", get(admin::get_stream))
+        .route("/v1/dead-letters", get(admin::list_dead_letters));
+    let finish = |router: Router<AppState>, hint: &'static str| {
+        router
+            .fallback(move || async move { ApiError::NotFound(hint.to_owned()) })
+            .layer(axum::middleware::from_fn(record_request))
+            .with_state(state.clone())
+    };
+    let events = "/v1/streams/{stream}/events";
+    if separate_admin {
+        let ingest = common.route(events, post(ingest_events));
+        (
+            finish(ingest, "no such endpoint on the ingest port; events go to POST /v1/streams/{stream}/events, and /metrics, /v1/streams and /v1/dead-letters are on admin.listen"),
+            Some(finish(admin, "no such endpoint on the admin port; see GET /v1/openapi.json (events go to the ingest port)")),
+        )
+    } else {
+        let all = admin.route(events, post(ingest_events));
+        (
+            finish(all, "no such endpoint; events go to POST /v1/streams/{stream}/events (see GET /v1/openapi.json)"),
+            None,
+        )
+    }
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to change.
+    pub error: String,
+    /// Events of the request stored in `sluice_dead_letters` (400, 404 on ingest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<usize>,
+    /// The known streams (404 for an unknown stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Vec<String>>,
+    /// Seconds to wait before retrying (503 on a full queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
+
+impl ErrorBody {
+    fn new(error: impl Into<String>) -> Self {
+        ErrorBody {
+            error: error.into(),
+            ..ErrorBody::default()
+        }
+    }
 }
 
 /// An error answered to an HTTP client, as JSON `{"error": "..."}` with its status.
@@ -125,38 +166,45 @@ impl IntoResponse for ApiError {
                 dead_lettered,
             } => (
                 StatusCode::BAD_REQUEST,
-                json!({"error": error, "dead_lettered": dead_lettered}),
+                ErrorBody {
+                    dead_lettered: Some(dead_lettered),
+                    ..ErrorBody::new(error)
+                },
             ),
             ApiError::UnknownStream { stream, known } => (
                 StatusCode::NOT_FOUND,
-                json!({"error": format!("unknown stream `{stream}`: there is no schemas/{stream}.json"), "streams": known, "dead_lettered": 1}),
+                ErrorBody {
+                    dead_lettered: Some(1),
+                    streams: Some(known),
+                    ..ErrorBody::new(format!(
+                        "unknown stream `{stream}`: there is no schemas/{stream}.json"
+                    ))
+                },
             ),
-            ApiError::NotFound(error) => (StatusCode::NOT_FOUND, json!({ "error": error })),
-            ApiError::TooLarge(error) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": error })),
-            ApiError::UnsupportedMediaType(error) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                json!({ "error": error }),
-            ),
+            ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
+            ApiError::TooLarge(error) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorBody::new(error)),
+            ApiError::UnsupportedMediaType(error) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorBody::new(error))
+            }
             ApiError::QueueFull { stream } => {
-                let mut r = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({
-                        "error": format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"),
-                        "retry_after_seconds": RETRY_AFTER_SECS,
-                    })),
-                )
-                    .into_response();
+                let body = ErrorBody {
+                    retry_after_seconds: Some(RETRY_AFTER_SECS),
+                    ..ErrorBody::new(format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
+                };
+                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 return r;
             }
             ApiError::DatabaseUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "the database did not answer; retry later (see /readyz and the logs)"}),
+                ErrorBody::new(
+                    "the database did not answer; retry later (see /readyz and the logs)",
+                ),
             ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "Sluice is shutting down and accepts no more events; retry against another instance or later"}),
+                ErrorBody::new("Sluice is shutting down and accepts no more events; retry against another instance or later"),
             ),
         };
         (status, Json(body)).into_response()
@@ -177,7 +225,7 @@ impl From<BodyError> for ApiError {
 }
 
 /// `?ack=`: when the response is sent.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
     /// After the events are committed or dead-lettered (200).
@@ -187,15 +235,50 @@ pub enum AckMode {
     Accepted,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IngestParams {
+    /// `commit` (default): answer 200 once the events are committed or dead-lettered;
+    /// `accepted`: answer 202 once they are queued.
     #[serde(default)]
+    #[param(inline)]
     ack: AckMode,
 }
 
+/// The JSON body of an ingest request (for the OpenAPI document; the handler reads the
+/// bytes itself to dead-letter what does not parse).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EventsBody {
+    /// One event.
+    One(std::collections::HashMap<String, serde_json::Value>),
+    /// Several events, each an object.
+    Many(Vec<std::collections::HashMap<String, serde_json::Value>>),
+}
+
+/// Headers of an ingest request (for the OpenAPI document).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IngestHeaders {
+    /// `gzip` when the body is gzip-compressed.
+    #[param(rename = "Content-Encoding", required = false, inline)]
+    content_encoding: ContentEncoding,
+}
+
+/// `Content-Encoding` values Sluice decodes.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ContentEncoding {
+    Identity,
+    Gzip,
+}
+
 /// The answer to an ingest request.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IngestResponse {
     /// Events stored in the stream's table (or queued, with `ack=accepted`).
     pub accepted: usize,
@@ -212,7 +295,36 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-async fn ingest_events(
+/// `POST /v1/streams/{stream}/events`: one JSON object, a JSON array of objects, or
+/// NDJSON, optionally gzip-compressed.
+#[utoipa::path(
+    post,
+    path = "/v1/streams/{stream}/events",
+    tag = "events",
+    params(
+        ("stream" = String, Path, description = "The stream: a file `schemas/<stream>.json`."),
+        IngestParams,
+        IngestHeaders,
+    ),
+    request_body(
+        description = "One event object, a JSON array of event objects, or NDJSON (one object per line). Each event is validated against the stream's schema; invalid ones are dead-lettered and reported by index.",
+        content(
+            (EventsBody = "application/json"),
+            (String = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`ack=commit`: every event is committed or dead-lettered.", body = IngestResponse),
+        (status = 202, description = "`ack=accepted`: every event is queued (invalid ones dead-lettered).", body = IngestResponse),
+        (status = 400, description = "The body is not JSON (it was dead-lettered whole), or the query is invalid.", body = ErrorBody),
+        (status = 404, description = "Unknown stream (the body was dead-lettered, stage `route`).", body = ErrorBody),
+        (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
+        (status = 415, description = "Unsupported `Content-Type` or `Content-Encoding`.", body = ErrorBody),
+        (status = 503, description = "The stream's queue stayed full, or Sluice is shutting down; nothing was accepted, retry.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait (sent when the queue is full)."))),
+    )
+)]
+pub async fn ingest_events(
     State(state): State<AppState>,
     Path(stream_name): Path<String>,
     params: Result<Query<IngestParams>, axum::extract::rejection::QueryRejection>,
@@ -412,161 +524,4 @@ async fn record_request(req: axum::extract::Request, next: axum::middleware::Nex
     let response = next.run(req).await;
     telemetry::http_request(response.status().as_u16(), started.elapsed().as_secs_f64());
     response
-}
-
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> Response {
-    for stream in state.ingest.registry.iter() {
-        if let Some(q) = state.ingest.queue(&stream.name) {
-            let (events, bytes) = q.depth();
-            telemetry::queue_depth(&stream.name, events, bytes);
-        }
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        telemetry::render(),
-    )
-        .into_response()
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    let db = match tokio::time::timeout(READY_TIMEOUT, state.sink.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", READY_TIMEOUT.as_secs())),
-    };
-    let full: Vec<String> = state
-        .ingest
-        .registry
-        .iter()
-        .filter(|s| state.ingest.queue(&s.name).is_some_and(|q| q.is_full()))
-        .map(|s| s.name.clone())
-        .collect();
-    let ready = db.is_ok() && full.is_empty();
-    let body = json!({
-        "status": if ready { "ready" } else { "unready" },
-        "database": match &db { Ok(()) => "reachable".to_owned(), Err(e) => format!("unreachable: {e}") },
-        "saturated_streams": full,
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
-}
-
-/// One stream's status: where it writes, its queue, and its counters since start.
-fn stream_status(ingest: &Ingest, s: &crate::schema::Stream) -> serde_json::Value {
-    let (events, bytes) = ingest.queue(&s.name).map(|q| q.depth()).unwrap_or_default();
-    let stats = ingest
-        .stats(&s.name)
-        .map(|st| st.snapshot(chrono::Utc::now()))
-        .unwrap_or_default();
-    json!({
-        "stream": s.name,
-        "table": s.table,
-        "schema_file": s.schema_file.display().to_string(),
-        "schema_id": s.schema_id,
-        "queue_events": events,
-        "queue_bytes": bytes,
-        "queue_max_events": s.settings.queue_max_events,
-        "queue_max_bytes": s.settings.queue_max_bytes,
-        "received": stats["received"],
-        "written": stats["written"],
-        "dead_lettered": stats["dead_lettered"],
-        "rejected": stats["rejected"],
-        "last_write_at": stats["last_write_at"],
-        "last_error": stats["last_error"],
-        "written_per_second_1m": stats["written_per_second_1m"],
-    })
-}
-
-/// Query of `GET /v1/dead-letters`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterParams {
-    stream: Option<String>,
-    stage: Option<String>,
-    limit: Option<i64>,
-    before: Option<i64>,
-}
-
-/// Most dead letters in one page.
-const MAX_DEAD_LETTER_PAGE: i64 = 1000;
-
-/// `GET /v1/dead-letters?stream=&stage=&limit=&before=`: newest first; pass the answer's
-/// `next_before` as `before` for the next page.
-async fn list_dead_letters(
-    State(state): State<AppState>,
-    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let bad = |error: String| ApiError::BadRequest {
-        error,
-        dead_lettered: 0,
-    };
-    let Query(p) = params.map_err(|e| {
-        bad(format!("invalid query: {}; use stream, stage, limit (1-{MAX_DEAD_LETTER_PAGE}) and before (an id)", e.body_text()))
-    })?;
-    if let Some(stage) = &p.stage {
-        if !["parse", "route", "validate", "write"].contains(&stage.as_str()) {
-            return Err(bad(format!(
-                "unknown stage `{stage}`: use parse, route, validate or write"
-            )));
-        }
-    }
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=MAX_DEAD_LETTER_PAGE).contains(&limit) {
-        return Err(bad(format!(
-            "limit must be between 1 and {MAX_DEAD_LETTER_PAGE}"
-        )));
-    }
-    let query = crate::sink::DeadLetterQuery {
-        before: p.before,
-        stream: p.stream,
-        stage: p.stage,
-        limit,
-    };
-    let letters = state.sink.list_dead_letters(&query).await.map_err(|e| {
-        tracing::warn!(error = %e, "Cannot list dead letters.");
-        ApiError::DatabaseUnavailable
-    })?;
-    let next_before = (letters.len() as i64 == limit)
-        .then(|| letters.last().map(|l| l.id))
-        .flatten();
-    Ok(Json(
-        json!({ "dead_letters": letters, "next_before": next_before }),
-    ))
-}
-
-/// `GET /v1/streams`: every stream's status.
-async fn list_streams(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let streams: Vec<serde_json::Value> = state
-        .ingest
-        .registry
-        .iter()
-        .map(|s| stream_status(&state.ingest, s))
-        .collect();
-    Json(json!({ "streams": streams }))
-}
-
-/// `GET /v1/streams/{stream}`: one stream's status.
-async fn get_stream(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.ingest.registry.get(&name) {
-        Some(s) => Ok(Json(stream_status(&state.ingest, s))),
-        None => Err(ApiError::NotFound(format!(
-            "unknown stream `{name}`; the streams are {:?}",
-            state.ingest.registry.names()
-        ))),
-    }
 }

@@ -5,8 +5,10 @@
 //! queued for the dead-letter batcher, reserved together so that a request is accepted
 //! whole or not at all. Ingest never writes to the database itself.
 
+pub mod admin;
 pub mod body;
 pub mod http;
+pub mod openapi;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{payload_text, DeadLetter, Row, Stage};
+use crate::log_summary::LogSummary;
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
 use crate::schema::{Registry, Stream};
 use crate::stats::StreamStats;
@@ -73,7 +76,7 @@ impl LimitedListener {
 }
 
 /// Why one event of a request was not accepted, as reported to the client.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventError {
     /// Position of the event in the request (array element or non-blank NDJSON line).
     pub index: usize,
@@ -158,11 +161,13 @@ fn record_submitted(
     stream: Option<&str>,
     batch: &Batch,
     stats: &HashMap<String, Arc<StreamStats>>,
+    log: &LogSummary,
 ) {
     let source = |s: &str| if s.starts_with("tcp") { "tcp" } else { "http" };
     let mut received: std::collections::BTreeMap<(Option<&str>, &'static str), usize> =
         Default::default();
-    let mut dead: std::collections::BTreeMap<(Option<&str>, &'static str), (Stage, usize)> =
+    // By stream and stage: the stage, the count and one reason.
+    let mut dead: std::collections::BTreeMap<(Option<&str>, &'static str), (Stage, usize, &str)> =
         Default::default();
     for row in &batch.rows {
         *received.entry((stream, source(&row.source))).or_default() += 1;
@@ -171,7 +176,7 @@ fn record_submitted(
         let name = letter.stream.as_deref();
         *received.entry((name, source(&letter.source))).or_default() += 1;
         dead.entry((name, letter.stage.as_str()))
-            .or_insert((letter.stage, 0))
+            .or_insert((letter.stage, 0, &letter.error))
             .1 += 1;
     }
     let stats_of = |stream: Option<&str>| stream.and_then(|s| stats.get(s));
@@ -181,7 +186,8 @@ fn record_submitted(
             s.received(n);
         }
     }
-    for ((stream, _), (stage, n)) in dead {
+    for ((stream, stage_name), (stage, n, example)) in dead {
+        log.record((stream.map(str::to_owned), stage_name), n as u64, example);
         telemetry::events_dead_lettered(stream, stage, n);
         if let Some(s) = stats_of(stream) {
             s.dead_lettered(n);
@@ -240,6 +246,8 @@ pub struct Ingest {
     dead_letters: QueueSender<DeadLetter>,
     /// Status of each stream, for `GET /v1/streams`.
     stats: HashMap<String, Arc<StreamStats>>,
+    /// Dead letters set aside at ingest, logged once per kind and then summarised.
+    pub dead_letter_log: LogSummary,
 }
 
 impl Ingest {
@@ -258,6 +266,7 @@ impl Ingest {
             queues,
             dead_letters,
             stats,
+            dead_letter_log: LogSummary::default(),
         }
     }
 
@@ -309,7 +318,7 @@ impl Ingest {
                     .await?,
             )
         };
-        record_submitted(stream, &batch, &self.stats);
+        record_submitted(stream, &batch, &self.stats, &self.dead_letter_log);
         let mut pending = Pending {
             rows: None,
             letters: None,

@@ -7,8 +7,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
-    chunks_by, sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, Sink,
-    SinkError, StoredDeadLetter,
+    chunks_by, sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage,
+    Sink, SinkError, StoredDeadLetter,
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -432,6 +432,10 @@ where
             self.timestamp,
             letters,
         ))
+    }
+
+    fn pool_usage(&self) -> PoolUsage {
+        PoolUsage::of(&self.pool)
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {

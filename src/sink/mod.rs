@@ -49,9 +49,34 @@ impl SinkError {
     }
 }
 
+/// Connections of a sink's pool at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Connections checked out for a statement or transaction.
+    pub in_use: u32,
+    /// Open connections waiting in the pool.
+    pub idle: u32,
+    /// The pool's upper bound (`database.max_connections`).
+    pub max: u32,
+}
+
+impl PoolUsage {
+    fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolUsage {
+        let size = pool.size();
+        let idle = u32::try_from(pool.num_idle()).unwrap_or(size).min(size);
+        PoolUsage {
+            in_use: size - idle,
+            idle,
+            max: pool.options().get_max_connections(),
+        }
+    }
+}
+
 /// A database that stream rows and dead letters are written to.
 pub trait Sink: Send + Sync + 'static {
     fn dialect(&self) -> Dialect;
+    /// How many pooled connections are in use right now.
+    fn pool_usage(&self) -> PoolUsage;
     /// Creates the dead-letter table and every stream's table if missing.
     fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Writes `rows` to `stream`'s table in one transaction, deleting the dead letters
@@ -118,15 +143,24 @@ pub struct DeadLetterQuery {
 }
 
 /// A dead letter, whole, as `GET /v1/dead-letters` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ListedDeadLetter {
+    /// Its id; pass the last one of a page as `before` to get the next page.
     pub id: i64,
+    /// The stream, `null` when the event named no known stream.
     pub stream: Option<String>,
+    /// `parse`, `route`, `validate` or `write`.
+    #[schema(value_type = crate::event::Stage)]
     pub stage: String,
+    /// Why the event was set aside, with the JSON pointer for schema errors.
     pub error: String,
+    /// The event's original text (see DESIGN.md "Dead letters" for non-UTF-8 bytes).
     pub payload: String,
+    /// Where it came from, e.g. `http 127.0.0.1:50412`.
     pub source: Option<String>,
+    /// When Sluice received it.
     pub received_at: String,
+    /// How many times it was tried (replays included).
     pub attempts: i64,
 }
 

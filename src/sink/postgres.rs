@@ -19,8 +19,8 @@ use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
 use super::{
-    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, Sink, SinkError,
-    StoredDeadLetter,
+    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, Sink,
+    SinkError, StoredDeadLetter,
 };
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
@@ -232,6 +232,10 @@ impl Sink for PgSink {
         query: &'a DeadLetterQuery,
     ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
         Box::pin(list_dead_letters(&self.pool, DIALECT, query))
+    }
+
+    fn pool_usage(&self) -> PoolUsage {
+        PoolUsage::of(&self.pool)
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {

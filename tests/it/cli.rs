@@ -211,3 +211,55 @@ fn json_logs_are_one_object_per_line() {
         "one start-up line per stream"
     );
 }
+
+/// A flood of invalid events: the first is logged in full, the rest become one summary
+/// line per interval that counts them, instead of one log line per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_invalid_events_is_logged_once_then_summarised() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[("SLUICE_LOG_SUMMARY_INTERVAL", "300ms".into())],
+    );
+    let client = reqwest::Client::new();
+    let invalid: String = (0..50)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 5000}}\n"))
+        .collect();
+    for _ in 0..20 {
+        let r = client
+            .post(format!("http://{}/v1/streams/reading/events", sluice.http))
+            .header("content-type", "application/x-ndjson")
+            .body(invalid.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, logs) = sluice.terminate().await;
+    assert!(status.success());
+    assert_eq!(db.count("sluice_dead_letters").await, 1000);
+    let first: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("Event dead-lettered"))
+        .collect();
+    assert_eq!(first.len(), 1, "{logs:#?}");
+    assert!(first[0].contains("stage=\"validate\"") || first[0].contains("stage=validate"));
+    let summarised: u64 = logs
+        .iter()
+        .filter(|l| l.contains("(summary)"))
+        .map(|l| {
+            let count = l.split("count=").nth(1).expect("a count field");
+            count
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(summarised, 999, "{logs:#?}");
+    let lines = logs.iter().filter(|l| l.contains("dead-lettered")).count();
+    assert!(lines < 10, "{lines} log lines for 1000 invalid events");
+}

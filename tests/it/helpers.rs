@@ -265,6 +265,8 @@ impl TestDb {
 /// A running Sluice.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin listener, when `admin.listen` was set.
+    pub admin_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
     pub db: TestDb,
     pub client: reqwest::Client,
@@ -303,10 +305,12 @@ pub async fn spawn_app(
     let app = App::build(config).await.expect("Sluice starts");
     let addr = app.http_addr();
     let tcp_addr = app.tcp_addr();
+    let admin_addr = app.admin_addr();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     Some(TestApp {
         addr,
+        admin_addr,
         tcp_addr,
         db,
         client: reqwest::Client::new(),

@@ -140,6 +140,7 @@ async fn metrics_count_exactly_what_happened() {
         ("sluice_http_requests_total", vec![("status", "404")], 1.0),
         ("sluice_queue_events", vec![("stream", "reading")], 0.0),
         ("sluice_tcp_connections", vec![], 0.0),
+        ("sluice_db_pool_max_connections", vec![], 8.0),
     ];
     for (metric, labels, want) in expect {
         assert_eq!(value(&s, metric, &labels), want, "{metric} {labels:?}");
@@ -149,6 +150,12 @@ async fn metrics_count_exactly_what_happened() {
         .iter()
         .find(|x| x.metric == "sluice_batch_write_duration_seconds_count");
     assert!(batches.is_some(), "batch write durations are a histogram");
+    let pooled = value(&s, "sluice_db_pool_connections", &[("state", "in_use")])
+        + value(&s, "sluice_db_pool_connections", &[("state", "idle")]);
+    assert!(
+        (1.0..=8.0).contains(&pooled),
+        "the pool holds between 1 and max_connections connections: {pooled}"
+    );
     let (status, _) = sluice.terminate().await;
     assert!(status.success());
 }

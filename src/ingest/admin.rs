@@ -1,0 +1,300 @@
+//! The operator's side of the HTTP API: metrics, health, readiness, stream status and
+//! dead letters. Served on the ingest port, or on its own `admin.listen` address so the
+//! ingest port can be exposed without them.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::http::{ApiError, AppState, ErrorBody};
+use super::Ingest;
+use crate::sink::ListedDeadLetter;
+use crate::stats::Snapshot;
+use crate::telemetry;
+
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most dead letters in one page.
+const MAX_DEAD_LETTER_PAGE: i64 = 1000;
+/// Dead letters in a page when `limit` is absent.
+const DEFAULT_DEAD_LETTER_PAGE: i64 = 50;
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric in Prometheus text format 0.0.4 (see the README's \"Operating Sluice\").", body = String, content_type = "text/plain"),
+    )
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    for stream in state.ingest.registry.iter() {
+        if let Some(q) = state.ingest.queue(&stream.name) {
+            let (events, bytes) = q.depth();
+            telemetry::queue_depth(&stream.name, events, bytes);
+        }
+    }
+    telemetry::db_pool(state.sink.pool_usage());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::render(),
+    )
+        .into_response()
+}
+
+/// The answer of `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process serves requests.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /healthz`: the process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Sluice is running.", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+/// Whether Sluice can take events now.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyState {
+    Ready,
+    Unready,
+}
+
+/// The answer of `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub status: ReadyState,
+    /// `reachable`, or `unreachable: <reason>`.
+    pub database: String,
+    /// Streams whose queue is at its limit (their requests get 503).
+    pub saturated_streams: Vec<String>,
+}
+
+/// `GET /readyz`: the database answers within 2 s and no queue is at its limit.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to take events.", body = Readiness),
+        (status = 503, description = "The database does not answer or a queue is full.", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let db = match tokio::time::timeout(READY_TIMEOUT, state.sink.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", READY_TIMEOUT.as_secs())),
+    };
+    let saturated_streams: Vec<String> = state
+        .ingest
+        .registry
+        .iter()
+        .filter(|s| state.ingest.queue(&s.name).is_some_and(|q| q.is_full()))
+        .map(|s| s.name.clone())
+        .collect();
+    let ready = db.is_ok() && saturated_streams.is_empty();
+    let body = Readiness {
+        status: if ready {
+            ReadyState::Ready
+        } else {
+            ReadyState::Unready
+        },
+        database: match &db {
+            Ok(()) => "reachable".to_owned(),
+            Err(e) => format!("unreachable: {e}"),
+        },
+        saturated_streams,
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// One stream's status: where it writes, its queue, and its counters since start.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStatus {
+    /// The stream's name (its schema file's stem).
+    pub stream: String,
+    /// The table its rows go to.
+    pub table: String,
+    /// The JSON Schema file it validates against.
+    pub schema_file: String,
+    /// The schema's `$id`, if it has one.
+    pub schema_id: Option<String>,
+    /// Events accepted and not yet committed (batches in flight included).
+    pub queue_events: usize,
+    /// Memory those events hold, in bytes.
+    pub queue_bytes: usize,
+    pub queue_max_events: usize,
+    pub queue_max_bytes: usize,
+    #[serde(flatten)]
+    pub counters: Snapshot,
+}
+
+fn stream_status(ingest: &Ingest, s: &crate::schema::Stream) -> StreamStatus {
+    let (queue_events, queue_bytes) = ingest.queue(&s.name).map(|q| q.depth()).unwrap_or_default();
+    StreamStatus {
+        stream: s.name.clone(),
+        table: s.table.clone(),
+        schema_file: s.schema_file.display().to_string(),
+        schema_id: s.schema_id.clone(),
+        queue_events,
+        queue_bytes,
+        queue_max_events: s.settings.queue_max_events,
+        queue_max_bytes: s.settings.queue_max_bytes,
+        counters: ingest
+            .stats(&s.name)
+            .map(|st| st.snapshot(chrono::Utc::now()))
+            .unwrap_or_default(),
+    }
+}
+
+/// The answer of `GET /v1/streams`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamList {
+    pub streams: Vec<StreamStatus>,
+}
+
+/// `GET /v1/streams`: every stream's status.
+#[utoipa::path(
+    get,
+    path = "/v1/streams",
+    tag = "operations",
+    responses((status = 200, description = "Every stream, by name.", body = StreamList))
+)]
+pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
+    let streams = state
+        .ingest
+        .registry
+        .iter()
+        .map(|s| stream_status(&state.ingest, s))
+        .collect();
+    Json(StreamList { streams })
+}
+
+/// `GET /v1/streams/{stream}`: one stream's status.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}",
+    tag = "operations",
+    params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`.")),
+    responses(
+        (status = 200, description = "The stream's status.", body = StreamStatus),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+    )
+)]
+pub async fn get_stream(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<StreamStatus>, ApiError> {
+    match state.ingest.registry.get(&name) {
+        Some(s) => Ok(Json(stream_status(&state.ingest, s))),
+        None => Err(ApiError::NotFound(format!(
+            "unknown stream `{name}`; the streams are {:?}",
+            state.ingest.registry.names()
+        ))),
+    }
+}
+
+/// Query of `GET /v1/dead-letters`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterParams {
+    /// Only this stream's dead letters.
+    stream: Option<String>,
+    /// Only this stage: `parse`, `route`, `validate` or `write`.
+    #[param(value_type = Option<crate::event::Stage>)]
+    stage: Option<String>,
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// Only ids below this: the previous page's `next_before`.
+    before: Option<i64>,
+}
+
+/// A page of dead letters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<ListedDeadLetter>,
+    /// Pass as `before` to get the next page; `null` on the last page.
+    pub next_before: Option<i64>,
+}
+
+/// `GET /v1/dead-letters?stream=&stage=&limit=&before=`: newest first; pass the answer's
+/// `next_before` as `before` for the next page.
+#[utoipa::path(
+    get,
+    path = "/v1/dead-letters",
+    tag = "operations",
+    params(DeadLetterParams),
+    responses(
+        (status = 200, description = "A page of dead letters, newest first, payload included.", body = DeadLetterList),
+        (status = 400, description = "A query parameter is invalid; the message says which.", body = ErrorBody),
+        (status = 503, description = "The database did not answer.", body = ErrorBody),
+    )
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let bad = |error: String| ApiError::BadRequest {
+        error,
+        dead_lettered: 0,
+    };
+    let Query(p) = params.map_err(|e| {
+        bad(format!("invalid query: {}; use stream, stage, limit (1-{MAX_DEAD_LETTER_PAGE}) and before (an id)", e.body_text()))
+    })?;
+    if let Some(stage) = &p.stage {
+        if !["parse", "route", "validate", "write"].contains(&stage.as_str()) {
+            return Err(bad(format!(
+                "unknown stage `{stage}`: use parse, route, validate or write"
+            )));
+        }
+    }
+    let limit = p.limit.unwrap_or(DEFAULT_DEAD_LETTER_PAGE);
+    if !(1..=MAX_DEAD_LETTER_PAGE).contains(&limit) {
+        return Err(bad(format!(
+            "limit must be between 1 and {MAX_DEAD_LETTER_PAGE}"
+        )));
+    }
+    let query = crate::sink::DeadLetterQuery {
+        before: p.before,
+        stream: p.stream,
+        stage: p.stage,
+        limit,
+    };
+    let dead_letters = state.sink.list_dead_letters(&query).await.map_err(|e| {
+        tracing::warn!(error = %e, "Cannot list dead letters.");
+        ApiError::DatabaseUnavailable
+    })?;
+    let next_before = (dead_letters.len() as i64 == limit)
+        .then(|| dead_letters.last().map(|l| l.id))
+        .flatten();
+    Ok(Json(DeadLetterList {
+        dead_letters,
+        next_before,
+    }))
+}

@@ -1,0 +1,96 @@
+//! The HTTP API's shape: the OpenAPI document kept in the repo is the one the code
+//! serves, and `admin.listen` moves the admin surface off the ingest port.
+
+use crate::helpers::{fixture_schemas, spawn_app, Db};
+
+#[tokio::test]
+async fn the_openapi_document_in_the_repo_is_the_one_served() {
+    let app = spawn_app(Db::Sqlite, fixture_schemas(), |_| {})
+        .await
+        .unwrap();
+    let (status, served) = app.get_json("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(served["openapi"], "3.1.0");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        served == kept,
+        "docs/openapi.json is stale: run `cargo run -- openapi > docs/openapi.json`"
+    );
+    for path in [
+        "/v1/streams/{stream}/events",
+        "/v1/streams",
+        "/v1/streams/{stream}",
+        "/v1/dead-letters",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(served["paths"][path].is_object(), "{path} is documented");
+    }
+    let ingest = &served["paths"]["/v1/streams/{stream}/events"]["post"]["responses"];
+    for status in ["200", "202", "400", "404", "413", "415", "503"] {
+        assert!(ingest[status].is_object(), "ingest documents {status}");
+    }
+}
+
+#[tokio::test]
+async fn admin_listen_serves_the_admin_surface_apart_from_ingest() {
+    let app = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.admin.listen = "127.0.0.1:0".into();
+    })
+    .await
+    .unwrap();
+    let admin = app.admin_addr.expect("admin listener bound");
+    assert_ne!(admin, app.addr);
+    let client = reqwest::Client::new();
+    let get = |addr: std::net::SocketAddr, path: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for path in [
+        "/metrics",
+        "/v1/streams",
+        "/v1/streams/reading",
+        "/v1/dead-letters",
+    ] {
+        assert_eq!(get(admin, path).await, 200, "{path} on the admin port");
+        assert_eq!(
+            get(app.addr, path).await,
+            404,
+            "{path} not on the ingest port"
+        );
+    }
+    for path in ["/healthz", "/readyz", "/v1/openapi.json"] {
+        assert_eq!(get(admin, path).await, 200, "{path} on the admin port");
+        assert_eq!(get(app.addr, path).await, 200, "{path} on the ingest port");
+    }
+    let r = app
+        .post(
+            "reading",
+            "",
+            "application/json",
+            r#"{"seq":1,"sensor":"a","value":1}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("http://{admin}/v1/streams/reading/events"))
+        .body(r#"{"seq":2,"sensor":"a","value":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "events are not taken on the admin port");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("ingest port"));
+    assert_eq!(app.db.count("reading").await, 1);
+}
