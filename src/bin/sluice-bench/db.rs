@@ -1,0 +1,250 @@
+//! The benchmark's own database connection: counting and emptying the target table,
+//! and the **limit**: the same rows written straight to the database with its own bulk
+//! path, on one connection (Sluice writes each stream on one connection at a time).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice::event::{Cell, Row};
+use sluice::schema::Stream;
+use sluice::sink::dialect::{mysql_timestamp, sqlite_timestamp};
+use sluice::sink::Dialect;
+use sqlx::{Connection, MySqlConnection, PgConnection, SqliteConnection};
+
+/// One connection to the target database.
+pub enum Db {
+    Postgres(PgConnection),
+    Mysql(MySqlConnection),
+    /// The connection and the database file.
+    Sqlite(SqliteConnection, std::path::PathBuf),
+}
+
+/// Rows per statement for the MariaDB/MySQL multi-row INSERT limit.
+const MYSQL_ROWS_PER_INSERT: usize = 1000;
+
+impl Db {
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        let dialect = Dialect::from_url(url).map_err(anyhow::Error::msg)?;
+        Ok(match dialect {
+            Dialect::Postgres => Db::Postgres(PgConnection::connect(url).await?),
+            Dialect::Mysql => Db::Mysql(MySqlConnection::connect(url).await?),
+            Dialect::Sqlite => {
+                let options = url
+                    .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30));
+                let path = options.get_filename().to_path_buf();
+                Db::Sqlite(SqliteConnection::connect_with(&options).await?, path)
+            }
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Postgres(_) => Dialect::Postgres,
+            Db::Mysql(_) => Dialect::Mysql,
+            Db::Sqlite(..) => Dialect::Sqlite,
+        }
+    }
+
+    pub async fn execute(&mut self, sql: &str) -> anyhow::Result<()> {
+        match self {
+            Db::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            Db::Mysql(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            Db::Sqlite(c, _) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+        }
+        .with_context(|| format!("running {sql}"))
+    }
+
+    pub async fn count(&mut self, table: &str) -> anyhow::Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.dialect().quote(table));
+        let n: i64 = match self {
+            Db::Postgres(c) => sqlx::query_scalar(&sql).fetch_one(c).await?,
+            Db::Mysql(c) => sqlx::query_scalar(&sql).fetch_one(c).await?,
+            Db::Sqlite(c, _) => sqlx::query_scalar(&sql).fetch_one(c).await?,
+        };
+        Ok(n)
+    }
+
+    /// Empties `table` (which must exist).
+    pub async fn empty(&mut self, table: &str) -> anyhow::Result<()> {
+        let q = self.dialect().quote(table);
+        let sql = match self.dialect() {
+            Dialect::Sqlite => format!("DELETE FROM {q}"),
+            _ => format!("TRUNCATE TABLE {q}"),
+        };
+        self.execute(&sql).await
+    }
+
+    /// Waits until `table` holds at least `n` rows; returns when that was seen.
+    pub async fn wait_for(
+        &mut self,
+        table: &str,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.count(table).await?;
+            if have >= n {
+                return Ok(Instant::now());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {have} of {n} rows reached {table} within {} s",
+                timeout.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Writes `rows` into `table`, created fresh with the DDL Sluice uses for `stream`,
+    /// with the database's own bulk path; returns the time the writes took. Encoding
+    /// the rows for that path is done before the clock starts, as the peers'
+    /// `limits.py` does. The table is dropped afterwards.
+    pub async fn limit(
+        &mut self,
+        stream: &Stream,
+        table_name: &str,
+        rows: &[Row],
+    ) -> anyhow::Result<(Duration, &'static str)> {
+        let dialect = self.dialect();
+        let table = dialect.quote(table_name);
+        self.execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await?;
+        let ddl = dialect
+            .create_table(stream)
+            .replace(&dialect.quote(&stream.table), &table);
+        self.execute(&ddl).await?;
+        let columns = dialect.column_list(stream);
+        let took = match self {
+            Db::Postgres(c) => {
+                let data = sluice::sink::postgres::encode_rows(stream, rows);
+                let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                let started = Instant::now();
+                let mut copy = c.copy_in_raw(&statement).await?;
+                copy.send(data.into_bytes()).await?;
+                copy.finish().await?;
+                (
+                    started.elapsed(),
+                    "PostgreSQL COPY FROM STDIN (text), one statement",
+                )
+            }
+            Db::Mysql(c) => {
+                let statements: Vec<String> = rows
+                    .chunks(MYSQL_ROWS_PER_INSERT)
+                    .map(|chunk| mysql_insert(&table, &columns, chunk))
+                    .collect();
+                let started = Instant::now();
+                let mut tx = c.begin().await?;
+                for sql in &statements {
+                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                (
+                    started.elapsed(),
+                    "MariaDB 1000-row INSERTs, one transaction",
+                )
+            }
+            Db::Sqlite(_, path) => {
+                // sqlx runs SQLite on a worker thread, one channel round trip per
+                // statement; the raw limit uses the C library directly (rusqlite), as
+                // a hand-written Rust loader would.
+                let path = path.clone();
+                let width = stream.columns.len() + 1;
+                let placeholders = vec!["?"; width].join(", ");
+                let sql = format!("INSERT INTO {table} ({columns}) VALUES ({placeholders})");
+                let rows = rows.to_vec();
+                tokio::task::spawn_blocking(move || sqlite_limit(&path, &sql, &rows)).await??
+            }
+        };
+        let stored = self.count(table_name).await?;
+        self.execute(&format!("DROP TABLE {table}")).await?;
+        anyhow::ensure!(
+            stored == rows.len() as i64,
+            "the limit run stored {stored} of {} rows",
+            rows.len()
+        );
+        Ok(took)
+    }
+}
+
+/// A multi-row INSERT with the values inline (text protocol, nothing to prepare).
+fn mysql_insert(table: &str, columns: &str, rows: &[Row]) -> String {
+    let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for cell in row
+            .cells
+            .iter()
+            .chain(std::iter::once(&Cell::Timestamp(row.received_at)))
+        {
+            match cell {
+                Cell::Null => sql.push_str("NULL"),
+                Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => quote_into(&mut sql, s),
+                Cell::Int(n) => sql.push_str(&n.to_string()),
+                Cell::Float(f) => sql.push_str(&f.to_string()),
+                Cell::Bool(b) => sql.push_str(if *b { "1" } else { "0" }),
+                Cell::Timestamp(t) => quote_into(&mut sql, &mysql_timestamp(t)),
+            }
+            sql.push_str(", ");
+        }
+        sql.truncate(sql.len() - 2);
+        sql.push(')');
+    }
+    sql
+}
+
+fn quote_into(out: &mut String, s: &str) {
+    out.push('\'');
+    for ch in s.chars() {
+        match ch {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+}
+
+/// One transaction, one prepared INSERT executed per row, through rusqlite.
+fn sqlite_limit(
+    path: &std::path::Path,
+    sql: &str,
+    rows: &[Row],
+) -> anyhow::Result<(Duration, &'static str)> {
+    use rusqlite::types::Value;
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let started = Instant::now();
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(sql)?;
+        let mut values: Vec<Value> = Vec::new();
+        for row in rows {
+            values.clear();
+            for cell in row
+                .cells
+                .iter()
+                .chain(std::iter::once(&Cell::Timestamp(row.received_at)))
+            {
+                values.push(match cell {
+                    Cell::Null => Value::Null,
+                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => Value::Text(s.clone()),
+                    Cell::Int(i) => Value::Integer(*i),
+                    Cell::Float(f) => Value::Real(*f),
+                    Cell::Bool(b) => Value::Integer(i64::from(*b)),
+                    Cell::Timestamp(t) => Value::Text(sqlite_timestamp(t)),
+                });
+            }
+            insert.execute(rusqlite::params_from_iter(values.iter()))?;
+        }
+    }
+    tx.commit()?;
+    Ok((
+        started.elapsed(),
+        "SQLite one transaction, one prepared INSERT per row (rusqlite)",
+    ))
+}

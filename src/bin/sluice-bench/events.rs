@@ -1,0 +1,241 @@
+//! Deterministic bookshop `order_placed` events (the shape of
+//! `../shared/peers/gen_events.py`: about 450 bytes of JSON with a nested `items`
+//! array), generated from a seed so every run sends the same bytes.
+
+use std::fmt::Write as _;
+
+const COUNTRIES: &[(&str, &str, &[&str], u32)] = &[
+    ("US", "USD", &["CA", "NY", "TX", "WA", "IL", "MA"], 30),
+    (
+        "GB",
+        "GBP",
+        &["England", "Scotland", "Wales", "Northern Ireland"],
+        15,
+    ),
+    ("DE", "EUR", &["BY", "BE", "HH", "NW", "BW"], 12),
+    ("FR", "EUR", &["IDF", "ARA", "PAC", "OCC"], 10),
+    ("ES", "EUR", &["MD", "CT", "AN"], 6),
+    ("NL", "EUR", &["NH", "ZH", "UT"], 5),
+    ("CA", "CAD", &["ON", "QC", "BC", "AB"], 8),
+    ("AU", "AUD", &["NSW", "VIC", "QLD", "WA"], 7),
+    ("IE", "EUR", &["Leinster", "Munster"], 3),
+    ("NZ", "NZD", &["AUK", "WGN", "CAN"], 4),
+];
+const ADJ: &[&str] = &[
+    "Silent",
+    "Hidden",
+    "Crimson",
+    "Last",
+    "Broken",
+    "Golden",
+    "Distant",
+    "Quiet",
+    "Wandering",
+    "Forgotten",
+    "Electric",
+    "Winter",
+    "Burning",
+    "Paper",
+    "Glass",
+    "Midnight",
+    "Lost",
+    "Northern",
+    "Secret",
+    "Endless",
+    "Little",
+    "Wild",
+    "Brave",
+];
+const NOUN: &[&str] = &[
+    "Garden",
+    "River",
+    "Kingdom",
+    "Library",
+    "Orchard",
+    "Harbor",
+    "Cartographer",
+    "Lighthouse",
+    "Archive",
+    "Mountain",
+    "Compass",
+    "Station",
+    "Daughter",
+    "Empire",
+    "Sparrow",
+    "Clockmaker",
+    "Island",
+    "Alphabet",
+    "Machine",
+    "Forest",
+    "Letters",
+];
+const TAIL: &[&str] = &[
+    "",
+    "",
+    "",
+    ": A Novel",
+    ": Stories",
+    " (2nd Edition)",
+    ": A History",
+    ", Volume II",
+    ": Poems",
+    " & Other Essays",
+];
+const COUPONS: &[(&str, f64)] = &[
+    ("SPRING10", 0.10),
+    ("BOOKWORM5", 0.05),
+    ("FREESHIP", 0.0),
+    ("WELCOME15", 0.15),
+    ("SUMMERREAD", 0.08),
+];
+const PRICES: &[f64] = &[4.99, 7.99, 9.99, 12.5, 14.99, 18.0, 24.95, 32.0, 59.99];
+const PRICE_BUMPS: &[f64] = &[0.0, 0.0, 0.0, 1.0, 2.0, 5.0];
+/// 2024-05-01T00:00:00Z in Unix microseconds.
+const BASE_MICROS: i64 = 1_714_521_600_000_000;
+
+struct Book {
+    isbn: String,
+    title: String,
+    price: f64,
+}
+
+fn pick<'a, T>(rng: &mut fastrand::Rng, items: &'a [T]) -> &'a T {
+    &items[rng.usize(..items.len())]
+}
+
+/// An index drawn with the given weights.
+fn weighted(rng: &mut fastrand::Rng, weights: &[u32]) -> usize {
+    let total: u32 = weights.iter().sum();
+    let mut x = rng.u32(..total);
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+fn isbn13(rng: &mut fastrand::Rng) -> String {
+    let mut digits = vec![9u32, 7, 8];
+    digits.extend((0..9).map(|_| rng.u32(..10)));
+    let sum: u32 = digits
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if i % 2 == 0 { *d } else { d * 3 })
+        .sum();
+    digits.push((10 - sum % 10) % 10);
+    digits.iter().map(|d| char::from(b'0' + *d as u8)).collect()
+}
+
+fn catalog(rng: &mut fastrand::Rng) -> Vec<Book> {
+    (0..5000)
+        .map(|_| {
+            let mut title = format!(
+                "The {} {}{}",
+                pick(rng, ADJ),
+                pick(rng, NOUN),
+                pick(rng, TAIL)
+            );
+            if rng.f64() < 0.3 {
+                title = format!(
+                    "{}s of the {} {}",
+                    pick(rng, NOUN),
+                    pick(rng, ADJ),
+                    pick(rng, NOUN)
+                );
+            }
+            let price = ((pick(rng, PRICES) + pick(rng, PRICE_BUMPS)) * 100.0).round() / 100.0;
+            Book {
+                isbn: isbn13(rng),
+                title,
+                price,
+            }
+        })
+        .collect()
+}
+
+fn uuid_v4(rng: &mut fastrand::Rng) -> String {
+    let mut b = rng.u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// `n` events as compact JSON texts, the same for the same `seed`.
+pub fn generate(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let books = catalog(&mut rng);
+    let weights: Vec<u32> = COUNTRIES.iter().map(|c| c.3).collect();
+    let mut micros = 0i64;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (country, currency, regions, _) = COUNTRIES[weighted(&mut rng, &weights)];
+        let k = weighted(&mut rng, &[40, 30, 15, 10, 5]) + 1;
+        let mut items = String::from("[");
+        let (mut subtotal, mut count) = (0.0, 0u32);
+        let mut chosen: Vec<usize> = Vec::with_capacity(k);
+        while chosen.len() < k {
+            let b = rng.usize(..books.len());
+            if !chosen.contains(&b) {
+                chosen.push(b);
+            }
+        }
+        for (j, b) in chosen.iter().enumerate() {
+            let book = &books[*b];
+            let qty = weighted(&mut rng, &[85, 12, 3]) as u32 + 1;
+            subtotal += f64::from(qty) * book.price;
+            count += qty;
+            if j > 0 {
+                items.push(',');
+            }
+            let _ = write!(
+                items,
+                r#"{{"isbn":"{}","title":"{}","qty":{qty},"unit_price":{}}}"#,
+                book.isbn, book.title, book.price
+            );
+        }
+        items.push(']');
+        let coupon = (rng.f64() < 0.15).then(|| *pick(&mut rng, COUPONS));
+        let rate = coupon.map_or(0.0, |c| c.1);
+        let total = (subtotal * (1.0 - rate) * 100.0).round() / 100.0;
+        micros += rng.i64(1000..60000);
+        let at = chrono::DateTime::from_timestamp_micros(BASE_MICROS + micros).unwrap_or_default();
+        let coupon = coupon.map_or_else(|| "null".to_owned(), |c| format!("\"{}\"", c.0));
+        out.push(format!(
+            r#"{{"event_id":"{}","occurred_at":"{}","customer_id":{},"order_id":"BK-{:010}","country":"{country}","region":"{}","currency":"{currency}","total_amount":{total},"item_count":{count},"items":{items},"coupon":{coupon}}}"#,
+            uuid_v4(&mut rng),
+            at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            rng.i64(1..=2_000_000),
+            i + 1,
+            pick(&mut rng, regions),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_deterministic_valid_json_of_about_450_bytes() {
+        let a = generate(1000, 7);
+        assert_eq!(a, generate(1000, 7));
+        assert_ne!(a, generate(1000, 8));
+        let mean = a.iter().map(String::len).sum::<usize>() / a.len();
+        assert!((300..600).contains(&mean), "mean {mean} bytes");
+        for e in &a {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            assert!(v["items"].as_array().is_some_and(|i| !i.is_empty()));
+        }
+    }
+}

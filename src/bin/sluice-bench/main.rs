@@ -1,0 +1,410 @@
+//! `sluice-bench`: measures what Sluice (or any endpoint speaking DESIGN.md's contract)
+//! commits per second against what the database itself can ingest, in one run.
+//!
+//! 1. Generates N deterministic bookshop `order_placed` events (seeded).
+//! 2. **limit**: writes the same rows straight to the database with its own bulk path
+//!    (PostgreSQL COPY, MariaDB multi-row INSERT, SQLite one transaction).
+//! 3. **http**: NDJSON bodies of B events over C connections with `ack=commit`.
+//! 4. **tcp**: the events as lines over C connections.
+//! 5. **rate**: single-event `ack=commit` requests at a fixed rate, for latency.
+//!
+//! After each load it waits until every event is a row (counting them), then prints
+//! committed events/s, MB/s, latency quantiles, the server's CPU seconds and peak RSS
+//! (from /proc), and the ratio to the limit.
+
+mod db;
+mod events;
+mod load;
+mod procfs;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::ingest::body::parse_object;
+use sluice::schema::Registry;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Load tool: Sluice (or a peer) against the database's own bulk path"
+)]
+struct Args {
+    /// Target database (the one Sluice writes to); SQLite in a temporary directory when absent.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Events per load (http and tcp each send all of them).
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Seed of the event generator.
+    #[arg(long, default_value_t = 20_240_501)]
+    seed: u64,
+    /// Events per HTTP request (NDJSON body).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Concurrent TCP connections.
+    #[arg(long, default_value_t = 4)]
+    tcp_connections: usize,
+    /// Requests per second of the fixed-rate load (one event each).
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Duration of the fixed-rate load in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    rate_seconds: f64,
+    /// Connections of the fixed-rate load.
+    #[arg(long, default_value_t = 64)]
+    rate_connections: usize,
+    /// Loads to run, in order, comma-separated: limit, http, tcp, rate.
+    #[arg(long, value_delimiter = ',', default_value = "limit,http,tcp,rate")]
+    modes: Vec<String>,
+    /// The Sluice binary to start (on free ports, against --database-url).
+    #[arg(long, default_value = "target/release/sluice")]
+    sluice_bin: PathBuf,
+    /// Schemas directory for the started Sluice and for the rows of the limit run.
+    #[arg(long, default_value = "schemas")]
+    schemas: PathBuf,
+    /// Drive an already running server's HTTP address (host:port) instead of starting Sluice.
+    #[arg(long, requires = "pid")]
+    target_http: Option<String>,
+    /// ...and its TCP line address (host:port).
+    #[arg(long)]
+    target_tcp: Option<String>,
+    /// ...and its process id, for CPU seconds and RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// The stream events are sent to.
+    #[arg(long, default_value = "order_placed")]
+    stream: String,
+    /// The table the target writes the stream to (counted to know what is committed).
+    #[arg(long, default_value = "order_placed")]
+    table: String,
+    /// Also print one JSON object per result line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one load measured.
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    mode: String,
+    events: usize,
+    seconds: f64,
+    events_per_second: f64,
+    mb_per_second: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p999_ms: Option<f64>,
+    cpu_seconds: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    ratio_to_limit: Option<f64>,
+    note: String,
+}
+
+/// The server under test: started here, or given by address and pid.
+struct Target {
+    http: String,
+    tcp: Option<String>,
+    pid: u32,
+    child: Option<Child>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_sluice(args: &Args, url: &str) -> anyhow::Result<Target> {
+    use std::io::BufRead;
+    let mut child = Command::new(&args.sluice_bin)
+        .env("SLUICE_DATABASE_URL", url)
+        .env("SLUICE_SCHEMAS_DIR", &args.schemas)
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_DEFAULT_STREAM", &args.stream)
+        .env("SLUICE_LOG_FORMAT", "text")
+        .env("RUST_LOG", "info,sqlx=warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release`)",
+                args.sluice_bin.display()
+            )
+        })?;
+    let stderr = child.stderr.take().context("piped stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let (http, tcp) = loop {
+        let line = lines.next().context("Sluice exited before listening")??;
+        let field = |name: &str| {
+            line.find(name).map(|p| {
+                line[p + name.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        };
+        if let (Some(http), Some(tcp)) = (field("http="), field("tcp=")) {
+            break (http, tcp);
+        }
+    };
+    // Keep draining its logs so that it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("sluice: {line}");
+            }
+        }
+    });
+    Ok(Target {
+        http,
+        tcp: Some(tcp),
+        pid: child.id(),
+        child: Some(child),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&scratch)?;
+            format!("sqlite://{}", scratch.join("bench.db").display())
+        }
+    };
+    let result = bench(&args, &url).await;
+    if args.database_url.is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    result
+}
+
+async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
+    let config = sluice::Config {
+        schemas_dir: args.schemas.clone(),
+        ..sluice::Config::default()
+    };
+    let registry = Registry::load(&config).context("cannot load the schemas")?;
+    let stream = registry
+        .get(&args.stream)
+        .with_context(|| format!("no stream `{}` in {}", args.stream, args.schemas.display()))?;
+    anyhow::ensure!(
+        !stream.has_extra,
+        "the limit run supports streams without `_extra` only"
+    );
+
+    let generated = Instant::now();
+    let events = Arc::new(events::generate(args.events, args.seed));
+    let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
+    eprintln!(
+        "{} events, {:.0} bytes each on average, generated in {:.1} s; database {}",
+        events.len(),
+        bytes as f64 / events.len().max(1) as f64,
+        generated.elapsed().as_secs_f64(),
+        sluice::app::redact(url)
+    );
+    let mut db = db::Db::connect(url)
+        .await
+        .context("cannot connect to the database")?;
+
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut limit_rate: Option<f64> = None;
+    let mut target: Option<Target> = None;
+    for mode in &args.modes {
+        if mode == "limit" {
+            let now = chrono::Utc::now();
+            let source: Arc<str> = "bench".into();
+            let rows = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
+                    stream
+                        .to_row(value, e.as_str().into(), source.clone(), i, now)
+                        .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (took, how) = db.limit(stream, "sluice_bench_limit", &rows).await?;
+            let rate = rows.len() as f64 / took.as_secs_f64();
+            limit_rate = Some(rate);
+            outcomes.push(Outcome {
+                mode: "limit".into(),
+                events: rows.len(),
+                seconds: took.as_secs_f64(),
+                events_per_second: rate,
+                mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
+                p50_ms: None,
+                p99_ms: None,
+                p999_ms: None,
+                cpu_seconds: None,
+                peak_rss_mib: None,
+                ratio_to_limit: Some(1.0),
+                note: how.into(),
+            });
+            report(outcomes.last(), args.json);
+            continue;
+        }
+        if target.is_none() {
+            target = Some(match &args.target_http {
+                Some(http) => Target {
+                    http: http.clone(),
+                    tcp: args.target_tcp.clone(),
+                    pid: args.pid.context("--pid is required with --target-http")?,
+                    child: None,
+                },
+                None => {
+                    let t = start_sluice(args, url)?;
+                    eprintln!(
+                        "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
+                        t.pid,
+                        t.http,
+                        t.tcp.as_deref().unwrap_or("-"),
+                        procfs::rss_kib(t.pid).unwrap_or(0) as f64 / 1024.0
+                    );
+                    t
+                }
+            });
+        }
+        let Some(t) = target.as_ref() else { continue };
+        db.empty(&args.table).await.with_context(|| {
+            format!(
+                "cannot empty table {} (does the target create it?)",
+                args.table
+            )
+        })?;
+        let path = format!("/v1/streams/{}/events?ack=commit", args.stream);
+        let cpu_before = procfs::cpu_seconds(t.pid)?;
+        let rss = procfs::RssSampler::start(t.pid);
+        let started = Instant::now();
+        let (mut latencies, sent, note) = match mode.as_str() {
+            "http" => (
+                load::http_batches(&t.http, &path, events.clone(), args.batch, args.connections)
+                    .await?,
+                events.len(),
+                format!(
+                    "NDJSON, {} events per request, {} connections, ack=commit",
+                    args.batch, args.connections
+                ),
+            ),
+            "tcp" => {
+                let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
+                load::tcp_lines(addr, &events, None, args.tcp_connections).await?;
+                (
+                    load::Latencies::default(),
+                    events.len(),
+                    format!("json_lines, {} connections", args.tcp_connections),
+                )
+            }
+            "rate" => {
+                let n = ((args.rate * args.rate_seconds) as usize).min(events.len());
+                let subset = Arc::new(events[..n].to_vec());
+                (
+                    load::http_fixed_rate(&t.http, &path, subset, args.rate, args.rate_connections)
+                        .await?,
+                    n,
+                    format!(
+                        "1 event per request at {} req/s, {} connections, ack=commit",
+                        args.rate, args.rate_connections
+                    ),
+                )
+            }
+            other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
+        };
+        let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
+        let done = db.wait_for(&args.table, sent as i64, timeout).await?;
+        let seconds = (done - started).as_secs_f64();
+        let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
+        let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
+        let rate = sent as f64 / seconds;
+        let has_latency = mode != "tcp";
+        outcomes.push(Outcome {
+            mode: mode.clone(),
+            events: sent,
+            seconds,
+            events_per_second: rate,
+            mb_per_second: sent_bytes as f64 / 1e6 / seconds,
+            p50_ms: has_latency.then(|| latencies.quantile_ms(0.5)),
+            p99_ms: has_latency.then(|| latencies.quantile_ms(0.99)),
+            p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
+            cpu_seconds: Some(cpu),
+            peak_rss_mib: Some(rss.peak_mib()),
+            ratio_to_limit: limit_rate.filter(|_| mode != "rate").map(|l| rate / l),
+            note,
+        });
+        report(outcomes.last(), args.json);
+    }
+    if let Some(t) = &target {
+        if let Some(kib) = procfs::rss_kib(t.pid) {
+            eprintln!("RSS after the loads: {:.1} MiB", kib as f64 / 1024.0);
+        }
+    }
+    println!();
+    println!(
+        "{:<6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}",
+        "mode",
+        "events",
+        "seconds",
+        "events/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9",
+        "CPU s",
+        "RSS MiB",
+        "ratio"
+    );
+    let opt =
+        |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"));
+    for o in &outcomes {
+        println!(
+            "{:<6} {:>9} {:>8.2} {:>10.0} {:>7.1} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}",
+            o.mode,
+            o.events,
+            o.seconds,
+            o.events_per_second,
+            o.mb_per_second,
+            opt(o.p50_ms, 1),
+            opt(o.p99_ms, 1),
+            opt(o.p999_ms, 1),
+            opt(o.cpu_seconds, 2),
+            opt(o.peak_rss_mib, 1),
+            opt(o.ratio_to_limit, 2),
+        );
+    }
+    Ok(())
+}
+
+fn report(outcome: Option<&Outcome>, json: bool) {
+    let Some(o) = outcome else { return };
+    eprintln!(
+        "{}: {} events in {:.2} s = {:.0} events/s ({})",
+        o.mode, o.events, o.seconds, o.events_per_second, o.note
+    );
+    if json {
+        if let Ok(line) = serde_json::to_string(o) {
+            println!("{line}");
+        }
+    }
+}
