@@ -10,6 +10,12 @@ use sluice::schema::Registry;
 use sluice::sink::Dialect;
 use sluice::{App, Config};
 
+/// jemalloc instead of glibc malloc: Sluice allocates many small, short-lived values per
+/// event across threads, and glibc's allocator was a third of the CPU profile under load
+/// (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Event-to-SQL ingestion sidecar")]
 struct Cli {

@@ -308,7 +308,7 @@ impl Connection {
             .ok_or_else(|| format!("unknown stream `{name}`: there is no schemas/{name}.json"))?
             .clone();
         if !stream.declares(field) {
-            map.shift_remove(field.as_str());
+            map.remove(field.as_str());
         }
         Ok((stream, value))
     }
