@@ -161,6 +161,7 @@ impl App {
                     },
                     settings,
                     stop: stop_batchers.clone(),
+                    concurrency: self.sink.write_concurrency(),
                 }
                 .run(),
             );
@@ -172,6 +173,7 @@ impl App {
                 target: (),
                 settings: self.config.defaults.clone(),
                 stop: stop_batchers.clone(),
+                concurrency: 1,
             }
             .run(),
         );

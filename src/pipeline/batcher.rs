@@ -147,50 +147,103 @@ pub struct Batcher<T: Item> {
     pub settings: StreamSettings,
     /// Cancelled at shutdown: the batcher then refuses new envelopes, drains and exits.
     pub stop: CancellationToken,
+    /// Batches written at once (each in its own transaction, on its own connection), so
+    /// that gathering and encoding the next batch overlaps the database's work on the
+    /// current one.
+    pub concurrency: usize,
+}
+
+/// The writing half of a batcher, shared by its in-flight writes.
+struct Writer<T: Item> {
+    sink: Arc<dyn Sink>,
+    target: T::Target,
+    settings: StreamSettings,
 }
 
 impl<T: Item> Batcher<T> {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let Batcher {
+            mut rx,
+            sink,
+            target,
+            settings,
+            stop,
+            concurrency,
+        } = self;
+        let writer = Arc::new(Writer::<T> {
+            sink,
+            target,
+            settings: settings.clone(),
+        });
+        let mut writes = tokio::task::JoinSet::new();
         let mut stopping = false;
+        // An envelope that did not fit the previous batch: it starts the next one.
+        let mut carried: Option<Envelope<T>> = None;
         loop {
-            let first = tokio::select! {
-                env = self.rx.recv() => env,
-                _ = self.stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    self.rx.close();
-                    continue;
-                }
+            let first = match carried.take() {
+                Some(env) => Some(env),
+                None => tokio::select! {
+                    env = rx.recv() => env,
+                    _ = stop.cancelled(), if !stopping => {
+                        stopping = true;
+                        rx.close();
+                        continue;
+                    }
+                },
             };
             let Some(first) = first else { break };
+            let max = settings.batch_max_events;
             let mut count = first.items.len();
             let mut batch = vec![first];
-            let deadline = Instant::now() + self.settings.batch_max_wait;
-            while count < self.settings.batch_max_events {
+            let deadline = Instant::now() + settings.batch_max_wait;
+            while count < max {
                 let next = if stopping {
                     // Draining at shutdown: no linger, take what is already queued.
-                    self.rx.try_recv().ok()
+                    rx.try_recv().ok()
                 } else {
                     tokio::select! {
-                        r = tokio::time::timeout_at(deadline, self.rx.recv()) => r.ok().flatten(),
-                        _ = self.stop.cancelled() => {
+                        r = tokio::time::timeout_at(deadline, rx.recv()) => r.ok().flatten(),
+                        _ = stop.cancelled() => {
                             stopping = true;
-                            self.rx.close();
+                            rx.close();
                             continue;
                         }
                     }
                 };
                 let Some(env) = next else { break };
+                if count + env.items.len() > max {
+                    // Writing it now would make a full batch plus a small remainder
+                    // (two statements and two commits); it goes first in the next one.
+                    carried = Some(env);
+                    break;
+                }
                 count += env.items.len();
                 batch.push(env);
             }
-            self.flush(batch).await;
+            while writes.len() >= concurrency.max(1) {
+                join(writes.join_next().await);
+            }
+            let writer = writer.clone();
+            writes.spawn(async move { writer.flush(batch).await });
+        }
+        while let Some(done) = writes.join_next().await {
+            join(Some(done));
         }
         tracing::debug!(
-            target_name = T::target_name(&self.target),
+            target_name = T::target_name(&writer.target),
             "Batcher drained its queue and stopped."
         );
     }
+}
 
+/// Surfaces a panic in a write task (a bug) instead of losing it silently.
+fn join(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!(error = %e, "A batch write task failed; its events were not acknowledged.");
+    }
+}
+
+impl<T: Item> Writer<T> {
     /// Writes every event of `batch`, then acknowledges each envelope.
     async fn flush(&self, mut batch: Vec<Envelope<T>>) {
         let total: usize = batch.iter().map(|e| e.items.len()).sum();

@@ -77,6 +77,14 @@ pub trait Sink: Send + Sync + 'static {
     fn dialect(&self) -> Dialect;
     /// How many pooled connections are in use right now.
     fn pool_usage(&self) -> PoolUsage;
+    /// How many batches of one stream are written at once, each on its own connection.
+    /// SQLite has a single writer, so more would only wait for its lock.
+    fn write_concurrency(&self) -> usize {
+        match self.dialect() {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres | Dialect::Mysql => 2,
+        }
+    }
     /// Creates the dead-letter table and every stream's table if missing.
     fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Writes `rows` to `stream`'s table in one transaction, deleting the dead letters

@@ -100,15 +100,19 @@ impl Db {
     }
 
     /// Writes `rows` into `table`, created fresh with the DDL Sluice uses for `stream`,
-    /// with the database's own bulk path; returns the time the writes took. Encoding
-    /// the rows for that path is done before the clock starts, as the peers'
-    /// `limits.py` does. The table is dropped afterwards.
+    /// with the database's own bulk path over `connections` connections at once (each
+    /// writing its share in one statement or transaction; Sluice writes a stream's
+    /// batches on as many); returns the time the writes took. Encoding the rows for that
+    /// path is done before the clock starts, as the peers' `limits.py` does. The table
+    /// is dropped afterwards.
     pub async fn limit(
         &mut self,
+        url: &str,
         stream: &Stream,
         table_name: &str,
         rows: &[Row],
-    ) -> anyhow::Result<(Duration, &'static str)> {
+        connections: usize,
+    ) -> anyhow::Result<(Duration, String)> {
         let dialect = self.dialect();
         let table = dialect.quote(table_name);
         self.execute(&format!("DROP TABLE IF EXISTS {table}"))
@@ -118,45 +122,75 @@ impl Db {
             .replace(&dialect.quote(&stream.table), &table);
         self.execute(&ddl).await?;
         let columns = dialect.column_list(stream);
+        let share = rows.len().div_ceil(connections.max(1)).max(1);
         let took = match self {
-            Db::Postgres(c) => {
-                let data = sluice::sink::postgres::encode_rows(stream, rows);
-                let statement = format!("COPY {table} ({columns}) FROM STDIN");
-                let started = Instant::now();
-                let mut copy = c.copy_in_raw(&statement).await?;
-                copy.send(data.into_bytes()).await?;
-                copy.finish().await?;
-                (
-                    started.elapsed(),
-                    "PostgreSQL COPY FROM STDIN (text), one statement",
-                )
-            }
-            Db::Mysql(c) => {
-                let statements: Vec<String> = rows
-                    .chunks(MYSQL_ROWS_PER_INSERT)
-                    .map(|chunk| mysql_insert(&table, &columns, chunk))
-                    .collect();
-                let started = Instant::now();
-                let mut tx = c.begin().await?;
-                for sql in &statements {
-                    sqlx::raw_sql(sql).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                (
-                    started.elapsed(),
-                    "MariaDB 1000-row INSERTs, one transaction",
-                )
-            }
             Db::Sqlite(_, path) => {
                 // sqlx runs SQLite on a worker thread, one channel round trip per
                 // statement; the raw limit uses the C library directly (rusqlite), as
-                // a hand-written Rust loader would.
+                // a hand-written Rust loader would. SQLite has one writer: one connection.
                 let path = path.clone();
                 let width = stream.columns.len() + 1;
                 let placeholders = vec!["?"; width].join(", ");
                 let sql = format!("INSERT INTO {table} ({columns}) VALUES ({placeholders})");
                 let rows = rows.to_vec();
-                tokio::task::spawn_blocking(move || sqlite_limit(&path, &sql, &rows)).await??
+                let took =
+                    tokio::task::spawn_blocking(move || sqlite_limit(&path, &sql, &rows)).await??;
+                (
+                    took,
+                    "SQLite one transaction, one prepared INSERT per row (rusqlite), 1 connection"
+                        .to_owned(),
+                )
+            }
+            Db::Postgres(_) => {
+                let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                let mut work = Vec::new();
+                for part in rows.chunks(share) {
+                    let conn = PgConnection::connect(url).await?;
+                    work.push((conn, sluice::sink::postgres::encode_rows(stream, part)));
+                }
+                let n = work.len();
+                let started = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for (mut conn, data) in work {
+                    let statement = statement.clone();
+                    tasks.spawn(async move {
+                        let mut copy = conn.copy_in_raw(&statement).await?;
+                        copy.send(data.into_bytes()).await?;
+                        copy.finish().await?;
+                        anyhow::Ok(())
+                    });
+                }
+                while let Some(done) = tasks.join_next().await {
+                    done??;
+                }
+                (started.elapsed(), format!("PostgreSQL COPY FROM STDIN (text), one statement per connection, {n} connections"))
+            }
+            Db::Mysql(_) => {
+                let mut work = Vec::new();
+                for part in rows.chunks(share) {
+                    let conn = MySqlConnection::connect(url).await?;
+                    let statements: Vec<String> = part
+                        .chunks(MYSQL_ROWS_PER_INSERT)
+                        .map(|chunk| mysql_insert(&table, &columns, chunk))
+                        .collect();
+                    work.push((conn, statements));
+                }
+                let n = work.len();
+                let started = Instant::now();
+                // Joined in place rather than spawned: sqlx's MySQL executor futures are
+                // not `Send` for every lifetime, which `spawn` needs.
+                let writes = work.iter_mut().map(|(conn, statements)| async move {
+                    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+                    for sql in statements.iter() {
+                        sqlx::raw_sql(sql).execute(&mut *conn).await?;
+                    }
+                    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+                    anyhow::Ok(())
+                });
+                for done in futures_util::future::join_all(writes).await {
+                    done?;
+                }
+                (started.elapsed(), format!("MariaDB {MYSQL_ROWS_PER_INSERT}-row INSERTs, one transaction per connection, {n} connections"))
             }
         };
         let stored = self.count(table_name).await?;
@@ -210,41 +244,36 @@ fn quote_into(out: &mut String, s: &str) {
 }
 
 /// One transaction, one prepared INSERT executed per row, through rusqlite.
-fn sqlite_limit(
-    path: &std::path::Path,
-    sql: &str,
-    rows: &[Row],
-) -> anyhow::Result<(Duration, &'static str)> {
+fn sqlite_limit(path: &std::path::Path, sql: &str, rows: &[Row]) -> anyhow::Result<Duration> {
     use rusqlite::types::Value;
-    let mut conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    let started = Instant::now();
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare(sql)?;
-        let mut values: Vec<Value> = Vec::new();
-        for row in rows {
-            values.clear();
-            for cell in row
-                .cells
+    // The values, converted before the clock starts.
+    let values: Vec<Vec<Value>> = rows
+        .iter()
+        .map(|row| {
+            row.cells
                 .iter()
                 .chain(std::iter::once(&Cell::Timestamp(row.received_at)))
-            {
-                values.push(match cell {
+                .map(|cell| match cell {
                     Cell::Null => Value::Null,
                     Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => Value::Text(s.clone()),
                     Cell::Int(i) => Value::Integer(*i),
                     Cell::Float(f) => Value::Real(*f),
                     Cell::Bool(b) => Value::Integer(i64::from(*b)),
                     Cell::Timestamp(t) => Value::Text(sqlite_timestamp(t)),
-                });
-            }
-            insert.execute(rusqlite::params_from_iter(values.iter()))?;
+                })
+                .collect()
+        })
+        .collect();
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let started = Instant::now();
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare(sql)?;
+        for row in &values {
+            insert.execute(rusqlite::params_from_iter(row.iter()))?;
         }
     }
     tx.commit()?;
-    Ok((
-        started.elapsed(),
-        "SQLite one transaction, one prepared INSERT per row (rusqlite)",
-    ))
+    Ok(started.elapsed())
 }

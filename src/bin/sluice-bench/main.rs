@@ -61,6 +61,10 @@ struct Args {
     /// Connections of the fixed-rate load.
     #[arg(long, default_value_t = 64)]
     rate_connections: usize,
+    /// Connection counts of the limit runs, comma-separated (default: 1, and as many as
+    /// Sluice writes a stream on: 2; SQLite only 1). Each gets a ratio column.
+    #[arg(long, value_delimiter = ',')]
+    limit_connections: Vec<usize>,
     /// Loads to run, in order, comma-separated: limit, http, tcp, rate.
     #[arg(long, value_delimiter = ',', default_value = "limit,http,tcp,rate")]
     modes: Vec<String>,
@@ -103,7 +107,8 @@ struct Outcome {
     p999_ms: Option<f64>,
     cpu_seconds: Option<f64>,
     peak_rss_mib: Option<f64>,
-    ratio_to_limit: Option<f64>,
+    /// Events/s divided by each limit's, in `--limit-connections` order.
+    ratio_to_limits: Vec<f64>,
     note: String,
 }
 
@@ -230,7 +235,8 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         .context("cannot connect to the database")?;
 
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let mut limit_rate: Option<f64> = None;
+    // (connections, events/s) of each limit run.
+    let mut limits: Vec<(usize, f64)> = Vec::new();
     let mut target: Option<Target> = None;
     for mode in &args.modes {
         if mode == "limit" {
@@ -246,24 +252,35 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                         .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let (took, how) = db.limit(stream, "sluice_bench_limit", &rows).await?;
-            let rate = rows.len() as f64 / took.as_secs_f64();
-            limit_rate = Some(rate);
-            outcomes.push(Outcome {
-                mode: "limit".into(),
-                events: rows.len(),
-                seconds: took.as_secs_f64(),
-                events_per_second: rate,
-                mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
-                p50_ms: None,
-                p99_ms: None,
-                p999_ms: None,
-                cpu_seconds: None,
-                peak_rss_mib: None,
-                ratio_to_limit: Some(1.0),
-                note: how.into(),
-            });
-            report(outcomes.last(), args.json);
+            let counts = match (args.limit_connections.is_empty(), db.dialect()) {
+                (false, _) => args.limit_connections.clone(),
+                // SQLite has one writer; Sluice writes other databases' streams on 2
+                // connections (Sink::write_concurrency).
+                (true, sluice::sink::Dialect::Sqlite) => vec![1],
+                (true, _) => vec![1, 2],
+            };
+            for connections in counts {
+                let (took, how) = db
+                    .limit(url, stream, "sluice_bench_limit", &rows, connections)
+                    .await?;
+                let rate = rows.len() as f64 / took.as_secs_f64();
+                limits.push((connections, rate));
+                outcomes.push(Outcome {
+                    mode: format!("limit{connections}"),
+                    events: rows.len(),
+                    seconds: took.as_secs_f64(),
+                    events_per_second: rate,
+                    mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
+                    p50_ms: None,
+                    p99_ms: None,
+                    p999_ms: None,
+                    cpu_seconds: None,
+                    peak_rss_mib: None,
+                    ratio_to_limits: Vec::new(),
+                    note: how,
+                });
+                report(outcomes.last(), args.json);
+            }
             continue;
         }
         if target.is_none() {
@@ -350,7 +367,11 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
             p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
             cpu_seconds: Some(cpu),
             peak_rss_mib: Some(rss.peak_mib()),
-            ratio_to_limit: limit_rate.filter(|_| mode != "rate").map(|l| rate / l),
+            ratio_to_limits: if mode == "rate" {
+                Vec::new()
+            } else {
+                limits.iter().map(|(_, l)| rate / l).collect()
+            },
             note,
         });
         report(outcomes.last(), args.json);
@@ -361,8 +382,12 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         }
     }
     println!();
+    let ratio_heads: String = limits
+        .iter()
+        .map(|(c, _)| format!(" {:>8}", format!("/limit{c}")))
+        .collect();
     println!(
-        "{:<6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}",
+        "{:<6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>8} {:>8} {:>7} {:>8}{ratio_heads}",
         "mode",
         "events",
         "seconds",
@@ -373,13 +398,15 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         "p99.9",
         "CPU s",
         "RSS MiB",
-        "ratio"
     );
     let opt =
         |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.prec$}"));
     for o in &outcomes {
+        let ratios: String = (0..limits.len())
+            .map(|i| format!(" {:>8}", opt(o.ratio_to_limits.get(i).copied(), 2)))
+            .collect();
         println!(
-            "{:<6} {:>9} {:>8.2} {:>10.0} {:>7.1} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6}",
+            "{:<6} {:>9} {:>8.2} {:>10.0} {:>7.1} {:>8} {:>8} {:>8} {:>7} {:>8}{ratios}",
             o.mode,
             o.events,
             o.seconds,
@@ -390,7 +417,6 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
             opt(o.p999_ms, 1),
             opt(o.cpu_seconds, 2),
             opt(o.peak_rss_mib, 1),
-            opt(o.ratio_to_limit, 2),
         );
     }
     Ok(())
