@@ -40,7 +40,7 @@ pub enum ErrorClass {
 pub struct SinkError {
     pub class: ErrorClass,
     #[source]
-    pub source: sqlx::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl SinkError {
@@ -186,7 +186,7 @@ pub struct StoredDeadLetter {
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Sink>, SinkError> {
     let dialect = Dialect::from_url(&config.url).map_err(|m| SinkError {
         class: ErrorClass::Permanent,
-        source: sqlx::Error::Configuration(m.into()),
+        source: m.into(),
     })?;
     Ok(match dialect {
         Dialect::Sqlite => Arc::new(sqlite::connect(config).await?),
@@ -263,7 +263,7 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
 pub(crate) fn sink_error(dialect: Dialect) -> impl Fn(sqlx::Error) -> SinkError {
     move |source| SinkError {
         class: classify(dialect, &source),
-        source,
+        source: Box::new(source),
     }
 }
 

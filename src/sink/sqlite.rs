@@ -1,38 +1,277 @@
-//! SQLite writer (the embedded default): WAL mode, one transaction per batch of
-//! multi-row `INSERT`s with bound values, chunked under SQLite's bound-parameter limit.
+//! SQLite writer (the embedded default), WAL mode. Stream rows are written through the C
+//! library directly (rusqlite) on a blocking thread: one transaction per batch, one
+//! cached prepared `INSERT` executed per row. That is SQLite's fastest path; going
+//! through sqlx's worker thread with multi-row statements cost about three times as
+//! much per row (BENCHMARKS.md). Everything else (dead letters, replay reads, DDL,
+//! listing) uses the sqlx pool like the other databases.
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::types::Value as SqlValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Sqlite;
 
 use super::bound::BoundSink;
 use super::dialect::{sqlite_timestamp, Dialect};
-use super::{sink_error, SinkError};
+use super::{
+    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ErrorClass, ListedDeadLetter,
+    PoolUsage, Sink, SinkError, StoredDeadLetter,
+};
 use crate::config::DatabaseConfig;
+use crate::event::{Cell, DeadLetter, Row};
+use crate::schema::Stream;
+use crate::schema_evolution::ExistingColumn;
 
 /// Payload bytes per statement; SQLite has no packet limit, this only bounds memory.
 const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
+/// How long a write waits for another writer's lock before failing (transiently).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<Sqlite>, SinkError> {
+/// The SQLite sink: the sqlx pool, plus one rusqlite connection for stream rows.
+pub struct SqliteSink {
+    bound: BoundSink<Sqlite>,
+    writer: Arc<RowWriter>,
+}
+
+/// The rusqlite connection that writes stream rows.
+struct RowWriter {
+    path: PathBuf,
+    /// Opened on first write, dropped after a failure that may have broken it.
+    conn: Mutex<Option<rusqlite::Connection>>,
+}
+
+impl RowWriter {
+    /// Writes `rows` (and deletes the dead letters `replayed`) in one transaction,
+    /// blocking the calling thread.
+    fn write(
+        &self,
+        insert: &str,
+        has_extra: bool,
+        rows: &[Row],
+        replayed: &[i64],
+    ) -> Result<(), SinkError> {
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(open(&self.path).map_err(rusqlite_error)?),
+        };
+        let result =
+            write_blocking(conn, insert, has_extra, rows, replayed).map_err(rusqlite_error);
+        if result.as_ref().is_err_and(SinkError::is_transient) {
+            // Reopen next time: the failure may have been the connection's.
+            *slot = None;
+        }
+        result
+    }
+}
+
+pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
     let err = sink_error(Dialect::Sqlite);
     let options = SqliteConnectOptions::from_str(&config.url)
         .map_err(&err)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5));
+        .busy_timeout(BUSY_TIMEOUT);
+    let path = options.get_filename().to_path_buf();
     let pool = SqlitePoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         .connect_with(options)
         .await
         .map_err(&err)?;
-    Ok(BoundSink {
-        pool,
-        dialect: Dialect::Sqlite,
-        max_statement_bytes: MAX_STATEMENT_BYTES,
-        timestamp: sqlite_timestamp,
+    Ok(SqliteSink {
+        bound: BoundSink {
+            pool,
+            dialect: Dialect::Sqlite,
+            max_statement_bytes: MAX_STATEMENT_BYTES,
+            timestamp: sqlite_timestamp,
+        },
+        writer: Arc::new(RowWriter {
+            path,
+            conn: Mutex::new(None),
+        }),
     })
+}
+
+/// A rusqlite error with the class sqlx errors get for the same result codes.
+fn rusqlite_error(e: rusqlite::Error) -> SinkError {
+    let class = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL, READONLY: as `classify`.
+            if matches!(f.extended_code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15) {
+                ErrorClass::Transient
+            } else {
+                ErrorClass::Permanent
+            }
+        }
+        _ => ErrorClass::Permanent,
+    };
+    SinkError {
+        class,
+        source: Box::new(e),
+    }
+}
+
+fn open(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Writes `rows` (and deletes the dead letters `replayed`) in one transaction.
+fn write_blocking(
+    conn: &mut rusqlite::Connection,
+    insert: &str,
+    has_extra: bool,
+    rows: &[Row],
+    replayed: &[i64],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut statement = tx.prepare_cached(insert)?;
+        for row in rows {
+            let mut i = 0;
+            for cell in &row.cells {
+                i += 1;
+                match cell {
+                    Cell::Null => statement.raw_bind_parameter(i, SqlValue::Null)?,
+                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => {
+                        statement.raw_bind_parameter(i, s.as_str())?
+                    }
+                    Cell::Int(n) => statement.raw_bind_parameter(i, n)?,
+                    Cell::Float(f) => statement.raw_bind_parameter(i, f)?,
+                    Cell::Bool(b) => statement.raw_bind_parameter(i, b)?,
+                    Cell::Timestamp(t) => statement.raw_bind_parameter(i, sqlite_timestamp(t))?,
+                }
+            }
+            statement.raw_bind_parameter(i + 1, sqlite_timestamp(&row.received_at))?;
+            if has_extra {
+                statement.raw_bind_parameter(i + 2, row.extra.as_deref())?;
+            }
+            statement.raw_execute()?;
+        }
+    }
+    if !replayed.is_empty() {
+        let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
+        for id in replayed {
+            delete.execute([id])?;
+        }
+    }
+    tx.commit()
+}
+
+impl Sink for SqliteSink {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn pool_usage(&self) -> PoolUsage {
+        self.bound.pool_usage()
+    }
+
+    fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.bound.prepare(streams)
+    }
+
+    fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+        replayed: &'a [i64],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
+            let insert = Dialect::Sqlite.insert_statement(
+                &stream.table,
+                &Dialect::Sqlite.column_list(stream),
+                width,
+                1,
+                stream.id_field.as_deref(),
+            );
+            let has_extra = stream.has_extra;
+            let flavor = tokio::runtime::Handle::current().runtime_flavor();
+            if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
+                // The batch is borrowed: block this worker (tokio moves its other tasks
+                // to the rest) instead of copying every row to a blocking thread.
+                return tokio::task::block_in_place(|| {
+                    self.writer.write(&insert, has_extra, rows, replayed)
+                });
+            }
+            // A current-thread runtime (tests) cannot block in place: copy the batch.
+            let (rows, replayed) = (rows.to_vec(), replayed.to_vec());
+            let writer = self.writer.clone();
+            tokio::task::spawn_blocking(move || writer.write(&insert, has_extra, &rows, &replayed))
+                .await
+                .unwrap_or_else(|join| {
+                    Err(SinkError {
+                        class: ErrorClass::Transient,
+                        source: Box::new(join),
+                    })
+                })
+        })
+    }
+
+    fn write_dead_letters<'a>(
+        &'a self,
+        letters: &'a [DeadLetter],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.bound.write_dead_letters(letters)
+    }
+
+    fn fetch_dead_letters<'a>(
+        &'a self,
+        page: &'a DeadLetterPage,
+    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
+        self.bound.fetch_dead_letters(page)
+    }
+
+    fn list_dead_letters<'a>(
+        &'a self,
+        query: &'a DeadLetterQuery,
+    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
+        self.bound.list_dead_letters(query)
+    }
+
+    fn record_replay_failure<'a>(
+        &'a self,
+        id: i64,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.bound.record_replay_failure(id, error)
+    }
+
+    fn describe_table<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
+        self.bound.describe_table(table)
+    }
+
+    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
+        self.bound.table_has_rows(table)
+    }
+
+    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.bound.execute_ddl(statements)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        self.bound.ping()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let writer = self.writer.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                writer.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+            })
+            .await;
+            self.bound.close().await;
+        })
+    }
 }
