@@ -1,28 +1,21 @@
-//! Per-event CPU cost of the hot path, for the shipped `order_placed` stream:
-//! parse + validate + convert to a row, and the PostgreSQL COPY encoding of a batch.
-//! Run with `cargo bench`; figures are events per second on one core.
+//! Per-event CPU cost of the hot path, and the cost of isolating a bad row:
+//! - `ingest`: parse + validate + convert to a row, for the shipped `order_placed`
+//!   stream (generated events, about 440 bytes with nested items) and the shipped
+//!   `email_event` webhook stream (the README's example array);
+//! - `encode`: the PostgreSQL COPY text encoding of a batch (MariaDB and SQLite bind
+//!   values inside their drivers; that cost is in `sluice-bench`'s end-to-end figures);
+//! - `bisection`: writing 1000 rows to a real SQLite file, clean and with one row the
+//!   database refuses (a NULL in a NOT NULL column), through the batcher's write path.
+//!
+//! Run with `cargo bench`; throughput is events per second on one core.
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sluice::event::{Cell, Row};
 use sluice::ingest::body::parse_object;
-use sluice::schema::Registry;
+use sluice::schema::{Registry, Stream};
 use sluice::Config;
-
-/// `n` distinct order events derived from the README example (about 450 bytes each).
-fn events(n: usize) -> Vec<String> {
-    let template = include_str!("../examples/order_placed.json").replace('\n', "");
-    (0..n)
-        .map(|i| {
-            template
-                .replace(
-                    "6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4d5",
-                    &format!("6f1c2d3e-4b5a-4c6d-8e7f-{i:012x}"),
-                )
-                .replace("BK-1", &format!("BK-{i:010}"))
-        })
-        .collect()
-}
 
 fn registry() -> Registry {
     let config = Config {
@@ -32,27 +25,10 @@ fn registry() -> Registry {
     Registry::load(&config).expect("the shipped schemas load")
 }
 
-fn decode_validate_row(c: &mut Criterion) {
-    let registry = registry();
-    let stream = registry
-        .get("order_placed")
-        .expect("order_placed ships")
-        .clone();
-    let events = events(1000);
+fn rows(stream: &Stream, events: &[String]) -> Vec<Row> {
     let source: Arc<str> = "bench".into();
     let now = chrono::Utc::now();
-    let mut group = c.benchmark_group("ingest");
-    group.throughput(Throughput::Elements(events.len() as u64));
-    group.bench_function("order_placed parse+validate+row x1000", |b| {
-        b.iter(|| {
-            for (i, raw) in events.iter().enumerate() {
-                let value = parse_object(raw.as_bytes()).expect("valid JSON");
-                let row = stream.to_row(value, raw.as_str().into(), source.clone(), i, now);
-                assert!(row.is_ok());
-            }
-        })
-    });
-    let rows: Vec<_> = events
+    events
         .iter()
         .enumerate()
         .map(|(i, raw)| {
@@ -61,12 +37,108 @@ fn decode_validate_row(c: &mut Criterion) {
                 .to_row(value, raw.as_str().into(), source.clone(), i, now)
                 .expect("valid")
         })
-        .collect();
-    group.bench_function("order_placed COPY text encoding x1000", |b| {
+        .collect()
+}
+
+fn ingest(c: &mut Criterion) {
+    let registry = registry();
+    let source: Arc<str> = "bench".into();
+    let now = chrono::Utc::now();
+    let webhook: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("../examples/email_webhook.json"))
+            .expect("the example is a JSON array");
+    let cases = [
+        ("order_placed", sluice::loadgen::generate(1000, 1)),
+        (
+            "email_event",
+            webhook
+                .iter()
+                .cycle()
+                .take(1000)
+                .map(|v| v.to_string())
+                .collect(),
+        ),
+    ];
+    let mut group = c.benchmark_group("ingest");
+    for (name, events) in &cases {
+        let stream = registry.get(name).expect("shipped stream").clone();
+        group.throughput(Throughput::Elements(events.len() as u64));
+        group.bench_function(format!("{name} parse+validate+row"), |b| {
+            b.iter(|| {
+                for (i, raw) in events.iter().enumerate() {
+                    let value = parse_object(raw.as_bytes()).expect("valid JSON");
+                    let row = stream.to_row(value, raw.as_str().into(), source.clone(), i, now);
+                    assert!(row.is_ok());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let registry = registry();
+    let stream = registry
+        .get("order_placed")
+        .expect("shipped stream")
+        .clone();
+    let rows = rows(&stream, &sluice::loadgen::generate(1000, 2));
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(rows.len() as u64));
+    group.bench_function("order_placed COPY text", |b| {
         b.iter(|| sluice::sink::postgres::encode_rows(&stream, &rows).len())
     });
     group.finish();
 }
 
-criterion_group!(benches, decode_validate_row);
+fn bisection(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut config = Config {
+        schemas_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/schemas").into(),
+        ..Config::default()
+    };
+    config.database.url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let registry = Registry::load(&config).expect("the shipped schemas load");
+    let stream = registry
+        .get("order_placed")
+        .expect("shipped stream")
+        .clone();
+    let sink = runtime
+        .block_on(sluice::sink::connect(&config.database))
+        .expect("SQLite opens");
+    runtime
+        .block_on(sink.prepare(std::slice::from_ref(&stream)))
+        .expect("tables created");
+    let clean = rows(&stream, &sluice::loadgen::generate(1000, 3));
+    let mut poisoned = clean.clone();
+    poisoned[500].cells[0] = Cell::Null; // event_id is NOT NULL
+    let mut group = c.benchmark_group("bisection");
+    group.throughput(Throughput::Elements(clean.len() as u64));
+    for (name, batch) in [
+        ("1000 rows, clean", &clean),
+        ("1000 rows, one refused", &poisoned),
+    ] {
+        group.bench_function(format!("SQLite write {name}"), |b| {
+            b.iter_batched(
+                || batch.clone(),
+                |rows| {
+                    let refused = runtime.block_on(sluice::pipeline::batcher::write_isolating(
+                        sink.clone(),
+                        stream.clone(),
+                        &rows,
+                    ));
+                    assert_eq!(refused.len(), usize::from(name.contains("refused")));
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ingest, encode, bisection);
 criterion_main!(benches);

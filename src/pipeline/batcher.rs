@@ -236,6 +236,23 @@ impl<T: Item> Batcher<T> {
     }
 }
 
+/// Writes `rows` to `stream`'s table the way the batcher writes a batch (transient
+/// failures retried, permanent ones isolated by bisection, no dead letters written);
+/// returns the positions of the rows the database refused. For benchmarks and tools.
+pub async fn write_isolating(sink: Arc<dyn Sink>, stream: Arc<Stream>, rows: &[Row]) -> Vec<usize> {
+    let writer = Writer::<Row> {
+        sink,
+        target: StreamTarget {
+            stream,
+            stats: Arc::default(),
+        },
+        settings: StreamSettings::default(),
+    };
+    let mut refused = Vec::new();
+    writer.write_isolating(rows, 0, &mut refused).await;
+    refused.into_iter().map(|(i, _)| i).collect()
+}
+
 /// Surfaces a panic in a write task (a bug) instead of losing it silently.
 fn join(done: Option<Result<(), tokio::task::JoinError>>) {
     if let Some(Err(e)) = done {

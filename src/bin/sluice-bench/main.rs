@@ -13,7 +13,6 @@
 //! (from /proc), and the ratio to the limit.
 
 mod db;
-mod events;
 mod load;
 mod procfs;
 
@@ -61,6 +60,9 @@ struct Args {
     /// Connections of the fixed-rate load.
     #[arg(long, default_value_t = 64)]
     rate_connections: usize,
+    /// Runs of the whole sequence; the table shows each figure's median.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Connection counts of the limit runs, comma-separated (default: 1, and as many as
     /// Sluice writes a stream on: 2; SQLite only 1). Each gets a ratio column.
     #[arg(long, value_delimiter = ',')]
@@ -221,7 +223,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     );
 
     let generated = Instant::now();
-    let events = Arc::new(events::generate(args.events, args.seed));
+    let events = Arc::new(sluice::loadgen::generate(args.events, args.seed));
     let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
     eprintln!(
         "{} events, {:.0} bytes each on average, generated in {:.1} s; database {}",
@@ -234,154 +236,181 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         .await
         .context("cannot connect to the database")?;
 
-    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut runs: Vec<Vec<Outcome>> = Vec::new();
     // (connections, events/s) of each limit run.
     let mut limits: Vec<(usize, f64)> = Vec::new();
     let mut target: Option<Target> = None;
-    for mode in &args.modes {
-        if mode == "limit" {
-            let now = chrono::Utc::now();
-            let source: Arc<str> = "bench".into();
-            let rows = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
-                    stream
-                        .to_row(value, e.as_str().into(), source.clone(), i, now)
-                        .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let counts = match (args.limit_connections.is_empty(), db.dialect()) {
-                (false, _) => args.limit_connections.clone(),
-                // SQLite has one writer; Sluice writes other databases' streams on 2
-                // connections (Sink::write_concurrency).
-                (true, sluice::sink::Dialect::Sqlite) => vec![1],
-                (true, _) => vec![1, 2],
-            };
-            for connections in counts {
-                let (took, how) = db
-                    .limit(url, stream, "sluice_bench_limit", &rows, connections)
-                    .await?;
-                let rate = rows.len() as f64 / took.as_secs_f64();
-                limits.push((connections, rate));
-                outcomes.push(Outcome {
-                    mode: format!("limit{connections}"),
-                    events: rows.len(),
-                    seconds: took.as_secs_f64(),
-                    events_per_second: rate,
-                    mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
-                    p50_ms: None,
-                    p99_ms: None,
-                    p999_ms: None,
-                    cpu_seconds: None,
-                    peak_rss_mib: None,
-                    ratio_to_limits: Vec::new(),
-                    note: how,
-                });
-                report(outcomes.last(), args.json);
-            }
-            continue;
+    for run in 1..=args.repeat.max(1) {
+        if args.repeat > 1 {
+            eprintln!("-- run {run} of {}", args.repeat);
         }
-        if target.is_none() {
-            target = Some(match &args.target_http {
-                Some(http) => Target {
-                    http: http.clone(),
-                    tcp: args.target_tcp.clone(),
-                    pid: args.pid.context("--pid is required with --target-http")?,
-                    child: None,
-                },
-                None => {
-                    let t = start_sluice(args, url)?;
-                    eprintln!(
-                        "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
-                        t.pid,
-                        t.http,
-                        t.tcp.as_deref().unwrap_or("-"),
-                        procfs::rss_kib(t.pid).unwrap_or(0) as f64 / 1024.0
-                    );
-                    t
+        limits.clear();
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for mode in &args.modes {
+            if mode == "limit" {
+                let now = chrono::Utc::now();
+                let source: Arc<str> = "bench".into();
+                let rows = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| {
+                        let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
+                        stream
+                            .to_row(value, e.as_str().into(), source.clone(), i, now)
+                            .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let counts = match (args.limit_connections.is_empty(), db.dialect()) {
+                    (false, _) => args.limit_connections.clone(),
+                    // SQLite has one writer; Sluice writes other databases' streams on 2
+                    // connections (Sink::write_concurrency).
+                    (true, sluice::sink::Dialect::Sqlite) => vec![1],
+                    (true, _) => vec![1, 2],
+                };
+                for connections in counts {
+                    let (took, how) = db
+                        .limit(url, stream, "sluice_bench_limit", &rows, connections)
+                        .await?;
+                    let rate = rows.len() as f64 / took.as_secs_f64();
+                    limits.push((connections, rate));
+                    outcomes.push(Outcome {
+                        mode: format!("limit{connections}"),
+                        events: rows.len(),
+                        seconds: took.as_secs_f64(),
+                        events_per_second: rate,
+                        mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
+                        p50_ms: None,
+                        p99_ms: None,
+                        p999_ms: None,
+                        cpu_seconds: None,
+                        peak_rss_mib: None,
+                        ratio_to_limits: Vec::new(),
+                        note: how,
+                    });
+                    report(outcomes.last(), args.json);
                 }
-            });
-        }
-        let Some(t) = target.as_ref() else { continue };
-        db.empty(&args.table).await.with_context(|| {
-            format!(
-                "cannot empty table {} (does the target create it?)",
-                args.table
-            )
-        })?;
-        let path = format!("/v1/streams/{}/events?ack=commit", args.stream);
-        let cpu_before = procfs::cpu_seconds(t.pid)?;
-        let rss = procfs::RssSampler::start(t.pid);
-        let started = Instant::now();
-        let (mut latencies, sent, note) = match mode.as_str() {
-            "http" => (
-                load::http_batches(&t.http, &path, events.clone(), args.batch, args.connections)
-                    .await?,
-                events.len(),
+                continue;
+            }
+            if target.is_none() {
+                target = Some(match &args.target_http {
+                    Some(http) => Target {
+                        http: http.clone(),
+                        tcp: args.target_tcp.clone(),
+                        pid: args.pid.context("--pid is required with --target-http")?,
+                        child: None,
+                    },
+                    None => {
+                        let t = start_sluice(args, url)?;
+                        eprintln!(
+                            "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
+                            t.pid,
+                            t.http,
+                            t.tcp.as_deref().unwrap_or("-"),
+                            procfs::rss_kib(t.pid).unwrap_or(0) as f64 / 1024.0
+                        );
+                        t
+                    }
+                });
+            }
+            let Some(t) = target.as_ref() else { continue };
+            db.empty(&args.table).await.with_context(|| {
                 format!(
-                    "NDJSON, {} events per request, {} connections, ack=commit",
-                    args.batch, args.connections
-                ),
-            ),
-            "tcp" => {
-                let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
-                load::tcp_lines(addr, &events, None, args.tcp_connections).await?;
-                (
-                    load::Latencies::default(),
+                    "cannot empty table {} (does the target create it?)",
+                    args.table
+                )
+            })?;
+            let path = format!("/v1/streams/{}/events?ack=commit", args.stream);
+            let cpu_before = procfs::cpu_seconds(t.pid)?;
+            let rss = procfs::RssSampler::start(t.pid);
+            let started = Instant::now();
+            let (mut latencies, sent, note) = match mode.as_str() {
+                "http" => (
+                    load::http_batches(
+                        &t.http,
+                        &path,
+                        events.clone(),
+                        args.batch,
+                        args.connections,
+                    )
+                    .await?,
                     events.len(),
-                    format!("json_lines, {} connections", args.tcp_connections),
-                )
-            }
-            "rate" => {
-                let n = ((args.rate * args.rate_seconds) as usize).min(events.len());
-                let subset = Arc::new(events[..n].to_vec());
-                (
-                    load::http_fixed_rate(&t.http, &path, subset, args.rate, args.rate_connections)
-                        .await?,
-                    n,
                     format!(
-                        "1 event per request at {} req/s, {} connections, ack=commit",
-                        args.rate, args.rate_connections
+                        "NDJSON, {} events per request, {} connections, ack=commit",
+                        args.batch, args.connections
                     ),
-                )
-            }
-            other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
-        };
-        let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
-        let done = db.wait_for(&args.table, sent as i64, timeout).await?;
-        let seconds = (done - started).as_secs_f64();
-        let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
-        let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
-        let rate = sent as f64 / seconds;
-        let has_latency = mode != "tcp";
-        outcomes.push(Outcome {
-            mode: mode.clone(),
-            events: sent,
-            seconds,
-            events_per_second: rate,
-            mb_per_second: sent_bytes as f64 / 1e6 / seconds,
-            p50_ms: has_latency.then(|| latencies.quantile_ms(0.5)),
-            p99_ms: has_latency.then(|| latencies.quantile_ms(0.99)),
-            p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
-            cpu_seconds: Some(cpu),
-            peak_rss_mib: Some(rss.peak_mib()),
-            ratio_to_limits: if mode == "rate" {
-                Vec::new()
-            } else {
-                limits.iter().map(|(_, l)| rate / l).collect()
-            },
-            note,
-        });
-        report(outcomes.last(), args.json);
+                ),
+                "tcp" => {
+                    let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
+                    load::tcp_lines(addr, &events, None, args.tcp_connections).await?;
+                    (
+                        load::Latencies::default(),
+                        events.len(),
+                        format!("json_lines, {} connections", args.tcp_connections),
+                    )
+                }
+                "rate" => {
+                    let n = ((args.rate * args.rate_seconds) as usize).min(events.len());
+                    let subset = Arc::new(events[..n].to_vec());
+                    (
+                        load::http_fixed_rate(
+                            &t.http,
+                            &path,
+                            subset,
+                            args.rate,
+                            args.rate_connections,
+                        )
+                        .await?,
+                        n,
+                        format!(
+                            "1 event per request at {} req/s, {} connections, ack=commit",
+                            args.rate, args.rate_connections
+                        ),
+                    )
+                }
+                other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
+            };
+            let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
+            let done = db.wait_for(&args.table, sent as i64, timeout).await?;
+            let seconds = (done - started).as_secs_f64();
+            let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
+            let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
+            let rate = sent as f64 / seconds;
+            let has_latency = mode != "tcp";
+            outcomes.push(Outcome {
+                mode: mode.clone(),
+                events: sent,
+                seconds,
+                events_per_second: rate,
+                mb_per_second: sent_bytes as f64 / 1e6 / seconds,
+                p50_ms: has_latency.then(|| latencies.quantile_ms(0.5)),
+                p99_ms: has_latency.then(|| latencies.quantile_ms(0.99)),
+                p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
+                cpu_seconds: Some(cpu),
+                peak_rss_mib: Some(rss.peak_mib()),
+                ratio_to_limits: if mode == "rate" {
+                    Vec::new()
+                } else {
+                    limits.iter().map(|(_, l)| rate / l).collect()
+                },
+                note,
+            });
+            report(outcomes.last(), args.json);
+        }
+        runs.push(outcomes);
     }
+    let outcomes = medians(&runs);
     if let Some(t) = &target {
         if let Some(kib) = procfs::rss_kib(t.pid) {
             eprintln!("RSS after the loads: {:.1} MiB", kib as f64 / 1024.0);
         }
     }
     println!();
+    if runs.len() > 1 {
+        println!(
+            "medians of {} runs (each ratio is taken within its run):",
+            runs.len()
+        );
+    }
     let ratio_heads: String = limits
         .iter()
         .map(|(c, _)| format!(" {:>8}", format!("/limit{c}")))
@@ -420,6 +449,49 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each field's median over the runs, mode by mode (every run has the same modes).
+fn medians(runs: &[Vec<Outcome>]) -> Vec<Outcome> {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let all: Vec<&Outcome> = runs.iter().filter_map(|r| r.get(i)).collect();
+            let of = |f: &dyn Fn(&Outcome) -> f64| median(all.iter().map(|o| f(o)).collect());
+            let opt = |f: &dyn Fn(&Outcome) -> Option<f64>| {
+                let v: Vec<f64> = all.iter().filter_map(|o| f(o)).collect();
+                (!v.is_empty()).then(|| median(v))
+            };
+            Outcome {
+                mode: o.mode.clone(),
+                events: o.events,
+                seconds: of(&|o| o.seconds),
+                events_per_second: of(&|o| o.events_per_second),
+                mb_per_second: of(&|o| o.mb_per_second),
+                p50_ms: opt(&|o| o.p50_ms),
+                p99_ms: opt(&|o| o.p99_ms),
+                p999_ms: opt(&|o| o.p999_ms),
+                cpu_seconds: opt(&|o| o.cpu_seconds),
+                peak_rss_mib: opt(&|o| o.peak_rss_mib),
+                ratio_to_limits: (0..o.ratio_to_limits.len())
+                    .map(|k| of(&|o| o.ratio_to_limits.get(k).copied().unwrap_or(f64::NAN)))
+                    .collect(),
+                note: o.note.clone(),
+            }
+        })
+        .collect()
 }
 
 fn report(outcome: Option<&Outcome>, json: bool) {

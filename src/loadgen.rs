@@ -1,6 +1,6 @@
-//! Deterministic bookshop `order_placed` events (the shape of
-//! `../shared/peers/gen_events.py`: about 450 bytes of JSON with a nested `items`
-//! array), generated from a seed so every run sends the same bytes.
+//! Deterministic bookshop `order_placed` events for load tests and benchmarks (the
+//! shape of `../shared/peers/gen_events.py`: about 440 bytes of JSON with a nested
+//! `items` array), generated from a seed so every run sends the same bytes.
 
 use std::fmt::Write as _;
 
