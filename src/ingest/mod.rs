@@ -338,12 +338,14 @@ impl Ingest {
     }
 
     /// Queues `batch` in as many pieces as the queues' bounds require, each waiting for
-    /// room (no acknowledgement). For producers without all-or-nothing semantics (TCP).
+    /// room; returns what resolves when each piece is committed. For producers without
+    /// all-or-nothing semantics (TCP).
     pub async fn submit_in_pieces(
         &self,
         stream: Option<&str>,
         batch: Batch,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Vec<Pending>, QueueError> {
+        let mut pending = Vec::new();
         let row_cap = stream
             .and_then(|s| self.queues.get(s))
             .map(|q| q.capacity())
@@ -356,7 +358,7 @@ impl Ingest {
                 row_bytes,
                 ..Batch::default()
             };
-            self.submit(stream, part, false).await?;
+            pending.push(self.submit(stream, part, true).await?);
         }
         for piece in split_to_fit(batch.letters, letter_cap, |d| d.payload.len()) {
             let letter_bytes = piece.iter().map(|d| d.payload.len()).sum();
@@ -365,9 +367,9 @@ impl Ingest {
                 letter_bytes,
                 ..Batch::default()
             };
-            self.submit(stream, part, false).await?;
+            pending.push(self.submit(stream, part, true).await?);
         }
-        Ok(())
+        Ok(pending)
     }
 
     /// Refuses new events; producers waiting for room are told Sluice is shutting down.
