@@ -1,5 +1,10 @@
 # Sluice container image: build with the same command as the README, run as non-root.
 FROM rust:1.95-slim-bookworm AS build
+# make builds the bundled jemalloc (tikv-jemalloc-sys).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
