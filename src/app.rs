@@ -94,24 +94,8 @@ impl App {
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
         let http_addr = http.local_addr()?;
-        let tcp = match config.tcp.listen.as_str() {
-            "" => None,
-            addr => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for TCP lines on {addr}"))?,
-            ),
-        };
-        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
-        let admin = match config.admin.listen.as_str() {
-            "" => None,
-            addr => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for the admin API on {addr}"))?,
-            ),
-        };
-        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (tcp, tcp_addr) = bind_optional(&config.tcp.listen, "TCP lines").await?;
+        let (admin, admin_addr) = bind_optional(&config.admin.listen, "the admin API").await?;
         Ok(App {
             config,
             http,
@@ -276,6 +260,36 @@ impl App {
             anyhow::bail!("shutdown_timeout elapsed before the queues were flushed")
         }
     }
+}
+
+/// Binds `addr` for `what`, or nothing when `addr` is empty (the listener is disabled).
+async fn bind_optional(
+    addr: &str,
+    what: &str,
+) -> anyhow::Result<(Option<TcpListener>, Option<SocketAddr>)> {
+    if addr.is_empty() {
+        return Ok((None, None));
+    }
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((Some(listener), Some(local)))
+}
+
+/// The `http=` and `tcp=` addresses of the "Sluice is listening." log line (text
+/// format), for tools and tests that start the binary on port 0.
+pub fn listening_addresses(line: &str) -> Option<(String, String)> {
+    let field = |name: &str| {
+        line.find(name).map(|p| {
+            line[p + name.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+    };
+    Some((field(" http=")?, field(" tcp=")?))
 }
 
 /// Adds the columns of new optional properties to existing tables; stops start-up,

@@ -434,16 +434,7 @@ pub fn spawn_binary(bin: Option<&str>, db: &TestDb, env: &[(&str, String)]) -> B
             .next()
             .expect("Sluice logs its addresses")
             .expect("UTF-8 logs");
-        let field = |name: &str| {
-            line.find(name).map(|p| {
-                line[p + name.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-        };
-        if let (Some(http), Some(tcp)) = (field("http="), field("tcp=")) {
+        if let Some((http, tcp)) = sluice::app::listening_addresses(&line) {
             break (http, (tcp != "disabled").then_some(tcp));
         }
     };

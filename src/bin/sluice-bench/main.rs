@@ -155,17 +155,8 @@ fn start_sluice(args: &Args, url: &str) -> anyhow::Result<Target> {
     let mut lines = std::io::BufReader::new(stderr).lines();
     let (http, tcp) = loop {
         let line = lines.next().context("Sluice exited before listening")??;
-        let field = |name: &str| {
-            line.find(name).map(|p| {
-                line[p + name.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-        };
-        if let (Some(http), Some(tcp)) = (field("http="), field("tcp=")) {
-            break (http, tcp);
+        if let Some(addresses) = sluice::app::listening_addresses(&line) {
+            break addresses;
         }
     };
     // Keep draining its logs so that it never blocks on a full pipe.
