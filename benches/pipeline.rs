@@ -1,7 +1,7 @@
 //! Per-event CPU cost of the hot path, and the cost of isolating a bad row:
-//! - `ingest`: parse + validate + convert to a row, for the shipped `order_placed`
-//!   stream (generated events, about 440 bytes with nested items) and the shipped
-//!   `email_event` webhook stream (the README's example array);
+//! - `ingest`: parse + validate + convert to a row, for every shipped stream:
+//!   `order_placed` from generated events (about 440 bytes with nested items), the
+//!   others from their example in `examples/` (`email_event`: the webhook array);
 //! - `encode`: the PostgreSQL COPY text encoding of a batch (MariaDB and SQLite bind
 //!   values inside their drivers; that cost is in `sluice-bench`'s end-to-end figures);
 //! - `bisection`: writing 1000 rows to a real SQLite file, clean and with one row the

@@ -256,7 +256,40 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_written(db: Db
     );
 }
 
+/// Every shipped stream has an example in `examples/` (`email_event`'s is the webhook
+/// array) that its schema accepts and its table stores, in every database.
+async fn every_shipped_stream_has_an_example_that_is_stored(db: Db) {
+    let Some(app) = spawn_app(db, crate::helpers::shipped_schemas(), |_| {}).await else {
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut streams: Vec<String> = std::fs::read_dir(root.join("schemas"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    streams.sort();
+    assert_eq!(streams.len(), 7, "{streams:?}");
+    for stream in streams {
+        let file = match stream.as_str() {
+            "email_event" => "email_webhook".to_owned(),
+            s => s.to_owned(),
+        };
+        let body = std::fs::read(root.join(format!("examples/{file}.json")))
+            .unwrap_or_else(|e| panic!("examples/{file}.json: {e}"));
+        let r = app.post(&stream, "", "application/json", body).await;
+        assert_eq!(r.status(), 200, "{stream}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["dead_lettered"], 0, "{stream}: {answer}");
+        let accepted = answer["accepted"].as_i64().unwrap();
+        assert!(accepted >= 1, "{stream}: {answer}");
+        assert_eq!(app.db.count(&stream).await, accepted, "{stream}");
+    }
+}
+
 db_tests!(
     the_readme_examples_are_stored_with_the_shipped_schemas,
+    every_shipped_stream_has_an_example_that_is_stored,
     a_row_the_database_refuses_is_dead_lettered_and_the_rest_written,
 );
