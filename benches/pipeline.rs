@@ -47,7 +47,13 @@ fn ingest(c: &mut Criterion) {
     let webhook: Vec<serde_json::Value> =
         serde_json::from_str(include_str!("../examples/email_webhook.json"))
             .expect("the example is a JSON array");
-    let cases = [
+    let example = |stream: &str| -> Vec<String> {
+        let path = format!("{}/examples/{stream}.json", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("the example exists");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("the example is JSON");
+        vec![value.to_string(); 1000]
+    };
+    let mut cases = vec![
         ("order_placed", sluice::loadgen::generate(1000, 1)),
         (
             "email_event",
@@ -59,6 +65,15 @@ fn ingest(c: &mut Criterion) {
                 .collect(),
         ),
     ];
+    for stream in [
+        "cart_item_added",
+        "checkout_started",
+        "payment_processed",
+        "shipment_dispatched",
+        "shipping_quoted",
+    ] {
+        cases.push((stream, example(stream)));
+    }
     let mut group = c.benchmark_group("ingest");
     for (name, events) in &cases {
         let stream = registry.get(name).expect("shipped stream").clone();
