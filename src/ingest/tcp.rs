@@ -134,7 +134,6 @@ pub async fn serve(
             peer,
             line: 0,
             in_flight: Default::default(),
-            in_flight_bytes: 0,
         };
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -152,9 +151,8 @@ struct Connection {
     peer: SocketAddr,
     /// Lines read so far, to number dead letters.
     line: usize,
-    /// Queued chunks not yet committed, oldest first, with their bytes.
-    in_flight: std::collections::VecDeque<(super::Pending, usize)>,
-    in_flight_bytes: usize,
+    /// Queued chunks not yet committed, oldest first: each chunk's pieces and bytes.
+    in_flight: std::collections::VecDeque<(Vec<super::Pending>, usize)>,
 }
 
 impl Connection {
@@ -286,14 +284,7 @@ impl Connection {
             let name = stream.as_ref().map(|s| s.name.as_str());
             let bytes: usize = batch.row_bytes + batch.letter_bytes;
             match self.ingest.submit_in_pieces(name, batch).await {
-                Ok(pending) => {
-                    self.in_flight_bytes += bytes;
-                    let mut pieces = pending.into_iter();
-                    if let Some(first) = pieces.next() {
-                        self.in_flight.push_back((first, bytes));
-                    }
-                    self.in_flight.extend(pieces.map(|p| (p, 0)));
-                }
+                Ok(pending) => self.in_flight.push_back((pending, bytes)),
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, lines, error = %e, "Lines read from TCP could not be queued.");
                     return false;
@@ -301,14 +292,15 @@ impl Connection {
             }
         }
         // Read on only once what this connection queued is mostly committed.
-        while self.in_flight_bytes > READ_AHEAD_BYTES {
-            let Some((pending, bytes)) = self.in_flight.pop_front() else {
+        while self.in_flight.iter().map(|(_, bytes)| bytes).sum::<usize>() > READ_AHEAD_BYTES {
+            let Some((pieces, _)) = self.in_flight.pop_front() else {
                 break;
             };
-            self.in_flight_bytes -= bytes;
-            if pending.committed().await.is_err() {
-                // Sluice is stopping; what was queued is flushed all the same.
-                return false;
+            for piece in pieces {
+                if piece.committed().await.is_err() {
+                    // Sluice is stopping; what was queued is flushed all the same.
+                    return false;
+                }
             }
         }
         true

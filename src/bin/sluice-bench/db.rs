@@ -123,6 +123,10 @@ impl Db {
         self.execute(&ddl).await?;
         let columns = dialect.column_list(stream);
         let share = rows.len().div_ceil(connections.max(1)).max(1);
+        let load_data = match self {
+            Db::Mysql(_) => load_data_client(url),
+            _ => None,
+        };
         let took = match self {
             Db::Sqlite(_, path) => {
                 // sqlx runs SQLite on a worker thread, one channel round trip per
@@ -165,10 +169,10 @@ impl Db {
                 }
                 (started.elapsed(), format!("PostgreSQL COPY FROM STDIN (text), one statement per connection, {n} connections"))
             }
-            Db::Mysql(_) if load_data_client(url).is_some() => {
+            Db::Mysql(_) if load_data.is_some() => {
                 // MariaDB's fastest path: LOAD DATA LOCAL INFILE, through the `mariadb`
                 // client (sqlx cannot send local files).
-                let (client, args) = load_data_client(url).context("checked above")?;
+                let (client, args) = load_data.context("checked above")?;
                 let dir =
                     std::env::temp_dir().join(format!("sluice-bench-load-{}", std::process::id()));
                 std::fs::create_dir_all(&dir)?;

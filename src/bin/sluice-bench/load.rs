@@ -107,36 +107,23 @@ pub async fn http_batches(
     batch: usize,
     connections: usize,
 ) -> anyhow::Result<Latencies> {
-    let bodies: Arc<Vec<Bytes>> = Arc::new(
-        events
-            .chunks(batch)
-            .map(|c| {
-                let mut body = c.join("\n");
-                body.push('\n');
-                Bytes::from(body)
-            })
-            .collect(),
-    );
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let (bodies, next, path) = (bodies.clone(), next.clone(), path.to_owned());
-        let mut client = Client::connect(addr).await?;
-        tasks.spawn(async move {
-            let mut latencies = Latencies::default();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { break };
-                let started = Instant::now();
-                client
-                    .post(&path, "application/x-ndjson", body.clone())
-                    .await?;
-                latencies.0.push(started.elapsed());
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    collect(tasks).await
+    let bodies = events
+        .chunks(batch)
+        .map(|c| {
+            let mut body = c.join("\n");
+            body.push('\n');
+            Bytes::from(body)
+        })
+        .collect();
+    send_all(
+        addr,
+        path,
+        "application/x-ndjson",
+        bodies,
+        connections,
+        None,
+    )
+    .await
 }
 
 /// Sends one event per request at `rate` requests/s, spread over `connections`
@@ -149,23 +136,51 @@ pub async fn http_fixed_rate(
     rate: f64,
     connections: usize,
 ) -> anyhow::Result<Latencies> {
+    let bodies = events.iter().map(|e| Bytes::from(e.clone())).collect();
+    send_all(
+        addr,
+        path,
+        "application/json",
+        bodies,
+        connections,
+        Some(rate),
+    )
+    .await
+}
+
+/// POSTs every body once, over `connections` connections that each take the next
+/// unsent body. With `rate`, body `i` is sent no earlier than `i / rate` seconds after
+/// the start and its latency counts from then; without, as fast as answers come.
+async fn send_all(
+    addr: &str,
+    path: &str,
+    content_type: &'static str,
+    bodies: Vec<Bytes>,
+    connections: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Latencies> {
+    let bodies = Arc::new(bodies);
     let started = Instant::now() + Duration::from_millis(50);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let (events, next, path) = (events.clone(), next.clone(), path.to_owned());
+        let (bodies, next, path) = (bodies.clone(), next.clone(), path.to_owned());
         let mut client = Client::connect(addr).await?;
         tasks.spawn(async move {
             let mut latencies = Latencies::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(event) = events.get(i) else { break };
-                let due = started + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-                client
-                    .post(&path, "application/json", Bytes::from(event.clone()))
-                    .await?;
-                latencies.0.push(due.elapsed());
+                let Some(body) = bodies.get(i) else { break };
+                let from = match rate {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
+                client.post(&path, content_type, body.clone()).await?;
+                latencies.0.push(from.elapsed());
             }
             anyhow::Ok(latencies)
         });
@@ -174,26 +189,15 @@ pub async fn http_fixed_rate(
 }
 
 /// Writes `events` as lines over `connections` TCP connections (each its share, in
-/// order), adding `"stream": stream` to each line unless `stream` is `None`.
-pub async fn tcp_lines(
-    addr: &str,
-    events: &[String],
-    stream: Option<&str>,
-    connections: usize,
-) -> anyhow::Result<()> {
+/// order). The target routes them with its default stream (Sluice is started with
+/// `tcp.default_stream`), so the bytes are the same for Sluice and the Python peer.
+pub async fn tcp_lines(addr: &str, events: &[String], connections: usize) -> anyhow::Result<()> {
     let per = events.len().div_ceil(connections.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in events.chunks(per.max(1)) {
         let mut data = Vec::with_capacity(chunk.iter().map(|e| e.len() + 32).sum());
         for e in chunk {
-            match stream {
-                // `{"stream":"x",` + the event without its opening brace.
-                Some(s) => {
-                    data.extend_from_slice(format!("{{\"stream\":\"{s}\",").as_bytes());
-                    data.extend_from_slice(&e.as_bytes()[1..]);
-                }
-                None => data.extend_from_slice(e.as_bytes()),
-            }
+            data.extend_from_slice(e.as_bytes());
             data.push(b'\n');
         }
         let mut socket = TcpStream::connect(addr)

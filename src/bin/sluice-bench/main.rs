@@ -332,7 +332,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                 ),
                 "tcp" => {
                     let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
-                    load::tcp_lines(addr, &events, None, args.tcp_connections).await?;
+                    load::tcp_lines(addr, &events, args.tcp_connections).await?;
                     (
                         load::Latencies::default(),
                         events.len(),
