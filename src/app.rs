@@ -89,7 +89,17 @@ impl App {
             config.defaults.queue_max_events,
             config.defaults.queue_max_bytes,
         );
-        let ingest = Arc::new(Ingest::new(registry, queues, dl_tx));
+        let max_payload = config
+            .dead_letters
+            .max_payload_bytes
+            .min(sink.max_value_bytes());
+        let ingest = Arc::new(Ingest::new(
+            registry,
+            queues,
+            dl_tx,
+            max_payload,
+            sink.dialect(),
+        ));
         let http = TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -142,6 +152,7 @@ impl App {
                     target: StreamTarget {
                         stats: self.ingest.stats(&stream.name).cloned().unwrap_or_default(),
                         stream,
+                        max_payload: self.ingest.max_payload(),
                     },
                     settings,
                     stop: stop_batchers.clone(),

@@ -12,7 +12,14 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// Sections of the file that `SLUICE_<SECTION>_<KEY>` environment variables address.
-const ENV_SECTIONS: &[&str] = &["database", "http", "admin", "tcp", "defaults"];
+const ENV_SECTIONS: &[&str] = &[
+    "database",
+    "http",
+    "admin",
+    "tcp",
+    "defaults",
+    "dead_letters",
+];
 /// Top-level keys that `SLUICE_<KEY>` environment variables address.
 const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout", "log_summary_interval"];
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
@@ -50,6 +57,9 @@ pub struct Config {
     /// Per-stream settings that apply unless a `[streams.NAME]` section overrides them.
     #[serde(default)]
     pub defaults: StreamSettings,
+    /// The dead-letter table: payload bound, retention.
+    #[serde(default)]
+    pub dead_letters: DeadLettersConfig,
     /// Per-stream overrides, keyed by stream name.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -127,6 +137,16 @@ pub struct TcpConfig {
     /// A connection that sends nothing for this long is closed (e.g. `"10m"`).
     #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
     pub idle_timeout: Duration,
+}
+
+/// `[dead_letters]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    /// Most bytes of payload text a dead letter keeps; a longer payload keeps this
+    /// prefix, and its error names the received length and SHA-256.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
 }
 
 /// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
@@ -218,6 +238,9 @@ fn default_idle_timeout() -> Duration {
 fn default_stream_field() -> String {
     "stream".to_owned()
 }
+fn default_max_payload_bytes() -> usize {
+    crate::event::DEFAULT_MAX_PAYLOAD_BYTES
+}
 fn default_batch_max_events() -> usize {
     1000
 }
@@ -246,7 +269,8 @@ default_from_empty_table!(
     DatabaseConfig,
     HttpConfig,
     TcpConfig,
-    StreamSettings
+    StreamSettings,
+    DeadLettersConfig
 );
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -394,6 +418,9 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err("[database]: max_connections must be greater than 0".into());
+        }
+        if self.dead_letters.max_payload_bytes < 1024 {
+            return Err("[dead_letters]: max_payload_bytes must be at least 1024".into());
         }
         if self.log_summary_interval.is_zero() {
             return Err("log_summary_interval must be greater than 0 (e.g. \"10s\")".into());

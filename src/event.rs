@@ -80,14 +80,16 @@ impl Stage {
     }
 }
 
-/// A row of `sluice_dead_letters`.
+/// A row of `sluice_dead_letters`. Build it with [`DeadLetter::new`], which makes every
+/// text field storable in every database and bounds the payload.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub stream: Option<String>,
     pub stage: Stage,
     /// Human-readable reason, with the JSON pointer for schema errors.
     pub error: String,
-    /// The original bytes as text (see [`payload_text`]).
+    /// The original bytes as text (see [`payload_text`]), at most the configured
+    /// `dead_letters.max_payload_bytes`.
     pub payload: String,
     pub source: Arc<str>,
     pub received_at: DateTime<Utc>,
@@ -96,23 +98,109 @@ pub struct DeadLetter {
     pub index: usize,
 }
 
+/// Payload bytes a dead letter keeps by default (`dead_letters.max_payload_bytes`).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+impl DeadLetter {
+    /// A dead letter for the bytes `raw`. NUL in `stream`, `error` and `source` is written
+    /// as `\x00` (PostgreSQL's text types refuse it); the payload is [`payload_text`],
+    /// cut to `max_payload` bytes when longer, and then the error says so, with the
+    /// length and SHA-256 of everything that was received.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: Option<&str>,
+        stage: Stage,
+        error: &str,
+        raw: &[u8],
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+        index: usize,
+        max_payload: usize,
+    ) -> DeadLetter {
+        let (payload, cut) = bounded_payload_text(raw, max_payload);
+        let mut error = storable(error).into_owned();
+        if cut {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(raw);
+            let mut hex = String::with_capacity(64);
+            for b in digest {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            error.push_str(&format!(
+                " [payload truncated: {} bytes of text kept of the {} bytes received; SHA-256 of the bytes received: {hex}]",
+                payload.len(),
+                raw.len()
+            ));
+        }
+        let source: Arc<str> = if source.contains('\0') {
+            storable(source).into()
+        } else {
+            source.clone()
+        };
+        DeadLetter {
+            stream: stream.map(|s| storable(s).into_owned()),
+            stage,
+            error,
+            payload,
+            source,
+            received_at,
+            attempts: 1,
+            index,
+        }
+    }
+
+    /// Bytes of memory the dead letter's texts hold, counted against its queue.
+    pub fn memory_size(&self) -> usize {
+        self.payload.len() + self.error.len()
+    }
+}
+
+/// `text` with NUL written as `\x00`, the one character a database's text type refuses
+/// (PostgreSQL) in a Rust string.
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\\x00").into()
+    } else {
+        text.into()
+    }
+}
+
 /// The original bytes as text: valid UTF-8 is kept as is, except NUL; every byte of an
 /// invalid sequence and every NUL is written as `\xNN`, so nothing is lost and every
 /// database's text type accepts it.
 pub fn payload_text(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
+    bounded_payload_text(bytes, usize::MAX).0
+}
+
+/// [`payload_text`] cut to at most `max` bytes (on a character and escape boundary), and
+/// whether it was cut. Stops converting at the limit, so a small body of bytes that each
+/// become four characters never costs more than `max`.
+pub fn bounded_payload_text(bytes: &[u8], max: usize) -> (String, bool) {
+    let mut out = String::with_capacity(bytes.len().min(max));
+    let fits = |out: &String, more: usize| out.len() + more <= max;
     for chunk in bytes.utf8_chunks() {
         for (i, part) in chunk.valid().split('\0').enumerate() {
             if i > 0 {
+                if !fits(&out, 4) {
+                    return (out, true);
+                }
                 out.push_str("\\x00");
+            }
+            if !fits(&out, part.len()) {
+                let room = max.saturating_sub(out.len());
+                out.push_str(truncate_utf8(part, room));
+                return (out, true);
             }
             out.push_str(part);
         }
         for b in chunk.invalid() {
+            if !fits(&out, 4) {
+                return (out, true);
+            }
             out.push_str(&format!("\\x{b:02X}"));
         }
     }
-    out
+    (out, false)
 }
 
 /// Truncates `s` to at most `max` bytes on a character boundary.
@@ -136,6 +224,38 @@ mod tests {
         assert_eq!(payload_text("héllo ✓".as_bytes()), "héllo ✓");
         assert_eq!(payload_text(b"a\xffb\x00c"), "a\\xFFb\\x00c");
         assert_eq!(payload_text(b"\xe2\x9c"), "\\xE2\\x9C");
+    }
+
+    #[test]
+    fn payloads_are_cut_at_the_limit_on_escape_boundaries() {
+        assert_eq!(bounded_payload_text(b"abc", 3), ("abc".into(), false));
+        assert_eq!(bounded_payload_text(b"abcd", 3), ("abc".into(), true));
+        assert_eq!(
+            bounded_payload_text(b"a\xff\xff", 6),
+            ("a\\xFF".into(), true)
+        );
+        assert_eq!(bounded_payload_text("aé".as_bytes(), 2), ("a".into(), true));
+        let (text, cut) = bounded_payload_text(&vec![0xFF; 10_000_000], 1000);
+        assert!(cut && text.len() <= 1000 && text.len() >= 996);
+    }
+
+    #[test]
+    fn dead_letter_text_fields_escape_nul_and_name_a_cut_payload() {
+        let source: Arc<str> = "http \0".into();
+        let d = DeadLetter::new(
+            Some("a\0b"),
+            Stage::Route,
+            "bad \0 key",
+            b"0123456789",
+            &source,
+            Utc::now(),
+            0,
+            4,
+        );
+        assert_eq!(d.stream.as_deref(), Some("a\\x00b"));
+        assert_eq!(&*d.source, "http \\x00");
+        assert_eq!(d.payload, "0123");
+        assert!(d.error.starts_with("bad \\x00 key [payload truncated: 4 bytes of text kept of the 10 bytes received; SHA-256 of the bytes received: 84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882]"), "{}", d.error);
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub enum ApiError {
     ShuttingDown,
     /// 503: the database did not answer a read (the details are logged, not sent).
     DatabaseUnavailable,
+    /// 500: the database refused events and their dead letters too; the request is not
+    /// acknowledged (some of its events may be stored).
+    NotStored { events: usize, reason: String },
 }
 
 impl IntoResponse for ApiError {
@@ -201,6 +204,12 @@ impl IntoResponse for ApiError {
                 ErrorBody::new(
                     "the database did not answer; retry later (see /readyz and the logs)",
                 ),
+            ),
+            ApiError::NotStored { events, reason } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody::new(format!(
+                    "{events} event(s) of this request could not be stored, not even as dead letters (the database said: {reason}); the request is not acknowledged: retry it, and see Sluice's logs"
+                )),
             ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -320,6 +329,7 @@ fn is_zero(n: &usize) -> bool {
         (status = 404, description = "Unknown stream (the body was dead-lettered, stage `route`).", body = ErrorBody),
         (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
         (status = 415, description = "Unsupported `Content-Type` or `Content-Encoding`.", body = ErrorBody),
+        (status = 500, description = "Events could not be stored, not even as dead letters; nothing is acknowledged, see the logs.", body = ErrorBody),
         (status = 503, description = "The stream's queue stayed full, or Sluice is shutting down; nothing was accepted, retry.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait (sent when the queue is full)."))),
     )
@@ -370,7 +380,7 @@ pub async fn ingest_events(
     let timeout = state.http.enqueue_timeout;
 
     let Some(stream) = ingest.registry.get(&stream_name).cloned() else {
-        let mut batch = Batch::default();
+        let mut batch = ingest.batch();
         let error = format!("unknown stream `{stream_name}`");
         batch.reject(
             None,
@@ -394,7 +404,7 @@ pub async fn ingest_events(
     let pieces = match body::split(format, body, state.http.max_events_per_request) {
         Ok(p) => p,
         Err(BodyError::Malformed(error)) => {
-            let mut batch = Batch::default();
+            let mut batch = ingest.batch();
             let ev = EventError {
                 index: 0,
                 stage: Stage::Parse,
@@ -418,7 +428,7 @@ pub async fn ingest_events(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut batch = Batch::default();
+    let mut batch = ingest.batch();
     for (index, piece) in pieces.into_iter().enumerate() {
         match piece.value {
             // The raw text of a parsed piece is valid UTF-8.
@@ -464,11 +474,14 @@ pub async fn ingest_events(
         });
     }
     errors.sort_by_key(|e| e.index);
-    let dead_lettered = errors.len();
+    // An event is counted once, whatever number of errors it has.
+    let mut indices: Vec<usize> = errors.iter().map(|e| e.index).collect();
+    indices.dedup();
+    let dead_lettered = indices.len();
     let errors_omitted = errors.len().saturating_sub(MAX_REPORTED_ERRORS);
     errors.truncate(MAX_REPORTED_ERRORS);
     let response = IngestResponse {
-        accepted: total - dead_lettered,
+        accepted: total.saturating_sub(dead_lettered),
         dead_lettered,
         errors,
         errors_omitted,
@@ -511,11 +524,17 @@ async fn submit(
     if !wait_for_commit {
         return Ok(Vec::new());
     }
-    pending
+    let outcome = pending
         .committed()
         .await
-        .map(|o| o.rejected)
-        .map_err(|_| ApiError::ShuttingDown)
+        .map_err(|_| ApiError::ShuttingDown)?;
+    if let Some(first) = outcome.lost.first() {
+        return Err(ApiError::NotStored {
+            events: outcome.lost.len(),
+            reason: first.error.clone(),
+        });
+    }
+    Ok(outcome.rejected)
 }
 
 /// Counts every request by status, with its duration.

@@ -23,10 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{payload_text, DeadLetter, Row, Stage};
+use crate::event::{DeadLetter, Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::log_summary::LogSummary;
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
 use crate::schema::{Registry, Stream};
+use crate::sink::Dialect;
 use crate::stats::StreamStats;
 use crate::telemetry;
 
@@ -88,7 +89,7 @@ pub struct EventError {
 }
 
 /// The events of one request, sorted into rows and dead letters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub rows: Vec<Row>,
     pub letters: Vec<DeadLetter>,
@@ -97,6 +98,24 @@ pub struct Batch {
     pub row_bytes: usize,
     /// Bytes the dead letters count against the dead-letter queue.
     pub letter_bytes: usize,
+    /// Most payload bytes a dead letter keeps (`dead_letters.max_payload_bytes`).
+    pub max_payload: usize,
+    /// The database the rows go to, to set aside values it is known to refuse.
+    pub storage: Option<Dialect>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            rows: Vec::new(),
+            letters: Vec::new(),
+            errors: Vec::new(),
+            row_bytes: 0,
+            letter_bytes: 0,
+            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
+            storage: None,
+        }
+    }
 }
 
 impl Batch {
@@ -109,18 +128,18 @@ impl Batch {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) {
-        let payload = payload_text(raw);
-        self.letter_bytes += payload.len();
-        self.letters.push(DeadLetter {
-            stream: stream.map(str::to_owned),
-            stage: err.stage,
-            error: err.error.clone(),
-            payload,
-            source: source.clone(),
+        let letter = DeadLetter::new(
+            stream,
+            err.stage,
+            &err.error,
+            raw,
+            source,
             received_at,
-            attempts: 1,
-            index: err.index,
-        });
+            err.index,
+            self.max_payload,
+        );
+        self.letter_bytes += letter.memory_size();
+        self.letters.push(letter);
         self.errors.push(err);
     }
 
@@ -134,7 +153,19 @@ impl Batch {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) {
-        match stream.to_row(value, raw.into(), source.clone(), index, received_at) {
+        let row = stream
+            .to_row(value, raw.into(), source.clone(), index, received_at)
+            .and_then(
+                |row| match self.storage.and_then(|d| d.refused_value(stream, &row)) {
+                    None => Ok(row),
+                    Some((pointer, error)) => Err(crate::schema::Rejection {
+                        stage: Stage::Write,
+                        error: format!("at {pointer}: {error}"),
+                        pointer: Some(pointer),
+                    }),
+                },
+            );
+        match row {
             Ok(row) => {
                 self.row_bytes += row.memory_size();
                 self.rows.push(row);
@@ -234,6 +265,7 @@ impl Pending {
         for rx in [self.rows, self.letters].into_iter().flatten() {
             let o = rx.await.map_err(|_| QueueError::Closed)?;
             outcome.rejected.extend(o.rejected);
+            outcome.lost.extend(o.lost);
         }
         Ok(outcome)
     }
@@ -248,6 +280,10 @@ pub struct Ingest {
     stats: HashMap<String, Arc<StreamStats>>,
     /// Dead letters set aside at ingest, logged once per kind and then summarised.
     pub dead_letter_log: LogSummary,
+    /// Most payload bytes a dead letter keeps.
+    max_payload: usize,
+    /// The database written to.
+    storage: Dialect,
 }
 
 impl Ingest {
@@ -255,6 +291,8 @@ impl Ingest {
         registry: Registry,
         queues: HashMap<String, QueueSender<Row>>,
         dead_letters: QueueSender<DeadLetter>,
+        max_payload: usize,
+        storage: Dialect,
     ) -> Ingest {
         let stats = registry
             .names()
@@ -267,6 +305,22 @@ impl Ingest {
             dead_letters,
             stats,
             dead_letter_log: LogSummary::default(),
+            max_payload,
+            storage,
+        }
+    }
+
+    /// Most payload bytes a dead letter keeps.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// An empty batch whose dead letters keep at most `dead_letters.max_payload_bytes`.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            max_payload: self.max_payload,
+            storage: Some(self.storage),
+            ..Batch::default()
         }
     }
 
@@ -360,8 +414,8 @@ impl Ingest {
             };
             pending.push(self.submit(stream, part, true).await?);
         }
-        for piece in split_to_fit(batch.letters, letter_cap, |d| d.payload.len()) {
-            let letter_bytes = piece.iter().map(|d| d.payload.len()).sum();
+        for piece in split_to_fit(batch.letters, letter_cap, DeadLetter::memory_size) {
+            let letter_bytes = piece.iter().map(DeadLetter::memory_size).sum();
             let part = Batch {
                 letters: piece,
                 letter_bytes,

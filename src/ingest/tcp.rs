@@ -212,7 +212,7 @@ impl Connection {
     async fn ingest_chunk(&mut self, chunk: Vec<Frame>) -> bool {
         let received_at = chrono::Utc::now();
         let mut per_stream: Vec<(Arc<Stream>, Batch)> = Vec::new();
-        let mut unrouted = Batch::default();
+        let mut unrouted = self.ingest.batch();
         for frame in chunk {
             let index = self.line;
             self.line += 1;
@@ -262,7 +262,7 @@ impl Connection {
             let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
                 Some(i) => i,
                 None => {
-                    per_stream.push((stream.clone(), Batch::default()));
+                    per_stream.push((stream.clone(), self.ingest.batch()));
                     per_stream.len() - 1
                 }
             };

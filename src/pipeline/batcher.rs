@@ -55,6 +55,8 @@ pub trait Item: Send + Sync + Sized + 'static {
 pub struct StreamTarget {
     pub stream: Arc<Stream>,
     pub stats: Arc<StreamStats>,
+    /// Most payload bytes a write-stage dead letter keeps.
+    pub max_payload: usize,
 }
 
 impl Item for Row {
@@ -92,16 +94,16 @@ impl Item for Row {
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
-        Some(DeadLetter {
-            stream: Some(target.stream.name.clone()),
-            stage: Stage::Write,
-            error: error.to_string(),
-            payload: self.raw.to_string(),
-            source: self.source.clone(),
-            received_at: self.received_at,
-            attempts: 1,
-            index: self.index,
-        })
+        Some(DeadLetter::new(
+            Some(&target.stream.name),
+            Stage::Write,
+            &error.to_string(),
+            self.raw.as_bytes(),
+            &self.source,
+            self.received_at,
+            self.index,
+            target.max_payload,
+        ))
     }
 }
 
@@ -125,15 +127,17 @@ impl Item for DeadLetter {
     }
 
     fn dead_letter(&self, _target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
-        // A dead letter has no further place to go. Its text is made safe for every
-        // database (see `payload_text`), so this is not expected; log all of it.
+        // A dead letter has no further place to go. Its text is made storable in every
+        // database (see `DeadLetter::new`), so this is not expected: the producer is
+        // told it was not stored (HTTP 500), and it is logged with a bounded payload.
         tracing::error!(
             stream = self.stream.as_deref().unwrap_or("-"),
             stage = self.stage.as_str(),
             reason = %self.error,
-            payload = %self.payload,
+            payload_prefix = %crate::event::truncate_utf8(&self.payload, 1024),
+            payload_bytes = self.payload.len(),
             %error,
-            "The database refused a dead letter; it is logged here instead."
+            "The database refused a dead letter; it is not stored and the request is not acknowledged."
         );
         None
     }
@@ -245,6 +249,7 @@ pub async fn write_isolating(sink: Arc<dyn Sink>, stream: Arc<Stream>, rows: &[R
         target: StreamTarget {
             stream,
             stats: Arc::default(),
+            max_payload: crate::event::DEFAULT_MAX_PAYLOAD_BYTES,
         },
         settings: StreamSettings::default(),
     };
@@ -279,39 +284,63 @@ impl<T: Item> Writer<T> {
             let written = chunk.len() - (refused.len() - before);
             T::record_written(&self.target, written, started.elapsed().as_secs_f64());
         }
-        let letters: Vec<DeadLetter> = refused
-            .iter()
-            .filter_map(|(i, e)| items[*i].dead_letter(&self.target, e))
-            .collect();
-        if !letters.is_empty() {
-            for letter in &letters {
-                telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
+        // Each refused item becomes a dead letter, if it can (a refused dead letter
+        // cannot). Those that cannot, or whose dead letters the database refuses too,
+        // are lost: their producers are told so instead of being acknowledged.
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut has_letter = vec![false; refused.len()];
+        for (n, (i, e)) in refused.iter().enumerate() {
+            if let Some(letter) = items[*i].dead_letter(&self.target, e) {
+                letters.push(letter);
+                has_letter[n] = true;
             }
-            T::record_dead_lettered(&self.target, letters.len());
-            T::record_error(&self.target, &refused[0].1.to_string());
+        }
+        if !letters.is_empty() {
             tracing::warn!(
                 target_name = T::target_name(&self.target),
                 count = letters.len(),
                 first_error = %refused[0].1,
                 "The database refused rows; they are dead-lettered (stage write), the rest of the batch is written."
             );
+            T::record_error(&self.target, &refused[0].1.to_string());
             // Dead letters are written before the acknowledgement: a 200 means each event
             // is in its table or in the dead-letter table.
-            if let Err(e) = self
-                .write_retrying(letters.len(), || self.sink.write_dead_letters(&letters))
-                .await
-            {
-                for letter in &letters {
-                    let _ = letter.dead_letter(&(), &e);
+            let mut stored: Vec<(usize, SinkError)> = Vec::new();
+            let letter_writer = Writer::<DeadLetter> {
+                sink: self.sink.clone(),
+                target: (),
+                settings: self.settings.clone(),
+            };
+            letter_writer
+                .write_isolating(&letters, 0, &mut stored)
+                .await;
+            let failed: std::collections::HashSet<usize> = stored.iter().map(|(i, _)| *i).collect();
+            for (i, letter) in letters.iter().enumerate() {
+                if failed.contains(&i) {
+                    // Logs it with the database's reason.
+                    let _ = letter.dead_letter(&(), &stored[0].1);
+                } else {
+                    telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
+                }
+            }
+            T::record_dead_lettered(&self.target, letters.len() - failed.len());
+            for (k, flag) in has_letter.iter_mut().filter(|f| **f).enumerate() {
+                if failed.contains(&k) {
+                    *flag = false;
                 }
             }
         }
         let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::default()).collect();
-        for (i, error) in refused {
-            outcomes[owners[i]].rejected.push(Rejected {
+        for ((i, error), stored) in refused.into_iter().zip(has_letter) {
+            let r = Rejected {
                 index: items[i].index(),
                 error: error.to_string(),
-            });
+            };
+            if stored {
+                outcomes[owners[i]].rejected.push(r);
+            } else {
+                outcomes[owners[i]].lost.push(r);
+            }
         }
         for (env, outcome) in batch.into_iter().zip(outcomes) {
             if let Some(ack) = env.ack {

@@ -26,6 +26,9 @@ pub struct Rejected {
 pub struct Outcome {
     /// Events that the database refused and that were dead-lettered instead.
     pub rejected: Vec<Rejected>,
+    /// Events that could not be stored at all: the database refused them and their
+    /// dead letters (or, for a dead letter, itself). Never acknowledged as stored.
+    pub lost: Vec<Rejected>,
 }
 
 /// Room reserved in a queue; given back when dropped.

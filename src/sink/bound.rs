@@ -325,8 +325,10 @@ where
 pub struct BoundSink<DB: Database> {
     pub pool: Pool<DB>,
     pub dialect: Dialect,
-    /// Payload bytes per statement (MySQL's `max_allowed_packet`; memory for SQLite).
+    /// Payload bytes per statement (under MySQL's `max_allowed_packet`; memory for SQLite).
     pub max_statement_bytes: usize,
+    /// Largest text value in one row (see [`Sink::max_value_bytes`]).
+    pub max_value_bytes: usize,
     pub timestamp: TimestampText,
 }
 
@@ -391,6 +393,10 @@ where
 
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
     }
 
     fn prepare<'a>(

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::event::Cell;
+use crate::event::{Cell, Row};
 use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
 
 /// Name of the dead-letter table (DESIGN.md "Dead letters").
@@ -335,6 +335,61 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// Why the database would refuse a value of `row` that its schema accepts, as a JSON
+    /// pointer and a reason, so that the event is dead-lettered when its row is built
+    /// instead of failing (and bisecting) a whole batch: NUL in PostgreSQL text and
+    /// `jsonb`, year 0 in PostgreSQL `timestamptz`, years outside 1000-9999 in MySQL's
+    /// `datetime(6)`.
+    pub fn refused_value(self, stream: &Stream, row: &Row) -> Option<(String, String)> {
+        use chrono::Datelike;
+        let name = self.name();
+        for (col, cell) in stream.columns.iter().zip(&row.cells) {
+            let reason = match (self, cell) {
+                (Dialect::Postgres, Cell::Text(s)) if s.contains('\0') => format!(
+                    "{name} cannot store the NUL character (\\u0000) in text; remove it from the value"
+                ),
+                (Dialect::Postgres, Cell::Json(s)) if json_has_nul(s) => format!(
+                    "{name} cannot store the NUL character (\\u0000) in jsonb; remove it from the value"
+                ),
+                (Dialect::Postgres, Cell::Timestamp(t)) if t.year() == 0 => format!(
+                    "{name}'s timestamptz has no year 0; send a year from 0001"
+                ),
+                (Dialect::Mysql, Cell::Timestamp(t)) if !(1000..=9999).contains(&t.year()) => {
+                    format!("{name}'s datetime(6) supports years 1000 to 9999 only")
+                }
+                _ => continue,
+            };
+            return Some((format!("/{}", col.name), reason));
+        }
+        match (self, &row.extra) {
+            (Dialect::Postgres, Some(extra)) if json_has_nul(extra) => Some((
+                String::new(),
+                format!("{name} cannot store the NUL character (\\u0000) in jsonb, and a property the schema does not declare (kept in {EXTRA}) holds one; remove it"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Whether JSON text written by serde_json holds an escaped NUL (`\u0000`) in a string
+/// or key. Escapes are read in order, so `\\u0000` (a backslash, then `u0000`) is not one.
+fn json_has_nul(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(p) = bytes[i..].iter().position(|b| *b == b'\\') {
+        let at = i + p;
+        if bytes[at + 1..].starts_with(b"u0000") {
+            return true;
+        }
+        i = at + 2;
+        if i >= bytes.len() {
+            return false;
+        }
+    }
+    false
+}
+
 /// A timestamp as SQLite stores it: RFC 3339, UTC, microseconds.
 pub fn sqlite_timestamp(t: &DateTime<Utc>) -> String {
     let mut out = String::with_capacity(27);
@@ -455,6 +510,19 @@ mod tests {
         }
     }
     use super::*;
+
+    #[test]
+    fn escaped_nul_is_found_in_json_text_and_an_escaped_backslash_is_not_one() {
+        assert!(json_has_nul(
+            &serde_json::json!({"a": "x\u{0}y"}).to_string()
+        ));
+        assert!(json_has_nul(&serde_json::json!({"k\u{0}": 1}).to_string()));
+        assert!(!json_has_nul(
+            &serde_json::json!({"a": "\\u0000"}).to_string()
+        ));
+        assert!(!json_has_nul(r#"{"a":"\\"}"#));
+        assert!(!json_has_nul("\\"));
+    }
 
     #[test]
     fn quoting_doubles_the_quote_character() {

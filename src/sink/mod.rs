@@ -85,6 +85,11 @@ pub trait Sink: Send + Sync + 'static {
             Dialect::Postgres | Dialect::Mysql => 2,
         }
     }
+    /// Largest text value one row may carry: MySQL's `max_allowed_packet` bounds a
+    /// whole statement, so a dead letter's payload must stay well under it.
+    fn max_value_bytes(&self) -> usize {
+        usize::MAX
+    }
     /// Creates the dead-letter table and every stream's table if missing.
     fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
     /// Writes `rows` to `stream`'s table in one transaction, deleting the dead letters

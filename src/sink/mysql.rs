@@ -12,7 +12,8 @@ use super::dialect::{mysql_timestamp, Dialect};
 use super::{sink_error, SinkError};
 use crate::config::DatabaseConfig;
 
-/// Payload bytes per statement, well under MariaDB's default 16 MiB `max_allowed_packet`.
+/// Payload bytes per statement at most; less when the server's `max_allowed_packet` is
+/// below 8 MiB (MariaDB's default is 16 MiB, MySQL's 64 MiB).
 const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkError> {
@@ -24,10 +25,18 @@ pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkEr
         .connect_with(options)
         .await
         .map_err(&err)?;
+    // A statement above max_allowed_packet makes the server drop the connection, which
+    // looks transient and would be retried forever: stay well under it.
+    let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+        .fetch_one(&pool)
+        .await
+        .map_err(&err)?;
+    let packet = usize::try_from(packet).unwrap_or(MAX_STATEMENT_BYTES);
     Ok(BoundSink {
         pool,
         dialect: Dialect::Mysql,
-        max_statement_bytes: MAX_STATEMENT_BYTES,
+        max_statement_bytes: MAX_STATEMENT_BYTES.min(packet / 2),
+        max_value_bytes: (packet / 4).max(1024),
         timestamp: mysql_timestamp,
     })
 }

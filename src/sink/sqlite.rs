@@ -88,6 +88,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
             pool,
             dialect: Dialect::Sqlite,
             max_statement_bytes: MAX_STATEMENT_BYTES,
+            max_value_bytes: usize::MAX,
             timestamp: sqlite_timestamp,
         },
         writer: Arc::new(RowWriter {

@@ -4,6 +4,7 @@ mod helpers;
 
 mod api;
 mod cli;
+mod dead_letters;
 mod delivery;
 mod errors;
 mod evolution;
