@@ -157,6 +157,7 @@ impl App {
                     settings,
                     stop: stop_batchers.clone(),
                     concurrency: self.sink.write_concurrency(),
+                    write_timeout: self.config.database.write_timeout,
                 }
                 .run(),
             );
@@ -169,6 +170,7 @@ impl App {
                 settings: self.config.defaults.clone(),
                 stop: stop_batchers.clone(),
                 concurrency: 1,
+                write_timeout: self.config.database.write_timeout,
             }
             .run(),
         );
@@ -231,8 +233,12 @@ impl App {
             accepting.clone(),
         ));
         accepting.cancelled().await;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let served = tokio::time::timeout_at(deadline, http).await;
+        // The budget is split: in-flight requests and connections get the first half,
+        // so that a slow client can never eat the time the queues need to flush.
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let grace = started + timeout / 2;
+        let served = tokio::time::timeout_at(grace, http).await;
 
         // In order: in-flight HTTP requests are done (above); TCP connections finish
         // queueing what they read; the queues refuse more; the batchers drain.
@@ -242,7 +248,7 @@ impl App {
             "Shutting down: no new requests or connections; flushing queues."
         );
         connections.close();
-        let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
+        let _ = tokio::time::timeout_at(grace, connections.wait()).await;
         self.ingest.close();
         stop_batchers.cancel();
         let drained = tokio::time::timeout_at(deadline, tracker.wait())
@@ -258,12 +264,19 @@ impl App {
                 "Queues were not flushed within shutdown_timeout (is the database down?); unflushed events are lost."
             );
         }
-        self.sink.close().await;
+        // Closing waits for connections in use; a database that stopped answering must
+        // not hold the exit past the budget.
+        if tokio::time::timeout_at(deadline, self.sink.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("The database connections did not close within shutdown_timeout; exiting without them.");
+        }
         match served {
             Ok(joined) => joined.context("the HTTP server task failed")?,
-            Err(_) => {
-                tracing::error!("In-flight HTTP requests did not finish within shutdown_timeout.")
-            }
+            Err(_) => tracing::warn!(
+                "In-flight HTTP requests did not finish within half of shutdown_timeout; they were answered 503 or cut off."
+            ),
         }
         if drained {
             Ok(())

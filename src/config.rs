@@ -78,6 +78,26 @@ pub struct DatabaseConfig {
     /// How long a write waits for a pooled connection before counting as a transient failure.
     #[serde(default = "default_acquire_timeout", deserialize_with = "duration")]
     pub acquire_timeout: Duration,
+    /// Longest one batch write may take before it counts as a transient failure and is
+    /// retried on another connection (a database that drops packets never answers).
+    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
+    pub write_timeout: Duration,
+    /// SQLite only: `full` (the default) fsyncs the log at every commit, so a commit
+    /// survives power loss; `normal` syncs only at checkpoints, so a commit survives a
+    /// crash of Sluice but the last ones may be lost on power loss or a kernel crash.
+    #[serde(default)]
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// `[database] sqlite_synchronous`: SQLite's `PRAGMA synchronous` in WAL mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// The log is fsynced at every commit: durable across power loss.
+    #[default]
+    Full,
+    /// The log is fsynced at checkpoints only: durable across a crash of the process.
+    Normal,
 }
 
 /// `[http]`.
@@ -102,6 +122,10 @@ pub struct HttpConfig {
     /// A client must send a request's headers within this time (slow clients are cut off).
     #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// A client must send a request's whole body within this time (408 after it), so a
+    /// client sending a byte a minute cannot hold a connection.
+    #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 /// `[admin]`.
@@ -205,6 +229,9 @@ fn default_max_connections() -> u32 {
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_write_timeout() -> Duration {
+    crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT
+}
 fn default_http_listen() -> String {
     "127.0.0.1:8080".to_owned()
 }
@@ -222,6 +249,9 @@ fn default_max_connections_http() -> usize {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_tcp_listen() -> String {
     "127.0.0.1:9000".to_owned()
@@ -408,16 +438,42 @@ impl Config {
                 ));
             }
         }
-        if self.http.max_body_bytes == 0 || self.http.max_events_per_request == 0 {
-            return Err(
-                "[http]: max_body_bytes and max_events_per_request must be greater than 0".into(),
-            );
+        // A zero limit would refuse every client or hang every request: name the key.
+        let counts = [
+            ("http.max_body_bytes", self.http.max_body_bytes),
+            (
+                "http.max_events_per_request",
+                self.http.max_events_per_request,
+            ),
+            ("http.max_connections", self.http.max_connections),
+            ("tcp.max_connections", self.tcp.max_connections),
+            ("tcp.max_line_bytes", self.tcp.max_line_bytes),
+            (
+                "database.max_connections",
+                self.database.max_connections as usize,
+            ),
+        ];
+        for (key, value) in counts {
+            if value == 0 {
+                return Err(format!(
+                    "{key} = 0 would refuse everything; it must be greater than 0"
+                ));
+            }
         }
-        if self.tcp.max_connections == 0 || self.tcp.max_line_bytes == 0 {
-            return Err("[tcp]: max_connections and max_line_bytes must be greater than 0".into());
-        }
-        if self.database.max_connections == 0 {
-            return Err("[database]: max_connections must be greater than 0".into());
+        let durations = [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.body_read_timeout", self.http.body_read_timeout),
+            ("tcp.idle_timeout", self.tcp.idle_timeout),
+            ("database.acquire_timeout", self.database.acquire_timeout),
+            ("database.write_timeout", self.database.write_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                return Err(format!(
+                    "{key} = 0 would cut off every request or connection at once; give a duration such as \"10s\""
+                ));
+            }
         }
         if self.dead_letters.max_payload_bytes < 1024 {
             return Err("[dead_letters]: max_payload_bytes must be at least 1024".into());
@@ -520,6 +576,26 @@ mod tests {
         assert_eq!(s.batch_max_events, 10);
         assert_eq!(s.batch_max_wait, Duration::from_secs(1));
         assert_eq!(c.streams["orders"].table.as_deref(), Some("o"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused_naming_the_key() {
+        for (toml, key) in [
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[tcp]\nmax_connections = 0\n", "tcp.max_connections"),
+            (
+                "[database]\nmax_connections = 0\n",
+                "database.max_connections",
+            ),
+            (
+                "[http]\nbody_read_timeout = \"0s\"\n",
+                "http.body_read_timeout",
+            ),
+            ("shutdown_timeout = \"0s\"\n", "shutdown_timeout"),
+        ] {
+            let e = Config::from_toml_and_env(toml, "t", env(&[])).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -102,10 +102,13 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let app = App::build(config).await?;
         app.run_until_stopped(shutdown_signal()).await
-    })
+    });
+    // A write still waiting on a database that stopped answering must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! write, last error, and the write rate over the last minute. Owned by the running
 //! app (not process-wide), updated per request or per batch.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +22,8 @@ pub struct StreamStats {
     /// Unix microseconds of the last committed batch; 0 before the first.
     last_write_micros: AtomicI64,
     last_error: Mutex<Option<(DateTime<Utc>, String)>>,
+    /// Whether the batch being written failed for a transient reason and is retried.
+    retrying: AtomicBool,
     /// Rows written per second over the last minute.
     rate: Mutex<Window>,
 }
@@ -83,6 +85,16 @@ impl StreamStats {
         w.buckets[(at.timestamp() as usize) % WINDOW] += n as u64;
     }
 
+    /// Notes whether the current batch is being retried after a transient failure.
+    pub fn retrying(&self, yes: bool) {
+        self.retrying.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether the current batch is being retried.
+    pub fn is_retrying(&self) -> bool {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
     pub fn error(&self, message: &str, at: DateTime<Utc>) {
         *lock(&self.last_error) = Some((at, message.to_owned()));
     }
@@ -111,6 +123,7 @@ impl StreamStats {
             rejected: self.rejected.load(Ordering::Relaxed),
             last_write_at: last_write,
             last_error,
+            retrying: self.is_retrying(),
             written_per_second_1m: per_second,
         }
     }
@@ -131,6 +144,9 @@ pub struct Snapshot {
     pub last_write_at: Option<String>,
     /// The last write error, `null` if there was none.
     pub last_error: Option<LastError>,
+    /// The batch being written failed for a transient reason (the database is down, a
+    /// table or column is missing, ...) and is retried; see `last_error`.
+    pub retrying: bool,
     /// Rows written per second, averaged over the last 60 seconds.
     pub written_per_second_1m: f64,
 }

@@ -88,6 +88,14 @@ pub fn queue_depth(stream: &str, events: usize, bytes: usize) {
     gauge!("sluice_queue_bytes", "stream" => stream.to_owned()).set(bytes as f64);
 }
 
+/// Whether a stream's queue is full and whether its batch is being retried (1 or 0).
+pub fn stream_state(stream: &str, saturated: bool, retrying: bool) {
+    gauge!("sluice_stream_saturated", "stream" => stream.to_owned())
+        .set(f64::from(u8::from(saturated)));
+    gauge!("sluice_stream_retrying", "stream" => stream.to_owned())
+        .set(f64::from(u8::from(retrying)));
+}
+
 pub fn tcp_connection_opened() {
     gauge!("sluice_tcp_connections").increment(1.0);
 }

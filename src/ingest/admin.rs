@@ -36,6 +36,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         if let Some(q) = state.ingest.queue(&stream.name) {
             let (events, bytes) = q.depth();
             telemetry::queue_depth(&stream.name, events, bytes);
+            let retrying = state
+                .ingest
+                .stats(&stream.name)
+                .is_some_and(|s| s.is_retrying());
+            telemetry::stream_state(&stream.name, q.is_full(), retrying);
         }
     }
     telemetry::db_pool(state.sink.pool_usage());
@@ -84,18 +89,20 @@ pub struct Readiness {
     pub status: ReadyState,
     /// `reachable`, or `unreachable: <reason>`.
     pub database: String,
-    /// Streams whose queue is at its limit (their requests get 503).
+    /// Streams whose queue is at its limit: their requests get 503, the others are
+    /// served. Readiness fails only when every stream is saturated.
     pub saturated_streams: Vec<String>,
 }
 
-/// `GET /readyz`: the database answers within 2 s and no queue is at its limit.
+/// `GET /readyz`: the database answers within 2 s (on a connection of its own) and at
+/// least one stream's queue has room.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, description = "Ready to take events.", body = Readiness),
-        (status = 503, description = "The database does not answer or a queue is full.", body = Readiness),
+        (status = 503, description = "The database does not answer, or every stream's queue is full.", body = Readiness),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -111,7 +118,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .filter(|s| state.ingest.queue(&s.name).is_some_and(|q| q.is_full()))
         .map(|s| s.name.clone())
         .collect();
-    let ready = db.is_ok() && saturated_streams.is_empty();
+    // A stream whose queue is full (its table is locked, a column was dropped) is
+    // reported here and in its status, and its own producers get 503; the instance
+    // stays ready while it can serve any stream.
+    let streams = state.ingest.registry.iter().count();
+    let ready = db.is_ok() && saturated_streams.len() < streams;
     let body = Readiness {
         status: if ready {
             ReadyState::Ready
@@ -147,6 +158,8 @@ pub struct StreamStatus {
     pub queue_events: usize,
     /// Memory those events hold, in bytes.
     pub queue_bytes: usize,
+    /// The queue is at its limit: this stream's producers get 503 (HTTP) or wait (TCP).
+    pub saturated: bool,
     pub queue_max_events: usize,
     pub queue_max_bytes: usize,
     #[serde(flatten)]
@@ -162,6 +175,7 @@ fn stream_status(ingest: &Ingest, s: &crate::schema::Stream) -> StreamStatus {
         schema_id: s.schema_id.clone(),
         queue_events,
         queue_bytes,
+        saturated: ingest.queue(&s.name).is_some_and(|q| q.is_full()),
         queue_max_events: s.settings.queue_max_events,
         queue_max_bytes: s.settings.queue_max_bytes,
         counters: ingest

@@ -146,6 +146,8 @@ pub enum ApiError {
     UnknownStream { stream: String, known: Vec<String> },
     /// 404: no such endpoint.
     NotFound(String),
+    /// 408: the body did not arrive within `http.body_read_timeout`.
+    BodyTimeout(Duration),
     /// 413: body, decompressed body or event count above the configured limits.
     TooLarge(String),
     /// 415: unsupported `Content-Type` or `Content-Encoding`.
@@ -185,6 +187,17 @@ impl IntoResponse for ApiError {
                 },
             ),
             ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
+            ApiError::BodyTimeout(limit) => {
+                let body = ErrorBody::new(format!(
+                    "the request body did not arrive within http.body_read_timeout ({} s); nothing was accepted: send it faster or in smaller requests",
+                    limit.as_secs_f64()
+                ));
+                let mut r = (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response();
+                // The rest of the body may still come; do not read it as a next request.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
             ApiError::TooLarge(error) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorBody::new(error)),
             ApiError::UnsupportedMediaType(error) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorBody::new(error))
@@ -326,6 +339,7 @@ fn is_zero(n: &usize) -> bool {
         (status = 200, description = "`ack=commit`: every event is committed or dead-lettered.", body = IngestResponse),
         (status = 202, description = "`ack=accepted`: every event is queued (invalid ones dead-lettered).", body = IngestResponse),
         (status = 400, description = "The body is not JSON (it was dead-lettered whole), or the query is invalid.", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `http.body_read_timeout`; nothing was accepted.", body = ErrorBody),
         (status = 404, description = "Unknown stream (the body was dead-lettered, stage `route`).", body = ErrorBody),
         (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
         (status = 415, description = "Unsupported `Content-Type` or `Content-Encoding`.", body = ErrorBody),
@@ -357,7 +371,11 @@ pub async fn ingest_events(
     let limit = state.http.max_body_bytes;
     let format = body::format_of(&headers)?;
     let gzip = body::is_gzip(&headers)?;
-    let bytes = to_bytes(body, limit).await.map_err(|e| {
+    let read = state.http.body_read_timeout;
+    let bytes = tokio::time::timeout(read, to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(read))?
+        .map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
             ApiError::TooLarge(format!("the body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"))
         } else {
@@ -507,7 +525,8 @@ async fn submit(
     let events = batch.rows.len() + batch.letters.len();
     let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
         Err(_) => {
-            telemetry::events_rejected(stream_name, events);
+            // Labelled by a known stream only, never by what a client typed.
+            telemetry::events_rejected(stream.unwrap_or(telemetry::NO_STREAM), events);
             if let Some(stats) = ingest.stats(stream_name) {
                 stats.rejected(events);
             }

@@ -24,6 +24,8 @@ use crate::telemetry;
 
 /// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
+/// `database.write_timeout` when none is configured (benchmarks and tools).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait between two attempts at the same batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -49,6 +51,8 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn record_error(_target: &Self::Target, _error: &str) {}
     /// Counts `n` items dead-lettered at the write stage (stream rows only).
     fn record_dead_lettered(_target: &Self::Target, _n: usize) {}
+    /// Notes whether a batch is being retried after a transient failure (stream rows only).
+    fn record_retrying(_target: &Self::Target, _retrying: bool) {}
 }
 
 /// A stream's table, and the status the batcher keeps up to date.
@@ -79,6 +83,10 @@ impl Item for Row {
 
     fn record_dead_lettered(target: &Self::Target, n: usize) {
         target.stats.dead_lettered(n);
+    }
+
+    fn record_retrying(target: &Self::Target, retrying: bool) {
+        target.stats.retrying(retrying);
     }
 
     fn index(&self) -> usize {
@@ -155,6 +163,10 @@ pub struct Batcher<T: Item> {
     /// that gathering and encoding the next batch overlaps the database's work on the
     /// current one.
     pub concurrency: usize,
+    /// Longest one write attempt may take (`database.write_timeout`); beyond it the
+    /// attempt counts as a transient failure, so a database that stopped answering
+    /// (packets dropped, no reset) cannot hang a stream forever.
+    pub write_timeout: Duration,
 }
 
 /// The writing half of a batcher, shared by its in-flight writes.
@@ -162,6 +174,7 @@ struct Writer<T: Item> {
     sink: Arc<dyn Sink>,
     target: T::Target,
     settings: StreamSettings,
+    write_timeout: Duration,
 }
 
 impl<T: Item> Batcher<T> {
@@ -173,11 +186,13 @@ impl<T: Item> Batcher<T> {
             settings,
             stop,
             concurrency,
+            write_timeout,
         } = self;
         let writer = Arc::new(Writer::<T> {
             sink,
             target,
             settings: settings.clone(),
+            write_timeout,
         });
         let mut writes = tokio::task::JoinSet::new();
         let mut stopping = false;
@@ -252,6 +267,7 @@ pub async fn write_isolating(sink: Arc<dyn Sink>, stream: Arc<Stream>, rows: &[R
             max_payload: crate::event::DEFAULT_MAX_PAYLOAD_BYTES,
         },
         settings: StreamSettings::default(),
+        write_timeout: DEFAULT_WRITE_TIMEOUT,
     };
     let mut refused = Vec::new();
     writer.write_isolating(rows, 0, &mut refused).await;
@@ -310,6 +326,7 @@ impl<T: Item> Writer<T> {
                 sink: self.sink.clone(),
                 target: (),
                 settings: self.settings.clone(),
+                write_timeout: self.write_timeout,
             };
             letter_writer
                 .write_isolating(&letters, 0, &mut stored)
@@ -388,10 +405,25 @@ impl<T: Item> Writer<T> {
     ) -> Result<(), SinkError> {
         let mut attempt: u32 = 0;
         loop {
-            match write().await {
+            let result = match tokio::time::timeout(self.write_timeout, write()).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError {
+                    class: crate::sink::ErrorClass::Transient,
+                    source: format!(
+                        "the write did not finish within database.write_timeout ({} s); the database may be unreachable",
+                        self.write_timeout.as_secs_f64()
+                    )
+                    .into(),
+                }),
+            };
+            if attempt > 0 && !result.as_ref().is_err_and(SinkError::is_transient) {
+                T::record_retrying(&self.target, false);
+            }
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     attempt = attempt.saturating_add(1);
+                    T::record_retrying(&self.target, true);
                     telemetry::write_retried(T::target_name(&self.target));
                     T::record_error(&self.target, &e.to_string());
                     let delay = backoff(attempt);

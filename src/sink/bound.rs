@@ -324,6 +324,9 @@ where
 /// A sink for databases written with bound multi-row `INSERT`s (SQLite, MySQL/MariaDB).
 pub struct BoundSink<DB: Database> {
     pub pool: Pool<DB>,
+    /// One connection of its own for health checks, so `/readyz` never waits behind
+    /// writers for a pooled connection.
+    pub health: Pool<DB>,
     pub dialect: Dialect,
     /// Payload bytes per statement (under MySQL's `max_allowed_packet`; memory for SQLite).
     pub max_statement_bytes: usize,
@@ -446,13 +449,16 @@ where
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(execute_all(
-            &self.pool,
+            &self.health,
             self.dialect,
             vec!["SELECT 1".to_owned()],
         ))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.pool.close())
+        Box::pin(async move {
+            self.health.close().await;
+            self.pool.close().await;
+        })
     }
 }

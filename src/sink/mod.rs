@@ -250,8 +250,7 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
                 }
                 Dialect::Sqlite => {
                     let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
-                    // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL, READONLY.
-                    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
+                    sqlite_transient(code)
                 }
             };
             if transient {
@@ -262,6 +261,16 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
         }
         _ => ErrorClass::Permanent,
     }
+}
+
+/// Whether an SQLite result code (primary or extended) is worth retrying: BUSY, LOCKED,
+/// IOERR, FULL, CANTOPEN, PROTOCOL, READONLY, and the generic ERROR. Statements Sluice
+/// writes with are plain `INSERT`s of bound values, so ERROR means the statement no
+/// longer fits the table (no such table or column, a dropped unique index): an
+/// operator's mistake, retried like PostgreSQL's class 42, never dead-lettered. What the
+/// data causes has codes of its own (CONSTRAINT, MISMATCH, TOOBIG, RANGE).
+pub(crate) fn sqlite_transient(code: i32) -> bool {
+    matches!(code & 0xff, 1 | 5 | 6 | 8 | 10 | 13 | 14 | 15)
 }
 
 /// Wraps a driver error with its class.

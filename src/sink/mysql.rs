@@ -19,6 +19,10 @@ const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkError> {
     let err = sink_error(Dialect::Mysql);
     let options = MySqlConnectOptions::from_str(&config.url).map_err(&err)?;
+    let health = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options.clone());
     let pool = MySqlPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
@@ -34,6 +38,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkEr
     let packet = usize::try_from(packet).unwrap_or(MAX_STATEMENT_BYTES);
     Ok(BoundSink {
         pool,
+        health,
         dialect: Dialect::Mysql,
         max_statement_bytes: MAX_STATEMENT_BYTES.min(packet / 2),
         max_value_bytes: (packet / 4).max(1024),

@@ -31,19 +31,25 @@ const DIALECT: Dialect = Dialect::Postgres;
 
 pub struct PgSink {
     pool: PgPool,
+    /// One connection of its own for health checks (see `BoundSink::health`).
+    health: PgPool,
 }
 
 impl PgSink {
     pub async fn connect(config: &DatabaseConfig) -> Result<PgSink, SinkError> {
         let err = sink_error(DIALECT);
         let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
+        let health = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(&err)?;
-        Ok(PgSink { pool })
+        Ok(PgSink { pool, health })
     }
 }
 
@@ -240,13 +246,16 @@ impl Sink for PgSink {
 
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(execute_all(
-            &self.pool,
+            &self.health,
             DIALECT,
             vec!["SELECT 1".to_owned()],
         ))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.pool.close())
+        Box::pin(async move {
+            self.health.close().await;
+            self.pool.close().await;
+        })
     }
 }

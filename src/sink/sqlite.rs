@@ -1,4 +1,6 @@
-//! SQLite writer (the embedded default), WAL mode. Stream rows are written through the C
+//! SQLite writer (the embedded default), WAL mode with `synchronous=FULL`: the WAL is
+//! fsynced at every commit, so a committed batch (and an `ack=commit` answer) survives
+//! power loss, not just a crash of Sluice. Stream rows are written through the C
 //! library directly (rusqlite) on a blocking thread: one transaction per batch, one
 //! cached prepared `INSERT` executed per row. That is SQLite's fastest path; going
 //! through sqlx's worker thread with multi-row statements cost about three times as
@@ -39,6 +41,8 @@ pub struct SqliteSink {
 /// The rusqlite connection that writes stream rows.
 struct RowWriter {
     path: PathBuf,
+    /// `FULL` or `NORMAL`, as `[database] sqlite_synchronous` says.
+    synchronous: &'static str,
     /// Opened on first write, dropped after a failure that may have broken it.
     conn: Mutex<Option<rusqlite::Connection>>,
 }
@@ -56,7 +60,7 @@ impl RowWriter {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let conn = match slot.as_mut() {
             Some(c) => c,
-            None => slot.insert(open(&self.path).map_err(rusqlite_error)?),
+            None => slot.insert(open(&self.path, self.synchronous).map_err(rusqlite_error)?),
         };
         let result =
             write_blocking(conn, insert, has_extra, rows, replayed).map_err(rusqlite_error);
@@ -74,9 +78,16 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
         .map_err(&err)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(match config.sqlite_synchronous {
+            crate::config::SqliteSynchronous::Full => SqliteSynchronous::Full,
+            crate::config::SqliteSynchronous::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(BUSY_TIMEOUT);
     let path = options.get_filename().to_path_buf();
+    let health = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options.clone());
     let pool = SqlitePoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
@@ -86,6 +97,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
     Ok(SqliteSink {
         bound: BoundSink {
             pool,
+            health,
             dialect: Dialect::Sqlite,
             max_statement_bytes: MAX_STATEMENT_BYTES,
             max_value_bytes: usize::MAX,
@@ -93,6 +105,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
         },
         writer: Arc::new(RowWriter {
             path,
+            synchronous: match config.sqlite_synchronous {
+                crate::config::SqliteSynchronous::Full => "FULL",
+                crate::config::SqliteSynchronous::Normal => "NORMAL",
+            },
             conn: Mutex::new(None),
         }),
     })
@@ -102,8 +118,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
 fn rusqlite_error(e: rusqlite::Error) -> SinkError {
     let class = match &e {
         rusqlite::Error::SqliteFailure(f, _) => {
-            // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL, READONLY: as `classify`.
-            if matches!(f.extended_code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15) {
+            if super::sqlite_transient(f.extended_code) {
                 ErrorClass::Transient
             } else {
                 ErrorClass::Permanent
@@ -117,10 +132,10 @@ fn rusqlite_error(e: rusqlite::Error) -> SinkError {
     }
 }
 
-fn open(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+fn open(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
 }
 

@@ -78,6 +78,27 @@ fn check_reports_unknown_config_keys_with_the_file_name() {
     );
 }
 
+#[test]
+fn zero_limits_stop_start_up_naming_the_setting() {
+    for (var, key) in [
+        ("SLUICE_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+        ("SLUICE_TCP_MAX_CONNECTIONS", "tcp.max_connections"),
+        ("SLUICE_HTTP_BODY_READ_TIMEOUT", "http.body_read_timeout"),
+    ] {
+        let value = if var.ends_with("TIMEOUT") { "0s" } else { "0" };
+        let out = sluice()
+            .args(["serve"])
+            .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+            .env("SLUICE_DATABASE_URL", "sqlite://never-created.db")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}=0 must not start");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(key) && err.contains(var), "{err}");
+    }
+}
+
 /// SIGTERM: stop accepting, flush every queue, exit 0. Events accepted with
 /// `ack=accepted` and still lingering in the queue are in the table afterwards.
 #[tokio::test]

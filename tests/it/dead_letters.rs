@@ -166,7 +166,12 @@ async fn values_the_database_refuses_are_dead_lettered_when_the_row_is_built(db:
         }
     }
     // (kind, event, pointer, refused by)
-    type Kind = (&'static str, fn(usize) -> Value, &'static str, &'static [Db]);
+    type Kind = (
+        &'static str,
+        fn(usize) -> Value,
+        &'static str,
+        &'static [Db],
+    );
     let kinds: [Kind; 6] = [
         (
             "nul text",

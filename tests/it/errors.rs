@@ -196,8 +196,12 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing(db: Db) {
         "{answer}"
     );
 
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503, "a saturated queue is not ready");
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        status, 200,
+        "one saturated stream does not make the instance unready"
+    );
+    assert_eq!(ready["saturated_streams"], serde_json::json!(["reading"]));
 
     drop(lock); // the database is writable again
     app.db.wait_for_count("reading", 2).await;

@@ -119,6 +119,15 @@ impl TestDb {
         })
     }
 
+    /// The same database reached through another URL (e.g. through a proxy).
+    pub fn via(&self, url: String) -> TestDb {
+        TestDb {
+            kind: self.kind,
+            url,
+            _dir: None,
+        }
+    }
+
     /// Runs `sql` and returns every value as text (`None` for SQL NULL).
     pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         macro_rules! fetch {
@@ -411,8 +420,27 @@ pub struct Binary {
 /// `db`, with `env` on top of a clean environment, and waits for the line that gives
 /// its addresses.
 pub fn spawn_binary(bin: Option<&str>, db: &TestDb, env: &[(&str, String)]) -> Binary {
+    spawn_binary_under(&[], bin, db, env)
+}
+
+/// [`spawn_binary`] run by `wrapper` (e.g. `strace -f -o FILE`), which is given the
+/// binary's path as its last argument.
+pub fn spawn_binary_under(
+    wrapper: &[&str],
+    bin: Option<&str>,
+    db: &TestDb,
+    env: &[(&str, String)],
+) -> Binary {
     use std::io::BufRead;
-    let mut cmd = std::process::Command::new(bin.unwrap_or(env!("CARGO_BIN_EXE_sluice")));
+    let bin = bin.unwrap_or(env!("CARGO_BIN_EXE_sluice"));
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
         cmd.env_remove(k);
     }
@@ -425,6 +453,7 @@ pub fn spawn_binary(bin: Option<&str>, db: &TestDb, env: &[(&str, String)]) -> B
         cmd.env(k, v);
     }
     let mut child = cmd
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("sluice starts");

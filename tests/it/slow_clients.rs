@@ -1,0 +1,263 @@
+//! Slow clients and stuck streams are contained: a body sent a byte at a time is cut
+//! off, shutdown keeps its flush time whatever clients do, and one stuck stream neither
+//! fails readiness nor starves the readiness check.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{fixture_schemas, spawn_app, spawn_binary, Db, TestDb};
+
+/// Opens a connection that sends its headers and one byte of a 100-byte body, then
+/// nothing.
+async fn trickle(addr: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/streams/reading/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off_with_408_after_the_body_timeout() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.http.body_read_timeout = Duration::from_millis(500);
+    })
+    .await
+    else {
+        return;
+    };
+    let mut s = trickle(&app.addr.to_string()).await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "Sluice answers and closes instead of waiting");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_read_timeout"), "{text}");
+    assert_eq!(app.db.dead_letters().await.len(), 0, "nothing was accepted");
+}
+
+/// Slow clients hold connections through SIGTERM: they get half of `shutdown_timeout`,
+/// and the queues still flush in the other half; Sluice exits 0 within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_the_queues_while_slow_clients_hold_connections() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            ("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "60s".into()),
+            ("SLUICE_SHUTDOWN_TIMEOUT", "4s".into()),
+            ("SLUICE_HTTP_BODY_READ_TIMEOUT", "60s".into()),
+        ],
+    );
+    let body: String = (0..300)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/streams/reading/events?ack=accepted",
+            sluice.http
+        ))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        slow.push(trickle(&sluice.http).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, logs) = sluice.terminate().await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}: {logs:?}");
+    assert!(took < Duration::from_millis(4_800), "took {took:?}");
+    assert_eq!(db.count("reading").await, 300);
+    drop(slow);
+}
+
+/// One stream stuck on an operator's mistake (a dropped column) fills its queue: its
+/// producers get 503 and its status says so, but the instance stays ready and the
+/// other streams are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_stream_is_reported_per_stream_and_the_instance_stays_ready() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.defaults.queue_max_events = 10;
+        c.http.enqueue_timeout = Duration::from_millis(50);
+    })
+    .await
+    else {
+        return;
+    };
+    app.db
+        .execute("ALTER TABLE reading DROP COLUMN sensor")
+        .await;
+    let body: String = (0..10)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
+        .collect();
+    let r = app
+        .post(
+            "reading",
+            "?ack=accepted",
+            "application/x-ndjson",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let r = app
+        .post("reading", "?ack=accepted", "application/x-ndjson", body)
+        .await;
+    assert_eq!(
+        r.status(),
+        503,
+        "the stuck stream's own producers are refused"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["saturated_streams"], serde_json::json!(["reading"]));
+    let (_, reading) = app.get_json("/v1/streams/reading").await;
+    assert_eq!(reading["saturated"], true, "{reading}");
+    assert_eq!(reading["retrying"], true, "{reading}");
+    assert!(reading["last_error"]["message"].is_string(), "{reading}");
+    let r = app
+        .post(
+            "app_log",
+            "",
+            "application/json",
+            r#"{"message": "still served", "timestamp": "2024-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+}
+
+/// `/readyz` has a database connection of its own: with every pooled connection held by
+/// writers waiting on a locked table, it still answers 200 within its 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_while_writers_hold_every_pooled_connection() {
+    use sqlx::Connection;
+    let Some(app) = spawn_app(Db::Postgres, fixture_schemas(), |c| {
+        c.database.max_connections = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut locker = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE reading IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let body = format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}");
+        let r = app
+            .post("reading", "?ack=accepted", "application/json", body)
+            .await;
+        assert_eq!(r.status(), 202);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    app.db.wait_for_count("reading", 4).await;
+}
+
+/// A TCP proxy to `target` that forwards until `blackhole` is set, then holds every
+/// connection open without passing a byte either way (as a network that drops packets).
+async fn blackholing_proxy(
+    target: &str,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pipe(cr, sw, blackhole.clone()));
+            tokio::spawn(pipe(sr, cw, blackhole.clone()));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until `blackhole` is set; then holds both and passes nothing.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if blackhole.load(std::sync::atomic::Ordering::SeqCst) {
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// SIGTERM while the database drops every packet: Sluice gives up on the writes it
+/// cannot finish and exits within `shutdown_timeout` (non-zero, naming the events it
+/// could not flush), instead of waiting on the database forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_its_budget_when_the_database_blackholes_packets() {
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let blackhole = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = blackholing_proxy("127.0.0.1:5432", blackhole.clone()).await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
+    let sluice = spawn_binary(
+        None,
+        &via_proxy,
+        &[
+            ("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "60s".into()),
+            ("SLUICE_SHUTDOWN_TIMEOUT", "3s".into()),
+        ],
+    );
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/streams/reading/events?ack=accepted",
+            sluice.http
+        ))
+        .body(r#"{"seq": 1, "sensor": "t", "value": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    blackhole.store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let (status, logs) = tokio::time::timeout(Duration::from_secs(20), sluice.terminate())
+        .await
+        .expect("Sluice exits instead of waiting on the database");
+    let took = started.elapsed();
+    assert!(!status.success(), "the queued event could not be flushed");
+    assert!(took < Duration::from_millis(4_500), "took {took:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("not flushed within shutdown_timeout")),
+        "{logs:?}"
+    );
+}
