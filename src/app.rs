@@ -99,6 +99,7 @@ impl App {
             dl_tx,
             max_payload,
             sink.dialect(),
+            config.max_inflight_bytes,
         ));
         let http = TcpListener::bind(&config.http.listen)
             .await

@@ -21,7 +21,12 @@ const ENV_SECTIONS: &[&str] = &[
     "dead_letters",
 ];
 /// Top-level keys that `SLUICE_<KEY>` environment variables address.
-const ENV_TOP_LEVEL: &[&str] = &["schemas_dir", "shutdown_timeout", "log_summary_interval"];
+const ENV_TOP_LEVEL: &[&str] = &[
+    "schemas_dir",
+    "shutdown_timeout",
+    "log_summary_interval",
+    "max_inflight_bytes",
+];
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
 const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_LOG_FORMAT"];
 
@@ -42,6 +47,12 @@ pub struct Config {
         deserialize_with = "duration"
     )]
     pub log_summary_interval: Duration,
+    /// Memory that input being decoded may hold at once, in bytes: HTTP bodies as they
+    /// are read and decompressed and the values they parse into, and TCP lines being
+    /// parsed, before their rows reach a queue. Full: HTTP waits `enqueue_timeout` then
+    /// answers 503; a body that alone needs more is refused with 413; TCP waits.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
     /// The database every stream and the dead letters are written to.
     #[serde(default)]
     pub database: DatabaseConfig,
@@ -219,6 +230,9 @@ fn default_shutdown_timeout() -> Duration {
 }
 fn default_log_summary_interval() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_inflight_bytes() -> usize {
+    128 * 1024 * 1024
 }
 fn default_database_url() -> String {
     "sqlite://sluice.db".to_owned()
@@ -440,6 +454,7 @@ impl Config {
         }
         // A zero limit would refuse every client or hang every request: name the key.
         let counts = [
+            ("max_inflight_bytes", self.max_inflight_bytes),
             ("http.max_body_bytes", self.http.max_body_bytes),
             (
                 "http.max_events_per_request",

@@ -83,22 +83,52 @@ pub fn is_gzip(headers: &HeaderMap) -> Result<bool, BodyError> {
     }
 }
 
-/// Decompresses a gzip body, refusing output above `limit` bytes (a small body can
+/// A gzip body decompressed a chunk at a time, so that the caller can account for each
+/// chunk before keeping it. Output above `limit` bytes is refused (a small body can
 /// expand to gigabytes).
-pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
-    let mut reader = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
-    reader.read_to_end(&mut out).map_err(|e| {
-        BodyError::Malformed(format!(
-            "the body is not valid gzip ({e}); send it uncompressed or fix the compression"
-        ))
-    })?;
-    if out.len() > limit {
-        return Err(BodyError::TooLarge(format!(
-            "the decompressed body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"
-        )));
+pub struct Gunzip<'a> {
+    decoder: flate2::read::MultiGzDecoder<&'a [u8]>,
+    limit: usize,
+}
+
+impl<'a> Gunzip<'a> {
+    pub fn new(compressed: &'a [u8], limit: usize) -> Gunzip<'a> {
+        Gunzip {
+            decoder: flate2::read::MultiGzDecoder::new(compressed),
+            limit,
+        }
     }
-    Ok(out)
+
+    /// Fills `buf` with the next decompressed bytes; 0 at the end. `so_far` is what the
+    /// caller already holds, to enforce the limit.
+    pub fn read(&mut self, buf: &mut [u8], so_far: usize) -> Result<usize, BodyError> {
+        let n = self.decoder.read(buf).map_err(|e| {
+            BodyError::Malformed(format!(
+                "the body is not valid gzip ({e}); send it uncompressed or fix the compression"
+            ))
+        })?;
+        if so_far + n > self.limit {
+            return Err(BodyError::TooLarge(format!(
+                "the decompressed body is larger than http.max_body_bytes ({} bytes); send smaller requests",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// Decompresses a whole gzip body, refusing output above `limit` bytes.
+pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut gz = Gunzip::new(compressed, limit);
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = gz.read(&mut chunk, out.len())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Splits a body into event texts, parsing each. `Err` when the body as a whole is not

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::admin;
 use super::body::{self, BodyError};
-use super::{Batch, EventError, Ingest, LimitedListener};
+use super::budget::{decode_estimate, BudgetError, Reservation};
+use super::{Batch, EventError, Ingest, LimitedListener, Pending};
 use crate::config::HttpConfig;
 use crate::event::Stage;
 use crate::pipeline::queue::QueueError;
@@ -154,6 +155,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// 503 + `Retry-After`: the queue stayed full for `enqueue_timeout`; nothing was accepted.
     QueueFull { stream: String },
+    /// 503 + `Retry-After`: requests in flight hold the whole memory budget
+    /// (`max_inflight_bytes`) and none freed room within `enqueue_timeout`.
+    Busy,
     /// 503: Sluice is shutting down and accepts nothing more.
     ShuttingDown,
     /// 503: the database did not answer a read (the details are logged, not sent).
@@ -206,6 +210,16 @@ impl IntoResponse for ApiError {
                 let body = ErrorBody {
                     retry_after_seconds: Some(RETRY_AFTER_SECS),
                     ..ErrorBody::new(format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
+                };
+                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                return r;
+            }
+            ApiError::Busy => {
+                let body = ErrorBody {
+                    retry_after_seconds: Some(RETRY_AFTER_SECS),
+                    ..ErrorBody::new(format!("Sluice is decoding as much input as its memory budget allows (max_inflight_bytes); nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
                 };
                 let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
                 r.headers_mut()
@@ -368,34 +382,25 @@ pub async fn ingest_events(
             })
         }
     };
-    let limit = state.http.max_body_bytes;
     let format = body::format_of(&headers)?;
     let gzip = body::is_gzip(&headers)?;
+    let ingest = &state.ingest;
+    let wait = state.http.enqueue_timeout;
+    // Memory this request holds while it is read, decompressed and parsed; given back
+    // once its rows are queued (the queue's budget counts them from there).
+    let mut held = Reservation::default();
     let read = state.http.body_read_timeout;
-    let bytes = tokio::time::timeout(read, to_bytes(body, limit))
+    let bytes = tokio::time::timeout(read, read_body(&state, body, &mut held))
         .await
-        .map_err(|_| ApiError::BodyTimeout(read))?
-        .map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            ApiError::TooLarge(format!("the body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"))
-        } else {
-            ApiError::BadRequest {
-                error: format!("could not read the request body: {e}"),
-                dead_lettered: 0,
-            }
-        }
-    })?;
-    let decompressed;
-    let body: &[u8] = if gzip {
-        decompressed = body::gunzip(&bytes, limit)?;
-        &decompressed
-    } else {
-        &bytes
-    };
+        .map_err(|_| ApiError::BodyTimeout(read))??;
+    let mut bytes = bytes;
+    if gzip {
+        let inflated = gunzip(&state, &bytes, &mut held).await?;
+        bytes = inflated;
+    }
+    let body: &[u8] = &bytes;
     let source: Arc<str> = format!("http {peer}").into();
     let received_at = chrono::Utc::now();
-    let ingest = &state.ingest;
-    let timeout = state.http.enqueue_timeout;
 
     let Some(stream) = ingest.registry.get(&stream_name).cloned() else {
         let mut batch = ingest.batch();
@@ -412,13 +417,21 @@ pub async fn ingest_events(
             &source,
             received_at,
         );
-        submit(ingest, None, batch, ack, timeout, &stream_name).await?;
+        let pending = enqueue(ingest, None, batch, ack, wait, &stream_name).await?;
+        drop(held);
+        committed(pending).await?;
         return Err(ApiError::UnknownStream {
             stream: stream_name,
             known: ingest.registry.names(),
         });
     };
 
+    state
+        .ingest
+        .memory()
+        .reserve(&mut held, decode_estimate(body), Some(wait))
+        .await
+        .map_err(budget_error)?;
     let pieces = match body::split(format, body, state.http.max_events_per_request) {
         Ok(p) => p,
         Err(BodyError::Malformed(error)) => {
@@ -430,15 +443,10 @@ pub async fn ingest_events(
                 pointer: None,
             };
             batch.reject(Some(&stream.name), body, ev, &source, received_at);
-            submit(
-                ingest,
-                Some(&stream.name),
-                batch,
-                ack,
-                timeout,
-                &stream_name,
-            )
-            .await?;
+            let pending =
+                enqueue(ingest, Some(&stream.name), batch, ack, wait, &stream_name).await?;
+            drop(held);
+            committed(pending).await?;
             return Err(ApiError::BadRequest {
                 error,
                 dead_lettered: 1,
@@ -474,16 +482,12 @@ pub async fn ingest_events(
     }
     let total = batch.rows.len() + batch.letters.len();
     let mut errors = std::mem::take(&mut batch.errors);
-    let outcome = submit(
-        ingest,
-        Some(&stream.name),
-        batch,
-        ack,
-        timeout,
-        &stream_name,
-    )
-    .await?;
-    for r in outcome {
+    let pending = enqueue(ingest, Some(&stream.name), batch, ack, wait, &stream_name).await?;
+    // The rows are queued: the body and this request's reservation are no longer needed
+    // while it waits for the commit.
+    drop(bytes);
+    drop(held);
+    for r in committed(pending).await? {
         errors.push(EventError {
             index: r.index,
             stage: Stage::Write,
@@ -511,16 +515,86 @@ pub async fn ingest_events(
     Ok((status, Json(response)).into_response())
 }
 
-/// Queues `batch` within the enqueue timeout and, with `ack=commit`, waits for the
-/// commit; returns the write-stage rejections.
-async fn submit(
+/// Reads the body, reserving memory for each chunk before keeping it; refuses more than
+/// `http.max_body_bytes`.
+async fn read_body(
+    state: &AppState,
+    body: Body,
+    held: &mut Reservation,
+) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let limit = state.http.max_body_bytes;
+    let mut out = Vec::new();
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            error: format!("could not read the request body: {e}"),
+            dead_lettered: 0,
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(format!(
+                "the body is larger than http.max_body_bytes ({limit} bytes); send smaller requests"
+            )));
+        }
+        // A growing vector may hold twice what it uses.
+        state
+            .ingest
+            .memory()
+            .reserve(held, 2 * chunk.len(), Some(state.http.enqueue_timeout))
+            .await
+            .map_err(budget_error)?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Decompresses a gzip body chunk by chunk, reserving memory for each before keeping it,
+/// so a small body that inflates to megabytes waits for room or is refused first.
+async fn gunzip(
+    state: &AppState,
+    compressed: &[u8],
+    held: &mut Reservation,
+) -> Result<Vec<u8>, ApiError> {
+    let mut gz = body::Gunzip::new(compressed, state.http.max_body_bytes);
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = gz.read(&mut chunk, out.len())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        state
+            .ingest
+            .memory()
+            .reserve(held, 2 * n, Some(state.http.enqueue_timeout))
+            .await
+            .map_err(budget_error)?;
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The answer when the memory budget for requests in flight has no room.
+fn budget_error(e: BudgetError) -> ApiError {
+    match e {
+        BudgetError::TooLarge { needed, budget } => ApiError::TooLarge(format!(
+            "decoding this body would take about {} MiB of memory, more than max_inflight_bytes ({} MiB); send it in smaller requests",
+            needed.div_ceil(1024 * 1024),
+            budget / (1024 * 1024)
+        )),
+        BudgetError::Busy => ApiError::Busy,
+    }
+}
+
+/// Queues `batch` within the enqueue timeout; with `ack=commit`, returns what resolves
+/// once it is committed.
+async fn enqueue(
     ingest: &Ingest,
     stream: Option<&str>,
     batch: Batch,
     ack: AckMode,
     timeout: Duration,
     stream_name: &str,
-) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
+) -> Result<Option<Pending>, ApiError> {
     let wait_for_commit = ack == AckMode::Commit;
     let events = batch.rows.len() + batch.letters.len();
     let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
@@ -540,9 +614,17 @@ async fn submit(
         Ok(Err(QueueError::Closed)) => return Err(ApiError::ShuttingDown),
         Ok(Ok(p)) => p,
     };
-    if !wait_for_commit {
+    Ok(wait_for_commit.then_some(pending))
+}
+
+/// Waits for the commit of what [`enqueue`] queued (nothing with `ack=accepted`);
+/// returns the write-stage rejections.
+async fn committed(
+    pending: Option<Pending>,
+) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
+    let Some(pending) = pending else {
         return Ok(Vec::new());
-    }
+    };
     let outcome = pending
         .committed()
         .await

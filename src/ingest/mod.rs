@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod http;
 pub mod openapi;
 pub mod tcp;
@@ -284,6 +285,8 @@ pub struct Ingest {
     max_payload: usize,
     /// The database written to.
     storage: Dialect,
+    /// Memory that input being decoded (HTTP bodies, TCP lines) may hold at once.
+    memory: budget::MemoryBudget,
 }
 
 impl Ingest {
@@ -293,6 +296,7 @@ impl Ingest {
         dead_letters: QueueSender<DeadLetter>,
         max_payload: usize,
         storage: Dialect,
+        max_inflight_bytes: usize,
     ) -> Ingest {
         let stats = registry
             .names()
@@ -307,7 +311,13 @@ impl Ingest {
             dead_letter_log: LogSummary::default(),
             max_payload,
             storage,
+            memory: budget::MemoryBudget::new(max_inflight_bytes),
         }
+    }
+
+    /// The memory budget of input being decoded.
+    pub fn memory(&self) -> &budget::MemoryBudget {
+        &self.memory
     }
 
     /// Most payload bytes a dead letter keeps.

@@ -21,6 +21,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Fram
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::budget::{decode_estimate, Reservation};
 use super::{body::parse_object, Batch, EventError, Ingest, LimitedListener};
 use crate::config::TcpConfig;
 use crate::event::Stage;
@@ -210,6 +211,24 @@ impl Connection {
     /// Routes, validates and queues `chunk`, waiting for room (this is what pauses the
     /// reads). `false` if Sluice is shutting down and the lines could not be queued.
     async fn ingest_chunk(&mut self, chunk: Vec<Frame>) -> bool {
+        // Room for the values these lines parse into, before parsing them; waiting here
+        // stops reading the socket like a full queue does.
+        let memory = self.ingest.memory();
+        let estimate: usize = chunk
+            .iter()
+            .map(|f| match f {
+                Frame::Line(b) | Frame::Unterminated(b) => decode_estimate(b),
+                Frame::TooLong(b) => b.len(),
+            })
+            .sum();
+        let mut held = Reservation::default();
+        if memory
+            .reserve(&mut held, estimate.min(memory.bytes()), None)
+            .await
+            .is_err()
+        {
+            return false;
+        }
         let received_at = chrono::Utc::now();
         let mut per_stream: Vec<(Arc<Stream>, Batch)> = Vec::new();
         let mut unrouted = self.ingest.batch();
@@ -291,6 +310,8 @@ impl Connection {
                 }
             }
         }
+        // The rows are queued (their queue counts them now).
+        drop(held);
         // Read on only once what this connection queued is mostly committed.
         while self.in_flight.iter().map(|(_, bytes)| bytes).sum::<usize>() > READ_AHEAD_BYTES {
             let Some((pieces, _)) = self.in_flight.pop_front() else {

@@ -11,6 +11,7 @@ mod errors;
 mod evolution;
 mod flood;
 mod ingest;
+mod memory;
 mod metrics;
 mod replay;
 mod slow_clients;
