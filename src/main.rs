@@ -59,6 +59,10 @@ enum Command {
         /// Report what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Replay the `route`-stage dead letters (events that named no known stream)
+        /// into this stream.
+        #[arg(long)]
+        into: Option<String>,
     },
     /// Print the OpenAPI 3.1 document of the HTTP API (the one kept in docs/openapi.json).
     Openapi,
@@ -82,7 +86,8 @@ fn main() -> ExitCode {
             stream,
             since,
             dry_run,
-        } => replay(cli.config, stream, since, dry_run),
+            into,
+        } => replay(cli.config, stream, since, dry_run, into),
         Command::Openapi => {
             print!("{}", sluice::ingest::openapi::document());
             Ok(())
@@ -141,6 +146,7 @@ fn replay(
     stream: Option<String>,
     since: Option<String>,
     dry_run: bool,
+    into: Option<String>,
 ) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     let since = since
@@ -150,6 +156,7 @@ fn replay(
         stream,
         since,
         dry_run,
+        into,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -157,14 +164,19 @@ fn replay(
     let report = runtime.block_on(sluice::replay::replay(&config, &options))?;
     for (stream, r) in &report {
         println!(
-            "{stream}: {} {}, {} still failing",
+            "{stream}: {} {}, {} still failing{}",
             r.replayed,
             if dry_run {
                 "would be replayed"
             } else {
                 "replayed"
             },
-            r.still_failing
+            r.still_failing,
+            if r.taken_by_another_run > 0 {
+                format!(", {} taken by another replay", r.taken_by_another_run)
+            } else {
+                String::new()
+            }
         );
     }
     if report.is_empty() {

@@ -5,6 +5,13 @@
 //! time). Out: rows in their tables, each written in the same transaction that deletes
 //! its dead letter, so running replay twice never duplicates anything. Dead letters that
 //! still fail stay, with `attempts` counted up and the new reason.
+//!
+//! Before reading, the tables get the same additive evolution as at start-up (a new
+//! optional property is a new column). A line that came in over TCP still carries its
+//! routing field: it is removed, as the live path does, unless the schema declares it.
+//! `route`-stage dead letters (they named no known stream) are replayed into a stream
+//! the operator names (`--into`). Two replays at once are safe: a batch deletes its
+//! dead letters first and writes only if every one of them was still there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,6 +41,9 @@ pub struct ReplayOptions {
     pub since: Option<DateTime<Utc>>,
     /// Report what would be replayed without writing anything.
     pub dry_run: bool,
+    /// Replay the `route`-stage dead letters (which named no known stream) into this
+    /// stream, instead of the dead letters that name a stream.
+    pub into: Option<String>,
 }
 
 /// Per-stream outcome.
@@ -43,6 +53,8 @@ pub struct StreamReport {
     pub replayed: usize,
     /// Still refused (schema, parse or database), left in the dead-letter table.
     pub still_failing: usize,
+    /// Taken by another replay running at the same time (so not written here).
+    pub taken_by_another_run: usize,
 }
 
 /// Replays dead letters; prints progress to stderr.
@@ -51,12 +63,14 @@ pub async fn replay(
     options: &ReplayOptions,
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
     let registry = Registry::load(config).context("cannot load the stream schemas")?;
-    if let Some(s) = &options.stream {
-        anyhow::ensure!(
-            registry.get(s).is_some(),
-            "--stream {s}: no such stream; the streams are {:?}",
-            registry.names()
-        );
+    for (flag, s) in [("--stream", &options.stream), ("--into", &options.into)] {
+        if let Some(s) = s {
+            anyhow::ensure!(
+                registry.get(s).is_some(),
+                "{flag} {s}: no such stream; the streams are {:?}",
+                registry.names()
+            );
+        }
     }
     let sink = sink::connect(&config.database).await.with_context(|| {
         format!(
@@ -65,6 +79,7 @@ pub async fn replay(
         )
     })?;
     let streams: Vec<_> = registry.iter().cloned().collect();
+    crate::app::evolve_tables(&*sink, &streams).await?;
     sink.prepare(&streams)
         .await
         .context("cannot create the tables")?;
@@ -73,6 +88,7 @@ pub async fn replay(
         after_id: 0,
         stream: options.stream.clone(),
         since: options.since,
+        route: options.into.is_some(),
         limit: PAGE,
     };
     let mut examined = 0usize;
@@ -86,8 +102,17 @@ pub async fn replay(
         examined += letters.len();
         let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
         for letter in letters {
-            let entry = report.entry(letter.stream.clone()).or_default();
-            match revalidate(&registry, &letter) {
+            let Some(target) = options.into.as_ref().or(letter.stream.as_ref()) else {
+                continue;
+            };
+            let entry = report.entry(target.clone()).or_default();
+            match revalidate(
+                &registry,
+                target,
+                &config.tcp.stream_field,
+                sink.dialect(),
+                &letter,
+            ) {
                 Ok((stream, row)) => {
                     by_stream
                         .entry(stream.name.clone())
@@ -109,9 +134,10 @@ pub async fn replay(
                 entry.replayed += rows.len();
                 continue;
             }
-            let (written, failed) = write(&*sink, &stream, rows).await?;
+            let (written, failed, taken) = write(&*sink, &stream, rows).await?;
             entry.replayed += written;
             entry.still_failing += failed;
+            entry.taken_by_another_run += taken;
         }
         let replayed: usize = report.values().map(|r| r.replayed).sum();
         eprintln!(
@@ -123,15 +149,29 @@ pub async fn replay(
     Ok(report)
 }
 
-/// Parses and validates a dead letter's payload against its stream's current schema.
+/// Parses and validates a dead letter's payload against the current schema of
+/// `target`. A line that came over TCP loses its routing field `stream_field` first,
+/// unless the schema declares it, as on the live path.
 fn revalidate(
     registry: &Registry,
+    target: &str,
+    stream_field: &str,
+    dialect: crate::sink::Dialect,
     letter: &StoredDeadLetter,
 ) -> Result<(Arc<Stream>, Row), String> {
     let stream = registry
-        .get(&letter.stream)
-        .ok_or_else(|| format!("replay: stream `{}` no longer has a schema", letter.stream))?;
-    let value = parse_object(letter.payload.as_bytes()).map_err(|e| format!("replay: {e}"))?;
+        .get(target)
+        .ok_or_else(|| format!("replay: stream `{target}` no longer has a schema"))?;
+    let mut value = parse_object(letter.payload.as_bytes()).map_err(|e| format!("replay: {e}"))?;
+    let from_tcp = letter
+        .source
+        .as_deref()
+        .is_some_and(|s| s.starts_with("tcp"));
+    if from_tcp && !stream.declares(stream_field) {
+        if let serde_json::Value::Object(map) = &mut value {
+            map.remove(stream_field);
+        }
+    }
     let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
     let source: Arc<str> = "replay".into();
     let row = stream
@@ -143,25 +183,29 @@ fn revalidate(
             received_at,
         )
         .map_err(|r| format!("replay: {}", r.error))?;
+    if let Some((pointer, error)) = dialect.refused_value(stream, &row) {
+        return Err(format!("replay: at {pointer}: {error}"));
+    }
     Ok((stream.clone(), row))
 }
 
-/// Writes rows and deletes their dead letters together; on a permanent failure, one by
-/// one, so that one bad row does not hold back the others. Returns (written, failed).
+/// Writes rows and deletes their dead letters together; on a permanent failure (or when
+/// another replay took some of them), one by one, so that one bad row does not hold back
+/// the others. Returns (written, failed, taken by another run).
 async fn write(
     sink: &dyn Sink,
     stream: &Stream,
     rows: Vec<(i64, Row)>,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(usize, usize, usize)> {
     let (ids, rows): (Vec<i64>, Vec<Row>) = rows.into_iter().unzip();
     match retrying(|| sink.write_rows(stream, &rows, &ids)).await {
-        Ok(()) => return Ok((rows.len(), 0)),
+        Ok(()) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
                 .is_some_and(|e| !e.is_transient()) => {}
         Err(e) => return Err(e),
     }
-    let (mut written, mut failed) = (0, 0);
+    let (mut written, mut failed, mut taken) = (0, 0, 0);
     for (id, row) in ids.iter().zip(&rows) {
         match retrying(|| {
             sink.write_rows(stream, std::slice::from_ref(row), std::slice::from_ref(id))
@@ -170,6 +214,7 @@ async fn write(
         {
             Ok(()) => written += 1,
             Err(e) => match e.downcast_ref::<SinkError>() {
+                Some(db) if db.is_replay_conflict() => taken += 1,
                 Some(db) if !db.is_transient() => {
                     failed += 1;
                     let reason = format!("replay: {db}");
@@ -179,7 +224,7 @@ async fn write(
             },
         }
     }
-    Ok((written, failed))
+    Ok((written, failed, taken))
 }
 
 /// Runs `op`, retrying transient failures a few times with backoff.

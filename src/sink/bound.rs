@@ -14,6 +14,24 @@ use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
 use crate::schema_evolution::ExistingColumn;
 
+/// The number of rows a statement changed, for the databases written through here
+/// (sqlx has no common trait for it).
+pub trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
 /// The DDL that `prepare` runs: the dead-letter table, then every stream's table.
 pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> {
     let mut statements = dialect.create_dead_letters();
@@ -56,11 +74,11 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
     let err = sink_error(dialect);
-    let sql = dialect.select_dead_letters(page.stream.is_some(), page.since.is_some());
+    let sql = dialect.select_dead_letters(page.stream.is_some(), page.since.is_some(), page.route);
     let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
     if let Some(stream) = &page.stream {
         q = q.bind(stream.as_str());
@@ -76,6 +94,7 @@ where
                 stream: r.try_get(1)?,
                 payload: r.try_get(2)?,
                 received_at: r.try_get(3)?,
+                source: r.try_get(4)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -227,11 +246,28 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
 {
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
     let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
     let mut tx = pool.begin().await.map_err(&err)?;
+    // Replay: the dead letters go first, and all of them or nothing is written, so
+    // that two replays at once cannot both write a row.
+    let mut deleted = 0;
+    for ids in replayed.chunks(1000) {
+        let sql = dialect.delete_dead_letters(ids.len());
+        let mut q = sqlx::query::<DB>(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        deleted += q.execute(&mut *tx).await.map_err(&err)?.rows();
+    }
+    if deleted != replayed.len() as u64 {
+        return Err(SinkError::replay_conflict(
+            replayed.len() - deleted as usize,
+        ));
+    }
     for chunk in chunks_by(
         rows,
         width,
@@ -262,14 +298,6 @@ where
             if stream.has_extra {
                 q = q.bind(row.extra.as_deref());
             }
-        }
-        q.execute(&mut *tx).await.map_err(&err)?;
-    }
-    for ids in replayed.chunks(1000) {
-        let sql = dialect.delete_dead_letters(ids.len());
-        let mut q = sqlx::query::<DB>(&sql);
-        for id in ids {
-            q = q.bind(*id);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
@@ -349,8 +377,9 @@ where
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
+    DB::QueryResult: RowsAffected,
 {
     fn fetch_dead_letters<'a>(
         &'a self,

@@ -276,18 +276,24 @@ impl Dialect {
         sql
     }
 
-    /// A page of replayable dead letters (with a stream), oldest first, after id
-    /// `$1`, optionally for one stream and since a time: `id, stream, payload,
-    /// received_at` (as RFC 3339 text). Binds: after id, [stream], [since], limit.
-    pub fn select_dead_letters(self, by_stream: bool, since: bool) -> String {
+    /// A page of replayable dead letters (with a stream, or with `route` those of the
+    /// `route` stage), oldest first, after id `$1`, optionally for one stream and since
+    /// a time: `id, stream, payload, received_at` (as RFC 3339 text), `source`. Binds:
+    /// after id, [stream], [since], limit.
+    pub fn select_dead_letters(self, by_stream: bool, since: bool, route: bool) -> String {
         let received = self.received_at_text();
         let mut n = 1;
         let mut next = || {
             n += 1;
             self.placeholder(n)
         };
+        let which = if route {
+            "stage = 'route'"
+        } else {
+            "stream IS NOT NULL"
+        };
         let mut sql = format!(
-            "SELECT id, stream, payload, {received} FROM {DEAD_LETTERS} WHERE id > {} AND stream IS NOT NULL",
+            "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE id > {} AND {which}",
             self.placeholder(1)
         );
         if by_stream {

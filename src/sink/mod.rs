@@ -142,7 +142,33 @@ pub struct DeadLetterPage {
     pub after_id: i64,
     pub stream: Option<String>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only `route`-stage dead letters (named no known stream), with or without a
+    /// stream; otherwise only dead letters that name a stream.
+    pub route: bool,
     pub limit: i64,
+}
+
+/// Replay: some of the dead letters a batch replays were deleted since they were read
+/// (another replay took them), so the batch wrote nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("{missing} of these dead letters were already replayed by another run")]
+pub struct ReplayConflict {
+    pub missing: usize,
+}
+
+impl SinkError {
+    /// The error of a replay batch whose dead letters were partly gone.
+    pub fn replay_conflict(missing: usize) -> SinkError {
+        SinkError {
+            class: ErrorClass::Permanent,
+            source: Box::new(ReplayConflict { missing }),
+        }
+    }
+
+    /// Whether this is a [`ReplayConflict`].
+    pub fn is_replay_conflict(&self) -> bool {
+        self.source.downcast_ref::<ReplayConflict>().is_some()
+    }
 }
 
 /// Filters of `GET /v1/dead-letters`.
@@ -181,8 +207,11 @@ pub struct ListedDeadLetter {
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
     pub id: i64,
-    pub stream: String,
+    /// `None` for a `route`-stage dead letter that named no known stream.
+    pub stream: Option<String>,
     pub payload: String,
+    /// Where it came from (`tcp …` lines still carry their routing field).
+    pub source: Option<String>,
     /// When Sluice first accepted the event, RFC 3339.
     pub received_at: String,
 }

@@ -150,6 +150,21 @@ impl Sink for PgSink {
                 return copy_in(&mut conn, &statement, data).await.map_err(&err);
             }
             let mut tx = self.pool.begin().await.map_err(&err)?;
+            // Replay: the dead letters go first, all or nothing (see `bound::write_rows`).
+            let mut deleted = 0;
+            for ids in replayed.chunks(1000) {
+                let sql = DIALECT.delete_dead_letters(ids.len());
+                let mut q = sqlx::query(&sql);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                deleted += q.execute(&mut *tx).await.map_err(&err)?.rows_affected();
+            }
+            if deleted != replayed.len() as u64 {
+                return Err(SinkError::replay_conflict(
+                    replayed.len() - deleted as usize,
+                ));
+            }
             match &stream.id_field {
                 None => {
                     let statement = format!("COPY {table} ({columns}) FROM STDIN");
@@ -173,14 +188,6 @@ impl Sink for PgSink {
                     .await
                     .map_err(&err)?;
                 }
-            }
-            for ids in replayed.chunks(1000) {
-                let sql = DIALECT.delete_dead_letters(ids.len());
-                let mut q = sqlx::query(&sql);
-                for id in ids {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *tx).await.map_err(&err)?;
             }
             tx.commit().await.map_err(&err)
         })

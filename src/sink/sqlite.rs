@@ -62,8 +62,9 @@ impl RowWriter {
             Some(c) => c,
             None => slot.insert(open(&self.path, self.synchronous).map_err(rusqlite_error)?),
         };
-        let result =
-            write_blocking(conn, insert, has_extra, rows, replayed).map_err(rusqlite_error);
+        let result = write_blocking(conn, insert, has_extra, rows, replayed)
+            .map_err(rusqlite_error)
+            .and_then(|r| r);
         if result.as_ref().is_err_and(SinkError::is_transient) {
             // Reopen next time: the failure may have been the connection's.
             *slot = None;
@@ -146,8 +147,19 @@ fn write_blocking(
     has_extra: bool,
     rows: &[Row],
     replayed: &[i64],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Result<(), SinkError>> {
     let tx = conn.transaction()?;
+    // Replay: the dead letters go first, all or nothing (see `bound::write_rows`).
+    if !replayed.is_empty() {
+        let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
+        let mut deleted = 0;
+        for id in replayed {
+            deleted += delete.execute([id])?;
+        }
+        if deleted != replayed.len() {
+            return Ok(Err(SinkError::replay_conflict(replayed.len() - deleted)));
+        }
+    }
     {
         let mut statement = tx.prepare_cached(insert)?;
         for row in rows {
@@ -172,13 +184,7 @@ fn write_blocking(
             statement.raw_execute()?;
         }
     }
-    if !replayed.is_empty() {
-        let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
-        for id in replayed {
-            delete.execute([id])?;
-        }
-    }
-    tx.commit()
+    tx.commit().map(Ok)
 }
 
 impl Sink for SqliteSink {

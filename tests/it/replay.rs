@@ -67,7 +67,8 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
         dry["reading"],
         StreamReport {
             replayed: 2,
-            still_failing: 2
+            still_failing: 2,
+            taken_by_another_run: 0
         }
     );
     assert_eq!(
@@ -90,7 +91,8 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
         report["reading"],
         StreamReport {
             replayed: 2,
-            still_failing: 2
+            still_failing: 2,
+            taken_by_another_run: 0
         }
     );
     let seqs = app.db.values("reading", "seq").await;
@@ -101,7 +103,8 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
         again["reading"],
         StreamReport {
             replayed: 0,
-            still_failing: 2
+            still_failing: 2,
+            taken_by_another_run: 0
         }
     );
     assert_eq!(
@@ -126,4 +129,146 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
     assert_eq!(left[1][0].as_deref(), Some("{not json"));
 }
 
-db_tests!(replay_after_a_schema_fix_moves_dead_letters_once);
+/// `sluice replay`, the binary, against `db` with the schemas in `schemas`.
+fn replay_binary(db: &crate::helpers::TestDb, schemas: &Path, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .arg("replay")
+        .args(args)
+        .env("SLUICE_SCHEMAS_DIR", schemas)
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Replay through the binary: a TCP line keeps its routing field in its dead letter and
+/// loses it on replay, as on the live path; a schema that gained an optional property
+/// gets its column first; `route` dead letters go into the stream named by `--into`.
+async fn the_replay_binary_strips_routing_fields_evolves_tables_and_routes_unknown_streams(db: Db) {
+    use tokio::io::AsyncWriteExt;
+    let schemas = tempfile::tempdir().unwrap();
+    copy_schemas(schemas.path());
+    let Some(mut app) = spawn_app(db, schemas.path().to_path_buf(), |_| {}).await else {
+        return;
+    };
+    let mut tcp = tokio::net::TcpStream::connect(app.tcp_addr.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"{\"stream\": \"reading\", \"seq\": 1, \"sensor\": \"tcp\", \"value\": 5000}\n\
+          {\"stream\": \"readings\", \"seq\": 2, \"sensor\": \"typo\", \"value\": 1}\n",
+    )
+    .await
+    .unwrap();
+    drop(tcp);
+    let r = app
+        .post(
+            "reading",
+            "",
+            "application/json",
+            r#"{"seq": 3, "sensor": "http", "value": 1, "note": "new"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.db.dead_letters().await.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "three dead letters");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.stop().await.unwrap();
+
+    // The fix: a wider range, and a new optional property.
+    let path = schemas.path().join("reading.json");
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"maximum\": 1000", "\"maximum\": 10000")
+        .replace(
+            "\"at\": {",
+            "\"note\": { \"type\": \"string\" },\n    \"at\": {",
+        );
+    std::fs::write(&path, fixed).unwrap();
+
+    let out = replay_binary(&app.db, schemas.path(), &[]);
+    assert!(
+        out.contains("reading: 2 replayed, 0 still failing"),
+        "{out}"
+    );
+    let out = replay_binary(&app.db, schemas.path(), &["--into", "reading"]);
+    assert!(
+        out.contains("reading: 1 replayed, 0 still failing"),
+        "{out}"
+    );
+    assert_eq!(
+        app.db.values("reading", "sensor").await,
+        [Some("http".into()), Some("tcp".into()), Some("typo".into())]
+    );
+    let notes = app
+        .db
+        .query("SELECT sensor, note FROM reading WHERE note IS NOT NULL")
+        .await;
+    assert_eq!(notes, [[Some("http".into()), Some("new".into())]]);
+    assert!(app.db.dead_letters().await.is_empty());
+}
+
+/// Four replays at once over the same 1,000 dead letters: every row is written exactly
+/// once, and the runs' counts add up.
+async fn replays_at_once_write_each_row_once(db: Db) {
+    let schemas = tempfile::tempdir().unwrap();
+    copy_schemas(schemas.path());
+    let Some(mut app) = spawn_app(db, schemas.path().to_path_buf(), |_| {}).await else {
+        return;
+    };
+    let body: String = (0..1000)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"s\", \"value\": 5000}}\n"))
+        .collect();
+    let r = app.post("reading", "", "application/x-ndjson", body).await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["dead_lettered"], 1000);
+    app.stop().await.unwrap();
+    let path = schemas.path().join("reading.json");
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"maximum\": 1000", "\"maximum\": 10000");
+    std::fs::write(&path, fixed).unwrap();
+
+    // In one process, so that the four runs read the same pages at the same time.
+    let config = sluice::Config {
+        schemas_dir: schemas.path().to_path_buf(),
+        database: sluice::config::DatabaseConfig {
+            url: app.db.url.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let options = ReplayOptions::default();
+    let runs = (0..4).map(|_| replay(&config, &options));
+    let outputs: Vec<_> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let replayed: usize = outputs
+        .iter()
+        .map(|o| o.get("reading").map_or(0, |r| r.replayed))
+        .sum();
+    assert_eq!(replayed, 1000, "{outputs:?}");
+    assert_eq!(app.db.count("reading").await, 1000);
+    assert_eq!(app.db.distinct("reading", "seq").await, 1000);
+    assert!(app.db.dead_letters().await.is_empty());
+}
+
+db_tests!(
+    replay_after_a_schema_fix_moves_dead_letters_once,
+    the_replay_binary_strips_routing_fields_evolves_tables_and_routes_unknown_streams,
+    replays_at_once_write_each_row_once,
+);
