@@ -55,12 +55,7 @@ impl App {
                 registry.names()
             );
         }
-        let sink = sink::connect(&config.database).await.with_context(|| {
-            format!(
-                "cannot connect to the database {}",
-                redact(&config.database.url)
-            )
-        })?;
+        let sink = connect(&config.database).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         evolve_tables(&*sink, &streams).await?;
         sink.prepare(&streams)
@@ -357,23 +352,91 @@ pub async fn evolve_tables(
     Ok(())
 }
 
-/// A database URL without its password, for messages.
+/// A database URL without its secrets, for messages: the password of the user part
+/// (`user:secret@`) and the value of every query parameter that names a password
+/// (`?password=`, `sslpassword=`, …) become `***`.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (before_query, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (before_query.find("://"), before_query.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
+            let userinfo = &before_query[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    &before_query[..scheme_end + 3],
+                    &before_query[at..]
                 ),
-                None => url.to_owned(),
+                None => before_query.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
+}
+
+/// Whether a URL query parameter holds a password.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password") || key == "pass" || key == "pwd"
+}
+
+/// `text` (an error message, say) with every secret of `url` replaced by `***`, so
+/// that a driver error quoting the URL or the password does not leak it.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut out = text.to_owned();
+    for secret in url_secrets(url) {
+        out = out.replace(&secret, "***");
+    }
+    out
+}
+
+/// The secrets a database URL carries, longest first (so that a secret containing
+/// another is replaced whole).
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let (before_query, query) = url.split_once('?').unwrap_or((url, ""));
+    if let (Some(scheme_end), Some(at)) = (before_query.find("://"), before_query.rfind('@')) {
+        if at > scheme_end {
+            if let Some((_, password)) = before_query[scheme_end + 3..at].split_once(':') {
+                secrets.push(password.to_owned());
+            }
+        }
+    }
+    for pair in query.split('&') {
+        if let Some((key, value)) = pair.split_once('=') {
+            if is_secret_key(key) {
+                secrets.push(value.to_owned());
+            }
+        }
+    }
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets
+}
+
+/// Connects to the configured database; the error never shows the URL's secrets.
+pub async fn connect(config: &crate::config::DatabaseConfig) -> anyhow::Result<Arc<dyn Sink>> {
+    sink::connect(config).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the database {}: {}",
+            redact(&config.url),
+            redact_in(&e.to_string(), &config.url)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -385,6 +448,17 @@ mod tests {
             "postgres://app:***@h/db"
         );
         assert_eq!(super::redact("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(
+            super::redact("postgres://app@h/db?sslmode=require&password=s3cret"),
+            "postgres://app@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            super::redact_in(
+                "error: password s3cret rejected",
+                "mysql://u@h/d?Password=s3cret"
+            ),
+            "error: password *** rejected"
+        );
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
     }
 }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod json_text;
 pub mod loadgen;
 pub mod log_summary;
 pub mod pipeline;

@@ -1,25 +1,26 @@
-//! Deterministic bookshop `order_placed` events for load tests and benchmarks (the
-//! shape of `../shared/peers/gen_events.py`: about 440 bytes of JSON with a nested
-//! `items` array), generated from a seed so every run sends the same bytes.
+//! Deterministic bookshop `order_placed` events for load tests and benchmarks (about
+//! 440 bytes of JSON with a nested `items` array, in the bookshop's markets and
+//! currencies), generated from a seed so every run sends the same bytes.
 
 use std::fmt::Write as _;
 
-const COUNTRIES: &[(&str, &str, &[&str], u32)] = &[
-    ("US", "USD", &["CA", "NY", "TX", "WA", "IL", "MA"], 30),
-    (
-        "GB",
-        "GBP",
-        &["England", "Scotland", "Wales", "Northern Ireland"],
-        15,
-    ),
-    ("DE", "EUR", &["BY", "BE", "HH", "NW", "BW"], 12),
-    ("FR", "EUR", &["IDF", "ARA", "PAC", "OCC"], 10),
-    ("ES", "EUR", &["MD", "CT", "AN"], 6),
-    ("NL", "EUR", &["NH", "ZH", "UT"], 5),
-    ("CA", "CAD", &["ON", "QC", "BC", "AB"], 8),
-    ("AU", "AUD", &["NSW", "VIC", "QLD", "WA"], 7),
-    ("IE", "EUR", &["Leinster", "Munster"], 3),
-    ("NZ", "NZD", &["AUK", "WGN", "CAN"], 4),
+/// The bookshop's markets: (country, currency, regions as ISO 3166-2 subdivision codes,
+/// weight, the currency's units per US dollar of list price, its decimals). US:
+/// California, Oregon, New York, Montana; Germany: Berlin; Japan: Tokyo (13); Ethiopia:
+/// Addis Ababa (AA).
+type Market = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    u32,
+    f64,
+    i32,
+);
+const COUNTRIES: &[Market] = &[
+    ("US", "USD", &["CA", "OR", "NY", "MT"], 45, 1.0, 2),
+    ("DE", "EUR", &["BE"], 25, 0.92, 2),
+    ("JP", "JPY", &["13"], 20, 150.0, 0),
+    ("ET", "ETB", &["AA"], 10, 120.0, 2),
 ];
 const ADJ: &[&str] = &[
     "Silent",
@@ -178,7 +179,10 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
     let mut micros = 0i64;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let (country, currency, regions, _) = COUNTRIES[weighted(&mut rng, &weights)];
+        let (country, currency, regions, _, per_usd, decimals) =
+            COUNTRIES[weighted(&mut rng, &weights)];
+        let unit = 10f64.powi(decimals);
+        let local = |usd: f64| (usd * per_usd * unit).round() / unit;
         let k = weighted(&mut rng, &[40, 30, 15, 10, 5]) + 1;
         let mut items = String::from("[");
         let (mut subtotal, mut count) = (0.0, 0u32);
@@ -191,8 +195,9 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
         }
         for (j, b) in chosen.iter().enumerate() {
             let book = &books[*b];
+            let price = local(book.price);
             let qty = weighted(&mut rng, &[85, 12, 3]) as u32 + 1;
-            subtotal += f64::from(qty) * book.price;
+            subtotal += f64::from(qty) * price;
             count += qty;
             if j > 0 {
                 items.push(',');
@@ -200,13 +205,13 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
             let _ = write!(
                 items,
                 r#"{{"isbn":"{}","title":"{}","qty":{qty},"unit_price":{}}}"#,
-                book.isbn, book.title, book.price
+                book.isbn, book.title, price
             );
         }
         items.push(']');
         let coupon = (rng.f64() < 0.15).then(|| *pick(&mut rng, COUPONS));
         let rate = coupon.map_or(0.0, |c| c.1);
-        let total = (subtotal * (1.0 - rate) * 100.0).round() / 100.0;
+        let total = (subtotal * (1.0 - rate) * unit).round() / unit;
         micros += rng.i64(1000..60000);
         let at = chrono::DateTime::from_timestamp_micros(BASE_MICROS + micros).unwrap_or_default();
         let coupon = coupon.map_or_else(|| "null".to_owned(), |c| format!("\"{}\"", c.0));
@@ -237,5 +242,31 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(e).unwrap();
             assert!(v["items"].as_array().is_some_and(|i| !i.is_empty()));
         }
+    }
+
+    #[test]
+    fn events_are_in_the_bookshops_markets_and_currencies() {
+        let markets = [
+            ("US", "USD", vec!["CA", "OR", "NY", "MT"]),
+            ("DE", "EUR", vec!["BE"]),
+            ("JP", "JPY", vec!["13"]),
+            ("ET", "ETB", vec!["AA"]),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for e in generate(2000, 3) {
+            let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+            let country = v["country"].as_str().unwrap();
+            let (_, currency, regions) = markets
+                .iter()
+                .find(|m| m.0 == country)
+                .unwrap_or_else(|| panic!("{country} is not a market"));
+            assert_eq!(v["currency"], *currency);
+            assert!(regions.contains(&v["region"].as_str().unwrap()), "{e}");
+            if country == "JP" {
+                assert!(v["total_amount"].as_f64().unwrap().fract() == 0.0, "{e}");
+            }
+            seen.insert(country.to_owned());
+        }
+        assert_eq!(seen.len(), 4, "every market appears");
     }
 }

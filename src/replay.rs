@@ -72,12 +72,7 @@ pub async fn replay(
             );
         }
     }
-    let sink = sink::connect(&config.database).await.with_context(|| {
-        format!(
-            "cannot connect to the database {}",
-            crate::app::redact(&config.database.url)
-        )
-    })?;
+    let sink = crate::app::connect(&config.database).await?;
     let streams: Vec<_> = registry.iter().cloned().collect();
     crate::app::evolve_tables(&*sink, &streams).await?;
     sink.prepare(&streams)

@@ -306,6 +306,19 @@ impl Stream {
         if !self.validator.is_valid(&event) {
             return Err(self.explain_invalid(&event));
         }
+        // An integer literal beyond 64 bits became a float: JSON columns and `_extra`
+        // then take their text from the original, digit for digit.
+        let originals = (crate::json_text::has_float(&event)
+            && crate::json_text::has_long_integer(&raw))
+        .then(|| crate::json_text::top_level(&raw))
+        .flatten();
+        let exact = |name: &str, v: &Value| {
+            originals
+                .as_ref()
+                .and_then(|o| o.get(name))
+                .and_then(|r| crate::json_text::exact_compact(r.get()))
+                .unwrap_or_else(|| v.to_string())
+        };
         let Value::Object(mut map) = event else {
             // Unreachable for a valid event: the top-level schema type is `object`.
             return Err(Rejection {
@@ -318,6 +331,9 @@ impl Stream {
         for col in &self.columns {
             let cell = match map.remove(&col.name) {
                 None | Some(Value::Null) => Cell::Null,
+                Some(v) if col.ty == ColumnType::Json && originals.is_some() => {
+                    Cell::Json(exact(&col.name, &v))
+                }
                 Some(v) => convert(col.ty, v).map_err(|error| Rejection {
                     stage: Stage::Validate,
                     error: format!("at /{}: {error}", col.name),
@@ -326,7 +342,17 @@ impl Stream {
             };
             cells.push(cell);
         }
-        let extra = (self.has_extra && !map.is_empty()).then(|| Value::Object(map).to_string());
+        let extra = (self.has_extra && !map.is_empty()).then(|| match &originals {
+            None => Value::Object(map).to_string(),
+            Some(_) => {
+                // serde_json's map iterates in key order: the same order it writes.
+                let members: Vec<String> = map
+                    .iter()
+                    .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), exact(k, v)))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+        });
         Ok(Row {
             cells,
             extra,

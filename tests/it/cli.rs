@@ -78,6 +78,31 @@ fn check_reports_unknown_config_keys_with_the_file_name() {
     );
 }
 
+/// A database that cannot be reached: the error names it, but never its password, in
+/// whichever form the URL carries it.
+#[test]
+fn connection_errors_never_show_the_database_password() {
+    for url in [
+        "postgres://app:Pw-user-1@127.0.0.1:1/events",
+        "postgres://app@127.0.0.1:1/events?password=Pw-query-2",
+        "mysql://app@127.0.0.1:1/events?password=Pw-query-3",
+        "mysql://app:Pw-user-4@127.0.0.1:1/events",
+    ] {
+        let out = sluice()
+            .args(["serve"])
+            .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+            .env("SLUICE_DATABASE_URL", url)
+            .env("SLUICE_DATABASE_ACQUIRE_TIMEOUT", "1s")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot connect to the database"), "{err}");
+        assert!(err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("Pw-"), "the password leaked: {err}");
+    }
+}
+
 #[test]
 fn zero_limits_stop_start_up_naming_the_setting() {
     for (var, key) in [

@@ -164,4 +164,32 @@ async fn every_type_round_trips_identically(db: Db) {
     assert_eq!(tables, 2, "the DROP TABLE in a value is only text");
 }
 
-db_tests!(every_type_round_trips_identically);
+/// Integers beyond 64 bits inside JSON columns and `_extra` keep every digit (they used
+/// to become floats: 123456789012345678901234567890 came back as 1.2345678901234568e29).
+async fn integers_beyond_64_bits_in_json_keep_every_digit(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let event = r#"{"id": 1, "s": "x", "o": {"big": 123456789012345678901234567890, "f": 1.5, "n": [-18446744073709551617]}, "more": 18446744073709551616}"#;
+    let r = app.post("typemap", "", "application/json", event).await;
+    assert_eq!(r.status(), 200);
+    let rows = app
+        .db
+        .query(&format!(
+            "SELECT {}, {} FROM typemap",
+            app.db.text("o"),
+            app.db.text("_extra")
+        ))
+        .await;
+    let o = rows[0][0].as_deref().unwrap();
+    let extra = rows[0][1].as_deref().unwrap();
+    assert!(o.contains("123456789012345678901234567890"), "{o}");
+    assert!(o.contains("-18446744073709551617"), "{o}");
+    assert!(o.contains("1.5"), "{o}");
+    assert!(extra.contains("18446744073709551616"), "{extra}");
+}
+
+db_tests!(
+    every_type_round_trips_identically,
+    integers_beyond_64_bits_in_json_keep_every_digit,
+);
