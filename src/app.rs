@@ -186,6 +186,10 @@ impl App {
             accepting.clone(),
         );
         connections.spawn(async move { ingest.dead_letter_log.run(interval, stop).await });
+        if let Some(retention) = self.config.dead_letters.retention {
+            let (sink, stop) = (self.sink.clone(), accepting.clone());
+            connections.spawn(crate::purge::run_retention(sink, retention, stop));
+        }
         if let Some(listener) = self.tcp {
             let config = Arc::new(self.config.tcp.clone());
             connections.spawn(tcp::serve(

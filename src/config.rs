@@ -182,6 +182,10 @@ pub struct DeadLettersConfig {
     /// prefix, and its error names the received length and SHA-256.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// Dead letters received longer ago than this are deleted in the background, in
+    /// small batches (e.g. `"30d"`); unset keeps them until replayed or purged.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retention: Option<Duration>,
 }
 
 /// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
@@ -482,6 +486,10 @@ impl Config {
             ("database.acquire_timeout", self.database.acquire_timeout),
             ("database.write_timeout", self.database.write_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
+            (
+                "dead_letters.retention",
+                self.dead_letters.retention.unwrap_or(Duration::MAX),
+            ),
         ];
         for (key, value) in durations {
             if value.is_zero() {

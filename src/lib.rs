@@ -12,6 +12,7 @@ pub mod json_text;
 pub mod loadgen;
 pub mod log_summary;
 pub mod pipeline;
+pub mod purge;
 pub mod replay;
 pub mod schema;
 pub mod schema_evolution;

@@ -64,6 +64,24 @@ enum Command {
         #[arg(long)]
         into: Option<String>,
     },
+    /// Delete dead letters by stream, stage and age (in batches of 1,000 rows).
+    Purge {
+        /// Only this stream's dead letters.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only this stage: parse, route, validate or write.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only dead letters received before this RFC 3339 time...
+        #[arg(long, conflicts_with = "older_than")]
+        before: Option<String>,
+        /// ...or received longer ago than this (e.g. "7d").
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Required to purge with no filter at all (every dead letter).
+        #[arg(long)]
+        all: bool,
+    },
     /// Print the OpenAPI 3.1 document of the HTTP API (the one kept in docs/openapi.json).
     Openapi,
 }
@@ -88,6 +106,13 @@ fn main() -> ExitCode {
             dry_run,
             into,
         } => replay(cli.config, stream, since, dry_run, into),
+        Command::Purge {
+            stream,
+            stage,
+            before,
+            older_than,
+            all,
+        } => purge(cli.config, stream, stage, before, older_than, all),
         Command::Openapi => {
             print!("{}", sluice::ingest::openapi::document());
             Ok(())
@@ -182,6 +207,61 @@ fn replay(
     if report.is_empty() {
         println!("no dead letters to replay");
     }
+    Ok(())
+}
+
+fn purge(
+    config_path: Option<PathBuf>,
+    stream: Option<String>,
+    stage: Option<String>,
+    before: Option<String>,
+    older_than: Option<String>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    if let Some(stage) = &stage {
+        anyhow::ensure!(
+            ["parse", "route", "validate", "write"].contains(&stage.as_str()),
+            "--stage {stage}: use parse, route, validate or write"
+        );
+    }
+    let before = match (before, older_than) {
+        (Some(t), _) => Some(
+            sluice::schema::parse_timestamp(&t).map_err(|e| anyhow::anyhow!("--before: {e}"))?,
+        ),
+        (None, Some(age)) => {
+            let age = humantime::parse_duration(&age)
+                .map_err(|e| anyhow::anyhow!("--older-than {age:?}: {e}; write e.g. \"7d\""))?;
+            let age = chrono::Duration::from_std(age)?;
+            Some(
+                chrono::Utc::now()
+                    .checked_sub_signed(age)
+                    .ok_or_else(|| anyhow::anyhow!("--older-than is too long"))?,
+            )
+        }
+        (None, None) => None,
+    };
+    anyhow::ensure!(
+        all || stream.is_some() || stage.is_some() || before.is_some(),
+        "give --stream, --stage, --before or --older-than, or --all to delete every dead letter"
+    );
+    let filter = sluice::sink::PurgeFilter {
+        stream,
+        stage,
+        before,
+        limit: sluice::purge::BATCH,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let deleted = runtime.block_on(async {
+        let sink = sluice::app::connect(&config.database).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let deleted = sluice::purge::purge(&*sink, &filter, &stop).await;
+        sink.close().await;
+        anyhow::Ok(deleted?)
+    })?;
+    println!("{deleted} dead letters deleted");
     Ok(())
 }
 

@@ -96,6 +96,12 @@ pub fn stream_state(stream: &str, saturated: bool, retrying: bool) {
         .set(f64::from(u8::from(retrying)));
 }
 
+pub fn dead_letters_purged(n: u64) {
+    if n > 0 {
+        counter!("sluice_dead_letters_purged_total").increment(n);
+    }
+}
+
 pub fn tcp_connection_opened() {
     gauge!("sluice_tcp_connections").increment(1.0);
 }

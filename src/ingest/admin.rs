@@ -21,6 +21,11 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_DEAD_LETTER_PAGE: i64 = 1000;
 /// Dead letters in a page when `limit` is absent.
 const DEFAULT_DEAD_LETTER_PAGE: i64 = 50;
+/// A page stops once its payloads and errors reach this many bytes (it holds at least
+/// one dead letter); `next_before` then continues after the last one.
+const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Dead letters read from the database per query while a page is built.
+const READ_PAGE: i64 = 50;
 
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(
@@ -253,7 +258,8 @@ pub struct DeadLetterParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterList {
     pub dead_letters: Vec<ListedDeadLetter>,
-    /// Pass as `before` to get the next page; `null` on the last page.
+    /// Pass as `before` to get the next page; `null` on the last page. A page ends early
+    /// (before `limit`) once its payloads and errors reach 8 MiB.
     pub next_before: Option<i64>,
 }
 
@@ -294,19 +300,39 @@ pub async fn list_dead_letters(
             "limit must be between 1 and {MAX_DEAD_LETTER_PAGE}"
         )));
     }
-    let query = crate::sink::DeadLetterQuery {
-        before: p.before,
-        stream: p.stream,
-        stage: p.stage,
-        limit,
-    };
-    let dead_letters = state.sink.list_dead_letters(&query).await.map_err(|e| {
-        tracing::warn!(error = %e, "Cannot list dead letters.");
-        ApiError::DatabaseUnavailable
-    })?;
-    let next_before = (dead_letters.len() as i64 == limit)
-        .then(|| dead_letters.last().map(|l| l.id))
-        .flatten();
+    // Read in small pages and stop at MAX_PAGE_BYTES, so a page of large payloads is
+    // bounded in memory and in response size, not only in count.
+    let mut dead_letters: Vec<ListedDeadLetter> = Vec::new();
+    let mut bytes = 0;
+    let mut before = p.before;
+    let mut more = false;
+    while (dead_letters.len() as i64) < limit {
+        let want = (limit - dead_letters.len() as i64).min(READ_PAGE);
+        let query = crate::sink::DeadLetterQuery {
+            before,
+            stream: p.stream.clone(),
+            stage: p.stage.clone(),
+            limit: want,
+        };
+        let page = state.sink.list_dead_letters(&query).await.map_err(|e| {
+            tracing::warn!(error = %e, "Cannot list dead letters.");
+            ApiError::DatabaseUnavailable
+        })?;
+        let full = page.len() as i64 == want;
+        for letter in page {
+            if bytes >= MAX_PAGE_BYTES {
+                break;
+            }
+            bytes += letter.payload.len() + letter.error.len();
+            before = Some(letter.id);
+            dead_letters.push(letter);
+        }
+        more = full || bytes >= MAX_PAGE_BYTES;
+        if !full || bytes >= MAX_PAGE_BYTES {
+            break;
+        }
+    }
+    let next_before = more.then(|| dead_letters.last().map(|l| l.id)).flatten();
     Ok(Json(DeadLetterList {
         dead_letters,
         next_before,

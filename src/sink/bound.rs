@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
     chunks_by, sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage,
-    Sink, SinkError, StoredDeadLetter,
+    PurgeFilter, Sink, SinkError, StoredDeadLetter,
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -21,6 +21,12 @@ pub trait RowsAffected {
 }
 
 impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
     fn rows(&self) -> u64 {
         self.rows_affected()
     }
@@ -197,6 +203,42 @@ where
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(&err)
+}
+
+/// Deletes one batch of the oldest dead letters matching `filter`.
+pub async fn purge_dead_letters<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    timestamp: TimestampText,
+    filter: &PurgeFilter,
+) -> Result<u64, SinkError>
+where
+    DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let sql = dialect.purge_dead_letters(
+        filter.stream.is_some(),
+        filter.stage.is_some(),
+        filter.before.is_some(),
+    );
+    let mut q = sqlx::query::<DB>(&sql);
+    for text in [&filter.stream, &filter.stage].into_iter().flatten() {
+        q = q.bind(text.as_str());
+    }
+    if let Some(before) = &filter.before {
+        q = q.bind(timestamp(before));
+    }
+    let done = q
+        .bind(filter.limit)
+        .execute(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(done.rows())
 }
 
 /// Counts one more failed replay of dead letter `id`, with its new reason.
@@ -399,6 +441,18 @@ where
         error: &'a str,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(record_replay_failure(&self.pool, self.dialect, id, error))
+    }
+
+    fn purge_dead_letters<'a>(
+        &'a self,
+        filter: &'a PurgeFilter,
+    ) -> BoxFuture<'a, Result<u64, SinkError>> {
+        Box::pin(purge_dead_letters(
+            &self.pool,
+            self.dialect,
+            self.timestamp,
+            filter,
+        ))
     }
 
     fn describe_table<'a>(

@@ -115,6 +115,12 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         query: &'a DeadLetterQuery,
     ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>>;
+    /// Deletes one batch (up to `filter.limit`) of the oldest dead letters matching
+    /// `filter`; returns how many it deleted.
+    fn purge_dead_letters<'a>(
+        &'a self,
+        filter: &'a PurgeFilter,
+    ) -> BoxFuture<'a, Result<u64, SinkError>>;
     /// Records that replaying dead letter `id` failed again, with the new reason.
     fn record_replay_failure<'a>(
         &'a self,
@@ -169,6 +175,17 @@ impl SinkError {
     pub fn is_replay_conflict(&self) -> bool {
         self.source.downcast_ref::<ReplayConflict>().is_some()
     }
+}
+
+/// Which dead letters to purge.
+#[derive(Debug, Clone)]
+pub struct PurgeFilter {
+    pub stream: Option<String>,
+    pub stage: Option<String>,
+    /// Only those received before this time.
+    pub before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Most rows one statement deletes, so a purge never holds long locks.
+    pub limit: i64,
 }
 
 /// Filters of `GET /v1/dead-letters`.

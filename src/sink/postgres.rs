@@ -12,15 +12,15 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::bound::{
-    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, record_replay_failure,
-    table_has_rows,
+    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, purge_dead_letters,
+    record_replay_failure, table_has_rows,
 };
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
 use super::{
-    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, Sink,
-    SinkError, StoredDeadLetter,
+    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage,
+    PurgeFilter, Sink, SinkError, StoredDeadLetter,
 };
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
@@ -215,6 +215,13 @@ impl Sink for PgSink {
         page: &'a DeadLetterPage,
     ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
         Box::pin(fetch_dead_letters(&self.pool, DIALECT, rfc3339, page))
+    }
+
+    fn purge_dead_letters<'a>(
+        &'a self,
+        filter: &'a PurgeFilter,
+    ) -> BoxFuture<'a, Result<u64, SinkError>> {
+        Box::pin(purge_dead_letters(&self.pool, DIALECT, rfc3339, filter))
     }
 
     fn record_replay_failure<'a>(

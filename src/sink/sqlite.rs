@@ -20,7 +20,7 @@ use super::bound::BoundSink;
 use super::dialect::{sqlite_timestamp, Dialect};
 use super::{
     sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ErrorClass, ListedDeadLetter,
-    PoolUsage, Sink, SinkError, StoredDeadLetter,
+    PoolUsage, PurgeFilter, Sink, SinkError, StoredDeadLetter,
 };
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
@@ -257,6 +257,13 @@ impl Sink for SqliteSink {
         query: &'a DeadLetterQuery,
     ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
         self.bound.list_dead_letters(query)
+    }
+
+    fn purge_dead_letters<'a>(
+        &'a self,
+        filter: &'a PurgeFilter,
+    ) -> BoxFuture<'a, Result<u64, SinkError>> {
+        self.bound.purge_dead_letters(filter)
     }
 
     fn record_replay_failure<'a>(

@@ -290,3 +290,139 @@ async fn a_dead_letter_the_database_refuses_makes_the_request_fail_not_succeed()
         "{answer}"
     );
 }
+
+/// `[dead_letters] retention`: older dead letters are deleted in the background, newer
+/// ones stay.
+async fn dead_letters_past_their_retention_are_purged_in_the_background(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |c| {
+        c.dead_letters.retention = Some(std::time::Duration::from_secs(1));
+    })
+    .await
+    else {
+        return;
+    };
+    let r = app
+        .post("reading", "", "application/json", r#"{"seq": -1}"#)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.db.dead_letters().await.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let r = app
+        .post("reading", "", "application/json", r#"{"seq": -2}"#)
+        .await;
+    assert_eq!(r.status(), 200);
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0][3].as_deref().unwrap().contains("-2"));
+}
+
+/// `sluice purge` deletes by stream and stage, and refuses to delete everything unless
+/// told `--all`.
+async fn sluice_purge_deletes_by_stream_and_stage(db: Db) {
+    let Some(mut app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    for _ in 0..3 {
+        app.post("reading", "", "application/json", r#"{"seq": -1}"#)
+            .await;
+    }
+    app.post("reading", "", "application/json", "{oops").await;
+    app.post(
+        "app_log",
+        "",
+        "application/json",
+        r#"{"message": 1, "timestamp": "x"}"#,
+    )
+    .await;
+    app.stop().await.unwrap();
+    assert_eq!(app.db.dead_letters().await.len(), 5);
+    let purge = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+            cmd.env_remove(k);
+        }
+        cmd.arg("purge")
+            .args(args)
+            .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+            .env("SLUICE_DATABASE_URL", &app.db.url)
+            .output()
+            .unwrap()
+    };
+    let out = purge(&["--stream", "reading", "--stage", "validate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "3 dead letters deleted\n"
+    );
+    let left: Vec<_> = app
+        .db
+        .dead_letters()
+        .await
+        .into_iter()
+        .map(|l| (l[0].clone(), l[1].clone()))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (Some("reading".into()), Some("parse".into())),
+            (Some("app_log".into()), Some("validate".into()))
+        ]
+    );
+    let out = purge(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    let out = purge(&["--older-than", "1h"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0 dead letters deleted\n"
+    );
+    let out = purge(&["--all"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 dead letters deleted\n"
+    );
+    assert!(app.db.dead_letters().await.is_empty());
+}
+
+db_tests!(
+    dead_letters_past_their_retention_are_purged_in_the_background,
+    sluice_purge_deletes_by_stream_and_stage,
+);
+
+/// `GET /v1/dead-letters` pages are bounded in bytes too: six payloads of 1.9 MiB do not
+/// come in one page even with `limit=1000`, and `next_before` leads to the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_pages_are_bounded_in_bytes() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.dead_letters.max_payload_bytes = 2 * 1024 * 1024;
+    })
+    .await
+    else {
+        return;
+    };
+    let big = "x".repeat(1900 * 1024);
+    for _ in 0..6 {
+        let r = app
+            .post("reading", "", "application/json", big.clone())
+            .await;
+        assert_eq!(r.status(), 400);
+    }
+    let (status, page) = app.get_json("/v1/dead-letters?limit=1000").await;
+    assert_eq!(status, 200);
+    let first = page["dead_letters"].as_array().unwrap().len();
+    assert!((1..6).contains(&first), "{first} dead letters in one page");
+    let next = page["next_before"].as_i64().expect("a next page");
+    let (_, rest) = app
+        .get_json(&format!("/v1/dead-letters?limit=1000&before={next}"))
+        .await;
+    assert_eq!(
+        first + rest["dead_letters"].as_array().unwrap().len(),
+        6,
+        "{}",
+        rest["next_before"]
+    );
+}
