@@ -24,6 +24,9 @@ const DEFAULT_DEAD_LETTER_PAGE: i64 = 50;
 /// A page stops once its payloads and errors reach this many bytes (it holds at least
 /// one dead letter); `next_before` then continues after the last one.
 const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Longest wait for one read of dead letters (a database that drops packets never
+/// answers; the client gets 503 instead of a hanging request).
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Dead letters read from the database per query while a page is built.
 const READ_PAGE: i64 = 50;
 
@@ -314,10 +317,19 @@ pub async fn list_dead_letters(
             stage: p.stage.clone(),
             limit: want,
         };
-        let page = state.sink.list_dead_letters(&query).await.map_err(|e| {
-            tracing::warn!(error = %e, "Cannot list dead letters.");
-            ApiError::DatabaseUnavailable
-        })?;
+        let page = tokio::time::timeout(LIST_TIMEOUT, state.sink.list_dead_letters(&query))
+            .await
+            .map_err(|_| {
+                tracing::warn!(
+                    timeout_s = LIST_TIMEOUT.as_secs(),
+                    "Listing dead letters got no answer from the database."
+                );
+                ApiError::DatabaseUnavailable
+            })?
+            .map_err(|e| {
+                tracing::warn!(error = %e, "Cannot list dead letters.");
+                ApiError::DatabaseUnavailable
+            })?;
         let full = page.len() as i64 == want;
         for letter in page {
             if bytes >= MAX_PAGE_BYTES {

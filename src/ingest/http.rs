@@ -160,6 +160,8 @@ pub enum ApiError {
     Busy,
     /// 503: Sluice is shutting down and accepts nothing more.
     ShuttingDown,
+    /// 503: the events were queued, but Sluice stopped before their commit was known.
+    StoppedBeforeCommit,
     /// 503: the database did not answer a read (the details are logged, not sent).
     DatabaseUnavailable,
     /// 500: the database refused events and their dead letters too; the request is not
@@ -237,6 +239,10 @@ impl IntoResponse for ApiError {
                 ErrorBody::new(format!(
                     "{events} event(s) of this request could not be stored, not even as dead letters (the database said: {reason}); the request is not acknowledged: retry it, and see Sluice's logs"
                 )),
+            ),
+            ApiError::StoppedBeforeCommit => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody::new("Sluice stopped before this request's events were known to be committed; they may or may not be stored: send it again (with the stream's id_field set, a resent event is stored once)"),
             ),
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -628,7 +634,7 @@ async fn committed(
     let outcome = pending
         .committed()
         .await
-        .map_err(|_| ApiError::ShuttingDown)?;
+        .map_err(|_| ApiError::StoppedBeforeCommit)?;
     if let Some(first) = outcome.lost.first() {
         return Err(ApiError::NotStored {
             events: outcome.lost.len(),

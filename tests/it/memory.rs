@@ -21,13 +21,15 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A gzip body of about 10 KB that inflates to a 10 MiB event: one object holding an
+/// A gzip body of about 10 KB that inflates to a 10 MB event: one object holding an
 /// array of five million small numbers.
 fn bomb() -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(b"{\"seq\": 1, \"sensor\": \"x\", \"value\": 1, \"v\": [")
         .unwrap();
-    let ones = "1,".repeat(1024 * 1024);
+    // Just under the default http.max_body_bytes (10 MiB), so that it is accepted as
+    // a body and would be parsed.
+    let ones = "1,".repeat(1_000_000);
     for _ in 0..5 {
         enc.write_all(ones.as_bytes()).unwrap();
     }
