@@ -294,22 +294,7 @@ where
     let columns = dialect.column_list(stream);
     let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
     let mut tx = pool.begin().await.map_err(&err)?;
-    // Replay: the dead letters go first, and all of them or nothing is written, so
-    // that two replays at once cannot both write a row.
-    let mut deleted = 0;
-    for ids in replayed.chunks(1000) {
-        let sql = dialect.delete_dead_letters(ids.len());
-        let mut q = sqlx::query::<DB>(&sql);
-        for id in ids {
-            q = q.bind(*id);
-        }
-        deleted += q.execute(&mut *tx).await.map_err(&err)?.rows();
-    }
-    if deleted != replayed.len() as u64 {
-        return Err(SinkError::replay_conflict(
-            replayed.len() - deleted as usize,
-        ));
-    }
+    delete_replayed::<DB>(&mut tx, dialect, replayed).await?;
     for chunk in chunks_by(
         rows,
         width,
@@ -344,6 +329,40 @@ where
         q.execute(&mut *tx).await.map_err(&err)?;
     }
     tx.commit().await.map_err(&err)
+}
+
+/// Replay: deletes the dead letters `replayed` on `conn` (in the transaction that then
+/// writes their rows), first, and fails with [`SinkError::replay_conflict`] unless every
+/// one of them was still there, so that two replays at once cannot both write a row.
+pub async fn delete_replayed<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    replayed: &[i64],
+) -> Result<(), SinkError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut deleted = 0;
+    for ids in replayed.chunks(1000) {
+        let sql = dialect.delete_dead_letters(ids.len());
+        let mut q = sqlx::query::<DB>(&sql);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        deleted += q
+            .execute(&mut *conn)
+            .await
+            .map_err(sink_error(dialect))?
+            .rows();
+    }
+    match replayed.len() as u64 - deleted.min(replayed.len() as u64) {
+        0 => Ok(()),
+        missing => Err(SinkError::replay_conflict(missing as usize)),
+    }
 }
 
 /// Writes `letters` to `sluice_dead_letters` in one transaction.

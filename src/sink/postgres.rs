@@ -12,8 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::bound::{
-    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, purge_dead_letters,
-    record_replay_failure, table_has_rows,
+    ddl, delete_replayed, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
+    purge_dead_letters, record_replay_failure, table_has_rows,
 };
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
@@ -150,21 +150,7 @@ impl Sink for PgSink {
                 return copy_in(&mut conn, &statement, data).await.map_err(&err);
             }
             let mut tx = self.pool.begin().await.map_err(&err)?;
-            // Replay: the dead letters go first, all or nothing (see `bound::write_rows`).
-            let mut deleted = 0;
-            for ids in replayed.chunks(1000) {
-                let sql = DIALECT.delete_dead_letters(ids.len());
-                let mut q = sqlx::query(&sql);
-                for id in ids {
-                    q = q.bind(*id);
-                }
-                deleted += q.execute(&mut *tx).await.map_err(&err)?.rows_affected();
-            }
-            if deleted != replayed.len() as u64 {
-                return Err(SinkError::replay_conflict(
-                    replayed.len() - deleted as usize,
-                ));
-            }
+            delete_replayed::<sqlx::Postgres>(&mut tx, DIALECT, replayed).await?;
             match &stream.id_field {
                 None => {
                     let statement = format!("COPY {table} ({columns}) FROM STDIN");

@@ -14,21 +14,12 @@ use sqlx::Connection;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::helpers::{spawn_binary, Db, TestDb};
+use crate::helpers::{rss_bytes, spawn_binary, Db, TestDb};
 
 /// The queue's byte budget in this test.
 const QUEUE_BYTES: u64 = 8 * 1024 * 1024;
 /// Allowed on top of the queue's byte budget (runtime, buffers, decoded rows).
 const HEADROOM: u64 = 64 * 1024 * 1024;
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// An event of about 1 KB, so the byte budget binds before the event count.
 fn event(seq: u64) -> String {

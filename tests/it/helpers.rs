@@ -406,6 +406,16 @@ macro_rules! db_tests {
     };
 }
 
+/// The resident memory of process `pid`, from /proc (0 once it has exited).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// The real `sluice` binary, running with settings from the test only.
 pub struct Binary {
     pub child: std::process::Child,

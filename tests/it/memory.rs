@@ -10,16 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{spawn_binary, Db, TestDb};
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
+use crate::helpers::{rss_bytes, spawn_binary, Db, TestDb};
 
 /// A gzip body of about 10 KB that inflates to a 10 MB event: one object holding an
 /// array of five million small numbers.

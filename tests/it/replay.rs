@@ -9,6 +9,18 @@ use sluice::replay::{replay, ReplayOptions, StreamReport};
 use crate::db_tests;
 use crate::helpers::{fixture_schemas, spawn_app, Db};
 
+/// The configuration `sluice replay` runs with: these schemas, this database.
+fn replay_config(schemas: &Path, url: &str) -> sluice::Config {
+    sluice::Config {
+        schemas_dir: schemas.to_path_buf(),
+        database: sluice::config::DatabaseConfig {
+            url: url.to_owned(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn copy_schemas(to: &Path) {
     for entry in std::fs::read_dir(fixture_schemas()).unwrap() {
         let path = entry.unwrap().path();
@@ -45,14 +57,7 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
         .unwrap()
         .replace("\"maximum\": 1000", "\"maximum\": 10000");
     std::fs::write(&path, fixed).unwrap();
-    let config = sluice::Config {
-        schemas_dir: schemas.path().to_path_buf(),
-        database: sluice::config::DatabaseConfig {
-            url: app.db.url.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let config = replay_config(schemas.path(), &app.db.url);
 
     let dry = replay(
         &config,
@@ -242,14 +247,7 @@ async fn replays_at_once_write_each_row_once(db: Db) {
     std::fs::write(&path, fixed).unwrap();
 
     // In one process, so that the four runs read the same pages at the same time.
-    let config = sluice::Config {
-        schemas_dir: schemas.path().to_path_buf(),
-        database: sluice::config::DatabaseConfig {
-            url: app.db.url.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let config = replay_config(schemas.path(), &app.db.url);
     let options = ReplayOptions::default();
     let runs = (0..4).map(|_| replay(&config, &options));
     let outputs: Vec<_> = futures_util::future::join_all(runs)
