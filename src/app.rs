@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
-use crate::ingest::http::{routers, serve as serve_http, AppState};
+use crate::http::{routers, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};

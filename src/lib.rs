@@ -7,6 +7,7 @@
 pub mod app;
 pub mod config;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod json_text;
 pub mod loadgen;

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             all,
         } => purge(cli.config, stream, stage, before, older_than, all),
         Command::Openapi => {
-            print!("{}", sluice::ingest::openapi::document());
+            print!("{}", sluice::http::openapi::document());
             Ok(())
         }
     };

@@ -5,11 +5,8 @@
 //! queued for the dead-letter batcher, reserved together so that a request is accepted
 //! whole or not at all. Ingest never writes to the database itself.
 
-pub mod admin;
 pub mod body;
 pub mod budget;
-pub mod http;
-pub mod openapi;
 pub mod tcp;
 
 use std::collections::HashMap;

@@ -9,8 +9,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::http::{ApiError, AppState, ErrorBody};
-use super::Ingest;
+use super::{ApiError, AppState, ErrorBody};
+use crate::ingest::Ingest;
 use crate::sink::ListedDeadLetter;
 use crate::stats::Snapshot;
 use crate::telemetry;

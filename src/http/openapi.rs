@@ -6,7 +6,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{admin, http};
+use super::{admin, events};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use super::{admin, http};
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        http::ingest_events,
+        events::ingest_events,
         admin::healthz,
         admin::readyz,
         admin::metrics,

@@ -1,6 +1,6 @@
-//! The HTTP API (DESIGN.md "Inputs / HTTP"): event ingestion, health, readiness and
-//! stream status. Handlers parse and validate, then hand events to the queues; they never
-//! write to the database themselves.
+//! `POST /v1/streams/{stream}/events`: reads the body within its time and memory
+//! budgets, decodes it, hands it to [`crate::ingest`] once, and answers with the outcome
+//! per event (after the commit with `ack=commit`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,263 +8,23 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, ToSchema};
 
-use super::admin;
-use super::body::{self, BodyError};
-use super::budget::{decode_estimate, BudgetError, Reservation};
-use super::{Batch, EventError, Ingest, LimitedListener, Pending};
-use crate::config::HttpConfig;
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
 use crate::event::Stage;
+use crate::ingest::body::{self, BodyError};
+use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
+use crate::ingest::{Batch, EventError, Ingest, Pending};
 use crate::pipeline::queue::QueueError;
-use crate::sink::Sink;
 use crate::telemetry;
 
 /// Most per-event errors listed in one response; the rest are counted in `errors_omitted`.
 const MAX_REPORTED_ERRORS: usize = 1000;
-/// `Retry-After` sent with a 503, in seconds.
-const RETRY_AFTER_SECS: u64 = 1;
-
-/// What the HTTP handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    pub ingest: Arc<Ingest>,
-    pub sink: Arc<dyn Sink>,
-    pub http: Arc<HttpConfig>,
-}
-
-/// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
-///
-/// A connection-limit permit is taken before `accept()` (so the limit is backpressure,
-/// not an error), and a client must send its request headers within
-/// `header_read_timeout`, so slow or stalled clients cannot hold connections forever.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    config: Arc<HttpConfig>,
-    stop: CancellationToken,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    let listener = LimitedListener::new(listener, config.max_connections, "HTTP");
-    while let Some((socket, peer, permit)) = listener.accept(&stop).await {
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                tower::ServiceExt::oneshot(app.clone(), req)
-            });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
-            }
-            drop(permit);
-        });
-    }
-    graceful.shutdown().await;
-}
-
-/// The HTTP routes: the ingest router, and the admin router when the admin surface
-/// (`/metrics`, `/v1/streams`, `/v1/dead-letters`) has its own listener. Health,
-/// readiness and the OpenAPI document are served on both.
-pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>) {
-    let common = Router::new()
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
-        .route("/v1/openapi.json", get(super::openapi::openapi_json));
-    let admin = common
-        .clone()
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/streams", get(admin::list_streams))
-        .route("/v1/streams/{stream}", get(admin::get_stream))
-        .route("/v1/dead-letters", get(admin::list_dead_letters));
-    let finish = |router: Router<AppState>, hint: &'static str| {
-        router
-            .fallback(move || async move { ApiError::NotFound(hint.to_owned()) })
-            .layer(axum::middleware::from_fn(record_request))
-            .with_state(state.clone())
-    };
-    let events = "/v1/streams/{stream}/events";
-    if separate_admin {
-        let ingest = common.route(events, post(ingest_events));
-        (
-            finish(ingest, "no such endpoint on the ingest port; events go to POST /v1/streams/{stream}/events, and /metrics, /v1/streams and /v1/dead-letters are on admin.listen"),
-            Some(finish(admin, "no such endpoint on the admin port; see GET /v1/openapi.json (events go to the ingest port)")),
-        )
-    } else {
-        let all = admin.route(events, post(ingest_events));
-        (
-            finish(all, "no such endpoint; events go to POST /v1/streams/{stream}/events (see GET /v1/openapi.json)"),
-            None,
-        )
-    }
-}
-
-/// The JSON body of every error answer.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong and what to change.
-    pub error: String,
-    /// Events of the request stored in `sluice_dead_letters` (400, 404 on ingest).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dead_lettered: Option<usize>,
-    /// The known streams (404 for an unknown stream).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub streams: Option<Vec<String>>,
-    /// Seconds to wait before retrying (503 on a full queue).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_seconds: Option<u64>,
-}
-
-impl ErrorBody {
-    fn new(error: impl Into<String>) -> Self {
-        ErrorBody {
-            error: error.into(),
-            ..ErrorBody::default()
-        }
-    }
-}
-
-/// An error answered to an HTTP client, as JSON `{"error": "..."}` with its status.
-#[derive(Debug)]
-pub enum ApiError {
-    /// 400: the body is not JSON (it was dead-lettered whole), or a bad query parameter.
-    BadRequest { error: String, dead_lettered: usize },
-    /// 404: unknown stream (the body was dead-lettered, stage `route`) or endpoint.
-    UnknownStream { stream: String, known: Vec<String> },
-    /// 404: no such endpoint.
-    NotFound(String),
-    /// 408: the body did not arrive within `http.body_read_timeout`.
-    BodyTimeout(Duration),
-    /// 413: body, decompressed body or event count above the configured limits.
-    TooLarge(String),
-    /// 415: unsupported `Content-Type` or `Content-Encoding`.
-    UnsupportedMediaType(String),
-    /// 503 + `Retry-After`: the queue stayed full for `enqueue_timeout`; nothing was accepted.
-    QueueFull { stream: String },
-    /// 503 + `Retry-After`: requests in flight hold the whole memory budget
-    /// (`max_inflight_bytes`) and none freed room within `enqueue_timeout`.
-    Busy,
-    /// 503: Sluice is shutting down and accepts nothing more.
-    ShuttingDown,
-    /// 503: the events were queued, but Sluice stopped before their commit was known.
-    StoppedBeforeCommit,
-    /// 503: the database did not answer a read (the details are logged, not sent).
-    DatabaseUnavailable,
-    /// 500: the database refused events and their dead letters too; the request is not
-    /// acknowledged (some of its events may be stored).
-    NotStored { events: usize, reason: String },
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, body) = match self {
-            ApiError::BadRequest {
-                error,
-                dead_lettered,
-            } => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    dead_lettered: Some(dead_lettered),
-                    ..ErrorBody::new(error)
-                },
-            ),
-            ApiError::UnknownStream { stream, known } => (
-                StatusCode::NOT_FOUND,
-                ErrorBody {
-                    dead_lettered: Some(1),
-                    streams: Some(known),
-                    ..ErrorBody::new(format!(
-                        "unknown stream `{stream}`: there is no schemas/{stream}.json"
-                    ))
-                },
-            ),
-            ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
-            ApiError::BodyTimeout(limit) => {
-                let body = ErrorBody::new(format!(
-                    "the request body did not arrive within http.body_read_timeout ({} s); nothing was accepted: send it faster or in smaller requests",
-                    limit.as_secs_f64()
-                ));
-                let mut r = (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response();
-                // The rest of the body may still come; do not read it as a next request.
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
-            }
-            ApiError::TooLarge(error) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorBody::new(error)),
-            ApiError::UnsupportedMediaType(error) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorBody::new(error))
-            }
-            ApiError::QueueFull { stream } => {
-                let body = ErrorBody {
-                    retry_after_seconds: Some(RETRY_AFTER_SECS),
-                    ..ErrorBody::new(format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
-                };
-                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                return r;
-            }
-            ApiError::Busy => {
-                let body = ErrorBody {
-                    retry_after_seconds: Some(RETRY_AFTER_SECS),
-                    ..ErrorBody::new(format!("Sluice is decoding as much input as its memory budget allows (max_inflight_bytes); nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
-                };
-                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                return r;
-            }
-            ApiError::DatabaseUnavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody::new(
-                    "the database did not answer; retry later (see /readyz and the logs)",
-                ),
-            ),
-            ApiError::NotStored { events, reason } => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorBody::new(format!(
-                    "{events} event(s) of this request could not be stored, not even as dead letters (the database said: {reason}); the request is not acknowledged: retry it, and see Sluice's logs"
-                )),
-            ),
-            ApiError::StoppedBeforeCommit => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody::new("Sluice stopped before this request's events were known to be committed; they may or may not be stored: send it again (with the stream's id_field set, a resent event is stored once)"),
-            ),
-            ApiError::ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody::new("Sluice is shutting down and accepts no more events; retry against another instance or later"),
-            ),
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
-impl From<BodyError> for ApiError {
-    fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
-            BodyError::TooLarge(m) => ApiError::TooLarge(m),
-            BodyError::Malformed(m) => ApiError::BadRequest {
-                error: m,
-                dead_lettered: 1,
-            },
-        }
-    }
-}
 
 /// `?ack=`: when the response is sent.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, ToSchema)]
@@ -642,12 +402,4 @@ async fn committed(
         });
     }
     Ok(outcome.rejected)
-}
-
-/// Counts every request by status, with its duration.
-async fn record_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    telemetry::http_request(response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
 }

@@ -1,0 +1,118 @@
+//! The HTTP API: the router and its listeners, the one error type, the events endpoint
+//! and the operator's endpoints. Handlers read and decode requests, hand them to
+//! [`crate::ingest`] (which turns bytes into rows and dead letters and queues them) and
+//! answer; they never write to the database themselves.
+//!
+//! Where things go: a new endpoint is a handler in a module here, added to
+//! [`routers`] and to the OpenAPI document in [`openapi`]; a new error answer is a
+//! variant of [`error::ApiError`].
+
+pub mod admin;
+pub mod error;
+pub mod events;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, ErrorBody};
+
+use crate::config::HttpConfig;
+use crate::ingest::{Ingest, LimitedListener};
+use crate::sink::Sink;
+use crate::telemetry;
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Arc<Ingest>,
+    pub sink: Arc<dyn Sink>,
+    pub http: Arc<HttpConfig>,
+}
+
+/// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
+///
+/// A connection-limit permit is taken before `accept()` (so the limit is backpressure,
+/// not an error), and a client must send its request headers within
+/// `header_read_timeout`, so slow or stalled clients cannot hold connections forever.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: Arc<HttpConfig>,
+    stop: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    let listener = LimitedListener::new(listener, config.max_connections, "HTTP");
+    while let Some((socket, peer, permit)) = listener.accept(&stop).await {
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
+            }
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// The HTTP routes: the ingest router, and the admin router when the admin surface
+/// (`/metrics`, `/v1/streams`, `/v1/dead-letters`) has its own listener. Health,
+/// readiness and the OpenAPI document are served on both.
+pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>) {
+    let common = Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/v1/openapi.json", get(openapi::openapi_json));
+    let admin = common
+        .clone()
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/streams", get(admin::list_streams))
+        .route("/v1/streams/{stream}", get(admin::get_stream))
+        .route("/v1/dead-letters", get(admin::list_dead_letters));
+    let finish = |router: Router<AppState>, hint: &'static str| {
+        router
+            .fallback(move || async move { ApiError::NotFound(hint.to_owned()) })
+            .layer(axum::middleware::from_fn(record_request))
+            .with_state(state.clone())
+    };
+    let events = "/v1/streams/{stream}/events";
+    if separate_admin {
+        let ingest = common.route(events, post(events::ingest_events));
+        (
+            finish(ingest, "no such endpoint on the ingest port; events go to POST /v1/streams/{stream}/events, and /metrics, /v1/streams and /v1/dead-letters are on admin.listen"),
+            Some(finish(admin, "no such endpoint on the admin port; see GET /v1/openapi.json (events go to the ingest port)")),
+        )
+    } else {
+        let all = admin.route(events, post(events::ingest_events));
+        (
+            finish(all, "no such endpoint; events go to POST /v1/streams/{stream}/events (see GET /v1/openapi.json)"),
+            None,
+        )
+    }
+}
+
+/// Counts every request by status, with its duration.
+async fn record_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    telemetry::http_request(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
