@@ -55,12 +55,8 @@ impl App {
                 registry.names()
             );
         }
-        let sink = connect(&config.database).await?;
+        let (registry, sink) = open_storage(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
-        evolve_tables(&*sink, &streams).await?;
-        sink.prepare(&streams)
-            .await
-            .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
         let mut queues = HashMap::new();
         let mut stream_receivers = Vec::new();
         for stream in &streams {
@@ -284,6 +280,22 @@ impl App {
             anyhow::bail!("shutdown_timeout elapsed before the queues were flushed")
         }
     }
+}
+
+/// The start-up every command that writes shares (`serve`, `replay`): connect to the
+/// database, extend the tables whose schema gained optional properties, and create the
+/// missing ones, so that no command runs against tables the schemas no longer match.
+pub async fn open_storage(
+    config: &Config,
+    registry: Registry,
+) -> anyhow::Result<(Registry, Arc<dyn Sink>)> {
+    let sink = connect(&config.database).await?;
+    let streams: Vec<_> = registry.iter().cloned().collect();
+    evolve_tables(&*sink, &streams).await?;
+    sink.prepare(&streams)
+        .await
+        .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
+    Ok((registry, sink))
 }
 
 /// Binds `addr` for `what`, or nothing when `addr` is empty (the listener is disabled).

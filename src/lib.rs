@@ -5,6 +5,7 @@
 //! set aside as a dead letter ([`event::DeadLetter`]). [`app::App`] wires them together.
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod event;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod purge;
 pub mod replay;
 pub mod schema;
 pub mod schema_evolution;
+pub mod shutdown;
 pub mod sink;
 pub mod stats;
 pub mod telemetry;

@@ -72,12 +72,7 @@ pub async fn replay(
             );
         }
     }
-    let sink = crate::app::connect(&config.database).await?;
-    let streams: Vec<_> = registry.iter().cloned().collect();
-    crate::app::evolve_tables(&*sink, &streams).await?;
-    sink.prepare(&streams)
-        .await
-        .context("cannot create the tables")?;
+    let (registry, sink) = crate::app::open_storage(config, registry).await?;
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {
         after_id: 0,

@@ -1,0 +1,153 @@
+//! The commands behind `sluice serve | check | replay | purge`: each loads the
+//! configuration, builds what it needs and reports in plain lines. `main.rs` only parses
+//! the command line and calls one of these.
+
+use std::path::PathBuf;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::schema::Registry;
+use crate::sink::Dialect;
+
+/// `sluice serve`: runs the sidecar until SIGTERM or Ctrl-C.
+pub fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let app = App::build(config).await?;
+        app.run_until_stopped(crate::shutdown::signal()).await
+    });
+    // A write still waiting on a database that stopped answering must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// `sluice check`: prints each table's DDL for the configured database, without
+/// connecting to it.
+pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let dialect = Dialect::from_url(&config.database.url)
+        .map_err(|m| anyhow::anyhow!("[database].url: {m}"))?;
+    let registry = Registry::load(&config)?;
+    println!(
+        "-- {} ({} streams, database {})",
+        config.schemas_dir.display(),
+        registry.names().len(),
+        dialect.name()
+    );
+    for sql in dialect.create_dead_letters() {
+        println!("{sql};\n");
+    }
+    for stream in registry.iter() {
+        println!(
+            "-- stream `{}` from {}",
+            stream.name,
+            stream.schema_file.display()
+        );
+        println!("{};\n", dialect.create_table(stream));
+    }
+    Ok(())
+}
+
+/// `sluice replay`: re-validates dead letters and writes those that now pass.
+pub fn replay(
+    config_path: Option<PathBuf>,
+    stream: Option<String>,
+    since: Option<String>,
+    dry_run: bool,
+    into: Option<String>,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    let since = since
+        .map(|s| crate::schema::parse_timestamp(&s).map_err(|e| anyhow::anyhow!("--since: {e}")))
+        .transpose()?;
+    let options = crate::replay::ReplayOptions {
+        stream,
+        since,
+        dry_run,
+        into,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(crate::replay::replay(&config, &options))?;
+    for (stream, r) in &report {
+        println!(
+            "{stream}: {} {}, {} still failing{}",
+            r.replayed,
+            if dry_run {
+                "would be replayed"
+            } else {
+                "replayed"
+            },
+            r.still_failing,
+            if r.taken_by_another_run > 0 {
+                format!(", {} taken by another replay", r.taken_by_another_run)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if report.is_empty() {
+        println!("no dead letters to replay");
+    }
+    Ok(())
+}
+
+/// `sluice purge`: deletes dead letters by stream, stage and age.
+pub fn purge(
+    config_path: Option<PathBuf>,
+    stream: Option<String>,
+    stage: Option<String>,
+    before: Option<String>,
+    older_than: Option<String>,
+    all: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(config_path.as_deref())?;
+    if let Some(stage) = &stage {
+        anyhow::ensure!(
+            ["parse", "route", "validate", "write"].contains(&stage.as_str()),
+            "--stage {stage}: use parse, route, validate or write"
+        );
+    }
+    let before = match (before, older_than) {
+        (Some(t), _) => {
+            Some(crate::schema::parse_timestamp(&t).map_err(|e| anyhow::anyhow!("--before: {e}"))?)
+        }
+        (None, Some(age)) => {
+            let age = humantime::parse_duration(&age)
+                .map_err(|e| anyhow::anyhow!("--older-than {age:?}: {e}; write e.g. \"7d\""))?;
+            let age = chrono::Duration::from_std(age)?;
+            Some(
+                chrono::Utc::now()
+                    .checked_sub_signed(age)
+                    .ok_or_else(|| anyhow::anyhow!("--older-than is too long"))?,
+            )
+        }
+        (None, None) => None,
+    };
+    anyhow::ensure!(
+        all || stream.is_some() || stage.is_some() || before.is_some(),
+        "give --stream, --stage, --before or --older-than, or --all to delete every dead letter"
+    );
+    let filter = crate::sink::PurgeFilter {
+        stream,
+        stage,
+        before,
+        limit: crate::purge::BATCH,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let deleted = runtime.block_on(async {
+        let sink = crate::app::connect(&config.database).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let deleted = crate::purge::purge(&*sink, &filter, &stop).await;
+        sink.close().await;
+        anyhow::Ok(deleted?)
+    })?;
+    println!("{deleted} dead letters deleted");
+    Ok(())
+}
