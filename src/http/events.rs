@@ -19,8 +19,9 @@ use super::AppState;
 use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
-use crate::ingest::{Batch, EventError, Ingest, Pending};
+use crate::ingest::{CommitWait, EventError, Ingest, RequestEvents};
 use crate::pipeline::queue::QueueError;
+use crate::schema::Stream;
 use crate::telemetry;
 
 /// Most per-event errors listed in one response; the rest are counted in `errors_omitted`.
@@ -156,104 +157,50 @@ pub async fn ingest_events(
     // once its rows are queued (the queue's budget counts them from there).
     let mut held = Reservation::default();
     let read = state.http.body_read_timeout;
-    let bytes = tokio::time::timeout(read, read_body(&state, body, &mut held))
+    let mut bytes = tokio::time::timeout(read, read_body(&state, body, &mut held))
         .await
         .map_err(|_| ApiError::BodyTimeout(read))??;
-    let mut bytes = bytes;
     if gzip {
-        let inflated = gunzip(&state, &bytes, &mut held).await?;
-        bytes = inflated;
+        bytes = gunzip(&state, &bytes, &mut held).await?;
     }
-    let body: &[u8] = &bytes;
-    let source: Arc<str> = format!("http {peer}").into();
-    let received_at = chrono::Utc::now();
+    let stream = ingest.registry.get(&stream_name).cloned();
+    let (mut request, read_as) = decode(
+        &state,
+        &stream_name,
+        stream.as_deref(),
+        format,
+        &bytes,
+        peer,
+        &mut held,
+    )
+    .await?;
 
-    let Some(stream) = ingest.registry.get(&stream_name).cloned() else {
-        let mut batch = ingest.batch();
-        let error = format!("unknown stream `{stream_name}`");
-        batch.reject(
-            None,
-            body,
-            EventError {
-                index: 0,
-                stage: Stage::Route,
-                error,
-                pointer: None,
-            },
-            &source,
-            received_at,
-        );
-        let pending = enqueue(ingest, None, batch, ack, wait, &stream_name).await?;
-        drop(held);
-        committed(pending).await?;
-        return Err(ApiError::UnknownStream {
-            stream: stream_name,
-            known: ingest.registry.names(),
-        });
-    };
-
-    state
-        .ingest
-        .memory()
-        .reserve(&mut held, decode_estimate(body), Some(wait))
-        .await
-        .map_err(budget_error)?;
-    let pieces = match body::split(format, body, state.http.max_events_per_request) {
-        Ok(p) => p,
-        Err(BodyError::Malformed(error)) => {
-            let mut batch = ingest.batch();
-            let ev = EventError {
-                index: 0,
-                stage: Stage::Parse,
-                error: error.clone(),
-                pointer: None,
-            };
-            batch.reject(Some(&stream.name), body, ev, &source, received_at);
-            let pending =
-                enqueue(ingest, Some(&stream.name), batch, ack, wait, &stream_name).await?;
-            drop(held);
-            committed(pending).await?;
-            return Err(ApiError::BadRequest {
-                error,
-                dead_lettered: 1,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut batch = ingest.batch();
-    for (index, piece) in pieces.into_iter().enumerate() {
-        match piece.value {
-            // The raw text of a parsed piece is valid UTF-8.
-            Ok(value) => batch.add(
-                &stream,
-                std::str::from_utf8(piece.raw).unwrap_or_default(),
-                value,
-                index,
-                &source,
-                received_at,
-            ),
-            Err(error) => batch.reject(
-                Some(&stream.name),
-                piece.raw,
-                EventError {
-                    index,
-                    stage: Stage::Parse,
-                    error,
-                    pointer: None,
-                },
-                &source,
-                received_at,
-            ),
-        }
-    }
-    let total = batch.rows.len() + batch.letters.len();
-    let mut errors = std::mem::take(&mut batch.errors);
-    let pending = enqueue(ingest, Some(&stream.name), batch, ack, wait, &stream_name).await?;
+    // The request is queued once, whatever it turned out to hold.
+    let total = request.rows.len() + request.letters.len();
+    let mut errors = std::mem::take(&mut request.errors);
+    let name = stream.as_ref().map(|s| s.name.as_str());
+    let pending = enqueue(ingest, name, request, ack, wait, &stream_name).await?;
     // The rows are queued: the body and this request's reservation are no longer needed
     // while it waits for the commit.
     drop(bytes);
     drop(held);
-    for r in committed(pending).await? {
+    let rejected = committed(pending).await?;
+    match read_as {
+        ReadAs::UnknownStream => {
+            return Err(ApiError::UnknownStream {
+                stream: stream_name,
+                known: ingest.registry.names(),
+            })
+        }
+        ReadAs::Malformed(error) => {
+            return Err(ApiError::BadRequest {
+                error,
+                dead_lettered: 1,
+            })
+        }
+        ReadAs::Events => {}
+    }
+    for r in rejected {
         errors.push(EventError {
             index: r.index,
             stage: Stage::Write,
@@ -279,6 +226,89 @@ pub async fn ingest_events(
         AckMode::Accepted => StatusCode::ACCEPTED,
     };
     Ok((status, Json(response)).into_response())
+}
+
+/// How a request body was read: as events, or set aside whole.
+enum ReadAs {
+    /// Its events, each a row or a dead letter.
+    Events,
+    /// The stream is unknown: the body is one `route` dead letter (404).
+    UnknownStream,
+    /// The body is not what its headers say: one `parse` dead letter (400).
+    Malformed(String),
+}
+
+/// Turns a request body into its rows and dead letters: one per event, or the whole
+/// body as one dead letter when the stream is unknown or the body does not parse.
+/// Reserves the memory the parsed values take before parsing.
+async fn decode(
+    state: &AppState,
+    stream_name: &str,
+    stream: Option<&Stream>,
+    format: body::Format,
+    body: &[u8],
+    peer: SocketAddr,
+    held: &mut Reservation,
+) -> Result<(RequestEvents, ReadAs), ApiError> {
+    let ingest = &state.ingest;
+    let source: Arc<str> = format!("http {peer}").into();
+    let received_at = chrono::Utc::now();
+    let mut request = ingest.request_events();
+    let whole = |stage, error: String| EventError {
+        index: 0,
+        stage,
+        error,
+        pointer: None,
+    };
+    let Some(stream) = stream else {
+        let error = whole(Stage::Route, format!("unknown stream `{stream_name}`"));
+        request.reject(None, body, error, &source, received_at);
+        return Ok((request, ReadAs::UnknownStream));
+    };
+    ingest
+        .memory()
+        .reserve(
+            held,
+            decode_estimate(body),
+            Some(state.http.enqueue_timeout),
+        )
+        .await
+        .map_err(budget_error)?;
+    let pieces = match body::split(format, body, state.http.max_events_per_request) {
+        Ok(pieces) => pieces,
+        Err(BodyError::Malformed(error)) => {
+            let letter = whole(Stage::Parse, error.clone());
+            request.reject(Some(&stream.name), body, letter, &source, received_at);
+            return Ok((request, ReadAs::Malformed(error)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (index, piece) in pieces.into_iter().enumerate() {
+        match piece.value {
+            // The raw text of a parsed piece is valid UTF-8.
+            Ok(value) => request.add(
+                stream,
+                std::str::from_utf8(piece.raw).unwrap_or_default(),
+                value,
+                index,
+                &source,
+                received_at,
+            ),
+            Err(error) => request.reject(
+                Some(&stream.name),
+                piece.raw,
+                EventError {
+                    index,
+                    stage: Stage::Parse,
+                    error,
+                    pointer: None,
+                },
+                &source,
+                received_at,
+            ),
+        }
+    }
+    Ok((request, ReadAs::Events))
 }
 
 /// Reads the body, reserving memory for each chunk before keeping it; refuses more than
@@ -351,19 +381,19 @@ fn budget_error(e: BudgetError) -> ApiError {
     }
 }
 
-/// Queues `batch` within the enqueue timeout; with `ack=commit`, returns what resolves
+/// Queues `request` within the enqueue timeout; with `ack=commit`, returns what resolves
 /// once it is committed.
 async fn enqueue(
     ingest: &Ingest,
     stream: Option<&str>,
-    batch: Batch,
+    request: RequestEvents,
     ack: AckMode,
     timeout: Duration,
     stream_name: &str,
-) -> Result<Option<Pending>, ApiError> {
+) -> Result<Option<CommitWait>, ApiError> {
     let wait_for_commit = ack == AckMode::Commit;
-    let events = batch.rows.len() + batch.letters.len();
-    let pending = match tokio::time::timeout(timeout, ingest.submit(stream, batch, wait_for_commit)).await {
+    let events = request.rows.len() + request.letters.len();
+    let pending = match tokio::time::timeout(timeout, ingest.submit(stream, request, wait_for_commit)).await {
         Err(_) => {
             // Labelled by a known stream only, never by what a client typed.
             telemetry::events_rejected(stream.unwrap_or(telemetry::NO_STREAM), events);
@@ -386,7 +416,7 @@ async fn enqueue(
 /// Waits for the commit of what [`enqueue`] queued (nothing with `ack=accepted`);
 /// returns the write-stage rejections.
 async fn committed(
-    pending: Option<Pending>,
+    pending: Option<CommitWait>,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
     let Some(pending) = pending else {
         return Ok(Vec::new());

@@ -88,7 +88,7 @@ pub struct EventError {
 
 /// The events of one request, sorted into rows and dead letters.
 #[derive(Debug)]
-pub struct Batch {
+pub struct RequestEvents {
     pub rows: Vec<Row>,
     pub letters: Vec<DeadLetter>,
     pub errors: Vec<EventError>,
@@ -102,9 +102,9 @@ pub struct Batch {
     pub storage: Option<Dialect>,
 }
 
-impl Default for Batch {
+impl Default for RequestEvents {
     fn default() -> Self {
-        Batch {
+        RequestEvents {
             rows: Vec::new(),
             letters: Vec::new(),
             errors: Vec::new(),
@@ -116,7 +116,7 @@ impl Default for Batch {
     }
 }
 
-impl Batch {
+impl RequestEvents {
     /// Sets an event aside with `stage` and `error`.
     pub fn reject(
         &mut self,
@@ -184,11 +184,11 @@ impl Batch {
     }
 }
 
-/// Counts a batch that is about to be queued: received events by stream and source,
+/// Counts a request that is about to be queued: received events by stream and source,
 /// and dead letters by stream and stage.
 fn record_submitted(
     stream: Option<&str>,
-    batch: &Batch,
+    events: &RequestEvents,
     stats: &HashMap<String, Arc<StreamStats>>,
     log: &LogSummary,
 ) {
@@ -198,10 +198,10 @@ fn record_submitted(
     // By stream and stage: the stage, the count and one reason.
     let mut dead: std::collections::BTreeMap<(Option<&str>, &'static str), (Stage, usize, &str)> =
         Default::default();
-    for row in &batch.rows {
+    for row in &events.rows {
         *received.entry((stream, source(&row.source))).or_default() += 1;
     }
-    for letter in &batch.letters {
+    for letter in &events.letters {
         let name = letter.stream.as_deref();
         *received.entry((name, source(&letter.source))).or_default() += 1;
         dead.entry((name, letter.stage.as_str()))
@@ -249,13 +249,13 @@ fn split_to_fit<T>(
     pieces
 }
 
-/// Acknowledgements still to come for a submitted batch.
-pub struct Pending {
+/// What resolves once the events of a queued request are committed (or dead-lettered).
+pub struct CommitWait {
     rows: Option<oneshot::Receiver<Outcome>>,
     letters: Option<oneshot::Receiver<Outcome>>,
 }
 
-impl Pending {
+impl CommitWait {
     /// Waits until every row and dead letter is committed; returns the rows the database
     /// refused (dead-lettered at the write stage). `Err` if Sluice stopped before that.
     pub async fn committed(self) -> Result<Outcome, QueueError> {
@@ -322,12 +322,12 @@ impl Ingest {
         self.max_payload
     }
 
-    /// An empty batch whose dead letters keep at most `dead_letters.max_payload_bytes`.
-    pub fn batch(&self) -> Batch {
-        Batch {
+    /// Empty events of one request, whose dead letters keep at most `dead_letters.max_payload_bytes`.
+    pub fn request_events(&self) -> RequestEvents {
+        RequestEvents {
             max_payload: self.max_payload,
             storage: Some(self.storage),
-            ..Batch::default()
+            ..RequestEvents::default()
         }
     }
 
@@ -351,82 +351,82 @@ impl Ingest {
         &self.dead_letters
     }
 
-    /// Reserves room for all of `batch` (waiting as long as it takes; wrap in a timeout
+    /// Reserves room for all of `events` (waiting as long as it takes; wrap in a timeout
     /// to fail fast), then queues it. Cancel-safe: nothing is queued until every
-    /// reservation is held. With `ack`, the returned [`Pending`] resolves on commit.
+    /// reservation is held. With `ack`, the returned [`CommitWait`] resolves on commit.
     pub async fn submit(
         &self,
         stream: Option<&str>,
-        batch: Batch,
+        events: RequestEvents,
         ack: bool,
-    ) -> Result<Pending, QueueError> {
+    ) -> Result<CommitWait, QueueError> {
         let queue = match stream {
-            Some(name) if !batch.rows.is_empty() => {
+            Some(name) if !events.rows.is_empty() => {
                 Some(self.queues.get(name).ok_or(QueueError::Closed)?)
             }
             _ => None,
         };
         let row_permit = match queue {
-            Some(q) => Some(q.reserve(batch.rows.len(), batch.row_bytes).await?),
+            Some(q) => Some(q.reserve(events.rows.len(), events.row_bytes).await?),
             None => None,
         };
-        let letter_permit = if batch.letters.is_empty() {
+        let letter_permit = if events.letters.is_empty() {
             None
         } else {
             Some(
                 self.dead_letters
-                    .reserve(batch.letters.len(), batch.letter_bytes)
+                    .reserve(events.letters.len(), events.letter_bytes)
                     .await?,
             )
         };
-        record_submitted(stream, &batch, &self.stats, &self.dead_letter_log);
-        let mut pending = Pending {
+        record_submitted(stream, &events, &self.stats, &self.dead_letter_log);
+        let mut pending = CommitWait {
             rows: None,
             letters: None,
         };
         if let (Some(q), Some(permit)) = (queue, row_permit) {
             let (tx, rx) = oneshot::channel();
-            q.send(permit, batch.rows, ack.then_some(tx))?;
+            q.send(permit, events.rows, ack.then_some(tx))?;
             pending.rows = ack.then_some(rx);
         }
         if let Some(permit) = letter_permit {
             let (tx, rx) = oneshot::channel();
             self.dead_letters
-                .send(permit, batch.letters, ack.then_some(tx))?;
+                .send(permit, events.letters, ack.then_some(tx))?;
             pending.letters = ack.then_some(rx);
         }
         Ok(pending)
     }
 
-    /// Queues `batch` in as many pieces as the queues' bounds require, each waiting for
+    /// Queues `events` in as many pieces as the queues' bounds require, each waiting for
     /// room; returns what resolves when each piece is committed. For producers without
     /// all-or-nothing semantics (TCP).
     pub async fn submit_in_pieces(
         &self,
         stream: Option<&str>,
-        batch: Batch,
-    ) -> Result<Vec<Pending>, QueueError> {
+        events: RequestEvents,
+    ) -> Result<Vec<CommitWait>, QueueError> {
         let mut pending = Vec::new();
         let row_cap = stream
             .and_then(|s| self.queues.get(s))
             .map(|q| q.capacity())
             .unwrap_or((usize::MAX, usize::MAX));
         let letter_cap = self.dead_letters.capacity();
-        for piece in split_to_fit(batch.rows, row_cap, Row::memory_size) {
+        for piece in split_to_fit(events.rows, row_cap, Row::memory_size) {
             let row_bytes = piece.iter().map(Row::memory_size).sum();
-            let part = Batch {
+            let part = RequestEvents {
                 rows: piece,
                 row_bytes,
-                ..Batch::default()
+                ..RequestEvents::default()
             };
             pending.push(self.submit(stream, part, true).await?);
         }
-        for piece in split_to_fit(batch.letters, letter_cap, DeadLetter::memory_size) {
+        for piece in split_to_fit(events.letters, letter_cap, DeadLetter::memory_size) {
             let letter_bytes = piece.iter().map(DeadLetter::memory_size).sum();
-            let part = Batch {
+            let part = RequestEvents {
                 letters: piece,
                 letter_bytes,
-                ..Batch::default()
+                ..RequestEvents::default()
             };
             pending.push(self.submit(stream, part, true).await?);
         }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::budget::{decode_estimate, Reservation};
-use super::{body::parse_object, Batch, EventError, Ingest, LimitedListener};
+use super::{body::parse_object, EventError, Ingest, LimitedListener, RequestEvents};
 use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::schema::Stream;
@@ -153,7 +153,7 @@ struct Connection {
     /// Lines read so far, to number dead letters.
     line: usize,
     /// Queued chunks not yet committed, oldest first: each chunk's pieces and bytes.
-    in_flight: std::collections::VecDeque<(Vec<super::Pending>, usize)>,
+    in_flight: std::collections::VecDeque<(Vec<super::CommitWait>, usize)>,
 }
 
 impl Connection {
@@ -230,20 +230,21 @@ impl Connection {
             return false;
         }
         let received_at = chrono::Utc::now();
-        let mut per_stream: Vec<(Arc<Stream>, Batch)> = Vec::new();
-        let mut unrouted = self.ingest.batch();
+        let mut per_stream: Vec<(Arc<Stream>, RequestEvents)> = Vec::new();
+        let mut unrouted = self.ingest.request_events();
         for frame in chunk {
             let index = self.line;
             self.line += 1;
-            let reject = |batch: &mut Batch, stream: Option<&str>, raw: &[u8], stage, error| {
-                let err = EventError {
-                    index,
-                    stage,
-                    error,
-                    pointer: None,
+            let reject =
+                |batch: &mut RequestEvents, stream: Option<&str>, raw: &[u8], stage, error| {
+                    let err = EventError {
+                        index,
+                        stage,
+                        error,
+                        pointer: None,
+                    };
+                    batch.reject(stream, raw, err, &self.source, received_at);
                 };
-                batch.reject(stream, raw, err, &self.source, received_at);
-            };
             let (raw, unterminated) = match &frame {
                 Frame::TooLong(prefix) => {
                     let error = format!(
@@ -281,7 +282,7 @@ impl Connection {
             let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
                 Some(i) => i,
                 None => {
-                    per_stream.push((stream.clone(), self.ingest.batch()));
+                    per_stream.push((stream.clone(), self.ingest.request_events()));
                     per_stream.len() - 1
                 }
             };
