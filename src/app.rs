@@ -65,6 +65,7 @@ impl App {
                 stream.settings.queue_max_bytes,
             );
             queues.insert(stream.name.clone(), tx);
+            crate::telemetry::stream_registered(&stream.name);
             stream_receivers.push((stream.clone(), rx));
             tracing::info!(
                 stream = %stream.name,

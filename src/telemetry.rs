@@ -102,6 +102,21 @@ pub fn dead_letters_purged(n: u64) {
     }
 }
 
+/// Registers a stream's series at 0 at start-up, so that a scrape shows "nothing yet"
+/// as 0 rather than leaving the series out (and rates and alerts can rely on them).
+pub fn stream_registered(stream: &str) {
+    for name in [
+        "sluice_events_written_total",
+        "sluice_events_rejected_total",
+        "sluice_write_retries_total",
+    ] {
+        counter!(name, "stream" => stream.to_owned()).increment(0);
+    }
+    queue_depth(stream, 0, 0);
+    stream_state(stream, false, false);
+    gauge!("sluice_tcp_connections").increment(0.0);
+}
+
 pub fn tcp_connection_opened() {
     gauge!("sluice_tcp_connections").increment(1.0);
 }

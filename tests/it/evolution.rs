@@ -64,12 +64,14 @@ async fn a_new_optional_property_adds_a_column_and_a_new_required_one_stops_star
         s["properties"]["site"] = json!({"type": "string"});
         s["required"].as_array_mut().unwrap().push(json!("site"));
     });
-    let e = App::build(config(&app.db.url))
-        .await
-        .err()
-        .expect("start-up stops")
-        .to_string();
-    let e = format!("{e:#}");
+    // `{:#}` shows the whole chain of the anyhow error, causes included.
+    let e = format!(
+        "{:#}",
+        App::build(config(&app.db.url))
+            .await
+            .err()
+            .expect("start-up stops")
+    );
     assert!(
         e.contains("`site` is now required") && e.contains("ALTER TABLE"),
         "{e}"

@@ -19,9 +19,11 @@ async fn scrape(http: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
 }
 
-/// The value of `metric` with exactly these labels (0 when absent).
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
+/// The value of `metric` with these labels (summed over the other labels), or `None`
+/// when the scrape has no such sample, so that a metric that is never emitted cannot
+/// pass for a 0.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let samples: Vec<f64> = scrape
         .samples
         .iter()
         .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
@@ -29,7 +31,8 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
             _ => 0.0,
         })
-        .sum()
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,13 +76,14 @@ async fn metrics_count_exactly_what_happened() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let s = loop {
         let s = scrape(&sluice.http).await;
-        let settled = value(&s, "sluice_events_written_total", &[("stream", "reading")]) == 5.0
-            && value(&s, "sluice_tcp_connections", &[]) == 0.0
+        let settled = value(&s, "sluice_events_written_total", &[("stream", "reading")])
+            == Some(5.0)
+            && value(&s, "sluice_tcp_connections", &[]) == Some(0.0)
             && value(
                 &s,
                 "sluice_events_dead_lettered_total",
                 &[("stream", "(none)"), ("stage", "route")],
-            ) == 2.0;
+            ) == Some(2.0);
         if settled || tokio::time::Instant::now() > deadline {
             break s;
         }
@@ -143,15 +147,19 @@ async fn metrics_count_exactly_what_happened() {
         ("sluice_db_pool_max_connections", vec![], 8.0),
     ];
     for (metric, labels, want) in expect {
-        assert_eq!(value(&s, metric, &labels), want, "{metric} {labels:?}");
+        assert_eq!(
+            value(&s, metric, &labels),
+            Some(want),
+            "{metric} {labels:?}"
+        );
     }
     let batches = s
         .samples
         .iter()
         .find(|x| x.metric == "sluice_batch_write_duration_seconds_count");
     assert!(batches.is_some(), "batch write durations are a histogram");
-    let pooled = value(&s, "sluice_db_pool_connections", &[("state", "in_use")])
-        + value(&s, "sluice_db_pool_connections", &[("state", "idle")]);
+    let pooled = value(&s, "sluice_db_pool_connections", &[("state", "in_use")]).unwrap_or(0.0)
+        + value(&s, "sluice_db_pool_connections", &[("state", "idle")]).unwrap_or(0.0);
     assert!(
         (1.0..=8.0).contains(&pooled),
         "the pool holds between 1 and max_connections connections: {pooled}"
