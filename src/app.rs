@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::event::{DeadLetter, Row};
 use crate::http::{routers, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
-use crate::pipeline::batcher::{Batcher, StreamTarget};
+use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
 use crate::sink::{self, Sink};
@@ -40,7 +40,7 @@ pub struct App {
     sink: Arc<dyn Sink>,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
-    dead_letter_receiver: QueueReceiver<DeadLetter>,
+    dead_letter_receiver: Option<QueueReceiver<DeadLetter>>,
 }
 
 impl App {
@@ -110,7 +110,7 @@ impl App {
             ingest,
             sink,
             stream_receivers,
-            dead_letter_receiver,
+            dead_letter_receiver: Some(dead_letter_receiver),
         })
     }
 
@@ -129,14 +129,31 @@ impl App {
         self.tcp_addr
     }
 
-    /// Serves until `shutdown` resolves, then drains every queue and returns.
+    /// Serves until `shutdown` resolves, then stops in order (see [`Running::stop`]).
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop_batchers = CancellationToken::new();
+        // Cancelled once the inputs have stopped: the batchers then drain and exit.
+        let flush = CancellationToken::new();
+        let batchers = self.spawn_batchers(&flush);
+        // Cancelled when `shutdown` resolves: every input stops accepting.
+        let accepting = CancellationToken::new();
+        let trigger = accepting.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let running = self.spawn_inputs(&accepting);
+        accepting.cancelled().await;
+        running.stop(batchers, flush).await
+    }
+
+    /// One batcher task per stream queue, and one for the dead-letter queue.
+    fn spawn_batchers(&mut self, flush: &CancellationToken) -> TaskTracker {
         let tracker = TaskTracker::new();
-        for (stream, rx) in self.stream_receivers {
+        let write_timeout = self.config.database.write_timeout;
+        for (stream, rx) in std::mem::take(&mut self.stream_receivers) {
             let settings = stream.settings.clone();
             tracker.spawn(
                 Batcher {
@@ -148,34 +165,34 @@ impl App {
                         max_payload: self.ingest.max_payload(),
                     },
                     settings,
-                    stop: stop_batchers.clone(),
+                    stop: flush.clone(),
                     concurrency: self.sink.write_concurrency(),
-                    write_timeout: self.config.database.write_timeout,
+                    write_timeout,
                 }
                 .run(),
             );
         }
-        tracker.spawn(
-            Batcher::<DeadLetter> {
-                rx: self.dead_letter_receiver,
-                sink: self.sink.clone(),
-                target: (),
-                settings: self.config.defaults.clone(),
-                stop: stop_batchers.clone(),
-                concurrency: 1,
-                write_timeout: self.config.database.write_timeout,
-            }
-            .run(),
-        );
+        if let Some(rx) = self.dead_letter_receiver.take() {
+            tracker.spawn(
+                Batcher::<DeadLetter> {
+                    rx,
+                    sink: self.sink.clone(),
+                    target: DeadLetterTable,
+                    settings: self.config.defaults.clone(),
+                    stop: flush.clone(),
+                    concurrency: 1,
+                    write_timeout,
+                }
+                .run(),
+            );
+        }
         tracker.close();
+        tracker
+    }
 
-        // Stop accepting (HTTP and TCP) as soon as `shutdown` resolves.
-        let accepting = CancellationToken::new();
-        let trigger = accepting.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
+    /// The inputs (HTTP, the admin listener, TCP) and the background jobs (log
+    /// summaries, dead-letter retention), all stopping when `accepting` is cancelled.
+    fn spawn_inputs(self, accepting: &CancellationToken) -> Running {
         let connections = TaskTracker::new();
         let (ingest, interval, stop) = (
             self.ingest.clone(),
@@ -197,7 +214,6 @@ impl App {
                 connections.clone(),
             ));
         }
-
         let state = AppState {
             ingest: self.ingest.clone(),
             sink: self.sink.clone(),
@@ -212,7 +228,6 @@ impl App {
             tcp = %show(self.tcp_addr, "disabled"),
             "Sluice is listening."
         );
-        let timeout = self.config.shutdown_timeout;
         let http_config = Arc::new(self.config.http.clone());
         let (ingest_router, admin_router) = routers(state, self.admin.is_some());
         if let (Some(listener), Some(router)) = (self.admin, admin_router) {
@@ -229,35 +244,53 @@ impl App {
             http_config,
             accepting.clone(),
         ));
-        accepting.cancelled().await;
-        // The budget is split: in-flight requests and connections get the first half,
-        // so that a slow client can never eat the time the queues need to flush.
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
-        let grace = started + timeout / 2;
-        let served = tokio::time::timeout_at(grace, http).await;
+        Running {
+            http,
+            connections,
+            ingest: self.ingest,
+            sink: self.sink,
+            timeout: self.config.shutdown_timeout,
+        }
+    }
+}
 
-        // In order: in-flight HTTP requests are done (above); TCP connections finish
-        // queueing what they read; the queues refuse more; the batchers drain.
-        let queued = self.ingest.queued_events();
+/// A serving Sluice, what [`Running::stop`] needs to stop it.
+struct Running {
+    /// The main HTTP listener's task (it waits for its in-flight requests).
+    http: tokio::task::JoinHandle<()>,
+    /// TCP connections, the admin listener and background jobs.
+    connections: TaskTracker,
+    ingest: Arc<Ingest>,
+    sink: Arc<dyn Sink>,
+    timeout: std::time::Duration,
+}
+
+impl Running {
+    /// Stops within `shutdown_timeout`, in order: in-flight requests and connections get
+    /// the first half (so a slow client cannot eat the flush time), the queues refuse
+    /// more, the batchers drain in the rest, the database pool closes.
+    async fn stop(self, batchers: TaskTracker, flush: CancellationToken) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.timeout;
+        let grace = started + self.timeout / 2;
+        let served = tokio::time::timeout_at(grace, self.http).await;
         tracing::info!(
-            events_queued = queued,
+            events_queued = self.ingest.queued_events(),
             "Shutting down: no new requests or connections; flushing queues."
         );
-        connections.close();
-        let _ = tokio::time::timeout_at(grace, connections.wait()).await;
+        self.connections.close();
+        let _ = tokio::time::timeout_at(grace, self.connections.wait()).await;
         self.ingest.close();
-        stop_batchers.cancel();
-        let drained = tokio::time::timeout_at(deadline, tracker.wait())
+        flush.cancel();
+        let drained = tokio::time::timeout_at(deadline, batchers.wait())
             .await
             .is_ok();
         if drained {
             tracing::info!("Every queue is flushed.");
         } else {
-            let left = self.ingest.queued_events();
             tracing::error!(
-                events_left = left,
-                timeout_s = timeout.as_secs(),
+                events_left = self.ingest.queued_events(),
+                timeout_s = self.timeout.as_secs(),
                 "Queues were not flushed within shutdown_timeout (is the database down?); unflushed events are lost."
             );
         }
@@ -275,11 +308,11 @@ impl App {
                 "In-flight HTTP requests did not finish within half of shutdown_timeout; they were answered 503 or cut off."
             ),
         }
-        if drained {
-            Ok(())
-        } else {
-            anyhow::bail!("shutdown_timeout elapsed before the queues were flushed")
-        }
+        anyhow::ensure!(
+            drained,
+            "shutdown_timeout elapsed before the queues were flushed"
+        );
+        Ok(())
     }
 }
 

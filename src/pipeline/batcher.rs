@@ -115,8 +115,11 @@ impl Item for Row {
     }
 }
 
+/// The dead-letter table, where [`DeadLetter`]s are written (it keeps no status).
+pub struct DeadLetterTable;
+
 impl Item for DeadLetter {
-    type Target = ();
+    type Target = DeadLetterTable;
 
     fn target_name(_target: &Self::Target) -> &str {
         "sluice_dead_letters"
@@ -324,7 +327,7 @@ impl<T: Item> Writer<T> {
             let mut stored: Vec<(usize, SinkError)> = Vec::new();
             let letter_writer = Writer::<DeadLetter> {
                 sink: self.sink.clone(),
-                target: (),
+                target: DeadLetterTable,
                 settings: self.settings.clone(),
                 write_timeout: self.write_timeout,
             };
@@ -335,7 +338,7 @@ impl<T: Item> Writer<T> {
             for (i, letter) in letters.iter().enumerate() {
                 if failed.contains(&i) {
                     // Logs it with the database's reason.
-                    let _ = letter.dead_letter(&(), &stored[0].1);
+                    let _ = letter.dead_letter(&DeadLetterTable, &stored[0].1);
                 } else {
                     telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
                 }
