@@ -126,7 +126,7 @@ fn bisection(c: &mut Criterion) {
         .block_on(sluice::sink::connect(&config.database))
         .expect("SQLite opens");
     runtime
-        .block_on(sink.prepare(std::slice::from_ref(&stream)))
+        .block_on(sink.store.prepare(std::slice::from_ref(&stream)))
         .expect("tables created");
     let clean = rows(&stream, &sluice::loadgen::generate(1000, 3));
     let mut poisoned = clean.clone();
@@ -142,7 +142,7 @@ fn bisection(c: &mut Criterion) {
                 || batch.clone(),
                 |rows| {
                     let refused = runtime.block_on(sluice::pipeline::batcher::write_isolating(
-                        sink.clone(),
+                        sink.writer.clone(),
                         stream.clone(),
                         &rows,
                     ));

@@ -23,7 +23,7 @@ use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
-use crate::sink::{self, Sink};
+use crate::sink::{self, Storage, Store};
 
 /// A built, bound, not yet running Sluice.
 pub struct App {
@@ -37,7 +37,7 @@ pub struct App {
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
     ingest: Arc<Ingest>,
-    sink: Arc<dyn Sink>,
+    storage: Storage,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
     dead_letter_receiver: Option<QueueReceiver<DeadLetter>>,
@@ -55,7 +55,7 @@ impl App {
                 registry.names()
             );
         }
-        let (registry, sink) = open_storage(&config, registry).await?;
+        let (registry, storage) = open_storage(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
         let mut stream_receivers = Vec::new();
@@ -70,7 +70,7 @@ impl App {
             tracing::info!(
                 stream = %stream.name,
                 table = %stream.table,
-                database = sink.dialect().name(),
+                database = storage.store.dialect().name(),
                 batch_max_events = stream.settings.batch_max_events,
                 batch_max_wait_ms = stream.settings.batch_max_wait.as_millis() as u64,
                 queue_max_events = stream.settings.queue_max_events,
@@ -84,13 +84,13 @@ impl App {
         let max_payload = config
             .dead_letters
             .max_payload_bytes
-            .min(sink.max_value_bytes());
+            .min(storage.store.max_value_bytes());
         let ingest = Arc::new(Ingest::new(
             registry,
             queues,
             dl_tx,
             max_payload,
-            sink.dialect(),
+            storage.store.dialect(),
             config.max_inflight_bytes,
         ));
         let http = TcpListener::bind(&config.http.listen)
@@ -108,7 +108,7 @@ impl App {
             tcp,
             tcp_addr,
             ingest,
-            sink,
+            storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
         })
@@ -158,7 +158,7 @@ impl App {
             tracker.spawn(
                 Batcher {
                     rx,
-                    sink: self.sink.clone(),
+                    sink: self.storage.writer.clone(),
                     target: StreamTarget {
                         stats: self.ingest.stats(&stream.name).cloned().unwrap_or_default(),
                         stream,
@@ -166,7 +166,7 @@ impl App {
                     },
                     settings,
                     stop: flush.clone(),
-                    concurrency: self.sink.write_concurrency(),
+                    concurrency: self.storage.writer.write_concurrency(),
                     write_timeout,
                 }
                 .run(),
@@ -176,7 +176,7 @@ impl App {
             tracker.spawn(
                 Batcher::<DeadLetter> {
                     rx,
-                    sink: self.sink.clone(),
+                    sink: self.storage.writer.clone(),
                     target: DeadLetterTable,
                     settings: self.config.defaults.clone(),
                     stop: flush.clone(),
@@ -201,8 +201,8 @@ impl App {
         );
         connections.spawn(async move { ingest.dead_letter_log.run(interval, stop).await });
         if let Some(retention) = self.config.dead_letters.retention {
-            let (sink, stop) = (self.sink.clone(), accepting.clone());
-            connections.spawn(crate::purge::run_retention(sink, retention, stop));
+            let (store, stop) = (self.storage.store.clone(), accepting.clone());
+            connections.spawn(crate::purge::run_retention(store, retention, stop));
         }
         if let Some(listener) = self.tcp {
             let config = Arc::new(self.config.tcp.clone());
@@ -216,7 +216,7 @@ impl App {
         }
         let state = AppState {
             ingest: self.ingest.clone(),
-            sink: self.sink.clone(),
+            store: self.storage.store.clone(),
             http: Arc::new(self.config.http.clone()),
         };
         let show = |addr: Option<SocketAddr>, none: &str| {
@@ -248,7 +248,7 @@ impl App {
             http,
             connections,
             ingest: self.ingest,
-            sink: self.sink,
+            storage: self.storage,
             timeout: self.config.shutdown_timeout,
         }
     }
@@ -261,7 +261,7 @@ struct Running {
     /// TCP connections, the admin listener and background jobs.
     connections: TaskTracker,
     ingest: Arc<Ingest>,
-    sink: Arc<dyn Sink>,
+    storage: Storage,
     timeout: std::time::Duration,
 }
 
@@ -296,7 +296,7 @@ impl Running {
         }
         // Closing waits for connections in use; a database that stopped answering must
         // not hold the exit past the budget.
-        if tokio::time::timeout_at(deadline, self.sink.close())
+        if tokio::time::timeout_at(deadline, self.storage.close())
             .await
             .is_err()
         {
@@ -322,14 +322,16 @@ impl Running {
 pub async fn open_storage(
     config: &Config,
     registry: Registry,
-) -> anyhow::Result<(Registry, Arc<dyn Sink>)> {
-    let sink = connect(&config.database).await?;
+) -> anyhow::Result<(Registry, Storage)> {
+    let storage = connect(&config.database).await?;
     let streams: Vec<_> = registry.iter().cloned().collect();
-    evolve_tables(&*sink, &streams).await?;
-    sink.prepare(&streams)
+    evolve_tables(&storage.store, &streams).await?;
+    storage
+        .store
+        .prepare(&streams)
         .await
         .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
-    Ok((registry, sink))
+    Ok((registry, storage))
 }
 
 /// Binds `addr` for `what`, or nothing when `addr` is empty (the listener is disabled).
@@ -365,29 +367,30 @@ pub fn listening_addresses(line: &str) -> Option<(String, String)> {
 /// Adds the columns of new optional properties to existing tables; stops start-up,
 /// naming the change and the DDL to run, when a change cannot be applied safely.
 pub async fn evolve_tables(
-    sink: &dyn Sink,
+    store: &Store,
     streams: &[Arc<crate::schema::Stream>],
 ) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for stream in streams {
-        let existing = sink
+        let existing = store
             .describe_table(&stream.table)
             .await
             .context("cannot read the tables' columns")?;
         if existing.is_empty() {
             continue; // created by `prepare`
         }
-        let has_rows = sink
+        let has_rows = store
             .table_has_rows(&stream.table)
             .await
             .context("cannot read the tables")?;
-        match crate::schema_evolution::plan(sink.dialect(), stream, &existing, has_rows) {
+        match crate::schema_evolution::plan(store.dialect(), stream, &existing, has_rows) {
             Ok(statements) if statements.is_empty() => {}
             Ok(statements) => {
                 for sql in &statements {
                     tracing::info!(stream = %stream.name, %sql, "Schema changed: extending the table.");
                 }
-                sink.execute_ddl(statements)
+                store
+                    .execute_ddl(statements)
                     .await
                     .context("cannot extend the table")?;
             }
@@ -479,7 +482,7 @@ fn url_secrets(url: &str) -> Vec<String> {
 }
 
 /// Connects to the configured database; the error never shows the URL's secrets.
-pub async fn connect(config: &crate::config::DatabaseConfig) -> anyhow::Result<Arc<dyn Sink>> {
+pub async fn connect(config: &crate::config::DatabaseConfig) -> anyhow::Result<Storage> {
     sink::connect(config).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to the database {}: {}",

@@ -142,10 +142,10 @@ pub fn purge(
         .enable_all()
         .build()?;
     let deleted = runtime.block_on(async {
-        let sink = crate::app::connect(&config.database).await?;
+        let storage = crate::app::connect(&config.database).await?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let deleted = crate::purge::purge(&*sink, &filter, &stop).await;
-        sink.close().await;
+        let deleted = crate::purge::purge(&storage.store, &filter, &stop).await;
+        storage.close().await;
         anyhow::Ok(deleted?)
     })?;
     println!("{deleted} dead letters deleted");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::sink::{PurgeFilter, Sink, SinkError};
+use crate::sink::{PurgeFilter, SinkError, Store};
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 1000;
@@ -20,13 +20,13 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// Deletes every dead letter matching `filter` (its `limit` is the batch size), batch by
 /// batch; stops early once `stop` is cancelled. Returns how many it deleted.
 pub async fn purge(
-    sink: &dyn Sink,
+    store: &Store,
     filter: &PurgeFilter,
     stop: &CancellationToken,
 ) -> Result<u64, SinkError> {
     let mut total = 0;
     loop {
-        let deleted = sink.purge_dead_letters(filter).await?;
+        let deleted = store.purge_dead_letters(filter).await?;
         total += deleted;
         crate::telemetry::dead_letters_purged(deleted);
         if deleted < filter.limit as u64 || stop.is_cancelled() {
@@ -46,7 +46,7 @@ pub fn retention_interval(retention: Duration) -> Duration {
 
 /// Deletes dead letters received more than `retention` ago, every
 /// [`retention_interval`], until `stop`.
-pub async fn run_retention(sink: Arc<dyn Sink>, retention: Duration, stop: CancellationToken) {
+pub async fn run_retention(store: Arc<Store>, retention: Duration, stop: CancellationToken) {
     let interval = retention_interval(retention);
     loop {
         let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -57,7 +57,7 @@ pub async fn run_retention(sink: Arc<dyn Sink>, retention: Duration, stop: Cance
             limit: BATCH,
         };
         if filter.before.is_some() {
-            match purge(&*sink, &filter, &stop).await {
+            match purge(&store, &filter, &stop).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     deleted = n,

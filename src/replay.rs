@@ -24,7 +24,7 @@ use crate::event::Row;
 use crate::ingest::body::parse_object;
 use crate::pipeline::batcher::backoff;
 use crate::schema::{parse_timestamp, Registry, Stream};
-use crate::sink::{self, DeadLetterPage, Sink, SinkError, StoredDeadLetter};
+use crate::sink::{self, DeadLetterPage, SinkError, Storage, StoredDeadLetter};
 
 /// Dead letters read per round trip.
 const PAGE: i64 = 500;
@@ -72,7 +72,8 @@ pub async fn replay(
             );
         }
     }
-    let (registry, sink) = crate::app::open_storage(config, registry).await?;
+    let (registry, storage) = crate::app::open_storage(config, registry).await?;
+    let store = &storage.store;
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {
         after_id: 0,
@@ -83,7 +84,7 @@ pub async fn replay(
     };
     let mut examined = 0usize;
     loop {
-        let letters = sink
+        let letters = store
             .fetch_dead_letters(&page)
             .await
             .context("cannot read sluice_dead_letters")?;
@@ -100,7 +101,7 @@ pub async fn replay(
                 &registry,
                 target,
                 &config.tcp.stream_field,
-                sink.dialect(),
+                store.dialect(),
                 &letter,
             ) {
                 Ok((stream, row)) => {
@@ -113,7 +114,8 @@ pub async fn replay(
                 Err(reason) => {
                     entry.still_failing += 1;
                     if !options.dry_run {
-                        retrying(|| sink.record_replay_failure(letter.id, &reason)).await?;
+                        retrying(|| Box::pin(store.record_replay_failure(letter.id, &reason)))
+                            .await?;
                     }
                 }
             }
@@ -124,7 +126,7 @@ pub async fn replay(
                 entry.replayed += rows.len();
                 continue;
             }
-            let (written, failed, taken) = write(&*sink, &stream, rows).await?;
+            let (written, failed, taken) = write(&storage, &stream, rows).await?;
             entry.replayed += written;
             entry.still_failing += failed;
             entry.taken_by_another_run += taken;
@@ -135,7 +137,7 @@ pub async fn replay(
             if options.dry_run { " (dry run)" } else { "" }
         );
     }
-    sink.close().await;
+    storage.close().await;
     Ok(report)
 }
 
@@ -183,12 +185,13 @@ fn revalidate(
 /// another replay took some of them), one by one, so that one bad row does not hold back
 /// the others. Returns (written, failed, taken by another run).
 async fn write(
-    sink: &dyn Sink,
+    storage: &Storage,
     stream: &Stream,
     rows: Vec<(i64, Row)>,
 ) -> anyhow::Result<(usize, usize, usize)> {
     let (ids, rows): (Vec<i64>, Vec<Row>) = rows.into_iter().unzip();
-    match retrying(|| sink.write_rows(stream, &rows, &ids)).await {
+    let writer = &storage.writer;
+    match retrying(|| writer.replay_rows(stream, &rows, &ids)).await {
         Ok(()) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
@@ -198,7 +201,7 @@ async fn write(
     let (mut written, mut failed, mut taken) = (0, 0, 0);
     for (id, row) in ids.iter().zip(&rows) {
         match retrying(|| {
-            sink.write_rows(stream, std::slice::from_ref(row), std::slice::from_ref(id))
+            writer.replay_rows(stream, std::slice::from_ref(row), std::slice::from_ref(id))
         })
         .await
         {
@@ -208,7 +211,8 @@ async fn write(
                 Some(db) if !db.is_transient() => {
                     failed += 1;
                     let reason = format!("replay: {db}");
-                    retrying(|| sink.record_replay_failure(*id, &reason)).await?;
+                    retrying(|| Box::pin(storage.store.record_replay_failure(*id, &reason)))
+                        .await?;
                 }
                 _ => return Err(e),
             },

@@ -51,7 +51,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             telemetry::stream_state(&stream.name, q.is_full(), retrying);
         }
     }
-    telemetry::db_pool(state.sink.pool_usage());
+    telemetry::db_pool(state.store.pool_usage());
     (
         [(
             header::CONTENT_TYPE,
@@ -114,7 +114,7 @@ pub struct Readiness {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let db = match tokio::time::timeout(READY_TIMEOUT, state.sink.ping()).await {
+    let db = match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} s", READY_TIMEOUT.as_secs())),
@@ -317,7 +317,7 @@ pub async fn list_dead_letters(
             stage: p.stage.clone(),
             limit: want,
         };
-        let page = tokio::time::timeout(LIST_TIMEOUT, state.sink.list_dead_letters(&query))
+        let page = tokio::time::timeout(LIST_TIMEOUT, state.store.list_dead_letters(&query))
             .await
             .map_err(|_| {
                 tracing::warn!(

@@ -27,14 +27,14 @@ pub use error::{ApiError, ErrorBody};
 
 use crate::config::HttpConfig;
 use crate::ingest::{Ingest, LimitedListener};
-use crate::sink::Sink;
+use crate::sink::Store;
 use crate::telemetry;
 
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub ingest: Arc<Ingest>,
-    pub sink: Arc<dyn Sink>,
+    pub store: Arc<Store>,
     pub http: Arc<HttpConfig>,
 }
 

@@ -18,7 +18,7 @@ use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
 use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
-use crate::sink::{BoxFuture, Sink, SinkError};
+use crate::sink::{BatchWriter, BoxFuture, SinkError};
 use crate::stats::StreamStats;
 use crate::telemetry;
 
@@ -39,7 +39,7 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn index(&self) -> usize;
     /// Writes `items` in one transaction.
     fn write<'a>(
-        sink: &'a dyn Sink,
+        sink: &'a dyn BatchWriter,
         target: &'a Self::Target,
         items: &'a [Self],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
@@ -94,11 +94,11 @@ impl Item for Row {
     }
 
     fn write<'a>(
-        sink: &'a dyn Sink,
+        sink: &'a dyn BatchWriter,
         target: &'a Self::Target,
         items: &'a [Self],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        sink.write_rows(&target.stream, items, &[])
+        sink.write_rows(&target.stream, items)
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
@@ -130,7 +130,7 @@ impl Item for DeadLetter {
     }
 
     fn write<'a>(
-        sink: &'a dyn Sink,
+        sink: &'a dyn BatchWriter,
         _target: &'a Self::Target,
         items: &'a [Self],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
@@ -157,7 +157,7 @@ impl Item for DeadLetter {
 /// Gathers and writes the batches of one queue.
 pub struct Batcher<T: Item> {
     pub rx: QueueReceiver<T>,
-    pub sink: Arc<dyn Sink>,
+    pub sink: Arc<dyn BatchWriter>,
     pub target: T::Target,
     pub settings: StreamSettings,
     /// Cancelled at shutdown: the batcher then refuses new envelopes, drains and exits.
@@ -174,7 +174,7 @@ pub struct Batcher<T: Item> {
 
 /// The writing half of a batcher, shared by its in-flight writes.
 struct Writer<T: Item> {
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn BatchWriter>,
     target: T::Target,
     settings: StreamSettings,
     write_timeout: Duration,
@@ -261,7 +261,11 @@ impl<T: Item> Batcher<T> {
 /// Writes `rows` to `stream`'s table the way the batcher writes a batch (transient
 /// failures retried, permanent ones isolated by bisection, no dead letters written);
 /// returns the positions of the rows the database refused. For benchmarks and tools.
-pub async fn write_isolating(sink: Arc<dyn Sink>, stream: Arc<Stream>, rows: &[Row]) -> Vec<usize> {
+pub async fn write_isolating(
+    sink: Arc<dyn BatchWriter>,
+    stream: Arc<Stream>,
+    rows: &[Row],
+) -> Vec<usize> {
     let writer = Writer::<Row> {
         sink,
         target: StreamTarget {

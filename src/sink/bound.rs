@@ -1,14 +1,15 @@
-//! Batch writes as multi-row `INSERT`s with bound values, shared by the SQLite and
-//! MySQL/MariaDB writers: one transaction per batch, chunked under the database's
-//! bound-parameter and statement-size limits.
+//! SQL run through sqlx, generic over the database: batch writes as multi-row
+//! `INSERT`s with bound values (MySQL/MariaDB rows, SQLite and MySQL dead letters; one
+//! transaction per batch, chunked under the database's bound-parameter and
+//! statement-size limits), and the shared store's reads, DDL and purges.
 
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
-    chunks_by, sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage,
-    PurgeFilter, Sink, SinkError, StoredDeadLetter,
+    chunks_by, sink_error, BatchWriter, BoxFuture, DeadLetterPage, DeadLetterQuery,
+    ListedDeadLetter, PurgeFilter, SinkError, StoredDeadLetter,
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -410,25 +411,20 @@ where
     tx.commit().await.map_err(&err)
 }
 
-/// A sink for databases written with bound multi-row `INSERT`s (SQLite, MySQL/MariaDB).
-pub struct BoundSink<DB: Database> {
+/// The batch writer of the databases written with bound multi-row `INSERT`s (MySQL/
+/// MariaDB, and SQLite's dead letters).
+pub struct BoundWriter<DB: Database> {
     pub pool: Pool<DB>,
-    /// One connection of its own for health checks, so `/readyz` never waits behind
-    /// writers for a pooled connection.
-    pub health: Pool<DB>,
     pub dialect: Dialect,
     /// Payload bytes per statement (under MySQL's `max_allowed_packet`; memory for SQLite).
     pub max_statement_bytes: usize,
-    /// Largest text value in one row (see [`Sink::max_value_bytes`]).
-    pub max_value_bytes: usize,
     pub timestamp: TimestampText,
 }
 
-impl<DB> Sink for BoundSink<DB>
+impl<DB> BatchWriter for BoundWriter<DB>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -437,85 +433,21 @@ where
     for<'q> i32: Encode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
     DB::QueryResult: RowsAffected,
 {
-    fn fetch_dead_letters<'a>(
-        &'a self,
-        page: &'a DeadLetterPage,
-    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
-        Box::pin(fetch_dead_letters(
-            &self.pool,
-            self.dialect,
-            self.timestamp,
-            page,
-        ))
-    }
-
-    fn record_replay_failure<'a>(
-        &'a self,
-        id: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(record_replay_failure(&self.pool, self.dialect, id, error))
-    }
-
-    fn purge_dead_letters<'a>(
-        &'a self,
-        filter: &'a PurgeFilter,
-    ) -> BoxFuture<'a, Result<u64, SinkError>> {
-        Box::pin(purge_dead_letters(
-            &self.pool,
-            self.dialect,
-            self.timestamp,
-            filter,
-        ))
-    }
-
-    fn describe_table<'a>(
-        &'a self,
-        table: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
-        Box::pin(describe_table(&self.pool, self.dialect, table))
-    }
-
-    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
-        Box::pin(table_has_rows(&self.pool, self.dialect, table))
-    }
-
-    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(execute_all(&self.pool, self.dialect, statements))
-    }
-
-    fn list_dead_letters<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
-        Box::pin(list_dead_letters(&self.pool, self.dialect, query))
-    }
-
     fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    fn max_value_bytes(&self) -> usize {
-        self.max_value_bytes
-    }
-
-    fn prepare<'a>(
-        &'a self,
-        streams: &'a [std::sync::Arc<Stream>],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(execute_all(
-            &self.pool,
-            self.dialect,
-            ddl(self.dialect, streams),
-        ))
-    }
-
     fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.replay_rows(stream, rows, &[])
+    }
+
+    fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
@@ -543,24 +475,5 @@ where
             self.timestamp,
             letters,
         ))
-    }
-
-    fn pool_usage(&self) -> PoolUsage {
-        PoolUsage::of(&self.pool)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(execute_all(
-            &self.health,
-            self.dialect,
-            vec!["SELECT 1".to_owned()],
-        ))
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.health.close().await;
-            self.pool.close().await;
-        })
     }
 }

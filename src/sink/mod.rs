@@ -1,14 +1,18 @@
-//! Sinks: where batches go. One [`Sink`] trait with a writer per database; each write is
-//! atomic (the whole batch or nothing) and its error is classified as transient (retry
-//! the same batch) or permanent (the data is at fault: isolate the bad rows).
+//! The storage layer: where batches go, and everything else Sluice asks of the
+//! database. Each database has a [`BatchWriter`] for the hot path (each write atomic, the
+//! whole batch or nothing, its error classified as transient: retry the same batch, or
+//! permanent: the data is at fault, isolate the bad rows); the [`Store`] is shared by all
+//! three (DDL, reads, purges, replay bookkeeping, health). [`connect`] gives both.
 //!
 //! In: batches of [`Row`]s and [`DeadLetter`]s. Out: committed rows, or a [`SinkError`].
+//! A new database: a dialect in [`dialect`], a writer module, and a [`store::Pools`] arm.
 
 mod bound;
 pub mod dialect;
 mod mysql;
 pub mod postgres;
 mod sqlite;
+pub mod store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,8 +22,7 @@ use crate::config::DatabaseConfig;
 use crate::event::{DeadLetter, Row};
 use crate::schema::Stream;
 pub use dialect::Dialect;
-
-use crate::schema_evolution::ExistingColumn;
+pub use store::Store;
 
 /// A boxed future, so that [`Sink`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -72,11 +75,11 @@ impl PoolUsage {
     }
 }
 
-/// A database that stream rows and dead letters are written to.
-pub trait Sink: Send + Sync + 'static {
+/// A database's hot path: writing batches of stream rows and of dead letters, each in
+/// one transaction, with the error classified. One per database; everything else the
+/// database does is the shared [`Store`]'s.
+pub trait BatchWriter: Send + Sync + 'static {
     fn dialect(&self) -> Dialect;
-    /// How many pooled connections are in use right now.
-    fn pool_usage(&self) -> PoolUsage;
     /// How many batches of one stream are written at once, each on its own connection.
     /// SQLite has a single writer, so more would only wait for its lock.
     fn write_concurrency(&self) -> usize {
@@ -85,16 +88,15 @@ pub trait Sink: Send + Sync + 'static {
             Dialect::Postgres | Dialect::Mysql => 2,
         }
     }
-    /// Largest text value one row may carry: MySQL's `max_allowed_packet` bounds a
-    /// whole statement, so a dead letter's payload must stay well under it.
-    fn max_value_bytes(&self) -> usize {
-        usize::MAX
-    }
-    /// Creates the dead-letter table and every stream's table if missing.
-    fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// Writes `rows` to `stream`'s table in one transaction, deleting the dead letters
-    /// `replayed` in the same transaction (empty except for `sluice replay`).
+    /// Writes `rows` to `stream`'s table in one transaction.
     fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// Replay: writes `rows` and deletes the dead letters `replayed` they came from, in
+    /// one transaction; [`ReplayConflict`] if some of those were already gone.
+    fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
@@ -105,41 +107,25 @@ pub trait Sink: Send + Sync + 'static {
         &'a self,
         letters: &'a [DeadLetter],
     ) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// A page of dead letters that name a stream, for `sluice replay`.
-    fn fetch_dead_letters<'a>(
-        &'a self,
-        page: &'a DeadLetterPage,
-    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>>;
-    /// The newest dead letters first, for `GET /v1/dead-letters`.
-    fn list_dead_letters<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>>;
-    /// Deletes one batch (up to `filter.limit`) of the oldest dead letters matching
-    /// `filter`; returns how many it deleted.
-    fn purge_dead_letters<'a>(
-        &'a self,
-        filter: &'a PurgeFilter,
-    ) -> BoxFuture<'a, Result<u64, SinkError>>;
-    /// Records that replaying dead letter `id` failed again, with the new reason.
-    fn record_replay_failure<'a>(
-        &'a self,
-        id: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
-    /// The columns of `table`; empty if it does not exist.
-    fn describe_table<'a>(
-        &'a self,
-        table: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>>;
-    /// Whether `table` holds at least one row.
-    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>>;
-    /// Runs DDL statements in order.
-    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>>;
-    /// Checks that the database answers.
-    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
-    /// Closes the pool, waiting for connections in use to come back.
-    fn close(&self) -> BoxFuture<'_, ()>;
+    /// Releases what the writer holds beside the pools (SQLite's row connection).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The database: its batch writer and the shared store.
+#[derive(Clone)]
+pub struct Storage {
+    pub writer: Arc<dyn BatchWriter>,
+    pub store: Arc<Store>,
+}
+
+impl Storage {
+    /// Closes the writer and the pools.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.store.close().await;
+    }
 }
 
 /// Which dead letters to read: those after `after_id`, oldest first.
@@ -234,15 +220,15 @@ pub struct StoredDeadLetter {
 }
 
 /// Connects to the configured database.
-pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let dialect = Dialect::from_url(&config.url).map_err(|m| SinkError {
         class: ErrorClass::Permanent,
         source: m.into(),
     })?;
     Ok(match dialect {
-        Dialect::Sqlite => Arc::new(sqlite::connect(config).await?),
-        Dialect::Postgres => Arc::new(postgres::PgSink::connect(config).await?),
-        Dialect::Mysql => Arc::new(mysql::connect(config).await?),
+        Dialect::Sqlite => sqlite::connect(config).await?,
+        Dialect::Postgres => postgres::connect(config).await?,
+        Dialect::Mysql => mysql::connect(config).await?,
     })
 }
 

@@ -4,19 +4,21 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::MySql;
+use std::sync::Arc;
 
-use super::bound::BoundSink;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+
+use super::bound::BoundWriter;
 use super::dialect::{mysql_timestamp, Dialect};
-use super::{sink_error, SinkError};
+use super::store::{Pools, Store};
+use super::{sink_error, SinkError, Storage};
 use crate::config::DatabaseConfig;
 
 /// Payload bytes per statement at most; less when the server's `max_allowed_packet` is
 /// below 8 MiB (MariaDB's default is 16 MiB, MySQL's 64 MiB).
 const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 
-pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkError> {
+pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let err = sink_error(Dialect::Mysql);
     let options = MySqlConnectOptions::from_str(&config.url).map_err(&err)?;
     let health = MySqlPoolOptions::new()
@@ -36,12 +38,18 @@ pub async fn connect(config: &DatabaseConfig) -> Result<BoundSink<MySql>, SinkEr
         .await
         .map_err(&err)?;
     let packet = usize::try_from(packet).unwrap_or(MAX_STATEMENT_BYTES);
-    Ok(BoundSink {
-        pool,
-        health,
-        dialect: Dialect::Mysql,
-        max_statement_bytes: MAX_STATEMENT_BYTES.min(packet / 2),
-        max_value_bytes: (packet / 4).max(1024),
-        timestamp: mysql_timestamp,
+    Ok(Storage {
+        writer: Arc::new(BoundWriter {
+            pool: pool.clone(),
+            dialect: Dialect::Mysql,
+            max_statement_bytes: MAX_STATEMENT_BYTES.min(packet / 2),
+            timestamp: mysql_timestamp,
+        }),
+        store: Store::new(
+            Pools::Mysql(pool),
+            Pools::Mysql(health),
+            Dialect::Mysql,
+            (packet / 4).max(1024),
+        ),
     })
 }

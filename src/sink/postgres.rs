@@ -11,46 +11,47 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::bound::{
-    ddl, delete_replayed, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
-    purge_dead_letters, record_replay_failure, table_has_rows,
-};
+use super::bound::delete_replayed;
 use super::dialect::{
     copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
 };
-use super::{
-    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage,
-    PurgeFilter, Sink, SinkError, StoredDeadLetter,
-};
+use super::store::{Pools, Store};
+use super::{sink_error, BatchWriter, BoxFuture, SinkError, Storage};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
-use crate::schema_evolution::ExistingColumn;
 
 const DIALECT: Dialect = Dialect::Postgres;
 
-pub struct PgSink {
+/// The PostgreSQL batch writer.
+pub struct PgWriter {
     pool: PgPool,
-    /// One connection of its own for health checks (see `BoundSink::health`).
-    health: PgPool,
 }
 
-impl PgSink {
-    pub async fn connect(config: &DatabaseConfig) -> Result<PgSink, SinkError> {
-        let err = sink_error(DIALECT);
-        let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
-        let health = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(config.acquire_timeout)
-            .connect_lazy_with(options.clone());
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(&err)?;
-        Ok(PgSink { pool, health })
-    }
+/// Connects to PostgreSQL: the batch writer and the shared store on one pool, and the
+/// store's health connection.
+pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
+    let err = sink_error(DIALECT);
+    let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
+    let health = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options.clone());
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(&err)?;
+    Ok(Storage {
+        writer: Arc::new(PgWriter { pool: pool.clone() }),
+        store: Store::new(
+            Pools::Postgres(pool),
+            Pools::Postgres(health),
+            DIALECT,
+            usize::MAX,
+        ),
+    })
 }
 
 /// Encodes `rows` as COPY text-format lines, in [`Dialect::column_list`] order.
@@ -111,11 +112,6 @@ async fn copy_in(
     Ok(())
 }
 
-/// A timestamp as PostgreSQL reads `timestamptz` from text.
-fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339()
-}
-
 /// A per-connection staging table name for `table`, stable and within 63 bytes.
 fn staging_table(table: &str) -> String {
     let mut h = DefaultHasher::new();
@@ -123,16 +119,20 @@ fn staging_table(table: &str) -> String {
     format!("sluice_stage_{:016x}", h.finish())
 }
 
-impl Sink for PgSink {
+impl BatchWriter for PgWriter {
     fn dialect(&self) -> Dialect {
         DIALECT
     }
 
-    fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(execute_all(&self.pool, DIALECT, ddl(DIALECT, streams)))
+    fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.replay_rows(stream, rows, &[])
     }
 
-    fn write_rows<'a>(
+    fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
@@ -193,69 +193,6 @@ impl Sink for PgSink {
             copy_in(&mut conn, &statement, encode_dead_letters(letters))
                 .await
                 .map_err(&err)
-        })
-    }
-
-    fn fetch_dead_letters<'a>(
-        &'a self,
-        page: &'a DeadLetterPage,
-    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
-        Box::pin(fetch_dead_letters(&self.pool, DIALECT, rfc3339, page))
-    }
-
-    fn purge_dead_letters<'a>(
-        &'a self,
-        filter: &'a PurgeFilter,
-    ) -> BoxFuture<'a, Result<u64, SinkError>> {
-        Box::pin(purge_dead_letters(&self.pool, DIALECT, rfc3339, filter))
-    }
-
-    fn record_replay_failure<'a>(
-        &'a self,
-        id: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(record_replay_failure(&self.pool, DIALECT, id, error))
-    }
-
-    fn describe_table<'a>(
-        &'a self,
-        table: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
-        Box::pin(describe_table(&self.pool, DIALECT, table))
-    }
-
-    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
-        Box::pin(table_has_rows(&self.pool, DIALECT, table))
-    }
-
-    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(execute_all(&self.pool, DIALECT, statements))
-    }
-
-    fn list_dead_letters<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
-        Box::pin(list_dead_letters(&self.pool, DIALECT, query))
-    }
-
-    fn pool_usage(&self) -> PoolUsage {
-        PoolUsage::of(&self.pool)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        Box::pin(execute_all(
-            &self.health,
-            DIALECT,
-            vec!["SELECT 1".to_owned()],
-        ))
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.health.close().await;
-            self.pool.close().await;
         })
     }
 }

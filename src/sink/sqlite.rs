@@ -4,8 +4,8 @@
 //! library directly (rusqlite) on a blocking thread: one transaction per batch, one
 //! cached prepared `INSERT` executed per row. That is SQLite's fastest path; going
 //! through sqlx's worker thread with multi-row statements cost about three times as
-//! much per row (BENCHMARKS.md). Everything else (dead letters, replay reads, DDL,
-//! listing) uses the sqlx pool like the other databases.
+//! much per row (BENCHMARKS.md). Dead letters go through the sqlx pool, which the
+//! shared store uses too.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -16,26 +16,24 @@ use rusqlite::types::Value as SqlValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::Sqlite;
 
-use super::bound::BoundSink;
+use super::bound::BoundWriter;
 use super::dialect::{sqlite_timestamp, Dialect};
-use super::{
-    sink_error, BoxFuture, DeadLetterPage, DeadLetterQuery, ErrorClass, ListedDeadLetter,
-    PoolUsage, PurgeFilter, Sink, SinkError, StoredDeadLetter,
-};
+use super::store::{Pools, Store};
+use super::{sink_error, BatchWriter, BoxFuture, ErrorClass, SinkError, Storage};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
-use crate::schema_evolution::ExistingColumn;
 
 /// Payload bytes per statement; SQLite has no packet limit, this only bounds memory.
 const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long a write waits for another writer's lock before failing (transiently).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The SQLite sink: the sqlx pool, plus one rusqlite connection for stream rows.
-pub struct SqliteSink {
-    bound: BoundSink<Sqlite>,
-    writer: Arc<RowWriter>,
+/// The SQLite batch writer: one rusqlite connection for stream rows, the sqlx pool for
+/// dead letters.
+pub struct SqliteWriter {
+    letters: BoundWriter<Sqlite>,
+    rows: Arc<RowWriter>,
 }
 
 /// The rusqlite connection that writes stream rows.
@@ -73,7 +71,7 @@ impl RowWriter {
     }
 }
 
-pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
+pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let err = sink_error(Dialect::Sqlite);
     let options = SqliteConnectOptions::from_str(&config.url)
         .map_err(&err)?
@@ -95,16 +93,14 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
         .connect_with(options)
         .await
         .map_err(&err)?;
-    Ok(SqliteSink {
-        bound: BoundSink {
-            pool,
-            health,
+    let writer = SqliteWriter {
+        letters: BoundWriter {
+            pool: pool.clone(),
             dialect: Dialect::Sqlite,
             max_statement_bytes: MAX_STATEMENT_BYTES,
-            max_value_bytes: usize::MAX,
             timestamp: sqlite_timestamp,
         },
-        writer: Arc::new(RowWriter {
+        rows: Arc::new(RowWriter {
             path,
             synchronous: match config.sqlite_synchronous {
                 crate::config::SqliteSynchronous::Full => "FULL",
@@ -112,6 +108,15 @@ pub async fn connect(config: &DatabaseConfig) -> Result<SqliteSink, SinkError> {
             },
             conn: Mutex::new(None),
         }),
+    };
+    Ok(Storage {
+        writer: Arc::new(writer),
+        store: Store::new(
+            Pools::Sqlite(pool),
+            Pools::Sqlite(health),
+            Dialect::Sqlite,
+            usize::MAX,
+        ),
     })
 }
 
@@ -187,20 +192,20 @@ fn write_blocking(
     tx.commit().map(Ok)
 }
 
-impl Sink for SqliteSink {
+impl BatchWriter for SqliteWriter {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
 
-    fn pool_usage(&self) -> PoolUsage {
-        self.bound.pool_usage()
-    }
-
-    fn prepare<'a>(&'a self, streams: &'a [Arc<Stream>]) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.bound.prepare(streams)
-    }
-
     fn write_rows<'a>(
+        &'a self,
+        stream: &'a Stream,
+        rows: &'a [Row],
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.replay_rows(stream, rows, &[])
+    }
+
+    fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,
         rows: &'a [Row],
@@ -221,12 +226,12 @@ impl Sink for SqliteSink {
                 // The batch is borrowed: block this worker (tokio moves its other tasks
                 // to the rest) instead of copying every row to a blocking thread.
                 return tokio::task::block_in_place(|| {
-                    self.writer.write(&insert, has_extra, rows, replayed)
+                    self.rows.write(&insert, has_extra, rows, replayed)
                 });
             }
             // A current-thread runtime (tests) cannot block in place: copy the batch.
             let (rows, replayed) = (rows.to_vec(), replayed.to_vec());
-            let writer = self.writer.clone();
+            let writer = self.rows.clone();
             tokio::task::spawn_blocking(move || writer.write(&insert, has_extra, &rows, &replayed))
                 .await
                 .unwrap_or_else(|join| {
@@ -242,65 +247,16 @@ impl Sink for SqliteSink {
         &'a self,
         letters: &'a [DeadLetter],
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.bound.write_dead_letters(letters)
-    }
-
-    fn fetch_dead_letters<'a>(
-        &'a self,
-        page: &'a DeadLetterPage,
-    ) -> BoxFuture<'a, Result<Vec<StoredDeadLetter>, SinkError>> {
-        self.bound.fetch_dead_letters(page)
-    }
-
-    fn list_dead_letters<'a>(
-        &'a self,
-        query: &'a DeadLetterQuery,
-    ) -> BoxFuture<'a, Result<Vec<ListedDeadLetter>, SinkError>> {
-        self.bound.list_dead_letters(query)
-    }
-
-    fn purge_dead_letters<'a>(
-        &'a self,
-        filter: &'a PurgeFilter,
-    ) -> BoxFuture<'a, Result<u64, SinkError>> {
-        self.bound.purge_dead_letters(filter)
-    }
-
-    fn record_replay_failure<'a>(
-        &'a self,
-        id: i64,
-        error: &'a str,
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.bound.record_replay_failure(id, error)
-    }
-
-    fn describe_table<'a>(
-        &'a self,
-        table: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<ExistingColumn>, SinkError>> {
-        self.bound.describe_table(table)
-    }
-
-    fn table_has_rows<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<bool, SinkError>> {
-        self.bound.table_has_rows(table)
-    }
-
-    fn execute_ddl(&self, statements: Vec<String>) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.bound.execute_ddl(statements)
-    }
-
-    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-        self.bound.ping()
+        self.letters.write_dead_letters(letters)
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let writer = self.writer.clone();
+            let writer = self.rows.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 writer.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
             })
             .await;
-            self.bound.close().await;
         })
     }
 }

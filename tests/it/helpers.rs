@@ -242,6 +242,23 @@ impl TestDb {
         }
     }
 
+    /// Waits until `sluice_dead_letters` holds `n` rows (they are written by their own
+    /// batcher, apart from the rows), failing after 15 s.
+    pub async fn wait_for_dead_letters(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let c = self.dead_letters().await.len();
+            if c >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{c} dead letters, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The dead letters, oldest first: (stream, stage, error, payload, source).
     pub async fn dead_letters(&self) -> Vec<Vec<Option<String>>> {
         self.query(

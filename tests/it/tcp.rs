@@ -95,6 +95,7 @@ async fn a_5_mib_line_over_a_1_mib_limit_is_dead_lettered_and_the_next_line_is_r
     data.extend_from_slice(line(2).as_bytes());
     send_and_close(&app, &data).await;
     app.db.wait_for_count("reading", 1).await;
+    app.db.wait_for_dead_letters(1).await;
     let letters = app.db.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0][1].as_deref(), Some("parse"));

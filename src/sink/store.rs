@@ -1,0 +1,160 @@
+//! The shared store: everything the database does besides the hot-path batch writes
+//! (those are each database's [`super::BatchWriter`]): creating and extending tables,
+//! reading and purging dead letters, replay bookkeeping, health and pool figures.
+//!
+//! Written once for the three databases: every operation is one of the generic
+//! functions of [`super::bound`], run on whichever pool the URL chose.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlPool, PgPool, SqlitePool};
+
+use super::bound::{
+    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, purge_dead_letters,
+    record_replay_failure, table_has_rows,
+};
+use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect};
+use super::{
+    DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, PurgeFilter, SinkError,
+    StoredDeadLetter,
+};
+use crate::schema::Stream;
+use crate::schema_evolution::ExistingColumn;
+
+/// A connection pool of one of the supported databases.
+#[derive(Clone)]
+pub enum Pools {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Mysql(MySqlPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool, whichever database it is.
+macro_rules! with_pool {
+    ($pools:expr, $pool:ident => $body:expr) => {
+        match $pools {
+            Pools::Sqlite($pool) => $body,
+            Pools::Postgres($pool) => $body,
+            Pools::Mysql($pool) => $body,
+        }
+    };
+}
+
+impl Pools {
+    async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+}
+
+/// The database's shared operations (see the module docs).
+pub struct Store {
+    pools: Pools,
+    /// One connection of its own for health checks, so `/readyz` never waits behind
+    /// writers for a pooled connection.
+    health: Pools,
+    dialect: Dialect,
+    /// Largest text value one row may carry (MySQL's `max_allowed_packet` bounds a whole
+    /// statement, so a dead letter's payload must stay well under it).
+    max_value_bytes: usize,
+}
+
+impl Store {
+    pub fn new(
+        pools: Pools,
+        health: Pools,
+        dialect: Dialect,
+        max_value_bytes: usize,
+    ) -> Arc<Store> {
+        Arc::new(Store {
+            pools,
+            health,
+            dialect,
+            max_value_bytes,
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Largest text value one row may carry.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    /// How many pooled connections are in use right now.
+    pub fn pool_usage(&self) -> PoolUsage {
+        with_pool!(&self.pools, p => PoolUsage::of(p))
+    }
+
+    /// A timestamp as this database reads its timestamp columns from text.
+    fn timestamp(&self) -> fn(&DateTime<Utc>) -> String {
+        match self.dialect {
+            Dialect::Sqlite => sqlite_timestamp,
+            Dialect::Mysql => mysql_timestamp,
+            Dialect::Postgres => |t| t.to_rfc3339(),
+        }
+    }
+
+    /// Creates the dead-letter table and every stream's table if missing.
+    pub async fn prepare(&self, streams: &[Arc<Stream>]) -> Result<(), SinkError> {
+        let statements = ddl(self.dialect, streams);
+        with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)
+    }
+
+    /// Runs DDL statements in order.
+    pub async fn execute_ddl(&self, statements: Vec<String>) -> Result<(), SinkError> {
+        with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)
+    }
+
+    /// The columns of `table`; empty if it does not exist.
+    pub async fn describe_table(&self, table: &str) -> Result<Vec<ExistingColumn>, SinkError> {
+        with_pool!(&self.pools, p => describe_table(p, self.dialect, table).await)
+    }
+
+    /// Whether `table` holds at least one row.
+    pub async fn table_has_rows(&self, table: &str) -> Result<bool, SinkError> {
+        with_pool!(&self.pools, p => table_has_rows(p, self.dialect, table).await)
+    }
+
+    /// A page of dead letters to replay, oldest first.
+    pub async fn fetch_dead_letters(
+        &self,
+        page: &DeadLetterPage,
+    ) -> Result<Vec<StoredDeadLetter>, SinkError> {
+        let timestamp = self.timestamp();
+        with_pool!(&self.pools, p => fetch_dead_letters(p, self.dialect, timestamp, page).await)
+    }
+
+    /// The newest dead letters first, for `GET /v1/dead-letters`.
+    pub async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<ListedDeadLetter>, SinkError> {
+        with_pool!(&self.pools, p => list_dead_letters(p, self.dialect, query).await)
+    }
+
+    /// Records that replaying dead letter `id` failed again, with the new reason.
+    pub async fn record_replay_failure(&self, id: i64, error: &str) -> Result<(), SinkError> {
+        with_pool!(&self.pools, p => record_replay_failure(p, self.dialect, id, error).await)
+    }
+
+    /// Deletes one batch (up to `filter.limit`) of the oldest dead letters matching
+    /// `filter`; returns how many it deleted.
+    pub async fn purge_dead_letters(&self, filter: &PurgeFilter) -> Result<u64, SinkError> {
+        let timestamp = self.timestamp();
+        with_pool!(&self.pools, p => purge_dead_letters(p, self.dialect, timestamp, filter).await)
+    }
+
+    /// Checks that the database answers, on the health connection.
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        with_pool!(&self.health, p => execute_all(p, self.dialect, vec!["SELECT 1".to_owned()]).await)
+    }
+
+    /// Closes the pools, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.health.close().await;
+        self.pools.close().await;
+    }
+}
