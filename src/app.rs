@@ -23,7 +23,7 @@ use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
-use crate::sink::{self, Storage, Store};
+use crate::sink::{self, Storage};
 
 /// A built, bound, not yet running Sluice.
 pub struct App {
@@ -325,7 +325,7 @@ pub async fn open_storage(
 ) -> anyhow::Result<(Registry, Storage)> {
     let storage = connect(&config.database).await?;
     let streams: Vec<_> = registry.iter().cloned().collect();
-    evolve_tables(&storage.store, &streams).await?;
+    sink::evolution::evolve_tables(&storage.store, &streams).await?;
     storage
         .store
         .prepare(&streams)
@@ -362,47 +362,6 @@ pub fn listening_addresses(line: &str) -> Option<(String, String)> {
         })
     };
     Some((field(" http=")?, field(" tcp=")?))
-}
-
-/// Adds the columns of new optional properties to existing tables; stops start-up,
-/// naming the change and the DDL to run, when a change cannot be applied safely.
-pub async fn evolve_tables(
-    store: &Store,
-    streams: &[Arc<crate::schema::Stream>],
-) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    for stream in streams {
-        let existing = store
-            .describe_table(&stream.table)
-            .await
-            .context("cannot read the tables' columns")?;
-        if existing.is_empty() {
-            continue; // created by `prepare`
-        }
-        let has_rows = store
-            .table_has_rows(&stream.table)
-            .await
-            .context("cannot read the tables")?;
-        match crate::schema_evolution::plan(store.dialect(), stream, &existing, has_rows) {
-            Ok(statements) if statements.is_empty() => {}
-            Ok(statements) => {
-                for sql in &statements {
-                    tracing::info!(stream = %stream.name, %sql, "Schema changed: extending the table.");
-                }
-                store
-                    .execute_ddl(statements)
-                    .await
-                    .context("cannot extend the table")?;
-            }
-            Err(problem) => problems.push(problem),
-        }
-    }
-    anyhow::ensure!(
-        problems.is_empty(),
-        "the schemas changed in ways Sluice cannot apply by itself:\n{}",
-        problems.join("\n")
-    );
-    Ok(())
 }
 
 /// A database URL without its secrets, for messages: the password of the user part

@@ -17,7 +17,6 @@ pub mod pipeline;
 pub mod purge;
 pub mod replay;
 pub mod schema;
-pub mod schema_evolution;
 pub mod shutdown;
 pub mod sink;
 pub mod stats;

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
-use crate::schema_evolution::ExistingColumn;
+use crate::sink::evolution::ExistingColumn;
 
 /// The number of rows a statement changed, for the databases written through here
 /// (sqlx has no common trait for it).
@@ -151,7 +151,7 @@ where
     for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
-    let sql = format!("SELECT 1 FROM {} LIMIT 1", dialect.quote(table));
+    let sql = dialect.probe_rows(table);
     let row = sqlx::query::<DB>(&sql)
         .fetch_optional(pool)
         .await

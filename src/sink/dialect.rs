@@ -124,30 +124,47 @@ impl Dialect {
         }
     }
 
+    /// The columns of a stream's table, in the order rows are written: one per schema
+    /// property, then `_received_at`, then `_extra` when the schema allows undeclared
+    /// properties. Each is (name, column type, nullable). The one definition of the row
+    /// layout: DDL, evolution, `INSERT`, `COPY` and the writers' cell order follow it.
+    pub fn table_columns(self, stream: &Stream) -> Vec<(String, String, bool)> {
+        let mut columns: Vec<(String, String, bool)> = stream
+            .columns
+            .iter()
+            .map(|c| {
+                let is_id = stream.id_field.as_deref() == Some(c.name.as_str());
+                (c.name.clone(), self.column_type(c.ty, is_id), c.nullable)
+            })
+            .collect();
+        columns.push((
+            RECEIVED_AT.to_owned(),
+            self.timestamp_type().to_owned(),
+            false,
+        ));
+        if stream.has_extra {
+            columns.push((EXTRA.to_owned(), self.json_type().to_owned(), true));
+        }
+        columns
+    }
+
     /// `CREATE TABLE IF NOT EXISTS` for a stream's table.
     pub fn create_table(self, stream: &Stream) -> String {
         let mut sql = format!(
             "CREATE TABLE IF NOT EXISTS {} (\n",
             self.quote(&stream.table)
         );
-        let mut lines = Vec::new();
-        for col in &stream.columns {
-            let is_id = stream.id_field.as_deref() == Some(col.name.as_str());
-            lines.push(format!(
-                "  {} {}{}",
-                self.quote(&col.name),
-                self.column_type(col.ty, is_id),
-                if col.nullable { "" } else { " NOT NULL" }
-            ));
-        }
-        lines.push(format!(
-            "  {} {} NOT NULL",
-            self.quote(RECEIVED_AT),
-            self.timestamp_type()
-        ));
-        if stream.has_extra {
-            lines.push(format!("  {} {}", self.quote(EXTRA), self.json_type()));
-        }
+        let mut lines: Vec<String> = self
+            .table_columns(stream)
+            .iter()
+            .map(|(name, ty, nullable)| {
+                format!(
+                    "  {} {ty}{}",
+                    self.quote(name),
+                    if *nullable { "" } else { " NOT NULL" }
+                )
+            })
+            .collect();
         if let Some(id) = &stream.id_field {
             lines.push(format!("  UNIQUE ({})", self.quote(id)));
         }
@@ -219,11 +236,11 @@ impl Dialect {
 
     /// The quoted, comma-separated column list of a stream's table, system columns last.
     pub fn column_list(self, stream: &Stream) -> String {
-        let mut names: Vec<String> = stream.columns.iter().map(|c| self.quote(&c.name)).collect();
-        names.push(self.quote(RECEIVED_AT));
-        if stream.has_extra {
-            names.push(self.quote(EXTRA));
-        }
+        let names: Vec<String> = self
+            .table_columns(stream)
+            .iter()
+            .map(|(name, _, _)| self.quote(name))
+            .collect();
         names.join(", ")
     }
 
@@ -260,6 +277,59 @@ impl Dialect {
             .expect("writing to a String cannot fail");
         }
         sql
+    }
+
+    /// PostgreSQL: `COPY table (columns) FROM STDIN` for a stream's rows (into its table
+    /// or a staging table like it).
+    pub fn copy_rows(self, table: &str, stream: &Stream) -> String {
+        format!(
+            "COPY {} ({}) FROM STDIN",
+            self.quote(table),
+            self.column_list(stream)
+        )
+    }
+
+    /// PostgreSQL: `COPY` into the dead-letter table.
+    pub fn copy_dead_letters(self) -> String {
+        format!(
+            "COPY {DEAD_LETTERS} ({}) FROM STDIN",
+            DEAD_LETTER_COLUMNS.join(", ")
+        )
+    }
+
+    /// PostgreSQL: a per-connection staging table shaped like `table`, emptied at commit.
+    pub fn create_staging(self, stage: &str, table: &str) -> String {
+        format!(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+            self.quote(stage),
+            self.quote(table)
+        )
+    }
+
+    /// PostgreSQL: moves the staged rows into the stream's table, skipping ids it has.
+    pub fn insert_from_staging(self, stage: &str, stream: &Stream, id_field: &str) -> String {
+        let columns = self.column_list(stream);
+        format!(
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {} ON CONFLICT ({}) DO NOTHING",
+            self.quote(&stream.table),
+            self.quote(stage),
+            self.quote(id_field)
+        )
+    }
+
+    /// Whether `table` has a row: a probe that reads at most one.
+    pub fn probe_rows(self, table: &str) -> String {
+        format!("SELECT 1 FROM {} LIMIT 1", self.quote(table))
+    }
+
+    /// `ALTER TABLE … ADD COLUMN` for a new property.
+    pub fn add_column(self, table: &str, column: &str, ty: &str, not_null: bool) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} {ty}{}",
+            self.quote(table),
+            self.quote(column),
+            if not_null { " NOT NULL" } else { "" }
+        )
     }
 
     /// The `n`th (1-based) bound-value placeholder.

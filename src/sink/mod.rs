@@ -9,6 +9,7 @@
 
 mod bound;
 pub mod dialect;
+pub mod evolution;
 mod mysql;
 pub mod postgres;
 mod sqlite;

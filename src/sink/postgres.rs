@@ -12,9 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::bound::delete_replayed;
-use super::dialect::{
-    copy_text_cell, copy_text_escape, Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS,
-};
+use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::store::{Pools, Store};
 use super::{sink_error, BatchWriter, BoxFuture, SinkError, Storage};
 use crate::config::DatabaseConfig;
@@ -75,7 +73,7 @@ pub fn encode_rows(stream: &Stream, rows: &[Row]) -> String {
     out
 }
 
-/// Encodes dead letters as COPY text-format lines, in [`DEAD_LETTER_COLUMNS`] order.
+/// Encodes dead letters as COPY text-format lines, in [`super::dialect::DEAD_LETTER_COLUMNS`] order.
 fn encode_dead_letters(letters: &[DeadLetter]) -> String {
     let mut out = String::with_capacity(
         letters
@@ -140,39 +138,34 @@ impl BatchWriter for PgWriter {
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
             let err = sink_error(DIALECT);
-            let columns = DIALECT.column_list(stream);
             let data = encode_rows(stream, rows);
-            let table = DIALECT.quote(&stream.table);
             if stream.id_field.is_none() && replayed.is_empty() {
                 // The common case: one COPY, atomic on its own.
                 let mut conn = self.pool.acquire().await.map_err(&err)?;
-                let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                let statement = DIALECT.copy_rows(&stream.table, stream);
                 return copy_in(&mut conn, &statement, data).await.map_err(&err);
             }
             let mut tx = self.pool.begin().await.map_err(&err)?;
             delete_replayed::<sqlx::Postgres>(&mut tx, DIALECT, replayed).await?;
             match &stream.id_field {
                 None => {
-                    let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                    let statement = DIALECT.copy_rows(&stream.table, stream);
                     copy_in(&mut tx, &statement, data).await.map_err(&err)?;
                 }
                 Some(id) => {
+                    // Through a per-connection staging table, so that a duplicate id is
+                    // skipped instead of failing the COPY.
                     let stage = staging_table(&stream.table);
-                    sqlx::query(&format!(
-                        "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                    let statement = format!("COPY {stage} ({columns}) FROM STDIN");
+                    sqlx::query(&DIALECT.create_staging(&stage, &stream.table))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                    let statement = DIALECT.copy_rows(&stage, stream);
                     copy_in(&mut tx, &statement, data).await.map_err(&err)?;
-                    sqlx::query(&format!(
-                        "INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} ON CONFLICT ({}) DO NOTHING",
-                        DIALECT.quote(id)
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
+                    sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
                 }
             }
             tx.commit().await.map_err(&err)
@@ -186,10 +179,7 @@ impl BatchWriter for PgWriter {
         Box::pin(async move {
             let err = sink_error(DIALECT);
             let mut conn = self.pool.acquire().await.map_err(&err)?;
-            let statement = format!(
-                "COPY {DEAD_LETTERS} ({}) FROM STDIN",
-                DEAD_LETTER_COLUMNS.join(", ")
-            );
+            let statement = DIALECT.copy_dead_letters();
             copy_in(&mut conn, &statement, encode_dead_letters(letters))
                 .await
                 .map_err(&err)

@@ -20,7 +20,7 @@ use super::{
     StoredDeadLetter,
 };
 use crate::schema::Stream;
-use crate::schema_evolution::ExistingColumn;
+use crate::sink::evolution::ExistingColumn;
 
 /// A connection pool of one of the supported databases.
 #[derive(Clone)]

@@ -1,10 +1,15 @@
 //! Schema evolution at start-up: compares each stream's table with its schema and
 //! returns the `ALTER TABLE … ADD COLUMN` statements for new optional properties, or a
 //! refusal naming the change that cannot be applied safely and the DDL to run by hand.
-//! Pure code: the caller reads the table's columns and runs the statements.
+//! [`plan`] is pure code; [`evolve_tables`] reads each table's columns through the
+//! store and runs the statements.
 
-use crate::schema::{Stream, EXTRA, RECEIVED_AT};
-use crate::sink::Dialect;
+use crate::schema::Stream;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{Dialect, Store};
 
 /// A column as the database describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,22 +62,7 @@ pub fn plan(
     table_has_rows: bool,
 ) -> Result<Vec<String>, String> {
     let table = dialect.quote(&stream.table);
-    let mut wanted: Vec<(String, String, bool)> = stream
-        .columns
-        .iter()
-        .map(|c| {
-            let is_id = stream.id_field.as_deref() == Some(c.name.as_str());
-            (c.name.clone(), dialect.column_type(c.ty, is_id), c.nullable)
-        })
-        .collect();
-    wanted.push((
-        RECEIVED_AT.to_owned(),
-        dialect.timestamp_type().to_owned(),
-        false,
-    ));
-    if stream.has_extra {
-        wanted.push((EXTRA.to_owned(), dialect.json_type().to_owned(), true));
-    }
+    let wanted = dialect.table_columns(stream);
     let mut statements = Vec::new();
     let mut problems = Vec::new();
     for (name, ty, nullable) in &wanted {
@@ -92,11 +82,9 @@ pub fn plan(
         }
         let column = dialect.quote(name);
         if *nullable {
-            statements.push(format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"));
+            statements.push(dialect.add_column(&stream.table, name, ty, false));
         } else if !table_has_rows && dialect != Dialect::Sqlite {
-            statements.push(format!(
-                "ALTER TABLE {table} ADD COLUMN {column} {ty} NOT NULL"
-            ));
+            statements.push(dialect.add_column(&stream.table, name, ty, true));
         } else {
             problems.push(format!(
                 "property `{name}` is now required, but table {table} already has rows without it: make it optional in the schema, or fill it yourself, e.g. ALTER TABLE {table} ADD COLUMN {column} {ty} NOT NULL DEFAULT <value>"
@@ -138,6 +126,47 @@ pub fn plan(
             problems.join("; ")
         ))
     }
+}
+
+/// Adds the columns of new optional properties to existing tables; stops start-up,
+/// naming the change and the DDL to run, when a change cannot be applied safely.
+pub async fn evolve_tables(
+    store: &Store,
+    streams: &[Arc<crate::schema::Stream>],
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for stream in streams {
+        let existing = store
+            .describe_table(&stream.table)
+            .await
+            .context("cannot read the tables' columns")?;
+        if existing.is_empty() {
+            continue; // created by `prepare`
+        }
+        let has_rows = store
+            .table_has_rows(&stream.table)
+            .await
+            .context("cannot read the tables")?;
+        match plan(store.dialect(), stream, &existing, has_rows) {
+            Ok(statements) if statements.is_empty() => {}
+            Ok(statements) => {
+                for sql in &statements {
+                    tracing::info!(stream = %stream.name, %sql, "Schema changed: extending the table.");
+                }
+                store
+                    .execute_ddl(statements)
+                    .await
+                    .context("cannot extend the table")?;
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "the schemas changed in ways Sluice cannot apply by itself:\n{}",
+        problems.join("\n")
+    );
+    Ok(())
 }
 
 #[cfg(test)]
