@@ -22,14 +22,14 @@ use chrono::{DateTime, Utc};
 use crate::config::Config;
 use crate::event::Row;
 use crate::ingest::body::parse_object;
-use crate::pipeline::batcher::backoff;
+use crate::pipeline::retry::{retry, RetryPolicy};
 use crate::schema::{parse_timestamp, Registry, Stream};
 use crate::sink::{self, DeadLetterPage, SinkError, Storage, StoredDeadLetter};
 
 /// Dead letters read per round trip.
 const PAGE: i64 = 500;
-/// Attempts at one write before replay gives up on a transient failure.
-const MAX_ATTEMPTS: u32 = 8;
+/// Transient failures of one write retried before replay gives up.
+const MAX_RETRIES: u32 = 8;
 
 /// A stream and the rows (with the ids of their dead letters) that now pass its schema.
 type Replayable = (Arc<Stream>, Vec<(i64, Row)>);
@@ -225,15 +225,9 @@ async fn write(
 async fn retrying<'a>(
     op: impl Fn() -> sink::BoxFuture<'a, Result<(), SinkError>>,
 ) -> anyhow::Result<()> {
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && attempt < MAX_ATTEMPTS => {
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let policy = RetryPolicy {
+        max_retries: Some(MAX_RETRIES),
+        attempt_timeout: crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT,
+    };
+    retry(policy, op, |_, _, _| {}).await.0.map_err(Into::into)
 }

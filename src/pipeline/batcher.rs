@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
+use super::retry::{retry, RetryPolicy};
 use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
@@ -22,12 +23,8 @@ use crate::sink::{BatchWriter, BoxFuture, SinkError};
 use crate::stats::StreamStats;
 use crate::telemetry;
 
-/// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
-const BASE_BACKOFF: Duration = Duration::from_millis(50);
 /// `database.write_timeout` when none is configured (benchmarks and tools).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait between two attempts at the same batch.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a batcher writes: stream rows or dead letters.
 pub trait Item: Send + Sync + Sized + 'static {
@@ -410,66 +407,34 @@ impl<T: Item> Writer<T> {
         rows: usize,
         write: impl Fn() -> BoxFuture<'w, Result<(), SinkError>>,
     ) -> Result<(), SinkError> {
-        let mut attempt: u32 = 0;
-        loop {
-            let result = match tokio::time::timeout(self.write_timeout, write()).await {
-                Ok(r) => r,
-                Err(_) => Err(SinkError {
-                    class: crate::sink::ErrorClass::Transient,
-                    source: format!(
-                        "the write did not finish within database.write_timeout ({} s); the database may be unreachable",
-                        self.write_timeout.as_secs_f64()
-                    )
-                    .into(),
-                }),
-            };
-            if attempt > 0 && !result.as_ref().is_err_and(SinkError::is_transient) {
-                T::record_retrying(&self.target, false);
-            }
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() => {
-                    attempt = attempt.saturating_add(1);
-                    T::record_retrying(&self.target, true);
-                    telemetry::write_retried(T::target_name(&self.target));
-                    T::record_error(&self.target, &e.to_string());
-                    let delay = backoff(attempt);
-                    tracing::warn!(
-                        target_name = T::target_name(&self.target),
-                        rows,
-                        attempt,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %e,
-                        "Write failed for a transient reason; retrying the same batch."
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
-            }
+        let policy = RetryPolicy {
+            max_retries: None,
+            attempt_timeout: self.write_timeout,
+        };
+        let (result, retries) = retry(policy, write, |attempt, e, delay| {
+            T::record_retrying(&self.target, true);
+            telemetry::write_retried(T::target_name(&self.target));
+            T::record_error(&self.target, &e.to_string());
+            tracing::warn!(
+                target_name = T::target_name(&self.target),
+                rows,
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %e,
+                "Write failed for a transient reason; retrying the same batch."
+            );
+        })
+        .await;
+        if retries > 0 {
+            T::record_retrying(&self.target, false);
         }
+        result
     }
-}
-
-/// Exponential backoff with full jitter: uniform in `[0, min(MAX, BASE * 2^attempt)]`.
-pub fn backoff(attempt: u32) -> Duration {
-    let cap = BASE_BACKOFF
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(MAX_BACKOFF);
-    Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        for attempt in 0..40 {
-            assert!(backoff(attempt) <= MAX_BACKOFF);
-        }
-        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(10)).collect();
-        assert!(samples.len() > 1, "full jitter must vary");
-    }
 
     /// A batch writer without a database: fails the first `transient` writes as a lost
     /// connection would, refuses any batch holding a row whose index is in `poison` as a

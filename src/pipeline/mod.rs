@@ -1,4 +1,5 @@
-//! Queues and batchers: the bounded hand-off between ingest and the sinks.
+//! Queues, batchers and retries: the bounded hand-off between ingest and the database.
 
 pub mod batcher;
 pub mod queue;
+pub mod retry;
