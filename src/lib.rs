@@ -1,8 +1,11 @@
 //! Sluice: an event-to-SQL ingestion sidecar.
 //!
-//! An event enters through [`ingest`] (HTTP), is checked against its stream's schema
-//! ([`schema`]), is queued and batched by [`pipeline`], and is written by a [`sink`], or
-//! set aside as a dead letter ([`event::DeadLetter`]). [`app::App`] wires them together.
+//! An event arrives over [`http`] or TCP ([`ingest::tcp`]); [`ingest`] turns its bytes
+//! into a [`event::Row`] checked against its stream's schema ([`schema`]), or a
+//! [`event::DeadLetter`]; [`pipeline`] queues and batches them; the storage layer
+//! ([`sink`]: a batch writer per database and one shared store) writes them.
+//! [`app::App`] wires them together and runs them; [`commands`] are the CLI's entry
+//! points. ARCHITECTURE.md has the map.
 
 pub mod app;
 pub mod commands;

@@ -1,12 +1,14 @@
 //! The bounded per-stream queue. Backpressure lives here.
 //!
-//! Capacity is counted in events *and* in bytes of event JSON, with one semaphore each.
+//! Capacity is counted in events *and* in bytes of the memory the events hold (their JSON
+//! text and decoded values, [`crate::event::Row::memory_size`]), with one semaphore each.
 //! A producer reserves room for a whole request before sending anything, so a request is
 //! accepted entirely or not at all; the room is given back only when the batcher has
 //! committed (or dead-lettered) those events, so events in a batch being written still
-//! count. That keeps memory bounded whatever the input rate. The policy when full is the
-//! producer's: HTTP waits at most `enqueue_timeout` and answers 503; TCP waits, which
-//! stops reading the socket so that TCP flow control slows the sender.
+//! count. That keeps memory bounded whatever the input rate (before the queue, the
+//! memory budget of [`crate::ingest::budget`] bounds what is being decoded). The policy
+//! when full is the producer's: HTTP waits at most `enqueue_timeout` and answers 503;
+//! TCP waits, which stops reading the socket so that TCP flow control slows the sender.
 
 use std::sync::Arc;
 

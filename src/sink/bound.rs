@@ -439,14 +439,6 @@ where
         self.dialect
     }
 
-    fn write_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.replay_rows(stream, rows, &[])
-    }
-
     fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,

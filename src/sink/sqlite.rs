@@ -197,14 +197,6 @@ impl BatchWriter for SqliteWriter {
         Dialect::Sqlite
     }
 
-    fn write_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.replay_rows(stream, rows, &[])
-    }
-
     fn replay_rows<'a>(
         &'a self,
         stream: &'a Stream,
