@@ -49,13 +49,14 @@ pub fn has_long_integer(raw: &str) -> bool {
     run > 18 && !number_has_point
 }
 
-/// Whether `v` holds a number stored as a float (an integer literal that did not fit 64
-/// bits is one of those).
-pub fn has_float(v: &Value) -> bool {
+/// Whether `v` holds a float beyond the 64-bit integers in magnitude: what an integer
+/// literal that did not fit 64 bits parses into (prices and other everyday floats do
+/// not come near it, so events rarely take the slow path).
+pub fn has_huge_float(v: &Value) -> bool {
     match v {
-        Value::Number(n) => n.is_f64(),
-        Value::Array(a) => a.iter().any(has_float),
-        Value::Object(o) => o.values().any(has_float),
+        Value::Number(n) => n.is_f64() && n.as_f64().is_some_and(|f| f.abs() >= 9.2e18),
+        Value::Array(a) => a.iter().any(has_huge_float),
+        Value::Object(o) => o.values().any(has_huge_float),
         _ => false,
     }
 }

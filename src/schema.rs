@@ -308,7 +308,7 @@ impl Stream {
         }
         // An integer literal beyond 64 bits became a float: JSON columns and `_extra`
         // then take their text from the original, digit for digit.
-        let originals = (crate::json_text::has_float(&event)
+        let originals = (crate::json_text::has_huge_float(&event)
             && crate::json_text::has_long_integer(&raw))
         .then(|| crate::json_text::top_level(&raw))
         .flatten();

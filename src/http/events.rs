@@ -320,7 +320,9 @@ async fn read_body(
 ) -> Result<Vec<u8>, ApiError> {
     use futures_util::StreamExt;
     let limit = state.http.max_body_bytes;
-    let mut out = Vec::new();
+    // Sized from Content-Length when the client sent one, so the body is copied once.
+    let expected = axum::body::HttpBody::size_hint(&body).exact().unwrap_or(0);
+    let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).min(limit));
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest {

@@ -116,10 +116,19 @@ impl MemoryBudget {
 /// itself plus [`BYTES_PER_VALUE`] per byte that can start a value or an entry. It is
 /// a count over the bytes, cheap next to the parse it guards.
 pub fn decode_estimate(json: &[u8]) -> usize {
-    let structural = json
-        .iter()
-        .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
-        .count();
+    // Branch-free, in blocks that fit a byte counter, so the compiler vectorises it:
+    // this runs over every body on the hot path.
+    let mut structural = 0usize;
+    for block in json.chunks(255) {
+        let mut n: u8 = 0;
+        for &b in block {
+            n += u8::from(b == b',')
+                + u8::from(b == b':')
+                + u8::from(b == b'[')
+                + u8::from(b == b'{');
+        }
+        structural += usize::from(n);
+    }
     json.len() + (structural + 1) * BYTES_PER_VALUE
 }
 

@@ -489,18 +489,16 @@ impl Dialect {
 /// or key. Escapes are read in order, so `\\u0000` (a backslash, then `u0000`) is not one.
 fn json_has_nul(json: &str) -> bool {
     let bytes = json.as_bytes();
-    let mut i = 0;
-    while let Some(p) = bytes[i..].iter().position(|b| *b == b'\\') {
-        let at = i + p;
-        if bytes[at + 1..].starts_with(b"u0000") {
-            return true;
-        }
-        i = at + 2;
-        if i >= bytes.len() {
-            return false;
-        }
-    }
-    false
+    // Most JSON holds no `\u0000` at all: one vectorised search settles it. Where it
+    // does, it is an escape only if an even number of backslashes precede it.
+    memchr::memmem::find_iter(bytes, b"\\u0000").any(|at| {
+        let backslashes = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        backslashes % 2 == 0
+    })
 }
 
 /// A timestamp as SQLite stores it: RFC 3339, UTC, microseconds.
