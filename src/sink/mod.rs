@@ -223,6 +223,26 @@ pub struct StoredDeadLetter {
     pub received_at: String,
 }
 
+/// The writers' pool (up to `database.max_connections`) and the store's health pool
+/// (one connection, opened when first used) for one database's connect `options`.
+async fn open_pools<DB: sqlx::Database>(
+    config: &DatabaseConfig,
+    options: <DB::Connection as sqlx::Connection>::Options,
+    dialect: Dialect,
+) -> Result<(sqlx::Pool<DB>, sqlx::Pool<DB>), SinkError> {
+    let health = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(1)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(options.clone());
+    let pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(options)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok((pool, health))
+}
+
 /// Connects to the configured database.
 pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let dialect = Dialect::from_url(&config.url).map_err(|m| SinkError {

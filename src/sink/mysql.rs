@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use std::sync::Arc;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::mysql::MySqlConnectOptions;
 
 use super::bound::BoundWriter;
 use super::dialect::{mysql_timestamp, Dialect};
@@ -21,16 +21,7 @@ const MAX_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let err = sink_error(Dialect::Mysql);
     let options = MySqlConnectOptions::from_str(&config.url).map_err(&err)?;
-    let health = MySqlPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_lazy_with(options.clone());
-    let pool = MySqlPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_with(options)
-        .await
-        .map_err(&err)?;
+    let (pool, health) = super::open_pools::<sqlx::MySql>(config, options, Dialect::Mysql).await?;
     // A statement above max_allowed_packet makes the server drop the connection, which
     // looks transient and would be retried forever: stay well under it.
     let packet: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)")

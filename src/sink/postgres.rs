@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::PgPool;
 
 use super::bound::delete_replayed;
@@ -31,16 +31,7 @@ pub struct PgWriter {
 pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let err = sink_error(DIALECT);
     let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
-    let health = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_lazy_with(options.clone());
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_with(options)
-        .await
-        .map_err(&err)?;
+    let (pool, health) = super::open_pools::<sqlx::Postgres>(config, options, DIALECT).await?;
     Ok(Storage {
         writer: Arc::new(PgWriter { pool: pool.clone() }),
         store: Store::new(

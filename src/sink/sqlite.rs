@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Sqlite;
 
 use super::bound::BoundWriter;
@@ -83,16 +83,8 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
         })
         .busy_timeout(BUSY_TIMEOUT);
     let path = options.get_filename().to_path_buf();
-    let health = SqlitePoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_lazy_with(options.clone());
-    let pool = SqlitePoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .connect_with(options)
-        .await
-        .map_err(&err)?;
+    let (pool, health) =
+        super::open_pools::<sqlx::Sqlite>(config, options, Dialect::Sqlite).await?;
     let writer = SqliteWriter {
         letters: BoundWriter {
             pool: pool.clone(),
