@@ -1,26 +1,14 @@
 //! The `sluice` binary itself: `check` output and errors, and SIGTERM flushing the queues.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::{fixture_schemas, shipped_schemas, spawn_binary, Db, TestDb};
-
-fn sluice() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    // Settings come from the test, not from the environment CI runs in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SLUICE_") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+use crate::helpers::{fixture_schemas, shipped_schemas, sluice_command, spawn_binary, Db, TestDb};
 
 #[test]
 fn check_prints_the_ddl_of_every_stream_for_the_configured_database() {
-    let out = sluice()
+    let out = sluice_command()
         .args(["check"])
         .env("SLUICE_SCHEMAS_DIR", shipped_schemas())
         .env("SLUICE_DATABASE_URL", "postgres://app@db.invalid/events")
@@ -47,7 +35,7 @@ fn check_names_the_file_property_and_reason_of_a_bad_schema() {
         r#"{"type": "object", "properties": {"ok": {"type": "string"}, "not-ok": {"type": "string"}}}"#,
     )
     .unwrap();
-    let out = sluice()
+    let out = sluice_command()
         .args(["check"])
         .env("SLUICE_SCHEMAS_DIR", dir.path())
         .output()
@@ -65,7 +53,7 @@ fn check_reports_unknown_config_keys_with_the_file_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
     std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:1\"\nmax_body = 5\n").unwrap();
-    let out = sluice()
+    let out = sluice_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -88,7 +76,7 @@ fn connection_errors_never_show_the_database_password() {
         "mysql://app@127.0.0.1:1/events?password=Pw-query-3",
         "mysql://app:Pw-user-4@127.0.0.1:1/events",
     ] {
-        let out = sluice()
+        let out = sluice_command()
             .args(["serve"])
             .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
             .env("SLUICE_DATABASE_URL", url)
@@ -111,7 +99,7 @@ fn zero_limits_stop_start_up_naming_the_setting() {
         ("SLUICE_HTTP_BODY_READ_TIMEOUT", "http.body_read_timeout"),
     ] {
         let value = if var.ends_with("TIMEOUT") { "0s" } else { "0" };
-        let out = sluice()
+        let out = sluice_command()
             .args(["serve"])
             .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
             .env("SLUICE_DATABASE_URL", "sqlite://never-created.db")
@@ -218,7 +206,7 @@ async fn sigterm_under_load_keeps_every_acknowledged_event() {
 fn json_logs_are_one_object_per_line() {
     use std::io::BufRead;
     let db = tempfile::tempdir().unwrap();
-    let mut child = sluice()
+    let mut child = sluice_command()
         .args(["--log-format", "json"])
         .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
         .env(

@@ -5,14 +5,7 @@ use serde_json::Value;
 use sha2::Digest;
 
 use crate::db_tests;
-use crate::helpers::{fixture_schemas, spawn_app, Db};
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
+use crate::helpers::{fixture_schemas, gzip, spawn_app, Db};
 
 async fn nul_in_a_key_or_a_stream_name_is_dead_lettered_once_and_stored(db: Db) {
     let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
@@ -337,11 +330,8 @@ async fn sluice_purge_deletes_by_stream_and_stage(db: Db) {
     app.stop().await.unwrap();
     assert_eq!(app.db.dead_letters().await.len(), 5);
     let purge = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-            cmd.env_remove(k);
-        }
-        cmd.arg("purge")
+        crate::helpers::sluice_command()
+            .arg("purge")
             .args(args)
             .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
             .env("SLUICE_DATABASE_URL", &app.db.url)

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 use crate::db_tests;
 use crate::helpers::{fixture_schemas, spawn_app, Db};
@@ -136,37 +135,6 @@ async fn an_unknown_stream_is_404_listing_the_streams_and_the_body_is_dead_lette
     assert_eq!(letters[0][3].as_deref(), Some(r#"{"seq":1}"#));
 }
 
-/// Holds a lock that stops Sluice from writing to `reading` until dropped/committed.
-pub async fn hold_write_lock(db: &crate::helpers::TestDb) -> Box<dyn std::any::Any + Send> {
-    match db.kind {
-        Db::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-            sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            Box::new(c)
-        }
-        Db::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-            sqlx::query("LOCK TABLE reading IN ACCESS EXCLUSIVE MODE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            Box::new(c)
-        }
-        Db::Mysql => {
-            let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-            sqlx::query("LOCK TABLES reading WRITE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            Box::new(c)
-        }
-    }
-}
-
 async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing(db: Db) {
     let Some(app) = spawn_app(db, fixture_schemas(), |c| {
         c.defaults.queue_max_events = 2;
@@ -176,7 +144,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_accepts_nothing(db: Db) {
     else {
         return;
     };
-    let lock = hold_write_lock(&app.db).await;
+    let lock = crate::helpers::hold_write_lock(&app.db).await;
     let two = r#"[{"seq": 1, "sensor": "a", "value": 1}, {"seq": 2, "sensor": "a", "value": 2}]"#;
     let r = app
         .post("reading", "?ack=accepted", "application/json", two)

@@ -1,11 +1,9 @@
 //! Each body form, gzip and both acknowledgement modes, on every database.
 
-use std::io::Write;
-
 use serde_json::{json, Value};
 
 use crate::db_tests;
-use crate::helpers::{fixture_schemas, spawn_app, Db};
+use crate::helpers::{fixture_schemas, gzip, spawn_app, Db};
 
 fn reading(seq: i64) -> Value {
     json!({"seq": seq, "sensor": format!("s-{}", seq % 3), "value": (seq % 4000) as f64 / 4.0})
@@ -13,12 +11,6 @@ fn reading(seq: i64) -> Value {
 
 fn ndjson(range: std::ops::Range<i64>) -> String {
     range.map(|i| format!("{}\n", reading(i))).collect()
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(data).expect("gzip in memory");
-    enc.finish().expect("gzip in memory")
 }
 
 async fn one_object_is_committed_before_the_answer(db: Db) {

@@ -136,11 +136,7 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
 
 /// `sluice replay`, the binary, against `db` with the schemas in `schemas`.
 fn replay_binary(db: &crate::helpers::TestDb, schemas: &Path, args: &[&str]) -> String {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-        cmd.env_remove(k);
-    }
-    let out = cmd
+    let out = crate::helpers::sluice_command()
         .arg("replay")
         .args(args)
         .env("SLUICE_SCHEMAS_DIR", schemas)

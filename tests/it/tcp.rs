@@ -279,7 +279,7 @@ async fn a_full_queue_pauses_reading_so_the_tcp_writer_blocks_and_nothing_is_los
     else {
         return;
     };
-    let lock = crate::errors::hold_write_lock(&app.db).await;
+    let lock = crate::helpers::hold_write_lock(&app.db).await;
     const LINES: usize = 200_000; // about 13 MB, far more than the socket buffers hold
     let addr = app.tcp_addr.unwrap();
     let writer = tokio::spawn(async move {
