@@ -142,7 +142,7 @@ pub fn purge(
         .enable_all()
         .build()?;
     let deleted = runtime.block_on(async {
-        let storage = crate::app::connect(&config.database).await?;
+        let storage = crate::sink::connect_redacted(&config.database).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         let deleted = crate::purge::purge(&storage.store, &filter, &stop).await;
         storage.close().await;

@@ -247,8 +247,11 @@ fn default_max_connections() -> u32 {
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(5)
 }
+/// `database.write_timeout` by default (also what tools without a config use).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn default_write_timeout() -> Duration {
-    crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT
+    DEFAULT_WRITE_TIMEOUT
 }
 fn default_http_listen() -> String {
     "127.0.0.1:8080".to_owned()

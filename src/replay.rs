@@ -72,7 +72,7 @@ pub async fn replay(
             );
         }
     }
-    let (registry, storage) = crate::app::open_storage(config, registry).await?;
+    let (registry, storage) = crate::sink::open(config, registry).await?;
     let store = &storage.store;
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {

@@ -23,8 +23,7 @@ use crate::sink::{BatchWriter, BoxFuture, SinkError};
 use crate::stats::StreamStats;
 use crate::telemetry;
 
-/// `database.write_timeout` when none is configured (benchmarks and tools).
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::config::DEFAULT_WRITE_TIMEOUT;
 
 /// What a batcher writes: stream rows or dead letters.
 pub trait Item: Send + Sync + Sized + 'static {

@@ -6,7 +6,7 @@
 //! accepted entirely or not at all; the room is given back only when the batcher has
 //! committed (or dead-lettered) those events, so events in a batch being written still
 //! count. That keeps memory bounded whatever the input rate (before the queue, the
-//! memory budget of [`crate::ingest::budget`] bounds what is being decoded). The policy
+//! memory budget of input being decoded, `max_inflight_bytes`, bounds what comes before). The policy
 //! when full is the producer's: HTTP waits at most `enqueue_timeout` and answers 503;
 //! TCP waits, which stops reading the socket so that TCP flow control slows the sender.
 

@@ -11,6 +11,7 @@ mod bound;
 pub mod dialect;
 pub mod evolution;
 mod mysql;
+mod open;
 pub mod postgres;
 mod sqlite;
 pub mod store;
@@ -23,6 +24,7 @@ use crate::config::DatabaseConfig;
 use crate::event::{DeadLetter, Row};
 use crate::schema::Stream;
 pub use dialect::Dialect;
+pub use open::{connect_redacted, open, redact, redact_in};
 pub use store::Store;
 
 /// A boxed future, so that [`Sink`] can be used as a trait object.

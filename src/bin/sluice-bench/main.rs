@@ -221,7 +221,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         events.len(),
         bytes as f64 / events.len().max(1) as f64,
         generated.elapsed().as_secs_f64(),
-        sluice::app::redact(url)
+        sluice::sink::redact(url)
     );
     let mut db = db::Db::connect(url)
         .await
