@@ -122,20 +122,7 @@ async fn sigterm_flushes_the_queues_and_exits_zero() {
         &db,
         &[("SLUICE_DEFAULTS_BATCH_MAX_WAIT", "30s".into())],
     );
-    let body: String = (0..300)
-        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
-        .collect();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "http://{}/v1/streams/reading/events?ack=accepted",
-            sluice.http
-        ))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    crate::helpers::post_readings_accepted(&sluice.http, 300).await;
     assert_eq!(db.count("reading").await, 0, "lingering for 30 s");
     let (status, logs) = sluice.terminate().await;
     assert!(status.success(), "exit status {status}");

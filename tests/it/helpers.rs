@@ -464,6 +464,24 @@ pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
     }
 }
 
+/// POSTs `n` valid `reading` events as NDJSON with `ack=accepted` to the Sluice at
+/// `http`, and checks the `202`.
+pub async fn post_readings_accepted(http: &str, n: usize) {
+    let body: String = (0..n)
+        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/v1/streams/reading/events?ack=accepted"
+        ))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("the request reaches Sluice");
+    assert_eq!(r.status(), 202);
+}
+
 /// `data` gzip-compressed.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;

@@ -21,6 +21,15 @@ fn replay_config(schemas: &Path, url: &str) -> sluice::Config {
     }
 }
 
+/// The schema fix the replay tests make: `reading.value` may go up to 10,000.
+fn widen_value_range(schemas: &Path) {
+    let path = schemas.join("reading.json");
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"maximum\": 1000", "\"maximum\": 10000");
+    std::fs::write(&path, fixed).unwrap();
+}
+
 fn copy_schemas(to: &Path) {
     for entry in std::fs::read_dir(fixture_schemas()).unwrap() {
         let path = entry.unwrap().path();
@@ -52,11 +61,7 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
     app.stop().await.unwrap();
 
     // The fix: the sensor's range was too narrow.
-    let path = schemas.path().join("reading.json");
-    let fixed = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"maximum\": 1000", "\"maximum\": 10000");
-    std::fs::write(&path, fixed).unwrap();
+    widen_value_range(schemas.path());
     let config = replay_config(schemas.path(), &app.db.url);
 
     let dry = replay(
@@ -236,11 +241,7 @@ async fn replays_at_once_write_each_row_once(db: Db) {
     let answer: Value = r.json().await.unwrap();
     assert_eq!(answer["dead_lettered"], 1000);
     app.stop().await.unwrap();
-    let path = schemas.path().join("reading.json");
-    let fixed = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"maximum\": 1000", "\"maximum\": 10000");
-    std::fs::write(&path, fixed).unwrap();
+    widen_value_range(schemas.path());
 
     // In one process, so that the four runs read the same pages at the same time.
     let config = replay_config(schemas.path(), &app.db.url);

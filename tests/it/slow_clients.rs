@@ -54,20 +54,7 @@ async fn shutdown_flushes_the_queues_while_slow_clients_hold_connections() {
             ("SLUICE_HTTP_BODY_READ_TIMEOUT", "60s".into()),
         ],
     );
-    let body: String = (0..300)
-        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
-        .collect();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "http://{}/v1/streams/reading/events?ack=accepted",
-            sluice.http
-        ))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    crate::helpers::post_readings_accepted(&sluice.http, 300).await;
     let mut slow = Vec::new();
     for _ in 0..5 {
         slow.push(trickle(&sluice.http).await);
