@@ -15,6 +15,32 @@ use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
 use crate::sink::evolution::ExistingColumn;
 
+/// Defines a function generic over the sqlx database `DB`, with the bounds every
+/// function here needs (SQLite, PostgreSQL and MySQL meet them all), written once.
+macro_rules! sqlx_generic {
+    ($(#[$attr:meta])* $vis:vis async fn $name:ident<DB>($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        $vis async fn $name<DB>($($arg: $ty),*) -> $ret
+        where
+            DB: Database,
+            for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
+            for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+            for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+            for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+            for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+            for<'q> String: Encode<'q, DB> + Type<DB>,
+            for<'q> i64: Encode<'q, DB> + Type<DB>,
+            for<'q> i32: Encode<'q, DB> + Type<DB>,
+            for<'q> f64: Encode<'q, DB> + Type<DB>,
+            for<'q> bool: Encode<'q, DB> + Type<DB>,
+            for<'r> i64: Decode<'r, DB>,
+            for<'r> String: Decode<'r, DB> + Type<DB>,
+            usize: ColumnIndex<DB::Row>,
+            DB::QueryResult: RowsAffected,
+        $body
+    };
+}
+
 /// The number of rows a statement changed, for the databases written through here
 /// (sqlx has no common trait for it).
 pub trait RowsAffected {
@@ -46,17 +72,13 @@ pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> 
     statements
 }
 
+sqlx_generic! {
 /// Runs `statements` one after the other on the pool.
 pub async fn execute_all<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     statements: Vec<String>,
-) -> Result<(), SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
+) -> Result<(), SinkError> {
     for sql in statements {
         sqlx::query::<DB>(&sql)
             .execute(pool)
@@ -65,25 +87,16 @@ where
     }
     Ok(())
 }
+}
 
+sqlx_generic! {
 /// Reads a page of replayable dead letters.
 pub async fn fetch_dead_letters<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     timestamp: TimestampText,
     page: &DeadLetterPage,
-) -> Result<Vec<StoredDeadLetter>, SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
+) -> Result<Vec<StoredDeadLetter>, SinkError> {
     let err = sink_error(dialect);
     let sql = dialect.select_dead_letters(page.stream.is_some(), page.since.is_some(), page.route);
     let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
@@ -107,21 +120,15 @@ where
         .collect::<Result<_, sqlx::Error>>()
         .map_err(&err)
 }
+}
 
+sqlx_generic! {
 /// The columns of `table` (empty if it does not exist).
 pub async fn describe_table<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     table: &str,
-) -> Result<Vec<ExistingColumn>, SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
+) -> Result<Vec<ExistingColumn>, SinkError> {
     let err = sink_error(dialect);
     let rows = sqlx::query::<DB>(dialect.describe_table())
         .bind(table)
@@ -139,18 +146,15 @@ where
         .collect::<Result<_, sqlx::Error>>()
         .map_err(&err)
 }
+}
 
+sqlx_generic! {
 /// Whether `table` holds at least one row.
 pub async fn table_has_rows<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     table: &str,
-) -> Result<bool, SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-{
+) -> Result<bool, SinkError> {
     let sql = dialect.probe_rows(table);
     let row = sqlx::query::<DB>(&sql)
         .fetch_optional(pool)
@@ -158,23 +162,15 @@ where
         .map_err(sink_error(dialect))?;
     Ok(row.is_some())
 }
+}
 
+sqlx_generic! {
 /// The newest dead letters first.
 pub async fn list_dead_letters<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     query: &DeadLetterQuery,
-) -> Result<Vec<ListedDeadLetter>, SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
+) -> Result<Vec<ListedDeadLetter>, SinkError> {
     let err = sink_error(dialect);
     let sql = dialect.list_dead_letters(
         query.before.is_some(),
@@ -205,23 +201,16 @@ where
         .collect::<Result<_, sqlx::Error>>()
         .map_err(&err)
 }
+}
 
+sqlx_generic! {
 /// Deletes one batch of the oldest dead letters matching `filter`.
 pub async fn purge_dead_letters<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     timestamp: TimestampText,
     filter: &PurgeFilter,
-) -> Result<u64, SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    DB::QueryResult: RowsAffected,
-{
+) -> Result<u64, SinkError> {
     let sql = dialect.purge_dead_letters(
         filter.stream.is_some(),
         filter.stage.is_some(),
@@ -241,21 +230,16 @@ where
         .map_err(sink_error(dialect))?;
     Ok(done.rows())
 }
+}
 
+sqlx_generic! {
 /// Counts one more failed replay of dead letter `id`, with its new reason.
 pub async fn record_replay_failure<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     id: i64,
     error: &str,
-) -> Result<(), SinkError>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-{
+) -> Result<(), SinkError> {
     sqlx::query::<DB>(&dialect.record_replay_failure())
         .bind(error)
         .bind(id)
@@ -264,10 +248,12 @@ where
         .map_err(sink_error(dialect))?;
     Ok(())
 }
+}
 
 /// Formats a timestamp the way the database's timestamp column reads it from text.
 pub type TimestampText = fn(&DateTime<Utc>) -> String;
 
+sqlx_generic! {
 /// Writes `rows` to `stream`'s table and deletes the dead letters `replayed` (those the
 /// rows came from, when replaying) in one transaction.
 pub async fn write_rows<DB>(
@@ -278,19 +264,7 @@ pub async fn write_rows<DB>(
     stream: &Stream,
     rows: &[Row],
     replayed: &[i64],
-) -> Result<(), SinkError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> f64: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    DB::QueryResult: RowsAffected,
-{
+) -> Result<(), SinkError> {
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
     let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
@@ -331,7 +305,9 @@ where
     }
     tx.commit().await.map_err(&err)
 }
+}
 
+sqlx_generic! {
 /// Replay: deletes the dead letters `replayed` on `conn` (in the transaction that then
 /// writes their rows), first, and fails with [`SinkError::replay_conflict`] unless every
 /// one of them was still there, so that two replays at once cannot both write a row.
@@ -339,14 +315,7 @@ pub async fn delete_replayed<DB>(
     conn: &mut DB::Connection,
     dialect: Dialect,
     replayed: &[i64],
-) -> Result<(), SinkError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    DB::QueryResult: RowsAffected,
-{
+) -> Result<(), SinkError> {
     let mut deleted = 0;
     for ids in replayed.chunks(1000) {
         let sql = dialect.delete_dead_letters(ids.len());
@@ -365,7 +334,9 @@ where
         missing => Err(SinkError::replay_conflict(missing as usize)),
     }
 }
+}
 
+sqlx_generic! {
 /// Writes `letters` to `sluice_dead_letters` in one transaction.
 pub async fn write_dead_letters<DB>(
     pool: &Pool<DB>,
@@ -373,16 +344,7 @@ pub async fn write_dead_letters<DB>(
     max_statement_bytes: usize,
     timestamp: TimestampText,
     letters: &[DeadLetter],
-) -> Result<(), SinkError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i32: Encode<'q, DB> + Type<DB>,
-{
+) -> Result<(), SinkError> {
     let err = sink_error(dialect);
     let columns = DEAD_LETTER_COLUMNS.join(", ");
     let width = DEAD_LETTER_COLUMNS.len();
@@ -410,6 +372,7 @@ where
     }
     tx.commit().await.map_err(&err)
 }
+}
 
 /// The batch writer of the databases written with bound multi-row `INSERT`s (MySQL/
 /// MariaDB, and SQLite's dead letters).
@@ -424,6 +387,7 @@ pub struct BoundWriter<DB: Database> {
 impl<DB> BatchWriter for BoundWriter<DB>
 where
     DB: Database,
+    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
@@ -433,6 +397,9 @@ where
     for<'q> i32: Encode<'q, DB> + Type<DB>,
     for<'q> f64: Encode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
     DB::QueryResult: RowsAffected,
 {
     fn dialect(&self) -> Dialect {
