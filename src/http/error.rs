@@ -111,24 +111,13 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorBody::new(error))
             }
             ApiError::QueueFull { stream } => {
-                let body = ErrorBody {
-                    retry_after_seconds: Some(RETRY_AFTER_SECS),
-                    ..ErrorBody::new(format!("the queue of stream `{stream}` is full; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
-                };
-                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                return r;
+                return retry_later(format!("the queue of stream `{stream}` is full"))
             }
             ApiError::Busy => {
-                let body = ErrorBody {
-                    retry_after_seconds: Some(RETRY_AFTER_SECS),
-                    ..ErrorBody::new(format!("Sluice is decoding as much input as its memory budget allows (max_inflight_bytes); nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"))
-                };
-                let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                return r;
+                return retry_later(
+                    "Sluice is decoding as much input as its memory budget allows (max_inflight_bytes)"
+                        .to_owned(),
+                )
             }
             ApiError::DatabaseUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -166,4 +155,18 @@ impl From<BodyError> for ApiError {
             },
         }
     }
+}
+
+/// 503 with `Retry-After`: `why`, and that nothing from the request was accepted.
+fn retry_later(why: String) -> Response {
+    let body = ErrorBody {
+        retry_after_seconds: Some(RETRY_AFTER_SECS),
+        ..ErrorBody::new(format!(
+            "{why}; nothing from this request was accepted: retry after {RETRY_AFTER_SECS} s"
+        ))
+    };
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    r
 }
