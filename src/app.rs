@@ -134,9 +134,8 @@ impl App {
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        // Cancelled once the inputs have stopped: the batchers then drain and exit.
-        let flush = CancellationToken::new();
-        let batchers = self.spawn_batchers(&flush);
+        // The batchers drain and exit once `Running::stop` closes their queues.
+        let batchers = self.spawn_batchers();
         // Cancelled when `shutdown` resolves: every input stops accepting.
         let accepting = CancellationToken::new();
         let trigger = accepting.clone();
@@ -146,11 +145,11 @@ impl App {
         });
         let running = self.spawn_inputs(&accepting);
         accepting.cancelled().await;
-        running.stop(batchers, flush).await
+        running.stop(batchers).await
     }
 
     /// One batcher task per stream queue, and one for the dead-letter queue.
-    fn spawn_batchers(&mut self, flush: &CancellationToken) -> TaskTracker {
+    fn spawn_batchers(&mut self) -> TaskTracker {
         let tracker = TaskTracker::new();
         let write_timeout = self.config.database.write_timeout;
         for (stream, rx) in std::mem::take(&mut self.stream_receivers) {
@@ -165,7 +164,6 @@ impl App {
                         max_payload: self.ingest.max_payload(),
                     },
                     settings,
-                    stop: flush.clone(),
                     concurrency: self.storage.writer.write_concurrency(),
                     write_timeout,
                 }
@@ -179,7 +177,6 @@ impl App {
                     sink: self.storage.writer.clone(),
                     target: DeadLetterTable,
                     settings: self.config.defaults.clone(),
-                    stop: flush.clone(),
                     concurrency: 1,
                     write_timeout,
                 }
@@ -269,7 +266,7 @@ impl Running {
     /// Stops within `shutdown_timeout`, in order: in-flight requests and connections get
     /// the first half (so a slow client cannot eat the flush time), the queues refuse
     /// more, the batchers drain in the rest, the database pool closes.
-    async fn stop(self, batchers: TaskTracker, flush: CancellationToken) -> anyhow::Result<()> {
+    async fn stop(self, batchers: TaskTracker) -> anyhow::Result<()> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.timeout;
         let grace = started + self.timeout / 2;
@@ -280,8 +277,8 @@ impl Running {
         );
         self.connections.close();
         let _ = tokio::time::timeout_at(grace, self.connections.wait()).await;
+        // Closing the queues is what tells the batchers to drain and stop.
         self.ingest.close();
-        flush.cancel();
         let drained = tokio::time::timeout_at(deadline, batchers.wait())
             .await
             .is_ok();

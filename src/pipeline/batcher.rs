@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
 use super::retry::{retry, RetryPolicy};
@@ -156,8 +155,6 @@ pub struct Batcher<T: Item> {
     pub sink: Arc<dyn BatchWriter>,
     pub target: T::Target,
     pub settings: StreamSettings,
-    /// Cancelled at shutdown: the batcher then refuses new envelopes, drains and exits.
-    pub stop: CancellationToken,
     /// Batches written at once (each in its own transaction, on its own connection), so
     /// that gathering and encoding the next batch overlaps the database's work on the
     /// current one.
@@ -183,7 +180,6 @@ impl<T: Item> Batcher<T> {
             sink,
             target,
             settings,
-            stop,
             concurrency,
             write_timeout,
         } = self;
@@ -194,7 +190,9 @@ impl<T: Item> Batcher<T> {
             write_timeout,
         });
         let mut writes = tokio::task::JoinSet::new();
+        // Set once the queue is closed (shutdown): drain without lingering, then exit.
         let mut stopping = false;
+        let closing = rx.closing();
         // An envelope that did not fit the previous batch: it starts the next one.
         let mut carried: Option<Envelope<T>> = None;
         loop {
@@ -202,9 +200,9 @@ impl<T: Item> Batcher<T> {
                 Some(env) => Some(env),
                 None => tokio::select! {
                     env = rx.recv() => env,
-                    _ = stop.cancelled(), if !stopping => {
+                    _ = closing.cancelled(), if !stopping => {
                         stopping = true;
-                        rx.close();
+                        rx.stop_receiving();
                         continue;
                     }
                 },
@@ -217,13 +215,13 @@ impl<T: Item> Batcher<T> {
             while count < max {
                 let next = if stopping {
                     // Draining at shutdown: no linger, take what is already queued.
-                    rx.try_recv().ok()
+                    rx.try_recv()
                 } else {
                     tokio::select! {
                         r = tokio::time::timeout_at(deadline, rx.recv()) => r.ok().flatten(),
-                        _ = stop.cancelled() => {
+                        _ = closing.cancelled() => {
                             stopping = true;
-                            rx.close();
+                            rx.stop_receiving();
                             continue;
                         }
                     }

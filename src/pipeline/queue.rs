@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// A write-stage failure reported back to the producer that asked for an acknowledgement.
 #[derive(Debug, Clone)]
@@ -68,6 +69,8 @@ pub struct QueueSender<T> {
     bytes: Arc<Semaphore>,
     max_events: usize,
     max_bytes: usize,
+    /// Cancelled by [`QueueSender::close`]; tells the receiver to drain and stop.
+    closed: CancellationToken,
 }
 
 impl<T> Clone for QueueSender<T> {
@@ -78,25 +81,54 @@ impl<T> Clone for QueueSender<T> {
             bytes: self.bytes.clone(),
             max_events: self.max_events,
             max_bytes: self.max_bytes,
+            closed: self.closed.clone(),
         }
     }
 }
 
 /// The consuming side of a queue, owned by the batcher.
-pub type QueueReceiver<T> = mpsc::UnboundedReceiver<Envelope<T>>;
+pub struct QueueReceiver<T> {
+    rx: mpsc::UnboundedReceiver<Envelope<T>>,
+    closed: CancellationToken,
+}
+
+impl<T> QueueReceiver<T> {
+    /// The next envelope; `None` once the queue is closed and empty.
+    pub async fn recv(&mut self) -> Option<Envelope<T>> {
+        self.rx.recv().await
+    }
+
+    /// An envelope already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Envelope<T>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Cancelled once the producers close the queue (shutdown).
+    pub fn closing(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+
+    /// Refuses envelopes not yet sent: what is queued is all there will be, and `recv`
+    /// returns `None` once it is taken.
+    pub fn stop_receiving(&mut self) {
+        self.rx.close();
+    }
+}
 
 /// A queue holding at most `max_events` events and `max_bytes` bytes.
 pub fn bounded<T>(max_events: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let max_bytes = max_bytes.min(u32::MAX as usize);
+    let closed = CancellationToken::new();
     let sender = QueueSender {
         tx,
         events: Arc::new(Semaphore::new(max_events)),
         bytes: Arc::new(Semaphore::new(max_bytes)),
         max_events,
         max_bytes,
+        closed: closed.clone(),
     };
-    (sender, rx)
+    (sender, QueueReceiver { rx, closed })
 }
 
 impl<T> QueueSender<T> {
@@ -171,10 +203,12 @@ impl<T> QueueSender<T> {
         self.events.available_permits() == 0 || self.bytes.available_permits() == 0
     }
 
-    /// Refuses new reservations; producers waiting for room get [`QueueError::Closed`].
+    /// Refuses new reservations (producers waiting for room get [`QueueError::Closed`])
+    /// and tells the batcher to write what is queued and stop.
     pub fn close(&self) {
         self.events.close();
         self.bytes.close();
+        self.closed.cancel();
     }
 }
 
