@@ -24,6 +24,7 @@ use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
 use crate::sink::{self, Storage};
+use crate::webhook::Webhooks;
 
 /// A built, bound, not yet running Sluice.
 pub struct App {
@@ -37,6 +38,7 @@ pub struct App {
     tcp: Option<TcpListener>,
     tcp_addr: Option<SocketAddr>,
     ingest: Arc<Ingest>,
+    webhooks: Arc<Webhooks>,
     storage: Storage,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
@@ -55,6 +57,7 @@ impl App {
                 registry.names()
             );
         }
+        let webhooks = Arc::new(Webhooks::load(&config, &registry)?);
         let (registry, storage) = sink::open(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
@@ -108,6 +111,7 @@ impl App {
             tcp,
             tcp_addr,
             ingest,
+            webhooks,
             storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
@@ -197,6 +201,8 @@ impl App {
             accepting.clone(),
         );
         connections.spawn(async move { ingest.dead_letter_log.run(interval, stop).await });
+        let (webhooks, stop) = (self.webhooks.clone(), accepting.clone());
+        connections.spawn(async move { webhooks.refusals.run(interval, stop).await });
         if let Some(retention) = self.config.dead_letters.retention {
             let (store, stop) = (self.storage.store.clone(), accepting.clone());
             connections.spawn(crate::purge::run_retention(store, retention, stop));
@@ -215,6 +221,7 @@ impl App {
             ingest: self.ingest.clone(),
             store: self.storage.store.clone(),
             http: Arc::new(self.config.http.clone()),
+            webhooks: self.webhooks.clone(),
         };
         let show = |addr: Option<SocketAddr>, none: &str| {
             addr.map_or_else(|| none.to_owned(), |a| a.to_string())

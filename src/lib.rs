@@ -24,6 +24,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod stats;
 pub mod telemetry;
+pub mod webhook;
 
 pub use app::App;
 pub use config::Config;

@@ -6,11 +6,42 @@
 //! Out: at most two log lines per kind per interval, whatever the rate.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// What one kind of problem is: a stream (or none) and a pipeline stage.
-pub type Kind = (Option<String>, &'static str);
+/// One kind of repeated problem, and how its two log lines read.
+pub trait Kind: Clone + Eq + Hash {
+    /// The line for the first occurrence.
+    fn first(&self, example: &str);
+    /// The summary of `count` more occurrences in the last `interval`.
+    fn repeated(&self, count: u64, interval: Duration, last: &str);
+}
+
+/// Events dead-lettered at ingest: a stream (or none) and a pipeline stage.
+pub type DeadLetterKind = (Option<String>, &'static str);
+
+impl Kind for DeadLetterKind {
+    fn first(&self, example: &str) {
+        tracing::warn!(
+            stream = self.0.as_deref().unwrap_or("-"),
+            stage = self.1,
+            error = example,
+            "Event dead-lettered; further ones of this stream and stage are summarised per interval."
+        );
+    }
+
+    fn repeated(&self, count: u64, interval: Duration, last: &str) {
+        tracing::warn!(
+            stream = self.0.as_deref().unwrap_or("-"),
+            stage = self.1,
+            count,
+            interval_s = interval.as_secs_f64(),
+            last_error = %last,
+            "More events dead-lettered in the last interval (summary)."
+        );
+    }
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -21,11 +52,19 @@ struct Pending {
 }
 
 /// Counts repeated problems between flushes.
-#[derive(Debug, Default)]
-pub struct LogSummary {
+#[derive(Debug)]
+pub struct LogSummary<K = DeadLetterKind> {
     /// Kinds seen since the last flush; a kind absent here is logged in full when it
     /// next occurs.
-    kinds: Mutex<HashMap<Kind, Pending>>,
+    kinds: Mutex<HashMap<K, Pending>>,
+}
+
+impl<K> Default for LogSummary<K> {
+    fn default() -> Self {
+        LogSummary {
+            kinds: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -33,9 +72,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl LogSummary {
-    /// Records `count` dead letters of `kind`, `example` being one of their reasons.
-    pub fn record(&self, kind: Kind, count: u64, example: &str) {
+impl<K: Kind> LogSummary<K> {
+    /// Records `count` occurrences of `kind`, `example` being one of their messages.
+    pub fn record(&self, kind: K, count: u64, example: &str) {
         let mut kinds = lock(&self.kinds);
         match kinds.get_mut(&kind) {
             Some(p) => {
@@ -45,7 +84,7 @@ impl LogSummary {
                 }
             }
             None => {
-                let (stream, stage) = (kind.0.clone(), kind.1);
+                let first = kind.clone();
                 kinds.insert(
                     kind,
                     Pending {
@@ -54,12 +93,7 @@ impl LogSummary {
                     },
                 );
                 drop(kinds);
-                tracing::warn!(
-                    stream = stream.as_deref().unwrap_or("-"),
-                    stage,
-                    error = example,
-                    "Event dead-lettered; further ones of this stream and stage are summarised per interval."
-                );
+                first.first(example);
             }
         }
     }
@@ -67,7 +101,7 @@ impl LogSummary {
     /// Logs one summary line per kind that repeated since the last flush. A kind that
     /// did not repeat is forgotten, so its next occurrence is logged in full again.
     pub fn flush(&self, interval: Duration) {
-        let repeated: Vec<(Kind, Pending)> = {
+        let repeated: Vec<(K, Pending)> = {
             let mut kinds = lock(&self.kinds);
             kinds.retain(|_, p| p.count > 0);
             kinds
@@ -84,15 +118,8 @@ impl LogSummary {
                 })
                 .collect()
         };
-        for ((stream, stage), p) in repeated {
-            tracing::warn!(
-                stream = stream.as_deref().unwrap_or("-"),
-                stage,
-                count = p.count,
-                interval_s = interval.as_secs_f64(),
-                last_error = %p.last,
-                "More events dead-lettered in the last interval (summary)."
-            );
+        for (kind, p) in repeated {
+            kind.repeated(p.count, interval, &p.last);
         }
     }
 
@@ -111,7 +138,7 @@ impl LogSummary {
     }
 
     /// Occurrences counted and not yet summarised, per kind (for tests).
-    pub fn pending(&self) -> HashMap<Kind, u64> {
+    pub fn pending(&self) -> HashMap<K, u64> {
         lock(&self.kinds)
             .iter()
             .map(|(k, p)| (k.clone(), p.count))
@@ -126,7 +153,7 @@ mod tests {
     #[test]
     fn the_first_occurrence_is_logged_and_the_rest_counted_until_a_flush() {
         let s = LogSummary::default();
-        let kind = (Some("orders".to_owned()), "validate");
+        let kind: DeadLetterKind = (Some("orders".to_owned()), "validate");
         s.record(kind.clone(), 1, "first");
         s.record(kind.clone(), 500, "second");
         s.record(kind.clone(), 499, "third");

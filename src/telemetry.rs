@@ -117,6 +117,27 @@ pub fn stream_registered(stream: &str) {
     gauge!("sluice_tcp_connections").increment(0.0);
 }
 
+/// Registers a webhook's refusal series at 0 at start-up.
+pub fn webhook_registered(webhook: &str) {
+    use crate::webhook::verify::Refusal;
+    for reason in [
+        Refusal::MissingSignature,
+        Refusal::BadSignature,
+        Refusal::StaleTimestamp,
+        Refusal::MissingCredentials,
+        Refusal::BadCredentials,
+    ] {
+        counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason.as_str())
+            .increment(0);
+    }
+}
+
+/// A webhook request refused by verification (nothing of it stored).
+pub fn webhook_rejected(webhook: &str, reason: &'static str) {
+    counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
 pub fn tcp_connection_opened() {
     gauge!("sluice_tcp_connections").increment(1.0);
 }

@@ -49,14 +49,22 @@ pub enum ApiError {
     UnknownStream { stream: String, known: Vec<String> },
     /// 404: no such endpoint.
     NotFound(String),
+    /// 401: a webhook request failed verification (nothing of it was stored). The
+    /// reason is short and never names a secret; `challenge` is the `WWW-Authenticate`
+    /// value for the schemes that use HTTP authentication.
+    Unauthorized {
+        reason: &'static str,
+        challenge: Option<&'static str>,
+    },
     /// 408: the body did not arrive within `http.body_read_timeout`.
     BodyTimeout(Duration),
     /// 413: body, decompressed body or event count above the configured limits.
     TooLarge(String),
     /// 415: unsupported `Content-Type` or `Content-Encoding`.
     UnsupportedMediaType(String),
-    /// 503 + `Retry-After`: the queue stayed full for `enqueue_timeout`; nothing was accepted.
-    QueueFull { stream: String },
+    /// 503 + `Retry-After`: a queue stayed full for `enqueue_timeout`; nothing was
+    /// accepted. The streams whose queues the request needed (none: the dead-letter queue).
+    QueueFull { streams: Vec<String> },
     /// 503 + `Retry-After`: requests in flight hold the whole memory budget
     /// (`max_inflight_bytes`) and none freed room within `enqueue_timeout`.
     Busy,
@@ -95,6 +103,15 @@ impl IntoResponse for ApiError {
                 },
             ),
             ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
+            ApiError::Unauthorized { reason, challenge } => {
+                let body = ErrorBody::new(format!("{reason}; nothing was stored"));
+                let mut r = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+                if let Some(c) = challenge {
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+                }
+                return r;
+            }
             ApiError::BodyTimeout(limit) => {
                 let body = ErrorBody::new(format!(
                     "the request body did not arrive within http.body_read_timeout ({} s); nothing was accepted: send it faster or in smaller requests",
@@ -110,8 +127,12 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMediaType(error) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorBody::new(error))
             }
-            ApiError::QueueFull { stream } => {
-                return retry_later(format!("the queue of stream `{stream}` is full"))
+            ApiError::QueueFull { streams } => {
+                return retry_later(if streams.is_empty() {
+                    "the dead-letter queue is full".to_owned()
+                } else {
+                    format!("the queue of stream `{}` is full", streams.join("` or `"))
+                })
             }
             ApiError::Busy => {
                 return retry_later(

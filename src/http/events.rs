@@ -177,9 +177,9 @@ pub async fn ingest_events(
 
     // The request is queued once, whatever it turned out to hold.
     let total = request.rows.len() + request.letters.len();
-    let mut errors = std::mem::take(&mut request.errors);
+    let errors = std::mem::take(&mut request.errors);
     let name = stream.as_ref().map(|s| s.name.as_str());
-    let pending = enqueue(ingest, name, request, ack, wait, &stream_name).await?;
+    let pending = enqueue(ingest, vec![(name, request)], ack, wait).await?;
     // The rows are queued: the body and this request's reservation are no longer needed
     // while it waits for the commit.
     drop(bytes);
@@ -200,6 +200,17 @@ pub async fn ingest_events(
         }
         ReadAs::Events => {}
     }
+    Ok(respond(total, errors, rejected, ack))
+}
+
+/// The answer once a request's events are queued (`ack=accepted`) or committed: counts,
+/// and the errors of the dead-lettered events by index (write-stage ones included).
+pub(super) fn respond(
+    total: usize,
+    mut errors: Vec<EventError>,
+    rejected: Vec<crate::pipeline::queue::Rejected>,
+    ack: AckMode,
+) -> Response {
     for r in rejected {
         errors.push(EventError {
             index: r.index,
@@ -225,7 +236,7 @@ pub async fn ingest_events(
         AckMode::Commit => StatusCode::OK,
         AckMode::Accepted => StatusCode::ACCEPTED,
     };
-    Ok((status, Json(response)).into_response())
+    (status, Json(response)).into_response()
 }
 
 /// How a request body was read: as events, or set aside whole.
@@ -313,7 +324,7 @@ async fn decode(
 
 /// Reads the body, reserving memory for each chunk before keeping it; refuses more than
 /// `http.max_body_bytes`.
-async fn read_body(
+pub(super) async fn read_body(
     state: &AppState,
     body: Body,
     held: &mut Reservation,
@@ -348,7 +359,7 @@ async fn read_body(
 
 /// Decompresses a gzip body chunk by chunk, reserving memory for each before keeping it,
 /// so a small body that inflates to megabytes waits for room or is refused first.
-async fn gunzip(
+pub(super) async fn gunzip(
     state: &AppState,
     compressed: &[u8],
     held: &mut Reservation,
@@ -372,7 +383,7 @@ async fn gunzip(
 }
 
 /// The answer when the memory budget for requests in flight has no room.
-fn budget_error(e: BudgetError) -> ApiError {
+pub(super) fn budget_error(e: BudgetError) -> ApiError {
     match e {
         BudgetError::TooLarge { needed, budget } => ApiError::TooLarge(format!(
             "decoding this body would take about {} MiB of memory, more than max_inflight_bytes ({} MiB); send it in smaller requests",
@@ -383,30 +394,44 @@ fn budget_error(e: BudgetError) -> ApiError {
     }
 }
 
-/// Queues `request` within the enqueue timeout; with `ack=commit`, returns what resolves
-/// once it is committed.
-async fn enqueue(
+/// Queues a request's events (by stream: one group, or several for a routed webhook)
+/// within the enqueue timeout, all or nothing; with `ack=commit`, returns what resolves
+/// once they are committed.
+pub(super) async fn enqueue(
     ingest: &Ingest,
-    stream: Option<&str>,
-    request: RequestEvents,
+    groups: Vec<(Option<&str>, RequestEvents)>,
     ack: AckMode,
     timeout: Duration,
-    stream_name: &str,
 ) -> Result<Option<CommitWait>, ApiError> {
     let wait_for_commit = ack == AckMode::Commit;
-    let events = request.rows.len() + request.letters.len();
-    let pending = match tokio::time::timeout(timeout, ingest.submit(stream, request, wait_for_commit)).await {
+    // Counted by known streams only, never by what a client typed.
+    let sizes: Vec<(&str, usize)> = groups
+        .iter()
+        .map(|(s, r)| {
+            (
+                s.unwrap_or(telemetry::NO_STREAM),
+                r.rows.len() + r.letters.len(),
+            )
+        })
+        .collect();
+    let pending = match tokio::time::timeout(timeout, ingest.submit_all(groups, wait_for_commit)).await {
         Err(_) => {
-            // Labelled by a known stream only, never by what a client typed.
-            telemetry::events_rejected(stream.unwrap_or(telemetry::NO_STREAM), events);
-            if let Some(stats) = ingest.stats(stream_name) {
-                stats.rejected(events);
+            for (stream, events) in &sizes {
+                telemetry::events_rejected(stream, *events);
+                if let Some(stats) = ingest.stats(stream) {
+                    stats.rejected(*events);
+                }
             }
-            return Err(ApiError::QueueFull { stream: stream_name.to_owned() });
+            let streams = sizes
+                .iter()
+                .filter(|(s, _)| *s != telemetry::NO_STREAM)
+                .map(|(s, _)| (*s).to_owned())
+                .collect();
+            return Err(ApiError::QueueFull { streams });
         }
         Ok(Err(QueueError::TooLarge { events, bytes, max_events, max_bytes })) => {
             return Err(ApiError::TooLarge(format!(
-                "the request holds {events} events ({bytes} bytes) but the queue of stream `{stream_name}` holds at most {max_events} events and {max_bytes} bytes; send smaller requests"
+                "the request holds {events} events ({bytes} bytes) for a queue that holds at most {max_events} events and {max_bytes} bytes; send smaller requests"
             )))
         }
         Ok(Err(QueueError::Closed)) => return Err(ApiError::ShuttingDown),
@@ -417,7 +442,7 @@ async fn enqueue(
 
 /// Waits for the commit of what [`enqueue`] queued (nothing with `ack=accepted`);
 /// returns the write-stage rejections.
-async fn committed(
+pub(super) async fn committed(
     pending: Option<CommitWait>,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
     let Some(pending) = pending else {

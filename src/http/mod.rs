@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod error;
 pub mod events;
+pub mod hooks;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub ingest: Arc<Ingest>,
     pub store: Arc<Store>,
     pub http: Arc<HttpConfig>,
+    pub webhooks: Arc<crate::webhook::Webhooks>,
 }
 
 /// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
@@ -94,14 +96,19 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
             .with_state(state.clone())
     };
     let events = "/v1/streams/{stream}/events";
+    let hooks = "/v1/hooks/{name}";
     if separate_admin {
-        let ingest = common.route(events, post(events::ingest_events));
+        let ingest = common
+            .route(events, post(events::ingest_events))
+            .route(hooks, post(hooks::receive_webhook));
         (
             finish(ingest, "no such endpoint on the ingest port; events go to POST /v1/streams/{stream}/events, and /metrics, /v1/streams and /v1/dead-letters are on admin.listen"),
             Some(finish(admin, "no such endpoint on the admin port; see GET /v1/openapi.json (events go to the ingest port)")),
         )
     } else {
-        let all = admin.route(events, post(events::ingest_events));
+        let all = admin
+            .route(events, post(events::ingest_events))
+            .route(hooks, post(hooks::receive_webhook));
         (
             finish(all, "no such endpoint; events go to POST /v1/streams/{stream}/events (see GET /v1/openapi.json)"),
             None,

@@ -6,7 +6,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{admin, events};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::{admin, events, hooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +19,7 @@ use super::{admin, events};
     ),
     paths(
         events::ingest_events,
+        hooks::receive_webhook,
         admin::healthz,
         admin::readyz,
         admin::metrics,
@@ -27,10 +30,79 @@ use super::{admin, events};
     ),
     tags(
         (name = "events", description = "Sending events."),
+        (name = "webhooks", description = "Vendors' webhooks, verified by the scheme of their `[webhooks.NAME]` section before anything is stored."),
         (name = "operations", description = "Health, metrics, stream status and dead letters."),
-    )
+    ),
+    modifiers(&WebhookSecurity),
 )]
 pub struct ApiDoc;
+
+/// The ways a webhook request proves who sent it (`verify = …`); each webhook uses one.
+/// Vendors' HMAC signatures travel in their own headers; the generic `hmac` scheme's
+/// header is configured (`signature_header`).
+struct WebhookSecurity;
+
+/// Security scheme names and the vendor signature header each stands for.
+pub const WEBHOOK_SIGNATURE_HEADERS: &[(&str, &str, &str)] = &[
+    (
+        "standard_webhooks",
+        "webhook-signature",
+        "Standard Webhooks (with webhook-id and webhook-timestamp; Svix sends svix-*)",
+    ),
+    (
+        "stripe",
+        "Stripe-Signature",
+        "Stripe: t=…,v1=… over `t.body`",
+    ),
+    (
+        "github",
+        "X-Hub-Signature-256",
+        "GitHub: sha256=… over the body",
+    ),
+    (
+        "shopify",
+        "X-Shopify-Hmac-Sha256",
+        "Shopify: base64 HMAC-SHA256 of the body",
+    ),
+    (
+        "slack",
+        "X-Slack-Signature",
+        "Slack: v0=… over `v0:timestamp:body` (with X-Slack-Request-Timestamp)",
+    ),
+    (
+        "twilio",
+        "X-Twilio-Signature",
+        "Twilio: HMAC of the public URL and the sorted form fields",
+    ),
+];
+
+impl utoipa::Modify for WebhookSecurity {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "webhook_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("`verify = \"token\"`: the webhook's secret as a bearer token (or in its `token_header`)")).build()),
+        );
+        components.add_security_scheme(
+            "webhook_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some("`verify = \"basic\"`: `user:password` as the secret"))
+                    .build(),
+            ),
+        );
+        for (name, header, description) in WEBHOOK_SIGNATURE_HEADERS {
+            components.add_security_scheme(
+                *name,
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    *header,
+                    *description,
+                ))),
+            );
+        }
+    }
+}
 
 /// The document as pretty-printed JSON with a final newline, as kept in `docs/openapi.json`.
 pub fn document() -> String {

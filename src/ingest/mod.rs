@@ -192,7 +192,15 @@ fn record_submitted(
     stats: &HashMap<String, Arc<StreamStats>>,
     log: &LogSummary,
 ) {
-    let source = |s: &str| if s.starts_with("tcp") { "tcp" } else { "http" };
+    let source = |s: &str| {
+        if s.starts_with("tcp") {
+            "tcp"
+        } else if s.starts_with("webhook") {
+            "webhook"
+        } else {
+            "http"
+        }
+    };
     let mut received: std::collections::BTreeMap<(Option<&str>, &'static str), usize> =
         Default::default();
     // By stream and stage: the stage, the count and one reason.
@@ -251,8 +259,8 @@ fn split_to_fit<T>(
 
 /// What resolves once the events of a queued request are committed (or dead-lettered).
 pub struct CommitWait {
-    rows: Option<oneshot::Receiver<Outcome>>,
-    letters: Option<oneshot::Receiver<Outcome>>,
+    /// One per queue the request's events went to.
+    receivers: Vec<oneshot::Receiver<Outcome>>,
 }
 
 impl CommitWait {
@@ -260,7 +268,7 @@ impl CommitWait {
     /// refused (dead-lettered at the write stage). `Err` if Sluice stopped before that.
     pub async fn committed(self) -> Result<Outcome, QueueError> {
         let mut outcome = Outcome::default();
-        for rx in [self.rows, self.letters].into_iter().flatten() {
+        for rx in self.receivers {
             let o = rx.await.map_err(|_| QueueError::Closed)?;
             outcome.rejected.extend(o.rejected);
             outcome.lost.extend(o.lost);
@@ -360,40 +368,57 @@ impl Ingest {
         events: RequestEvents,
         ack: bool,
     ) -> Result<CommitWait, QueueError> {
-        let queue = match stream {
-            Some(name) if !events.rows.is_empty() => {
-                Some(self.queues.get(name).ok_or(QueueError::Closed)?)
+        self.submit_all(vec![(stream, events)], ack).await
+    }
+
+    /// [`Ingest::submit`] for a request whose events go to several streams (a routed
+    /// webhook): room is reserved in every queue before anything is queued, so the
+    /// request is still accepted whole or not at all.
+    pub async fn submit_all(
+        &self,
+        groups: Vec<(Option<&str>, RequestEvents)>,
+        ack: bool,
+    ) -> Result<CommitWait, QueueError> {
+        let mut row_sends = Vec::new();
+        let (mut letters, mut letter_bytes) = (Vec::new(), 0);
+        for (stream, events) in &groups {
+            if let (Some(name), false) = (stream, events.rows.is_empty()) {
+                let queue = self.queues.get(*name).ok_or(QueueError::Closed)?;
+                let permit = queue.reserve(events.rows.len(), events.row_bytes).await?;
+                row_sends.push((queue, permit));
             }
-            _ => None,
-        };
-        let row_permit = match queue {
-            Some(q) => Some(q.reserve(events.rows.len(), events.row_bytes).await?),
-            None => None,
-        };
-        let letter_permit = if events.letters.is_empty() {
+            letter_bytes += events.letter_bytes;
+        }
+        let letter_count: usize = groups.iter().map(|(_, e)| e.letters.len()).sum();
+        let letter_permit = if letter_count == 0 {
             None
         } else {
             Some(
                 self.dead_letters
-                    .reserve(events.letters.len(), events.letter_bytes)
+                    .reserve(letter_count, letter_bytes)
                     .await?,
             )
         };
-        record_submitted(stream, &events, &self.stats, &self.dead_letter_log);
         let mut pending = CommitWait {
-            rows: None,
-            letters: None,
+            receivers: Vec::new(),
         };
-        if let (Some(q), Some(permit)) = (queue, row_permit) {
-            let (tx, rx) = oneshot::channel();
-            q.send(permit, events.rows, ack.then_some(tx))?;
-            pending.rows = ack.then_some(rx);
+        let mut row_sends = row_sends.into_iter();
+        for (stream, events) in groups {
+            record_submitted(stream, &events, &self.stats, &self.dead_letter_log);
+            letters.extend(events.letters);
+            if stream.is_some() && !events.rows.is_empty() {
+                let Some((queue, permit)) = row_sends.next() else {
+                    return Err(QueueError::Closed);
+                };
+                let (tx, rx) = oneshot::channel();
+                queue.send(permit, events.rows, ack.then_some(tx))?;
+                pending.receivers.extend(ack.then_some(rx));
+            }
         }
         if let Some(permit) = letter_permit {
             let (tx, rx) = oneshot::channel();
-            self.dead_letters
-                .send(permit, events.letters, ack.then_some(tx))?;
-            pending.letters = ack.then_some(rx);
+            self.dead_letters.send(permit, letters, ack.then_some(tx))?;
+            pending.receivers.extend(ack.then_some(rx));
         }
         Ok(pending)
     }

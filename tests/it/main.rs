@@ -17,3 +17,4 @@ mod replay;
 mod slow_clients;
 mod tcp;
 mod typemap;
+mod webhooks;
