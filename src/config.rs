@@ -30,7 +30,7 @@ const ENV_TOP_LEVEL: &[&str] = &[
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
 const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_LOG_FORMAT"];
 
-/// Everything Sluice needs to run; see DESIGN.md "Configuration".
+/// Everything Sluice needs to run; see the README, "Configuration".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

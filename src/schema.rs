@@ -1,5 +1,5 @@
 //! Streams: one JSON Schema file per stream, compiled into a validator and mapped to
-//! table columns (DESIGN.md "Tables").
+//! table columns (README "Streams and tables").
 //!
 //! In: `schemas/*.json` and the `[streams.*]` config. Out: a [`Registry`] of [`Stream`]s,
 //! each able to turn a parsed event into a typed [`Row`] or a reason to dead-letter it.

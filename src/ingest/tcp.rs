@@ -1,4 +1,4 @@
-//! The TCP line protocol (DESIGN.md "TCP line protocol"): one JSON object per line, the
+//! The TCP line protocol (README "TCP line protocol"): one JSON object per line, the
 //! `json_lines` / NDJSON that Vector, Fluent Bit and Logstash emit.
 //!
 //! In: sockets. Out: rows and dead letters handed to the queues. A connection-limit

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::event::{Cell, Row};
 use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
 
-/// Name of the dead-letter table (DESIGN.md "Dead letters").
+/// Name of the dead-letter table (README "Dead letters and replay").
 pub const DEAD_LETTERS: &str = "sluice_dead_letters";
 /// Columns of the dead-letter table that Sluice writes (`id` is generated).
 pub const DEAD_LETTER_COLUMNS: [&str; 7] = [

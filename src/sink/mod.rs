@@ -202,7 +202,7 @@ pub struct ListedDeadLetter {
     pub stage: String,
     /// Why the event was set aside, with the JSON pointer for schema errors.
     pub error: String,
-    /// The event's original text (see DESIGN.md "Dead letters" for non-UTF-8 bytes).
+    /// The event's original text (see the README, "Dead letters and replay", for non-UTF-8 bytes).
     pub payload: String,
     /// Where it came from, e.g. `http 127.0.0.1:50412`.
     pub source: Option<String>,

@@ -937,3 +937,74 @@ async fn a_flood_of_unsigned_requests_leaves_the_database_and_the_logs_alone() {
     assert_eq!(db.count("hook_event").await, 0);
     assert_eq!(db.count("sluice_dead_letters").await, 0);
 }
+
+/// The README's signed `curl` examples, run as written against the shipped schemas and
+/// `examples/webhooks.toml` (only the address is this test's).
+#[tokio::test]
+async fn the_readme_webhook_examples_work_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("then sign requests with `openssl`")
+        .expect("the README's webhook examples");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").unwrap() + 6..];
+    let script = &block[..block.find("```").unwrap()];
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            (
+                "SLUICE_CONFIG",
+                root().join("examples/webhooks.toml").display().to_string(),
+            ),
+            (
+                "SLUICE_SCHEMAS_DIR",
+                crate::helpers::shipped_schemas().display().to_string(),
+            ),
+            ("HOOK_SECRET", "example".into()),
+            ("GITHUB_WEBHOOK_SECRET", "example".into()),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_example".into()),
+            ("PIPEDRIVE_WEBHOOK_AUTH", "pipedrive:example".into()),
+        ],
+    );
+    let script = script.replace("127.0.0.1:8080", &sluice.http);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &format!("{script}\necho")])
+            .current_dir(root())
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .map(|v| v.expect("curl prints JSON answers"))
+        .collect();
+    let accepted: Vec<&Value> = answers.iter().map(|a| &a["accepted"]).collect();
+    assert_eq!(
+        accepted,
+        [&json!(6), &json!(1), &json!(1), &json!(1), &Value::Null],
+        "{answers:#?}"
+    );
+    assert_eq!(answers[4]["error"], "bad signature; nothing was stored");
+    for (table, n) in [
+        ("email_event", 6),
+        ("github_event", 1),
+        ("stripe_event", 1),
+        ("pipedrive_event", 1),
+    ] {
+        db.wait_for_count(table, n).await;
+    }
+    assert_eq!(
+        db.values("github_event", "event").await,
+        vec![Some("push".to_owned())]
+    );
+    sluice.terminate().await;
+}

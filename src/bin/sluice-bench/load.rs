@@ -1,5 +1,5 @@
 //! The load: NDJSON requests over HTTP/1.1 keep-alive connections, `json_lines` over
-//! TCP, and single-event requests at a fixed rate. Any endpoint that speaks DESIGN.md's
+//! TCP, and single-event requests at a fixed rate. Any endpoint that speaks Sluice's
 //! contract works (Sluice or the Python peer).
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,4 @@
-//! `sluice-bench`: measures what Sluice (or any endpoint speaking DESIGN.md's contract)
+//! `sluice-bench`: measures what Sluice (or any endpoint speaking Sluice's HTTP and TCP contract)
 //! commits per second against what the database itself can ingest, in one run.
 //!
 //! 1. Generates N deterministic bookshop `order_placed` events (seeded).
