@@ -41,7 +41,7 @@ enum Kind {
     path = "/v1/hooks/{name}",
     tag = "webhooks",
     params(
-        ("name" = String, Path, description = "The webhook source: a `[webhooks.NAME]` section of the configuration."),
+        ("name" = String, Path, description = "The webhook source: a `[webhooks.NAME]` section of the configuration.", example = "github"),
     ),
     request_body(
         description = "What the vendor sends: one JSON object, a JSON array of objects (one event each), or form fields (url-encoded or multipart), stored as one flat object of strings (a repeated name becomes an array). Verified on the raw bytes before anything is stored.",

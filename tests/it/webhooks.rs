@@ -1008,3 +1008,27 @@ async fn the_readme_webhook_examples_work_as_written() {
     );
     sluice.terminate().await;
 }
+
+/// A gzip body is verified as the vendor signed it: decompressed.
+#[tokio::test]
+async fn a_gzip_body_is_verified_after_decompression() {
+    let (_dir, path) = secret_file(&[SECRET]);
+    let config = "stream = \"hook_event\"\nverify = \"hmac\"\nsignature_header = \"X-Signature\"\nsecret_file = \"{secret_file}\"";
+    let app = app_with(Db::Sqlite, &path, &[("zipped", config.into())])
+        .await
+        .unwrap();
+    let body = json_body(1);
+    let signed = Signed {
+        headers: vec![
+            (
+                "X-Signature".into(),
+                hex::encode(openssl_hmac("sha256", SECRET, &body)),
+            ),
+            ("Content-Encoding".into(), "gzip".into()),
+        ],
+        ..Signed::default()
+    };
+    let (status, answer) = send(&app, "zipped", &crate::helpers::gzip(&body), &signed).await;
+    assert_eq!(status, 200, "{answer}");
+    app.db.wait_for_count("hook_event", 1).await;
+}
