@@ -156,13 +156,7 @@ pub async fn ingest_events(
     // Memory this request holds while it is read, decompressed and parsed; given back
     // once its rows are queued (the queue's budget counts them from there).
     let mut held = Reservation::default();
-    let read = state.http.body_read_timeout;
-    let mut bytes = tokio::time::timeout(read, read_body(&state, body, &mut held))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(read))??;
-    if gzip {
-        bytes = gunzip(&state, &bytes, &mut held).await?;
-    }
+    let bytes = read_decoded(&state, body, gzip, &mut held).await?;
     let stream = ingest.registry.get(&stream_name).cloned();
     let (mut request, read_as) = decode(
         &state,
@@ -322,9 +316,27 @@ async fn decode(
     Ok((request, ReadAs::Events))
 }
 
+/// The body as the client meant it: read within `http.body_read_timeout`, then
+/// gunzipped if `gzip`, the memory of each step reserved in `held`.
+pub(super) async fn read_decoded(
+    state: &AppState,
+    body: Body,
+    gzip: bool,
+    held: &mut Reservation,
+) -> Result<Vec<u8>, ApiError> {
+    let read = state.http.body_read_timeout;
+    let bytes = tokio::time::timeout(read, read_body(state, body, held))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(read))??;
+    if gzip {
+        return gunzip(state, &bytes, held).await;
+    }
+    Ok(bytes)
+}
+
 /// Reads the body, reserving memory for each chunk before keeping it; refuses more than
 /// `http.max_body_bytes`.
-pub(super) async fn read_body(
+async fn read_body(
     state: &AppState,
     body: Body,
     held: &mut Reservation,
@@ -359,7 +371,7 @@ pub(super) async fn read_body(
 
 /// Decompresses a gzip body chunk by chunk, reserving memory for each before keeping it,
 /// so a small body that inflates to megabytes waits for room or is refused first.
-pub(super) async fn gunzip(
+async fn gunzip(
     state: &AppState,
     compressed: &[u8],
     held: &mut Reservation,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, ErrorBody};
 use super::events::{
-    budget_error, committed, enqueue, gunzip, read_body, respond, AckMode, IngestResponse,
+    budget_error, committed, enqueue, read_decoded, respond, AckMode, IngestResponse,
 };
 use super::AppState;
 use crate::config::VerifyScheme;
@@ -91,13 +91,7 @@ pub async fn receive_webhook(
     let gzip = body::is_gzip(&headers)?;
     let media = media_type(&headers);
     let mut held = Reservation::default();
-    let read = state.http.body_read_timeout;
-    let mut bytes = tokio::time::timeout(read, read_body(&state, body, &mut held))
-        .await
-        .map_err(|_| ApiError::BodyTimeout(read))??;
-    if gzip {
-        bytes = gunzip(&state, &bytes, &mut held).await?;
-    }
+    let bytes = read_decoded(&state, body, gzip, &mut held).await?;
     // Twilio and legacy Mailgun sign form fields, not bytes: read them first.
     let signs_fields = matches!(
         hook.config.verify,

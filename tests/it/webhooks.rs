@@ -236,35 +236,47 @@ fn mailgun_body(secret: &str, ts: i64, token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn cases() -> Vec<Case> {
-    vec![
+impl Case {
+    /// A scheme on `hook_event` with `verify`, `extra` config lines, the test secrets, a
+    /// JSON body tampered with by changing `n`, no timestamp and no required header.
+    fn new(
+        name: &'static str,
+        verify: &str,
+        extra: &str,
+        sign: fn(&[u8], &str, i64) -> Signed,
+    ) -> Case {
         Case {
-            name: "token",
-            config: r#"stream = "hook_event"
-verify = "token"
-secret_file = "{secret_file}""#
-                .into(),
+            name,
+            config: format!(
+                "stream = \"hook_event\"\nverify = \"{verify}\"\nsecret_file = \"{{secret_file}}\"\n{extra}"
+            ),
             secret: SECRET,
             wrong_secret: OTHER_SECRET,
-            sign: |_, secret, _| Signed {
-                headers: vec![("Authorization".into(), format!("Bearer {secret}"))],
-                ..Signed::default()
-            },
-            required: &["authorization"],
+            sign,
+            required: &[],
             timestamped: false,
             tamper: tamper_json,
             body: json_body,
             content_type: None,
+        }
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let form = Some("application/x-www-form-urlencoded");
+    vec![
+        Case {
+            required: &["authorization"],
+            ..Case::new("token", "token", "", |_, secret, _| Signed {
+                headers: vec![("Authorization".into(), format!("Bearer {secret}"))],
+                ..Signed::default()
+            })
         },
         Case {
-            name: "basic",
-            config: r#"stream = "hook_event"
-verify = "basic"
-secret_file = "{secret_file}""#
-                .into(),
             secret: "pipedrive:hunter2",
             wrong_secret: "pipedrive:wrong",
-            sign: |_, secret, _| {
+            required: &["authorization"],
+            ..Case::new("basic", "basic", "", |_, secret, _| {
                 let (user, password) = secret.split_once(':').unwrap();
                 // reqwest's own Basic encoding, through a throwaway request.
                 let req = reqwest::Client::new()
@@ -277,240 +289,128 @@ secret_file = "{secret_file}""#
                     headers: vec![("Authorization".into(), value)],
                     ..Signed::default()
                 }
-            },
-            required: &["authorization"],
-            timestamped: false,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            })
         },
         Case {
-            name: "hmac",
-            config: r#"stream = "hook_event"
-verify = "hmac"
-signature_header = "X-Signature"
-algorithm = "sha512"
-encoding = "base64"
-prefix = "sha512="
-secret_file = "{secret_file}""#
-                .into(),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, _| Signed {
-                headers: vec![(
-                    "X-Signature".into(),
-                    format!("sha512={}", b64(&openssl_hmac("sha512", secret, body))),
-                )],
-                ..Signed::default()
-            },
             required: &["x-signature"],
-            timestamped: false,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            ..Case::new(
+                "hmac",
+                "hmac",
+                "signature_header = \"X-Signature\"\nalgorithm = \"sha512\"\nencoding = \"base64\"\nprefix = \"sha512=\"",
+                |body, secret, _| Signed {
+                    headers: vec![(
+                        "X-Signature".into(),
+                        format!("sha512={}", b64(&openssl_hmac("sha512", secret, body))),
+                    )],
+                    ..Signed::default()
+                },
+            )
         },
         Case {
-            name: "standard-webhooks",
-            config: r#"stream = "hook_event"
-verify = "standard-webhooks"
-secret_file = "{secret_file}""#
-                .into(),
             secret: WHSEC,
             wrong_secret: OTHER_WHSEC,
-            sign: |body, secret, ts| {
-                Signed::from_json(&python_sign(
-                    "standard-webhooks",
-                    secret,
-                    ts,
-                    "msg_2Lh",
-                    body,
-                ))
-            },
             required: &["webhook-signature", "webhook-timestamp", "webhook-id"],
             timestamped: true,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            ..Case::new("standard-webhooks", "standard-webhooks", "", |body, secret, ts| {
+                Signed::from_json(&python_sign("standard-webhooks", secret, ts, "msg_2Lh", body))
+            })
         },
         Case {
-            name: "svix",
-            config: r#"stream = "hook_event"
-verify = "standard-webhooks"
-secret_file = "{secret_file}""#
-                .into(),
             secret: WHSEC,
             wrong_secret: OTHER_WHSEC,
-            sign: |body, secret, ts| {
-                Signed::from_json(&python_sign("svix", secret, ts, "msg_svix1", body))
-            },
             required: &["svix-signature", "svix-timestamp", "svix-id"],
             timestamped: true,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            ..Case::new("svix", "standard-webhooks", "", |body, secret, ts| {
+                Signed::from_json(&python_sign("svix", secret, ts, "msg_svix1", body))
+            })
         },
         Case {
-            name: "stripe",
-            config: r#"stream = "hook_event"
-verify = "stripe"
-secret_file = "{secret_file}""#
-                .into(),
             secret: "whsec_test_stripe_secret",
             wrong_secret: "whsec_other",
-            sign: |body, secret, ts| Signed::from_json(&node_sign("stripe", secret, ts, body)),
             required: &["stripe-signature"],
             timestamped: true,
-            tamper: tamper_json,
             body: |n| {
                 json!({"id": format!("evt_{n}"), "object": "event", "kind": "invoice.paid", "n": n})
                     .to_string()
                     .into_bytes()
             },
-            content_type: None,
+            ..Case::new("stripe", "stripe", "", |body, secret, ts| {
+                Signed::from_json(&node_sign("stripe", secret, ts, body))
+            })
         },
         Case {
-            name: "github",
-            config: r#"stream = "hook_event"
-verify = "github"
-secret_file = "{secret_file}"
-[headers]
-"X-GitHub-Event" = "gh_event""#
-                .into(),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, _| {
-                let mut s = Signed::from_json(&node_sign("github", secret, 0, body));
-                s.headers.push(("X-GitHub-Event".into(), "push".into()));
-                s.headers.push((
-                    "X-GitHub-Delivery".into(),
-                    "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
-                ));
-                s
-            },
             required: &["x-hub-signature-256"],
-            timestamped: false,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            ..Case::new(
+                "github",
+                "github",
+                "[headers]\n\"X-GitHub-Event\" = \"gh_event\"",
+                |body, secret, _| {
+                    let mut s = Signed::from_json(&node_sign("github", secret, 0, body));
+                    s.headers.push(("X-GitHub-Event".into(), "push".into()));
+                    s.headers.push((
+                        "X-GitHub-Delivery".into(),
+                        "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+                    ));
+                    s
+                },
+            )
         },
         Case {
-            name: "shopify",
-            config: r#"stream = "hook_event"
-verify = "shopify"
-secret_file = "{secret_file}""#
-                .into(),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, _| Signed {
+            required: &["x-shopify-hmac-sha256"],
+            ..Case::new("shopify", "shopify", "", |body, secret, _| Signed {
                 headers: vec![
-                    (
-                        "X-Shopify-Hmac-Sha256".into(),
-                        b64(&openssl_hmac("sha256", secret, body)),
-                    ),
-                    (
-                        "X-Shopify-Webhook-Id".into(),
-                        "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043".into(),
-                    ),
+                    ("X-Shopify-Hmac-Sha256".into(), b64(&openssl_hmac("sha256", secret, body))),
+                    ("X-Shopify-Webhook-Id".into(), "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043".into()),
                 ],
                 ..Signed::default()
-            },
-            required: &["x-shopify-hmac-sha256"],
-            timestamped: false,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            })
         },
         Case {
-            name: "slack",
-            config: r#"stream = "hook_event"
-verify = "slack"
-secret_file = "{secret_file}""#
-                .into(),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, ts| Signed {
-                content_type: Some("application/x-www-form-urlencoded"),
-                ..Signed::from_json(&python_sign("slack", secret, ts, "", body))
-            },
             required: &["x-slack-signature", "x-slack-request-timestamp"],
             timestamped: true,
             tamper: |b| [b, b"&kind=x".as_slice()].concat(),
-            body: |n| {
-                format!("command=%2Fbook&text=isbn+978&kind=slash&delivery_id=s{n}").into_bytes()
-            },
-            content_type: Some("application/x-www-form-urlencoded"),
+            body: |n| format!("command=%2Fbook&text=isbn+978&kind=slash&delivery_id=s{n}").into_bytes(),
+            content_type: form,
+            ..Case::new("slack", "slack", "", |body, secret, ts| {
+                Signed::from_json(&python_sign("slack", secret, ts, "", body))
+            })
         },
         Case {
-            name: "twilio-form",
-            config: format!(
-                r#"stream = "hook_event"
-verify = "twilio"
-public_url = "{TWILIO_URL}"
-secret_file = "{{secret_file}}""#
-            ),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, _| Signed {
-                content_type: Some("application/x-www-form-urlencoded"),
-                ..Signed::from_json(&python_sign("twilio-form", secret, 0, TWILIO_URL, body))
-            },
             required: &["x-twilio-signature"],
-            timestamped: false,
-            tamper: |b| {
-                String::from_utf8_lossy(b)
-                    .replace("hello", "HELLO")
-                    .into_bytes()
-            },
-            body: |_| {
-                b"From=%2B15551234567&Body=hello+books&Media=b.jpg&Media=a.jpg&MessageSid=SM1"
-                    .to_vec()
-            },
-            content_type: Some("application/x-www-form-urlencoded"),
+            tamper: |b| String::from_utf8_lossy(b).replace("hello", "HELLO").into_bytes(),
+            body: |_| b"From=%2B15551234567&Body=hello+books&Media=b.jpg&Media=a.jpg&MessageSid=SM1".to_vec(),
+            content_type: form,
+            ..Case::new(
+                "twilio-form",
+                "twilio",
+                &format!("public_url = \"{TWILIO_URL}\""),
+                |body, secret, _| {
+                    Signed::from_json(&python_sign("twilio-form", secret, 0, TWILIO_URL, body))
+                },
+            )
         },
         Case {
-            name: "twilio-json",
-            config: format!(
-                r#"stream = "hook_event"
-verify = "twilio"
-public_url = "{TWILIO_URL}"
-secret_file = "{{secret_file}}""#
-            ),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            sign: |body, secret, _| {
-                let out = python_sign("twilio-json", secret, 0, TWILIO_URL, body);
-                let url = out["url"].as_str().unwrap();
-                Signed {
-                    query: url[TWILIO_URL.len()..].to_owned(),
-                    ..Signed::from_json(&out["headers"])
-                }
-            },
             required: &["x-twilio-signature"],
-            timestamped: false,
-            tamper: tamper_json,
-            body: json_body,
-            content_type: None,
+            ..Case::new(
+                "twilio-json",
+                "twilio",
+                &format!("public_url = \"{TWILIO_URL}\""),
+                |body, secret, _| {
+                    let out = python_sign("twilio-json", secret, 0, TWILIO_URL, body);
+                    let url = out["url"].as_str().unwrap();
+                    Signed {
+                        query: url[TWILIO_URL.len()..].to_owned(),
+                        ..Signed::from_json(&out["headers"])
+                    }
+                },
+            )
         },
         Case {
-            name: "mailgun",
-            config: r#"stream = "hook_event"
-verify = "mailgun"
-secret_file = "{secret_file}""#
-                .into(),
-            secret: SECRET,
-            wrong_secret: OTHER_SECRET,
-            // Mailgun signs timestamp + token inside the body, so "signing" makes the body.
-            sign: |_, _, _| Signed::default(),
-            required: &[],
             timestamped: true,
             // Mailgun's signature covers the token, not the event: tamper with the token.
-            tamper: |b| {
-                String::from_utf8_lossy(b)
-                    .replace("tok-", "tak-")
-                    .into_bytes()
-            },
-            body: |_| Vec::new(),
-            content_type: None,
+            tamper: |b| String::from_utf8_lossy(b).replace("tok-", "tak-").into_bytes(),
+            // Mailgun signs timestamp + token inside the body: `check_case` makes it.
+            ..Case::new("mailgun", "mailgun", "", |_, _, _| Signed::default())
         },
     ]
 }
