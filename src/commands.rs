@@ -48,6 +48,9 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
         println!("{};\n", dialect.create_table(stream));
     }
+    for line in crate::webhook::Webhooks::describe(&config, &registry)? {
+        println!("-- {line}");
+    }
     Ok(())
 }
 

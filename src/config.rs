@@ -287,6 +287,23 @@ pub enum VerifyScheme {
 }
 
 impl VerifyScheme {
+    /// The name written in `verify = …`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyScheme::None => "none",
+            VerifyScheme::Token => "token",
+            VerifyScheme::Basic => "basic",
+            VerifyScheme::Hmac => "hmac",
+            VerifyScheme::StandardWebhooks => "standard-webhooks",
+            VerifyScheme::Stripe => "stripe",
+            VerifyScheme::Github => "github",
+            VerifyScheme::Shopify => "shopify",
+            VerifyScheme::Slack => "slack",
+            VerifyScheme::Twilio => "twilio",
+            VerifyScheme::Mailgun => "mailgun",
+        }
+    }
+
     /// Whether the scheme needs `secret_env` or `secret_file`.
     pub fn needs_secret(self) -> bool {
         self != VerifyScheme::None

@@ -35,6 +35,50 @@ enum Destination {
     },
 }
 
+impl Destination {
+    /// The stream, or the route, of `config`, with every stream name checked.
+    fn new(config: &WebhookConfig, registry: &Registry) -> anyhow::Result<Destination> {
+        let stream = |s: &str, key: &str| {
+            registry.get(s).cloned().with_context(|| {
+                format!(
+                    "{key} = {s:?} names no stream; the streams are {:?}",
+                    registry.names()
+                )
+            })
+        };
+        Ok(match (&config.stream, &config.route) {
+            (Some(s), _) => Destination::Stream(stream(s, "stream")?),
+            (None, Some(route)) => {
+                let by = match (&route.pointer, &route.header) {
+                    (Some(p), _) => RouteBy::Pointer(p.clone()),
+                    (None, Some(h)) => {
+                        RouteBy::Header(HeaderName::try_from(h.as_str()).with_context(|| {
+                            format!("route.header = {h:?} is not a header name")
+                        })?)
+                    }
+                    (None, None) => anyhow::bail!("[route] needs pointer or header"),
+                };
+                let mut streams = HashMap::new();
+                let mut fallback = None;
+                for (value, s) in &route.streams {
+                    let target = stream(s, &format!("route.streams.{value:?}"))?;
+                    if value == "*" {
+                        fallback = Some(target);
+                    } else {
+                        streams.insert(value.clone(), target);
+                    }
+                }
+                Destination::Routed {
+                    by,
+                    streams,
+                    fallback,
+                }
+            }
+            (None, None) => anyhow::bail!("set stream or [route]"),
+        })
+    }
+}
+
 #[derive(Debug)]
 enum RouteBy {
     Pointer(String),
@@ -108,6 +152,42 @@ impl Webhooks {
         })
     }
 
+    /// What `sluice check` can say without the secrets: every webhook's streams and
+    /// route exist; one line per webhook.
+    pub fn describe(config: &Config, registry: &Registry) -> anyhow::Result<Vec<String>> {
+        config
+            .webhooks
+            .iter()
+            .map(|(name, hook)| {
+                let destination = Destination::new(hook, registry)
+                    .with_context(|| format!("[webhooks.{name}]"))?;
+                let to = match destination {
+                    Destination::Stream(s) => format!("stream {}", s.name),
+                    Destination::Routed {
+                        by,
+                        streams,
+                        fallback,
+                    } => {
+                        let mut names: Vec<&str> =
+                            streams.values().map(|s| s.name.as_str()).collect();
+                        names.extend(fallback.as_ref().map(|s| s.name.as_str()));
+                        names.sort_unstable();
+                        names.dedup();
+                        let by = match by {
+                            RouteBy::Pointer(p) => format!("the event's {p}"),
+                            RouteBy::Header(h) => format!("header {h}"),
+                        };
+                        format!("streams {} chosen by {by}", names.join(", "))
+                    }
+                };
+                Ok(format!(
+                    "POST /v1/hooks/{name}: verify = {:?}, to {to}",
+                    hook.verify.as_str()
+                ))
+            })
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Webhook>> {
         self.hooks.get(name)
     }
@@ -126,44 +206,7 @@ impl Webhooks {
 
 impl Webhook {
     fn load(name: &str, config: &WebhookConfig, registry: &Registry) -> anyhow::Result<Webhook> {
-        let stream = |s: &str, key: &str| {
-            registry.get(s).cloned().with_context(|| {
-                format!(
-                    "{key} = {s:?} names no stream; the streams are {:?}",
-                    registry.names()
-                )
-            })
-        };
-        let destination = match (&config.stream, &config.route) {
-            (Some(s), _) => Destination::Stream(stream(s, "stream")?),
-            (None, Some(route)) => {
-                let by = match (&route.pointer, &route.header) {
-                    (Some(p), _) => RouteBy::Pointer(p.clone()),
-                    (None, Some(h)) => {
-                        RouteBy::Header(HeaderName::try_from(h.as_str()).with_context(|| {
-                            format!("route.header = {h:?} is not a header name")
-                        })?)
-                    }
-                    (None, None) => anyhow::bail!("[route] needs pointer or header"),
-                };
-                let mut streams = HashMap::new();
-                let mut fallback = None;
-                for (value, s) in &route.streams {
-                    let target = stream(s, &format!("route.streams.{value:?}"))?;
-                    if value == "*" {
-                        fallback = Some(target);
-                    } else {
-                        streams.insert(value.clone(), target);
-                    }
-                }
-                Destination::Routed {
-                    by,
-                    streams,
-                    fallback,
-                }
-            }
-            (None, None) => anyhow::bail!("set stream or [route]"),
-        };
+        let destination = Destination::new(config, registry)?;
         let headers = config
             .headers
             .iter()

@@ -284,3 +284,46 @@ async fn a_flood_of_invalid_events_is_logged_once_then_summarised() {
     let lines = logs.iter().filter(|l| l.contains("dead-lettered")).count();
     assert!(lines < 10, "{lines} log lines for 1000 invalid events");
 }
+
+/// `check` lists the webhooks, and names the key of one whose stream does not exist or
+/// whose scheme lacks what it needs, without reading any secret.
+#[test]
+fn check_lists_webhooks_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let run = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        sluice_command()
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("SLUICE_SCHEMAS_DIR", crate::helpers::shipped_schemas())
+            .output()
+            .unwrap()
+    };
+    let good = run("[webhooks.gh]\nstream = \"github_event\"\nverify = \"github\"\nsecret_env = \"UNSET_SECRET_VAR\"\n");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let listing = String::from_utf8(good.stdout).unwrap();
+    assert!(
+        listing.contains("POST /v1/hooks/gh: verify = \"github\", to stream github_event"),
+        "{listing}"
+    );
+    let unknown = run("[webhooks.gh]\nverify = \"none\"\n[webhooks.gh.route]\nheader = \"X-GitHub-Event\"\nstreams = { \"push\" = \"github_push\" }\n");
+    assert!(!unknown.status.success());
+    let err = String::from_utf8(unknown.stderr).unwrap();
+    assert!(
+        err.contains("[webhooks.gh]") && err.contains("github_push"),
+        "{err}"
+    );
+    let no_header =
+        run("[webhooks.h]\nstream = \"github_event\"\nverify = \"hmac\"\nsecret_env = \"X\"\n");
+    assert!(!no_header.status.success());
+    let err = String::from_utf8(no_header.stderr).unwrap();
+    assert!(
+        err.contains("[webhooks.h]") && err.contains("signature_header"),
+        "{err}"
+    );
+}
