@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Access;
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
 use crate::http::{routers, serve as serve_http, AppState};
@@ -39,6 +40,7 @@ pub struct App {
     tcp_addr: Option<SocketAddr>,
     ingest: Arc<Ingest>,
     webhooks: Arc<Webhooks>,
+    access: Arc<Access>,
     storage: Storage,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
@@ -58,6 +60,7 @@ impl App {
             );
         }
         let webhooks = Arc::new(Webhooks::load(&config, &registry)?);
+        let access = Arc::new(Access::load(&config)?);
         let (registry, storage) = sink::open(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
@@ -112,6 +115,7 @@ impl App {
             tcp_addr,
             ingest,
             webhooks,
+            access,
             storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
@@ -203,6 +207,15 @@ impl App {
         connections.spawn(async move { ingest.dead_letter_log.run(interval, stop).await });
         let (webhooks, stop) = (self.webhooks.clone(), accepting.clone());
         connections.spawn(async move { webhooks.refusals.run(interval, stop).await });
+        let (access, stop) = (self.access.clone(), accepting.clone());
+        connections.spawn(async move { access.refusals.run(interval, stop).await });
+        connections.spawn(crate::shutdown::on_hangup(
+            {
+                let access = self.access.clone();
+                move || access.reload()
+            },
+            accepting.clone(),
+        ));
         if let Some(retention) = self.config.dead_letters.retention {
             let (store, stop) = (self.storage.store.clone(), accepting.clone());
             connections.spawn(crate::purge::run_retention(store, retention, stop));
@@ -222,6 +235,7 @@ impl App {
             store: self.storage.store.clone(),
             http: Arc::new(self.config.http.clone()),
             webhooks: self.webhooks.clone(),
+            access: self.access.clone(),
         };
         let show = |addr: Option<SocketAddr>, none: &str| {
             addr.map_or_else(|| none.to_owned(), |a| a.to_string())

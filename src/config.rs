@@ -59,9 +59,11 @@ pub struct Config {
     /// The HTTP listener.
     #[serde(default)]
     pub http: HttpConfig,
-    /// The optional separate listener for the admin surface.
+    /// The optional separate listener for the admin surface, and its token.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Ingest tokens; without this section ingest is open.
+    pub auth: Option<AuthConfig>,
     /// The TCP line-protocol listener.
     #[serde(default)]
     pub tcp: TcpConfig,
@@ -151,6 +153,21 @@ pub struct AdminConfig {
     /// empty (the default) serves them on the HTTP port.
     #[serde(default)]
     pub listen: String,
+    /// Environment variable holding the admin token. When set, every admin endpoint
+    /// (`/metrics`, `/v1/streams*`, `/v1/dead-letters`) needs `Authorization: Bearer
+    /// <token>`; `/healthz`, `/readyz` and the OpenAPI document stay open.
+    pub token_env: Option<String>,
+}
+
+/// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
+/// `name:token:stream1,stream2` (`*` grants every stream).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of token lines (re-read on SIGHUP, so tokens rotate without a restart).
+    pub tokens_file: Option<PathBuf>,
+    /// An environment variable holding token lines separated by `;`.
+    pub tokens_env: Option<String>,
 }
 
 /// `[tcp]`.
@@ -338,6 +355,18 @@ pub struct WebhookRoute {
     pub header: Option<String>,
     /// Value = stream; `"*"` is the fallback.
     pub streams: BTreeMap<String, String>,
+}
+
+/// The values of every `*_env` key in `table`, at any depth: names of environment
+/// variables that hold secrets.
+fn referenced_env_vars(table: &toml::Table, out: &mut Vec<String>) {
+    for (key, value) in table {
+        match value {
+            toml::Value::String(var) if key.ends_with("_env") => out.push(var.clone()),
+            toml::Value::Table(t) => referenced_env_vars(t, out),
+            _ => {}
+        }
+    }
 }
 
 impl WebhookConfig {
@@ -553,12 +582,25 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        // Variables named by `*_env` keys (admin.token_env, auth.tokens_env, a webhook's
+        // secret_env) hold secrets, not settings, whatever their name.
+        let mut secret_vars = Vec::new();
+        referenced_env_vars(&table, &mut secret_vars);
+        secret_vars.extend(
+            env.iter()
+                .filter(|(k, _)| k.starts_with("SLUICE_") && k.ends_with("_ENV"))
+                .map(|(_, v)| v.clone()),
+        );
         let mut overridden = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("SLUICE_") else {
                 continue;
             };
-            if rest.starts_with("TEST_") || ENV_NOT_SETTINGS.contains(&name.as_str()) {
+            if rest.starts_with("TEST_")
+                || ENV_NOT_SETTINGS.contains(&name.as_str())
+                || secret_vars.contains(&name)
+            {
                 continue;
             }
             let rest = rest.to_ascii_lowercase();
@@ -675,6 +717,12 @@ impl Config {
         if self.log_summary_interval.is_zero() {
             return Err("log_summary_interval must be greater than 0 (e.g. \"10s\")".into());
         }
+        if let Some(auth) = &self.auth {
+            match (&auth.tokens_file, &auth.tokens_env) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => return Err("[auth]: set exactly one of tokens_file or tokens_env".into()),
+            }
+        }
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;
@@ -760,6 +808,32 @@ mod tests {
         );
         let e = Config::from_toml_and_env("", "t", env(&[("SLUICE_HTTP_LISTN", "x")])).unwrap_err();
         assert!(e.to_string().contains("SLUICE_HTTP_LISTN"), "{e}");
+    }
+
+    #[test]
+    fn variables_named_by_env_keys_hold_secrets_not_settings() {
+        let c = Config::from_toml_and_env(
+            "[admin]\ntoken_env = \"SLUICE_ADMIN_TOKEN\"\n[auth]\ntokens_env = \"SLUICE_TOKENS\"\n",
+            "t",
+            env(&[
+                ("SLUICE_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("SLUICE_TOKENS", "a:0123456789abcdef0123:*"),
+                ("SLUICE_HTTP_LISTEN", "0.0.0.0:8080"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token_env.as_deref(), Some("SLUICE_ADMIN_TOKEN"));
+        assert_eq!(c.http.listen, "0.0.0.0:8080");
+        let c = Config::from_toml_and_env(
+            "",
+            "t",
+            env(&[
+                ("SLUICE_ADMIN_TOKEN_ENV", "SLUICE_ADMIN_TOKEN"),
+                ("SLUICE_ADMIN_TOKEN", "0123456789abcdef0123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token_env.as_deref(), Some("SLUICE_ADMIN_TOKEN"));
     }
 
     #[test]

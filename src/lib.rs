@@ -8,6 +8,7 @@
 //! points. ARCHITECTURE.md has the map.
 
 pub mod app;
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod event;

@@ -1,5 +1,6 @@
-//! The signals that stop the server: SIGTERM (from an orchestrator) or Ctrl-C. What
-//! stopping does, in order, is `App::run_until_stopped`'s.
+//! The signals: SIGTERM (from an orchestrator) or Ctrl-C stop the server (what stopping
+//! does, in order, is `App::run_until_stopped`'s); SIGHUP reloads what can change
+//! without a restart (ingest tokens, the TLS certificate).
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn signal() {
@@ -26,5 +27,41 @@ pub async fn signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C received."),
         _ = term => tracing::info!("SIGTERM received."),
+    }
+}
+
+/// Calls `reload` on every SIGHUP until `stop`.
+pub async fn on_hangup(
+    reload: impl Fn() + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot listen for SIGHUP; reloading needs a restart.");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hangups.recv() => match got {
+                    Some(()) => {
+                        tracing::info!("SIGHUP received: reloading.");
+                        reload();
+                    }
+                    None => return,
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reload;
+        stop.cancelled().await;
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `sluice_events_received_total` | counter | `stream`, `source` (`http`/`tcp`) |
+//! | `sluice_events_received_total` | counter | `stream`, `source` (`http`/`webhook`/`tcp`), `token` |
 //! | `sluice_events_written_total` | counter | `stream` |
 //! | `sluice_events_dead_lettered_total` | counter | `stream`, `stage` |
 //! | `sluice_events_rejected_total` | counter | `stream` (503: queue full) |
@@ -17,6 +17,8 @@
 //! | `sluice_db_pool_max_connections` | gauge | |
 //! | `sluice_http_requests_total` | counter | `status` |
 //! | `sluice_http_request_duration_seconds` | histogram | `status` |
+//! | `sluice_http_refused_total` | counter | `surface` (`ingest`/`admin`), `status` |
+//! | `sluice_webhook_rejected_total` | counter | `webhook`, `reason` |
 
 use std::sync::OnceLock;
 
@@ -27,6 +29,8 @@ use crate::event::Stage;
 
 /// Label value for dead letters that belong to no stream (unknown or missing).
 pub const NO_STREAM: &str = "(none)";
+/// Label value for events that came without an ingest token (no `[auth]`, TCP, webhooks).
+pub const NO_TOKEN: &str = "(none)";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -57,8 +61,8 @@ pub fn render() -> String {
     handle().map(|h| h.render()).unwrap_or_default()
 }
 
-pub fn events_received(stream: &str, source: &'static str, n: usize) {
-    counter!("sluice_events_received_total", "stream" => stream.to_owned(), "source" => source)
+pub fn events_received(stream: &str, source: &'static str, token: &str, n: usize) {
+    counter!("sluice_events_received_total", "stream" => stream.to_owned(), "source" => source, "token" => token.to_owned())
         .increment(n as u64);
 }
 
@@ -135,6 +139,12 @@ pub fn webhook_registered(webhook: &str) {
 /// A webhook request refused by verification (nothing of it stored).
 pub fn webhook_rejected(webhook: &str, reason: &'static str) {
     counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A request refused by access control (`surface`: `ingest` or `admin`; 401 or 403).
+pub fn access_refused(surface: &'static str, status: u16) {
+    counter!("sluice_http_refused_total", "surface" => surface, "status" => status.to_string())
         .increment(1);
 }
 

@@ -35,8 +35,11 @@ const READ_PAGE: i64 = 50;
     get,
     path = "/metrics",
     tag = "operations",
+    security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "Every metric in Prometheus text format 0.0.4 (see the README's \"Operating Sluice\").", body = String, content_type = "text/plain"),
+        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -204,7 +207,12 @@ pub struct StreamList {
     get,
     path = "/v1/streams",
     tag = "operations",
-    responses((status = 200, description = "Every stream, by name.", body = StreamList))
+    security((), ("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every stream, by name.", body = StreamList),
+        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+    )
 )]
 pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
     let streams = state
@@ -221,10 +229,13 @@ pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
     get,
     path = "/v1/streams/{stream}",
     tag = "operations",
+    security((), ("admin_token" = [])),
     params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`.")),
     responses(
         (status = 200, description = "The stream's status.", body = StreamStatus),
         (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
     )
 )]
 pub async fn get_stream(
@@ -272,11 +283,14 @@ pub struct DeadLetterList {
     get,
     path = "/v1/dead-letters",
     tag = "operations",
+    security((), ("admin_token" = [])),
     params(DeadLetterParams),
     responses(
         (status = 200, description = "A page of dead letters, newest first, payload included.", body = DeadLetterList),
         (status = 400, description = "A query parameter is invalid; the message says which.", body = ErrorBody),
         (status = 503, description = "The database did not answer.", body = ErrorBody),
+        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
     )
 )]
 pub async fn list_dead_letters(

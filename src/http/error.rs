@@ -49,6 +49,10 @@ pub enum ApiError {
     UnknownStream { stream: String, known: Vec<String> },
     /// 404: no such endpoint.
     NotFound(String),
+    /// 401 + `WWW-Authenticate: Bearer`: no bearer token, or not a valid one.
+    Unauthenticated(String),
+    /// 403: a valid token that does not grant this.
+    Forbidden(String),
     /// 401: a webhook request failed verification (nothing of it was stored). The
     /// reason is short and never names a secret; `challenge` is the `WWW-Authenticate`
     /// value for the schemes that use HTTP authentication.
@@ -103,6 +107,13 @@ impl IntoResponse for ApiError {
                 },
             ),
             ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
+            ApiError::Unauthenticated(error) => {
+                let mut r = (StatusCode::UNAUTHORIZED, Json(ErrorBody::new(error))).into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+            ApiError::Forbidden(error) => (StatusCode::FORBIDDEN, ErrorBody::new(error)),
             ApiError::Unauthorized { reason, challenge } => {
                 let body = ErrorBody::new(format!("{reason}; nothing was stored"));
                 let mut r = (StatusCode::UNAUTHORIZED, Json(body)).into_response();

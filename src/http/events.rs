@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::auth::Denied;
 use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
@@ -104,6 +105,7 @@ fn is_zero(n: &usize) -> bool {
     post,
     path = "/v1/streams/{stream}/events",
     tag = "events",
+    security((), ("ingest_token" = [])),
     params(
         ("stream" = String, Path, description = "The stream: a file `schemas/<stream>.json`."),
         IngestParams,
@@ -120,6 +122,9 @@ fn is_zero(n: &usize) -> bool {
         (status = 200, description = "`ack=commit`: every event is committed or dead-lettered.", body = IngestResponse),
         (status = 202, description = "`ack=accepted`: every event is queued (invalid ones dead-lettered).", body = IngestResponse),
         (status = 400, description = "The body is not JSON (it was dead-lettered whole), or the query is invalid.", body = ErrorBody),
+        (status = 401, description = "Ingest tokens are configured (`[auth]`) and the request carries none, or an unknown one; nothing was accepted.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token does not grant this stream; nothing was accepted.", body = ErrorBody),
         (status = 408, description = "The body did not arrive within `http.body_read_timeout`; nothing was accepted.", body = ErrorBody),
         (status = 404, description = "Unknown stream (the body was dead-lettered, stage `route`).", body = ErrorBody),
         (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
@@ -149,6 +154,7 @@ pub async fn ingest_events(
             })
         }
     };
+    let token = authorize(&state, &headers, &stream_name, peer)?;
     let format = body::format_of(&headers)?;
     let gzip = body::is_gzip(&headers)?;
     let ingest = &state.ingest;
@@ -158,16 +164,22 @@ pub async fn ingest_events(
     let mut held = Reservation::default();
     let bytes = read_decoded(&state, body, gzip, &mut held).await?;
     let stream = ingest.registry.get(&stream_name).cloned();
+    // Where each event came from, as its dead letter records it: peer and token.
+    let source: Arc<str> = match &token {
+        Some(name) => format!("http {peer} token={name}").into(),
+        None => format!("http {peer}").into(),
+    };
     let (mut request, read_as) = decode(
         &state,
         &stream_name,
         stream.as_deref(),
         format,
         &bytes,
-        peer,
+        source,
         &mut held,
     )
     .await?;
+    request.token = token;
 
     // The request is queued once, whatever it turned out to hold.
     let total = request.rows.len() + request.letters.len();
@@ -233,6 +245,36 @@ pub(super) fn respond(
     (status, Json(response)).into_response()
 }
 
+/// With `[auth]`: the name of the request's token, if it grants `stream`; else the 401
+/// or 403 (counted and logged in summary). Without `[auth]`: `None`, ingest is open.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    stream: &str,
+    peer: SocketAddr,
+) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(tokens) = &state.access.ingest else {
+        return Ok(None);
+    };
+    match tokens.authorize(headers, stream) {
+        Ok(name) => Ok(Some(name)),
+        Err(Denied::Unauthenticated) => {
+            state.access.refused("ingest", 401, None, &peer.to_string());
+            Err(ApiError::Unauthenticated(
+                "send an ingest token: Authorization: Bearer <token> (a missing or unknown token); nothing was accepted".into(),
+            ))
+        }
+        Err(Denied::Forbidden(name)) => {
+            state
+                .access
+                .refused("ingest", 403, Some(name.clone()), &peer.to_string());
+            Err(ApiError::Forbidden(format!(
+                "token {name} does not grant stream `{stream}`; nothing was accepted"
+            )))
+        }
+    }
+}
+
 /// How a request body was read: as events, or set aside whole.
 enum ReadAs {
     /// Its events, each a row or a dead letter.
@@ -252,11 +294,10 @@ async fn decode(
     stream: Option<&Stream>,
     format: body::Format,
     body: &[u8],
-    peer: SocketAddr,
+    source: Arc<str>,
     held: &mut Reservation,
 ) -> Result<(RequestEvents, ReadAs), ApiError> {
     let ingest = &state.ingest;
-    let source: Arc<str> = format!("http {peer}").into();
     let received_at = chrono::Utc::now();
     let mut request = ingest.request_events();
     let whole = |stage, error: String| EventError {

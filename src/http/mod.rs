@@ -38,6 +38,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub http: Arc<HttpConfig>,
     pub webhooks: Arc<crate::webhook::Webhooks>,
+    pub access: Arc<crate::auth::Access>,
 }
 
 /// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
@@ -83,12 +84,17 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .route("/v1/openapi.json", get(openapi::openapi_json));
-    let admin = common
-        .clone()
+    // The operator's endpoints: behind the admin token when one is configured.
+    let admin_only = Router::new()
         .route("/metrics", get(admin::metrics))
         .route("/v1/streams", get(admin::list_streams))
         .route("/v1/streams/{stream}", get(admin::get_stream))
-        .route("/v1/dead-letters", get(admin::list_dead_letters));
+        .route("/v1/dead-letters", get(admin::list_dead_letters))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ));
+    let admin = common.clone().merge(admin_only);
     let finish = |router: Router<AppState>, hint: &'static str| {
         router
             .fallback(move || async move { ApiError::NotFound(hint.to_owned()) })
@@ -114,6 +120,31 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
             None,
         )
     }
+}
+
+/// Lets a request through to an admin endpoint only with the admin token, when one is
+/// configured (`[admin] token_env`).
+async fn require_admin(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    if let Some(admin) = &state.access.admin {
+        if !admin.admits(req.headers()) {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.to_string())
+                .unwrap_or_default();
+            state.access.refused("admin", 401, None, &peer);
+            return ApiError::Unauthenticated(
+                "this admin endpoint needs Authorization: Bearer <the admin token> ([admin] token_env)".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Counts every request by status, with its duration.

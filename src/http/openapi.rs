@@ -80,6 +80,28 @@ impl utoipa::Modify for WebhookSecurity {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         let components = api.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
+            "ingest_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An ingest token of `[auth]`, when configured; it grants some streams",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin token of `[admin] token_env`, when configured",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
             "webhook_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("`verify = \"token\"`: the webhook's secret as a bearer token (or in its `token_header`)")).build()),
         );

@@ -100,6 +100,8 @@ pub struct RequestEvents {
     pub max_payload: usize,
     /// The database the rows go to, to set aside values it is known to refuse.
     pub storage: Option<Dialect>,
+    /// The name of the ingest token the request came with (`[auth]`), for metrics.
+    pub token: Option<Arc<str>>,
 }
 
 impl Default for RequestEvents {
@@ -112,6 +114,7 @@ impl Default for RequestEvents {
             letter_bytes: 0,
             max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
             storage: None,
+            token: None,
         }
     }
 }
@@ -218,7 +221,8 @@ fn record_submitted(
     }
     let stats_of = |stream: Option<&str>| stream.and_then(|s| stats.get(s));
     for ((stream, src), n) in received {
-        telemetry::events_received(stream.unwrap_or(telemetry::NO_STREAM), src, n);
+        let token = events.token.as_deref().unwrap_or(telemetry::NO_TOKEN);
+        telemetry::events_received(stream.unwrap_or(telemetry::NO_STREAM), src, token, n);
         if let Some(s) = stats_of(stream) {
             s.received(n);
         }

@@ -506,7 +506,7 @@ pub struct Binary {
     pub http: String,
     /// The TCP listener's address, unless disabled.
     pub tcp: Option<String>,
-    /// Every log line written after the listening line.
+    /// Every log line but the listening line.
     pub logs: std::sync::mpsc::Receiver<String>,
 }
 
@@ -552,6 +552,7 @@ pub fn spawn_binary_under(
         .spawn()
         .expect("sluice starts");
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    let (tx, logs) = std::sync::mpsc::channel();
     let (http, tcp) = loop {
         let line = lines
             .next()
@@ -560,8 +561,9 @@ pub fn spawn_binary_under(
         if let Some((http, tcp)) = sluice::app::listening_addresses(&line) {
             break (http, (tcp != "disabled").then_some(tcp));
         }
+        // Start-up lines (warnings) are kept for the test too.
+        let _ = tx.send(line);
     };
-    let (tx, logs) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             let _ = tx.send(line);

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod api;
+mod auth;
 mod cli;
 mod dead_letters;
 mod delivery;
