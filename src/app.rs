@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Access;
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
+use crate::http::tls::Tls;
 use crate::http::{routers, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
@@ -41,6 +42,8 @@ pub struct App {
     ingest: Arc<Ingest>,
     webhooks: Arc<Webhooks>,
     access: Arc<Access>,
+    /// The HTTPS certificate, when `[http.tls]` is set.
+    tls: Option<Arc<Tls>>,
     storage: Storage,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
@@ -61,6 +64,13 @@ impl App {
         }
         let webhooks = Arc::new(Webhooks::load(&config, &registry)?);
         let access = Arc::new(Access::load(&config)?);
+        let tls = config
+            .http
+            .tls
+            .as_ref()
+            .map(Tls::load)
+            .transpose()?
+            .map(Arc::new);
         let (registry, storage) = sink::open(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
@@ -116,6 +126,7 @@ impl App {
             ingest,
             webhooks,
             access,
+            tls,
             storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
@@ -211,8 +222,13 @@ impl App {
         connections.spawn(async move { access.refusals.run(interval, stop).await });
         connections.spawn(crate::shutdown::on_hangup(
             {
-                let access = self.access.clone();
-                move || access.reload()
+                let (access, tls) = (self.access.clone(), self.tls.clone());
+                move || {
+                    access.reload();
+                    if let Some(tls) = &tls {
+                        tls.reload();
+                    }
+                }
             },
             accepting.clone(),
         ));
@@ -244,6 +260,7 @@ impl App {
             http = %self.http_addr,
             admin = %show(self.admin_addr, "same-as-http"),
             tcp = %show(self.tcp_addr, "disabled"),
+            https = self.tls.is_some(),
             "Sluice is listening."
         );
         let http_config = Arc::new(self.config.http.clone());
@@ -253,6 +270,7 @@ impl App {
                 listener,
                 router,
                 http_config.clone(),
+                self.tls.clone(),
                 accepting.clone(),
             ));
         }
@@ -260,6 +278,7 @@ impl App {
             self.http,
             ingest_router,
             http_config,
+            self.tls.clone(),
             accepting.clone(),
         ));
         Running {

@@ -142,6 +142,9 @@ pub struct HttpConfig {
     /// client sending a byte a minute cannot hold a connection.
     #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// HTTPS: serve HTTP/1.1 over TLS on `listen` (and `admin.listen`) with this
+    /// certificate; reloaded on SIGHUP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[admin]`.
@@ -157,6 +160,14 @@ pub struct AdminConfig {
     /// (`/metrics`, `/v1/streams*`, `/v1/dead-letters`) needs `Authorization: Bearer
     /// <token>`; `/healthz`, `/readyz` and the OpenAPI document stay open.
     pub token_env: Option<String>,
+}
+
+/// `[http.tls]`: PEM files of the server certificate (with its chain) and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line

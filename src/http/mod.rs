@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod hooks;
 pub mod openapi;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -41,15 +42,18 @@ pub struct AppState {
     pub access: Arc<crate::auth::Access>,
 }
 
-/// Serves `app` on `listener` until `stop`, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `stop`, then lets in-flight requests finish; over
+/// TLS when `tls` is given.
 ///
 /// A connection-limit permit is taken before `accept()` (so the limit is backpressure,
-/// not an error), and a client must send its request headers within
-/// `header_read_timeout`, so slow or stalled clients cannot hold connections forever.
+/// not an error), and a client must finish the TLS handshake and send its request
+/// headers within `header_read_timeout`, so slow or stalled clients cannot hold
+/// connections forever.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: Arc<HttpConfig>,
+    tls: Option<Arc<tls::Tls>>,
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
@@ -65,9 +69,38 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 tower::ServiceExt::oneshot(app.clone(), req)
             });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(socket), service));
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let handshake_timeout = config.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result =
+                match acceptor {
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(socket), service))
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(socket))
+                                .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed.");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out.");
+                                    return;
+                                }
+                            };
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), service))
+                            .await
+                    }
+                };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
             }
             drop(permit);

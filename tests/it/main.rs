@@ -17,5 +17,6 @@ mod metrics;
 mod replay;
 mod slow_clients;
 mod tcp;
+mod tls;
 mod typemap;
 mod webhooks;
