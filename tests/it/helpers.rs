@@ -119,6 +119,15 @@ impl TestDb {
         })
     }
 
+    /// A database this test set up itself (e.g. a throwaway server), reached at `url`.
+    pub fn external(kind: Db, url: String) -> TestDb {
+        TestDb {
+            kind,
+            url,
+            _dir: None,
+        }
+    }
+
     /// The same database reached through another URL (e.g. through a proxy).
     pub fn via(&self, url: String) -> TestDb {
         TestDb {

@@ -5,6 +5,7 @@ mod helpers;
 mod api;
 mod auth;
 mod cli;
+mod db_tls;
 mod dead_letters;
 mod delivery;
 mod durability;
