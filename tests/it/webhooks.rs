@@ -391,6 +391,20 @@ fn cases() -> Vec<Case> {
         },
         Case {
             required: &["x-twilio-signature"],
+            tamper: |b| String::from_utf8_lossy(b).replace("hello", "HELLO").into_bytes(),
+            body: |_| b"From=%2B15551234567&Body=hello+books&MessageSid=SM2".to_vec(),
+            content_type: form,
+            ..Case::new(
+                "twilio-sha256",
+                "twilio",
+                &format!("public_url = \"{TWILIO_URL}\""),
+                |body, secret, _| {
+                    Signed::from_json(&python_sign("twilio-sha256", secret, 0, TWILIO_URL, body))
+                },
+            )
+        },
+        Case {
+            required: &["x-twilio-signature"],
             ..Case::new(
                 "twilio-json",
                 "twilio",

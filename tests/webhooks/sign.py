@@ -6,6 +6,7 @@ Usage: python sign.py SCHEME SECRET TIMESTAMP [EXTRA] < body  ->  JSON object of
   slack              slack_sdk SignatureVerifier.generate_signature
   twilio-form        twilio RequestValidator.compute_signature over the form fields
                      (EXTRA: the public URL Twilio calls)
+  twilio-sha256      the same with algorithm HMAC_SHA256 (and its settings header)
   twilio-json        the same over the URL with ?bodySHA256= (EXTRA: the URL without it);
                      prints {"headers": ..., "url": ...}
 """
@@ -35,7 +36,7 @@ elif scheme == "slack":
 
     signature = SignatureVerifier(secret).generate_signature(timestamp=str(ts), body=body)
     out = {"X-Slack-Signature": signature, "X-Slack-Request-Timestamp": str(ts)}
-elif scheme == "twilio-form":
+elif scheme in ("twilio-form", "twilio-sha256"):
     from twilio.request_validator import RequestValidator
 
     class Fields(dict):
@@ -47,7 +48,14 @@ elif scheme == "twilio-form":
     fields = Fields()
     for name, value in parse_qsl(body, keep_blank_values=True):
         fields.setdefault(name, []).append(value)
-    out = {"X-Twilio-Signature": RequestValidator(secret).compute_signature(extra, fields)}
+    if scheme == "twilio-form":
+        out = {"X-Twilio-Signature": RequestValidator(secret).compute_signature(extra, fields)}
+    else:
+        signature = RequestValidator(secret).compute_signature(extra, fields, algorithm="HMAC_SHA256")
+        out = {
+            "X-Twilio-Signature": signature,
+            "X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_test,algorithm=HMAC_SHA256",
+        }
 elif scheme == "twilio-json":
     from twilio.request_validator import RequestValidator
 
