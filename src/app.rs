@@ -26,6 +26,7 @@ use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
 use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
 use crate::sink::{self, Storage};
+use crate::spool::Spool;
 use crate::webhook::Webhooks;
 
 /// A built, bound, not yet running Sluice.
@@ -101,14 +102,26 @@ impl App {
             .dead_letters
             .max_payload_bytes
             .min(storage.store.max_value_bytes());
-        let ingest = Arc::new(Ingest::new(
-            registry,
-            queues,
-            dl_tx,
-            max_payload,
-            storage.store.dialect(),
-            config.max_inflight_bytes,
-        ));
+        let spool = match &config.spool.dir {
+            Some(dir) => Some(Arc::new(Spool::open(
+                dir.clone(),
+                &registry.names(),
+                config.spool.fsync,
+                config.spool.max_bytes,
+            )?)),
+            None => None,
+        };
+        let ingest = Arc::new(
+            Ingest::new(
+                registry,
+                queues,
+                dl_tx,
+                max_payload,
+                storage.store.dialect(),
+                config.max_inflight_bytes,
+            )
+            .with_spool(spool),
+        );
         let http = TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -155,6 +168,22 @@ impl App {
     ) -> anyhow::Result<()> {
         // The batchers drain and exit once `Running::stop` closes their queues.
         let batchers = self.spawn_batchers();
+        // What the spool kept from before a restart is written before new input is
+        // taken: HTTP answers 503 and TCP does not listen until it is.
+        let recovered = CancellationToken::new();
+        match self.ingest.spool().cloned() {
+            Some(spool) => {
+                self.ingest.set_recovering(true);
+                let (ingest, done) = (self.ingest.clone(), recovered.clone());
+                let field = self.config.tcp.stream_field.clone();
+                tokio::spawn(async move {
+                    crate::spool::replay::recover(&spool, &ingest, &field).await;
+                    ingest.set_recovering(false);
+                    done.cancel();
+                });
+            }
+            None => recovered.cancel(),
+        }
         // Cancelled when `shutdown` resolves: every input stops accepting.
         let accepting = CancellationToken::new();
         let trigger = accepting.clone();
@@ -162,7 +191,7 @@ impl App {
             shutdown.await;
             trigger.cancel();
         });
-        let running = self.spawn_inputs(&accepting);
+        let running = self.spawn_inputs(&accepting, recovered);
         accepting.cancelled().await;
         running.stop(batchers).await
     }
@@ -208,8 +237,18 @@ impl App {
 
     /// The inputs (HTTP, the admin listener, TCP) and the background jobs (log
     /// summaries, dead-letter retention), all stopping when `accepting` is cancelled.
-    fn spawn_inputs(self, accepting: &CancellationToken) -> Running {
+    fn spawn_inputs(self, accepting: &CancellationToken, recovered: CancellationToken) -> Running {
         let connections = TaskTracker::new();
+        // The spool's group commits go on until the inputs have stopped (requests still
+        // in flight wait for them), then make a last fsync.
+        let flushers = CancellationToken::new();
+        if let Some(spool) = self.ingest.spool() {
+            if let crate::spool::FsyncPolicy::Interval(interval) = spool.fsync() {
+                for log in spool.logs() {
+                    tokio::spawn(log.clone().flush_every(interval, flushers.clone()));
+                }
+            }
+        }
         let (ingest, interval, stop) = (
             self.ingest.clone(),
             self.config.log_summary_interval,
@@ -238,13 +277,20 @@ impl App {
         }
         if let Some(listener) = self.tcp {
             let config = Arc::new(self.config.tcp.clone());
-            connections.spawn(tcp::serve(
+            let serve = tcp::serve(
                 listener,
                 self.ingest.clone(),
                 config,
                 accepting.clone(),
                 connections.clone(),
-            ));
+            );
+            let stop = accepting.clone();
+            connections.spawn(async move {
+                tokio::select! {
+                    _ = recovered.cancelled() => serve.await,
+                    _ = stop.cancelled() => {}
+                }
+            });
         }
         let state = AppState {
             ingest: self.ingest.clone(),
@@ -284,6 +330,7 @@ impl App {
         Running {
             http,
             connections,
+            flushers,
             ingest: self.ingest,
             storage: self.storage,
             timeout: self.config.shutdown_timeout,
@@ -297,6 +344,8 @@ struct Running {
     http: tokio::task::JoinHandle<()>,
     /// TCP connections, the admin listener and background jobs.
     connections: TaskTracker,
+    /// Stops the spool's group commits once the inputs have stopped.
+    flushers: CancellationToken,
     ingest: Arc<Ingest>,
     storage: Storage,
     timeout: std::time::Duration,
@@ -317,6 +366,7 @@ impl Running {
         );
         self.connections.close();
         let _ = tokio::time::timeout_at(grace, self.connections.wait()).await;
+        self.flushers.cancel();
         // Closing the queues is what tells the batchers to drain and stop.
         self.ingest.close();
         let drained = tokio::time::timeout_at(deadline, batchers.wait())

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 /// Sections of the file that `SLUICE_<SECTION>_<KEY>` environment variables address.
 const ENV_SECTIONS: &[&str] = &[
+    "spool",
     "database",
     "http",
     "admin",
@@ -64,6 +65,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Ingest tokens; without this section ingest is open.
     pub auth: Option<AuthConfig>,
+    /// The durable spool; off unless `dir` is set.
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// The TCP line-protocol listener.
     #[serde(default)]
     pub tcp: TcpConfig,
@@ -160,6 +164,40 @@ pub struct AdminConfig {
     /// (`/metrics`, `/v1/streams*`, `/v1/dead-letters`) needs `Authorization: Bearer
     /// <token>`; `/healthz`, `/readyz` and the OpenAPI document stay open.
     pub token_env: Option<String>,
+}
+
+/// `[spool]`: where events answered `202` and TCP lines are kept on disk until their
+/// batch commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool; the spool is off when unset.
+    pub dir: Option<PathBuf>,
+    /// Disk budget in bytes; when full, producers get the backpressure of a full queue.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// `"always"` (fsync every append) or a group-commit interval such as `"10ms"`.
+    #[serde(default = "default_spool_fsync", deserialize_with = "fsync_policy")]
+    pub fsync: crate::spool::FsyncPolicy,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
+}
+fn default_spool_fsync() -> crate::spool::FsyncPolicy {
+    crate::spool::FsyncPolicy::Interval(Duration::from_millis(10))
+}
+fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<crate::spool::FsyncPolicy, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "always" {
+        return Ok(crate::spool::FsyncPolicy::Always);
+    }
+    match humantime::parse_duration(&text) {
+        Ok(interval) if !interval.is_zero() => Ok(crate::spool::FsyncPolicy::Interval(interval)),
+        _ => Err(serde::de::Error::custom(format!(
+            "spool.fsync = {text:?}: write \"always\" or a group-commit interval such as \"10ms\""
+        ))),
+    }
 }
 
 /// `[http.tls]`: PEM files of the server certificate (with its chain) and its key.
@@ -524,6 +562,7 @@ macro_rules! default_from_empty_table {
     )*};
 }
 default_from_empty_table!(
+    SpoolConfig,
     Config,
     DatabaseConfig,
     HttpConfig,
@@ -727,6 +766,9 @@ impl Config {
         }
         if self.log_summary_interval.is_zero() {
             return Err("log_summary_interval must be greater than 0 (e.g. \"10s\")".into());
+        }
+        if self.spool.dir.is_some() && self.spool.max_bytes < 1024 * 1024 {
+            return Err("spool.max_bytes must be at least 1 MiB".into());
         }
         if let Some(auth) = &self.auth {
             match (&auth.tokens_file, &auth.tokens_env) {

@@ -23,6 +23,7 @@ pub mod replay;
 pub mod schema;
 pub mod shutdown;
 pub mod sink;
+pub mod spool;
 pub mod stats;
 pub mod telemetry;
 pub mod webhook;

@@ -155,15 +155,12 @@ fn revalidate(
         .get(target)
         .ok_or_else(|| format!("replay: stream `{target}` no longer has a schema"))?;
     let mut value = parse_object(letter.payload.as_bytes()).map_err(|e| format!("replay: {e}"))?;
-    let from_tcp = letter
-        .source
-        .as_deref()
-        .is_some_and(|s| s.starts_with("tcp"));
-    if from_tcp && !stream.declares(stream_field) {
-        if let serde_json::Value::Object(map) = &mut value {
-            map.remove(stream_field);
-        }
-    }
+    crate::ingest::tcp::strip_routing_field(
+        stream,
+        stream_field,
+        letter.source.as_deref().unwrap_or_default(),
+        &mut value,
+    );
     let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
     let source: Arc<str> = "replay".into();
     let row = stream

@@ -19,6 +19,9 @@
 //! | `sluice_http_request_duration_seconds` | histogram | `status` |
 //! | `sluice_http_refused_total` | counter | `surface` (`ingest`/`admin`), `status` |
 //! | `sluice_webhook_rejected_total` | counter | `webhook`, `reason` |
+//! | `sluice_spool_bytes` / `sluice_spool_records` | gauge | `stream` |
+//! | `sluice_spool_fsync_seconds` | histogram | |
+//! | `sluice_spool_recovered_records_total` / `sluice_spool_corrupt_records_total` | counter | `stream` |
 
 use std::sync::OnceLock;
 
@@ -146,6 +149,26 @@ pub fn webhook_rejected(webhook: &str, reason: &'static str) {
 pub fn access_refused(surface: &'static str, status: u16) {
     counter!("sluice_http_refused_total", "surface" => surface, "status" => status.to_string())
         .increment(1);
+}
+
+/// The spool's bytes and records not yet committed, of one log (a stream or
+/// `_dead_letters`).
+pub fn spool_depth(log: &str, bytes: u64, records: usize) {
+    gauge!("sluice_spool_bytes", "stream" => log.to_owned()).set(bytes as f64);
+    gauge!("sluice_spool_records", "stream" => log.to_owned()).set(records as f64);
+}
+
+/// One fsync of a spool segment.
+pub fn spool_fsync(seconds: f64) {
+    histogram!("sluice_spool_fsync_seconds").record(seconds);
+}
+
+/// What start-up found in a spool log: records to replay and damaged regions skipped.
+pub fn spool_recovered(log: &str, records: usize, damaged: usize) {
+    counter!("sluice_spool_recovered_records_total", "stream" => log.to_owned())
+        .increment(records as u64);
+    counter!("sluice_spool_corrupt_records_total", "stream" => log.to_owned())
+        .increment(damaged as u64);
 }
 
 pub fn tcp_connection_opened() {

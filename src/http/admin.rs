@@ -103,10 +103,13 @@ pub struct Readiness {
     /// Streams whose queue is at its limit: their requests get 503, the others are
     /// served. Readiness fails only when every stream is saturated.
     pub saturated_streams: Vec<String>,
+    /// True while the events the spool kept from before a restart are being written:
+    /// new input waits until they are (readiness fails meanwhile).
+    pub recovering_spool: bool,
 }
 
-/// `GET /readyz`: the database answers within 2 s (on a connection of its own) and at
-/// least one stream's queue has room.
+/// `GET /readyz`: the database answers within 2 s (on a connection of its own), at
+/// least one stream's queue has room, and the spool's recovery (if any) is done.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -133,7 +136,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // reported here and in its status, and its own producers get 503; the instance
     // stays ready while it can serve any stream.
     let streams = state.ingest.registry.iter().count();
-    let ready = db.is_ok() && saturated_streams.len() < streams;
+    let recovering = state.ingest.is_recovering();
+    let ready = db.is_ok() && saturated_streams.len() < streams && !recovering;
     let body = Readiness {
         status: if ready {
             ReadyState::Ready
@@ -145,6 +149,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Err(e) => format!("unreachable: {e}"),
         },
         saturated_streams,
+        recovering_spool: recovering,
     };
     let status = if ready {
         StatusCode::OK

@@ -74,6 +74,11 @@ pub enum ApiError {
     Busy,
     /// 503: Sluice is shutting down and accepts nothing more.
     ShuttingDown,
+    /// 503 + `Retry-After`: the spool could not take the events (its disk budget or the
+    /// disk is full); nothing was accepted.
+    SpoolRefused(String),
+    /// 503 + `Retry-After`: the spool's events from before a restart are being written.
+    Recovering,
     /// 503: the events were queued, but Sluice stopped before their commit was known.
     StoppedBeforeCommit,
     /// 503: the database did not answer a read (the details are logged, not sent).
@@ -144,6 +149,12 @@ impl IntoResponse for ApiError {
                 } else {
                     format!("the queue of stream `{}` is full", streams.join("` or `"))
                 })
+            }
+            ApiError::SpoolRefused(why) => return retry_later(why),
+            ApiError::Recovering => {
+                return retry_later(
+                    "Sluice is writing the events its spool kept from before a restart".to_owned(),
+                )
             }
             ApiError::Busy => {
                 return retry_later(

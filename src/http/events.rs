@@ -155,6 +155,9 @@ pub async fn ingest_events(
         }
     };
     let token = authorize(&state, &headers, &stream_name, peer)?;
+    if state.ingest.is_recovering() {
+        return Err(ApiError::Recovering);
+    }
     let format = body::format_of(&headers)?;
     let gzip = body::is_gzip(&headers)?;
     let ingest = &state.ingest;
@@ -190,7 +193,7 @@ pub async fn ingest_events(
     // while it waits for the commit.
     drop(bytes);
     drop(held);
-    let rejected = committed(pending).await?;
+    let rejected = committed(pending, ack).await?;
     match read_as {
         ReadAs::UnknownStream => {
             return Err(ApiError::UnknownStream {
@@ -455,8 +458,10 @@ pub(super) async fn enqueue(
     groups: Vec<(Option<&str>, RequestEvents)>,
     ack: AckMode,
     timeout: Duration,
-) -> Result<Option<CommitWait>, ApiError> {
+) -> Result<CommitWait, ApiError> {
     let wait_for_commit = ack == AckMode::Commit;
+    // `ack=accepted` promises the events survive a crash: with a spool, on disk first.
+    let spool = ack == AckMode::Accepted;
     // Counted by known streams only, never by what a client typed.
     let sizes: Vec<(&str, usize)> = groups
         .iter()
@@ -467,7 +472,7 @@ pub(super) async fn enqueue(
             )
         })
         .collect();
-    let pending = match tokio::time::timeout(timeout, ingest.submit_all(groups, wait_for_commit)).await {
+    let pending = match tokio::time::timeout(timeout, ingest.submit_all(groups, wait_for_commit, spool)).await {
         Err(_) => {
             for (stream, events) in &sizes {
                 telemetry::events_rejected(stream, *events);
@@ -488,19 +493,24 @@ pub(super) async fn enqueue(
             )))
         }
         Ok(Err(QueueError::Closed)) => return Err(ApiError::ShuttingDown),
+        Ok(Err(QueueError::Spool(e))) => return Err(ApiError::SpoolRefused(e.to_string())),
         Ok(Ok(p)) => p,
     };
-    Ok(wait_for_commit.then_some(pending))
+    Ok(pending)
 }
 
-/// Waits for the commit of what [`enqueue`] queued (nothing with `ack=accepted`);
+/// Waits for the commit of what [`enqueue`] queued (with `ack=accepted`, for the spool's
+/// fsync only);
 /// returns the write-stage rejections.
 pub(super) async fn committed(
-    pending: Option<CommitWait>,
+    pending: CommitWait,
+    ack: AckMode,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
-    let Some(pending) = pending else {
+    if ack == AckMode::Accepted {
+        // Queued; with a spool, also on disk before the 202.
+        pending.durable().await;
         return Ok(Vec::new());
-    };
+    }
     let outcome = pending
         .committed()
         .await

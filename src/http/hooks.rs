@@ -88,6 +88,9 @@ pub async fn receive_webhook(
             "no webhook named `{name}` is configured; add a [webhooks.{name}] section"
         )));
     };
+    if state.ingest.is_recovering() {
+        return Err(ApiError::Recovering);
+    }
     let gzip = body::is_gzip(&headers)?;
     let media = media_type(&headers);
     let mut held = Reservation::default();
@@ -245,7 +248,7 @@ pub async fn receive_webhook(
     let pending = enqueue(ingest, groups, AckMode::Commit, state.http.enqueue_timeout).await?;
     drop(bytes);
     drop(held);
-    let rejected = committed(pending).await?;
+    let rejected = committed(pending, AckMode::Commit).await?;
     if let Some(error) = malformed {
         return Err(ApiError::BadRequest {
             error,

@@ -261,13 +261,50 @@ fn split_to_fit<T>(
     pieces
 }
 
+/// Appends the rows of each group to its stream's spool log, and every dead letter to
+/// the dead letters' log: one ticket per row group with rows, then one for the letters.
+fn append_all(
+    spool: &crate::spool::Spool,
+    groups: &[(Option<&str>, RequestEvents)],
+    letter_count: usize,
+) -> Result<Vec<crate::spool::Ticket>, QueueError> {
+    let append = |name: &str, records: Vec<Vec<u8>>| {
+        let log = spool.log(name).ok_or(QueueError::Closed)?;
+        log.append(&records).map_err(QueueError::Spool)
+    };
+    let mut tickets = Vec::new();
+    for (stream, events) in groups {
+        if let (Some(name), false) = (stream, events.rows.is_empty()) {
+            let records = events.rows.iter().map(crate::spool::encode_row).collect();
+            tickets.push(append(name, records)?);
+        }
+    }
+    if letter_count > 0 {
+        let records = groups
+            .iter()
+            .flat_map(|(_, e)| e.letters.iter().map(crate::spool::encode_letter))
+            .collect();
+        tickets.push(append(crate::spool::DEAD_LETTERS, records)?);
+    }
+    Ok(tickets)
+}
+
 /// What resolves once the events of a queued request are committed (or dead-lettered).
 pub struct CommitWait {
     /// One per queue the request's events went to.
     receivers: Vec<oneshot::Receiver<Outcome>>,
+    /// Their appends to the spool, when spooled.
+    durable: Vec<crate::spool::Durability>,
 }
 
 impl CommitWait {
+    /// Waits until the request's spooled events are on disk (at once without a spool).
+    pub async fn durable(&self) {
+        for d in &self.durable {
+            d.wait().await;
+        }
+    }
+
     /// Waits until every row and dead letter is committed; returns the rows the database
     /// refused (dead-lettered at the write stage). `Err` if Sluice stopped before that.
     pub async fn committed(self) -> Result<Outcome, QueueError> {
@@ -296,6 +333,11 @@ pub struct Ingest {
     storage: Dialect,
     /// Memory that input being decoded (HTTP bodies, TCP lines) may hold at once.
     memory: budget::MemoryBudget,
+    /// The durable spool, when `[spool] dir` is set.
+    spool: Option<Arc<crate::spool::Spool>>,
+    /// Set while the spool's records from before a restart are being written; new
+    /// input waits (HTTP answers 503) until they are.
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 impl Ingest {
@@ -321,7 +363,30 @@ impl Ingest {
             max_payload,
             storage,
             memory: budget::MemoryBudget::new(max_inflight_bytes),
+            spool: None,
+            recovering: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Keeps events answered `202` and TCP lines in `spool` until they are committed.
+    pub fn with_spool(mut self, spool: Option<Arc<crate::spool::Spool>>) -> Ingest {
+        self.spool = spool;
+        self
+    }
+
+    /// The spool, if any.
+    pub fn spool(&self) -> Option<&Arc<crate::spool::Spool>> {
+        self.spool.as_ref()
+    }
+
+    /// Whether the spool's records from before a restart are still being written.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_recovering(&self, recovering: bool) {
+        self.recovering
+            .store(recovering, std::sync::atomic::Ordering::Release);
     }
 
     /// The memory budget of input being decoded.
@@ -372,23 +437,46 @@ impl Ingest {
         events: RequestEvents,
         ack: bool,
     ) -> Result<CommitWait, QueueError> {
-        self.submit_all(vec![(stream, events)], ack).await
+        self.submit_all(vec![(stream, events)], ack, false).await
     }
 
     /// [`Ingest::submit`] for a request whose events go to several streams (a routed
     /// webhook): room is reserved in every queue before anything is queued, so the
     /// request is still accepted whole or not at all.
+    ///
+    /// With `spool` (and a configured spool), the events are appended to it once the
+    /// room is reserved, before they are queued; [`CommitWait::durable`] then resolves
+    /// when they are on disk.
     pub async fn submit_all(
         &self,
         groups: Vec<(Option<&str>, RequestEvents)>,
         ack: bool,
+        spool: bool,
     ) -> Result<CommitWait, QueueError> {
+        self.try_submit_all(groups, ack, spool)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Ingest::submit_all`], giving the events back when the spool refused them (so a
+    /// producer that waits, TCP, can try again).
+    async fn try_submit_all<'s>(
+        &self,
+        groups: Vec<(Option<&'s str>, RequestEvents)>,
+        ack: bool,
+        spool: bool,
+    ) -> Result<CommitWait, (QueueError, Vec<(Option<&'s str>, RequestEvents)>)> {
         let mut row_sends = Vec::new();
         let (mut letters, mut letter_bytes) = (Vec::new(), 0);
         for (stream, events) in &groups {
             if let (Some(name), false) = (stream, events.rows.is_empty()) {
-                let queue = self.queues.get(*name).ok_or(QueueError::Closed)?;
-                let permit = queue.reserve(events.rows.len(), events.row_bytes).await?;
+                let Some(queue) = self.queues.get(*name) else {
+                    return Err((QueueError::Closed, Vec::new()));
+                };
+                let permit = match queue.reserve(events.rows.len(), events.row_bytes).await {
+                    Ok(p) => p,
+                    Err(e) => return Err((e, Vec::new())),
+                };
                 row_sends.push((queue, permit));
             }
             letter_bytes += events.letter_bytes;
@@ -397,31 +485,56 @@ impl Ingest {
         let letter_permit = if letter_count == 0 {
             None
         } else {
-            Some(
-                self.dead_letters
-                    .reserve(letter_count, letter_bytes)
-                    .await?,
-            )
+            match self.dead_letters.reserve(letter_count, letter_bytes).await {
+                Ok(p) => Some(p),
+                Err(e) => return Err((e, Vec::new())),
+            }
         };
         let mut pending = CommitWait {
             receivers: Vec::new(),
+            durable: Vec::new(),
         };
+        // Everything is appended to the spool before anything is queued, so that a
+        // refused append leaves nothing behind.
+        let spool = self.spool.as_ref().filter(|_| spool);
+        let mut tickets = Vec::new();
+        if let Some(spool) = spool {
+            match append_all(spool, &groups, letter_count) {
+                Ok(t) => tickets = t,
+                // The reservations are given back as they drop; the events go back.
+                Err(e) => return Err((e, groups)),
+            }
+            pending.durable = tickets
+                .iter()
+                .map(crate::spool::Ticket::durability)
+                .collect();
+        }
+        let mut tickets = tickets.into_iter();
         let mut row_sends = row_sends.into_iter();
         for (stream, events) in groups {
             record_submitted(stream, &events, &self.stats, &self.dead_letter_log);
             letters.extend(events.letters);
             if stream.is_some() && !events.rows.is_empty() {
                 let Some((queue, permit)) = row_sends.next() else {
-                    return Err(QueueError::Closed);
+                    return Err((QueueError::Closed, Vec::new()));
                 };
                 let (tx, rx) = oneshot::channel();
-                queue.send(permit, events.rows, ack.then_some(tx))?;
+                let ticket = spool.and_then(|_| tickets.next());
+                if let Err(e) = queue.send(permit, events.rows, ack.then_some(tx), ticket) {
+                    return Err((e, Vec::new()));
+                }
                 pending.receivers.extend(ack.then_some(rx));
             }
         }
         if let Some(permit) = letter_permit {
             let (tx, rx) = oneshot::channel();
-            self.dead_letters.send(permit, letters, ack.then_some(tx))?;
+            let ticket = spool.and_then(|_| tickets.next());
+            if let Err(e) = self
+                .dead_letters
+                .send(permit, letters, ack.then_some(tx), ticket)
+            {
+                return Err((e, Vec::new()));
+            }
             pending.receivers.extend(ack.then_some(rx));
         }
         Ok(pending)
@@ -430,10 +543,13 @@ impl Ingest {
     /// Queues `events` in as many pieces as the queues' bounds require, each waiting for
     /// room; returns what resolves when each piece is committed. For producers without
     /// all-or-nothing semantics (TCP).
+    /// With `spool`, each piece is spooled (see [`Ingest::submit_all`]), and a full
+    /// spool is waited for like a full queue.
     pub async fn submit_in_pieces(
         &self,
         stream: Option<&str>,
         events: RequestEvents,
+        spool: bool,
     ) -> Result<Vec<CommitWait>, QueueError> {
         let mut pending = Vec::new();
         let row_cap = stream
@@ -448,7 +564,7 @@ impl Ingest {
                 row_bytes,
                 ..RequestEvents::default()
             };
-            pending.push(self.submit(stream, part, true).await?);
+            pending.push(self.submit_waiting(stream, part, spool).await?);
         }
         for piece in split_to_fit(events.letters, letter_cap, DeadLetter::memory_size) {
             let letter_bytes = piece.iter().map(DeadLetter::memory_size).sum();
@@ -457,9 +573,30 @@ impl Ingest {
                 letter_bytes,
                 ..RequestEvents::default()
             };
-            pending.push(self.submit(stream, part, true).await?);
+            pending.push(self.submit_waiting(stream, part, spool).await?);
         }
         Ok(pending)
+    }
+
+    /// Submits `events` with an acknowledgement, waiting while the spool is full as
+    /// for a full queue.
+    async fn submit_waiting(
+        &self,
+        stream: Option<&str>,
+        events: RequestEvents,
+        spool: bool,
+    ) -> Result<CommitWait, QueueError> {
+        let mut groups = vec![(stream, events)];
+        loop {
+            match self.try_submit_all(groups, true, spool).await {
+                Ok(pending) => return Ok(pending),
+                Err((QueueError::Spool(e), back)) if e.is_full() && !back.is_empty() => {
+                    groups = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     /// Refuses new events; producers waiting for room are told Sluice is shutting down.

@@ -303,8 +303,15 @@ impl Connection {
             }
             let name = stream.as_ref().map(|s| s.name.as_str());
             let bytes: usize = batch.row_bytes + batch.letter_bytes;
-            match self.ingest.submit_in_pieces(name, batch).await {
-                Ok(pending) => self.in_flight.push_back((pending, bytes)),
+            match self.ingest.submit_in_pieces(name, batch, true).await {
+                Ok(pending) => {
+                    // With a spool, a line counts as read once it is on disk: the next
+                    // read waits for that.
+                    for piece in &pending {
+                        piece.durable().await;
+                    }
+                    self.in_flight.push_back((pending, bytes))
+                }
                 Err(e) => {
                     tracing::warn!(peer = %self.peer, lines, error = %e, "Lines read from TCP could not be queued.");
                     return false;
@@ -357,6 +364,17 @@ impl Connection {
             map.remove(field.as_str());
         }
         Ok((stream, value))
+    }
+}
+
+/// What a line that came over TCP (its `source` says so) looks like to its stream: its
+/// routing field `field` removed, unless the schema declares it, as on the live path.
+/// For events validated again later (dead-letter replay, spool recovery).
+pub fn strip_routing_field(stream: &Stream, field: &str, source: &str, value: &mut Value) {
+    if source.starts_with("tcp") && !stream.declares(field) {
+        if let Value::Object(map) = value {
+            map.remove(field);
+        }
     }
 }
 

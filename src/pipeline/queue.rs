@@ -46,6 +46,8 @@ pub struct Envelope<T> {
     pub items: Vec<T>,
     pub ack: Option<oneshot::Sender<Outcome>>,
     pub permit: Permit,
+    /// Their records in the spool, released once they are committed.
+    pub spooled: Option<crate::spool::Ticket>,
 }
 
 /// Why a reservation failed.
@@ -60,6 +62,10 @@ pub enum QueueError {
     },
     #[error("the queue is closed: Sluice is shutting down")]
     Closed,
+    /// The spool refused the append (its disk budget or the disk is full, or an I/O
+    /// error); nothing was queued.
+    #[error("{0}")]
+    Spool(crate::spool::SpoolError),
 }
 
 /// The producing side of a queue; cheap to clone.
@@ -179,9 +185,15 @@ impl<T> QueueSender<T> {
         permit: Permit,
         items: Vec<T>,
         ack: Option<oneshot::Sender<Outcome>>,
+        spooled: Option<crate::spool::Ticket>,
     ) -> Result<(), QueueError> {
         self.tx
-            .send(Envelope { items, ack, permit })
+            .send(Envelope {
+                items,
+                ack,
+                permit,
+                spooled,
+            })
             .map_err(|_| QueueError::Closed)
     }
 
@@ -221,7 +233,7 @@ mod tests {
     async fn room_is_given_back_only_when_the_envelope_is_dropped() {
         let (tx, mut rx) = bounded::<u8>(3, 100);
         let p = tx.reserve(3, 10).await.unwrap();
-        tx.send(p, vec![1, 2, 3], None).unwrap();
+        tx.send(p, vec![1, 2, 3], None, None).unwrap();
         assert_eq!(tx.depth(), (3, 10));
         assert!(tx.is_full());
         let blocked = tokio::time::timeout(Duration::from_millis(50), tx.reserve(1, 1)).await;

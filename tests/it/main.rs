@@ -17,6 +17,7 @@ mod memory;
 mod metrics;
 mod replay;
 mod slow_clients;
+mod spool;
 mod tcp;
 mod tls;
 mod typemap;

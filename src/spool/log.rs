@@ -1,0 +1,470 @@
+//! One append-only log of the spool: a directory of segment files for one stream (or
+//! the dead letters).
+//!
+//! A segment is a sequence of frames: `"SL"`, the payload length (u32, little-endian),
+//! the CRC-32C of length and payload (u32), the payload. An append writes whole frames
+//! with one `write`, under a lock; on a failed write (a full disk) the segment is cut
+//! back to its previous length, so a segment never holds half a frame that Sluice knows
+//! of. Durability is a separate step: with `fsync = "always"` every append is fsynced
+//! before it returns; otherwise a flusher fsyncs the segment once per interval (group
+//! commit) and producers wait for the fsync that covers their append.
+//!
+//! Each append returns a [`Ticket`]; when the batcher has committed its events, the
+//! ticket is released, and a segment whose records are all released is deleted (the
+//! active one too: an idle spool holds no files). What is left on disk at start-up is,
+//! by construction, what was not known to be committed.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::{FsyncPolicy, SpoolError};
+
+const MAGIC: [u8; 2] = *b"SL";
+/// Magic, length, checksum.
+pub const HEADER: usize = 10;
+/// A segment is closed for appends once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+/// Longest payload a frame may declare; anything longer is corruption.
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+fn checksum(len: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
+}
+
+/// Appends the frame of `payload` to `out`.
+pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
+    let len = (payload.len() as u32).to_le_bytes();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&checksum(len, payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The payloads of the valid frames in `bytes`, and how many damaged regions were
+/// skipped (a torn tail, a flipped byte, garbage between frames): after a bad frame the
+/// reader looks for the next position where a whole frame checks out.
+pub fn read_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut records = Vec::new();
+    let mut damaged = 0;
+    let mut pos = 0;
+    let mut in_damage = false;
+    let frame_at = |pos: usize| -> Option<&[u8]> {
+        let header = bytes.get(pos..pos + HEADER)?;
+        if header[..2] != MAGIC {
+            return None;
+        }
+        let len_bytes: [u8; 4] = header[2..6].try_into().ok()?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > MAX_FRAME {
+            return None;
+        }
+        let crc = u32::from_le_bytes(header[6..10].try_into().ok()?);
+        let payload = bytes.get(pos + HEADER..pos + HEADER + len)?;
+        (checksum(len_bytes, payload) == crc).then_some(payload)
+    };
+    while pos < bytes.len() {
+        match frame_at(pos) {
+            Some(payload) => {
+                records.push(payload);
+                pos += HEADER + payload.len();
+                in_damage = false;
+            }
+            None => {
+                if !in_damage {
+                    damaged += 1;
+                    in_damage = true;
+                }
+                pos += 1;
+            }
+        }
+    }
+    (records, damaged)
+}
+
+/// A segment's bookkeeping.
+#[derive(Debug)]
+struct Segment {
+    bytes: u64,
+    /// Records appended and not yet released.
+    outstanding: usize,
+}
+
+struct State {
+    /// The segment appends go to, if one is open.
+    active: Option<(u64, File)>,
+    next_segment: u64,
+    segments: BTreeMap<u64, Segment>,
+    /// Appends so far; an append's sequence number is the value after it.
+    appended: u64,
+}
+
+/// One stream's log.
+pub struct Log {
+    name: String,
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    max_bytes: u64,
+    /// Bytes on disk in the whole spool (every log), against `max_bytes`.
+    used: Arc<AtomicU64>,
+    state: Mutex<State>,
+    /// The highest sequence number known to be on disk.
+    durable: watch::Sender<u64>,
+    /// Wakes the flusher after an append.
+    dirty: Notify,
+}
+
+/// An append's records; release it once they are committed.
+#[must_use = "an unreleased ticket keeps its records on disk, to be replayed at start-up"]
+pub struct Ticket {
+    log: Arc<Log>,
+    segment: u64,
+    records: usize,
+    seq: u64,
+}
+
+impl Ticket {
+    /// The records are committed (or dead-lettered): they need not be replayed.
+    pub fn release(self) {
+        self.log.release(self.segment, self.records);
+    }
+
+    /// Waits until the records are durable under the log's fsync policy.
+    pub async fn durable(&self) {
+        self.log.wait_durable(self.seq).await;
+    }
+
+    /// What to wait on for durability, apart from the ticket (which travels with the
+    /// events to the batcher).
+    pub fn durability(&self) -> Durability {
+        Durability {
+            log: self.log.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// A point of a log to wait for: see [`Ticket::durability`].
+pub struct Durability {
+    log: Arc<Log>,
+    seq: u64,
+}
+
+impl Durability {
+    pub async fn wait(&self) {
+        self.log.wait_durable(self.seq).await;
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.seg"))
+}
+
+impl Log {
+    /// A log in `dir`, whose new segments are numbered after `first_segment`.
+    pub fn new(
+        name: &str,
+        dir: PathBuf,
+        first_segment: u64,
+        fsync: FsyncPolicy,
+        max_bytes: u64,
+        used: Arc<AtomicU64>,
+    ) -> Arc<Log> {
+        Arc::new(Log {
+            name: name.to_owned(),
+            dir,
+            fsync,
+            max_bytes,
+            used,
+            state: Mutex::new(State {
+                active: None,
+                next_segment: first_segment,
+                segments: BTreeMap::new(),
+                appended: 0,
+            }),
+            durable: watch::channel(0).0,
+            dirty: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends one record per payload, as one write. Refused without writing anything
+    /// when the spool's disk budget has no room, or when the disk is full.
+    pub fn append(self: &Arc<Self>, payloads: &[Vec<u8>]) -> Result<Ticket, SpoolError> {
+        let mut buf = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
+        for p in payloads {
+            frame(&mut buf, p);
+        }
+        let len = buf.len() as u64;
+        let mut state = lock(&self.state);
+        // The budget is checked under this log's lock; other logs may race by at most
+        // one append each, which is the bound's slack.
+        if self.used.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(SpoolError::Full {
+                max_bytes: self.max_bytes,
+            });
+        }
+        let rotate = match &state.active {
+            Some((id, _)) => state
+                .segments
+                .get(id)
+                .is_some_and(|s| s.bytes >= SEGMENT_BYTES),
+            None => true,
+        };
+        if rotate {
+            if let Some((_, file)) = state.active.take() {
+                // What the flusher has not yet synced of the closed segment.
+                file.sync_data().map_err(SpoolError::Io)?;
+            }
+            std::fs::create_dir_all(&self.dir).map_err(SpoolError::Io)?;
+            let id = state.next_segment;
+            state.next_segment += 1;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(&self.dir, id))
+                .map_err(SpoolError::Io)?;
+            state.segments.insert(
+                id,
+                Segment {
+                    bytes: 0,
+                    outstanding: 0,
+                },
+            );
+            state.active = Some((id, file));
+        }
+        let State {
+            active, segments, ..
+        } = &mut *state;
+        let Some((id, file)) = active.as_mut() else {
+            return Err(SpoolError::Io(std::io::Error::other("no active segment")));
+        };
+        let id = *id;
+        let segment = segments
+            .get_mut(&id)
+            .expect("the active segment is tracked");
+        if let Err(e) = file.write_all(&buf) {
+            // Cut back whatever part was written: the segment ends with a whole frame.
+            let _ = file.set_len(segment.bytes);
+            return Err(if e.raw_os_error() == Some(28) {
+                SpoolError::DiskFull(e)
+            } else {
+                SpoolError::Io(e)
+            });
+        }
+        segment.bytes += len;
+        segment.outstanding += payloads.len();
+        self.used.fetch_add(len, Ordering::Relaxed);
+        state.appended += 1;
+        let seq = state.appended;
+        match self.fsync {
+            FsyncPolicy::Always => {
+                if let Some((_, file)) = &state.active {
+                    let started = std::time::Instant::now();
+                    file.sync_data().map_err(SpoolError::Io)?;
+                    crate::telemetry::spool_fsync(started.elapsed().as_secs_f64());
+                }
+                drop(state);
+                self.durable.send_modify(|d| *d = (*d).max(seq));
+            }
+            FsyncPolicy::Interval(_) => {
+                drop(state);
+                self.dirty.notify_one();
+            }
+        }
+        self.report();
+        Ok(Ticket {
+            log: self.clone(),
+            segment: id,
+            records: payloads.len(),
+            seq,
+        })
+    }
+
+    async fn wait_durable(&self, seq: u64) {
+        let mut rx = self.durable.subscribe();
+        let _ = rx.wait_for(|d| *d >= seq).await;
+    }
+
+    fn release(&self, id: u64, records: usize) {
+        let mut state = lock(&self.state);
+        let Some(segment) = state.segments.get_mut(&id) else {
+            return;
+        };
+        segment.outstanding = segment.outstanding.saturating_sub(records);
+        if segment.outstanding == 0 {
+            let bytes = segment.bytes;
+            state.segments.remove(&id);
+            if state.active.as_ref().is_some_and(|(a, _)| *a == id) {
+                // The next append opens a new segment.
+                state.active = None;
+            }
+            drop(state);
+            if let Err(e) = std::fs::remove_file(segment_path(&self.dir, id)) {
+                tracing::warn!(log = %self.name, error = %e, "Could not delete a committed spool segment.");
+            }
+            self.used.fetch_sub(bytes, Ordering::Relaxed);
+        } else {
+            drop(state);
+        }
+        self.report();
+    }
+
+    /// Publishes this log's bytes and outstanding records.
+    fn report(&self) {
+        let state = lock(&self.state);
+        let bytes: u64 = state.segments.values().map(|s| s.bytes).sum();
+        let records: usize = state.segments.values().map(|s| s.outstanding).sum();
+        drop(state);
+        crate::telemetry::spool_depth(&self.name, bytes, records);
+    }
+
+    /// Group commit: after an append, waits `interval` for more, then fsyncs the
+    /// active segment once for all of them. Runs until the log is dropped elsewhere and
+    /// `stop` is cancelled; a last fsync covers what was appended before.
+    pub async fn flush_every(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let stopping = tokio::select! {
+                _ = self.dirty.notified() => false,
+                _ = stop.cancelled() => true,
+            };
+            if !stopping {
+                tokio::time::sleep(interval).await;
+            }
+            let (file, seq) = {
+                let state = lock(&self.state);
+                let file = state.active.as_ref().and_then(|(_, f)| f.try_clone().ok());
+                (file, state.appended)
+            };
+            if seq > *self.durable.borrow() {
+                if let Some(file) = file {
+                    let started = std::time::Instant::now();
+                    let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                    match synced {
+                        Ok(Ok(())) => {
+                            crate::telemetry::spool_fsync(started.elapsed().as_secs_f64())
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(log = %self.name, error = %e, "fsync of the spool failed; retrying.");
+                            self.dirty.notify_one();
+                            continue;
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                // No active file: its segment was released whole, nothing to sync.
+                self.durable.send_modify(|d| *d = (*d).max(seq));
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+}
+
+/// The segment files of a log directory, oldest first.
+pub fn segments_in(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".seg"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(id) = id {
+            found.push((id, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in payloads {
+            frame(&mut out, p);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_read_back_and_damage_is_skipped_not_fatal() {
+        let bytes = framed(&[b"one", b"two", b"three"]);
+        assert_eq!(
+            read_frames(&bytes),
+            (vec![&b"one"[..], b"two", b"three"], 0)
+        );
+        // A torn tail: the last frame is cut.
+        let torn = &bytes[..bytes.len() - 2];
+        assert_eq!(read_frames(torn), (vec![&b"one"[..], b"two"], 1));
+        // A flipped byte in the middle frame's payload: that frame only is lost.
+        let mut flipped = bytes.clone();
+        flipped[HEADER + 3 + HEADER + 1] ^= 0x40;
+        assert_eq!(read_frames(&flipped), (vec![&b"one"[..], b"three"], 1));
+        // A flipped byte in a length field: the reader finds the next frame.
+        let mut length = bytes.clone();
+        length[HEADER + 3 + 3] ^= 0x01;
+        assert_eq!(read_frames(&length), (vec![&b"one"[..], b"three"], 1));
+    }
+
+    #[tokio::test]
+    async fn released_segments_are_deleted_and_the_budget_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let used = Arc::new(AtomicU64::new(0));
+        let log = Log::new(
+            "s",
+            dir.path().to_path_buf(),
+            1,
+            FsyncPolicy::Always,
+            1000,
+            used.clone(),
+        );
+        let a = log.append(&[b"hello".to_vec(), b"world".to_vec()]).unwrap();
+        a.durable().await;
+        assert_eq!(segments_in(dir.path()).unwrap().len(), 1);
+        assert_eq!(used.load(Ordering::Relaxed), 2 * HEADER as u64 + 10);
+        assert!(matches!(
+            log.append(&[vec![0u8; 2000]]),
+            Err(SpoolError::Full { .. })
+        ));
+        a.release();
+        assert!(
+            segments_in(dir.path()).unwrap().is_empty(),
+            "an idle spool holds no file"
+        );
+        assert_eq!(used.load(Ordering::Relaxed), 0);
+        let b = log.append(&[b"again".to_vec()]).unwrap();
+        let files = segments_in(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let bytes = std::fs::read(&files[0].1).unwrap();
+        assert_eq!(read_frames(&bytes).0, vec![&b"again"[..]]);
+        b.release();
+    }
+}

@@ -1,0 +1,126 @@
+//! Start-up recovery: the records the spool held when Sluice stopped (crashed, was
+//! killed, lost power) are validated again and written, each stream's in the order it
+//! was received, before new input is taken. Their segment files are deleted only once
+//! every one of them is committed (or dead-lettered): a crash during recovery replays
+//! them again (with `id_field`, a replayed event is stored once).
+
+use super::{decode, read_segment, Record, Spool, DEAD_LETTERS};
+use crate::event::Stage;
+use crate::ingest::tcp::strip_routing_field;
+use crate::ingest::{EventError, Ingest};
+
+/// Writes what `spool` held at start-up through `ingest`'s queues, waiting for each
+/// commit. Logs and returns on failure (Sluice stopping); the files then stay.
+pub async fn recover(spool: &Spool, ingest: &Ingest, stream_field: &str) {
+    let leftovers = match spool.leftovers() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot read the spool; its records are left on disk for the next start.");
+            return;
+        }
+    };
+    for (log, files) in leftovers {
+        let started = std::time::Instant::now();
+        let (mut records, mut damaged) = (0, 0);
+        // One segment at a time, so recovery holds at most one segment in memory.
+        for file in files {
+            let (payloads, bad, bytes) = match read_segment(&log, &file) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(file = %file.display(), error = %e, "Cannot read a spool segment; it is left on disk.");
+                    continue;
+                }
+            };
+            records += payloads.len();
+            damaged += bad;
+            if !replay_segment(ingest, &log, &payloads, stream_field).await {
+                return;
+            }
+            if let Err(e) = std::fs::remove_file(&file) {
+                tracing::warn!(file = %file.display(), error = %e, "Could not delete a replayed spool segment.");
+            }
+            spool.replayed(bytes);
+        }
+        tracing::info!(
+            log = %log,
+            records,
+            damaged_regions = damaged,
+            seconds = started.elapsed().as_secs_f64(),
+            "Spool recovered: the events kept from before the restart are written."
+        );
+    }
+}
+
+/// Writes the records of one segment of `log` and waits for their commit; `false` if
+/// Sluice is stopping (the segment then stays).
+async fn replay_segment(
+    ingest: &Ingest,
+    log: &str,
+    payloads: &[Vec<u8>],
+    stream_field: &str,
+) -> bool {
+    let stream = (log != DEAD_LETTERS)
+        .then(|| ingest.registry.get(log).cloned())
+        .flatten();
+    let mut events = ingest.request_events();
+    let mut undecodable = 0;
+    for payload in payloads {
+        match decode(payload) {
+            Some(Record::Row {
+                raw,
+                source,
+                received_at,
+                index,
+            }) => {
+                let Some(stream) = &stream else {
+                    undecodable += 1;
+                    continue;
+                };
+                match crate::ingest::body::parse_object(raw.as_bytes()) {
+                    Ok(mut value) => {
+                        strip_routing_field(stream, stream_field, &source, &mut value);
+                        events.add(stream, &raw, value, index, &source, received_at)
+                    }
+                    Err(error) => events.reject(
+                        Some(&stream.name),
+                        raw.as_bytes(),
+                        EventError {
+                            index,
+                            stage: Stage::Parse,
+                            error,
+                            pointer: None,
+                        },
+                        &source,
+                        received_at,
+                    ),
+                }
+            }
+            Some(Record::Letter(letter)) => {
+                events.letter_bytes += letter.memory_size();
+                events.letters.push(letter);
+            }
+            None => undecodable += 1,
+        }
+    }
+    if undecodable > 0 {
+        tracing::warn!(log, undecodable, "Spool records that are not Sluice's (or of a stream no longer configured) were skipped.");
+    }
+    let name = stream.as_ref().map(|s| s.name.as_str());
+    let pending = match ingest.submit_in_pieces(name, events, false).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
+            return false;
+        }
+    };
+    for piece in pending {
+        if piece.committed().await.is_err() {
+            tracing::warn!(
+                log,
+                "Sluice stopped during spool recovery; the records stay on disk."
+            );
+            return false;
+        }
+    }
+    true
+}
