@@ -94,6 +94,15 @@ struct Args {
     /// Also print one JSON object per result line on stdout.
     #[arg(long)]
     json: bool,
+    /// `ack=` of the http and rate loads: `commit` or `accepted`.
+    #[arg(long, default_value = "commit")]
+    ack: String,
+    /// Spool settings to compare, comma-separated: `off`, or a `spool.fsync` value
+    /// (`10ms`, `always`). Each starts its own Sluice (spool in a temporary directory)
+    /// and runs the http, tcp and rate loads; use with `--ack accepted`, the answer the
+    /// spool makes durable.
+    #[arg(long, value_delimiter = ',')]
+    spool: Vec<String>,
 }
 
 /// What one load measured.
@@ -133,9 +142,18 @@ impl Drop for Target {
     }
 }
 
-fn start_sluice(args: &Args, url: &str) -> anyhow::Result<Target> {
+fn start_sluice(args: &Args, url: &str, spool: Option<&str>) -> anyhow::Result<Target> {
     use std::io::BufRead;
-    let mut child = Command::new(&args.sluice_bin)
+    let mut command = Command::new(&args.sluice_bin);
+    if let Some(fsync) = spool.filter(|s| *s != "off") {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-bench-spool-{}-{fsync}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        command
+            .env("SLUICE_SPOOL_DIR", dir)
+            .env("SLUICE_SPOOL_FSYNC", fsync);
+    }
+    let mut child = command
         .env("SLUICE_DATABASE_URL", url)
         .env("SLUICE_SCHEMAS_DIR", &args.schemas)
         .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
@@ -237,155 +255,176 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         }
         limits.clear();
         let mut outcomes: Vec<Outcome> = Vec::new();
-        for mode in &args.modes {
-            if mode == "limit" {
-                let now = chrono::Utc::now();
-                let source: Arc<str> = "bench".into();
-                let rows = events
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
-                        stream
-                            .to_row(value, e.as_str().into(), source.clone(), i, now)
-                            .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let counts = match (args.limit_connections.is_empty(), db.dialect()) {
-                    (false, _) => args.limit_connections.clone(),
-                    // SQLite has one writer; Sluice writes other databases' streams on 2
-                    // connections (Sink::write_concurrency).
-                    (true, sluice::sink::Dialect::Sqlite) => vec![1],
-                    (true, _) => vec![1, 2],
-                };
-                for connections in counts {
-                    let (took, how) = db
-                        .limit(url, stream, "sluice_bench_limit", &rows, connections)
-                        .await?;
-                    let rate = rows.len() as f64 / took.as_secs_f64();
-                    limits.push((connections, rate));
-                    outcomes.push(Outcome {
-                        mode: format!("limit{connections}"),
-                        events: rows.len(),
-                        seconds: took.as_secs_f64(),
-                        events_per_second: rate,
-                        mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
-                        p50_ms: None,
-                        p99_ms: None,
-                        p999_ms: None,
-                        cpu_seconds: None,
-                        peak_rss_mib: None,
-                        ratio_to_limits: Vec::new(),
-                        note: how,
-                    });
-                    report(outcomes.last(), args.json);
-                }
-                continue;
+        let variants: Vec<Option<&str>> = if args.spool.is_empty() {
+            vec![None]
+        } else {
+            args.spool.iter().map(|s| Some(s.as_str())).collect()
+        };
+        for (v, variant) in variants.iter().enumerate() {
+            if v > 0 {
+                // A Sluice of its own per spool setting.
+                target = None;
             }
-            if target.is_none() {
-                target = Some(match &args.target_http {
-                    Some(http) => Target {
-                        http: http.clone(),
-                        tcp: args.target_tcp.clone(),
-                        pid: args.pid.context("--pid is required with --target-http")?,
-                        child: None,
-                    },
-                    None => {
-                        let t = start_sluice(args, url)?;
-                        eprintln!(
-                            "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
-                            t.pid,
-                            t.http,
-                            t.tcp.as_deref().unwrap_or("-"),
-                            procfs::rss_kib(t.pid).unwrap_or(0) as f64 / 1024.0
-                        );
-                        t
+            let label = |mode: &str| match variant {
+                Some(s) => format!("{mode}/{s}"),
+                None => mode.to_owned(),
+            };
+            for mode in &args.modes {
+                if mode == "limit" && v > 0 {
+                    continue;
+                }
+                if mode == "limit" {
+                    let now = chrono::Utc::now();
+                    let source: Arc<str> = "bench".into();
+                    let rows = events
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| {
+                            let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
+                            stream
+                                .to_row(value, e.as_str().into(), source.clone(), i, now)
+                                .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let counts = match (args.limit_connections.is_empty(), db.dialect()) {
+                        (false, _) => args.limit_connections.clone(),
+                        // SQLite has one writer; Sluice writes other databases' streams on 2
+                        // connections (Sink::write_concurrency).
+                        (true, sluice::sink::Dialect::Sqlite) => vec![1],
+                        (true, _) => vec![1, 2],
+                    };
+                    for connections in counts {
+                        let (took, how) = db
+                            .limit(url, stream, "sluice_bench_limit", &rows, connections)
+                            .await?;
+                        let rate = rows.len() as f64 / took.as_secs_f64();
+                        limits.push((connections, rate));
+                        outcomes.push(Outcome {
+                            mode: format!("limit{connections}"),
+                            events: rows.len(),
+                            seconds: took.as_secs_f64(),
+                            events_per_second: rate,
+                            mb_per_second: bytes as f64 / 1e6 / took.as_secs_f64(),
+                            p50_ms: None,
+                            p99_ms: None,
+                            p999_ms: None,
+                            cpu_seconds: None,
+                            peak_rss_mib: None,
+                            ratio_to_limits: Vec::new(),
+                            note: how,
+                        });
+                        report(outcomes.last(), args.json);
                     }
-                });
-            }
-            let Some(t) = target.as_ref() else { continue };
-            db.empty(&args.table).await.with_context(|| {
-                format!(
-                    "cannot empty table {} (does the target create it?)",
-                    args.table
-                )
-            })?;
-            let path = format!("/v1/streams/{}/events?ack=commit", args.stream);
-            let cpu_before = procfs::cpu_seconds(t.pid)?;
-            let rss = procfs::RssSampler::start(t.pid);
-            let started = Instant::now();
-            let (mut latencies, sent, note) = match mode.as_str() {
-                "http" => (
-                    load::http_batches(
-                        &t.http,
-                        &path,
-                        events.clone(),
-                        args.batch,
-                        args.connections,
-                    )
-                    .await?,
-                    events.len(),
-                    format!(
-                        "NDJSON, {} events per request, {} connections, ack=commit",
-                        args.batch, args.connections
-                    ),
-                ),
-                "tcp" => {
-                    let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
-                    load::tcp_lines(addr, &events, args.tcp_connections).await?;
-                    (
-                        load::Latencies::default(),
-                        events.len(),
-                        format!("json_lines, {} connections", args.tcp_connections),
-                    )
+                    continue;
                 }
-                "rate" => {
-                    let n = ((args.rate * args.rate_seconds) as usize).min(events.len());
-                    let subset = Arc::new(events[..n].to_vec());
-                    (
-                        load::http_fixed_rate(
+                if target.is_none() {
+                    target = Some(match &args.target_http {
+                        Some(http) => Target {
+                            http: http.clone(),
+                            tcp: args.target_tcp.clone(),
+                            pid: args.pid.context("--pid is required with --target-http")?,
+                            child: None,
+                        },
+                        None => {
+                            let t = start_sluice(args, url, *variant)?;
+                            eprintln!(
+                                "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
+                                t.pid,
+                                t.http,
+                                t.tcp.as_deref().unwrap_or("-"),
+                                procfs::rss_kib(t.pid).unwrap_or(0) as f64 / 1024.0
+                            );
+                            t
+                        }
+                    });
+                }
+                let Some(t) = target.as_ref() else { continue };
+                db.empty(&args.table).await.with_context(|| {
+                    format!(
+                        "cannot empty table {} (does the target create it?)",
+                        args.table
+                    )
+                })?;
+                let path = format!("/v1/streams/{}/events?ack={}", args.stream, args.ack);
+                let cpu_before = procfs::cpu_seconds(t.pid)?;
+                let rss = procfs::RssSampler::start(t.pid);
+                let started = Instant::now();
+                let (mut latencies, sent, note) = match mode.as_str() {
+                    "http" => (
+                        load::http_batches(
                             &t.http,
                             &path,
-                            subset,
-                            args.rate,
-                            args.rate_connections,
+                            events.clone(),
+                            args.batch,
+                            args.connections,
                         )
                         .await?,
-                        n,
+                        events.len(),
                         format!(
-                            "1 event per request at {} req/s, {} connections, ack=commit",
-                            args.rate, args.rate_connections
+                            "NDJSON, {} events per request, {} connections, ack={}{}",
+                            args.batch,
+                            args.connections,
+                            args.ack,
+                            variant.map(|s| format!(", spool {s}")).unwrap_or_default()
                         ),
-                    )
-                }
-                other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
-            };
-            let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
-            let done = db.wait_for(&args.table, sent as i64, timeout).await?;
-            let seconds = (done - started).as_secs_f64();
-            let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
-            let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
-            let rate = sent as f64 / seconds;
-            let has_latency = mode != "tcp";
-            outcomes.push(Outcome {
-                mode: mode.clone(),
-                events: sent,
-                seconds,
-                events_per_second: rate,
-                mb_per_second: sent_bytes as f64 / 1e6 / seconds,
-                p50_ms: has_latency.then(|| latencies.quantile_ms(0.5)),
-                p99_ms: has_latency.then(|| latencies.quantile_ms(0.99)),
-                p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
-                cpu_seconds: Some(cpu),
-                peak_rss_mib: Some(rss.peak_mib()),
-                ratio_to_limits: if mode == "rate" {
-                    Vec::new()
-                } else {
-                    limits.iter().map(|(_, l)| rate / l).collect()
-                },
-                note,
-            });
-            report(outcomes.last(), args.json);
+                    ),
+                    "tcp" => {
+                        let addr = t.tcp.as_deref().context("the target has no TCP listener")?;
+                        load::tcp_lines(addr, &events, args.tcp_connections).await?;
+                        (
+                            load::Latencies::default(),
+                            events.len(),
+                            format!("json_lines, {} connections", args.tcp_connections),
+                        )
+                    }
+                    "rate" => {
+                        let n = ((args.rate * args.rate_seconds) as usize).min(events.len());
+                        let subset = Arc::new(events[..n].to_vec());
+                        (
+                            load::http_fixed_rate(
+                                &t.http,
+                                &path,
+                                subset,
+                                args.rate,
+                                args.rate_connections,
+                            )
+                            .await?,
+                            n,
+                            format!(
+                                "1 event per request at {} req/s, {} connections, ack={}",
+                                args.rate, args.rate_connections, args.ack
+                            ),
+                        )
+                    }
+                    other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
+                };
+                let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
+                let done = db.wait_for(&args.table, sent as i64, timeout).await?;
+                let seconds = (done - started).as_secs_f64();
+                let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
+                let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
+                let rate = sent as f64 / seconds;
+                let has_latency = mode != "tcp";
+                outcomes.push(Outcome {
+                    mode: label(mode),
+                    events: sent,
+                    seconds,
+                    events_per_second: rate,
+                    mb_per_second: sent_bytes as f64 / 1e6 / seconds,
+                    p50_ms: has_latency.then(|| latencies.quantile_ms(0.5)),
+                    p99_ms: has_latency.then(|| latencies.quantile_ms(0.99)),
+                    p999_ms: has_latency.then(|| latencies.quantile_ms(0.999)),
+                    cpu_seconds: Some(cpu),
+                    peak_rss_mib: Some(rss.peak_mib()),
+                    ratio_to_limits: if mode == "rate" {
+                        Vec::new()
+                    } else {
+                        limits.iter().map(|(_, l)| rate / l).collect()
+                    },
+                    note,
+                });
+                report(outcomes.last(), args.json);
+            }
         }
         runs.push(outcomes);
     }
