@@ -248,6 +248,18 @@ impl App {
                     tokio::spawn(log.clone().flush_every(interval, flushers.clone()));
                 }
             }
+            // Spilled events are read back into each stream's queue as it has room.
+            for stream in self.ingest.registry.iter() {
+                if let Some(log) = spool.spill(&stream.name) {
+                    connections.spawn(crate::spool::refill::refill(
+                        stream.clone(),
+                        log.clone(),
+                        self.ingest.clone(),
+                        self.config.tcp.stream_field.clone(),
+                        accepting.clone(),
+                    ));
+                }
+            }
         }
         let (ingest, interval, stop) = (
             self.ingest.clone(),

@@ -266,17 +266,24 @@ fn split_to_fit<T>(
 fn append_all(
     spool: &crate::spool::Spool,
     groups: &[(Option<&str>, RequestEvents)],
+    spilled: &[bool],
     letter_count: usize,
 ) -> Result<Vec<crate::spool::Ticket>, QueueError> {
-    let append = |name: &str, records: Vec<Vec<u8>>| {
-        let log = spool.log(name).ok_or(QueueError::Closed)?;
+    let append = |log: Option<&Arc<crate::spool::Log>>, records: Vec<Vec<u8>>| {
+        let log = log.ok_or(QueueError::Closed)?;
         log.append(&records).map_err(QueueError::Spool)
     };
     let mut tickets = Vec::new();
+    let mut spilled = spilled.iter();
     for (stream, events) in groups {
         if let (Some(name), false) = (stream, events.rows.is_empty()) {
             let records = events.rows.iter().map(crate::spool::encode_row).collect();
-            tickets.push(append(name, records)?);
+            let log = if spilled.next() == Some(&true) {
+                spool.spill(name)
+            } else {
+                spool.log(name)
+            };
+            tickets.push(append(log, records)?);
         }
     }
     if letter_count > 0 {
@@ -284,7 +291,7 @@ fn append_all(
             .iter()
             .flat_map(|(_, e)| e.letters.iter().map(crate::spool::encode_letter))
             .collect();
-        tickets.push(append(crate::spool::DEAD_LETTERS, records)?);
+        tickets.push(append(spool.log(crate::spool::DEAD_LETTERS), records)?);
     }
     Ok(tickets)
 }
@@ -466,18 +473,28 @@ impl Ingest {
         ack: bool,
         spool: bool,
     ) -> Result<CommitWait, (QueueError, Vec<(Option<&'s str>, RequestEvents)>)> {
-        let mut row_sends = Vec::new();
+        let spool_on = self.spool.as_ref().filter(|_| spool);
+        // Per group with rows: its queue and the room reserved in it, or `None` when
+        // the rows go to the stream's spill log only (spooled, and the queue has no room
+        // now, or older events are still spilled: those go first).
+        let mut row_sends: Vec<Option<(&QueueSender<Row>, crate::pipeline::queue::Permit)>> =
+            Vec::new();
         let (mut letters, mut letter_bytes) = (Vec::new(), 0);
         for (stream, events) in &groups {
             if let (Some(name), false) = (stream, events.rows.is_empty()) {
                 let Some(queue) = self.queues.get(*name) else {
                     return Err((QueueError::Closed, Vec::new()));
                 };
-                let permit = match queue.reserve(events.rows.len(), events.row_bytes).await {
-                    Ok(p) => p,
-                    Err(e) => return Err((e, Vec::new())),
+                let (n, bytes) = (events.rows.len(), events.row_bytes);
+                let reserved = match spool_on.and_then(|s| s.spill(name)) {
+                    Some(spill) if spill.has_unread() => Ok(None),
+                    Some(_) => queue.try_reserve(n, bytes),
+                    None => queue.reserve(n, bytes).await.map(Some),
                 };
-                row_sends.push((queue, permit));
+                match reserved {
+                    Ok(permit) => row_sends.push(permit.map(|p| (queue, p))),
+                    Err(e) => return Err((e, Vec::new())),
+                }
             }
             letter_bytes += events.letter_bytes;
         }
@@ -496,10 +513,11 @@ impl Ingest {
         };
         // Everything is appended to the spool before anything is queued, so that a
         // refused append leaves nothing behind.
-        let spool = self.spool.as_ref().filter(|_| spool);
+        let spool = spool_on;
+        let spilled: Vec<bool> = row_sends.iter().map(Option::is_none).collect();
         let mut tickets = Vec::new();
         if let Some(spool) = spool {
-            match append_all(spool, &groups, letter_count) {
+            match append_all(spool, &groups, &spilled, letter_count) {
                 Ok(t) => tickets = t,
                 // The reservations are given back as they drop; the events go back.
                 Err(e) => return Err((e, groups)),
@@ -515,11 +533,19 @@ impl Ingest {
             record_submitted(stream, &events, &self.stats, &self.dead_letter_log);
             letters.extend(events.letters);
             if stream.is_some() && !events.rows.is_empty() {
-                let Some((queue, permit)) = row_sends.next() else {
+                let Some(send) = row_sends.next() else {
                     return Err((QueueError::Closed, Vec::new()));
                 };
-                let (tx, rx) = oneshot::channel();
                 let ticket = spool.and_then(|_| tickets.next());
+                let Some((queue, permit)) = send else {
+                    // Spilled: on disk only; the stream's refill task queues them, and
+                    // its ticket releases them. This one must not.
+                    if let Some(t) = ticket {
+                        t.keep();
+                    }
+                    continue;
+                };
+                let (tx, rx) = oneshot::channel();
                 if let Err(e) = queue.send(permit, events.rows, ack.then_some(tx), ticket) {
                     return Err((e, Vec::new()));
                 }

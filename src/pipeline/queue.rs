@@ -179,6 +179,45 @@ impl<T> QueueSender<T> {
         })
     }
 
+    /// [`QueueSender::reserve`] without waiting: `Ok(None)` when there is no room now.
+    pub fn try_reserve(&self, events: usize, bytes: usize) -> Result<Option<Permit>, QueueError> {
+        let bytes = if events == 1 {
+            bytes.min(self.max_bytes)
+        } else {
+            bytes
+        };
+        if events > self.max_events || bytes > self.max_bytes {
+            return Err(QueueError::TooLarge {
+                events,
+                bytes,
+                max_events: self.max_events,
+                max_bytes: self.max_bytes,
+            });
+        }
+        let take = |sem: &Arc<Semaphore>,
+                    n: usize|
+         -> Result<Option<Option<OwnedSemaphorePermit>>, QueueError> {
+            if n == 0 {
+                return Ok(Some(None));
+            }
+            match sem.clone().try_acquire_many_owned(n as u32) {
+                Ok(p) => Ok(Some(Some(p))),
+                Err(tokio::sync::TryAcquireError::NoPermits) => Ok(None),
+                Err(tokio::sync::TryAcquireError::Closed) => Err(QueueError::Closed),
+            }
+        };
+        let Some(events) = take(&self.events, events)? else {
+            return Ok(None);
+        };
+        let Some(bytes) = take(&self.bytes, bytes)? else {
+            return Ok(None);
+        };
+        Ok(Some(Permit {
+            _events: events,
+            _bytes: bytes,
+        }))
+    }
+
     /// Hands reserved events to the batcher.
     pub fn send(
         &self,

@@ -88,6 +88,22 @@ pub fn read_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     (records, damaged)
 }
 
+/// The whole, valid frames at the start of `bytes` (written by this process, so
+/// intact), and how many bytes they take.
+fn whole_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while let Some(header) = bytes.get(pos..pos + HEADER) {
+        let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let Some(payload) = bytes.get(pos + HEADER..pos + HEADER + len) else {
+            break;
+        };
+        records.push(payload);
+        pos += HEADER + len;
+    }
+    (records, pos)
+}
+
 /// A segment's bookkeeping.
 #[derive(Debug)]
 struct Segment {
@@ -103,6 +119,8 @@ struct State {
     segments: BTreeMap<u64, Segment>,
     /// Appends so far; an append's sequence number is the value after it.
     appended: u64,
+    /// Where [`Log::read_next`] goes on: a segment and an offset in it.
+    cursor: (u64, u64),
 }
 
 /// One stream's log.
@@ -118,6 +136,8 @@ pub struct Log {
     durable: watch::Sender<u64>,
     /// Wakes the flusher after an append.
     dirty: Notify,
+    /// Wakes a reader after an append.
+    readable: Notify,
 }
 
 /// An append's records; release it once they are committed.
@@ -138,6 +158,23 @@ impl Ticket {
     /// Waits until the records are durable under the log's fsync policy.
     pub async fn durable(&self) {
         self.log.wait_durable(self.seq).await;
+    }
+
+    /// Leaves the records to whoever reads them back (a spill log's reader); dropping a
+    /// ticket does the same, this says it on purpose.
+    pub fn keep(self) {}
+
+    /// Splits off a ticket for the first `n` records (the rest stay with `self`), so that
+    /// records read back together can be queued in pieces.
+    pub fn split_off(&mut self, n: usize) -> Ticket {
+        let n = n.min(self.records);
+        self.records -= n;
+        Ticket {
+            log: self.log.clone(),
+            segment: self.segment,
+            records: n,
+            seq: self.seq,
+        }
     }
 
     /// What to wait on for durability, apart from the ticket (which travels with the
@@ -191,10 +228,90 @@ impl Log {
                 next_segment: first_segment,
                 segments: BTreeMap::new(),
                 appended: 0,
+                cursor: (first_segment, 0),
             }),
             durable: watch::channel(0).0,
             dirty: Notify::new(),
+            readable: Notify::new(),
         })
+    }
+
+    /// The segment and byte range [`Log::read_next`] would read next, if any.
+    fn unread_range(state: &State) -> Option<(u64, u64, u64)> {
+        let (segment, offset) = state.cursor;
+        if let Some(s) = state.segments.get(&segment) {
+            if offset < s.bytes {
+                return Some((segment, offset, s.bytes));
+            }
+        }
+        state
+            .segments
+            .range(segment + 1..)
+            .find(|(_, s)| s.bytes > 0)
+            .map(|(id, s)| (*id, 0, s.bytes))
+    }
+
+    /// Whether records were appended that [`Log::read_next`] has not read yet.
+    pub fn has_unread(&self) -> bool {
+        Self::unread_range(&lock(&self.state)).is_some()
+    }
+
+    /// Waits until there may be something to read.
+    pub async fn readable(&self) {
+        let notified = self.readable.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an append in between is not missed.
+        notified.as_mut().enable();
+        if self.has_unread() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// The next records appended and not yet read (about `max_bytes` of them, at least
+    /// one), with the ticket that releases them once they are committed. For a log whose
+    /// records live only on disk (a stream's spill), read back as its queue has room.
+    pub fn read_next(
+        self: &Arc<Self>,
+        max_bytes: u64,
+    ) -> std::io::Result<Option<(Vec<Vec<u8>>, Ticket)>> {
+        let Some((segment, offset, end)) = Self::unread_range(&lock(&self.state)) else {
+            return Ok(None);
+        };
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(segment_path(&self.dir, segment))?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut want = (end - offset).min(max_bytes.max(HEADER as u64));
+        let mut buf = Vec::new();
+        let (records, consumed) = loop {
+            buf.resize(want as usize, 0);
+            file.read_exact(&mut buf)?;
+            let (records, consumed) = whole_frames(&buf);
+            if !records.is_empty() || want == end - offset {
+                break (records, consumed);
+            }
+            // The next frame is larger than asked for: read all of it.
+            want = end - offset;
+            file.seek(SeekFrom::Start(offset))?;
+        };
+        if records.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "spool segment {} of {} holds no whole record at offset {offset}",
+                segment, self.name
+            )));
+        }
+        let count = records.len();
+        lock(&self.state).cursor = (segment, offset + consumed as u64);
+        let records = records.into_iter().map(<[u8]>::to_vec).collect();
+        Ok(Some((
+            records,
+            Ticket {
+                log: self.clone(),
+                segment,
+                records: count,
+                seq: 0,
+            },
+        )))
     }
 
     pub fn name(&self) -> &str {
@@ -285,6 +402,7 @@ impl Log {
                 self.dirty.notify_one();
             }
         }
+        self.readable.notify_waiters();
         self.report();
         Ok(Ticket {
             log: self.clone(),

@@ -16,6 +16,7 @@
 //! here is small: checksummed frames in append-only segment files, deleted whole.
 
 pub mod log;
+pub mod refill;
 pub mod replay;
 
 use std::collections::HashMap;
@@ -56,6 +57,17 @@ impl SpoolError {
     }
 }
 
+/// The name of the log of `stream`'s events kept on disk only, read back as its queue
+/// has room (a directory `spill` inside the stream's).
+pub fn spill_name(stream: &str) -> String {
+    format!("{stream}/spill")
+}
+
+/// The stream a log belongs to (`None` for the dead letters').
+pub fn stream_of(log: &str) -> Option<&str> {
+    (log != DEAD_LETTERS).then(|| log.strip_suffix("/spill").unwrap_or(log))
+}
+
 /// The name of the dead letters' log.
 pub const DEAD_LETTERS: &str = "_dead_letters";
 
@@ -83,7 +95,12 @@ impl Spool {
             .with_context(|| format!("spool.dir = {}: cannot create it", dir.display()))?;
         let used = Arc::new(AtomicU64::new(0));
         let mut logs = HashMap::new();
-        for name in streams.iter().map(String::as_str).chain([DEAD_LETTERS]) {
+        let names = streams
+            .iter()
+            .flat_map(|s| [s.clone(), spill_name(s)])
+            .chain([DEAD_LETTERS.to_owned()]);
+        for name in names {
+            let name = name.as_str();
             let log_dir = dir.join(name);
             let existing = log::segments_in(&log_dir).with_context(|| {
                 format!("cannot read the spool directory {}", log_dir.display())
@@ -111,6 +128,11 @@ impl Spool {
 
     pub fn log(&self, name: &str) -> Option<&Arc<Log>> {
         self.logs.get(name)
+    }
+
+    /// The log of `stream`'s events that are on disk only (its queue had no room).
+    pub fn spill(&self, stream: &str) -> Option<&Arc<Log>> {
+        self.logs.get(&spill_name(stream))
     }
 
     pub fn logs(&self) -> impl Iterator<Item = &Arc<Log>> {

@@ -4,7 +4,9 @@
 //! every one of them is committed (or dead-lettered): a crash during recovery replays
 //! them again (with `id_field`, a replayed event is stored once).
 
-use super::{decode, read_segment, Record, Spool, DEAD_LETTERS};
+use std::sync::Arc;
+
+use super::{decode, read_segment, stream_of, Record, Spool};
 use crate::event::Stage;
 use crate::ingest::tcp::strip_routing_field;
 use crate::ingest::{EventError, Ingest};
@@ -59,9 +61,37 @@ async fn replay_segment(
     payloads: &[Vec<u8>],
     stream_field: &str,
 ) -> bool {
-    let stream = (log != DEAD_LETTERS)
-        .then(|| ingest.registry.get(log).cloned())
-        .flatten();
+    let stream = stream_of(log).and_then(|s| ingest.registry.get(s).cloned());
+    let events = decode_all(ingest, log, stream.as_ref(), payloads, stream_field);
+    let name = stream.as_ref().map(|s| s.name.as_str());
+    let pending = match ingest.submit_in_pieces(name, events, false).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
+            return false;
+        }
+    };
+    for piece in pending {
+        if piece.committed().await.is_err() {
+            tracing::warn!(
+                log,
+                "Sluice stopped during spool recovery; the records stay on disk."
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// Turns spool records into rows (validated again against `stream`'s current schema,
+/// the TCP routing field removed as on the live path) and dead letters.
+pub fn decode_all(
+    ingest: &Ingest,
+    log: &str,
+    stream: Option<&Arc<crate::schema::Stream>>,
+    payloads: &[Vec<u8>],
+    stream_field: &str,
+) -> crate::ingest::RequestEvents {
     let mut events = ingest.request_events();
     let mut undecodable = 0;
     for payload in payloads {
@@ -72,7 +102,7 @@ async fn replay_segment(
                 received_at,
                 index,
             }) => {
-                let Some(stream) = &stream else {
+                let Some(stream) = stream else {
                     undecodable += 1;
                     continue;
                 };
@@ -105,22 +135,5 @@ async fn replay_segment(
     if undecodable > 0 {
         tracing::warn!(log, undecodable, "Spool records that are not Sluice's (or of a stream no longer configured) were skipped.");
     }
-    let name = stream.as_ref().map(|s| s.name.as_str());
-    let pending = match ingest.submit_in_pieces(name, events, false).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
-            return false;
-        }
-    };
-    for piece in pending {
-        if piece.committed().await.is_err() {
-            tracing::warn!(
-                log,
-                "Sluice stopped during spool recovery; the records stay on disk."
-            );
-            return false;
-        }
-    }
-    true
+    events
 }

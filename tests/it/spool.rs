@@ -368,3 +368,98 @@ async fn a_full_disk_pushes_back_without_corrupting_a_segment() {
     fill_then_drain(&db, &sluice, "disk is full", &spool).await;
     sluice.terminate().await;
 }
+
+/// Starts Sluice with a small memory queue for `reading` (2,000 events, 2 MiB).
+fn start_small_queue(db: &TestDb, spool: &Path) -> Binary {
+    let config = spool.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[streams.reading]\nid_field = \"seq\"\nqueue_max_events = 2000\nqueue_max_bytes = 2_097_152\n",
+    )
+    .unwrap();
+    spawn_binary(
+        None,
+        db,
+        &[
+            ("SLUICE_CONFIG", config.display().to_string()),
+            ("SLUICE_SPOOL_DIR", spool.display().to_string()),
+        ],
+    )
+}
+
+/// A database outage longer than the memory queue lasts: with the spool, requests are
+/// still answered 202 (their events go to disk only), memory stays bounded, and
+/// everything is written once the database is back, exactly once.
+#[tokio::test]
+async fn an_outage_beyond_the_memory_queue_spills_to_disk_and_drains() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let sluice = start_small_queue(&db, &spool);
+    let lock = hold_write_lock(&db).await;
+    let rss_before = crate::helpers::rss_bytes(sluice.child.id());
+    let accepted = post_accepted(&sluice.http, 60, 500).await;
+    assert_eq!(
+        accepted.len(),
+        30_000,
+        "15 times the queue, all answered 202"
+    );
+    let spilled = metric(
+        &sluice.http,
+        "sluice_spool_bytes",
+        "stream=\"reading/spill\"",
+    )
+    .await
+    .unwrap_or(0.0);
+    assert!(
+        spilled > 1_000_000.0,
+        "the events beyond the queue are on disk: {spilled}"
+    );
+    let rss = crate::helpers::rss_bytes(sluice.child.id());
+    assert!(
+        rss < rss_before + 64 * 1024 * 1024,
+        "memory stays bounded while the spool grows: {} -> {} MiB",
+        rss_before >> 20,
+        rss >> 20
+    );
+    drop(lock);
+    db.wait_for_count("reading", 30_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.distinct("reading", "seq").await, 30_000);
+    assert_eq!(db.count("reading").await, 30_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(
+        &sluice.http,
+        "sluice_spool_bytes",
+        "stream=\"reading/spill\"",
+    )
+    .await
+        != Some(0.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spill log never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sluice.terminate().await;
+}
+
+/// Spilled events survive `kill -9` too.
+#[tokio::test]
+async fn spilled_events_survive_kill_9() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let sluice = start_small_queue(&db, &spool);
+    let lock = hold_write_lock(&db).await;
+    let accepted = post_accepted(&sluice.http, 20, 500).await;
+    assert_eq!(accepted.len(), 10_000);
+    kill9(sluice);
+    drop(lock);
+    let sluice = start_small_queue(&db, &spool);
+    db.wait_for_count("reading", 10_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.count("reading").await, 10_000);
+    sluice.terminate().await;
+}
