@@ -325,6 +325,10 @@ impl CommitWait {
     }
 }
 
+/// How long a spooled request waits for room in a full queue before its events go to
+/// the stream's spill log instead (below `http.enqueue_timeout`'s default of 100 ms).
+const SPILL_AFTER: Duration = Duration::from_millis(50);
+
 /// The queues of every stream plus the dead-letter queue.
 pub struct Ingest {
     pub registry: Registry,
@@ -488,7 +492,18 @@ impl Ingest {
                 let (n, bytes) = (events.rows.len(), events.row_bytes);
                 let reserved = match spool_on.and_then(|s| s.spill(name)) {
                     Some(spill) if spill.has_unread() => Ok(None),
-                    Some(_) => queue.try_reserve(n, bytes),
+                    // A burst waits briefly for room, as without a spool; only a queue
+                    // that stays full (the database is down or slow) spills, because
+                    // reading spilled events back costs their validation again.
+                    Some(_) => match queue.try_reserve(n, bytes) {
+                        Ok(None) => {
+                            match tokio::time::timeout(SPILL_AFTER, queue.reserve(n, bytes)).await {
+                                Ok(r) => r.map(Some),
+                                Err(_) => Ok(None),
+                            }
+                        }
+                        other => other,
+                    },
                     None => queue.reserve(n, bytes).await.map(Some),
                 };
                 match reserved {

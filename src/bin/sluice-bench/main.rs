@@ -261,8 +261,8 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
             args.spool.iter().map(|s| Some(s.as_str())).collect()
         };
         for (v, variant) in variants.iter().enumerate() {
-            if v > 0 {
-                // A Sluice of its own per spool setting.
+            if !args.spool.is_empty() {
+                // A Sluice of its own per spool setting, in every run.
                 target = None;
             }
             let label = |mode: &str| match variant {
