@@ -82,10 +82,27 @@ async fn accepted_events_survive_kill_9(kind: Db) {
     let lock = hold_write_lock(&db).await;
     let accepted = post_accepted(&sluice.http, 40, 25).await;
     assert_eq!(accepted.len(), 1000, "{kind:?}: every request answered 202");
+    // An invalid event answered 202 (dead-lettered) must survive as its dead letter.
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/streams/reading/events?ack=accepted",
+            sluice.http
+        ))
+        .body(json!({"seq": "not a number", "sensor": "bad", "value": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
     kill9(sluice);
     drop(lock);
     let sluice = start(&db, &spool, "10ms", false);
     db.wait_for_count("reading", 1000).await;
+    db.wait_for_dead_letters(1).await;
+    assert_eq!(
+        db.dead_letters().await.len(),
+        1,
+        "{kind:?}: the dead letter once"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(db.count("reading").await, 1000, "{kind:?}: none twice");
     assert_eq!(db.distinct("reading", "seq").await, 1000);
