@@ -138,13 +138,9 @@ pub fn bounded<T>(max_events: usize, max_bytes: usize) -> (QueueSender<T>, Queue
 }
 
 impl<T> QueueSender<T> {
-    /// Waits until the queue has room for `events` events of `bytes` bytes in all.
-    /// Cancel-safe: dropping the future gives back whatever it had reserved.
-    ///
-    /// A single event larger than the byte budget (possible only for a dead letter whose
-    /// escaped payload outgrows its line) takes the whole budget: it waits for an empty
-    /// queue and holds it alone, so memory stays bounded by the larger of the two.
-    pub async fn reserve(&self, events: usize, bytes: usize) -> Result<Permit, QueueError> {
+    /// The bytes to reserve for `events` events of `bytes` bytes (one oversized event
+    /// takes the whole budget), or why they can never fit.
+    fn fits(&self, events: usize, bytes: usize) -> Result<usize, QueueError> {
         let bytes = if events == 1 {
             bytes.min(self.max_bytes)
         } else {
@@ -158,6 +154,17 @@ impl<T> QueueSender<T> {
                 max_bytes: self.max_bytes,
             });
         }
+        Ok(bytes)
+    }
+
+    /// Waits until the queue has room for `events` events of `bytes` bytes in all.
+    /// Cancel-safe: dropping the future gives back whatever it had reserved.
+    ///
+    /// A single event larger than the byte budget (possible only for a dead letter whose
+    /// escaped payload outgrows its line) takes the whole budget: it waits for an empty
+    /// queue and holds it alone, so memory stays bounded by the larger of the two.
+    pub async fn reserve(&self, events: usize, bytes: usize) -> Result<Permit, QueueError> {
+        let bytes = self.fits(events, bytes)?;
         let acquire = |sem: &Arc<Semaphore>, n: usize| {
             let sem = sem.clone();
             async move {
@@ -181,19 +188,7 @@ impl<T> QueueSender<T> {
 
     /// [`QueueSender::reserve`] without waiting: `Ok(None)` when there is no room now.
     pub fn try_reserve(&self, events: usize, bytes: usize) -> Result<Option<Permit>, QueueError> {
-        let bytes = if events == 1 {
-            bytes.min(self.max_bytes)
-        } else {
-            bytes
-        };
-        if events > self.max_events || bytes > self.max_bytes {
-            return Err(QueueError::TooLarge {
-                events,
-                bytes,
-                max_events: self.max_events,
-                max_bytes: self.max_bytes,
-            });
-        }
+        let bytes = self.fits(events, bytes)?;
         let take = |sem: &Arc<Semaphore>,
                     n: usize|
          -> Result<Option<Option<OwnedSemaphorePermit>>, QueueError> {
