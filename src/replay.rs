@@ -57,13 +57,40 @@ pub struct StreamReport {
     pub taken_by_another_run: usize,
 }
 
-/// Replays dead letters; prints progress to stderr.
-pub async fn replay(
-    config: &Config,
-    options: &ReplayOptions,
-) -> anyhow::Result<BTreeMap<String, StreamReport>> {
-    let registry = Registry::load(config).context("cannot load the stream schemas")?;
-    for (flag, s) in [("--stream", &options.stream), ("--into", &options.into)] {
+/// What a replay reports as it goes: the CLI prints it, a job records it.
+pub trait Progress: Send + Sync {
+    /// How many dead letters the replay will examine (known before it starts).
+    fn total(&self, n: usize);
+    /// Dead letters examined so far, and the report so far.
+    fn advance(&self, examined: usize, report: &BTreeMap<String, StreamReport>);
+    /// Whether the replay should stop (between pages; what it wrote stays).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Progress lines on stderr, for the CLI.
+pub struct Stderr {
+    pub dry_run: bool,
+}
+
+impl Progress for Stderr {
+    fn total(&self, n: usize) {
+        eprintln!("replay: {n} dead letters to examine");
+    }
+
+    fn advance(&self, examined: usize, report: &BTreeMap<String, StreamReport>) {
+        let replayed: usize = report.values().map(|r| r.replayed).sum();
+        eprintln!(
+            "replay: {examined} dead letters examined, {replayed} replayed{}",
+            if self.dry_run { " (dry run)" } else { "" }
+        );
+    }
+}
+
+/// Checks the streams named by `options` exist.
+pub fn check_options(registry: &Registry, options: &ReplayOptions) -> anyhow::Result<()> {
+    for (flag, s) in [("stream", &options.stream), ("into", &options.into)] {
         if let Some(s) = s {
             anyhow::ensure!(
                 registry.get(s).is_some(),
@@ -72,7 +99,41 @@ pub async fn replay(
             );
         }
     }
+    Ok(())
+}
+
+/// Replays dead letters (the CLI: its own start-up, progress on stderr).
+pub async fn replay(
+    config: &Config,
+    options: &ReplayOptions,
+) -> anyhow::Result<BTreeMap<String, StreamReport>> {
+    let registry = Registry::load(config).context("cannot load the stream schemas")?;
+    check_options(&registry, options)?;
     let (registry, storage) = crate::sink::open(config, registry).await?;
+    let progress = Stderr {
+        dry_run: options.dry_run,
+    };
+    let report = replay_with(
+        &registry,
+        &storage,
+        &config.tcp.stream_field,
+        options,
+        &progress,
+    )
+    .await;
+    storage.close().await;
+    report
+}
+
+/// Replays dead letters through `storage`, reporting to `progress`: the one replay
+/// the CLI and the server's jobs both run.
+pub async fn replay_with(
+    registry: &Registry,
+    storage: &Storage,
+    stream_field: &str,
+    options: &ReplayOptions,
+    progress: &dyn Progress,
+) -> anyhow::Result<BTreeMap<String, StreamReport>> {
     let store = &storage.store;
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {
@@ -82,8 +143,16 @@ pub async fn replay(
         route: options.into.is_some(),
         limit: PAGE,
     };
+    let total = store
+        .count_dead_letters(&page)
+        .await
+        .context("cannot count sluice_dead_letters")?;
+    progress.total(usize::try_from(total).unwrap_or(0));
     let mut examined = 0usize;
     loop {
+        if progress.cancelled() {
+            break;
+        }
         let letters = store
             .fetch_dead_letters(&page)
             .await
@@ -97,13 +166,7 @@ pub async fn replay(
                 continue;
             };
             let entry = report.entry(target.clone()).or_default();
-            match revalidate(
-                &registry,
-                target,
-                &config.tcp.stream_field,
-                store.dialect(),
-                &letter,
-            ) {
+            match revalidate(registry, target, stream_field, store.dialect(), &letter) {
                 Ok((stream, row)) => {
                     by_stream
                         .entry(stream.name.clone())
@@ -126,18 +189,13 @@ pub async fn replay(
                 entry.replayed += rows.len();
                 continue;
             }
-            let (written, failed, taken) = write(&storage, &stream, rows).await?;
+            let (written, failed, taken) = write(storage, &stream, rows).await?;
             entry.replayed += written;
             entry.still_failing += failed;
             entry.taken_by_another_run += taken;
         }
-        let replayed: usize = report.values().map(|r| r.replayed).sum();
-        eprintln!(
-            "replay: {examined} dead letters examined, {replayed} replayed{}",
-            if options.dry_run { " (dry run)" } else { "" }
-        );
+        progress.advance(examined, &report);
     }
-    storage.close().await;
     Ok(report)
 }
 

@@ -90,6 +90,27 @@ pub async fn execute_all<DB>(
 }
 
 sqlx_generic! {
+/// Counts the replayable dead letters a page walk would read.
+pub async fn count_dead_letters<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    timestamp: TimestampText,
+    page: &DeadLetterPage,
+) -> Result<i64, SinkError> {
+    let sql = dialect.count_dead_letters(page.stream.is_some(), page.since.is_some(), page.route);
+    let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
+    if let Some(stream) = &page.stream {
+        q = q.bind(stream.as_str());
+    }
+    if let Some(since) = &page.since {
+        q = q.bind(timestamp(since));
+    }
+    let row = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
+    row.try_get(0).map_err(sink_error(dialect))
+}
+}
+
+sqlx_generic! {
 /// Reads a page of replayable dead letters.
 pub async fn fetch_dead_letters<DB>(
     pool: &Pool<DB>,

@@ -389,6 +389,22 @@ impl Dialect {
     /// after id, [stream], [since], limit.
     pub fn select_dead_letters(self, by_stream: bool, since: bool, route: bool) -> String {
         let received = self.received_at_text();
+        let filter = self.replayable_filter(by_stream, since, route);
+        let limit = self.placeholder(2 + usize::from(by_stream) + usize::from(since));
+        format!(
+            "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE {filter} ORDER BY id LIMIT {limit}"
+        )
+    }
+
+    /// How many dead letters [`Dialect::select_dead_letters`] would page through: binds
+    /// after id, [stream], [since].
+    pub fn count_dead_letters(self, by_stream: bool, since: bool, route: bool) -> String {
+        let filter = self.replayable_filter(by_stream, since, route);
+        format!("SELECT COUNT(*) FROM {DEAD_LETTERS} WHERE {filter}")
+    }
+
+    /// The replayable dead letters after an id: binds after id, [stream], [since].
+    fn replayable_filter(self, by_stream: bool, since: bool, route: bool) -> String {
         let mut n = 1;
         let mut next = || {
             n += 1;
@@ -399,10 +415,7 @@ impl Dialect {
         } else {
             "stream IS NOT NULL"
         };
-        let mut sql = format!(
-            "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE id > {} AND {which}",
-            self.placeholder(1)
-        );
+        let mut sql = format!("id > {} AND {which}", self.placeholder(1));
         if by_stream {
             sql.push_str(&format!(" AND stream = {}", next()));
         }
@@ -415,7 +428,6 @@ impl Dialect {
             };
             sql.push_str(&format!(" AND received_at >= {p}"));
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT {}", next()));
         sql
     }
 

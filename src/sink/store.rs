@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use super::bound::{
-    ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters, purge_dead_letters,
-    record_replay_failure, table_has_rows,
+    count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
+    purge_dead_letters, record_replay_failure, table_has_rows,
 };
 use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect};
 use super::{
@@ -116,6 +116,12 @@ impl Store {
     /// Whether `table` holds at least one row.
     pub async fn table_has_rows(&self, table: &str) -> Result<bool, SinkError> {
         with_pool!(&self.pools, p => table_has_rows(p, self.dialect, table).await)
+    }
+
+    /// How many dead letters a replay with `page`'s filters would examine.
+    pub async fn count_dead_letters(&self, page: &DeadLetterPage) -> Result<i64, SinkError> {
+        let timestamp = self.timestamp();
+        with_pool!(&self.pools, p => count_dead_letters(p, self.dialect, timestamp, page).await)
     }
 
     /// A page of dead letters to replay, oldest first.
