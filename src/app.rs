@@ -43,6 +43,7 @@ pub struct App {
     ingest: Arc<Ingest>,
     webhooks: Arc<Webhooks>,
     access: Arc<Access>,
+    jobs: Arc<crate::jobs::Jobs>,
     /// The HTTPS certificate, when `[http.tls]` is set.
     tls: Option<Arc<Tls>>,
     storage: Storage,
@@ -122,6 +123,11 @@ impl App {
             )
             .with_spool(spool),
         );
+        let jobs = crate::jobs::Jobs::new(
+            storage.clone(),
+            ingest.clone(),
+            config.tcp.stream_field.clone(),
+        );
         let http = TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -139,6 +145,7 @@ impl App {
             ingest,
             webhooks,
             access,
+            jobs,
             tls,
             storage,
             stream_receivers,
@@ -271,6 +278,10 @@ impl App {
         connections.spawn(async move { webhooks.refusals.run(interval, stop).await });
         let (access, stop) = (self.access.clone(), accepting.clone());
         connections.spawn(async move { access.refusals.run(interval, stop).await });
+        // Jobs a previous run left running are marked failed, in the background: it is a
+        // write, and the database may be busy (or locked) at start-up.
+        let (jobs, stop) = (self.jobs.clone(), accepting.clone());
+        connections.spawn(async move { jobs.recover_until_done(stop).await });
         connections.spawn(crate::shutdown::on_hangup(
             {
                 let (access, tls) = (self.access.clone(), self.tls.clone());
@@ -310,6 +321,7 @@ impl App {
             http: Arc::new(self.config.http.clone()),
             webhooks: self.webhooks.clone(),
             access: self.access.clone(),
+            jobs: self.jobs.clone(),
         };
         let show = |addr: Option<SocketAddr>, none: &str| {
             addr.map_or_else(|| none.to_owned(), |a| a.to_string())

@@ -40,6 +40,7 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     for sql in dialect.create_dead_letters() {
         println!("{sql};\n");
     }
+    println!("{};\n", dialect.create_jobs());
     for stream in registry.iter() {
         println!(
             "-- stream `{}` from {}",

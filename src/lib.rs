@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 pub mod json_text;
 pub mod loadgen;
 pub mod log_summary;

@@ -49,6 +49,8 @@ pub enum ApiError {
     UnknownStream { stream: String, known: Vec<String> },
     /// 404: no such endpoint.
     NotFound(String),
+    /// 409: the request conflicts with what is running (a job).
+    Conflict(String),
     /// 401 + `WWW-Authenticate: Bearer`: no bearer token, or not a valid one.
     Unauthenticated(String),
     /// 403: a valid token that does not grant this.
@@ -112,6 +114,7 @@ impl IntoResponse for ApiError {
                 },
             ),
             ApiError::NotFound(error) => (StatusCode::NOT_FOUND, ErrorBody::new(error)),
+            ApiError::Conflict(error) => (StatusCode::CONFLICT, ErrorBody::new(error)),
             ApiError::Unauthenticated(error) => {
                 let mut r = (StatusCode::UNAUTHORIZED, Json(ErrorBody::new(error))).into_response();
                 r.headers_mut()

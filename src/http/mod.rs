@@ -11,6 +11,7 @@ pub mod admin;
 pub mod error;
 pub mod events;
 pub mod hooks;
+pub mod jobs;
 pub mod openapi;
 pub mod tls;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub http: Arc<HttpConfig>,
     pub webhooks: Arc<crate::webhook::Webhooks>,
     pub access: Arc<crate::auth::Access>,
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// Serves `app` on `listener` until `stop`, then lets in-flight requests finish; over
@@ -123,6 +125,10 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/streams", get(admin::list_streams))
         .route("/v1/streams/{stream}", get(admin::get_stream))
         .route("/v1/dead-letters", get(admin::list_dead_letters))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/replay", post(jobs::start_replay))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin,

@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, events, hooks};
+use super::{admin, events, hooks, jobs};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,11 +26,16 @@ use super::{admin, events, hooks};
         admin::list_streams,
         admin::get_stream,
         admin::list_dead_letters,
+        jobs::start_replay,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
         openapi_json,
     ),
     tags(
         (name = "events", description = "Sending events."),
         (name = "webhooks", description = "Vendors' webhooks, verified by the scheme of their `[webhooks.NAME]` section before anything is stored."),
+        (name = "jobs", description = "Background jobs: replaying dead letters, with progress; behind the admin token."),
         (name = "operations", description = "Health, metrics, stream status and dead letters."),
     ),
     modifiers(&WebhookSecurity),

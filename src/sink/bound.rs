@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
-    chunks_by, sink_error, BatchWriter, BoxFuture, DeadLetterPage, DeadLetterQuery,
+    chunks_by, sink_error, BatchWriter, BoxFuture, DeadLetterPage, DeadLetterQuery, JobRecord,
     ListedDeadLetter, PurgeFilter, SinkError, StoredDeadLetter,
 };
 use crate::event::{Cell, DeadLetter, Row};
@@ -68,6 +68,7 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
 /// The DDL that `prepare` runs: the dead-letter table, then every stream's table.
 pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> {
     let mut statements = dialect.create_dead_letters();
+    statements.push(dialect.create_jobs());
     statements.extend(streams.iter().map(|s| dialect.create_table(s)));
     statements
 }
@@ -456,4 +457,88 @@ where
             letters,
         ))
     }
+}
+
+sqlx_generic! {
+/// Inserts `job`, or updates it if it is there.
+pub async fn save_job<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    job: &JobRecord,
+) -> Result<(), SinkError> {
+    let err = sink_error(dialect);
+    let updated = sqlx::query::<DB>(&dialect.update_job())
+        .bind(job.kind.as_str())
+        .bind(job.state.as_str())
+        .bind(job.created_at.as_str())
+        .bind(job.started_at.as_deref())
+        .bind(job.finished_at.as_deref())
+        .bind(job.params.as_str())
+        .bind(job.done)
+        .bind(job.total)
+        .bind(job.result.as_str())
+        .bind(job.logs.as_str())
+        .bind(job.errors.as_str())
+        .bind(job.id.as_str())
+        .execute(pool)
+        .await
+        .map_err(&err)?;
+    if <DB::QueryResult as RowsAffected>::rows(&updated) > 0 {
+        return Ok(());
+    }
+    sqlx::query::<DB>(&dialect.insert_job())
+        .bind(job.id.as_str())
+        .bind(job.kind.as_str())
+        .bind(job.state.as_str())
+        .bind(job.created_at.as_str())
+        .bind(job.started_at.as_deref())
+        .bind(job.finished_at.as_deref())
+        .bind(job.params.as_str())
+        .bind(job.done)
+        .bind(job.total)
+        .bind(job.result.as_str())
+        .bind(job.logs.as_str())
+        .bind(job.errors.as_str())
+        .execute(pool)
+        .await
+        .map_err(&err)?;
+    Ok(())
+}
+}
+
+sqlx_generic! {
+/// Jobs newest first (or the one with `id`).
+pub async fn load_jobs<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, SinkError> {
+    let err = sink_error(dialect);
+    let sql = dialect.select_jobs(id.is_some());
+    let mut q = sqlx::query::<DB>(&sql);
+    if let Some(id) = id {
+        q = q.bind(id);
+    }
+    let rows = q.bind(limit).fetch_all(pool).await.map_err(&err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(JobRecord {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                state: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+                started_at: r.try_get(4)?,
+                finished_at: r.try_get(5)?,
+                params: r.try_get(6)?,
+                done: r.try_get(7)?,
+                total: r.try_get(8)?,
+                result: r.try_get(9)?,
+                logs: r.try_get(10)?,
+                errors: r.try_get(11)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(&err)
+}
 }

@@ -8,6 +8,25 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::event::{Cell, Row};
 use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
 
+/// Name of the jobs table.
+pub const JOBS: &str = "sluice_jobs";
+
+/// The columns of [`JOBS`], in bind order.
+pub const JOB_COLUMNS: [&str; 12] = [
+    "id",
+    "kind",
+    "state",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "params",
+    "done",
+    "total",
+    "result",
+    "logs",
+    "errors",
+];
+
 /// Name of the dead-letter table (README "Dead letters and replay").
 pub const DEAD_LETTERS: &str = "sluice_dead_letters";
 /// Columns of the dead-letter table that Sluice writes (`id` is generated).
@@ -197,6 +216,68 @@ impl Dialect {
                 format!("CREATE INDEX IF NOT EXISTS {DEAD_LETTERS}_received_at ON {DEAD_LETTERS} (received_at)"),
             ],
         }
+    }
+
+    /// The jobs table (see [`super::JobRecord`]).
+    pub fn create_jobs(self) -> String {
+        let (id, text) = match self {
+            Dialect::Postgres => ("text", "text"),
+            Dialect::Mysql => ("varchar(64)", "longtext"),
+            Dialect::Sqlite => ("TEXT", "TEXT"),
+        };
+        let short = if self == Dialect::Mysql {
+            "varchar(64)"
+        } else {
+            text
+        };
+        let engine = if self == Dialect::Mysql {
+            " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        } else {
+            ""
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {JOBS} (\n  id {id} PRIMARY KEY,\n  kind {short} NOT NULL,\n  state {short} NOT NULL,\n  created_at {short} NOT NULL,\n  started_at {short},\n  finished_at {short},\n  params {text} NOT NULL,\n  done bigint NOT NULL,\n  total bigint NOT NULL,\n  result {text} NOT NULL,\n  logs {text} NOT NULL,\n  errors {text} NOT NULL\n){engine}"
+        )
+    }
+
+    /// Inserts a job: binds every column in [`JOB_COLUMNS`] order.
+    pub fn insert_job(self) -> String {
+        let values: Vec<String> = (1..=JOB_COLUMNS.len())
+            .map(|n| self.placeholder(n))
+            .collect();
+        format!(
+            "INSERT INTO {JOBS} ({}) VALUES ({})",
+            JOB_COLUMNS.join(", "),
+            values.join(", ")
+        )
+    }
+
+    /// Updates a job: binds every column but `id` in [`JOB_COLUMNS`] order, then `id`.
+    pub fn update_job(self) -> String {
+        let sets: Vec<String> = JOB_COLUMNS[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = {}", self.placeholder(i + 1)))
+            .collect();
+        format!(
+            "UPDATE {JOBS} SET {} WHERE id = {}",
+            sets.join(", "),
+            self.placeholder(JOB_COLUMNS.len())
+        )
+    }
+
+    /// Jobs newest first: binds [id], limit.
+    pub fn select_jobs(self, by_id: bool) -> String {
+        let filter = if by_id {
+            format!(" WHERE id = {}", self.placeholder(1))
+        } else {
+            String::new()
+        };
+        format!(
+            "SELECT {} FROM {JOBS}{filter} ORDER BY created_at DESC, id DESC LIMIT {}",
+            JOB_COLUMNS.join(", "),
+            self.placeholder(1 + usize::from(by_id))
+        )
     }
 
     /// Deletes up to `$limit` dead letters, oldest first, that match the filters:

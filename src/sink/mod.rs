@@ -212,6 +212,29 @@ pub struct ListedDeadLetter {
     pub attempts: i64,
 }
 
+/// A row of `sluice_jobs`: a background job as recorded. Timestamps are RFC 3339 text
+/// (UTC, milliseconds), and the structured fields JSON text, so the table is the same
+/// in every database.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The job's parameters, JSON.
+    pub params: String,
+    pub done: i64,
+    pub total: i64,
+    /// The job's result so far, JSON.
+    pub result: String,
+    /// Log lines, a JSON array of strings (bounded).
+    pub logs: String,
+    /// Errors, a JSON array of strings (bounded).
+    pub errors: String,
+}
+
 /// A dead letter as stored, with what replay needs.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {

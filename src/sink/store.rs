@@ -12,7 +12,7 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use super::bound::{
     count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
-    purge_dead_letters, record_replay_failure, table_has_rows,
+    load_jobs, purge_dead_letters, record_replay_failure, save_job, table_has_rows,
 };
 use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect};
 use super::{
@@ -151,6 +151,20 @@ impl Store {
     pub async fn purge_dead_letters(&self, filter: &PurgeFilter) -> Result<u64, SinkError> {
         let timestamp = self.timestamp();
         with_pool!(&self.pools, p => purge_dead_letters(p, self.dialect, timestamp, filter).await)
+    }
+
+    /// Records `job` (inserted the first time, updated after).
+    pub async fn save_job(&self, job: &super::JobRecord) -> Result<(), SinkError> {
+        with_pool!(&self.pools, p => save_job(p, self.dialect, job).await)
+    }
+
+    /// Jobs newest first, at most `limit`; or the one with `id`.
+    pub async fn load_jobs(
+        &self,
+        id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<super::JobRecord>, SinkError> {
+        with_pool!(&self.pools, p => load_jobs(p, self.dialect, id, limit).await)
     }
 
     /// Checks that the database answers, on the health connection.

@@ -13,6 +13,7 @@ mod errors;
 mod evolution;
 mod flood;
 mod ingest;
+mod jobs;
 mod memory;
 mod metrics;
 mod replay;

@@ -1,0 +1,436 @@
+//! Background jobs: long operations (replaying dead letters today) run by the server,
+//! with their state, progress, logs and errors visible while they run and kept in the
+//! `sluice_jobs` table afterwards.
+//!
+//! In: a request to start a job, or to cancel one. Out: a job that goes `ready →
+//! running → completed | failed | cancelled`, recorded in the database at each change
+//! and twice a second while it runs. A job that was running when Sluice stopped is
+//! marked `failed` at the next start ([`Jobs::recover`]). The replay itself is
+//! [`crate::replay::replay_with`], the same code the `sluice replay` command runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::Ingest;
+use crate::replay::{replay_with, Progress, ReplayOptions, StreamReport};
+use crate::sink::{JobRecord, SinkError, Storage};
+
+/// Log lines and errors a job keeps (the newest).
+const MAX_LINES: usize = 200;
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `POST /v1/jobs/replay`: what to replay.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Only this stream's dead letters (default: every stream's).
+    pub stream: Option<String>,
+    /// Only dead letters received at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Replay the `route`-stage dead letters (which named no known stream) into this
+    /// stream instead.
+    pub into: Option<String>,
+    /// Count what would be replayed, write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A job's progress.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobProgress {
+    pub done: i64,
+    pub total: i64,
+    /// 0–100.
+    pub percent: f64,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    /// `ready`, `running`, `completed`, `failed` or `cancelled`.
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub progress: JobProgress,
+    /// For a replay: `replayed`, `still_failing`, and per stream.
+    #[schema(value_type = Object)]
+    pub result: Value,
+    pub logs: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(r: &JobRecord) -> JobView {
+        let percent = if r.total > 0 {
+            (r.done as f64 * 100.0 / r.total as f64).min(100.0)
+        } else if matches!(r.state.as_str(), "completed") {
+            100.0
+        } else {
+            0.0
+        };
+        let list = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
+        JobView {
+            id: r.id.clone(),
+            kind: r.kind.clone(),
+            state: r.state.clone(),
+            created_at: r.created_at.clone(),
+            started_at: r.started_at.clone(),
+            finished_at: r.finished_at.clone(),
+            params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
+            progress: JobProgress {
+                done: r.done,
+                total: r.total,
+                percent,
+            },
+            result: serde_json::from_str(&r.result).unwrap_or(Value::Null),
+            logs: list(&r.logs),
+            errors: list(&r.errors),
+        }
+    }
+}
+
+/// Why a job could not be started or cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("replay job {0} is already running over these dead letters; wait for it or cancel it")]
+    Conflict(String),
+    #[error("no job {0}")]
+    NotFound(String),
+    #[error("job {0} is not running")]
+    NotRunning(String),
+    #[error("the database did not answer: {0}")]
+    Database(#[from] SinkError),
+}
+
+/// A job being run by this process.
+struct Running {
+    record: Mutex<Record>,
+    cancel: CancellationToken,
+    /// The stream a replay is limited to (`None`: every stream).
+    stream: Option<String>,
+}
+
+/// A job's record and its logs and errors, decoded.
+struct Record {
+    row: JobRecord,
+    logs: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Record {
+    fn log(&mut self, line: String) {
+        if self.logs.len() == MAX_LINES {
+            self.logs.remove(0);
+        }
+        self.logs.push(format!("{} {line}", now()));
+    }
+
+    fn error(&mut self, line: String) {
+        if self.errors.len() == MAX_LINES {
+            self.errors.remove(0);
+        }
+        self.errors.push(line);
+    }
+
+    /// The row with its logs and errors encoded.
+    fn snapshot(&self) -> JobRecord {
+        let mut row = self.row.clone();
+        row.logs = serde_json::to_string(&self.logs).unwrap_or_else(|_| "[]".into());
+        row.errors = serde_json::to_string(&self.errors).unwrap_or_else(|_| "[]".into());
+        row
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The jobs of this server.
+pub struct Jobs {
+    storage: Storage,
+    ingest: Arc<Ingest>,
+    stream_field: String,
+    running: Mutex<HashMap<String, Arc<Running>>>,
+}
+
+/// A replay's progress, recorded into its job.
+struct Tracker<'a> {
+    job: &'a Running,
+}
+
+impl Progress for Tracker<'_> {
+    fn total(&self, n: usize) {
+        let mut r = lock(&self.job.record);
+        r.row.total = n as i64;
+        r.log(format!("{n} dead letters to examine"));
+    }
+
+    fn advance(&self, examined: usize, report: &BTreeMap<String, StreamReport>) {
+        let mut r = lock(&self.job.record);
+        r.row.done = examined as i64;
+        r.row.result = result_json(report).to_string();
+        let replayed: usize = report.values().map(|s| s.replayed).sum();
+        r.log(format!("{examined} examined, {replayed} replayed"));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.cancel.is_cancelled()
+    }
+}
+
+fn result_json(report: &BTreeMap<String, StreamReport>) -> Value {
+    let replayed: usize = report.values().map(|s| s.replayed).sum();
+    let still_failing: usize = report.values().map(|s| s.still_failing).sum();
+    let streams: serde_json::Map<String, Value> = report
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                json!({"replayed": s.replayed, "still_failing": s.still_failing, "taken_by_another_run": s.taken_by_another_run}),
+            )
+        })
+        .collect();
+    json!({"replayed": replayed, "still_failing": still_failing, "streams": streams})
+}
+
+impl Jobs {
+    pub fn new(storage: Storage, ingest: Arc<Ingest>, stream_field: String) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            storage,
+            ingest,
+            stream_field,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// [`Jobs::recover`], retried every second until it succeeds or `stop`.
+    pub async fn recover_until_done(&self, stop: CancellationToken) {
+        loop {
+            match self.recover().await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot mark interrupted jobs yet; retrying in 1 s.")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Marks the jobs a previous run left `ready` or `running` as failed (reading first,
+    /// so that a start-up without such jobs writes nothing).
+    pub async fn recover(&self) -> Result<u64, SinkError> {
+        let recent = self.storage.store.load_jobs(None, 1000).await?;
+        // Jobs this process started are not interrupted ones.
+        let interrupted: Vec<JobRecord> = {
+            let running = lock(&self.running);
+            recent
+                .into_iter()
+                .filter(|j| matches!(j.state.as_str(), "ready" | "running"))
+                .filter(|j| !running.contains_key(&j.id))
+                .collect()
+        };
+        let errors = json!(["Sluice stopped while this job was running (crash, kill or restart); what it committed stays, start it again for the rest"]).to_string();
+        let finished = now();
+        for mut job in interrupted.iter().cloned() {
+            job.state = "failed".into();
+            job.finished_at = Some(finished.clone());
+            job.errors = errors.clone();
+            self.storage.store.save_job(&job).await?;
+        }
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                jobs = interrupted.len(),
+                "Jobs that were running when Sluice stopped are marked failed."
+            );
+        }
+        Ok(interrupted.len() as u64)
+    }
+
+    /// Starts a replay job; returns its id.
+    pub async fn start_replay(
+        self: &Arc<Self>,
+        request: ReplayRequest,
+    ) -> Result<String, JobError> {
+        let since = request
+            .since
+            .as_deref()
+            .map(crate::schema::parse_timestamp)
+            .transpose()
+            .map_err(|e| JobError::Invalid(format!("since: {e}")))?;
+        let options = ReplayOptions {
+            stream: request.stream.clone(),
+            since,
+            dry_run: request.dry_run,
+            into: request.into.clone(),
+        };
+        crate::replay::check_options(&self.ingest.registry, &options)
+            .map_err(|e| JobError::Invalid(e.to_string()))?;
+        let id = format!(
+            "job-{}-{:08x}",
+            Utc::now().format("%Y%m%d%H%M%S"),
+            fastrand::u32(..)
+        );
+        let row = JobRecord {
+            id: id.clone(),
+            kind: "replay".into(),
+            state: "ready".into(),
+            created_at: now(),
+            params: serde_json::to_string(&request).unwrap_or_else(|_| "{}".into()),
+            result: "{}".into(),
+            logs: "[]".into(),
+            errors: "[]".into(),
+            ..JobRecord::default()
+        };
+        let job = Arc::new(Running {
+            record: Mutex::new(Record {
+                row,
+                logs: Vec::new(),
+                errors: Vec::new(),
+            }),
+            cancel: CancellationToken::new(),
+            stream: request.stream.clone().or(request.into.clone()),
+        });
+        {
+            // Two replays over the same dead letters at once would race for them (safely,
+            // but pointlessly): one at a time per stream.
+            let mut running = lock(&self.running);
+            if let Some((other, _)) = running
+                .iter()
+                .find(|(_, j)| j.stream.is_none() || job.stream.is_none() || j.stream == job.stream)
+            {
+                return Err(JobError::Conflict(other.clone()));
+            }
+            running.insert(id.clone(), job.clone());
+        }
+        let first = lock(&job.record).snapshot();
+        if let Err(e) = self.storage.store.save_job(&first).await {
+            lock(&self.running).remove(&id);
+            return Err(e.into());
+        }
+        let jobs = self.clone();
+        let job_id = id.clone();
+        tokio::spawn(async move {
+            jobs.run_replay(&job_id, job, options).await;
+        });
+        Ok(id)
+    }
+
+    async fn run_replay(&self, id: &str, job: Arc<Running>, options: ReplayOptions) {
+        {
+            let mut r = lock(&job.record);
+            r.row.state = "running".into();
+            r.row.started_at = Some(now());
+            r.log("started".into());
+        }
+        self.save(&job).await;
+        let tracker = Tracker { job: &job };
+        let run = replay_with(
+            &self.ingest.registry,
+            &self.storage,
+            &self.stream_field,
+            &options,
+            &tracker,
+        );
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tick.tick() => self.save(&job).await,
+            }
+        };
+        {
+            let mut r = lock(&job.record);
+            r.row.finished_at = Some(now());
+            match outcome {
+                Ok(report) => {
+                    r.row.result = result_json(&report).to_string();
+                    if job.cancel.is_cancelled() {
+                        r.row.state = "cancelled".into();
+                        r.log(
+                            "cancelled; what was replayed stays, the rest stays dead-lettered"
+                                .into(),
+                        );
+                    } else {
+                        r.row.state = "completed".into();
+                        r.row.done = r.row.total.max(r.row.done);
+                        r.log("completed".into());
+                    }
+                }
+                Err(e) => {
+                    r.row.state = "failed".into();
+                    r.error(format!("{e:#}"));
+                    r.log("failed".into());
+                }
+            }
+        }
+        self.save(&job).await;
+        lock(&self.running).remove(id);
+    }
+
+    /// Records the job's current state; a database that does not answer is logged (the
+    /// next save tries again).
+    async fn save(&self, job: &Running) {
+        let row = lock(&job.record).snapshot();
+        if let Err(e) = self.storage.store.save_job(&row).await {
+            tracing::warn!(job = %row.id, error = %e, "Could not record the job's progress.");
+        }
+    }
+
+    /// One job: from memory while it runs here, else from the table.
+    pub async fn get(&self, id: &str) -> Result<Option<JobView>, SinkError> {
+        if let Some(job) = lock(&self.running).get(id) {
+            return Ok(Some(JobView::from(&lock(&job.record).snapshot())));
+        }
+        let rows = self.storage.store.load_jobs(Some(id), 1).await?;
+        Ok(rows.first().map(JobView::from))
+    }
+
+    /// The newest jobs first, the running ones as they are now.
+    pub async fn list(&self, limit: i64) -> Result<Vec<JobView>, SinkError> {
+        let rows = self.storage.store.load_jobs(None, limit).await?;
+        let running = lock(&self.running);
+        Ok(rows
+            .iter()
+            .map(|row| match running.get(&row.id) {
+                Some(job) => JobView::from(&lock(&job.record).snapshot()),
+                None => JobView::from(row),
+            })
+            .collect())
+    }
+
+    /// Asks a running job to stop (between pages of rows).
+    pub async fn cancel(&self, id: &str) -> Result<JobView, JobError> {
+        let job = lock(&self.running).get(id).cloned();
+        match job {
+            Some(job) => {
+                job.cancel.cancel();
+                lock(&job.record).log("cancel requested".into());
+                Ok(JobView::from(&lock(&job.record).snapshot()))
+            }
+            None => match self.get(id).await? {
+                Some(_) => Err(JobError::NotRunning(id.to_owned())),
+                None => Err(JobError::NotFound(id.to_owned())),
+            },
+        }
+    }
+}
