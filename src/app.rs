@@ -84,6 +84,11 @@ impl App {
             );
             queues.insert(stream.name.clone(), tx);
             crate::telemetry::stream_registered(&stream.name);
+            crate::telemetry::queue_capacity(
+                &stream.name,
+                stream.settings.queue_max_events,
+                stream.settings.queue_max_bytes,
+            );
             stream_receivers.push((stream.clone(), rx));
             tracing::info!(
                 stream = %stream.name,

@@ -333,6 +333,7 @@ impl Access {
         if let Some(tokens) = &ingest {
             tracing::info!(tokens = ?tokens.names(), "Ingest tokens loaded.");
         }
+        crate::telemetry::access_registered();
         Ok(Access {
             ingest,
             admin,

@@ -9,6 +9,7 @@
 //! | `sluice_events_dead_lettered_total` | counter | `stream`, `stage` |
 //! | `sluice_events_rejected_total` | counter | `stream` (503: queue full) |
 //! | `sluice_queue_events` / `sluice_queue_bytes` | gauge | `stream` |
+//! | `sluice_queue_max_events` / `sluice_queue_max_bytes` | gauge | `stream` |
 //! | `sluice_batch_size_events` | histogram | `stream` |
 //! | `sluice_batch_write_duration_seconds` | histogram | `stream` |
 //! | `sluice_write_retries_total` | counter | `stream` |
@@ -90,6 +91,12 @@ pub fn write_retried(stream: &str) {
     counter!("sluice_write_retries_total", "stream" => stream.to_owned()).increment(1);
 }
 
+/// A stream's queue bounds, exported so alerts can compare the depth with them.
+pub fn queue_capacity(stream: &str, events: usize, bytes: usize) {
+    gauge!("sluice_queue_max_events", "stream" => stream.to_owned()).set(events as f64);
+    gauge!("sluice_queue_max_bytes", "stream" => stream.to_owned()).set(bytes as f64);
+}
+
 pub fn queue_depth(stream: &str, events: usize, bytes: usize) {
     gauge!("sluice_queue_events", "stream" => stream.to_owned()).set(events as f64);
     gauge!("sluice_queue_bytes", "stream" => stream.to_owned()).set(bytes as f64);
@@ -119,6 +126,10 @@ pub fn stream_registered(stream: &str) {
     ] {
         counter!(name, "stream" => stream.to_owned()).increment(0);
     }
+    for stage in [Stage::Parse, Stage::Validate, Stage::Write] {
+        counter!("sluice_events_dead_lettered_total", "stream" => stream.to_owned(), "stage" => stage.as_str())
+            .increment(0);
+    }
     queue_depth(stream, 0, 0);
     stream_state(stream, false, false);
     gauge!("sluice_tcp_connections").increment(0.0);
@@ -143,6 +154,14 @@ pub fn webhook_registered(webhook: &str) {
 pub fn webhook_rejected(webhook: &str, reason: &'static str) {
     counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason)
         .increment(1);
+}
+
+/// Registers the access-control series at 0, so rates and alerts see them from the start.
+pub fn access_registered() {
+    for (surface, status) in [("ingest", 401), ("ingest", 403), ("admin", 401)] {
+        counter!("sluice_http_refused_total", "surface" => surface, "status" => status.to_string())
+            .increment(0);
+    }
 }
 
 /// A request refused by access control (`surface`: `ingest` or `admin`; 401 or 403).

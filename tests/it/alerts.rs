@@ -1,0 +1,96 @@
+//! `deploy/`: every metric the alerting rules and the Grafana dashboard name is one that
+//! Sluice exports (read from a real `/metrics` scrape), and the dashboard is valid JSON.
+//! `promtool check rules` and `promtool test rules` run in `.ci/run`.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_binary, Db, TestDb};
+
+fn names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("sluice_") {
+        let start = i + pos;
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if !preceded {
+            names.insert(text[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_alert_rules_and_dashboard_name_only_metrics_sluice_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/sluice-alerts.yml")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(root.join("deploy/grafana/sluice-dashboard.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
+
+    // A Sluice with a spool, after one spooled event, so every family has a sample.
+    // One webhook source too: its refusal series are registered per webhook.
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let config = spool.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[webhooks.t]\nstream = \"reading\"\nverify = \"none\"\n",
+    )
+    .unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            (
+                "SLUICE_SPOOL_DIR",
+                spool.path().join("spool").display().to_string(),
+            ),
+            ("SLUICE_CONFIG", config.display().to_string()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!(
+            "http://{}/v1/streams/reading/events?ack=accepted",
+            sluice.http
+        ))
+        .body(json!({"seq": 1, "sensor": "a", "value": 1.0}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    db.wait_for_count("reading", 1).await;
+    let scrape = client
+        .get(format!("http://{}/metrics", sluice.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported = names_in(&scrape);
+    let referenced: BTreeSet<String> = names_in(&rules)
+        .union(&names_in(&dashboard))
+        .cloned()
+        .collect();
+    assert!(referenced.len() >= 10, "{referenced:?}");
+    let missing: Vec<&String> = referenced
+        .iter()
+        .filter(|n| !exported.contains(*n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not exported: {missing:?}\n{scrape}"
+    );
+    sluice.terminate().await;
+}
