@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod jobs;
 pub mod openapi;
 pub mod tls;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -133,7 +134,13 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
             state.clone(),
             require_admin,
         ));
-    let admin = common.clone().merge(admin_only);
+    // The control panel's page and assets hold no data (it comes from the routes above).
+    let panel = Router::new()
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css));
+    let admin = common.clone().merge(admin_only).merge(panel);
     let finish = |router: Router<AppState>, hint: &'static str| {
         router
             .fallback(move || async move { ApiError::NotFound(hint.to_owned()) })

@@ -189,14 +189,28 @@ async fn sighup_rotates_the_ingest_tokens_without_a_restart() {
         .status()
         .unwrap();
     assert!(hup.success());
+    // The new token is known once it is refused a stream it does not grant (403, not
+    // 401): a probe that stores nothing either way.
+    let probe = |token: &'static str| {
+        client
+            .post(format!("http://{}/v1/streams/app_log/events", sluice.http))
+            .bearer_auth(token)
+            .body("{}")
+            .send()
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while post(APP_TOKEN, 2).await.unwrap().status() != 401 {
+    while probe(OPS_TOKEN).await.unwrap().status() != 403 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the old token is still accepted"
+            "the new token never took effect"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(
+        post(APP_TOKEN, 2).await.unwrap().status(),
+        401,
+        "the old token is refused"
+    );
     assert_eq!(post(OPS_TOKEN, 3).await.unwrap().status(), 200);
     // A broken file on the next SIGHUP keeps the tokens in force.
     std::fs::write(&tokens, "not a token line\n").unwrap();

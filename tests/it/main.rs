@@ -23,4 +23,5 @@ mod spool;
 mod tcp;
 mod tls;
 mod typemap;
+mod ui;
 mod webhooks;

@@ -1,0 +1,205 @@
+// Sluice's control panel. Every value from the server is put in the page as text
+// (textContent), never as HTML, so an event's payload cannot inject anything.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let token = sessionStorage.getItem("sluice-admin-token") || "";
+let dlBefore = null;
+let currentJob = null;
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (token) headers["Authorization"] = "Bearer " + token;
+  const r = await fetch(path, Object.assign({}, options, { headers }));
+  if (r.status === 401) {
+    $("token-box").hidden = false;
+    $("status").textContent = "this Sluice needs its admin token";
+    throw new Error("unauthorized");
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+function cell(tr, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  if (cls) td.className = cls;
+  tr.appendChild(td);
+  return td;
+}
+
+function fill(tbody, rows, render) {
+  tbody.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    render(tr, row);
+    tbody.appendChild(tr);
+  }
+}
+
+function setOptions(select, names) {
+  const keep = select.value;
+  const first = select.options[0];
+  select.replaceChildren(first);
+  for (const n of names) {
+    const o = document.createElement("option");
+    o.value = n;
+    o.textContent = n;
+    select.appendChild(o);
+  }
+  select.value = keep;
+}
+
+async function refreshStreams() {
+  const { streams } = await api("/v1/streams");
+  fill($("streams").tBodies[0], streams, (tr, s) => {
+    tr.dataset.stream = s.stream;
+    cell(tr, s.stream);
+    cell(tr, s.table);
+    cell(tr, s.written_per_second_1m.toFixed(1), "num");
+    const q = cell(tr, "");
+    const bar = document.createElement("span");
+    bar.className = "bar" + (s.saturated ? " full" : "");
+    const fillEl = document.createElement("span");
+    fillEl.style.width = Math.min(100, (100 * s.queue_events) / Math.max(1, s.queue_max_events)) + "%";
+    bar.appendChild(fillEl);
+    q.appendChild(bar);
+    q.appendChild(document.createTextNode(s.queue_events + " / " + s.queue_max_events));
+    cell(tr, s.written, "num");
+    cell(tr, s.dead_lettered, "num");
+    cell(tr, s.last_error ? s.last_error.at + " " + s.last_error.message : "", s.last_error ? "error" : "");
+  });
+  const names = streams.map((s) => s.stream);
+  setOptions($("dl-stream"), names);
+  setOptions($("replay-stream"), names);
+  $("status").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+async function loadDeadLetters(older) {
+  const params = new URLSearchParams({ limit: "50" });
+  if ($("dl-stream").value) params.set("stream", $("dl-stream").value);
+  if ($("dl-stage").value) params.set("stage", $("dl-stage").value);
+  if (older && dlBefore) params.set("before", String(dlBefore));
+  const page = await api("/v1/dead-letters?" + params);
+  dlBefore = page.next_before;
+  $("dl-next").disabled = page.next_before == null;
+  fill($("dead-letters").tBodies[0], page.dead_letters, (tr, d) => {
+    tr.className = "clickable";
+    tr.dataset.id = d.id;
+    cell(tr, d.id, "num");
+    cell(tr, d.stream == null ? "(none)" : d.stream);
+    cell(tr, d.stage);
+    cell(tr, d.error.length > 120 ? d.error.slice(0, 120) + "…" : d.error, "error");
+    cell(tr, d.received_at);
+    tr.addEventListener("click", () => showDeadLetter(d, tr));
+  });
+}
+
+// The property an error points at ("at /items/0/qty: …"), to highlight in the payload.
+function pointedKey(error) {
+  const m = /at (\/[^\s:]*)/.exec(error);
+  if (!m) return null;
+  const parts = m[1].split("/").filter((p) => p !== "" && !/^\d+$/.test(p));
+  return parts.length ? parts[parts.length - 1].replace(/~1/g, "/").replace(/~0/g, "~") : null;
+}
+
+function showDeadLetter(d, tr) {
+  for (const r of $("dead-letters").tBodies[0].rows) r.classList.remove("selected");
+  tr.classList.add("selected");
+  $("dl-detail").hidden = false;
+  $("dl-id").textContent = "#" + d.id;
+  $("dl-error").textContent = d.error;
+  $("dl-meta").textContent =
+    "stream " + (d.stream == null ? "(none)" : d.stream) + " · stage " + d.stage + " · " +
+    (d.source || "") + " · received " + d.received_at + " · attempts " + d.attempts;
+  let text = d.payload;
+  try {
+    text = JSON.stringify(JSON.parse(d.payload), null, 2);
+  } catch (_) {
+    // Not JSON (a parse-stage dead letter): shown as it came.
+  }
+  const key = pointedKey(d.error);
+  const pre = $("dl-payload");
+  pre.replaceChildren();
+  for (const line of text.split("\n")) {
+    const hit = key != null && line.trimStart().startsWith(JSON.stringify(key) + ":");
+    const node = document.createElement(hit ? "mark" : "span");
+    node.textContent = line + "\n";
+    pre.appendChild(node);
+  }
+}
+
+function showJob(j) {
+  currentJob = j;
+  $("job").hidden = false;
+  $("job-progress").value = j.progress.percent;
+  $("job-percent").textContent = j.progress.percent.toFixed(0) + " %";
+  $("job-state").textContent = j.state;
+  const r = j.result || {};
+  $("job-result").textContent =
+    r.replayed == null ? "" : r.replayed + " replayed, " + r.still_failing + " still failing";
+  $("job-log").textContent = j.logs.concat(j.errors.map((e) => "error: " + e)).join("\n");
+  const running = j.state === "running" || j.state === "ready";
+  $("replay-cancel").disabled = !running;
+  $("replay-start").disabled = running;
+}
+
+async function followJob(id) {
+  const j = await api("/v1/jobs/" + encodeURIComponent(id));
+  showJob(j);
+  if (j.state === "running" || j.state === "ready") {
+    setTimeout(() => followJob(id).catch(report), 300);
+  } else {
+    refreshJobs().catch(report);
+    loadDeadLetters(false).catch(report);
+  }
+}
+
+async function refreshJobs() {
+  const { jobs } = await api("/v1/jobs");
+  fill($("jobs").tBodies[0], jobs, (tr, j) => {
+    cell(tr, j.id);
+    cell(tr, j.state);
+    cell(tr, j.progress.done + " / " + j.progress.total + " (" + j.progress.percent.toFixed(0) + " %)");
+    cell(tr, j.result && j.result.replayed, "num");
+    cell(tr, j.result && j.result.still_failing, "num");
+    cell(tr, j.created_at);
+  });
+}
+
+function report(e) {
+  if (e.message !== "unauthorized") $("status").textContent = "error: " + e.message;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("token").addEventListener("change", () => {
+    token = $("token").value;
+    sessionStorage.setItem("sluice-admin-token", token);
+    refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).catch(report);
+  });
+  $("dl-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    dlBefore = null;
+    loadDeadLetters(false).catch(report);
+  });
+  $("dl-next").addEventListener("click", () => loadDeadLetters(true).catch(report));
+  $("replay-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const body = { dry_run: $("replay-dry").checked };
+    if ($("replay-stream").value) body.stream = $("replay-stream").value;
+    if ($("replay-since").value) body.since = $("replay-since").value;
+    api("/v1/jobs/replay", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })
+      .then((r) => followJob(r.id))
+      .catch(report);
+  });
+  $("replay-cancel").addEventListener("click", () => {
+    if (currentJob) api("/v1/jobs/" + encodeURIComponent(currentJob.id) + "/cancel", { method: "POST" }).catch(report);
+  });
+  refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).catch(report);
+  setInterval(() => refreshStreams().catch(report), 2000);
+});

@@ -1,0 +1,56 @@
+"""Drives the control panel in headless Chromium (Debian's chromium, through Playwright)
+against a running Sluice seeded by tests/it/ui.rs.
+
+Usage: python panel.py BASE_URL SCREENSHOT_PATH
+Checks: the streams and their counts appear; a dead letter opens with its error and a
+payload that would be HTML is shown as text (no script runs); a replay started from the
+panel reaches 100 % and completes.
+"""
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+base, screenshot = sys.argv[1], sys.argv[2]
+dialogs = []
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/ui/")
+
+    # Streams, with their tables and queue bounds (counters are this process's).
+    row = page.locator("#streams tbody tr[data-stream=reading]")
+    expect(row).to_be_visible()
+    expect(row.locator("td").nth(1)).to_have_text("reading")
+    expect(row.locator("td").nth(3)).to_contain_text("0 / 50000")
+    expect(page.locator("#streams tbody tr")).to_have_count(3)
+
+    # The dead letters: the injected one is text, and opening one shows its error.
+    expect(page.locator("#dead-letters tbody tr")).to_have_count(4)
+    page.locator("#dead-letters tbody tr", has_text="parse").first.click()
+    expect(page.locator("#dl-payload")).to_contain_text("<img src=x onerror=alert(1)>")
+    assert page.locator("#dl-payload img").count() == 0, "the payload became HTML"
+    page.locator("#dead-letters tbody tr", has_text="validate").first.click()
+    expect(page.locator("#dl-error")).to_contain_text("/value")
+    expect(page.locator("#dl-payload mark")).to_contain_text('"value"')
+
+    # A replay of the stream from the panel, followed to the end.
+    page.select_option("#replay-stream", "reading")
+    page.click("#replay-start")
+    expect(page.locator("#job-state")).to_have_text("completed", timeout=30000)
+    expect(page.locator("#job-percent")).to_have_text("100 %")
+    expect(page.locator("#job-result")).to_contain_text("3 replayed, 1 still failing")
+    expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    expect(page.locator("#jobs tbody tr").first).to_contain_text("completed")
+    # The dead letters list is reloaded: only the one that still fails is left.
+    expect(page.locator("#dead-letters tbody tr")).to_have_count(1)
+
+    page.screenshot(path=screenshot, full_page=True)
+    browser.close()
+
+assert not dialogs, f"a dialog opened (script injection): {dialogs}"
+assert not errors, f"page errors: {errors}"
+print("panel ok")
