@@ -88,6 +88,47 @@ impl Progress for Stderr {
     }
 }
 
+/// A progress bar on a terminal (indicatif), for the CLI.
+pub struct Bar {
+    bar: indicatif::ProgressBar,
+}
+
+impl Bar {
+    pub fn new() -> Bar {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "replay [{bar:40}] {pos}/{len} dead letters examined ({percent}%) {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Bar { bar }
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Bar::new()
+    }
+}
+
+impl Progress for Bar {
+    fn total(&self, n: usize) {
+        self.bar.set_length(n as u64);
+    }
+
+    fn advance(&self, examined: usize, report: &BTreeMap<String, StreamReport>) {
+        let replayed: usize = report.values().map(|r| r.replayed).sum();
+        self.bar.set_position(examined as u64);
+        self.bar.set_message(format!("{replayed} replayed"));
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.bar.finish();
+    }
+}
+
 /// Checks the streams named by `options` exist.
 pub fn check_options(registry: &Registry, options: &ReplayOptions) -> anyhow::Result<()> {
     for (flag, s) in [("stream", &options.stream), ("into", &options.into)] {
@@ -110,17 +151,24 @@ pub async fn replay(
     let registry = Registry::load(config).context("cannot load the stream schemas")?;
     check_options(&registry, options)?;
     let (registry, storage) = crate::sink::open(config, registry).await?;
-    let progress = Stderr {
-        dry_run: options.dry_run,
+    // A bar on a terminal, plain lines otherwise (logs, CI).
+    use std::io::IsTerminal;
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(Bar::new())
+    } else {
+        Box::new(Stderr {
+            dry_run: options.dry_run,
+        })
     };
     let report = replay_with(
         &registry,
         &storage,
         &config.tcp.stream_field,
         options,
-        &progress,
+        progress.as_ref(),
     )
     .await;
+    drop(progress);
     storage.close().await;
     report
 }
