@@ -128,11 +128,7 @@ impl App {
             )
             .with_spool(spool),
         );
-        let jobs = crate::jobs::Jobs::new(
-            storage.clone(),
-            ingest.clone(),
-            config.tcp.stream_field.clone(),
-        );
+        let jobs = crate::jobs::Jobs::new(storage.clone(), Arc::new(config.clone()));
         let http = TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::ingest::Ingest;
 use crate::replay::{replay_with, Progress, ReplayOptions, StreamReport};
 use crate::sink::{JobRecord, SinkError, Storage};
 
@@ -164,7 +163,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The jobs of this server.
 pub struct Jobs {
     storage: Storage,
-    ingest: Arc<Ingest>,
+    /// Where the schemas are read from: a replay reads them afresh, so that a schema
+    /// fixed on disk applies to the replay without a restart.
+    config: Arc<crate::config::Config>,
     stream_field: String,
     running: Mutex<HashMap<String, Arc<Running>>>,
 }
@@ -210,10 +211,11 @@ fn result_json(report: &BTreeMap<String, StreamReport>) -> Value {
 }
 
 impl Jobs {
-    pub fn new(storage: Storage, ingest: Arc<Ingest>, stream_field: String) -> Arc<Jobs> {
+    pub fn new(storage: Storage, config: Arc<crate::config::Config>) -> Arc<Jobs> {
+        let stream_field = config.tcp.stream_field.clone();
         Arc::new(Jobs {
             storage,
-            ingest,
+            config,
             stream_field,
             running: Mutex::new(HashMap::new()),
         })
@@ -282,7 +284,10 @@ impl Jobs {
             dry_run: request.dry_run,
             into: request.into.clone(),
         };
-        crate::replay::check_options(&self.ingest.registry, &options)
+        // The schemas as they are on disk now (a fix needs no restart to be replayed).
+        let registry = crate::schema::Registry::load(&self.config)
+            .map_err(|e| JobError::Invalid(format!("cannot load the stream schemas: {e:#}")))?;
+        crate::replay::check_options(&registry, &options)
             .map_err(|e| JobError::Invalid(e.to_string()))?;
         let id = format!(
             "job-{}-{:08x}",
@@ -329,12 +334,18 @@ impl Jobs {
         let jobs = self.clone();
         let job_id = id.clone();
         tokio::spawn(async move {
-            jobs.run_replay(&job_id, job, options).await;
+            jobs.run_replay(&job_id, job, registry, options).await;
         });
         Ok(id)
     }
 
-    async fn run_replay(&self, id: &str, job: Arc<Running>, options: ReplayOptions) {
+    async fn run_replay(
+        &self,
+        id: &str,
+        job: Arc<Running>,
+        registry: crate::schema::Registry,
+        options: ReplayOptions,
+    ) {
         {
             let mut r = lock(&job.record);
             r.row.state = "running".into();
@@ -343,13 +354,21 @@ impl Jobs {
         }
         self.save(&job).await;
         let tracker = Tracker { job: &job };
-        let run = replay_with(
-            &self.ingest.registry,
-            &self.storage,
-            &self.stream_field,
-            &options,
-            &tracker,
-        );
+        let run = async {
+            // A schema fixed with a new optional property gets its column first, as at
+            // start-up.
+            let streams: Vec<_> = registry.iter().cloned().collect();
+            crate::sink::evolution::evolve_tables(&self.storage.store, &streams).await?;
+            self.storage.store.prepare(&streams).await?;
+            replay_with(
+                &registry,
+                &self.storage,
+                &self.stream_field,
+                &options,
+                &tracker,
+            )
+            .await
+        };
         tokio::pin!(run);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let outcome = loop {
