@@ -359,7 +359,22 @@ impl Jobs {
             // start-up.
             let streams: Vec<_> = registry.iter().cloned().collect();
             crate::sink::evolution::evolve_tables(&self.storage.store, &streams).await?;
-            self.storage.store.prepare(&streams).await?;
+            // Tables of streams added since start-up.
+            let mut new = Vec::new();
+            for stream in &streams {
+                if self
+                    .storage
+                    .store
+                    .describe_table(&stream.table)
+                    .await?
+                    .is_empty()
+                {
+                    new.push(stream.clone());
+                }
+            }
+            if !new.is_empty() {
+                self.storage.store.prepare(&new).await?;
+            }
             replay_with(
                 &registry,
                 &self.storage,

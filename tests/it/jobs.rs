@@ -226,7 +226,10 @@ async fn a_job_running_at_a_crash_is_marked_failed_at_the_next_start() {
     let sluice = spawn_binary(None, &db, &env);
     let base = format!("http://{}", sluice.http);
     // Marked at start-up, in the background.
-    let after = wait_job(&client, &base, &id, |j| j["state"] != "running").await;
+    let after = wait_job(&client, &base, &id, |j| {
+        j["state"] != "running" && j["state"] != "ready"
+    })
+    .await;
     assert_eq!(after["state"], "failed", "{after}");
     assert!(
         after["errors"][0]
