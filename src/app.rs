@@ -179,7 +179,12 @@ impl App {
         // What the spool kept from before a restart is written before new input is
         // taken: HTTP answers 503 and TCP does not listen until it is.
         let recovered = CancellationToken::new();
-        match self.ingest.spool().cloned() {
+        // Only a spool that holds something makes new input wait.
+        let leftovers = self
+            .ingest
+            .spool()
+            .is_some_and(|s| s.leftovers().map(|l| !l.is_empty()).unwrap_or(true));
+        match self.ingest.spool().cloned().filter(|_| leftovers) {
             Some(spool) => {
                 self.ingest.set_recovering(true);
                 let (ingest, done) = (self.ingest.clone(), recovered.clone());
