@@ -460,33 +460,13 @@ where
 }
 
 sqlx_generic! {
-/// Inserts `job`, or updates it if it is there.
+/// Inserts `job`, or updates it if it is there (one upsert statement).
 pub async fn save_job<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     job: &JobRecord,
 ) -> Result<(), SinkError> {
-    let err = sink_error(dialect);
-    let updated = sqlx::query::<DB>(&dialect.update_job())
-        .bind(job.kind.as_str())
-        .bind(job.state.as_str())
-        .bind(job.created_at.as_str())
-        .bind(job.started_at.as_deref())
-        .bind(job.finished_at.as_deref())
-        .bind(job.params.as_str())
-        .bind(job.done)
-        .bind(job.total)
-        .bind(job.result.as_str())
-        .bind(job.logs.as_str())
-        .bind(job.errors.as_str())
-        .bind(job.id.as_str())
-        .execute(pool)
-        .await
-        .map_err(&err)?;
-    if <DB::QueryResult as RowsAffected>::rows(&updated) > 0 {
-        return Ok(());
-    }
-    sqlx::query::<DB>(&dialect.insert_job())
+    sqlx::query::<DB>(&dialect.save_job())
         .bind(job.id.as_str())
         .bind(job.kind.as_str())
         .bind(job.state.as_str())
@@ -501,7 +481,7 @@ pub async fn save_job<DB>(
         .bind(job.errors.as_str())
         .execute(pool)
         .await
-        .map_err(&err)?;
+        .map_err(sink_error(dialect))?;
     Ok(())
 }
 }

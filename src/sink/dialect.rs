@@ -246,30 +246,31 @@ impl Dialect {
         )
     }
 
-    /// Inserts a job: binds every column in [`JOB_COLUMNS`] order.
-    pub fn insert_job(self) -> String {
+    /// Inserts a job, or updates every column of the one with its id: binds every
+    /// column in [`JOB_COLUMNS`] order.
+    pub fn save_job(self) -> String {
         let values: Vec<String> = (1..=JOB_COLUMNS.len())
             .map(|n| self.placeholder(n))
             .collect();
-        format!(
+        let insert = format!(
             "INSERT INTO {JOBS} ({}) VALUES ({})",
             JOB_COLUMNS.join(", "),
             values.join(", ")
-        )
-    }
-
-    /// Updates a job: binds every column but `id` in [`JOB_COLUMNS`] order, then `id`.
-    pub fn update_job(self) -> String {
-        let sets: Vec<String> = JOB_COLUMNS[1..]
+        );
+        let update: Vec<String> = JOB_COLUMNS[1..]
             .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = {}", self.placeholder(i + 1)))
+            .map(|c| match self {
+                Dialect::Mysql => format!("{c} = VALUES({c})"),
+                _ => format!("{c} = excluded.{c}"),
+            })
             .collect();
-        format!(
-            "UPDATE {JOBS} SET {} WHERE id = {}",
-            sets.join(", "),
-            self.placeholder(JOB_COLUMNS.len())
-        )
+        match self {
+            Dialect::Mysql => format!("{insert} ON DUPLICATE KEY UPDATE {}", update.join(", ")),
+            _ => format!(
+                "{insert} ON CONFLICT (id) DO UPDATE SET {}",
+                update.join(", ")
+            ),
+        }
     }
 
     /// Jobs newest first: binds [id], limit.
