@@ -72,6 +72,7 @@ pub fn replay(
         since,
         dry_run,
         into,
+        stage: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -38,6 +38,8 @@ pub struct ReplayRequest {
     /// Replay the `route`-stage dead letters (which named no known stream) into this
     /// stream instead.
     pub into: Option<String>,
+    /// Only dead letters of this stage: `parse`, `validate`, `write` or `route`.
+    pub stage: Option<String>,
     /// Count what would be replayed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -278,11 +280,19 @@ impl Jobs {
             .map(crate::schema::parse_timestamp)
             .transpose()
             .map_err(|e| JobError::Invalid(format!("since: {e}")))?;
+        if let Some(stage) = &request.stage {
+            if !["parse", "validate", "write", "route"].contains(&stage.as_str()) {
+                return Err(JobError::Invalid(format!(
+                    "stage {stage:?}: use parse, validate, write or route"
+                )));
+            }
+        }
         let options = ReplayOptions {
             stream: request.stream.clone(),
             since,
             dry_run: request.dry_run,
             into: request.into.clone(),
+            stage: request.stage.clone(),
         };
         // The schemas as they are on disk now (a fix needs no restart to be replayed).
         let registry = crate::schema::Registry::load(&self.config)
@@ -318,10 +328,11 @@ impl Jobs {
             // Two replays over the same dead letters at once would race for them (safely,
             // but pointlessly): one at a time per stream.
             let mut running = lock(&self.running);
-            if let Some((other, _)) = running
-                .iter()
-                .find(|(_, j)| j.stream.is_none() || job.stream.is_none() || j.stream == job.stream)
-            {
+            // A job that has just finished (its last save under way) does not count.
+            if let Some((other, _)) = running.iter().find(|(_, j)| {
+                let active = matches!(lock(&j.record).row.state.as_str(), "ready" | "running");
+                active && (j.stream.is_none() || job.stream.is_none() || j.stream == job.stream)
+            }) {
                 return Err(JobError::Conflict(other.clone()));
             }
             running.insert(id.clone(), job.clone());

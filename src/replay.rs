@@ -44,6 +44,8 @@ pub struct ReplayOptions {
     /// Replay the `route`-stage dead letters (which named no known stream) into this
     /// stream, instead of the dead letters that name a stream.
     pub into: Option<String>,
+    /// Only dead letters of this stage.
+    pub stage: Option<String>,
 }
 
 /// Per-stream outcome.
@@ -189,6 +191,7 @@ pub async fn replay_with(
         stream: options.stream.clone(),
         since: options.since,
         route: options.into.is_some(),
+        stage: options.stage.clone(),
         limit: PAGE,
     };
     let total = store

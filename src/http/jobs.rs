@@ -59,7 +59,7 @@ pub async fn start_replay(
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::BadRequest {
         error: format!(
-            "invalid request: {}; send {{\"stream\", \"since\", \"into\", \"dry_run\"}}, each optional",
+            "invalid request: {}; send {{\"stream\", \"since\", \"stage\", \"into\", \"dry_run\"}}, each optional",
             e.body_text()
         ),
         dead_lettered: 0,

@@ -98,13 +98,21 @@ pub async fn count_dead_letters<DB>(
     timestamp: TimestampText,
     page: &DeadLetterPage,
 ) -> Result<i64, SinkError> {
-    let sql = dialect.count_dead_letters(page.stream.is_some(), page.since.is_some(), page.route);
+    let sql = dialect.count_dead_letters(
+        page.stream.is_some(),
+        page.since.is_some(),
+        page.route,
+        page.stage.is_some(),
+    );
     let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
     if let Some(stream) = &page.stream {
         q = q.bind(stream.as_str());
     }
     if let Some(since) = &page.since {
         q = q.bind(timestamp(since));
+    }
+    if let Some(stage) = &page.stage {
+        q = q.bind(stage.as_str());
     }
     let row = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
     row.try_get(0).map_err(sink_error(dialect))
@@ -120,13 +128,21 @@ pub async fn fetch_dead_letters<DB>(
     page: &DeadLetterPage,
 ) -> Result<Vec<StoredDeadLetter>, SinkError> {
     let err = sink_error(dialect);
-    let sql = dialect.select_dead_letters(page.stream.is_some(), page.since.is_some(), page.route);
+    let sql = dialect.select_dead_letters(
+        page.stream.is_some(),
+        page.since.is_some(),
+        page.route,
+        page.stage.is_some(),
+    );
     let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
     if let Some(stream) = &page.stream {
         q = q.bind(stream.as_str());
     }
     if let Some(since) = &page.since {
         q = q.bind(timestamp(since));
+    }
+    if let Some(stage) = &page.stage {
+        q = q.bind(stage.as_str());
     }
     let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
     rows.iter()

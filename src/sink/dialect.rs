@@ -475,24 +475,37 @@ impl Dialect {
     /// `route` stage), oldest first, after id `$1`, optionally for one stream and since
     /// a time: `id, stream, payload, received_at` (as RFC 3339 text), `source`. Binds:
     /// after id, [stream], [since], limit.
-    pub fn select_dead_letters(self, by_stream: bool, since: bool, route: bool) -> String {
+    pub fn select_dead_letters(
+        self,
+        by_stream: bool,
+        since: bool,
+        route: bool,
+        stage: bool,
+    ) -> String {
         let received = self.received_at_text();
-        let filter = self.replayable_filter(by_stream, since, route);
-        let limit = self.placeholder(2 + usize::from(by_stream) + usize::from(since));
+        let filter = self.replayable_filter(by_stream, since, route, stage);
+        let limit =
+            self.placeholder(2 + usize::from(by_stream) + usize::from(since) + usize::from(stage));
         format!(
             "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE {filter} ORDER BY id LIMIT {limit}"
         )
     }
 
     /// How many dead letters [`Dialect::select_dead_letters`] would page through: binds
-    /// after id, [stream], [since].
-    pub fn count_dead_letters(self, by_stream: bool, since: bool, route: bool) -> String {
-        let filter = self.replayable_filter(by_stream, since, route);
+    /// after id, [stream], [since], [stage].
+    pub fn count_dead_letters(
+        self,
+        by_stream: bool,
+        since: bool,
+        route: bool,
+        stage: bool,
+    ) -> String {
+        let filter = self.replayable_filter(by_stream, since, route, stage);
         format!("SELECT COUNT(*) FROM {DEAD_LETTERS} WHERE {filter}")
     }
 
-    /// The replayable dead letters after an id: binds after id, [stream], [since].
-    fn replayable_filter(self, by_stream: bool, since: bool, route: bool) -> String {
+    /// The replayable dead letters after an id: binds after id, [stream], [since], [stage].
+    fn replayable_filter(self, by_stream: bool, since: bool, route: bool, stage: bool) -> String {
         let mut n = 1;
         let mut next = || {
             n += 1;
@@ -515,6 +528,9 @@ impl Dialect {
                 p
             };
             sql.push_str(&format!(" AND received_at >= {p}"));
+        }
+        if stage {
+            sql.push_str(&format!(" AND stage = {}", next()));
         }
         sql
     }

@@ -143,6 +143,8 @@ pub struct DeadLetterPage {
     /// Only `route`-stage dead letters (named no known stream), with or without a
     /// stream; otherwise only dead letters that name a stream.
     pub route: bool,
+    /// Only dead letters of this stage (`parse`, `validate`, `write`, `route`).
+    pub stage: Option<String>,
     pub limit: i64,
 }
 

@@ -197,6 +197,28 @@ async fn a_cancelled_replay_keeps_what_it_committed_and_leaves_the_rest() {
     )
     .await;
     assert_eq!(status, 400, "{bad}");
+    let (status, bad) = post(
+        &app.client,
+        format!("{base}/v1/jobs/replay"),
+        json!({"stage": "bogus"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{bad}");
+    // The stage filter: the rest are `route` dead letters, none `validate`.
+    for (stage, examined) in [("validate", 0), ("route", 1200 - replayed)] {
+        let (_, started) = post(
+            &app.client,
+            format!("{base}/v1/jobs/replay"),
+            json!({"into": "reading", "stage": stage, "dry_run": true}),
+        )
+        .await;
+        let id = started["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{stage}: {started}"))
+            .to_owned();
+        let done = wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+        assert_eq!(done["progress"]["total"], examined, "{stage}: {done}");
+    }
 }
 
 /// On PostgreSQL, whose table lock leaves the jobs table writable.
