@@ -90,6 +90,32 @@ pub async fn execute_all<DB>(
 }
 }
 
+/// Binds the filters of `page` in the order the dialect's replayable-page statements
+/// take them: after id, [stream], [since], [stage].
+fn bind_page<'q, DB>(
+    q: sqlx::query::Query<'q, DB, DB::Arguments<'q>>,
+    page: &'q DeadLetterPage,
+    timestamp: TimestampText,
+) -> sqlx::query::Query<'q, DB, DB::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    let mut q = q.bind(page.after_id);
+    if let Some(stream) = &page.stream {
+        q = q.bind(stream.as_str());
+    }
+    if let Some(since) = &page.since {
+        q = q.bind(timestamp(since));
+    }
+    if let Some(stage) = &page.stage {
+        q = q.bind(stage.as_str());
+    }
+    q
+}
+
 sqlx_generic! {
 /// Counts the replayable dead letters a page walk would read.
 pub async fn count_dead_letters<DB>(
@@ -104,16 +130,7 @@ pub async fn count_dead_letters<DB>(
         page.route,
         page.stage.is_some(),
     );
-    let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
-    if let Some(stream) = &page.stream {
-        q = q.bind(stream.as_str());
-    }
-    if let Some(since) = &page.since {
-        q = q.bind(timestamp(since));
-    }
-    if let Some(stage) = &page.stage {
-        q = q.bind(stage.as_str());
-    }
+    let q = bind_page(sqlx::query::<DB>(&sql), page, timestamp);
     let row = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
     row.try_get(0).map_err(sink_error(dialect))
 }
@@ -134,16 +151,7 @@ pub async fn fetch_dead_letters<DB>(
         page.route,
         page.stage.is_some(),
     );
-    let mut q = sqlx::query::<DB>(&sql).bind(page.after_id);
-    if let Some(stream) = &page.stream {
-        q = q.bind(stream.as_str());
-    }
-    if let Some(since) = &page.since {
-        q = q.bind(timestamp(since));
-    }
-    if let Some(stage) = &page.stage {
-        q = q.bind(stage.as_str());
-    }
+    let q = bind_page(sqlx::query::<DB>(&sql), page, timestamp);
     let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
     rows.iter()
         .map(|r| {
