@@ -291,29 +291,15 @@ impl Dialect {
     /// binds [stream], [stage], [received before], limit. (MySQL refuses `LIMIT` in an
     /// `IN` subquery, but not in a derived table inside one.)
     pub fn purge_dead_letters(self, stream: bool, stage: bool, before: bool) -> String {
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            self.placeholder(n)
-        };
-        let mut filter = String::from("1 = 1");
-        for (on, column) in [(stream, "stream ="), (stage, "stage =")] {
-            if on {
-                filter.push_str(&format!(" AND {column} {}", next()));
-            }
-        }
-        if before {
-            let p = next();
-            let p = if self == Dialect::Postgres {
-                format!("CAST({p} AS timestamptz)")
-            } else {
-                p
-            };
-            filter.push_str(&format!(" AND received_at < {p}"));
-        }
-        let limit = next();
-        let inner =
-            format!("SELECT id FROM {DEAD_LETTERS} WHERE {filter} ORDER BY id LIMIT {limit}");
+        let mut filter = Filter::new(self, "1 = 1", 0);
+        filter.eq_if(stream, "stream");
+        filter.eq_if(stage, "stage");
+        filter.time_if(before, "received_at <");
+        let limit = filter.next();
+        let inner = format!(
+            "SELECT id FROM {DEAD_LETTERS} WHERE {} ORDER BY id LIMIT {limit}",
+            filter.sql
+        );
         match self {
             Dialect::Mysql => format!(
                 "DELETE FROM {DEAD_LETTERS} WHERE id IN (SELECT id FROM ({inner}) AS oldest)"
@@ -452,23 +438,20 @@ impl Dialect {
     /// payload, source, received_at, attempts`. Binds in order: [before id], [stream],
     /// [stage], limit.
     pub fn list_dead_letters(self, before: bool, stream: bool, stage: bool) -> String {
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            self.placeholder(n)
-        };
-        let mut sql = format!(
-            "SELECT id, stream, stage, error, payload, source, {}, CAST(attempts AS {}) FROM {DEAD_LETTERS} WHERE 1 = 1",
-            self.received_at_text(),
-            if self == Dialect::Mysql { "SIGNED" } else { "BIGINT" }
-        );
-        for (on, column) in [(before, "id <"), (stream, "stream ="), (stage, "stage =")] {
-            if on {
-                sql.push_str(&format!(" AND {column} {}", next()));
-            }
+        let mut filter = Filter::new(self, "1 = 1", 0);
+        if before {
+            let p = filter.next();
+            filter.sql.push_str(&format!(" AND id < {p}"));
         }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", next()));
-        sql
+        filter.eq_if(stream, "stream");
+        filter.eq_if(stage, "stage");
+        let limit = filter.next();
+        format!(
+            "SELECT id, stream, stage, error, payload, source, {}, CAST(attempts AS {}) FROM {DEAD_LETTERS} WHERE {} ORDER BY id DESC LIMIT {limit}",
+            self.received_at_text(),
+            if self == Dialect::Mysql { "SIGNED" } else { "BIGINT" },
+            filter.sql,
+        )
     }
 
     /// A page of replayable dead letters (with a stream, or with `route` those of the
@@ -483,11 +466,11 @@ impl Dialect {
         stage: bool,
     ) -> String {
         let received = self.received_at_text();
-        let filter = self.replayable_filter(by_stream, since, route, stage);
-        let limit =
-            self.placeholder(2 + usize::from(by_stream) + usize::from(since) + usize::from(stage));
+        let mut filter = self.replayable_filter(by_stream, since, route, stage);
+        let limit = filter.next();
         format!(
-            "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE {filter} ORDER BY id LIMIT {limit}"
+            "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE {} ORDER BY id LIMIT {limit}",
+            filter.sql
         )
     }
 
@@ -501,38 +484,25 @@ impl Dialect {
         stage: bool,
     ) -> String {
         let filter = self.replayable_filter(by_stream, since, route, stage);
-        format!("SELECT COUNT(*) FROM {DEAD_LETTERS} WHERE {filter}")
+        format!("SELECT COUNT(*) FROM {DEAD_LETTERS} WHERE {}", filter.sql)
     }
 
     /// The replayable dead letters after an id: binds after id, [stream], [since], [stage].
-    fn replayable_filter(self, by_stream: bool, since: bool, route: bool, stage: bool) -> String {
-        let mut n = 1;
-        let mut next = || {
-            n += 1;
-            self.placeholder(n)
-        };
+    fn replayable_filter(self, by_stream: bool, since: bool, route: bool, stage: bool) -> Filter {
         let which = if route {
             "stage = 'route'"
         } else {
             "stream IS NOT NULL"
         };
-        let mut sql = format!("id > {} AND {which}", self.placeholder(1));
-        if by_stream {
-            sql.push_str(&format!(" AND stream = {}", next()));
-        }
-        if since {
-            let p = next();
-            let p = if self == Dialect::Postgres {
-                format!("CAST({p} AS timestamptz)")
-            } else {
-                p
-            };
-            sql.push_str(&format!(" AND received_at >= {p}"));
-        }
-        if stage {
-            sql.push_str(&format!(" AND stage = {}", next()));
-        }
-        sql
+        let mut filter = Filter::new(
+            self,
+            &format!("id > {} AND {which}", self.placeholder(1)),
+            1,
+        );
+        filter.eq_if(by_stream, "stream");
+        filter.time_if(since, "received_at >=");
+        filter.eq_if(stage, "stage");
+        filter
     }
 
     /// Records a failed replay of dead letter `$2`: one more attempt, and the new reason `$1`.
@@ -597,6 +567,51 @@ impl Dialect {
                 format!("{name} cannot store the NUL character (\\u0000) in jsonb, and a property the schema does not declare (kept in {EXTRA}) holds one; remove it"),
             )),
             _ => None,
+        }
+    }
+}
+
+/// A `WHERE` clause built one condition at a time, numbering its placeholders in the
+/// order they are added, which is the order their values are bound in.
+struct Filter {
+    dialect: Dialect,
+    /// Placeholders used so far.
+    bound: usize,
+    sql: String,
+}
+
+impl Filter {
+    /// Starts from `first`, which already uses `bound` placeholders.
+    fn new(dialect: Dialect, first: &str, bound: usize) -> Filter {
+        Filter {
+            dialect,
+            bound,
+            sql: first.to_owned(),
+        }
+    }
+
+    /// The next placeholder.
+    fn next(&mut self) -> String {
+        self.bound += 1;
+        self.dialect.placeholder(self.bound)
+    }
+
+    /// `AND column = ?` when `on`.
+    fn eq_if(&mut self, on: bool, column: &str) {
+        if on {
+            let p = self.next();
+            self.sql.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+
+    /// `AND comparison ?` against a bound RFC 3339 text when `on` (PostgreSQL casts it).
+    fn time_if(&mut self, on: bool, comparison: &str) {
+        if on {
+            let mut p = self.next();
+            if self.dialect == Dialect::Postgres {
+                p = format!("CAST({p} AS timestamptz)");
+            }
+            self.sql.push_str(&format!(" AND {comparison} {p}"));
         }
     }
 }
