@@ -8,8 +8,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
-    chunks_by, sink_error, BatchWriter, BoxFuture, DeadLetterPage, DeadLetterQuery, JobRecord,
-    ListedDeadLetter, PurgeFilter, SinkError, StoredDeadLetter,
+    chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobRecord,
+    ListedDeadLetter, PurgeFilter, SinkError, StoredDeadLetter, Written,
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -92,11 +92,11 @@ pub async fn execute_all<DB>(
 
 /// Binds the filters of `page` in the order the dialect's replayable-page statements
 /// take them: after id, [stream], [since], [stage].
-fn bind_page<'q, DB>(
-    q: sqlx::query::Query<'q, DB, DB::Arguments<'q>>,
+fn bind_page<'q, DB, O>(
+    q: sqlx::query::QueryAs<'q, DB, O, DB::Arguments<'q>>,
     page: &'q DeadLetterPage,
     timestamp: TimestampText,
-) -> sqlx::query::Query<'q, DB, DB::Arguments<'q>>
+) -> sqlx::query::QueryAs<'q, DB, O, DB::Arguments<'q>>
 where
     DB: Database,
     &'q str: Encode<'q, DB> + Type<DB>,
@@ -130,9 +130,9 @@ pub async fn count_dead_letters<DB>(
         page.route,
         page.stage.is_some(),
     );
-    let q = bind_page(sqlx::query::<DB>(&sql), page, timestamp);
-    let row = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
-    row.try_get(0).map_err(sink_error(dialect))
+    let q = bind_page(sqlx::query_as::<DB, (i64,)>(&sql), page, timestamp);
+    let (count,) = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
+    Ok(count)
 }
 }
 
@@ -151,20 +151,19 @@ pub async fn fetch_dead_letters<DB>(
         page.route,
         page.stage.is_some(),
     );
-    let q = bind_page(sqlx::query::<DB>(&sql), page, timestamp);
+    type Columns = (i64, Option<String>, String, String, Option<String>);
+    let q = bind_page(sqlx::query_as::<DB, Columns>(&sql), page, timestamp);
     let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredDeadLetter {
-                id: r.try_get(0)?,
-                stream: r.try_get(1)?,
-                payload: r.try_get(2)?,
-                received_at: r.try_get(3)?,
-                source: r.try_get(4)?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|(id, stream, payload, received_at, source)| StoredDeadLetter {
+            id,
+            stream,
+            payload,
+            source,
+            received_at,
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(&err)
+        .collect())
 }
 }
 
@@ -223,7 +222,8 @@ pub async fn list_dead_letters<DB>(
         query.stream.is_some(),
         query.stage.is_some(),
     );
-    let mut q = sqlx::query::<DB>(&sql);
+    type Columns = (i64, Option<String>, String, String, String, Option<String>, String, i64);
+    let mut q = sqlx::query_as::<DB, Columns>(&sql);
     if let Some(before) = query.before {
         q = q.bind(before);
     }
@@ -231,21 +231,21 @@ pub async fn list_dead_letters<DB>(
         q = q.bind(text.as_str());
     }
     let rows = q.bind(query.limit).fetch_all(pool).await.map_err(&err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(ListedDeadLetter {
-                id: r.try_get(0)?,
-                stream: r.try_get(1)?,
-                stage: r.try_get(2)?,
-                error: r.try_get(3)?,
-                payload: r.try_get(4)?,
-                source: r.try_get(5)?,
-                received_at: r.try_get(6)?,
-                attempts: r.try_get(7)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(&err)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, stream, stage, error, payload, source, received_at, attempts)| ListedDeadLetter {
+                id,
+                stream,
+                stage,
+                error,
+                payload,
+                source,
+                received_at,
+                attempts,
+            },
+        )
+        .collect())
 }
 }
 
@@ -430,24 +430,11 @@ pub struct BoundWriter<DB: Database> {
     pub timestamp: TimestampText,
 }
 
-impl<DB> BatchWriter for BoundWriter<DB>
-where
-    DB: Database,
-    for<'c> &'c Pool<DB>: Executor<'c, Database = DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'q> i32: Encode<'q, DB> + Type<DB>,
-    for<'q> f64: Encode<'q, DB> + Type<DB>,
-    for<'q> bool: Encode<'q, DB> + Type<DB>,
-    for<'r> i64: Decode<'r, DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-    DB::QueryResult: RowsAffected,
-{
+/// [`BatchWriter`] for each database written with bound values; one `impl` per
+/// database, so the generic functions' bounds are met by concrete types, not restated.
+macro_rules! bound_writer {
+    ($($db:ty),*) => {$(
+impl BatchWriter for BoundWriter<$db> {
     fn dialect(&self) -> Dialect {
         self.dialect
     }
@@ -457,7 +444,7 @@ where
         stream: &'a Stream,
         rows: &'a [Row],
         replayed: &'a [i64],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> Written<'a> {
         Box::pin(write_rows(
             &self.pool,
             self.dialect,
@@ -469,10 +456,7 @@ where
         ))
     }
 
-    fn write_dead_letters<'a>(
-        &'a self,
-        letters: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {
         Box::pin(write_dead_letters(
             &self.pool,
             self.dialect,
@@ -482,6 +466,10 @@ where
         ))
     }
 }
+    )*};
+}
+
+bound_writer!(sqlx::MySql, sqlx::Sqlite);
 
 sqlx_generic! {
 /// Inserts `job`, or updates it if it is there (one upsert statement).
@@ -520,29 +508,32 @@ pub async fn load_jobs<DB>(
 ) -> Result<Vec<JobRecord>, SinkError> {
     let err = sink_error(dialect);
     let sql = dialect.select_jobs(id.is_some());
-    let mut q = sqlx::query::<DB>(&sql);
+    type Columns = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        i64,
+        i64,
+        String,
+        String,
+        String,
+    );
+    let mut q = sqlx::query_as::<DB, Columns>(&sql);
     if let Some(id) = id {
         q = q.bind(id);
     }
     let rows = q.bind(limit).fetch_all(pool).await.map_err(&err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(JobRecord {
-                id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                state: r.try_get(2)?,
-                created_at: r.try_get(3)?,
-                started_at: r.try_get(4)?,
-                finished_at: r.try_get(5)?,
-                params: r.try_get(6)?,
-                done: r.try_get(7)?,
-                total: r.try_get(8)?,
-                result: r.try_get(9)?,
-                logs: r.try_get(10)?,
-                errors: r.try_get(11)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(&err)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors)| {
+                JobRecord { id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors }
+            },
+        )
+        .collect())
 }
 }
