@@ -221,12 +221,7 @@ pub(super) fn respond(
     ack: AckMode,
 ) -> Response {
     for r in rejected {
-        errors.push(EventError {
-            index: r.index,
-            stage: Stage::Write,
-            error: r.error,
-            pointer: None,
-        });
+        errors.push(EventError::whole(r.index, Stage::Write, r.error));
     }
     errors.sort_by_key(|e| e.index);
     // An event is counted once, whatever number of errors it has.
@@ -303,12 +298,7 @@ async fn decode(
     let ingest = &state.ingest;
     let received_at = chrono::Utc::now();
     let mut request = ingest.request_events();
-    let whole = |stage, error: String| EventError {
-        index: 0,
-        stage,
-        error,
-        pointer: None,
-    };
+    let whole = |stage, error: String| EventError::whole(0, stage, error);
     let Some(stream) = stream else {
         let error = whole(Stage::Route, format!("unknown stream `{stream_name}`"));
         request.reject(None, body, error, &source, received_at);
@@ -346,12 +336,7 @@ async fn decode(
             Err(error) => request.reject(
                 Some(&stream.name),
                 piece.raw,
-                EventError {
-                    index,
-                    stage: Stage::Parse,
-                    error,
-                    pointer: None,
-                },
+                EventError::whole(index, Stage::Parse, error),
                 &source,
                 received_at,
             ),

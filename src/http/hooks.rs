@@ -170,12 +170,7 @@ pub async fn receive_webhook(
     let fixed = hook.fixed_stream().map(|s| s.name.clone());
     let fixed = fixed.as_deref();
     if let Some(error) = &malformed {
-        let err = EventError {
-            index: 0,
-            stage: Stage::Parse,
-            error: error.clone(),
-            pointer: None,
-        };
+        let err = EventError::whole(0, Stage::Parse, error.clone());
         groups
             .of(fixed, ingest)
             .reject(fixed, &bytes, err, &source, received_at);
@@ -185,12 +180,7 @@ pub async fn receive_webhook(
         let mut value = match value {
             Ok(v) => v,
             Err(error) => {
-                let err = EventError {
-                    index,
-                    stage: Stage::Parse,
-                    error,
-                    pointer: None,
-                };
+                let err = EventError::whole(index, Stage::Parse, error);
                 groups
                     .of(fixed, ingest)
                     .reject(fixed, &raw, err, &source, received_at);
@@ -221,12 +211,7 @@ pub async fn receive_webhook(
                 );
             }
             Err(error) => {
-                let err = EventError {
-                    index,
-                    stage: Stage::Route,
-                    error,
-                    pointer: None,
-                };
+                let err = EventError::whole(index, Stage::Route, error);
                 groups
                     .of(None, ingest)
                     .reject(None, &raw, err, &source, received_at);

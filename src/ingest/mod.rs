@@ -86,6 +86,18 @@ pub struct EventError {
     pub pointer: Option<String>,
 }
 
+impl EventError {
+    /// An error about the event as a whole (no JSON pointer into it).
+    pub fn whole(index: usize, stage: Stage, error: String) -> EventError {
+        EventError {
+            index,
+            stage,
+            error,
+            pointer: None,
+        }
+    }
+}
+
 /// The events of one request, sorted into rows and dead letters.
 #[derive(Debug)]
 pub struct RequestEvents {

@@ -237,12 +237,7 @@ impl Connection {
             self.line += 1;
             let reject =
                 |batch: &mut RequestEvents, stream: Option<&str>, raw: &[u8], stage, error| {
-                    let err = EventError {
-                        index,
-                        stage,
-                        error,
-                        pointer: None,
-                    };
+                    let err = EventError::whole(index, stage, error);
                     batch.reject(stream, raw, err, &self.source, received_at);
                 };
             let (raw, unterminated) = match &frame {

@@ -281,16 +281,18 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
             };
             let error = r.string()?;
             let payload = r.string()?;
-            Some(Record::Letter(DeadLetter {
-                stream: has_stream.then_some(stream),
+            // The fields were made storable and bounded before they were spooled, so
+            // building the letter again keeps them as they are.
+            Some(Record::Letter(DeadLetter::new(
+                has_stream.then_some(stream.as_str()),
                 stage,
-                error,
-                payload,
-                source,
+                &error,
+                payload.as_bytes(),
+                &source,
                 received_at,
-                attempts: 1,
                 index,
-            }))
+                usize::MAX,
+            )))
         }
         _ => None,
     }

@@ -114,12 +114,7 @@ pub fn decode_all(
                     Err(error) => events.reject(
                         Some(&stream.name),
                         raw.as_bytes(),
-                        EventError {
-                            index,
-                            stage: Stage::Parse,
-                            error,
-                            pointer: None,
-                        },
+                        EventError::whole(index, Stage::Parse, error),
                         &source,
                         received_at,
                     ),
