@@ -328,9 +328,7 @@ async fn write(
 }
 
 /// Runs `op`, retrying transient failures a few times with backoff.
-async fn retrying<'a>(
-    op: impl Fn() -> sink::BoxFuture<'a, Result<(), SinkError>>,
-) -> anyhow::Result<()> {
+async fn retrying<'a>(op: impl Fn() -> sink::Written<'a>) -> anyhow::Result<()> {
     let policy = RetryPolicy {
         max_retries: Some(MAX_RETRIES),
         attempt_timeout: crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT,

@@ -18,7 +18,7 @@ use super::retry::{retry, RetryPolicy};
 use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
-use crate::sink::{BatchWriter, BoxFuture, SinkError};
+use crate::sink::{BatchWriter, SinkError, Written};
 use crate::stats::StreamStats;
 use crate::telemetry;
 
@@ -37,7 +37,7 @@ pub trait Item: Send + Sync + Sized + 'static {
         sink: &'a dyn BatchWriter,
         target: &'a Self::Target,
         items: &'a [Self],
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    ) -> Written<'a>;
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
     /// Counts `n` items written in `seconds` (stream rows only).
@@ -92,7 +92,7 @@ impl Item for Row {
         sink: &'a dyn BatchWriter,
         target: &'a Self::Target,
         items: &'a [Self],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> Written<'a> {
         sink.write_rows(&target.stream, items)
     }
 
@@ -128,7 +128,7 @@ impl Item for DeadLetter {
         sink: &'a dyn BatchWriter,
         _target: &'a Self::Target,
         items: &'a [Self],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> Written<'a> {
         sink.write_dead_letters(items)
     }
 
@@ -411,7 +411,7 @@ impl<T: Item> Writer<T> {
     async fn write_retrying<'w>(
         &self,
         rows: usize,
-        write: impl Fn() -> BoxFuture<'w, Result<(), SinkError>>,
+        write: impl Fn() -> Written<'w>,
     ) -> Result<(), SinkError> {
         let policy = RetryPolicy {
             max_retries: None,
@@ -457,11 +457,7 @@ mod tests {
             crate::sink::Dialect::Sqlite
         }
 
-        fn write_rows<'a>(
-            &'a self,
-            _stream: &'a Stream,
-            rows: &'a [Row],
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
+        fn write_rows<'a>(&'a self, _stream: &'a Stream, rows: &'a [Row]) -> Written<'a> {
             use std::sync::atomic::Ordering::SeqCst;
             Box::pin(async move {
                 self.calls.fetch_add(1, SeqCst);
@@ -490,14 +486,11 @@ mod tests {
             stream: &'a Stream,
             rows: &'a [Row],
             _replayed: &'a [i64],
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
+        ) -> Written<'a> {
             self.write_rows(stream, rows)
         }
 
-        fn write_dead_letters<'a>(
-            &'a self,
-            _letters: &'a [DeadLetter],
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
+        fn write_dead_letters<'a>(&'a self, _letters: &'a [DeadLetter]) -> Written<'a> {
             Box::pin(async { Ok(()) })
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::sink::{BoxFuture, ErrorClass, SinkError};
+use crate::sink::{ErrorClass, SinkError, Written};
 
 /// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
@@ -27,7 +27,7 @@ pub struct RetryPolicy {
 /// how many transient failures were retried.
 pub async fn retry<'a>(
     policy: RetryPolicy,
-    op: impl Fn() -> BoxFuture<'a, Result<(), SinkError>>,
+    op: impl Fn() -> Written<'a>,
     mut on_retry: impl FnMut(u32, &SinkError, Duration),
 ) -> (Result<(), SinkError>, u32) {
     let mut retries: u32 = 0;

@@ -27,8 +27,11 @@ pub use dialect::Dialect;
 pub use open::{connect_redacted, open, redact, redact_in};
 pub use store::Store;
 
-/// A boxed future, so that [`Sink`] can be used as a trait object.
+/// A boxed future, so that [`BatchWriter`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A write in progress: done once its transaction committed (or failed).
+pub type Written<'a> = BoxFuture<'a, Result<(), SinkError>>;
 
 /// Whether retrying the same statement can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +96,7 @@ pub trait BatchWriter: Send + Sync + 'static {
     }
     /// Writes `rows` to `stream`'s table in one transaction: [`Self::replay_rows`] with
     /// no dead letters to delete, which each writer keeps on its fast path.
-    fn write_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn write_rows<'a>(&'a self, stream: &'a Stream, rows: &'a [Row]) -> Written<'a> {
         self.replay_rows(stream, rows, &[])
     }
     /// Replay: writes `rows` and deletes the dead letters `replayed` they came from, in
@@ -107,12 +106,9 @@ pub trait BatchWriter: Send + Sync + 'static {
         stream: &'a Stream,
         rows: &'a [Row],
         replayed: &'a [i64],
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    ) -> Written<'a>;
     /// Writes `letters` to `sluice_dead_letters` in one transaction.
-    fn write_dead_letters<'a>(
-        &'a self,
-        letters: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<(), SinkError>>;
+    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a>;
     /// Releases what the writer holds beside the pools (SQLite's row connection).
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

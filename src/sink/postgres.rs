@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use super::bound::delete_replayed;
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::store::{Pools, Store};
-use super::{sink_error, BatchWriter, BoxFuture, SinkError, Storage};
+use super::{sink_error, BatchWriter, SinkError, Storage, Written};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -118,7 +118,7 @@ impl BatchWriter for PgWriter {
         stream: &'a Stream,
         rows: &'a [Row],
         replayed: &'a [i64],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> Written<'a> {
         Box::pin(async move {
             let err = sink_error(DIALECT);
             let data = encode_rows(stream, rows);
@@ -155,10 +155,7 @@ impl BatchWriter for PgWriter {
         })
     }
 
-    fn write_dead_letters<'a>(
-        &'a self,
-        letters: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {
         Box::pin(async move {
             let err = sink_error(DIALECT);
             let mut conn = self.pool.acquire().await.map_err(&err)?;

@@ -19,7 +19,7 @@ use sqlx::Sqlite;
 use super::bound::BoundWriter;
 use super::dialect::{sqlite_timestamp, Dialect};
 use super::store::{Pools, Store};
-use super::{sink_error, BatchWriter, BoxFuture, ErrorClass, SinkError, Storage};
+use super::{sink_error, BatchWriter, BoxFuture, ErrorClass, SinkError, Storage, Written};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -194,7 +194,7 @@ impl BatchWriter for SqliteWriter {
         stream: &'a Stream,
         rows: &'a [Row],
         replayed: &'a [i64],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    ) -> Written<'a> {
         Box::pin(async move {
             let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
             let insert = Dialect::Sqlite.insert_statement(
@@ -227,10 +227,7 @@ impl BatchWriter for SqliteWriter {
         })
     }
 
-    fn write_dead_letters<'a>(
-        &'a self,
-        letters: &'a [DeadLetter],
-    ) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {
         self.letters.write_dead_letters(letters)
     }
 
