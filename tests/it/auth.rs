@@ -3,16 +3,10 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use crate::helpers::{fixture_schemas, spawn_app, spawn_binary, Db, TestDb};
+use crate::helpers::{fixture_schemas, reading, spawn_app, spawn_binary, Db, TestDb};
 
 const APP_TOKEN: &str = "app-token-0123456789abcdef";
 const OPS_TOKEN: &str = "ops-token-fedcba9876543210";
-
-fn reading(seq: u64) -> serde_json::Value {
-    json!({"seq": seq, "sensor": "a", "value": 1.5})
-}
 
 #[tokio::test]
 async fn ingest_needs_a_token_that_grants_the_stream() {
@@ -174,7 +168,7 @@ async fn sighup_rotates_the_ingest_tokens_without_a_restart() {
     );
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/streams/reading/events", sluice.http);
-    let post = |token: &str, seq: u64| {
+    let post = |token: &str, seq: i64| {
         client
             .post(&url)
             .bearer_auth(token)

@@ -473,12 +473,22 @@ pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
     }
 }
 
+/// A valid event of the fixture schemas' `reading` stream, its sensor and value derived
+/// from `seq`.
+pub fn reading(seq: i64) -> serde_json::Value {
+    serde_json::json!({"seq": seq, "sensor": format!("s-{}", seq % 3), "value": (seq % 4000) as f64 / 4.0})
+}
+
+/// The [`reading`]s of `seqs` as NDJSON.
+pub fn readings_ndjson(seqs: std::ops::Range<i64>) -> String {
+    seqs.map(|i| format!("{}\n", reading(i))).collect()
+}
+
 /// POSTs `n` valid `reading` events as NDJSON with `ack=accepted` to the Sluice at
 /// `http`, and checks the `202`.
 pub async fn post_readings_accepted(http: &str, n: usize) {
-    let body: String = (0..n)
-        .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
-        .collect();
+    let n = i64::try_from(n).expect("a test-sized count");
+    let body = readings_ndjson(0..n);
     let r = reqwest::Client::new()
         .post(format!(
             "http://{http}/v1/streams/reading/events?ack=accepted"

@@ -3,15 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::db_tests;
-use crate::helpers::{fixture_schemas, gzip, spawn_app, Db};
-
-fn reading(seq: i64) -> Value {
-    json!({"seq": seq, "sensor": format!("s-{}", seq % 3), "value": (seq % 4000) as f64 / 4.0})
-}
-
-fn ndjson(range: std::ops::Range<i64>) -> String {
-    range.map(|i| format!("{}\n", reading(i))).collect()
-}
+use crate::helpers::{fixture_schemas, gzip, reading, readings_ndjson as ndjson, spawn_app, Db};
 
 async fn one_object_is_committed_before_the_answer(db: Db) {
     let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
