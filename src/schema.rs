@@ -76,6 +76,8 @@ pub struct Stream {
     pub schema_file: PathBuf,
     /// The schema's `$id`, if it declares one.
     pub schema_id: Option<String>,
+    /// The JSON Schema document, as read from `schema_file`.
+    pub schema: Value,
     pub columns: Vec<Column>,
     /// Whether the table has an `_extra` column (the schema allows undeclared properties).
     pub has_extra: bool,
@@ -276,8 +278,10 @@ impl Stream {
                 Some(_) => {}
             }
         }
+        let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
         Ok(Stream {
-            schema_id: root.get("$id").and_then(Value::as_str).map(str::to_owned),
+            schema_id,
+            schema,
             settings: config.stream_settings(&name),
             id_field: stream_config.id_field,
             name,

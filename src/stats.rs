@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+
+use crate::event::Stage;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -17,7 +19,8 @@ const WINDOW: usize = 60;
 pub struct StreamStats {
     received: AtomicU64,
     written: AtomicU64,
-    dead_lettered: AtomicU64,
+    /// Dead letters by stage, in [`Stage`] order (parse, route, validate, write).
+    dead_lettered: [AtomicU64; 4],
     rejected: AtomicU64,
     /// Unix microseconds of the last committed batch; 0 before the first.
     last_write_micros: AtomicI64,
@@ -68,8 +71,8 @@ impl StreamStats {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub fn dead_lettered(&self, n: usize) {
-        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+    pub fn dead_lettered(&self, stage: Stage, n: usize) {
+        self.dead_lettered[stage as usize].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn rejected(&self, n: usize) {
@@ -116,10 +119,18 @@ impl StreamStats {
                 at: at.to_rfc3339(),
                 message: message.clone(),
             });
+        let [parse, route, validate, write] =
+            std::array::from_fn(|i| self.dead_lettered[i].load(Ordering::Relaxed));
         Snapshot {
             received: self.received.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_lettered: parse + route + validate + write,
+            dead_lettered_by_stage: ByStage {
+                parse,
+                route,
+                validate,
+                write,
+            },
             rejected: self.rejected.load(Ordering::Relaxed),
             last_write_at: last_write,
             last_error,
@@ -138,6 +149,8 @@ pub struct Snapshot {
     pub written: u64,
     /// Events stored in `sluice_dead_letters` instead.
     pub dead_lettered: u64,
+    /// The same, by the stage that set them aside.
+    pub dead_lettered_by_stage: ByStage,
     /// Events refused with 503 because the queue was full.
     pub rejected: u64,
     /// When the last batch was committed (RFC 3339), `null` before the first.
@@ -149,6 +162,15 @@ pub struct Snapshot {
     pub retrying: bool,
     /// Rows written per second, averaged over the last 60 seconds.
     pub written_per_second_1m: f64,
+}
+
+/// A count for each stage at which an event can be set aside.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ByStage {
+    pub parse: u64,
+    pub route: u64,
+    pub validate: u64,
+    pub write: u64,
 }
 
 /// A write error and when it happened.

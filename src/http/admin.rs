@@ -247,13 +247,67 @@ pub async fn get_stream(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<StreamStatus>, ApiError> {
-    match state.ingest.registry.get(&name) {
-        Some(s) => Ok(Json(stream_status(&state.ingest, s))),
-        None => Err(ApiError::NotFound(format!(
-            "unknown stream `{name}`; the streams are {:?}",
-            state.ingest.registry.names()
-        ))),
-    }
+    Ok(Json(stream_status(
+        &state.ingest,
+        known_stream(&state, &name)?,
+    )))
+}
+
+/// A stream's JSON Schema and the DDL of its table.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamSchema {
+    pub stream: String,
+    pub table: String,
+    /// The JSON Schema document the stream validates against, as loaded at start-up.
+    #[schema(value_type = Object)]
+    pub schema: serde_json::Value,
+    /// The `CREATE TABLE` statement Sluice runs for this stream on this database.
+    pub ddl: String,
+}
+
+/// `GET /v1/streams/{stream}/schema`: the stream's schema and its table's DDL.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/schema",
+    tag = "operations",
+    security((), ("admin_token" = [])),
+    params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`.")),
+    responses(
+        (status = 200, description = "The schema and the DDL.", body = StreamSchema),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+    )
+)]
+pub async fn get_stream_schema(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<StreamSchema>, ApiError> {
+    let s = known_stream(&state, &name)?;
+    Ok(Json(StreamSchema {
+        stream: s.name.clone(),
+        table: s.table.clone(),
+        schema: s.schema.clone(),
+        ddl: state.store.dialect().create_table(s),
+    }))
+}
+
+/// The stream called `name`, or the 404 that lists the streams there are.
+fn known_stream<'a>(
+    state: &'a AppState,
+    name: &str,
+) -> Result<&'a crate::schema::Stream, ApiError> {
+    state
+        .ingest
+        .registry
+        .get(name)
+        .map(|s| &**s)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "unknown stream `{name}`; the streams are {:?}",
+                state.ingest.registry.names()
+            ))
+        })
 }
 
 /// Query of `GET /v1/dead-letters`.
@@ -271,6 +325,10 @@ pub struct DeadLetterParams {
     limit: Option<i64>,
     /// Only ids below this: the previous page's `next_before`.
     before: Option<i64>,
+    /// Only those received at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only those received before this time (RFC 3339).
+    until: Option<String>,
 }
 
 /// A page of dead letters, newest first.
@@ -282,8 +340,8 @@ pub struct DeadLetterList {
     pub next_before: Option<i64>,
 }
 
-/// `GET /v1/dead-letters?stream=&stage=&limit=&before=`: newest first; pass the answer's
-/// `next_before` as `before` for the next page.
+/// `GET /v1/dead-letters?stream=&stage=&since=&until=&limit=&before=`: newest first;
+/// pass the answer's `next_before` as `before` for the next page.
 #[utoipa::path(
     get,
     path = "/v1/dead-letters",
@@ -307,8 +365,16 @@ pub async fn list_dead_letters(
         dead_lettered: 0,
     };
     let Query(p) = params.map_err(|e| {
-        bad(format!("invalid query: {}; use stream, stage, limit (1-{MAX_DEAD_LETTER_PAGE}) and before (an id)", e.body_text()))
+        bad(format!("invalid query: {}; use stream, stage, since and until (RFC 3339), limit (1-{MAX_DEAD_LETTER_PAGE}) and before (an id)", e.body_text()))
     })?;
+    let time = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(crate::schema::parse_timestamp)
+            .transpose()
+            .map_err(|e| bad(format!("{key}: {e}; write it like 2026-11-24T09:00:00Z")))
+    };
+    let (since, until) = (time("since", &p.since)?, time("until", &p.until)?);
     if let Some(stage) = &p.stage {
         if !["parse", "route", "validate", "write"].contains(&stage.as_str()) {
             return Err(bad(format!(
@@ -334,6 +400,8 @@ pub async fn list_dead_letters(
             before,
             stream: p.stream.clone(),
             stage: p.stage.clone(),
+            since,
+            until,
             limit: want,
         };
         let page = tokio::time::timeout(LIST_TIMEOUT, state.store.list_dead_letters(&query))

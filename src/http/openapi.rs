@@ -25,6 +25,7 @@ use super::{admin, events, hooks, jobs};
         admin::metrics,
         admin::list_streams,
         admin::get_stream,
+        admin::get_stream_schema,
         admin::list_dead_letters,
         jobs::start_replay,
         jobs::list_jobs,

@@ -243,7 +243,7 @@ fn record_submitted(
         log.record((stream.map(str::to_owned), stage_name), n as u64, example);
         telemetry::events_dead_lettered(stream, stage, n);
         if let Some(s) = stats_of(stream) {
-            s.dead_lettered(n);
+            s.dead_lettered(stage, n);
         }
     }
 }

@@ -77,7 +77,7 @@ impl Item for Row {
     }
 
     fn record_dead_lettered(target: &Self::Target, n: usize) {
-        target.stats.dead_lettered(n);
+        target.stats.dead_lettered(Stage::Write, n);
     }
 
     fn record_retrying(target: &Self::Target, retrying: bool) {

@@ -214,6 +214,7 @@ sqlx_generic! {
 pub async fn list_dead_letters<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
+    timestamp: TimestampText,
     query: &DeadLetterQuery,
 ) -> Result<Vec<ListedDeadLetter>, SinkError> {
     let err = sink_error(dialect);
@@ -221,6 +222,8 @@ pub async fn list_dead_letters<DB>(
         query.before.is_some(),
         query.stream.is_some(),
         query.stage.is_some(),
+        query.since.is_some(),
+        query.until.is_some(),
     );
     type Columns = (i64, Option<String>, String, String, String, Option<String>, String, i64);
     let mut q = sqlx::query_as::<DB, Columns>(&sql);
@@ -229,6 +232,9 @@ pub async fn list_dead_letters<DB>(
     }
     for text in [&query.stream, &query.stage].into_iter().flatten() {
         q = q.bind(text.as_str());
+    }
+    for time in [&query.since, &query.until].into_iter().flatten() {
+        q = q.bind(timestamp(time));
     }
     let rows = q.bind(query.limit).fetch_all(pool).await.map_err(&err)?;
     Ok(rows

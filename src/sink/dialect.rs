@@ -436,8 +436,15 @@ impl Dialect {
 
     /// The newest dead letters first, for operators: `id, stream, stage, error,
     /// payload, source, received_at, attempts`. Binds in order: [before id], [stream],
-    /// [stage], limit.
-    pub fn list_dead_letters(self, before: bool, stream: bool, stage: bool) -> String {
+    /// [stage], [received since], [received until], limit.
+    pub fn list_dead_letters(
+        self,
+        before: bool,
+        stream: bool,
+        stage: bool,
+        since: bool,
+        until: bool,
+    ) -> String {
         let mut filter = Filter::new(self, "1 = 1", 0);
         if before {
             let p = filter.next();
@@ -445,6 +452,8 @@ impl Dialect {
         }
         filter.eq_if(stream, "stream");
         filter.eq_if(stage, "stage");
+        filter.time_if(since, "received_at >=");
+        filter.time_if(until, "received_at <");
         let limit = filter.next();
         format!(
             "SELECT id, stream, stage, error, payload, source, {}, CAST(attempts AS {}) FROM {DEAD_LETTERS} WHERE {} ORDER BY id DESC LIMIT {limit}",

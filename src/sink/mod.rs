@@ -185,6 +185,10 @@ pub struct DeadLetterQuery {
     pub before: Option<i64>,
     pub stream: Option<String>,
     pub stage: Option<String>,
+    /// Only those received at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only those received before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: i64,
 }
 

@@ -138,7 +138,8 @@ impl Store {
         &self,
         query: &DeadLetterQuery,
     ) -> Result<Vec<ListedDeadLetter>, SinkError> {
-        with_pool!(&self.pools, p => list_dead_letters(p, self.dialect, query).await)
+        let timestamp = self.timestamp();
+        with_pool!(&self.pools, p => list_dead_letters(p, self.dialect, timestamp, query).await)
     }
 
     /// Records that replaying dead letter `id` failed again, with the new reason.

@@ -1,6 +1,7 @@
 //! The HTTP API's shape: the OpenAPI document kept in the repo is the one the code
 //! serves, and `admin.listen` moves the admin surface off the ingest port.
 
+use crate::db_tests;
 use crate::helpers::{fixture_schemas, spawn_app, Db};
 
 #[tokio::test]
@@ -94,3 +95,28 @@ async fn admin_listen_serves_the_admin_surface_apart_from_ingest() {
     assert!(body["error"].as_str().unwrap().contains("ingest port"));
     assert_eq!(app.db.count("reading").await, 1);
 }
+
+async fn a_stream_shows_its_schema_and_the_ddl_of_its_table(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let (status, shown) = app.get_json("/v1/streams/reading/schema").await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["table"], "reading");
+    assert_eq!(shown["schema"]["properties"]["sensor"]["type"], "string");
+    let ddl = shown["ddl"].as_str().unwrap();
+    let quoted = if db == Db::Mysql {
+        "`reading`"
+    } else {
+        "\"reading\""
+    };
+    assert!(
+        ddl.starts_with(&format!("CREATE TABLE IF NOT EXISTS {quoted}")),
+        "{ddl}"
+    );
+    assert!(ddl.contains("_received_at"), "{ddl}");
+    let (status, missing) = app.get_json("/v1/streams/nope/schema").await;
+    assert_eq!(status, 404, "{missing}");
+}
+
+db_tests!(a_stream_shows_its_schema_and_the_ddl_of_its_table);

@@ -117,7 +117,9 @@ async fn admin_endpoints_need_the_admin_token_and_probes_stay_open() {
         "/metrics",
         "/v1/streams",
         "/v1/streams/reading",
+        "/v1/streams/reading/schema",
         "/v1/dead-letters",
+        "/v1/jobs",
     ] {
         let get = |token: Option<&str>| {
             let mut req = app.client.get(app.url(path));

@@ -460,6 +460,31 @@ async fn dead_letters_are_listed_newest_first_with_filters_and_pages(db: Db) {
         "{\"seq\":1,\"sensor\":\"a\",\"value\":5000}"
     );
 
+    // By the time they were received: `since` includes its instant, `until` does not.
+    let count = |page: &Value| page["dead_letters"].as_array().map_or(0, Vec::len);
+    let oldest = letters[3]["received_at"].as_str().unwrap().to_owned();
+    let newest = letters[0]["received_at"].as_str().unwrap().to_owned();
+    for (query, expected) in [
+        (format!("since={oldest}"), 4),
+        (format!("until={oldest}"), 0),
+        (
+            "since=2000-01-01T00:00:00Z&until=2100-01-01T00:00:00Z".to_owned(),
+            4,
+        ),
+        ("until=2000-01-01T00:00:00Z".to_owned(), 0),
+    ] {
+        let query = query.replace('+', "%2B");
+        let (status, page) = app.get_json(&format!("/v1/dead-letters?{query}")).await;
+        assert_eq!((status, count(&page)), (200, expected), "{query}: {page}");
+    }
+    let (_, recent) = app
+        .get_json(&format!("/v1/dead-letters?since={newest}&stage=route"))
+        .await;
+    assert_eq!(count(&recent), 1, "{recent}");
+    let (status, bad) = app.get_json("/v1/dead-letters?since=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("since"), "{bad}");
+
     let (status, bad) = app.get_json("/v1/dead-letters?stage=lost").await;
     assert_eq!(status, 400);
     assert!(bad["error"]
