@@ -2,7 +2,8 @@
 against a running Sluice seeded by tests/it/ui.rs.
 
 Usage: python panel.py BASE_URL SCREENSHOT_PATH
-Checks: the streams and their counts appear; a dead letter opens with its error and a
+Checks: the streams and their counts appear (dead letters by stage); a stream opens to
+its schema and the DDL of its table; dead letters filter by time; a dead letter opens with its error and a
 payload that would be HTML is shown as text (no script runs); a replay started from the
 panel reaches 100 % and completes.
 """
@@ -27,6 +28,23 @@ with sync_playwright() as p:
     expect(row.locator("td").nth(1)).to_have_text("reading")
     expect(row.locator("td").nth(3)).to_contain_text("0 / 50000")
     expect(page.locator("#streams tbody tr")).to_have_count(3)
+    expect(row.locator("td").nth(5)).to_have_text("4")
+    expect(row.locator("td").nth(6)).to_have_text("parse 1, validate 3")
+    expect(row.locator("svg.spark")).to_have_count(1)
+
+    # A stream opens to its schema and the DDL of its table.
+    row.click()
+    expect(page.locator("#schema-stream")).to_contain_text("reading")
+    expect(page.locator("#schema-ddl")).to_contain_text('CREATE TABLE IF NOT EXISTS "reading"')
+    expect(page.locator("#schema-json")).to_contain_text('"sensor"')
+
+    # Dead letters filtered by the time they were received.
+    page.fill("#dl-until", "2000-01-01T00:00:00Z")
+    page.click("#dl-filter button[type=submit]")
+    expect(page.locator("#dead-letters tbody tr")).to_have_count(0)
+    page.fill("#dl-until", "")
+    page.fill("#dl-since", "2000-01-01T00:00:00Z")
+    page.click("#dl-filter button[type=submit]")
 
     # The dead letters: the injected one is text, and opening one shows its error.
     expect(page.locator("#dead-letters tbody tr")).to_have_count(4)

@@ -6,6 +6,34 @@ const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem("sluice-admin-token") || "";
 let dlBefore = null;
 let currentJob = null;
+// Each stream's recent rows/s readings, for its sparkline (the last two minutes).
+const rates = new Map();
+const RATE_SAMPLES = 60;
+
+// A small line chart of `values` (inline SVG built node by node).
+function sparkline(values) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 " + RATE_SAMPLES + " 20");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const max = Math.max(1, ...values);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute(
+    "points",
+    values.map((v, i) => (RATE_SAMPLES - values.length + i) + "," + (19 - (18 * v) / max).toFixed(1)).join(" "),
+  );
+  svg.appendChild(line);
+  return svg;
+}
+
+async function showSchema(name) {
+  const s = await api("/v1/streams/" + encodeURIComponent(name) + "/schema");
+  $("schema").hidden = false;
+  $("schema-stream").textContent = s.stream + " → table " + s.table;
+  $("schema-json").textContent = JSON.stringify(s.schema, null, 2);
+  $("schema-ddl").textContent = s.ddl;
+}
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -55,9 +83,16 @@ async function refreshStreams() {
   const { streams } = await api("/v1/streams");
   fill($("streams").tBodies[0], streams, (tr, s) => {
     tr.dataset.stream = s.stream;
+    tr.className = "clickable";
+    tr.addEventListener("click", () => showSchema(s.stream).catch(report));
     cell(tr, s.stream);
     cell(tr, s.table);
-    cell(tr, s.written_per_second_1m.toFixed(1), "num");
+    const history = rates.get(s.stream) || [];
+    history.push(s.written_per_second_1m);
+    if (history.length > RATE_SAMPLES) history.shift();
+    rates.set(s.stream, history);
+    const rate = cell(tr, s.written_per_second_1m.toFixed(1), "num");
+    rate.prepend(sparkline(history));
     const q = cell(tr, "");
     const bar = document.createElement("span");
     bar.className = "bar" + (s.saturated ? " full" : "");
@@ -68,6 +103,12 @@ async function refreshStreams() {
     q.appendChild(document.createTextNode(s.queue_events + " / " + s.queue_max_events));
     cell(tr, s.written, "num");
     cell(tr, s.dead_lettered, "num");
+    const by = s.dead_lettered_by_stage;
+    cell(
+      tr,
+      ["parse", "route", "validate", "write"].filter((k) => by[k] > 0).map((k) => k + " " + by[k]).join(", "),
+      "stages",
+    );
     cell(tr, s.last_error ? s.last_error.at + " " + s.last_error.message : "", s.last_error ? "error" : "");
   });
   const names = streams.map((s) => s.stream);
@@ -80,6 +121,8 @@ async function loadDeadLetters(older) {
   const params = new URLSearchParams({ limit: "50" });
   if ($("dl-stream").value) params.set("stream", $("dl-stream").value);
   if ($("dl-stage").value) params.set("stage", $("dl-stage").value);
+  if ($("dl-since").value.trim()) params.set("since", $("dl-since").value.trim());
+  if ($("dl-until").value.trim()) params.set("until", $("dl-until").value.trim());
   if (older && dlBefore) params.set("before", String(dlBefore));
   const page = await api("/v1/dead-letters?" + params);
   dlBefore = page.next_before;
