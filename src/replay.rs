@@ -297,7 +297,12 @@ async fn write(
 ) -> anyhow::Result<(usize, usize, usize)> {
     let (ids, rows): (Vec<i64>, Vec<Row>) = rows.into_iter().unzip();
     let writer = &storage.writer;
-    match retrying(|| writer.replay_rows(stream, &rows, &ids)).await {
+    let batch = sink::RowBatch {
+        stream,
+        rows: &rows,
+        replayed: &ids,
+    };
+    match retrying(|| writer.replay_rows(batch)).await {
         Ok(()) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
@@ -307,7 +312,11 @@ async fn write(
     let (mut written, mut failed, mut taken) = (0, 0, 0);
     for (id, row) in ids.iter().zip(&rows) {
         match retrying(|| {
-            writer.replay_rows(stream, std::slice::from_ref(row), std::slice::from_ref(id))
+            writer.replay_rows(sink::RowBatch {
+                stream,
+                rows: std::slice::from_ref(row),
+                replayed: std::slice::from_ref(id),
+            })
         })
         .await
         {

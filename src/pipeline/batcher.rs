@@ -32,12 +32,8 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn target_name(target: &Self::Target) -> &str;
     /// Position of the item in its request.
     fn index(&self) -> usize;
-    /// Writes `items` in one transaction.
-    fn write<'a>(
-        sink: &'a dyn BatchWriter,
-        target: &'a Self::Target,
-        items: &'a [Self],
-    ) -> Written<'a>;
+    /// Writes `items` to `to` through `db`, in one transaction.
+    fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a>;
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
     /// Counts `n` items written in `seconds` (stream rows only).
@@ -88,12 +84,8 @@ impl Item for Row {
         self.index
     }
 
-    fn write<'a>(
-        sink: &'a dyn BatchWriter,
-        target: &'a Self::Target,
-        items: &'a [Self],
-    ) -> Written<'a> {
-        sink.write_rows(&target.stream, items)
+    fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a> {
+        db.write_rows(&to.stream, items)
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
@@ -124,12 +116,8 @@ impl Item for DeadLetter {
         self.index
     }
 
-    fn write<'a>(
-        sink: &'a dyn BatchWriter,
-        _target: &'a Self::Target,
-        items: &'a [Self],
-    ) -> Written<'a> {
-        sink.write_dead_letters(items)
+    fn write<'a>(db: &'a dyn BatchWriter, _to: &'a Self::Target, items: &'a [Self]) -> Written<'a> {
+        db.write_dead_letters(items)
     }
 
     fn dead_letter(&self, _target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
@@ -441,6 +429,7 @@ impl<T: Item> Writer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::RowBatch;
 
     /// A batch writer without a database: fails the first `transient` writes as a lost
     /// connection would, refuses any batch holding a row whose index is in `poison` as a
@@ -481,13 +470,8 @@ mod tests {
             })
         }
 
-        fn replay_rows<'a>(
-            &'a self,
-            stream: &'a Stream,
-            rows: &'a [Row],
-            _replayed: &'a [i64],
-        ) -> Written<'a> {
-            self.write_rows(stream, rows)
+        fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+            self.write_rows(batch.stream, batch.rows)
         }
 
         fn write_dead_letters<'a>(&'a self, _letters: &'a [DeadLetter]) -> Written<'a> {

@@ -9,7 +9,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
     chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobRecord,
-    ListedDeadLetter, PurgeFilter, SinkError, StoredDeadLetter, Written,
+    ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
 };
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -445,12 +445,8 @@ impl BatchWriter for BoundWriter<$db> {
         self.dialect
     }
 
-    fn replay_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-        replayed: &'a [i64],
-    ) -> Written<'a> {
+    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+        let (stream, rows, replayed) = batch.parts();
         Box::pin(write_rows(
             &self.pool,
             self.dialect,

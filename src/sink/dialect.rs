@@ -12,32 +12,18 @@ use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
 pub const JOBS: &str = "sluice_jobs";
 
 /// The columns of [`JOBS`], in bind order.
+#[rustfmt::skip]
 pub const JOB_COLUMNS: [&str; 12] = [
-    "id",
-    "kind",
-    "state",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "params",
-    "done",
-    "total",
-    "result",
-    "logs",
-    "errors",
+    "id", "kind", "state", "created_at", "started_at", "finished_at",
+    "params", "done", "total", "result", "logs", "errors",
 ];
 
 /// Name of the dead-letter table (README "Dead letters and replay").
 pub const DEAD_LETTERS: &str = "sluice_dead_letters";
 /// Columns of the dead-letter table that Sluice writes (`id` is generated).
+#[rustfmt::skip]
 pub const DEAD_LETTER_COLUMNS: [&str; 7] = [
-    "stream",
-    "stage",
-    "error",
-    "payload",
-    "source",
-    "received_at",
-    "attempts",
+    "stream", "stage", "error", "payload", "source", "received_at", "attempts",
 ];
 /// Longest `varchar(n)` MySQL can index and store in a row with utf8mb4 (65,535 bytes / 4).
 const MYSQL_MAX_VARCHAR: u64 = 16_383;

@@ -97,21 +97,36 @@ pub trait BatchWriter: Send + Sync + 'static {
     /// Writes `rows` to `stream`'s table in one transaction: [`Self::replay_rows`] with
     /// no dead letters to delete, which each writer keeps on its fast path.
     fn write_rows<'a>(&'a self, stream: &'a Stream, rows: &'a [Row]) -> Written<'a> {
-        self.replay_rows(stream, rows, &[])
+        self.replay_rows(RowBatch {
+            stream,
+            rows,
+            replayed: &[],
+        })
     }
-    /// Replay: writes `rows` and deletes the dead letters `replayed` they came from, in
+    /// Replay: writes the batch's rows and deletes the dead letters they came from, in
     /// one transaction; [`ReplayConflict`] if some of those were already gone.
-    fn replay_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-        replayed: &'a [i64],
-    ) -> Written<'a>;
+    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a>;
     /// Writes `letters` to `sluice_dead_letters` in one transaction.
     fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a>;
     /// Releases what the writer holds beside the pools (SQLite's row connection).
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+}
+
+/// Rows of one stream to write in one transaction, with the ids of the dead letters
+/// they are replayed from (empty outside replay), deleted in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct RowBatch<'a> {
+    pub stream: &'a Stream,
+    pub rows: &'a [Row],
+    pub replayed: &'a [i64],
+}
+
+impl<'a> RowBatch<'a> {
+    /// The stream, the rows and the replayed dead letters' ids.
+    pub fn parts(self) -> (&'a Stream, &'a [Row], &'a [i64]) {
+        (self.stream, self.rows, self.replayed)
     }
 }
 

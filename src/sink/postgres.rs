@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use super::bound::delete_replayed;
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::store::{Pools, Store};
-use super::{sink_error, BatchWriter, SinkError, Storage, Written};
+use super::{sink_error, BatchWriter, RowBatch, SinkError, Storage, Written};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
@@ -113,12 +113,8 @@ impl BatchWriter for PgWriter {
         DIALECT
     }
 
-    fn replay_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-        replayed: &'a [i64],
-    ) -> Written<'a> {
+    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+        let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
             let err = sink_error(DIALECT);
             let data = encode_rows(stream, rows);

@@ -19,10 +19,11 @@ use sqlx::Sqlite;
 use super::bound::BoundWriter;
 use super::dialect::{sqlite_timestamp, Dialect};
 use super::store::{Pools, Store};
-use super::{sink_error, BatchWriter, BoxFuture, ErrorClass, SinkError, Storage, Written};
+use super::{
+    sink_error, BatchWriter, BoxFuture, ErrorClass, RowBatch, SinkError, Storage, Written,
+};
 use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
-use crate::schema::Stream;
 
 /// Payload bytes per statement; SQLite has no packet limit, this only bounds memory.
 const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
@@ -189,12 +190,8 @@ impl BatchWriter for SqliteWriter {
         Dialect::Sqlite
     }
 
-    fn replay_rows<'a>(
-        &'a self,
-        stream: &'a Stream,
-        rows: &'a [Row],
-        replayed: &'a [i64],
-    ) -> Written<'a> {
+    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+        let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
             let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
             let insert = Dialect::Sqlite.insert_statement(
