@@ -252,13 +252,13 @@ impl App {
     /// summaries, dead-letter retention), all stopping when `accepting` is cancelled.
     fn spawn_inputs(self, accepting: &CancellationToken, recovered: CancellationToken) -> Running {
         let connections = TaskTracker::new();
-        // The spool's group commits go on until the inputs have stopped (requests still
-        // in flight wait for them), then make a last fsync.
-        let flushers = CancellationToken::new();
         if let Some(spool) = self.ingest.spool() {
+            // The spool's group commits go on until the inputs have stopped and the
+            // queues are closed (requests still in flight wait for them), then make a
+            // last fsync.
             if let crate::spool::FsyncPolicy::Interval(interval) = spool.fsync() {
                 for log in spool.logs() {
-                    tokio::spawn(log.clone().flush_every(interval, flushers.clone()));
+                    tokio::spawn(log.clone().flush_every(interval, self.ingest.closing()));
                 }
             }
             // Spilled events are read back into each stream's queue as it has room.
@@ -360,7 +360,6 @@ impl App {
         Running {
             http,
             connections,
-            flushers,
             ingest: self.ingest,
             storage: self.storage,
             timeout: self.config.shutdown_timeout,
@@ -374,8 +373,6 @@ struct Running {
     http: tokio::task::JoinHandle<()>,
     /// TCP connections, the admin listener and background jobs.
     connections: TaskTracker,
-    /// Stops the spool's group commits once the inputs have stopped.
-    flushers: CancellationToken,
     ingest: Arc<Ingest>,
     storage: Storage,
     timeout: std::time::Duration,
@@ -396,8 +393,8 @@ impl Running {
         );
         self.connections.close();
         let _ = tokio::time::timeout_at(grace, self.connections.wait()).await;
-        self.flushers.cancel();
-        // Closing the queues is what tells the batchers to drain and stop.
+        // Closing the queues is what tells the batchers to drain and stop, and the
+        // spool's group commits to make their last fsync.
         self.ingest.close();
         let drained = tokio::time::timeout_at(deadline, batchers.wait())
             .await

@@ -659,6 +659,12 @@ impl Ingest {
         }
         self.dead_letters.close();
     }
+
+    /// Cancelled by [`Ingest::close`], once every queue is closed: what feeds the queues
+    /// has stopped.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.dead_letters.closing()
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ pub struct QueueSender<T> {
     closed: CancellationToken,
 }
 
+impl<T> QueueSender<T> {
+    /// Cancelled once the queue is closed (shutdown).
+    pub fn closing(&self) -> CancellationToken {
+        self.closed.clone()
+    }
+}
+
 impl<T> Clone for QueueSender<T> {
     fn clone(&self) -> Self {
         QueueSender {
