@@ -25,7 +25,7 @@ use super::budget::{decode_estimate, Reservation};
 use super::{body::parse_object, EventError, Ingest, LimitedListener, RequestEvents};
 use crate::config::TcpConfig;
 use crate::event::Stage;
-use crate::schema::Stream;
+use crate::schema::{Registry, Stream};
 use crate::telemetry;
 
 /// Lines handed to the queues together, at most (they are already in the read buffer).
@@ -332,41 +332,51 @@ impl Connection {
 
     /// The stream of a line: its `stream_field`, else the listener's `default_stream`.
     /// The field is removed unless the stream's schema declares it as a property.
-    fn route(&self, mut value: Value) -> Result<(Arc<Stream>, Value), String> {
-        let field = &self.config.stream_field;
-        let Value::Object(map) = &mut value else {
-            return Err("the line is not a JSON object".into());
-        };
-        let name = match map.get(field.as_str()) {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(format!("the \"{field}\" field must be a string naming a stream, not {other}")),
-            None => match &self.config.default_stream {
-                Some(d) => d.clone(),
-                None => {
-                    return Err(format!(
-                        "the line has no \"{field}\" field naming its stream, and tcp.default_stream is not set"
-                    ))
-                }
-            },
-        };
-        let stream = self
-            .ingest
-            .registry
-            .get(&name)
-            .ok_or_else(|| format!("unknown stream `{name}`: there is no schemas/{name}.json"))?
-            .clone();
-        if !stream.declares(field) {
-            map.remove(field.as_str());
-        }
-        Ok((stream, value))
+    fn route(&self, value: Value) -> Result<(Arc<Stream>, Value), String> {
+        route_by_field(&self.ingest.registry, &self.config, value)
     }
 }
 
-/// What a line that came over TCP (its `source` says so) looks like to its stream: its
-/// routing field `field` removed, unless the schema declares it, as on the live path.
-/// For events validated again later (dead-letter replay, spool recovery).
+/// The stream a JSON object names in `config.stream_field` (else `default_stream`), and
+/// the object with that field removed unless the schema declares it: the routing rules
+/// of TCP lines, which the JetStream input shares.
+pub fn route_by_field(
+    registry: &Registry,
+    config: &TcpConfig,
+    mut value: Value,
+) -> Result<(Arc<Stream>, Value), String> {
+    let field = &config.stream_field;
+    let Value::Object(map) = &mut value else {
+        return Err("the line is not a JSON object".into());
+    };
+    let name = match map.get(field.as_str()) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("the \"{field}\" field must be a string naming a stream, not {other}")),
+        None => match &config.default_stream {
+            Some(d) => d.clone(),
+            None => {
+                return Err(format!(
+                    "the line has no \"{field}\" field naming its stream, and tcp.default_stream is not set"
+                ))
+            }
+        },
+    };
+    let stream = registry
+        .get(&name)
+        .ok_or_else(|| format!("unknown stream `{name}`: there is no schemas/{name}.json"))?
+        .clone();
+    if !stream.declares(field) {
+        map.remove(field.as_str());
+    }
+    Ok((stream, value))
+}
+
+/// What a line that came over TCP or JetStream (its `source` says so) looks like to its
+/// stream: its routing field `field` removed, unless the schema declares it, as on the
+/// live path. For events validated again later (dead-letter replay, spool recovery).
 pub fn strip_routing_field(stream: &Stream, field: &str, source: &str, value: &mut Value) {
-    if source.starts_with("tcp") && !stream.declares(field) {
+    let routed = source.starts_with("tcp") || source.starts_with(super::jetstream::SOURCE);
+    if routed && !stream.declares(field) {
         if let Value::Object(map) = value {
             map.remove(field);
         }
