@@ -304,6 +304,24 @@ impl App {
             let (store, stop) = (self.storage.store.clone(), accepting.clone());
             connections.spawn(crate::purge::run_retention(store, retention, stop));
         }
+        if let Some(js) = self.config.jetstream.clone() {
+            // Like TCP, JetStream waits until the spool's leftovers are written; its
+            // acknowledgements run on `connections`, so stopping waits for them.
+            let input = crate::ingest::jetstream::run(
+                js,
+                Arc::new(self.config.tcp.clone()),
+                self.ingest.clone(),
+                accepting.clone(),
+                connections.clone(),
+            );
+            let (ready, stop) = (recovered.clone(), accepting.clone());
+            connections.spawn(async move {
+                tokio::select! {
+                    _ = ready.cancelled() => input.await,
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
         if let Some(listener) = self.tcp {
             let config = Arc::new(self.config.tcp.clone());
             let serve = tcp::serve(

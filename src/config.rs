@@ -71,6 +71,8 @@ pub struct Config {
     /// The TCP line-protocol listener.
     #[serde(default)]
     pub tcp: TcpConfig,
+    /// The NATS JetStream input; off without this section.
+    pub jetstream: Option<JetStreamConfig>,
     /// Per-stream settings that apply unless a `[streams.NAME]` section overrides them.
     #[serde(default)]
     pub defaults: StreamSettings,
@@ -198,6 +200,51 @@ fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<crate::spool::FsyncPo
             "spool.fsync = {text:?}: write \"always\" or a group-commit interval such as \"10ms\""
         ))),
     }
+}
+
+/// `[jetstream]`: a durable pull consumer shared by every Sluice instance; a message is
+/// acknowledged only once its rows (or dead letters) are committed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream to consume; created with `subjects` if missing.
+    pub stream: String,
+    /// The subjects of the stream, used only when Sluice creates it.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The durable pull consumer's name, the same for every instance.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// With it, a message's subject minus this prefix names its stream
+    /// (`events.order_placed` -> `order_placed`); otherwise the TCP routing rules apply.
+    pub subject_prefix: Option<String>,
+    /// Most messages delivered and not yet acknowledged, per consumer (every instance
+    /// together): the bound on what Sluice pulls ahead of its commits.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: usize,
+    /// How long JetStream waits for an acknowledgement before it redelivers; Sluice
+    /// extends it (`in_progress`) while a message's batch is being written or retried.
+    #[serde(default = "default_ack_wait", deserialize_with = "duration")]
+    pub ack_wait: Duration,
+    /// When a message could not be committed (Sluice is stopping), it is given back
+    /// (`nak`) to be redelivered after this delay.
+    #[serde(default = "default_nak_delay", deserialize_with = "duration")]
+    pub nak_delay: Duration,
+}
+
+fn default_consumer() -> String {
+    "sluice".into()
+}
+fn default_max_ack_pending() -> usize {
+    10_000
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_nak_delay() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[http.tls]`: PEM files of the server certificate (with its chain) and its key.
@@ -769,6 +816,17 @@ impl Config {
         }
         if self.spool.dir.is_some() && self.spool.max_bytes < 1024 * 1024 {
             return Err("spool.max_bytes must be at least 1 MiB".into());
+        }
+        if let Some(js) = &self.jetstream {
+            if js.url.is_empty() || js.stream.is_empty() || js.consumer.is_empty() {
+                return Err("[jetstream]: url, stream and consumer must not be empty".into());
+            }
+            if js.max_ack_pending == 0 {
+                return Err("[jetstream]: max_ack_pending must be at least 1".into());
+            }
+            if js.ack_wait < Duration::from_secs(1) {
+                return Err("[jetstream]: ack_wait must be at least 1s (e.g. \"60s\")".into());
+            }
         }
         if let Some(auth) = &self.auth {
             match (&auth.tokens_file, &auth.tokens_env) {

@@ -23,6 +23,9 @@
 //! | `sluice_spool_bytes` / `sluice_spool_records` | gauge | `stream` |
 //! | `sluice_spool_fsync_seconds` | histogram | |
 //! | `sluice_spool_recovered_records_total` / `sluice_spool_corrupt_records_total` | counter | `stream` |
+//! | `sluice_jetstream_messages_total` | counter | `outcome` (`pulled`/`redelivered`/`acked`/`nacked`) |
+//! | `sluice_jetstream_errors_total` | counter | |
+//! | `sluice_jetstream_consumer_pending` / `sluice_jetstream_consumer_ack_pending` | gauge | `consumer` |
 
 use std::sync::OnceLock;
 
@@ -175,6 +178,36 @@ pub fn access_refused(surface: &'static str, status: u16) {
 pub fn spool_depth(log: &str, bytes: u64, records: usize) {
     gauge!("sluice_spool_bytes", "stream" => log.to_owned()).set(bytes as f64);
     gauge!("sluice_spool_records", "stream" => log.to_owned()).set(records as f64);
+}
+
+/// A message pulled from JetStream (`redelivered` when JetStream had delivered it before).
+pub fn jetstream_pulled(redelivered: bool) {
+    counter!("sluice_jetstream_messages_total", "outcome" => "pulled").increment(1);
+    if redelivered {
+        counter!("sluice_jetstream_messages_total", "outcome" => "redelivered").increment(1);
+    }
+}
+
+/// A JetStream message acknowledged after its commit.
+pub fn jetstream_acked() {
+    counter!("sluice_jetstream_messages_total", "outcome" => "acked").increment(1);
+}
+
+/// A JetStream message given back for redelivery.
+pub fn jetstream_nacked() {
+    counter!("sluice_jetstream_messages_total", "outcome" => "nacked").increment(1);
+}
+
+/// The JetStream input lost its connection or got an error from the server.
+pub fn jetstream_errors() {
+    counter!("sluice_jetstream_errors_total").increment(1);
+}
+
+/// The consumer's backlog: messages not yet delivered, and delivered but not acknowledged.
+pub fn jetstream_lag(consumer: &str, pending: u64, ack_pending: usize) {
+    let consumer = consumer.to_owned();
+    gauge!("sluice_jetstream_consumer_pending", "consumer" => consumer.clone()).set(pending as f64);
+    gauge!("sluice_jetstream_consumer_ack_pending", "consumer" => consumer).set(ack_pending as f64);
 }
 
 /// One fsync of a spool segment.

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod budget;
+pub mod jetstream;
 pub mod tcp;
 
 use std::collections::HashMap;
@@ -212,6 +213,8 @@ fn record_submitted(
             "tcp"
         } else if s.starts_with("webhook") {
             "webhook"
+        } else if s.starts_with(jetstream::SOURCE) {
+            "jetstream"
         } else {
             "http"
         }

@@ -14,6 +14,7 @@ mod errors;
 mod evolution;
 mod flood;
 mod ingest;
+mod jetstream;
 mod jobs;
 mod memory;
 mod metrics;

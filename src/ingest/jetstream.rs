@@ -1,0 +1,288 @@
+//! The JetStream input (`[jetstream]`): a durable pull consumer that every Sluice
+//! instance shares. A message's payload (one JSON object, or NDJSON) goes through the
+//! same decoding, routing and queues as TCP lines; the message is acknowledged to
+//! JetStream only once its rows and dead letters are committed. While its batch is
+//! written or retried, the acknowledgement deadline is extended (`in_progress`); if
+//! Sluice stops before the commit, the message is given back (`nak` with a delay) and
+//! JetStream redelivers it, to this instance or another. Nothing is acknowledged early
+//! and nothing is terminated: a message that is not an event becomes a dead letter.
+//!
+//! Flow control: at most `max_ack_pending` messages of this instance wait for their
+//! commit, and a message whose queue is full waits for room, so a slow database stops
+//! the pulling instead of filling memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::body::parse_object;
+use super::tcp::route_by_field;
+use super::{CommitWait, EventError, Ingest, RequestEvents};
+use crate::config::{JetStreamConfig, TcpConfig};
+use crate::event::Stage;
+use crate::schema::Stream;
+use crate::telemetry;
+
+/// How the `source` of a JetStream event begins (`jetstream <subject>`).
+pub const SOURCE: &str = "jetstream";
+
+/// Consumes until `stop`; a lost connection or a server error is logged and retried.
+/// Acknowledgements run on `tasks`, so that shutdown waits for them.
+pub async fn run(
+    config: JetStreamConfig,
+    tcp: Arc<TcpConfig>,
+    ingest: Arc<Ingest>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let input = Input {
+        config,
+        tcp,
+        ingest,
+        tasks,
+    };
+    loop {
+        match input.consume(&stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                telemetry::jetstream_errors();
+                tracing::warn!(url = %input.config.url, stream = %input.config.stream, error = %e,
+                    "The JetStream input failed; reconnecting in 2 s (unacknowledged messages will be redelivered).");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+struct Input {
+    config: JetStreamConfig,
+    tcp: Arc<TcpConfig>,
+    ingest: Arc<Ingest>,
+    tasks: TaskTracker,
+}
+
+impl Input {
+    /// Connects, makes sure the stream and the consumer exist, and pulls until `stop`.
+    async fn consume(&self, stop: &CancellationToken) -> Result<(), async_nats::Error> {
+        let config = &self.config;
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&config.url)
+            .await?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: config.stream.clone(),
+                subjects: config.subjects.clone(),
+                ..Default::default()
+            })
+            .await?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &config.consumer,
+                pull::Config {
+                    durable_name: Some(config.consumer.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    max_ack_pending: i64::try_from(config.max_ack_pending).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.tasks.spawn(report_lag(consumer.clone(), stop.clone()));
+        tracing::info!(url = %config.url, stream = %config.stream, consumer = %config.consumer,
+            "Consuming from JetStream.");
+        let permits = Arc::new(Semaphore::new(config.max_ack_pending));
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(config.max_ack_pending.clamp(1, 500))
+            .messages()
+            .await?;
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let message = tokio::select! {
+                m = messages.next() => m,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let message = message.ok_or("the consumer's message stream ended")??;
+            let redelivered = message.info().is_ok_and(|i| i.delivered > 1);
+            telemetry::jetstream_pulled(redelivered);
+            match self.submit(&message).await {
+                Ok(waits) => {
+                    let (ack_wait, nak_delay) = (config.ack_wait, config.nak_delay);
+                    self.tasks.spawn(ack_after_commit(
+                        message, waits, permit, ack_wait, nak_delay,
+                    ));
+                }
+                Err(e) => {
+                    // Sluice is stopping: the queues take nothing more.
+                    tracing::info!(error = %e, "A JetStream message could not be queued; it is given back.");
+                    nak(&message, config.nak_delay).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Decodes and routes the message's events and queues them (waiting for room).
+    async fn submit(
+        &self,
+        message: &jetstream::Message,
+    ) -> Result<Vec<CommitWait>, crate::pipeline::queue::QueueError> {
+        let subject = message.subject.as_str();
+        let source: Arc<str> = format!("{SOURCE} {subject}").into();
+        let received_at = chrono::Utc::now();
+        let by_subject = self
+            .config
+            .subject_prefix
+            .as_deref()
+            .and_then(|p| subject.strip_prefix(p));
+        let mut per_stream: Vec<(Arc<Stream>, RequestEvents)> = Vec::new();
+        let mut unrouted = self.ingest.request_events();
+        let lines = message
+            .payload
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+        for (index, raw) in lines.enumerate() {
+            let reject = |batch: &mut RequestEvents, stage, error| {
+                let err = EventError::whole(index, stage, error);
+                batch.reject(None, raw, err, &source, received_at);
+            };
+            let value = match parse_object(raw) {
+                Ok(v) => v,
+                Err(e) => {
+                    reject(&mut unrouted, Stage::Parse, e);
+                    continue;
+                }
+            };
+            let routed = match by_subject {
+                Some(name) => self.by_subject(name, subject, value),
+                None => route_by_field(&self.ingest.registry, &self.tcp, value),
+            };
+            let (stream, value) = match routed {
+                Ok(r) => r,
+                Err(e) => {
+                    reject(&mut unrouted, Stage::Route, e);
+                    continue;
+                }
+            };
+            let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
+                Some(i) => i,
+                None => {
+                    per_stream.push((stream.clone(), self.ingest.request_events()));
+                    per_stream.len() - 1
+                }
+            };
+            // `parse_object` checked that the line is UTF-8.
+            let text = std::str::from_utf8(raw).unwrap_or_default();
+            per_stream[slot]
+                .1
+                .add(&stream, text, value, index, &source, received_at);
+        }
+        let mut waits = Vec::new();
+        let groups = per_stream
+            .into_iter()
+            .map(|(s, events)| (Some(s), events))
+            .chain(std::iter::once((None, unrouted)));
+        for (stream, events) in groups {
+            if events.rows.is_empty() && events.letters.is_empty() {
+                continue;
+            }
+            let name = stream.as_ref().map(|s| s.name.as_str());
+            waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
+        }
+        Ok(waits)
+    }
+
+    /// The stream named by the subject; the TCP routing field is removed as there (so a
+    /// replay sees the event as it was validated).
+    fn by_subject(
+        &self,
+        name: &str,
+        subject: &str,
+        mut value: serde_json::Value,
+    ) -> Result<(Arc<Stream>, serde_json::Value), String> {
+        let stream = self.ingest.registry.get(name).ok_or_else(|| {
+            format!("unknown stream `{name}` (from the subject {subject}): there is no schemas/{name}.json")
+        })?;
+        super::tcp::strip_routing_field(stream, &self.tcp.stream_field, SOURCE, &mut value);
+        Ok((stream.clone(), value))
+    }
+}
+
+/// Acknowledges `message` once every row and dead letter of it is committed, extending
+/// its deadline meanwhile; gives it back if Sluice stopped first or lost an event.
+async fn ack_after_commit(
+    message: jetstream::Message,
+    waits: Vec<CommitWait>,
+    _permit: OwnedSemaphorePermit,
+    ack_wait: Duration,
+    nak_delay: Duration,
+) {
+    let committed = async {
+        let mut stored = true;
+        for wait in waits {
+            match wait.committed().await {
+                Ok(outcome) => stored &= outcome.lost.is_empty(),
+                Err(_) => return false,
+            }
+        }
+        stored
+    };
+    tokio::pin!(committed);
+    let mut progress = tokio::time::interval(ack_wait / 3);
+    progress.tick().await;
+    let stored = loop {
+        tokio::select! {
+            stored = &mut committed => break stored,
+            _ = progress.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "Could not extend a JetStream message's deadline.");
+                }
+            }
+        }
+    };
+    if !stored {
+        nak(&message, nak_delay).await;
+        return;
+    }
+    match message.ack().await {
+        Ok(()) => telemetry::jetstream_acked(),
+        // JetStream redelivers it; the stream's id_field keeps the row unique.
+        Err(e) => {
+            tracing::warn!(error = %e, "A committed JetStream message could not be acknowledged; it will be redelivered.")
+        }
+    }
+}
+
+async fn nak(message: &jetstream::Message, delay: Duration) {
+    telemetry::jetstream_nacked();
+    if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::debug!(error = %e, "Could not give a JetStream message back; it is redelivered after ack_wait.");
+    }
+}
+
+/// Publishes the consumer's backlog (`num_pending`) and unacknowledged count every 5 s.
+async fn report_lag(mut consumer: jetstream::consumer::PullConsumer, stop: CancellationToken) {
+    loop {
+        if let Ok(info) = consumer.info().await {
+            telemetry::jetstream_lag(&info.name, info.num_pending, info.num_ack_pending);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
