@@ -368,24 +368,26 @@ impl Jobs {
         let run = async {
             // A schema fixed with a new optional property gets its column first, as at
             // start-up.
+            // Under the schema lock, as at start-up: another instance may be evolving
+            // or creating the same tables.
             let streams: Vec<_> = registry.iter().cloned().collect();
-            crate::sink::evolution::evolve_tables(&self.storage.store, &streams).await?;
-            // Tables of streams added since start-up.
-            let mut new = Vec::new();
-            for stream in &streams {
-                if self
-                    .storage
-                    .store
-                    .describe_table(&stream.table)
-                    .await?
-                    .is_empty()
-                {
-                    new.push(stream.clone());
-                }
-            }
-            if !new.is_empty() {
-                self.storage.store.prepare(&new).await?;
-            }
+            let store = &self.storage.store;
+            store
+                .under_schema_lock(async {
+                    crate::sink::evolution::evolve_tables(store, &streams).await?;
+                    // Tables of streams added since start-up.
+                    let mut new = Vec::new();
+                    for stream in &streams {
+                        if store.describe_table(&stream.table).await?.is_empty() {
+                            new.push(stream.clone());
+                        }
+                    }
+                    if !new.is_empty() {
+                        store.prepare(&new).await?;
+                    }
+                    anyhow::Ok(())
+                })
+                .await??;
             replay_with(
                 &registry,
                 &self.storage,

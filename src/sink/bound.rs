@@ -65,6 +65,46 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     }
 }
 
+/// Runs `work` while this process holds the database's schema lock
+/// ([`Dialect::schema_lock`]), on a connection of its own that is closed afterwards (so
+/// the lock cannot outlive it, even if releasing fails).
+pub async fn under_schema_lock<DB, T>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, SinkError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    use sqlx::Connection as _;
+    let Some((lock, unlock)) = dialect.schema_lock() else {
+        return Ok(work.await);
+    };
+    let err = sink_error(dialect);
+    let mut conn = pool.acquire().await.map_err(&err)?.detach();
+    let (granted,): (Option<i64>,) = sqlx::query_as(lock)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(&err)?;
+    if granted != Some(1) {
+        return Err(SinkError {
+            class: super::ErrorClass::Transient,
+            source: "another Sluice held the schema lock for 600 s (is one stuck in start-up DDL?)"
+                .into(),
+        });
+    }
+    let out = work.await;
+    if let Err(e) = sqlx::query(unlock).execute(&mut conn).await {
+        tracing::warn!(error = %e, "Releasing the schema lock failed; closing its connection releases it.");
+    }
+    let _ = conn.close().await;
+    Ok(out)
+}
+
 /// The DDL that `prepare` runs: the dead-letter table, then every stream's table.
 pub fn ddl(dialect: Dialect, streams: &[std::sync::Arc<Stream>]) -> Vec<String> {
     let mut statements = dialect.create_dead_letters();

@@ -392,6 +392,26 @@ impl Dialect {
         )
     }
 
+    /// The statements taking and releasing the schema lock, which serialises start-up
+    /// DDL and table evolution across Sluice instances sharing one database. The first
+    /// waits until the lock is granted and answers one row, `1` when it is (MySQL gives
+    /// up after 600 s with `0`). `None` for SQLite, whose own write lock serialises DDL.
+    pub fn schema_lock(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            // A session-level advisory lock of this database (key: "sluice" read as a hex number).
+            Dialect::Postgres => Some((
+                "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_lock(126909663503205)) AS l",
+                "SELECT pg_advisory_unlock(126909663503205)",
+            )),
+            // GET_LOCK names are server-wide: the name includes the database.
+            Dialect::Mysql => Some((
+                "SELECT CAST(GET_LOCK(CONCAT('sluice_schema:', DATABASE()), 600) AS SIGNED)",
+                "SELECT RELEASE_LOCK(CONCAT('sluice_schema:', DATABASE()))",
+            )),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// The `n`th (1-based) bound-value placeholder.
     pub fn placeholder(self, n: usize) -> String {
         match self {

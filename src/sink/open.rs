@@ -14,12 +14,17 @@ use crate::schema::Registry;
 pub async fn open(config: &Config, registry: Registry) -> anyhow::Result<(Registry, Storage)> {
     let storage = connect_redacted(&config.database).await?;
     let streams: Vec<_> = registry.iter().cloned().collect();
-    evolution::evolve_tables(&storage.store, &streams).await?;
-    storage
-        .store
-        .prepare(&streams)
+    let store = &storage.store;
+    store
+        .under_schema_lock(async {
+            evolution::evolve_tables(store, &streams).await?;
+            store
+                .prepare(&streams)
+                .await
+                .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")
+        })
         .await
-        .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")?;
+        .context("cannot take the schema lock")??;
     Ok((registry, storage))
 }
 

@@ -103,6 +103,16 @@ impl Store {
         with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)
     }
 
+    /// Runs `work` (DDL, table evolution) while holding the database's schema lock, so
+    /// that instances starting at once on one database do not create or alter the same
+    /// table together.
+    pub async fn under_schema_lock<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, SinkError> {
+        with_pool!(&self.pools, p => super::bound::under_schema_lock(p, self.dialect, work).await)
+    }
+
     /// Runs DDL statements in order.
     pub async fn execute_ddl(&self, statements: Vec<String>) -> Result<(), SinkError> {
         with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)

@@ -14,6 +14,7 @@ mod errors;
 mod evolution;
 mod flood;
 mod ingest;
+mod instances;
 mod jetstream;
 mod jobs;
 mod memory;
