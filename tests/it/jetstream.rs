@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::helpers::{reading, spawn_binary, Db, TestDb};
+use crate::helpers::{reading, spawn_binary, Binary, Db, TestDb};
 
 /// The NATS server's URL, or `None` (after printing SKIPPED) when it cannot be reached;
 /// with `SLUICE_TEST_REQUIRE_ALL=1` an unreachable server fails the test.
@@ -37,11 +37,96 @@ fn config(dir: &std::path::Path, url: &str, stream: &str, prefix: &str) -> std::
     std::fs::write(
         &path,
         format!(
-            "[streams.reading]\nid_field = \"seq\"\n\n[jetstream]\nurl = \"{url}\"\nstream = \"{stream}\"\nsubjects = [\"{prefix}>\"]\nconsumer = \"sluice\"\nsubject_prefix = \"{prefix}\"\nmax_ack_pending = 2000\n"
+            "[streams.reading]\nid_field = \"seq\"\n\n[jetstream]\nurl = \"{url}\"\nstream = \"{stream}\"\nsubjects = [\"{prefix}>\"]\nconsumer = \"sluice\"\nsubject_prefix = \"{prefix}\"\nmax_ack_pending = 2000\nack_wait = \"3s\"\n"
         ),
     )
     .unwrap();
     path
+}
+
+/// The sum of the samples of `metric` (with `labels` in their label set) that the
+/// instance exports.
+async fn metric(sluice: &Binary, metric: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", sluice.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A JetStream stream with `n` readings published to it, and the config of instances
+/// consuming it; deleted by [`Fixture::done`].
+struct Fixture {
+    js: jetstream::Context,
+    name: String,
+    env: [(&'static str, String); 1],
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn publish(js: jetstream::Context, url: &str, n: i64) -> Fixture {
+        let (name, prefix) = names();
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        publish(&js, &format!("{prefix}reading"), 0..n).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = config(dir.path(), url, &name, &prefix);
+        Fixture {
+            js,
+            name,
+            env: [("SLUICE_CONFIG", file.display().to_string())],
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the consumer has nothing left to deliver and nothing unacknowledged.
+    async fn drained(&self) {
+        let consumer: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream(&self.name)
+            .await
+            .unwrap()
+            .get_consumer("sluice")
+            .await
+            .unwrap();
+        eventually(60, "every message is acknowledged", || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await.map_err(|e| e.to_string())?;
+                match (info.num_pending, info.num_ack_pending) {
+                    (0, 0) => Ok(()),
+                    state => Err(format!("(pending, ack pending) = {state:?}")),
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn done(self) {
+        self.js.delete_stream(&self.name).await.unwrap();
+    }
+}
+
+/// Waits until `table` holds `n` rows, each `seq` once.
+async fn stored_once(db: &TestDb, n: i64, secs: u64) {
+    eventually(secs, "every event is stored", || async {
+        match db.count("reading").await {
+            c if c == n => Ok(()),
+            c => Err(format!("{c} rows of {n}")),
+        }
+    })
+    .await;
+    assert_eq!(db.distinct("reading", "seq").await, n, "each event once");
 }
 
 /// Publishes readings `seqs` to `subject`, each message one event, and waits for
@@ -91,69 +176,158 @@ async fn two_instances_share_one_consumer_and_store_every_event_once() {
     let Some(db) = TestDb::create(Db::Postgres).await else {
         return;
     };
-    let (name, prefix) = names();
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: name.clone(),
-        subjects: vec![format!("{prefix}>")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     const N: i64 = 50_000;
-    publish(&js, &format!("{prefix}reading"), 0..N).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let env = [(
-        "SLUICE_CONFIG",
-        config(dir.path(), &url, &name, &prefix)
-            .display()
-            .to_string(),
-    )];
-    let first = spawn_binary(None, &db, &env);
-    let second = spawn_binary(None, &db, &env);
-    eventually(180, "every event is stored", || async {
-        match db.count("reading").await {
-            N => Ok(()),
-            n => Err(format!("{n} rows of {N}")),
-        }
-    })
-    .await;
-    assert_eq!(db.distinct("reading", "seq").await, N, "each event once");
-    let consumer: jetstream::consumer::PullConsumer = js
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .get_consumer("sluice")
-        .await
-        .unwrap();
-    eventually(30, "every message is acknowledged", || {
-        let mut consumer = consumer.clone();
-        async move {
-            let info = consumer.info().await.map_err(|e| e.to_string())?;
-            match (info.num_pending, info.num_ack_pending) {
-                (0, 0) => Ok(()),
-                state => Err(format!("(pending, ack pending) = {state:?}")),
-            }
-        }
-    })
-    .await;
+    let fixture = Fixture::publish(js, &url, N).await;
+    let first = spawn_binary(None, &db, &fixture.env);
+    let second = spawn_binary(None, &db, &fixture.env);
+    stored_once(&db, N, 180).await;
+    fixture.drained().await;
     // Both instances took part (the consumer is shared, not copied).
     for sluice in [&first, &second] {
-        let metrics = reqwest::get(format!("http://{}/metrics", sluice.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let acked = metrics
-            .lines()
-            .find(|l| l.starts_with("sluice_jetstream_messages_total{outcome=\"acked\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(acked > 0.0, "an instance acknowledged nothing:\n{metrics}");
+        let acked = metric(sluice, "sluice_jetstream_messages_total", "acked").await;
+        assert!(acked > 0.0, "an instance acknowledged nothing");
     }
     first.terminate().await;
     second.terminate().await;
-    js.delete_stream(&name).await.unwrap();
+    fixture.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_loses_nothing_and_its_messages_are_redelivered() {
+    let Some((url, js)) = nats().await else {
+        return;
+    };
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    const N: i64 = 30_000;
+    let fixture = Fixture::publish(js, &url, N).await;
+    let mut first = spawn_binary(None, &db, &fixture.env);
+    let second = spawn_binary(None, &db, &fixture.env);
+    eventually(120, "a quarter is stored", || async {
+        match db.count("reading").await {
+            c if c >= N / 4 => Ok(()),
+            c => Err(format!("{c} rows")),
+        }
+    })
+    .await;
+    // Killed with messages pulled and not acknowledged: JetStream redelivers them once
+    // ack_wait (3 s) passes, to the instance still running.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    eventually(120, "the other instance goes on", || async {
+        match db.count("reading").await {
+            c if c >= N / 2 => Ok(()),
+            c => Err(format!("{c} rows")),
+        }
+    })
+    .await;
+    let restarted = spawn_binary(None, &db, &fixture.env);
+    stored_once(&db, N, 180).await;
+    fixture.drained().await;
+    let redelivered = metric(&second, "sluice_jetstream_messages_total", "redelivered").await
+        + metric(&restarted, "sluice_jetstream_messages_total", "redelivered").await;
+    assert!(
+        redelivered > 0.0,
+        "the killed instance's messages were redelivered"
+    );
+    second.terminate().await;
+    restarted.terminate().await;
+    fixture.done().await;
+}
+
+/// A TCP proxy to `target` that forwards until `down` is set; while it is, every
+/// connection is closed and new ones are refused, as a database that went away.
+async fn outage_proxy(
+    target: &'static str,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: the connection is closed at once
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(forward(cr, sw, down.clone()));
+            tokio::spawn(forward(sr, cw, down.clone()));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until either side closes or `down` is set; dropping both
+/// halves then closes the connection.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(100), from.read(&mut buf)).await;
+        if down.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let n = match read {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_acknowledges_nothing_early_and_loses_nothing() {
+    let Some((url, js)) = nats().await else {
+        return;
+    };
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    const N: i64 = 20_000;
+    let fixture = Fixture::publish(js, &url, N).await;
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = outage_proxy("127.0.0.1:5432", down.clone()).await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
+    let sluice = spawn_binary(None, &via_proxy, &fixture.env);
+    eventually(120, "some events are stored", || async {
+        match db.count("reading").await {
+            c if c >= 2_000 => Ok(()),
+            c => Err(format!("{c} rows")),
+        }
+    })
+    .await;
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    // For 10 s the database cannot be reached. An acknowledgement only ever follows a
+    // commit: read the acknowledgements first, then the rows committed since.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < until {
+        let acked = metric(&sluice, "sluice_jetstream_messages_total", "acked").await;
+        let stored = db.count("reading").await as f64;
+        assert!(
+            acked <= stored,
+            "{acked} messages acknowledged, {stored} rows committed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        metric(&sluice, "sluice_write_retries_total", "reading").await > 0.0,
+        "the writes failed and were retried during the outage"
+    );
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    stored_once(&db, N, 180).await;
+    fixture.drained().await;
+    sluice.terminate().await;
+    fixture.done().await;
 }
