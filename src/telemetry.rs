@@ -180,17 +180,16 @@ pub fn spool_depth(log: &str, bytes: u64, records: usize) {
     gauge!("sluice_spool_records", "stream" => log.to_owned()).set(records as f64);
 }
 
-/// A message pulled from JetStream (`redelivered` when JetStream had delivered it before).
-pub fn jetstream_pulled(redelivered: bool) {
-    counter!("sluice_jetstream_messages_total", "outcome" => "pulled").increment(1);
-    if redelivered {
-        counter!("sluice_jetstream_messages_total", "outcome" => "redelivered").increment(1);
-    }
+/// Messages pulled from JetStream, `redelivered` of them delivered before.
+pub fn jetstream_pulled(pulled: usize, redelivered: usize) {
+    counter!("sluice_jetstream_messages_total", "outcome" => "pulled").increment(pulled as u64);
+    counter!("sluice_jetstream_messages_total", "outcome" => "redelivered")
+        .increment(redelivered as u64);
 }
 
-/// A JetStream message acknowledged after its commit.
-pub fn jetstream_acked() {
-    counter!("sluice_jetstream_messages_total", "outcome" => "acked").increment(1);
+/// JetStream messages acknowledged after their commit.
+pub fn jetstream_acked(n: usize) {
+    counter!("sluice_jetstream_messages_total", "outcome" => "acked").increment(n as u64);
 }
 
 /// A JetStream message given back for redelivery.

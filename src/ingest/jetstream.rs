@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +27,9 @@ use crate::config::{JetStreamConfig, TcpConfig};
 use crate::event::Stage;
 use crate::schema::Stream;
 use crate::telemetry;
+
+/// Most messages handled as one batch (one submit, one commit wait, one task).
+const MAX_BATCH: usize = 5000;
 
 /// How the `source` of a JetStream event begins (`jetstream <subject>`).
 pub const SOURCE: &str = "jetstream";
@@ -103,93 +106,114 @@ impl Input {
         let permits = Arc::new(Semaphore::new(config.max_ack_pending));
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(config.max_ack_pending.clamp(1, 500))
+            .max_messages_per_batch(config.max_ack_pending.clamp(1, MAX_BATCH))
             .messages()
             .await?;
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p?,
-                _ = stop.cancelled() => return Ok(()),
-            };
-            let message = tokio::select! {
+            let first = tokio::select! {
                 m = messages.next() => m,
                 _ = stop.cancelled() => return Ok(()),
             };
-            let message = message.ok_or("the consumer's message stream ended")??;
-            let redelivered = message.info().is_ok_and(|i| i.delivered > 1);
-            telemetry::jetstream_pulled(redelivered);
-            match self.submit(&message).await {
-                Ok(waits) => {
+            // The messages already here join the first: one submit, one commit wait
+            // and one task for all of them.
+            let mut batch = vec![first.ok_or("the consumer's message stream ended")??];
+            while batch.len() < MAX_BATCH.min(config.max_ack_pending) {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    Some(Some(Err(e))) => return Err(e.into()),
+                    Some(None) | None => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_many_owned(batch.len() as u32) => p?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            let redelivered = batch
+                .iter()
+                .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+                .count();
+            telemetry::jetstream_pulled(batch.len(), redelivered);
+            match self.submit(&batch).await {
+                Ok((waits, owners)) => {
                     let (ack_wait, nak_delay) = (config.ack_wait, config.nak_delay);
                     self.tasks.spawn(ack_after_commit(
-                        message, waits, permit, ack_wait, nak_delay,
+                        batch, owners, waits, permit, ack_wait, nak_delay,
                     ));
                 }
                 Err(e) => {
                     // Sluice is stopping: the queues take nothing more.
-                    tracing::info!(error = %e, "A JetStream message could not be queued; it is given back.");
-                    nak(&message, config.nak_delay).await;
+                    tracing::info!(error = %e, messages = batch.len(), "JetStream messages could not be queued; they are given back.");
+                    for m in &batch {
+                        nak(m, config.nak_delay).await;
+                    }
                     return Ok(());
                 }
             }
         }
     }
 
-    /// Decodes and routes the message's events and queues them (waiting for room).
+    /// Decodes and routes the events of `batch` and queues them (waiting for room).
+    /// Returns the commit waits and, for each event index, the message it came from.
     async fn submit(
         &self,
-        message: &jetstream::Message,
-    ) -> Result<Vec<CommitWait>, crate::pipeline::queue::QueueError> {
-        let subject = message.subject.as_str();
-        let source: Arc<str> = format!("{SOURCE} {subject}").into();
+        batch: &[jetstream::Message],
+    ) -> Result<(Vec<CommitWait>, Vec<usize>), crate::pipeline::queue::QueueError> {
         let received_at = chrono::Utc::now();
-        let by_subject = self
-            .config
-            .subject_prefix
-            .as_deref()
-            .and_then(|p| subject.strip_prefix(p));
         let mut per_stream: Vec<(Arc<Stream>, RequestEvents)> = Vec::new();
         let mut unrouted = self.ingest.request_events();
-        let lines = message
-            .payload
-            .split(|b| *b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
-        for (index, raw) in lines.enumerate() {
-            let reject = |batch: &mut RequestEvents, stage, error| {
-                let err = EventError::whole(index, stage, error);
-                batch.reject(None, raw, err, &source, received_at);
-            };
-            let value = match parse_object(raw) {
-                Ok(v) => v,
-                Err(e) => {
-                    reject(&mut unrouted, Stage::Parse, e);
-                    continue;
-                }
-            };
-            let routed = match by_subject {
-                Some(name) => self.by_subject(name, subject, value),
-                None => route_by_field(&self.ingest.registry, &self.tcp, value),
-            };
-            let (stream, value) = match routed {
-                Ok(r) => r,
-                Err(e) => {
-                    reject(&mut unrouted, Stage::Route, e);
-                    continue;
-                }
-            };
-            let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
-                Some(i) => i,
-                None => {
-                    per_stream.push((stream.clone(), self.ingest.request_events()));
-                    per_stream.len() - 1
-                }
-            };
-            // `parse_object` checked that the line is UTF-8.
-            let text = std::str::from_utf8(raw).unwrap_or_default();
-            per_stream[slot]
-                .1
-                .add(&stream, text, value, index, &source, received_at);
+        // owners[event index] = the message in `batch` the event came from.
+        let mut owners = Vec::new();
+        for (m, message) in batch.iter().enumerate() {
+            let subject = message.subject.as_str();
+            let source: Arc<str> = format!("{SOURCE} {subject}").into();
+            let by_subject = self
+                .config
+                .subject_prefix
+                .as_deref()
+                .and_then(|p| subject.strip_prefix(p));
+            let lines = message
+                .payload
+                .split(|b| *b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+            for raw in lines {
+                let index = owners.len();
+                owners.push(m);
+                let reject = |batch: &mut RequestEvents, stage, error| {
+                    let err = EventError::whole(index, stage, error);
+                    batch.reject(None, raw, err, &source, received_at);
+                };
+                let value = match parse_object(raw) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        reject(&mut unrouted, Stage::Parse, e);
+                        continue;
+                    }
+                };
+                let routed = match by_subject {
+                    Some(name) => self.by_subject(name, subject, value),
+                    None => route_by_field(&self.ingest.registry, &self.tcp, value),
+                };
+                let (stream, value) = match routed {
+                    Ok(r) => r,
+                    Err(e) => {
+                        reject(&mut unrouted, Stage::Route, e);
+                        continue;
+                    }
+                };
+                let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
+                    Some(i) => i,
+                    None => {
+                        per_stream.push((stream.clone(), self.ingest.request_events()));
+                        per_stream.len() - 1
+                    }
+                };
+                // `parse_object` checked that the line is UTF-8.
+                let text = std::str::from_utf8(raw).unwrap_or_default();
+                per_stream[slot]
+                    .1
+                    .add(&stream, text, value, index, &source, received_at);
+            }
         }
         let mut waits = Vec::new();
         let groups = per_stream
@@ -203,7 +227,7 @@ impl Input {
             let name = stream.as_ref().map(|s| s.name.as_str());
             waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
         }
-        Ok(waits)
+        Ok((waits, owners))
     }
 
     /// The stream named by the subject; the TCP routing field is removed as there (so a
@@ -222,24 +246,29 @@ impl Input {
     }
 }
 
-/// Acknowledges `message` once every row and dead letter of it is committed, extending
-/// its deadline meanwhile; gives it back if Sluice stopped first or lost an event.
+/// Acknowledges each message of `batch` once every row and dead letter of it is
+/// committed, extending their deadlines meanwhile; gives back the messages with an event
+/// that could not be stored at all, and every message if Sluice stopped first.
 async fn ack_after_commit(
-    message: jetstream::Message,
+    batch: Vec<jetstream::Message>,
+    owners: Vec<usize>,
     waits: Vec<CommitWait>,
     _permit: OwnedSemaphorePermit,
     ack_wait: Duration,
     nak_delay: Duration,
 ) {
     let committed = async {
-        let mut stored = true;
+        // Per message: whether all its events are stored.
+        let mut stored = vec![true; batch.len()];
         for wait in waits {
-            match wait.committed().await {
-                Ok(outcome) => stored &= outcome.lost.is_empty(),
-                Err(_) => return false,
+            let outcome = wait.committed().await.ok()?;
+            for lost in outcome.lost {
+                if let Some(&m) = owners.get(lost.index) {
+                    stored[m] = false;
+                }
             }
         }
-        stored
+        Some(stored)
     };
     tokio::pin!(committed);
     let mut progress = tokio::time::interval(ack_wait / 3);
@@ -248,23 +277,30 @@ async fn ack_after_commit(
         tokio::select! {
             stored = &mut committed => break stored,
             _ = progress.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "Could not extend a JetStream message's deadline.");
+                for message in &batch {
+                    if let Err(e) = message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "Could not extend a JetStream message's deadline.");
+                    }
                 }
             }
         }
     };
-    if !stored {
-        nak(&message, nak_delay).await;
-        return;
-    }
-    match message.ack().await {
-        Ok(()) => telemetry::jetstream_acked(),
-        // JetStream redelivers it; the stream's id_field keeps the row unique.
-        Err(e) => {
-            tracing::warn!(error = %e, "A committed JetStream message could not be acknowledged; it will be redelivered.")
+    let stored = stored.unwrap_or_else(|| vec![false; batch.len()]);
+    let mut acked = 0;
+    for (message, stored) in batch.iter().zip(stored) {
+        if !stored {
+            nak(message, nak_delay).await;
+            continue;
+        }
+        match message.ack().await {
+            Ok(()) => acked += 1,
+            // JetStream redelivers it; the stream's id_field keeps the row unique.
+            Err(e) => {
+                tracing::warn!(error = %e, "A committed JetStream message could not be acknowledged; it will be redelivered.")
+            }
         }
     }
+    telemetry::jetstream_acked(acked);
 }
 
 async fn nak(message: &jetstream::Message, delay: Duration) {
