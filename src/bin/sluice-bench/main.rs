@@ -7,12 +7,16 @@
 //! 3. **http**: NDJSON bodies of B events over C connections with `ack=commit`.
 //! 4. **tcp**: the events as lines over C connections.
 //! 5. **rate**: single-event `ack=commit` requests at a fixed rate, for latency.
+//! 6. **jetstream1**, **jetstream2** (with `--jetstream`): the events published to a
+//!    fresh JetStream stream first (not timed), then drained by 1 and by 2 Sluice
+//!    instances sharing one durable consumer, timed from their start to the last row.
 //!
 //! After each load it waits until every event is a row (counting them), then prints
 //! committed events/s, MB/s, latency quantiles, the server's CPU seconds and peak RSS
 //! (from /proc), and the ratio to the limit.
 
 mod db;
+mod jetstream;
 mod load;
 mod procfs;
 
@@ -103,6 +107,12 @@ struct Args {
     /// spool makes durable.
     #[arg(long, value_delimiter = ',')]
     spool: Vec<String>,
+    /// Also run the JetStream loads (jetstream1, jetstream2) after the others.
+    #[arg(long)]
+    jetstream: bool,
+    /// The NATS server (with JetStream) of the JetStream loads.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
 }
 
 /// What one load measured.
@@ -142,9 +152,17 @@ impl Drop for Target {
     }
 }
 
-fn start_sluice(args: &Args, url: &str, spool: Option<&str>) -> anyhow::Result<Target> {
+fn start_sluice(
+    args: &Args,
+    url: &str,
+    spool: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Target> {
     use std::io::BufRead;
     let mut command = Command::new(&args.sluice_bin);
+    if let Some(config) = config {
+        command.env("SLUICE_CONFIG", config);
+    }
     if let Some(fsync) = spool.filter(|s| *s != "off") {
         let dir =
             std::env::temp_dir().join(format!("sluice-bench-spool-{}-{fsync}", std::process::id()));
@@ -269,8 +287,26 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                 Some(s) => format!("{mode}/{s}"),
                 None => mode.to_owned(),
             };
-            for mode in &args.modes {
+            let mut modes = args.modes.clone();
+            if args.jetstream && v == 0 {
+                modes.extend(["jetstream1".to_owned(), "jetstream2".to_owned()]);
+            }
+            for mode in &modes {
                 if mode == "limit" && v > 0 {
+                    continue;
+                }
+                if let Some(instances) = mode.strip_prefix("jetstream") {
+                    let instances: usize = instances.parse().context("jetstream1 or jetstream2")?;
+                    // Its own instances; the HTTP/TCP one would compete for the cores.
+                    target = None;
+                    db.empty(&args.table).await?;
+                    let mut o = jetstream::drain(args, url, &mut db, &events, instances).await?;
+                    o.ratio_to_limits = limits
+                        .iter()
+                        .map(|(_, l)| o.events_per_second / l)
+                        .collect();
+                    outcomes.push(o);
+                    report(outcomes.last(), args.json);
                     continue;
                 }
                 if mode == "limit" {
@@ -326,7 +362,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                             child: None,
                         },
                         None => {
-                            let t = start_sluice(args, url, *variant)?;
+                            let t = start_sluice(args, url, *variant, None)?;
                             eprintln!(
                                 "Sluice pid {} on http {} tcp {}, idle RSS {:.1} MiB",
                                 t.pid,
