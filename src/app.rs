@@ -284,10 +284,11 @@ impl App {
         connections.spawn(async move { webhooks.refusals.run(interval, stop).await });
         let (access, stop) = (self.access.clone(), accepting.clone());
         connections.spawn(async move { access.refusals.run(interval, stop).await });
-        // Jobs a previous run left running are marked failed, in the background: it is a
-        // write, and the database may be busy (or locked) at start-up.
+        // Jobs whose instance is gone (this one before a restart, or another one) are
+        // marked failed, in the background and then every few seconds: it is a write,
+        // and the database may be busy (or locked) at start-up.
         let (jobs, stop) = (self.jobs.clone(), accepting.clone());
-        connections.spawn(async move { jobs.recover_until_done(stop).await });
+        connections.spawn(async move { jobs.watch_interrupted(stop).await });
         connections.spawn(crate::shutdown::on_hangup(
             {
                 let (access, tls) = (self.access.clone(), self.tls.clone());

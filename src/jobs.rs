@@ -27,6 +27,24 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A running job whose heartbeat is older than this belongs to an instance that is gone
+/// (jobs record themselves every 500 ms while they run).
+const JOB_STALE: Duration = Duration::from_secs(10);
+/// How often an instance looks for jobs whose instance is gone.
+const JOB_SWEEP: Duration = Duration::from_secs(5);
+
+/// When the job's instance last recorded it (its heartbeat, else its start).
+fn last_seen(job: &JobRecord) -> Option<chrono::DateTime<Utc>> {
+    let at = job
+        .heartbeat_at
+        .as_deref()
+        .or(job.started_at.as_deref())
+        .unwrap_or(&job.created_at);
+    chrono::DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// `POST /v1/jobs/replay`: what to replay.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -223,33 +241,34 @@ impl Jobs {
         })
     }
 
-    /// [`Jobs::recover`], retried every second until it succeeds or `stop`.
-    pub async fn recover_until_done(&self, stop: CancellationToken) {
+    /// [`Jobs::recover`] at start-up and then every [`JOB_SWEEP`] until `stop`: an
+    /// instance that crashes while others run has its jobs marked by them.
+    pub async fn watch_interrupted(&self, stop: CancellationToken) {
         loop {
-            match self.recover().await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot mark interrupted jobs yet; retrying in 1 s.")
-                }
+            if let Err(e) = self.recover().await {
+                tracing::warn!(error = %e, "Cannot mark interrupted jobs yet; trying again.")
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(JOB_SWEEP) => {}
                 _ = stop.cancelled() => return,
             }
         }
     }
 
-    /// Marks the jobs a previous run left `ready` or `running` as failed (reading first,
-    /// so that a start-up without such jobs writes nothing).
+    /// Marks as failed the jobs recorded `ready` or `running` whose heartbeat stopped
+    /// [`JOB_STALE`] ago: their instance is gone (this one before a restart, or another
+    /// one). Reads first, so that a sweep without such jobs writes nothing.
     pub async fn recover(&self) -> Result<u64, SinkError> {
         let recent = self.storage.store.load_jobs(None, 1000).await?;
-        // Jobs this process started are not interrupted ones.
+        let stale = Utc::now() - JOB_STALE;
+        // Jobs this process runs are not interrupted ones.
         let interrupted: Vec<JobRecord> = {
             let running = lock(&self.running);
             recent
                 .into_iter()
                 .filter(|j| matches!(j.state.as_str(), "ready" | "running"))
                 .filter(|j| !running.contains_key(&j.id))
+                .filter(|j| last_seen(j).is_none_or(|t| t < stale))
                 .collect()
         };
         let errors = json!(["Sluice stopped while this job was running (crash, kill or restart); what it committed stays, start it again for the rest"]).to_string();
@@ -337,7 +356,8 @@ impl Jobs {
             }
             running.insert(id.clone(), job.clone());
         }
-        let first = lock(&job.record).snapshot();
+        let mut first = lock(&job.record).snapshot();
+        first.heartbeat_at = Some(now());
         if let Err(e) = self.storage.store.save_job(&first).await {
             lock(&self.running).remove(&id);
             return Err(e.into());
@@ -437,7 +457,8 @@ impl Jobs {
     /// Records the job's current state; a database that does not answer is logged (the
     /// next save tries again).
     async fn save(&self, job: &Running) {
-        let row = lock(&job.record).snapshot();
+        let mut row = lock(&job.record).snapshot();
+        row.heartbeat_at = Some(now());
         if let Err(e) = self.storage.store.save_job(&row).await {
             tracing::warn!(job = %row.id, error = %e, "Could not record the job's progress.");
         }

@@ -533,6 +533,7 @@ pub async fn save_job<DB>(
         .bind(job.result.as_str())
         .bind(job.logs.as_str())
         .bind(job.errors.as_str())
+        .bind(job.heartbeat_at.as_deref())
         .execute(pool)
         .await
         .map_err(sink_error(dialect))?;
@@ -563,6 +564,7 @@ pub async fn load_jobs<DB>(
         String,
         String,
         String,
+        Option<String>,
     );
     let mut q = sqlx::query_as::<DB, Columns>(&sql);
     if let Some(id) = id {
@@ -572,8 +574,8 @@ pub async fn load_jobs<DB>(
     Ok(rows
         .into_iter()
         .map(
-            |(id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors)| {
-                JobRecord { id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors }
+            |(id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors, heartbeat_at)| {
+                JobRecord { id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors, heartbeat_at }
             },
         )
         .collect())

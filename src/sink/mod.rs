@@ -250,6 +250,9 @@ pub struct JobRecord {
     pub logs: String,
     /// Errors, a JSON array of strings (bounded).
     pub errors: String,
+    /// When the instance running the job last recorded it (every 500 ms while it runs):
+    /// a running job whose heartbeat stopped belongs to an instance that is gone.
+    pub heartbeat_at: Option<String>,
 }
 
 /// A dead letter as stored, with what replay needs.

@@ -14,7 +14,7 @@ use super::bound::{
     count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
     load_jobs, purge_dead_letters, record_replay_failure, save_job, table_has_rows,
 };
-use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect};
+use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, JOBS};
 use super::{
     DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, PurgeFilter, SinkError,
     StoredDeadLetter,
@@ -100,7 +100,16 @@ impl Store {
     /// Creates the dead-letter table and every stream's table if missing.
     pub async fn prepare(&self, streams: &[Arc<Stream>]) -> Result<(), SinkError> {
         let statements = ddl(self.dialect, streams);
-        with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)
+        with_pool!(&self.pools, p => execute_all(p, self.dialect, statements).await)?;
+        // A jobs table made before jobs had a heartbeat gets its column.
+        let jobs = self.describe_table(JOBS).await?;
+        if !jobs.iter().any(|c| c.name == "heartbeat_at") {
+            let add =
+                self.dialect
+                    .add_column(JOBS, "heartbeat_at", self.dialect.job_text_type(), false);
+            self.execute_ddl(vec![add]).await?;
+        }
+        Ok(())
     }
 
     /// Runs `work` (DDL, table evolution) while holding the database's schema lock, so

@@ -1,6 +1,7 @@
 //! The jobs API: a replay runs in the background with progress, can be cancelled
 //! between pages, refuses a second replay over the same dead letters, and a job running
-//! at a crash is marked failed at the next start. Dead letters are seeded as TCP lines
+//! at a crash is marked failed at the next start, or by another instance on the same
+//! database (never while its own instance is alive). Dead letters are seeded as TCP lines
 //! naming an unknown stream (stage `route`) and replayed `into` the `reading` stream.
 
 use std::time::Duration;
@@ -273,4 +274,39 @@ async fn a_job_running_at_a_crash_is_marked_failed_at_the_next_start() {
     db.wait_for_count("reading", 800).await;
     assert_eq!(db.count("sluice_dead_letters").await, 0);
     sluice.terminate().await;
+}
+
+/// Two instances on one database: the other instance's sweeps leave a running job
+/// alone while its instance records its heartbeat, and mark it failed once that
+/// instance is killed.
+#[tokio::test]
+async fn another_instance_leaves_a_live_job_alone_and_marks_a_dead_ones_failed() {
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
+    let mut first = spawn_binary(None, &db, &env);
+    seed_route_dead_letters(first.tcp.as_deref().unwrap(), &db, 800).await;
+    let client = reqwest::Client::new();
+    let lock = hold_write_lock(&db).await;
+    let (_, started) = post(
+        &client,
+        format!("http://{}/v1/jobs/replay", first.http),
+        json!({"into": "reading"}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    let second = spawn_binary(None, &db, &env);
+    let other = format!("http://{}", second.http);
+    wait_job(&client, &other, &id, |j| j["state"] == "running").await;
+    // Longer than a heartbeat may be missed (10 s) plus a sweep (5 s): still running.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let live = job(&client, &other, &id).await;
+    assert_eq!(live["state"], "running", "a live instance's job: {live}");
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let after = wait_job(&client, &other, &id, |j| j["state"] != "running").await;
+    assert_eq!(after["state"], "failed", "{after}");
+    drop(lock);
+    second.terminate().await;
 }
