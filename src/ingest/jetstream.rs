@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::parse_object;
 use super::tcp::route_by_field;
-use super::{CommitWait, EventError, Ingest, RequestEvents};
+use super::{CommitWait, EventError, Ingest, PerStream, RequestEvents};
 use crate::config::{JetStreamConfig, TcpConfig};
 use crate::event::Stage;
 use crate::schema::Stream;
@@ -159,7 +159,7 @@ impl Input {
         batch: &[jetstream::Message],
     ) -> Result<(Vec<CommitWait>, Vec<usize>), crate::pipeline::queue::QueueError> {
         let received_at = chrono::Utc::now();
-        let mut per_stream: Vec<(Arc<Stream>, RequestEvents)> = Vec::new();
+        let mut per_stream = PerStream::new(&self.ingest, received_at);
         let mut unrouted = self.ingest.request_events();
         // owners[event index] = the message in `batch` the event came from.
         let mut owners = Vec::new();
@@ -201,29 +201,11 @@ impl Input {
                         continue;
                     }
                 };
-                let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
-                    Some(i) => i,
-                    None => {
-                        per_stream.push((stream.clone(), self.ingest.request_events()));
-                        per_stream.len() - 1
-                    }
-                };
-                // `parse_object` checked that the line is UTF-8.
-                let text = std::str::from_utf8(raw).unwrap_or_default();
-                per_stream[slot]
-                    .1
-                    .add(&stream, text, value, index, &source, received_at);
+                per_stream.add(&stream, raw, value, index, &source);
             }
         }
         let mut waits = Vec::new();
-        let groups = per_stream
-            .into_iter()
-            .map(|(s, events)| (Some(s), events))
-            .chain(std::iter::once((None, unrouted)));
-        for (stream, events) in groups {
-            if events.rows.is_empty() && events.letters.is_empty() {
-                continue;
-            }
+        for (stream, events) in per_stream.with(unrouted) {
             let name = stream.as_ref().map(|s| s.name.as_str());
             waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
         }

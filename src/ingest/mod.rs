@@ -99,6 +99,61 @@ impl EventError {
     }
 }
 
+/// Events read together (a TCP chunk, a batch of JetStream messages) at one time, one
+/// [`RequestEvents`] per stream they name.
+pub struct PerStream<'a> {
+    ingest: &'a Ingest,
+    received_at: DateTime<Utc>,
+    groups: Vec<(Arc<Stream>, RequestEvents)>,
+}
+
+impl<'a> PerStream<'a> {
+    pub fn new(ingest: &'a Ingest, received_at: DateTime<Utc>) -> PerStream<'a> {
+        PerStream {
+            ingest,
+            received_at,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Files the line `raw` (UTF-8: `parse_object` checked it), parsed as `value`, with
+    /// the events of `stream` ([`RequestEvents::add`]).
+    pub fn add(
+        &mut self,
+        stream: &Arc<Stream>,
+        raw: &[u8],
+        value: Value,
+        index: usize,
+        source: &Arc<str>,
+    ) {
+        let slot = match self.groups.iter().position(|(s, _)| s.name == stream.name) {
+            Some(i) => i,
+            None => {
+                self.groups
+                    .push((stream.clone(), self.ingest.request_events()));
+                self.groups.len() - 1
+            }
+        };
+        let text = std::str::from_utf8(raw).unwrap_or_default();
+        self.groups[slot]
+            .1
+            .add(stream, text, value, index, source, self.received_at);
+    }
+
+    /// Each stream's events, then `unrouted` (those that named no stream, as `None`),
+    /// leaving out the empty ones.
+    pub fn with(
+        self,
+        unrouted: RequestEvents,
+    ) -> impl Iterator<Item = (Option<Arc<Stream>>, RequestEvents)> {
+        self.groups
+            .into_iter()
+            .map(|(stream, events)| (Some(stream), events))
+            .chain(std::iter::once((None, unrouted)))
+            .filter(|(_, events)| !events.rows.is_empty() || !events.letters.is_empty())
+    }
+}
+
 /// The events of one request, sorted into rows and dead letters.
 #[derive(Debug)]
 pub struct RequestEvents {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::budget::{decode_estimate, Reservation};
-use super::{body::parse_object, EventError, Ingest, LimitedListener, RequestEvents};
+use super::{body::parse_object, EventError, Ingest, LimitedListener, PerStream, RequestEvents};
 use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::schema::{Registry, Stream};
@@ -230,7 +230,8 @@ impl Connection {
             return false;
         }
         let received_at = chrono::Utc::now();
-        let mut per_stream: Vec<(Arc<Stream>, RequestEvents)> = Vec::new();
+        let ingest = self.ingest.clone();
+        let mut per_stream = PerStream::new(&ingest, received_at);
         let mut unrouted = self.ingest.request_events();
         for frame in chunk {
             let index = self.line;
@@ -274,28 +275,10 @@ impl Connection {
                     continue;
                 }
             };
-            let slot = match per_stream.iter().position(|(s, _)| s.name == stream.name) {
-                Some(i) => i,
-                None => {
-                    per_stream.push((stream.clone(), self.ingest.request_events()));
-                    per_stream.len() - 1
-                }
-            };
-            // Lines are valid UTF-8 here: `parse_object` checked.
-            let text = std::str::from_utf8(raw).unwrap_or_default();
-            per_stream[slot]
-                .1
-                .add(&stream, text, value, index, &self.source, received_at);
+            per_stream.add(&stream, raw, value, index, &self.source);
         }
-        let batches = per_stream
-            .into_iter()
-            .map(|(stream, batch)| (Some(stream), batch))
-            .chain(std::iter::once((None, unrouted)));
-        for (stream, batch) in batches {
+        for (stream, batch) in per_stream.with(unrouted) {
             let lines = batch.rows.len() + batch.letters.len();
-            if lines == 0 {
-                continue;
-            }
             let name = stream.as_ref().map(|s| s.name.as_str());
             let bytes: usize = batch.row_bytes + batch.letter_bytes;
             match self.ingest.submit_in_pieces(name, batch, true).await {
