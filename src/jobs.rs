@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::replay::{replay_with, Progress, ReplayOptions, StreamReport};
-use crate::sink::{JobRecord, SinkError, Storage};
+use crate::sink::{JobHeader, JobRecord, SinkError, Storage};
 
 /// Log lines and errors a job keeps (the newest).
 const MAX_LINES: usize = 200;
@@ -38,8 +38,8 @@ fn last_seen(job: &JobRecord) -> Option<chrono::DateTime<Utc>> {
     let at = job
         .heartbeat_at
         .as_deref()
-        .or(job.started_at.as_deref())
-        .unwrap_or(&job.created_at);
+        .or(job.header.started_at.as_deref())
+        .unwrap_or(&job.header.created_at);
     chrono::DateTime::parse_from_rfc3339(at)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -75,13 +75,8 @@ pub struct JobProgress {
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
-    pub id: String,
-    pub kind: String,
-    /// `ready`, `running`, `completed`, `failed` or `cancelled`.
-    pub state: String,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    #[serde(flatten)]
+    pub header: JobHeader,
     #[schema(value_type = Object)]
     pub params: Value,
     pub progress: JobProgress,
@@ -96,19 +91,14 @@ impl From<&JobRecord> for JobView {
     fn from(r: &JobRecord) -> JobView {
         let percent = if r.total > 0 {
             (r.done as f64 * 100.0 / r.total as f64).min(100.0)
-        } else if matches!(r.state.as_str(), "completed") {
+        } else if matches!(r.header.state.as_str(), "completed") {
             100.0
         } else {
             0.0
         };
         let list = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
         JobView {
-            id: r.id.clone(),
-            kind: r.kind.clone(),
-            state: r.state.clone(),
-            created_at: r.created_at.clone(),
-            started_at: r.started_at.clone(),
-            finished_at: r.finished_at.clone(),
+            header: r.header.clone(),
             params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
             progress: JobProgress {
                 done: r.done,
@@ -266,16 +256,16 @@ impl Jobs {
             let running = lock(&self.running);
             recent
                 .into_iter()
-                .filter(|j| matches!(j.state.as_str(), "ready" | "running"))
-                .filter(|j| !running.contains_key(&j.id))
+                .filter(|j| matches!(j.header.state.as_str(), "ready" | "running"))
+                .filter(|j| !running.contains_key(&j.header.id))
                 .filter(|j| last_seen(j).is_none_or(|t| t < stale))
                 .collect()
         };
         let errors = json!(["Sluice stopped while this job was running (crash, kill or restart); what it committed stays, start it again for the rest"]).to_string();
         let finished = now();
         for mut job in interrupted.iter().cloned() {
-            job.state = "failed".into();
-            job.finished_at = Some(finished.clone());
+            job.header.state = "failed".into();
+            job.header.finished_at = Some(finished.clone());
             job.errors = errors.clone();
             self.storage.store.save_job(&job).await?;
         }
@@ -324,10 +314,13 @@ impl Jobs {
             fastrand::u32(..)
         );
         let row = JobRecord {
-            id: id.clone(),
-            kind: "replay".into(),
-            state: "ready".into(),
-            created_at: now(),
+            header: JobHeader {
+                id: id.clone(),
+                kind: "replay".into(),
+                state: "ready".into(),
+                created_at: now(),
+                ..JobHeader::default()
+            },
             params: serde_json::to_string(&request).unwrap_or_else(|_| "{}".into()),
             result: "{}".into(),
             logs: "[]".into(),
@@ -349,7 +342,10 @@ impl Jobs {
             let mut running = lock(&self.running);
             // A job that has just finished (its last save under way) does not count.
             if let Some((other, _)) = running.iter().find(|(_, j)| {
-                let active = matches!(lock(&j.record).row.state.as_str(), "ready" | "running");
+                let active = matches!(
+                    lock(&j.record).row.header.state.as_str(),
+                    "ready" | "running"
+                );
                 active && (j.stream.is_none() || job.stream.is_none() || j.stream == job.stream)
             }) {
                 return Err(JobError::Conflict(other.clone()));
@@ -379,8 +375,8 @@ impl Jobs {
     ) {
         {
             let mut r = lock(&job.record);
-            r.row.state = "running".into();
-            r.row.started_at = Some(now());
+            r.row.header.state = "running".into();
+            r.row.header.started_at = Some(now());
             r.log("started".into());
         }
         self.save(&job).await;
@@ -427,24 +423,24 @@ impl Jobs {
         };
         {
             let mut r = lock(&job.record);
-            r.row.finished_at = Some(now());
+            r.row.header.finished_at = Some(now());
             match outcome {
                 Ok(report) => {
                     r.row.result = result_json(&report).to_string();
                     if job.cancel.is_cancelled() {
-                        r.row.state = "cancelled".into();
+                        r.row.header.state = "cancelled".into();
                         r.log(
                             "cancelled; what was replayed stays, the rest stays dead-lettered"
                                 .into(),
                         );
                     } else {
-                        r.row.state = "completed".into();
+                        r.row.header.state = "completed".into();
                         r.row.done = r.row.total.max(r.row.done);
                         r.log("completed".into());
                     }
                 }
                 Err(e) => {
-                    r.row.state = "failed".into();
+                    r.row.header.state = "failed".into();
                     r.error(format!("{e:#}"));
                     r.log("failed".into());
                 }
@@ -460,7 +456,7 @@ impl Jobs {
         let mut row = lock(&job.record).snapshot();
         row.heartbeat_at = Some(now());
         if let Err(e) = self.storage.store.save_job(&row).await {
-            tracing::warn!(job = %row.id, error = %e, "Could not record the job's progress.");
+            tracing::warn!(job = %row.header.id, error = %e, "Could not record the job's progress.");
         }
     }
 
@@ -479,7 +475,7 @@ impl Jobs {
         let running = lock(&self.running);
         Ok(rows
             .iter()
-            .map(|row| match running.get(&row.id) {
+            .map(|row| match running.get(&row.header.id) {
                 Some(job) => JobView::from(&lock(&job.record).snapshot()),
                 None => JobView::from(row),
             })

@@ -99,6 +99,24 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
+/// The failures of reading and storing a body, the same for events and webhooks.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+pub enum BodyFailures {
+    /// The body did not arrive within `http.body_read_timeout`; nothing was accepted.
+    #[response(status = 408)]
+    SlowBody(ErrorBody),
+    /// The body, once decompressed, or its number of events is above the limits.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Unsupported `Content-Type` or `Content-Encoding`.
+    #[response(status = 415)]
+    Unsupported(ErrorBody),
+    /// Events could not be stored, not even as dead letters; nothing is acknowledged, see the logs.
+    #[response(status = 500)]
+    NotStored(ErrorBody),
+}
+
 /// `POST /v1/streams/{stream}/events`: one JSON object, a JSON array of objects, or
 /// NDJSON, optionally gzip-compressed.
 #[utoipa::path(
@@ -120,16 +138,13 @@ fn is_zero(n: &usize) -> bool {
     ),
     responses(
         (status = 200, description = "`ack=commit`: every event is committed or dead-lettered.", body = IngestResponse),
+        BodyFailures,
         (status = 202, description = "`ack=accepted`: every event is queued (invalid ones dead-lettered).", body = IngestResponse),
         (status = 400, description = "The body is not JSON (it was dead-lettered whole), or the query is invalid.", body = ErrorBody),
         (status = 401, description = "Ingest tokens are configured (`[auth]`) and the request carries none, or an unknown one; nothing was accepted.", body = ErrorBody,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token does not grant this stream; nothing was accepted.", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within `http.body_read_timeout`; nothing was accepted.", body = ErrorBody),
         (status = 404, description = "Unknown stream (the body was dead-lettered, stage `route`).", body = ErrorBody),
-        (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
-        (status = 415, description = "Unsupported `Content-Type` or `Content-Encoding`.", body = ErrorBody),
-        (status = 500, description = "Events could not be stored, not even as dead letters; nothing is acknowledged, see the logs.", body = ErrorBody),
         (status = 503, description = "The stream's queue stayed full, or Sluice is shutting down; nothing was accepted, retry.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait (sent when the queue is full)."))),
     )

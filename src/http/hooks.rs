@@ -64,13 +64,10 @@ enum Kind {
     ),
     responses(
         (status = 200, description = "Every event is committed or dead-lettered.", body = IngestResponse),
+        super::events::BodyFailures,
         (status = 400, description = "The body is not what its Content-Type says (it was dead-lettered whole).", body = ErrorBody),
         (status = 401, description = "Missing or bad signature, token or credentials, or a timestamp outside the tolerance; nothing was stored.", body = ErrorBody),
         (status = 404, description = "No webhook of that name is configured.", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within `http.body_read_timeout`.", body = ErrorBody),
-        (status = 413, description = "The body, once decompressed, or its number of events is above the limits.", body = ErrorBody),
-        (status = 415, description = "Unsupported `Content-Type` or `Content-Encoding`.", body = ErrorBody),
-        (status = 500, description = "Events could not be stored, not even as dead letters.", body = ErrorBody),
         (status = 503, description = "A queue stayed full, or Sluice is shutting down; nothing was accepted, retry.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait (sent when a queue is full)."))),
     )

@@ -23,6 +23,33 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
 }
 
+/// The failures every jobs endpoint can answer with, besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+enum JobFailures {
+    /// The admin token is configured and missing.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The database did not answer.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// [`JobFailures`], and no such job, for the endpoints of one job.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+enum OneJobFailures {
+    /// The admin token is configured and missing.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// No such job.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The database did not answer.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 fn job_error(e: JobError) -> ApiError {
     match e {
         JobError::Invalid(m) => ApiError::BadRequest {
@@ -48,9 +75,8 @@ fn job_error(e: JobError) -> ApiError {
     responses(
         (status = 202, description = "The job is started; follow it at `/v1/jobs/{id}`.", body = JobStarted),
         (status = 400, description = "Unknown stream, bad `since`, or an unknown field.", body = ErrorBody),
-        (status = 401, description = "The admin token is configured and missing.", body = ErrorBody),
         (status = 409, description = "A replay over the same dead letters is running.", body = ErrorBody),
-        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        JobFailures,
     )
 )]
 pub async fn start_replay(
@@ -76,8 +102,7 @@ pub async fn start_replay(
     security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "Jobs, newest first.", body = JobList),
-        (status = 401, description = "The admin token is configured and missing.", body = ErrorBody),
-        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        JobFailures,
     )
 )]
 pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, ApiError> {
@@ -98,9 +123,7 @@ pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>, A
     params(("id" = String, Path, description = "The job's id.")),
     responses(
         (status = 200, description = "The job.", body = JobView),
-        (status = 401, description = "The admin token is configured and missing.", body = ErrorBody),
-        (status = 404, description = "No such job.", body = ErrorBody),
-        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        OneJobFailures,
     )
 )]
 pub async fn get_job(
@@ -123,10 +146,8 @@ pub async fn get_job(
     params(("id" = String, Path, description = "The job's id.")),
     responses(
         (status = 202, description = "The job will stop at its next page.", body = JobView),
-        (status = 401, description = "The admin token is configured and missing.", body = ErrorBody),
-        (status = 404, description = "No such job.", body = ErrorBody),
         (status = 409, description = "The job is not running.", body = ErrorBody),
-        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        OneJobFailures,
     )
 )]
 pub async fn cancel_job(

@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::{
-    chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobRecord,
+    chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
     ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
 };
 use crate::event::{Cell, DeadLetter, Row};
@@ -164,12 +164,7 @@ pub async fn count_dead_letters<DB>(
     timestamp: TimestampText,
     page: &DeadLetterPage,
 ) -> Result<i64, SinkError> {
-    let sql = dialect.count_dead_letters(
-        page.stream.is_some(),
-        page.since.is_some(),
-        page.route,
-        page.stage.is_some(),
-    );
+    let sql = dialect.count_dead_letters(page);
     let q = bind_page(sqlx::query_as::<DB, (i64,)>(&sql), page, timestamp);
     let (count,) = q.fetch_one(pool).await.map_err(sink_error(dialect))?;
     Ok(count)
@@ -185,12 +180,7 @@ pub async fn fetch_dead_letters<DB>(
     page: &DeadLetterPage,
 ) -> Result<Vec<StoredDeadLetter>, SinkError> {
     let err = sink_error(dialect);
-    let sql = dialect.select_dead_letters(
-        page.stream.is_some(),
-        page.since.is_some(),
-        page.route,
-        page.stage.is_some(),
-    );
+    let sql = dialect.select_dead_letters(page);
     type Columns = (i64, Option<String>, String, String, Option<String>);
     let q = bind_page(sqlx::query_as::<DB, Columns>(&sql), page, timestamp);
     let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
@@ -521,12 +511,12 @@ pub async fn save_job<DB>(
     job: &JobRecord,
 ) -> Result<(), SinkError> {
     sqlx::query::<DB>(&dialect.save_job())
-        .bind(job.id.as_str())
-        .bind(job.kind.as_str())
-        .bind(job.state.as_str())
-        .bind(job.created_at.as_str())
-        .bind(job.started_at.as_deref())
-        .bind(job.finished_at.as_deref())
+        .bind(job.header.id.as_str())
+        .bind(job.header.kind.as_str())
+        .bind(job.header.state.as_str())
+        .bind(job.header.created_at.as_str())
+        .bind(job.header.started_at.as_deref())
+        .bind(job.header.finished_at.as_deref())
         .bind(job.params.as_str())
         .bind(job.done)
         .bind(job.total)
@@ -575,7 +565,7 @@ pub async fn load_jobs<DB>(
         .into_iter()
         .map(
             |(id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors, heartbeat_at)| {
-                JobRecord { id, kind, state, created_at, started_at, finished_at, params, done, total, result, logs, errors, heartbeat_at }
+                JobRecord { header: JobHeader { id, kind, state, created_at, started_at, finished_at }, params, done, total, result, logs, errors, heartbeat_at }
             },
         )
         .collect())

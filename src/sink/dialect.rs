@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::DeadLetterPage;
 use crate::event::{Cell, Row};
 use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
 
@@ -73,43 +74,32 @@ impl Dialect {
 
     /// The column type for one schema property.
     pub fn column_type(self, ty: ColumnType, is_id: bool) -> String {
-        match (self, ty) {
-            (Dialect::Postgres, ColumnType::Text { .. }) => "text".into(),
-            (Dialect::Postgres, ColumnType::Timestamp) => "timestamptz".into(),
-            (Dialect::Postgres, ColumnType::Uuid) => "uuid".into(),
-            (Dialect::Postgres, ColumnType::Integer) => "bigint".into(),
-            (Dialect::Postgres, ColumnType::Number) => "double precision".into(),
-            (Dialect::Postgres, ColumnType::Boolean) => "boolean".into(),
-            (Dialect::Postgres, ColumnType::Json) => "jsonb".into(),
-            // A unique key needs a bounded type (255 characters covers ids in practice)
-            // and a binary collation, so that ids differing in case stay distinct.
-            (
-                Dialect::Mysql,
-                ColumnType::Text {
-                    max_length: Some(n),
-                },
-            ) if is_id && n <= 255 => {
-                format!("varchar({n}) COLLATE utf8mb4_bin")
+        // One row per database, one column per schema type (the README's table).
+        #[rustfmt::skip]
+        let (text, timestamp, uuid, integer, number, boolean, json) = match self {
+            Dialect::Postgres => ("text", "timestamptz", "uuid", "bigint", "double precision", "boolean", "jsonb"),
+            Dialect::Mysql => ("longtext", "datetime(6)", "char(36)", "bigint", "double", "boolean", "json"),
+            Dialect::Sqlite => ("TEXT", "TEXT", "TEXT", "INTEGER", "REAL", "INTEGER", "TEXT"),
+        };
+        match ty {
+            ColumnType::Text { max_length } if self == Dialect::Mysql => {
+                match (is_id, max_length) {
+                    // A unique key needs a bounded type (255 characters covers ids in
+                    // practice) and a binary collation, so that ids differing in case
+                    // stay distinct.
+                    (true, Some(n)) if n <= 255 => format!("varchar({n}) COLLATE utf8mb4_bin"),
+                    (true, _) => "varchar(255) COLLATE utf8mb4_bin".into(),
+                    (false, Some(n)) if n <= MYSQL_MAX_VARCHAR => format!("varchar({n})"),
+                    (false, _) => text.into(),
+                }
             }
-            (Dialect::Mysql, ColumnType::Text { .. }) if is_id => {
-                "varchar(255) COLLATE utf8mb4_bin".into()
-            }
-            (
-                Dialect::Mysql,
-                ColumnType::Text {
-                    max_length: Some(n),
-                },
-            ) if n <= MYSQL_MAX_VARCHAR => format!("varchar({n})"),
-            (Dialect::Mysql, ColumnType::Text { .. }) => "longtext".into(),
-            (Dialect::Mysql, ColumnType::Timestamp) => "datetime(6)".into(),
-            (Dialect::Mysql, ColumnType::Uuid) => "char(36)".into(),
-            (Dialect::Mysql, ColumnType::Integer) => "bigint".into(),
-            (Dialect::Mysql, ColumnType::Number) => "double".into(),
-            (Dialect::Mysql, ColumnType::Boolean) => "boolean".into(),
-            (Dialect::Mysql, ColumnType::Json) => "json".into(),
-            (Dialect::Sqlite, ColumnType::Integer | ColumnType::Boolean) => "INTEGER".into(),
-            (Dialect::Sqlite, ColumnType::Number) => "REAL".into(),
-            (Dialect::Sqlite, _) => "TEXT".into(),
+            ColumnType::Text { .. } => text.into(),
+            ColumnType::Timestamp => timestamp.into(),
+            ColumnType::Uuid => uuid.into(),
+            ColumnType::Integer => integer.into(),
+            ColumnType::Number => number.into(),
+            ColumnType::Boolean => boolean.into(),
+            ColumnType::Json => json.into(),
         }
     }
 
@@ -480,16 +470,10 @@ impl Dialect {
     /// A page of replayable dead letters (with a stream, or with `route` those of the
     /// `route` stage), oldest first, after id `$1`, optionally for one stream and since
     /// a time: `id, stream, payload, received_at` (as RFC 3339 text), `source`. Binds:
-    /// after id, [stream], [since], limit.
-    pub fn select_dead_letters(
-        self,
-        by_stream: bool,
-        since: bool,
-        route: bool,
-        stage: bool,
-    ) -> String {
+    /// after id, [stream], [since], [stage], limit.
+    pub fn select_dead_letters(self, page: &DeadLetterPage) -> String {
         let received = self.received_at_text();
-        let mut filter = self.replayable_filter(by_stream, since, route, stage);
+        let mut filter = self.replayable_filter(page);
         let limit = filter.next();
         format!(
             "SELECT id, stream, payload, {received}, source FROM {DEAD_LETTERS} WHERE {} ORDER BY id LIMIT {limit}",
@@ -499,20 +483,14 @@ impl Dialect {
 
     /// How many dead letters [`Dialect::select_dead_letters`] would page through: binds
     /// after id, [stream], [since], [stage].
-    pub fn count_dead_letters(
-        self,
-        by_stream: bool,
-        since: bool,
-        route: bool,
-        stage: bool,
-    ) -> String {
-        let filter = self.replayable_filter(by_stream, since, route, stage);
+    pub fn count_dead_letters(self, page: &DeadLetterPage) -> String {
+        let filter = self.replayable_filter(page);
         format!("SELECT COUNT(*) FROM {DEAD_LETTERS} WHERE {}", filter.sql)
     }
 
     /// The replayable dead letters after an id: binds after id, [stream], [since], [stage].
-    fn replayable_filter(self, by_stream: bool, since: bool, route: bool, stage: bool) -> Filter {
-        let which = if route {
+    fn replayable_filter(self, page: &DeadLetterPage) -> Filter {
+        let which = if page.route {
             "stage = 'route'"
         } else {
             "stream IS NOT NULL"
@@ -522,9 +500,9 @@ impl Dialect {
             &format!("id > {} AND {which}", self.placeholder(1)),
             1,
         );
-        filter.eq_if(by_stream, "stream");
-        filter.time_if(since, "received_at >=");
-        filter.eq_if(stage, "stage");
+        filter.eq_if(page.stream.is_some(), "stream");
+        filter.time_if(page.since.is_some(), "received_at >=");
+        filter.eq_if(page.stage.is_some(), "stage");
         filter
     }
 

@@ -229,17 +229,25 @@ pub struct ListedDeadLetter {
     pub attempts: i64,
 }
 
+/// What a job is and when it ran, the same in its record and in the API's view of it.
+/// Times are RFC 3339 text (UTC, milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct JobHeader {
+    pub id: String,
+    pub kind: String,
+    /// `ready`, `running`, `completed`, `failed` or `cancelled`.
+    pub state: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
 /// A row of `sluice_jobs`: a background job as recorded. Timestamps are RFC 3339 text
 /// (UTC, milliseconds), and the structured fields JSON text, so the table is the same
 /// in every database.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobRecord {
-    pub id: String,
-    pub kind: String,
-    pub state: String,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
+    pub header: JobHeader,
     /// The job's parameters, JSON.
     pub params: String,
     pub done: i64,
