@@ -190,7 +190,7 @@ impl App {
                 let (ingest, done) = (self.ingest.clone(), recovered.clone());
                 let field = self.config.tcp.stream_field.clone();
                 tokio::spawn(async move {
-                    crate::spool::replay::recover(&spool, &ingest, &field).await;
+                    crate::ingest::spool_recovery::recover(&spool, &ingest, &field).await;
                     ingest.set_recovering(false);
                     done.cancel();
                 });
@@ -264,7 +264,7 @@ impl App {
             // Spilled events are read back into each stream's queue as it has room.
             for stream in self.ingest.registry.iter() {
                 if let Some(log) = spool.spill(&stream.name) {
-                    connections.spawn(crate::spool::refill::refill(
+                    connections.spawn(crate::ingest::spool_refill::refill(
                         stream.clone(),
                         log.clone(),
                         self.ingest.clone(),

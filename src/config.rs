@@ -180,22 +180,31 @@ pub struct SpoolConfig {
     pub max_bytes: u64,
     /// `"always"` (fsync every append) or a group-commit interval such as `"10ms"`.
     #[serde(default = "default_spool_fsync", deserialize_with = "fsync_policy")]
-    pub fsync: crate::spool::FsyncPolicy,
+    pub fsync: FsyncPolicy,
+}
+
+/// `spool.fsync`: when appends to the spool are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every append is fsynced before it is acknowledged.
+    Always,
+    /// Appends are fsynced together once per interval (group commit).
+    Interval(Duration),
 }
 
 fn default_spool_max_bytes() -> u64 {
     10 * 1024 * 1024 * 1024
 }
-fn default_spool_fsync() -> crate::spool::FsyncPolicy {
-    crate::spool::FsyncPolicy::Interval(Duration::from_millis(10))
+fn default_spool_fsync() -> FsyncPolicy {
+    FsyncPolicy::Interval(Duration::from_millis(10))
 }
-fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<crate::spool::FsyncPolicy, D::Error> {
+fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
     let text = String::deserialize(d)?;
     if text == "always" {
-        return Ok(crate::spool::FsyncPolicy::Always);
+        return Ok(FsyncPolicy::Always);
     }
     match humantime::parse_duration(&text) {
-        Ok(interval) if !interval.is_zero() => Ok(crate::spool::FsyncPolicy::Interval(interval)),
+        Ok(interval) if !interval.is_zero() => Ok(FsyncPolicy::Interval(interval)),
         _ => Err(serde::de::Error::custom(format!(
             "spool.fsync = {text:?}: write \"always\" or a group-commit interval such as \"10ms\""
         ))),

@@ -138,17 +138,10 @@ pub fn stream_registered(stream: &str) {
     gauge!("sluice_tcp_connections").increment(0.0);
 }
 
-/// Registers a webhook's refusal series at 0 at start-up.
-pub fn webhook_registered(webhook: &str) {
-    use crate::webhook::verify::Refusal;
-    for reason in [
-        Refusal::MissingSignature,
-        Refusal::BadSignature,
-        Refusal::StaleTimestamp,
-        Refusal::MissingCredentials,
-        Refusal::BadCredentials,
-    ] {
-        counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason.as_str())
+/// Registers a webhook's refusal series (one per `reasons`) at 0 at start-up.
+pub fn webhook_registered(webhook: &str, reasons: &[&'static str]) {
+    for &reason in reasons {
+        counter!("sluice_webhook_rejected_total", "webhook" => webhook.to_owned(), "reason" => reason)
             .increment(0);
     }
 }
@@ -236,8 +229,9 @@ pub fn http_request(status: u16, seconds: f64) {
         .record(seconds);
 }
 
-pub fn db_pool(usage: crate::sink::PoolUsage) {
-    gauge!("sluice_db_pool_connections", "state" => "in_use").set(usage.in_use as f64);
-    gauge!("sluice_db_pool_connections", "state" => "idle").set(usage.idle as f64);
-    gauge!("sluice_db_pool_max_connections").set(usage.max as f64);
+/// The database pool: connections in use, idle, and its maximum.
+pub fn db_pool(in_use: u32, idle: u32, max: u32) {
+    gauge!("sluice_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
+    gauge!("sluice_db_pool_connections", "state" => "idle").set(f64::from(idle));
+    gauge!("sluice_db_pool_max_connections").set(f64::from(max));
 }

@@ -54,7 +54,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             telemetry::stream_state(&stream.name, q.is_full(), retrying);
         }
     }
-    telemetry::db_pool(state.store.pool_usage());
+    let pool = state.store.pool_usage();
+    telemetry::db_pool(pool.in_use, pool.idle, pool.max);
     (
         [(
             header::CONTENT_TYPE,

@@ -8,6 +8,8 @@
 pub mod body;
 pub mod budget;
 pub mod jetstream;
+pub mod spool_recovery;
+pub mod spool_refill;
 pub mod tcp;
 
 use std::collections::HashMap;

@@ -16,28 +16,18 @@
 //! here is small: checksummed frames in append-only segment files, deleted whole.
 
 pub mod log;
-pub mod refill;
-pub mod replay;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::event::{DeadLetter, Row, Stage};
 pub use log::{Durability, Log, Ticket};
 
-/// `fsync = …`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Every append is fsynced before it is acknowledged.
-    Always,
-    /// Appends are fsynced together once per interval (group commit).
-    Interval(Duration),
-}
+pub use crate::config::FsyncPolicy;
 
 /// Why an append was refused; nothing of it was written.
 #[derive(Debug, thiserror::Error)]

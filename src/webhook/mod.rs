@@ -143,7 +143,8 @@ impl Webhooks {
                     "verify = \"none\": anyone who can reach POST /v1/hooks/{name} can write into its streams; use it only on a trusted network."
                 );
             }
-            crate::telemetry::webhook_registered(name);
+            let reasons = verify::Refusal::ALL.map(verify::Refusal::as_str);
+            crate::telemetry::webhook_registered(name, &reasons);
             hooks.insert(name.clone(), Arc::new(loaded));
         }
         Ok(Webhooks {

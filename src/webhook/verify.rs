@@ -27,6 +27,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, for the series registered at start-up.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::MissingSignature,
+        Refusal::BadSignature,
+        Refusal::StaleTimestamp,
+        Refusal::MissingCredentials,
+        Refusal::BadCredentials,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::MissingSignature => "missing signature",

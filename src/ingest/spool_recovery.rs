@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use super::{decode, read_segment, stream_of, Record, Spool};
+use super::tcp::strip_routing_field;
+use super::{EventError, Ingest};
 use crate::event::Stage;
-use crate::ingest::tcp::strip_routing_field;
-use crate::ingest::{EventError, Ingest};
+use crate::spool::{decode, read_segment, stream_of, Record, Spool};
 
 /// Writes what `spool` held at start-up through `ingest`'s queues, waiting for each
 /// commit. Logs and returns on failure (Sluice stopping); the files then stay.
@@ -91,7 +91,7 @@ pub fn decode_all(
     stream: Option<&Arc<crate::schema::Stream>>,
     payloads: &[Vec<u8>],
     stream_field: &str,
-) -> crate::ingest::RequestEvents {
+) -> super::RequestEvents {
     let mut events = ingest.request_events();
     let mut undecodable = 0;
     for payload in payloads {
@@ -106,7 +106,7 @@ pub fn decode_all(
                     undecodable += 1;
                     continue;
                 };
-                match crate::ingest::body::parse_object(raw.as_bytes()) {
+                match super::body::parse_object(raw.as_bytes()) {
                     Ok(mut value) => {
                         strip_routing_field(stream, stream_field, &source, &mut value);
                         events.add(stream, &raw, value, index, &source, received_at)

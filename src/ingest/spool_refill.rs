@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::replay::decode_all;
-use super::Log;
-use crate::ingest::Ingest;
+use super::spool_recovery::decode_all;
+use super::Ingest;
 use crate::schema::Stream;
+use crate::spool::Log;
 
 /// Feeds `stream`'s queue from its spill log `log` until `stop`.
 pub async fn refill(
@@ -47,10 +47,10 @@ pub async fn refill(
             // Events whose schema changed meanwhile become dead letters (not spooled
             // again: a crash right now could lose those few).
             if !events.letters.is_empty() {
-                let letters = crate::ingest::RequestEvents {
+                let letters = super::RequestEvents {
                     letters: events.letters,
                     letter_bytes: events.letter_bytes,
-                    ..crate::ingest::RequestEvents::default()
+                    ..super::RequestEvents::default()
                 };
                 if ingest
                     .submit(Some(&stream.name), letters, false)
