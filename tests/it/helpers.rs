@@ -611,3 +611,71 @@ impl Binary {
         (status.0.expect("wait for sluice"), logs)
     }
 }
+
+/// What a [`faulty_proxy`] does once its fault is switched on.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Holds every connection open and passes nothing either way (a network that drops
+    /// packets).
+    Blackhole,
+    /// Closes every connection and refuses new ones (a database that went away).
+    Drop,
+}
+
+/// A TCP proxy to `target` that forwards until `on` is set, then applies `fault`.
+pub async fn faulty_proxy(
+    target: &'static str,
+    fault: Fault,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            if matches!(fault, Fault::Drop) && on.load(std::sync::atomic::Ordering::SeqCst) {
+                continue; // dropped: the connection is closed at once
+            }
+            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pipe(cr, sw, fault, on.clone()));
+            tokio::spawn(pipe(sr, cw, fault, on.clone()));
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until either side closes, or `on` is set and `fault` applies.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    fault: Fault,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(100), from.read(&mut buf)).await;
+        if on.load(std::sync::atomic::Ordering::SeqCst) {
+            match fault {
+                // Dropping both halves closes the connection.
+                Fault::Drop => return,
+                Fault::Blackhole => {
+                    let _held = (from, to);
+                    std::future::pending::<()>().await;
+                    return;
+                }
+            }
+        }
+        let n = match read {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

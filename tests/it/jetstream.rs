@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::helpers::{reading, spawn_binary, Binary, Db, TestDb};
+use crate::helpers::{faulty_proxy, reading, spawn_binary, Binary, Db, Fault, TestDb};
 
 /// The NATS server's URL, or `None` (after printing SKIPPED) when it cannot be reached;
 /// with `SLUICE_TEST_REQUIRE_ALL=1` an unreachable server fails the test.
@@ -117,7 +117,18 @@ impl Fixture {
     }
 }
 
-/// Waits until `table` holds `n` rows, each `seq` once.
+/// Waits (up to 120 s) until `reading` holds at least `n` rows.
+async fn rows_at_least(db: &TestDb, n: i64, what: &str) {
+    eventually(120, what, || async {
+        match db.count("reading").await {
+            c if c >= n => Ok(()),
+            c => Err(format!("{c} rows")),
+        }
+    })
+    .await;
+}
+
+/// Waits until `reading` holds `n` rows, each `seq` once.
 async fn stored_once(db: &TestDb, n: i64, secs: u64) {
     eventually(secs, "every event is stored", || async {
         match db.count("reading").await {
@@ -204,24 +215,12 @@ async fn a_killed_instance_loses_nothing_and_its_messages_are_redelivered() {
     let fixture = Fixture::publish(js, &url, N).await;
     let mut first = spawn_binary(None, &db, &fixture.env);
     let second = spawn_binary(None, &db, &fixture.env);
-    eventually(120, "a quarter is stored", || async {
-        match db.count("reading").await {
-            c if c >= N / 4 => Ok(()),
-            c => Err(format!("{c} rows")),
-        }
-    })
-    .await;
+    rows_at_least(&db, N / 4, "a quarter is stored").await;
     // Killed with messages pulled and not acknowledged: JetStream redelivers them once
     // ack_wait (3 s) passes, to the instance still running.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    eventually(120, "the other instance goes on", || async {
-        match db.count("reading").await {
-            c if c >= N / 2 => Ok(()),
-            c => Err(format!("{c} rows")),
-        }
-    })
-    .await;
+    rows_at_least(&db, N / 2, "the other instance goes on").await;
     let restarted = spawn_binary(None, &db, &fixture.env);
     stored_once(&db, N, 180).await;
     fixture.drained().await;
@@ -236,56 +235,6 @@ async fn a_killed_instance_loses_nothing_and_its_messages_are_redelivered() {
     fixture.done().await;
 }
 
-/// A TCP proxy to `target` that forwards until `down` is set; while it is, every
-/// connection is closed and new ones are refused, as a database that went away.
-async fn outage_proxy(
-    target: &'static str,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            if down.load(std::sync::atomic::Ordering::SeqCst) {
-                continue; // dropped: the connection is closed at once
-            }
-            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                continue;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(forward(cr, sw, down.clone()));
-            tokio::spawn(forward(sr, cw, down.clone()));
-        }
-    });
-    addr
-}
-
-/// Copies `from` to `to` until either side closes or `down` is set; dropping both
-/// halves then closes the connection.
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let read = tokio::time::timeout(Duration::from_millis(100), from.read(&mut buf)).await;
-        if down.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let n = match read {
-            Err(_) => continue,
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_acknowledges_nothing_early_and_loses_nothing() {
     let Some((url, js)) = nats().await else {
@@ -297,17 +246,11 @@ async fn a_database_outage_acknowledges_nothing_early_and_loses_nothing() {
     const N: i64 = 20_000;
     let fixture = Fixture::publish(js, &url, N).await;
     let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let proxy = outage_proxy("127.0.0.1:5432", down.clone()).await;
+    let proxy = faulty_proxy("127.0.0.1:5432", Fault::Drop, down.clone()).await;
     let name = db.url.rsplit('/').next().unwrap().to_owned();
     let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
     let sluice = spawn_binary(None, &via_proxy, &fixture.env);
-    eventually(120, "some events are stored", || async {
-        match db.count("reading").await {
-            c if c >= 2_000 => Ok(()),
-            c => Err(format!("{c} rows")),
-        }
-    })
-    .await;
+    rows_at_least(&db, 2_000, "some events are stored").await;
     down.store(true, std::sync::atomic::Ordering::SeqCst);
     // For 10 s the database cannot be reached. An acknowledgement only ever follows a
     // commit: read the acknowledgements first, then the rows committed since.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{fixture_schemas, spawn_app, spawn_binary, Db, TestDb};
+use crate::helpers::{faulty_proxy, fixture_schemas, spawn_app, spawn_binary, Db, Fault, TestDb};
 
 /// Opens a connection that sends its headers and one byte of a 100-byte body, then
 /// nothing.
@@ -158,52 +158,6 @@ async fn readiness_answers_while_writers_hold_every_pooled_connection() {
     app.db.wait_for_count("reading", 4).await;
 }
 
-/// A TCP proxy to `target` that forwards until `blackhole` is set, then holds every
-/// connection open without passing a byte either way (as a network that drops packets).
-async fn blackholing_proxy(
-    target: &str,
-    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let target = target.to_owned();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
-                continue;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            tokio::spawn(pipe(cr, sw, blackhole.clone()));
-            tokio::spawn(pipe(sr, cw, blackhole.clone()));
-        }
-    });
-    addr
-}
-
-/// Copies `from` to `to` until `blackhole` is set; then holds both and passes nothing.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    blackhole: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if blackhole.load(std::sync::atomic::Ordering::SeqCst) {
-            let _held = (from, to);
-            std::future::pending::<()>().await;
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// SIGTERM while the database drops every packet: Sluice gives up on the writes it
 /// cannot finish and exits within `shutdown_timeout` (non-zero, naming the events it
 /// could not flush), instead of waiting on the database forever.
@@ -213,7 +167,7 @@ async fn shutdown_finishes_within_its_budget_when_the_database_blackholes_packet
         return;
     };
     let blackhole = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let proxy = blackholing_proxy("127.0.0.1:5432", blackhole.clone()).await;
+    let proxy = faulty_proxy("127.0.0.1:5432", Fault::Blackhole, blackhole.clone()).await;
     let name = db.url.rsplit('/').next().unwrap().to_owned();
     let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
     let sluice = spawn_binary(
