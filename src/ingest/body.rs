@@ -127,11 +127,7 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
     };
     match format {
         Format::Ndjson => {
-            let lines: Vec<&[u8]> = body
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                .collect();
+            let lines: Vec<&[u8]> = ndjson_lines(body).collect();
             if lines.len() > max_events {
                 return Err(too_many(lines.len()));
             }
@@ -193,6 +189,13 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
             }
         }
     }
+}
+
+/// The non-blank lines of an NDJSON text (`\n` or `\r\n` line ends).
+pub fn ndjson_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
 }
 
 /// Parses one event text, which must be a JSON object.

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::body::parse_object;
+use super::body::{ndjson_lines, parse_object};
 use super::tcp::route_by_field;
 use super::{CommitWait, EventError, Ingest, PerStream, RequestEvents};
 use crate::config::{JetStreamConfig, TcpConfig};
@@ -171,11 +171,15 @@ impl Input {
                 .subject_prefix
                 .as_deref()
                 .and_then(|p| subject.strip_prefix(p));
-            let lines = message
-                .payload
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+            let mut lines = ndjson_lines(&message.payload).peekable();
+            if lines.peek().is_none() {
+                // Nothing to store, but nothing is acknowledged without a trace.
+                let index = owners.len();
+                owners.push(m);
+                let error = "the message is empty: publish one JSON object, or one per line";
+                let err = EventError::whole(index, Stage::Parse, error.into());
+                unrouted.reject(None, &message.payload, err, &source, received_at);
+            }
             for raw in lines {
                 let index = owners.len();
                 owners.push(m);

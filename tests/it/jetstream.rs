@@ -64,6 +64,8 @@ async fn metric(sluice: &Binary, metric: &str, labels: &str) -> f64 {
 struct Fixture {
     js: jetstream::Context,
     name: String,
+    /// The subject prefix that names a stream (`<prefix>reading`).
+    prefix: String,
     env: [(&'static str, String); 1],
     _dir: tempfile::TempDir,
 }
@@ -84,6 +86,7 @@ impl Fixture {
         Fixture {
             js,
             name,
+            prefix,
             env: [("SLUICE_CONFIG", file.display().to_string())],
             _dir: dir,
         }
@@ -189,10 +192,31 @@ async fn two_instances_share_one_consumer_and_store_every_event_once() {
     };
     const N: i64 = 50_000;
     let fixture = Fixture::publish(js, &url, N).await;
+    // Two messages that hold no event: each becomes a dead letter, none is dropped.
+    let subject = format!("{}reading", fixture.prefix);
+    for payload in ["", "not json"] {
+        let ack = fixture.js.publish(subject.clone(), payload.into()).await;
+        ack.unwrap().await.unwrap();
+    }
     let first = spawn_binary(None, &db, &fixture.env);
     let second = spawn_binary(None, &db, &fixture.env);
     stored_once(&db, N, 180).await;
     fixture.drained().await;
+    db.wait_for_dead_letters(2).await;
+    let stages = db
+        .query("SELECT stage, error FROM sluice_dead_letters ORDER BY error")
+        .await;
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert!(
+        stages.iter().all(|r| r[0].as_deref() == Some("parse")),
+        "{stages:?}"
+    );
+    assert!(
+        stages.iter().any(|r| r[1]
+            .as_deref()
+            .is_some_and(|e| e.contains("the message is empty"))),
+        "{stages:?}"
+    );
     // Both instances took part (the consumer is shared, not copied).
     for sluice in [&first, &second] {
         let acked = metric(sluice, "sluice_jetstream_messages_total", "acked").await;
