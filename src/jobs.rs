@@ -157,9 +157,11 @@ impl Record {
         self.errors.push(line);
     }
 
-    /// The row with its logs and errors encoded.
+    /// The row with its logs and errors encoded, and the heartbeat of now (a snapshot is
+    /// what gets recorded while the job runs here).
     fn snapshot(&self) -> JobRecord {
         let mut row = self.row.clone();
+        row.heartbeat_at = Some(now());
         row.logs = serde_json::to_string(&self.logs).unwrap_or_else(|_| "[]".into());
         row.errors = serde_json::to_string(&self.errors).unwrap_or_else(|_| "[]".into());
         row
@@ -352,8 +354,7 @@ impl Jobs {
             }
             running.insert(id.clone(), job.clone());
         }
-        let mut first = lock(&job.record).snapshot();
-        first.heartbeat_at = Some(now());
+        let first = lock(&job.record).snapshot();
         if let Err(e) = self.storage.store.save_job(&first).await {
             lock(&self.running).remove(&id);
             return Err(e.into());
@@ -382,10 +383,9 @@ impl Jobs {
         self.save(&job).await;
         let tracker = Tracker { job: &job };
         let run = async {
-            // A schema fixed with a new optional property gets its column first, as at
-            // start-up.
-            // Under the schema lock, as at start-up: another instance may be evolving
-            // or creating the same tables.
+            // A schema fixed with a new optional property gets its column first, and
+            // streams added since start-up their tables, under the schema lock as at
+            // start-up (another instance may be evolving or creating the same tables).
             let streams: Vec<_> = registry.iter().cloned().collect();
             let store = &self.storage.store;
             store
@@ -453,8 +453,7 @@ impl Jobs {
     /// Records the job's current state; a database that does not answer is logged (the
     /// next save tries again).
     async fn save(&self, job: &Running) {
-        let mut row = lock(&job.record).snapshot();
-        row.heartbeat_at = Some(now());
+        let row = lock(&job.record).snapshot();
         if let Err(e) = self.storage.store.save_job(&row).await {
             tracing::warn!(job = %row.header.id, error = %e, "Could not record the job's progress.");
         }
