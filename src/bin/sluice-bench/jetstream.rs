@@ -69,8 +69,9 @@ pub async fn drain(
         .map(|t| procfs::RssSampler::start(t.pid))
         .collect();
     let timeout = Duration::from_secs(60 + (events.len() / 1000) as u64);
+    let watch: Vec<String> = targets.iter().map(|t| t.http.clone()).collect();
     let done = db
-        .wait_for(&args.table, events.len() as i64, timeout)
+        .wait_for(&args.table, events.len() as i64, timeout, &watch)
         .await?;
     let seconds = (done - started).as_secs_f64();
     let cpu = targets
@@ -79,6 +80,19 @@ pub async fn drain(
         .sum::<anyhow::Result<f64>>()?
         - cpu_before;
     let peak = samplers.iter().map(|s| s.peak_mib()).fold(0.0, f64::max);
+    let (mut batches, mut rows, mut redelivered) = (0.0, 0.0, 0.0);
+    for t in &targets {
+        let text = super::load::Client::connect(&t.http)
+            .await?
+            .get("/metrics")
+            .await?;
+        batches += super::metric(&text, "sluice_batch_size_events_count");
+        rows += super::metric(&text, "sluice_batch_size_events_sum");
+        redelivered += super::metric(
+            &text,
+            "sluice_jetstream_messages_total{outcome=\"redelivered\"}",
+        );
+    }
     drop(targets);
     let _ = std::fs::remove_file(&config);
     let _ = js.delete_stream(&name).await;
@@ -96,7 +110,8 @@ pub async fn drain(
         peak_rss_mib: Some(peak),
         ratio_to_limits: Vec::new(),
         note: format!(
-            "{instances} instance(s) on one durable consumer, from listening to the last row, max_ack_pending 40000"
+            "{instances} instance(s) on one durable consumer, from listening to the last row, max_ack_pending 40000; {:.0} rows per batch, {redelivered} redelivered",
+            rows / batches.max(1.0)
         ),
     })
 }

@@ -39,6 +39,19 @@ impl Client {
         })
     }
 
+    /// GETs `path`; returns the body text of a 2xx answer.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<String> {
+        self.sender.ready().await?;
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.host)
+            .body(Full::new(Bytes::new()))?;
+        let res = self.sender.send_request(req).await?;
+        let status = res.status();
+        let text = res.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "{path} answered {status}");
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+
     /// POSTs `body`; returns the status. A 503 is retried after its `Retry-After`
     /// (at most 1 s here, the load must keep flowing), so every event is eventually taken.
     pub async fn post(

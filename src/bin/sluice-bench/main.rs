@@ -435,7 +435,14 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     other => anyhow::bail!("unknown mode `{other}`: use limit, http, tcp or rate"),
                 };
                 let timeout = Duration::from_secs(60 + (sent / 1000) as u64);
-                let done = db.wait_for(&args.table, sent as i64, timeout).await?;
+                let done = db
+                    .wait_for(
+                        &args.table,
+                        sent as i64,
+                        timeout,
+                        std::slice::from_ref(&t.http),
+                    )
+                    .await?;
                 let seconds = (done - started).as_secs_f64();
                 let cpu = procfs::cpu_seconds(t.pid)? - cpu_before;
                 let sent_bytes: usize = events[..sent].iter().map(|e| e.len() + 1).sum();
@@ -571,4 +578,16 @@ fn report(outcome: Option<&Outcome>, json: bool) {
             println!("{line}");
         }
     }
+}
+
+/// The sum of the samples of `name` (a metric name, with labels or not) in a
+/// Prometheus text page.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
