@@ -163,9 +163,18 @@ impl Input {
         let mut unrouted = self.ingest.request_events();
         // owners[event index] = the message in `batch` the event came from.
         let mut owners = Vec::new();
+        // A batch's messages mostly share a subject: one `source` text for each run.
+        let mut last: Option<(&str, Arc<str>)> = None;
         for (m, message) in batch.iter().enumerate() {
             let subject = message.subject.as_str();
-            let source: Arc<str> = format!("{SOURCE} {subject}").into();
+            let source = match &last {
+                Some((s, source)) if *s == subject => source.clone(),
+                _ => {
+                    let source: Arc<str> = format!("{SOURCE} {subject}").into();
+                    last = Some((subject, source.clone()));
+                    source
+                }
+            };
             let by_subject = self
                 .config
                 .subject_prefix
