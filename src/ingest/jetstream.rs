@@ -4,7 +4,9 @@
 //! JetStream only once its rows and dead letters are committed. While its batch is
 //! written or retried, the acknowledgement deadline is extended (`in_progress`); if
 //! Sluice stops before the commit, the message is given back (`nak` with a delay) and
-//! JetStream redelivers it, to this instance or another. Nothing is acknowledged early
+//! JetStream redelivers it, to this instance or another. So is a message pulled while
+//! the writes of a stream it has events for are failing (transient database errors
+//! being retried): it is not queued behind them, and JetStream keeps it meanwhile. Nothing is acknowledged early
 //! and nothing is terminated: a message that is not an event becomes a dead letter.
 //!
 //! Flow control: at most `max_ack_pending` messages of this instance wait for their
@@ -30,6 +32,9 @@ use crate::telemetry;
 
 /// Most messages handled as one batch (one submit, one commit wait, one task).
 const MAX_BATCH: usize = 5000;
+
+/// How often a batch waiting for room looks again whether its streams' writes fail.
+const FAILING_CHECK: Duration = Duration::from_secs(1);
 
 /// How the `source` of a JetStream event begins (`jetstream <subject>`).
 pub const SOURCE: &str = "jetstream";
@@ -124,17 +129,40 @@ impl Input {
                     Some(None) | None => break,
                 }
             }
-            let permit = tokio::select! {
-                p = permits.clone().acquire_many_owned(batch.len() as u32) => p?,
-                _ = stop.cancelled() => return Ok(()),
-            };
             let redelivered = batch
                 .iter()
                 .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
                 .count();
             telemetry::jetstream_pulled(batch.len(), redelivered);
-            match self.submit(&batch).await {
-                Ok((waits, owners)) => {
+            let mut decoded = self.decode(&batch);
+            // Room for the batch among the messages waiting for their commit; while it
+            // waits, the writes of a stream it goes to may start failing.
+            let permit = loop {
+                if let Some(stream) = self.failing(&decoded) {
+                    // Nothing of the batch is queued: JetStream keeps it meanwhile and
+                    // redelivers it after the delay, to this instance or another.
+                    tracing::info!(stream, messages = batch.len(), nak_delay = ?config.nak_delay,
+                        "The stream's writes are failing; JetStream messages for it are given back to be redelivered later.");
+                    for m in &batch {
+                        nak(m, config.nak_delay).await;
+                    }
+                    break None;
+                }
+                tokio::select! {
+                    p = permits.clone().acquire_many_owned(batch.len() as u32) => break Some(p?),
+                    _ = tokio::time::sleep(FAILING_CHECK) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            };
+            let Some(permit) = permit else {
+                tokio::select! {
+                    _ = tokio::time::sleep(config.nak_delay) => continue,
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            };
+            let owners = std::mem::take(&mut decoded.owners);
+            match self.queue(decoded).await {
+                Ok(waits) => {
                     let (ack_wait, nak_delay) = (config.ack_wait, config.nak_delay);
                     self.tasks.spawn(ack_after_commit(
                         batch, owners, waits, permit, ack_wait, nak_delay,
@@ -152,12 +180,8 @@ impl Input {
         }
     }
 
-    /// Decodes and routes the events of `batch` and queues them (waiting for room).
-    /// Returns the commit waits and, for each event index, the message it came from.
-    async fn submit(
-        &self,
-        batch: &[jetstream::Message],
-    ) -> Result<(Vec<CommitWait>, Vec<usize>), crate::pipeline::queue::QueueError> {
+    /// Decodes and routes the events of `batch`, each stream's apart.
+    fn decode(&self, batch: &[jetstream::Message]) -> Decoded {
         let received_at = chrono::Utc::now();
         let mut per_stream = PerStream::new(&self.ingest, received_at);
         let mut unrouted = self.ingest.request_events();
@@ -217,12 +241,37 @@ impl Input {
                 per_stream.add(&stream, raw, value, index, &source);
             }
         }
+        Decoded {
+            groups: per_stream.with(unrouted).collect(),
+            owners,
+        }
+    }
+
+    /// A stream `decoded` has events for whose writes are failing (and being retried).
+    fn failing(&self, decoded: &Decoded) -> Option<String> {
+        decoded
+            .groups
+            .iter()
+            .filter_map(|(stream, _)| stream.as_ref())
+            .find(|s| {
+                self.ingest
+                    .stats(&s.name)
+                    .is_some_and(|stats| stats.is_retrying())
+            })
+            .map(|s| s.name.clone())
+    }
+
+    /// Queues the events of `decoded` (waiting for room); returns their commit waits.
+    async fn queue(
+        &self,
+        decoded: Decoded,
+    ) -> Result<Vec<CommitWait>, crate::pipeline::queue::QueueError> {
         let mut waits = Vec::new();
-        for (stream, events) in per_stream.with(unrouted) {
+        for (stream, events) in decoded.groups {
             let name = stream.as_ref().map(|s| s.name.as_str());
             waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
         }
-        Ok((waits, owners))
+        Ok(waits)
     }
 
     /// The stream named by the subject; the TCP routing field is removed as there (so a
@@ -239,6 +288,14 @@ impl Input {
         super::tcp::strip_routing_field(stream, &self.tcp.stream_field, SOURCE, &mut value);
         Ok((stream.clone(), value))
     }
+}
+
+/// A batch's events, decoded and routed, not yet queued.
+struct Decoded {
+    /// Each stream's events, and those routed to none (dead letters).
+    groups: Vec<(Option<Arc<Stream>>, RequestEvents)>,
+    /// For each event index, the message of the batch it came from.
+    owners: Vec<usize>,
 }
 
 /// Acknowledges each message of `batch` once every row and dead letter of it is

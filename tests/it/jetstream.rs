@@ -219,7 +219,12 @@ async fn two_instances_share_one_consumer_and_store_every_event_once() {
     );
     // Both instances took part (the consumer is shared, not copied).
     for sluice in [&first, &second] {
-        let acked = metric(sluice, "sluice_jetstream_messages_total", "acked").await;
+        let acked = metric(
+            sluice,
+            "sluice_jetstream_messages_total",
+            "outcome=\"acked\"",
+        )
+        .await;
         assert!(acked > 0.0, "an instance acknowledged nothing");
     }
     first.terminate().await;
@@ -280,7 +285,12 @@ async fn a_database_outage_acknowledges_nothing_early_and_loses_nothing() {
     // commit: read the acknowledgements first, then the rows committed since.
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < until {
-        let acked = metric(&sluice, "sluice_jetstream_messages_total", "acked").await;
+        let acked = metric(
+            &sluice,
+            "sluice_jetstream_messages_total",
+            "outcome=\"acked\"",
+        )
+        .await;
         let stored = db.count("reading").await as f64;
         assert!(
             acked <= stored,
@@ -295,6 +305,67 @@ async fn a_database_outage_acknowledges_nothing_early_and_loses_nothing() {
     down.store(false, std::sync::atomic::Ordering::SeqCst);
     stored_once(&db, N, 180).await;
     fixture.drained().await;
+    sluice.terminate().await;
+    fixture.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pulled_while_the_writes_fail_are_given_back_and_redelivered() {
+    let Some((url, js)) = nats().await else {
+        return;
+    };
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let fixture = Fixture::publish(js, &url, 100).await;
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = faulty_proxy("127.0.0.1:5432", Fault::Drop, down.clone()).await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
+    let sluice = spawn_binary(None, &via_proxy, &fixture.env);
+    stored_once(&db, 100, 60).await;
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let subject = format!("{}reading", fixture.prefix);
+    // These are queued, and their write fails and is retried...
+    publish(&fixture.js, &subject, 100..110).await;
+    eventually(30, "the writes fail and are retried", || async {
+        match metric(&sluice, "sluice_write_retries_total", "reading").await {
+            n if n > 0.0 => Ok(()),
+            n => Err(format!("{n} retries")),
+        }
+    })
+    .await;
+    // ...so those pulled now are not queued behind them but given back to JetStream,
+    // which keeps them (and could hand them to another instance) meanwhile.
+    publish(&fixture.js, &subject, 110..600).await;
+    eventually(
+        30,
+        "the messages pulled meanwhile are given back",
+        || async {
+            match metric(&sluice, "sluice_jetstream_messages_total", "nacked").await {
+                n if n > 0.0 => Ok(()),
+                n => Err(format!("{n} given back")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &sluice,
+            "sluice_jetstream_messages_total",
+            "outcome=\"acked\""
+        )
+        .await,
+        100.0,
+        "nothing is acknowledged while the database is away"
+    );
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    stored_once(&db, 600, 120).await;
+    fixture.drained().await;
+    assert!(
+        metric(&sluice, "sluice_jetstream_messages_total", "redelivered").await > 0.0,
+        "the messages given back were redelivered"
+    );
     sluice.terminate().await;
     fixture.done().await;
 }

@@ -67,6 +67,21 @@ impl Db {
         Ok(n)
     }
 
+    /// Starts the next load from the same state as the others: the database's dirty
+    /// pages written out (PostgreSQL `CHECKPOINT`, as pgbench does before a run) and the
+    /// kernel's, so that neither the checkpoint nor the writeback of an earlier load
+    /// lands in this one's time.
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        if let Db::Postgres(c) = self {
+            if let Err(e) = sqlx::query("CHECKPOINT").execute(c).await {
+                // Not a superuser (or pg_checkpoint): the loads still run, less evenly.
+                eprintln!("CHECKPOINT refused ({e}); a load may pay for an earlier one's");
+            }
+        }
+        let _ = std::process::Command::new("sync").status();
+        Ok(())
+    }
+
     /// Empties `table` (which must exist).
     pub async fn empty(&mut self, table: &str) -> anyhow::Result<()> {
         let q = self.dialect().quote(table);

@@ -48,7 +48,7 @@ pub async fn drain(
     );
     // The kernel would otherwise write the published messages back to disk during the
     // timed drain, on the same cores; the publishing is not what is measured.
-    let _ = std::process::Command::new("sync").status();
+    db.settle().await?;
     let config = std::env::temp_dir().join(format!("sluice-bench-{}-js.toml", std::process::id()));
     std::fs::write(
         &config,

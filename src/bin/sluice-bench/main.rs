@@ -295,6 +295,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                 if mode == "limit" && v > 0 {
                     continue;
                 }
+                db.settle().await?;
                 if let Some(instances) = mode.strip_prefix("jetstream") {
                     let instances: usize = instances.parse().context("jetstream1 or jetstream2")?;
                     // Its own instances; the HTTP/TCP one would compete for the cores.
@@ -330,6 +331,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                         (true, _) => vec![1, 2],
                     };
                     for connections in counts {
+                        db.settle().await?;
                         let (took, how) = db
                             .limit(url, stream, "sluice_bench_limit", &rows, connections)
                             .await?;
