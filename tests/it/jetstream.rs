@@ -192,9 +192,17 @@ async fn two_instances_share_one_consumer_and_store_every_event_once() {
     };
     const N: i64 = 50_000;
     let fixture = Fixture::publish(js, &url, N).await;
-    // Two messages that hold no event: each becomes a dead letter, none is dropped.
+    // Poison messages: two that hold no event, one the schema refuses and one the
+    // database refuses (PostgreSQL text holds no NUL). Each becomes a dead letter and is
+    // acknowledged; none is dropped or redelivered forever.
     let subject = format!("{}reading", fixture.prefix);
-    for payload in ["", "not json"] {
+    let refused_by_db = serde_json::json!({"seq": N, "sensor": "a\u{0}b", "value": 1.0});
+    for payload in [
+        String::new(),
+        "not json".to_owned(),
+        r#"{"seq": -1, "sensor": "s-0", "value": 1.0}"#.to_owned(),
+        refused_by_db.to_string(),
+    ] {
         let ack = fixture.js.publish(subject.clone(), payload.into()).await;
         ack.unwrap().await.unwrap();
     }
@@ -202,15 +210,14 @@ async fn two_instances_share_one_consumer_and_store_every_event_once() {
     let second = spawn_binary(None, &db, &fixture.env);
     stored_once(&db, N, 180).await;
     fixture.drained().await;
-    db.wait_for_dead_letters(2).await;
+    db.wait_for_dead_letters(4).await;
     let stages = db
         .query("SELECT stage, error FROM sluice_dead_letters ORDER BY error")
         .await;
-    assert_eq!(stages.len(), 2, "{stages:?}");
-    assert!(
-        stages.iter().all(|r| r[0].as_deref() == Some("parse")),
-        "{stages:?}"
-    );
+    assert_eq!(stages.len(), 4, "{stages:?}");
+    let mut names: Vec<_> = stages.iter().filter_map(|r| r[0].as_deref()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["parse", "parse", "validate", "write"], "{stages:?}");
     assert!(
         stages.iter().any(|r| r[1]
             .as_deref()
