@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, message::Acker, AckKind};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,9 @@ use crate::telemetry;
 
 /// Most messages handled as one batch (one submit, one commit wait, one task).
 const MAX_BATCH: usize = 5000;
+
+/// Most payload bytes one pull request asks for (see `pull_bytes`).
+const PULL_BYTES: usize = 16 << 20;
 
 /// How often a batch waiting for room looks again whether its streams' writes fail.
 const FAILING_CHECK: Duration = Duration::from_secs(1);
@@ -85,6 +88,10 @@ impl Input {
             .connection_timeout(Duration::from_secs(5))
             .connect(&config.url)
             .await?;
+        // One pull asks for at most this many bytes (never less than the largest message
+        // the server takes, which could not be delivered otherwise), so that the messages
+        // delivered and not yet decoded stay bounded in memory as well as in number.
+        let pull_bytes = PULL_BYTES.max(client.server_info().max_payload);
         let js = jetstream::new(client);
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
@@ -112,6 +119,7 @@ impl Input {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(config.max_ack_pending.clamp(1, MAX_BATCH))
+            .max_bytes_per_batch(pull_bytes)
             .messages()
             .await?;
         loop {
@@ -135,6 +143,9 @@ impl Input {
                 .count();
             telemetry::jetstream_pulled(batch.len(), redelivered);
             let mut decoded = self.decode(&batch);
+            // The events hold their own text now: keep only what acknowledges each
+            // message, not its payload, while it waits for its commit.
+            let batch: Vec<Acker> = batch.into_iter().map(|m| m.split().1).collect();
             // Room for the batch among the messages waiting for their commit; while it
             // waits, the writes of a stream it goes to may start failing.
             let permit = loop {
@@ -302,7 +313,7 @@ struct Decoded {
 /// committed, extending their deadlines meanwhile; gives back the messages with an event
 /// that could not be stored at all, and every message if Sluice stopped first.
 async fn ack_after_commit(
-    batch: Vec<jetstream::Message>,
+    batch: Vec<Acker>,
     owners: Vec<usize>,
     waits: Vec<CommitWait>,
     _permit: OwnedSemaphorePermit,
@@ -355,7 +366,7 @@ async fn ack_after_commit(
     telemetry::jetstream_acked(acked);
 }
 
-async fn nak(message: &jetstream::Message, delay: Duration) {
+async fn nak(message: &Acker, delay: Duration) {
     telemetry::jetstream_nacked();
     if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
         tracing::debug!(error = %e, "Could not give a JetStream message back; it is redelivered after ack_wait.");
