@@ -6,8 +6,9 @@
 //! Sluice stops before the commit, the message is given back (`nak` with a delay) and
 //! JetStream redelivers it, to this instance or another. So is a message pulled while
 //! the writes of a stream it has events for are failing (transient database errors
-//! being retried): it is not queued behind them, and JetStream keeps it meanwhile. Nothing is acknowledged early
-//! and nothing is terminated: a message that is not an event becomes a dead letter.
+//! being retried): it is not queued behind them, and JetStream keeps it meanwhile.
+//! Nothing is acknowledged early and nothing is terminated: a message that is not an
+//! event becomes a dead letter.
 //!
 //! Flow control: at most `max_ack_pending` messages of this instance wait for their
 //! commit, and a message whose queue is full waits for room, so a slow database stops
