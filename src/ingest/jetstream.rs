@@ -143,7 +143,7 @@ impl Input {
                 .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
                 .count();
             telemetry::jetstream_pulled(batch.len(), redelivered);
-            let mut decoded = self.decode(&batch);
+            let decoded = self.decode(&batch);
             // The events hold their own text now: keep only what acknowledges each
             // message, not its payload, while it waits for its commit.
             let batch: Vec<Acker> = batch.into_iter().map(|m| m.split().1).collect();
@@ -172,8 +172,8 @@ impl Input {
                     _ = stop.cancelled() => return Ok(()),
                 }
             };
-            let owners = std::mem::take(&mut decoded.owners);
-            match self.queue(decoded).await {
+            let Decoded { groups, owners } = decoded;
+            match self.queue(groups).await {
                 Ok(waits) => {
                     let (ack_wait, nak_delay) = (config.ack_wait, config.nak_delay);
                     self.tasks.spawn(ack_after_commit(
@@ -273,13 +273,14 @@ impl Input {
             .map(|s| s.name.clone())
     }
 
-    /// Queues the events of `decoded` (waiting for room); returns their commit waits.
+    /// Queues each stream's events of `groups` (waiting for room); returns their commit
+    /// waits.
     async fn queue(
         &self,
-        decoded: Decoded,
+        groups: Vec<(Option<Arc<Stream>>, RequestEvents)>,
     ) -> Result<Vec<CommitWait>, crate::pipeline::queue::QueueError> {
         let mut waits = Vec::new();
-        for (stream, events) in decoded.groups {
+        for (stream, events) in groups {
             let name = stream.as_ref().map(|s| s.name.as_str());
             waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
         }

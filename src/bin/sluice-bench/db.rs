@@ -112,20 +112,13 @@ impl Db {
             clients.push(crate::load::Client::connect(addr).await?);
         }
         loop {
-            let mut written = 0.0;
-            for client in &mut clients {
-                match client.get("/metrics").await {
-                    Ok(text) => written += crate::metric(&text, "sluice_events_written_total"),
-                    Err(_) => written = f64::INFINITY,
-                }
-            }
-            if written.is_infinite() {
+            let written = written(&mut clients).await;
+            if written.is_none() {
                 clients.clear();
             }
-            let have = if clients.is_empty() || written >= n as f64 {
-                self.count(table).await?
-            } else {
-                written as i64
+            let have = match written {
+                Some(w) if w < n as f64 => w as i64,
+                _ => self.count(table).await?,
             };
             if have >= n {
                 return Ok(Instant::now());
@@ -409,4 +402,18 @@ fn sqlite_limit(path: &std::path::Path, sql: &str, rows: &[Row]) -> anyhow::Resu
     }
     tx.commit()?;
     Ok(started.elapsed())
+}
+
+/// The rows the instances behind `clients` report written, or `None` when there are none
+/// or one of them has no metrics to read.
+async fn written(clients: &mut [crate::load::Client]) -> Option<f64> {
+    if clients.is_empty() {
+        return None;
+    }
+    let mut sum = 0.0;
+    for client in clients {
+        let text = client.get("/metrics").await.ok()?;
+        sum += crate::metric(&text, "sluice_events_written_total");
+    }
+    Some(sum)
 }
