@@ -24,8 +24,8 @@ pub fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     result
 }
 
-/// `sluice check`: prints each table's DDL for the configured database, without
-/// connecting to it.
+/// `sluice check`: prints each table's DDL for the configured database, then compares
+/// the existing tables with it when the database can be reached.
 pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     let dialect = Dialect::from_url(&config.database.url)
@@ -52,6 +52,62 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     for line in crate::webhook::Webhooks::describe(&config, &registry)? {
         println!("-- {line}");
     }
+    compare_tables(&config, &registry)
+}
+
+/// `check`'s comparison of the existing tables with the schemas and settings: what
+/// start-up would add (new columns, `id_field`'s unique key) and what it would refuse.
+/// Read only; skipped, saying so, when the database cannot be reached (or, for SQLite,
+/// its file does not exist yet).
+fn compare_tables(config: &Config, registry: &Registry) -> anyhow::Result<()> {
+    use std::str::FromStr;
+    if config.database.url.starts_with("sqlite:") {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&config.database.url)
+            .map_err(|e| anyhow::anyhow!("[database].url: {e}"))?;
+        if !options.get_filename().exists() {
+            println!(
+                "-- {} does not exist yet: start-up creates every table above",
+                options.get_filename().display()
+            );
+            return Ok(());
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pending = runtime.block_on(async {
+        let connect = crate::sink::connect_redacted(&config.database);
+        let storage = match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+            Ok(Ok(storage)) => storage,
+            Ok(Err(e)) => return Ok(Err(format!("{e:#}"))),
+            Err(_) => return Ok(Err("no answer within 5 s".to_owned())),
+        };
+        let streams: Vec<_> = registry.iter().cloned().collect();
+        let pending = crate::sink::evolution::pending(&storage.store, &streams).await;
+        storage.close().await;
+        pending.map(Ok)
+    })?;
+    let pending = match pending {
+        Ok(p) => p,
+        Err(why) => {
+            println!("-- the existing tables were not compared: {why}");
+            return Ok(());
+        }
+    };
+    if pending.changes.is_empty() && pending.problems.is_empty() {
+        println!("-- the existing tables match the schemas");
+    }
+    for change in &pending.changes {
+        println!(
+            "-- stream `{}`: start-up adds {}: {};",
+            change.stream, change.what, change.sql
+        );
+    }
+    anyhow::ensure!(
+        pending.problems.is_empty(),
+        "start-up would stop: the schemas changed in ways Sluice cannot apply by itself:\n{}",
+        pending.problems.join("\n")
+    );
     Ok(())
 }
 

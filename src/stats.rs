@@ -27,6 +27,9 @@ pub struct StreamStats {
     last_error: Mutex<Option<(DateTime<Utc>, String)>>,
     /// Whether the batch being written failed for a transient reason and is retried.
     retrying: AtomicBool,
+    /// Whether the last write failed for a reason only an operator can fix (a missing
+    /// unique key or column, a privilege), so its rows are being dead-lettered.
+    setup_failing: AtomicBool,
     /// Rows written per second over the last minute.
     rate: Mutex<Window>,
 }
@@ -98,6 +101,33 @@ impl StreamStats {
         self.retrying.load(Ordering::Relaxed)
     }
 
+    /// Notes whether the last write failed for a reason only an operator can fix.
+    pub fn setup_failing(&self, yes: bool) {
+        self.setup_failing.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether the last write failed for a reason only an operator can fix.
+    pub fn is_setup_failing(&self) -> bool {
+        self.setup_failing.load(Ordering::Relaxed)
+    }
+
+    /// The stream's write state: `ok`, `retrying` (a transient failure: the database
+    /// is away) or `refusing` (the table refuses every row: see `last_error`).
+    pub fn write_state(&self) -> WriteState {
+        if self.is_setup_failing() {
+            WriteState::Refusing
+        } else if self.is_retrying() {
+            WriteState::Retrying
+        } else {
+            WriteState::Ok
+        }
+    }
+
+    /// The last write error's message, if any.
+    pub fn last_error_message(&self) -> Option<String> {
+        lock(&self.last_error).as_ref().map(|(_, m)| m.clone())
+    }
+
     pub fn error(&self, message: &str, at: DateTime<Utc>) {
         *lock(&self.last_error) = Some((at, message.to_owned()));
     }
@@ -135,6 +165,7 @@ impl StreamStats {
             last_write_at: last_write,
             last_error,
             retrying: self.is_retrying(),
+            write_state: self.write_state(),
             written_per_second_1m: per_second,
         }
     }
@@ -157,11 +188,26 @@ pub struct Snapshot {
     pub last_write_at: Option<String>,
     /// The last write error, `null` if there was none.
     pub last_error: Option<LastError>,
-    /// The batch being written failed for a transient reason (the database is down, a
-    /// table or column is missing, ...) and is retried; see `last_error`.
+    /// The batch being written failed for a transient reason (the database is down
+    /// or locked) and is retried; see `last_error`.
     pub retrying: bool,
+    /// `ok`; `retrying` (the batch failed for a transient reason and is retried);
+    /// `refusing` (the table refuses every row for a reason only an operator can fix,
+    /// such as a missing column, unique key or privilege: the rows are dead-lettered at
+    /// stage `write` with the database's message, see `last_error`).
+    pub write_state: WriteState,
     /// Rows written per second, averaged over the last 60 seconds.
     pub written_per_second_1m: f64,
+}
+
+/// Whether a stream's writes succeed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteState {
+    #[default]
+    Ok,
+    Retrying,
+    Refusing,
 }
 
 /// A count for each stage at which an event can be set aside.

@@ -107,6 +107,21 @@ pub struct Readiness {
     /// True while the events the spool kept from before a restart are being written:
     /// new input waits until they are (readiness fails meanwhile).
     pub recovering_spool: bool,
+    /// Streams whose writes are failing: `retrying` (a transient failure, retried; the
+    /// database is away or locked) or `refusing` (the table refuses every row for a
+    /// reason only an operator can fix; its rows are dead-lettered at stage `write`),
+    /// each with the database's last message. Empty while every stream writes.
+    pub failing_streams: Vec<FailingStream>,
+}
+
+/// A stream whose writes are failing, in `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailingStream {
+    pub stream: String,
+    /// `retrying` or `refusing`.
+    pub write_state: crate::stats::WriteState,
+    /// The database's last error for this stream.
+    pub last_error: Option<String>,
 }
 
 /// `GET /readyz`: the database answers within 2 s (on a connection of its own), at
@@ -136,6 +151,20 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     // A stream whose queue is full (its table is locked, a column was dropped) is
     // reported here and in its status, and its own producers get 503; the instance
     // stays ready while it can serve any stream.
+    let failing_streams: Vec<FailingStream> = state
+        .ingest
+        .registry
+        .iter()
+        .filter_map(|s| {
+            let stats = state.ingest.stats(&s.name)?;
+            let write_state = stats.write_state();
+            (write_state != crate::stats::WriteState::Ok).then(|| FailingStream {
+                stream: s.name.clone(),
+                write_state,
+                last_error: stats.last_error_message(),
+            })
+        })
+        .collect();
     let streams = state.ingest.registry.iter().count();
     let recovering = state.ingest.is_recovering();
     let ready = db.is_ok() && saturated_streams.len() < streams && !recovering;
@@ -151,6 +180,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         },
         saturated_streams,
         recovering_spool: recovering,
+        failing_streams,
     };
     let status = if ready {
         StatusCode::OK

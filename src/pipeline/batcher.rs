@@ -18,7 +18,7 @@ use super::retry::{retry, RetryPolicy};
 use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::schema::Stream;
-use crate::sink::{BatchWriter, SinkError, Written};
+use crate::sink::{BatchWriter, ErrorClass, SinkError, Written};
 use crate::stats::StreamStats;
 use crate::telemetry;
 
@@ -44,6 +44,12 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn record_dead_lettered(_target: &Self::Target, _n: usize) {}
     /// Notes whether a batch is being retried after a transient failure (stream rows only).
     fn record_retrying(_target: &Self::Target, _retrying: bool) {}
+    /// Notes whether the last write failed for a reason only an operator can fix
+    /// ([`ErrorClass::Setup`]), or succeeded (stream rows only).
+    fn record_setup_failure(_target: &Self::Target, _failing: bool) {}
+    /// Whether a [`ErrorClass::Setup`] failure is retried like a transient one instead
+    /// of refusing the items: for items that have no other place to go.
+    const RETRY_SETUP: bool = false;
 }
 
 /// A stream's table, and the status the batcher keeps up to date.
@@ -80,6 +86,10 @@ impl Item for Row {
         target.stats.retrying(retrying);
     }
 
+    fn record_setup_failure(target: &Self::Target, failing: bool) {
+        target.stats.setup_failing(failing);
+    }
+
     fn index(&self) -> usize {
         self.index
     }
@@ -107,6 +117,9 @@ pub struct DeadLetterTable;
 
 impl Item for DeadLetter {
     type Target = DeadLetterTable;
+    // A dead letter has nowhere else to go: a missing grant on the dead-letter table
+    // is retried (and logged) until an operator fixes it, as an outage is.
+    const RETRY_SETUP: bool = true;
 
     fn target_name(_target: &Self::Target) -> &str {
         "sluice_dead_letters"
@@ -382,7 +395,22 @@ impl<T: Item> Writer<T> {
                 })
                 .await
             {
-                Ok(()) => {}
+                Ok(()) => T::record_setup_failure(&self.target, false),
+                Err(e) if e.class == ErrorClass::Setup => {
+                    // No row of the batch can succeed, and no retry helps: each is
+                    // refused with the database's message, without bisecting.
+                    T::record_setup_failure(&self.target, true);
+                    let message = e.to_string();
+                    refused.extend((lo..hi).map(|i| {
+                        (
+                            base + i,
+                            SinkError {
+                                class: ErrorClass::Setup,
+                                source: message.clone().into(),
+                            },
+                        )
+                    }));
+                }
                 Err(e) if hi - lo == 1 => refused.push((base + lo, e)),
                 Err(_) => {
                     let mid = lo + (hi - lo) / 2;
@@ -404,6 +432,18 @@ impl<T: Item> Writer<T> {
         let policy = RetryPolicy {
             max_retries: None,
             attempt_timeout: self.write_timeout,
+        };
+        // Items with nowhere else to go retry what only an operator can fix.
+        let write = || {
+            let attempt = write();
+            Box::pin(async move {
+                attempt.await.map_err(|mut e| {
+                    if T::RETRY_SETUP && e.class == ErrorClass::Setup {
+                        e.class = ErrorClass::Transient;
+                    }
+                    e
+                })
+            }) as Written<'w>
         };
         let (result, retries) = retry(policy, write, |attempt, e, delay| {
             T::record_retrying(&self.target, true);

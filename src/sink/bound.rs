@@ -240,6 +240,36 @@ pub async fn table_has_rows<DB>(
 }
 
 sqlx_generic! {
+/// Whether `table` has a unique key on exactly `column` ([`Dialect::unique_key_probe`]).
+pub async fn has_unique_key<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    table: &str,
+    column: &str,
+) -> Result<bool, SinkError> {
+    let row = sqlx::query::<DB>(dialect.unique_key_probe())
+        .bind(table)
+        .bind(column)
+        .fetch_optional(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(row.is_some())
+}
+}
+
+sqlx_generic! {
+/// The one integer a query such as `SELECT COUNT(*) …` answers (0 for NULL).
+pub async fn scalar<DB>(pool: &Pool<DB>, dialect: Dialect, sql: &str) -> Result<i64, SinkError> {
+    let row = sqlx::query::<DB>(sql)
+        .fetch_one(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    let value: Option<i64> = row.try_get(0).map_err(sink_error(dialect))?;
+    Ok(value.unwrap_or(0))
+}
+}
+
+sqlx_generic! {
 /// The newest dead letters first.
 pub async fn list_dead_letters<DB>(
     pool: &Pool<DB>,

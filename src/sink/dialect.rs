@@ -390,6 +390,63 @@ impl Dialect {
         )
     }
 
+    /// A query that answers a row when a table (bound first) has a unique key on exactly
+    /// one column (bound second), whole and without a condition: the key that
+    /// `ON CONFLICT (id) DO NOTHING` and `ON DUPLICATE KEY` need for `id_field`.
+    pub fn unique_key_probe(self) -> &'static str {
+        match self {
+            // indkey is an int2vector, subscripted from 0.
+            Dialect::Postgres => "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] WHERE t.relnamespace = current_schema()::regnamespace AND t.relname = $1 AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = $2",
+            Dialect::Mysql => "SELECT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = ?",
+            Dialect::Sqlite => "SELECT il.name FROM pragma_index_list(?) AS il, pragma_index_info(il.name) AS ii WHERE il.\"unique\" = 1 AND il.partial = 0 GROUP BY il.name HAVING COUNT(*) = 1 AND MAX(ii.name) = ?",
+        }
+    }
+
+    /// How many rows of `table` repeat a value of `column` that an earlier row holds
+    /// (NULLs never count: a unique key allows any number of them).
+    pub fn count_duplicates(self, table: &str, column: &str) -> String {
+        let (table, column) = (self.quote(table), self.quote(column));
+        match self {
+            // The unique key compares ids byte for byte (utf8mb4_bin), so does the count.
+            Dialect::Mysql => format!(
+                "SELECT CAST(COUNT({column}) - COUNT(DISTINCT CAST({column} AS BINARY)) AS SIGNED) FROM {table}"
+            ),
+            _ => format!("SELECT COUNT({column}) - COUNT(DISTINCT {column}) FROM {table}"),
+        }
+    }
+
+    /// The statements adding `stream`'s `id_field` unique key to its existing table
+    /// (`id_field` set on a stream whose table was created without it). MySQL also
+    /// turns the column into the bounded, byte-compared type an id column gets.
+    pub fn add_unique_key(self, stream: &Stream, id_field: &str) -> Vec<String> {
+        let table = self.quote(&stream.table);
+        let column = self.quote(id_field);
+        match self {
+            Dialect::Postgres => vec![format!("ALTER TABLE {table} ADD UNIQUE ({column})")],
+            Dialect::Mysql => {
+                let (_, ty, nullable) = self
+                    .table_columns(stream)
+                    .into_iter()
+                    .find(|(name, _, _)| name == id_field)
+                    .unwrap_or_else(|| {
+                        (
+                            id_field.to_owned(),
+                            "varchar(255) COLLATE utf8mb4_bin".into(),
+                            true,
+                        )
+                    });
+                vec![format!(
+                    "ALTER TABLE {table} MODIFY {column} {ty}{}, ADD UNIQUE ({column})",
+                    if nullable { "" } else { " NOT NULL" }
+                )]
+            }
+            Dialect::Sqlite => vec![format!(
+                "CREATE UNIQUE INDEX {} ON {table} ({column})",
+                self.quote(&format!("{}_{id_field}_key", stream.table))
+            )],
+        }
+    }
+
     /// The statements taking and releasing the schema lock, which serialises start-up
     /// DDL and table evolution across Sluice instances sharing one database. The first
     /// waits until the lock is granted and answers one row, `1` when it is (MySQL gives

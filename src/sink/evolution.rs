@@ -128,13 +128,26 @@ pub fn plan(
     }
 }
 
-/// Adds the columns of new optional properties to existing tables; stops start-up,
-/// naming the change and the DDL to run, when a change cannot be applied safely.
-pub async fn evolve_tables(
-    store: &Store,
-    streams: &[Arc<crate::schema::Stream>],
-) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
+/// A statement start-up runs to bring an existing table in line with its stream.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub stream: String,
+    pub sql: String,
+    /// What it does, for messages: "a new column", "id_field's unique key".
+    pub what: &'static str,
+}
+
+/// What start-up would do to the existing tables: the statements it would run, and the
+/// changes it cannot apply by itself (each naming the DDL to run by hand).
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub changes: Vec<Change>,
+    pub problems: Vec<String>,
+}
+
+/// Compares each stream's existing table with its schema and settings (read only).
+pub async fn pending(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<Pending> {
+    let mut pending = Pending::default();
     for stream in streams {
         let existing = store
             .describe_table(&stream.table)
@@ -145,33 +158,96 @@ pub async fn evolve_tables(
         }
         // Most starts change nothing: then the table is not read at all (a table locked
         // by someone else does not hold up the start, or a replay job).
-        if matches!(plan(store.dialect(), stream, &existing, true), Ok(s) if s.is_empty()) {
-            continue;
-        }
-        let has_rows = store
-            .table_has_rows(&stream.table)
-            .await
-            .context("cannot read the tables")?;
-        match plan(store.dialect(), stream, &existing, has_rows) {
-            Ok(statements) if statements.is_empty() => {}
-            Ok(statements) => {
-                for sql in &statements {
-                    tracing::info!(stream = %stream.name, %sql, "Schema changed: extending the table.");
+        if !matches!(plan(store.dialect(), stream, &existing, true), Ok(s) if s.is_empty()) {
+            let has_rows = store
+                .table_has_rows(&stream.table)
+                .await
+                .context("cannot read the tables")?;
+            match plan(store.dialect(), stream, &existing, has_rows) {
+                Ok(statements) => {
+                    pending
+                        .changes
+                        .extend(statements.into_iter().map(|sql| Change {
+                            stream: stream.name.clone(),
+                            sql,
+                            what: "a new column",
+                        }))
                 }
-                store
-                    .execute_ddl(statements)
-                    .await
-                    .context("cannot extend the table")?;
+                Err(problem) => pending.problems.push(problem),
             }
-            Err(problem) => problems.push(problem),
+        }
+        match unique_key(store, stream).await? {
+            Ok(statements) => pending
+                .changes
+                .extend(statements.into_iter().map(|sql| Change {
+                    stream: stream.name.clone(),
+                    sql,
+                    what: "id_field's unique key",
+                })),
+            Err(problem) => pending.problems.push(problem),
         }
     }
+    Ok(pending)
+}
+
+/// Adds the columns of new optional properties, and the unique key of an `id_field`
+/// set on an existing table; stops start-up, naming the change and the DDL to run,
+/// when a change cannot be applied safely.
+pub async fn evolve_tables(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<()> {
+    let Pending { changes, problems } = pending(store, streams).await?;
     anyhow::ensure!(
         problems.is_empty(),
         "the schemas changed in ways Sluice cannot apply by itself:\n{}",
         problems.join("\n")
     );
+    for change in changes {
+        tracing::info!(stream = %change.stream, sql = %change.sql, "Schema or settings changed: adding {} to the table.", change.what);
+        store
+            .execute_ddl(vec![change.sql.clone()])
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot add {} for stream `{}`; once the cause is resolved, run it yourself or start again: {}",
+                    change.what, change.stream, change.sql
+                )
+            })?;
+    }
     Ok(())
+}
+
+/// The statements giving an existing table the unique key its stream's `id_field`
+/// needs (set on a stream whose table was made without it: every write would then fail
+/// on PostgreSQL and SQLite, or silently store redeliveries twice on MySQL), none when
+/// it has one. `Err` counts the rows that already repeat an id, with the DDL to run
+/// once they are resolved.
+async fn unique_key(store: &Store, stream: &Stream) -> anyhow::Result<Result<Vec<String>, String>> {
+    let Some(id) = stream.id_field.as_deref() else {
+        return Ok(Ok(Vec::new()));
+    };
+    let table = &stream.table;
+    if store.describe_table(table).await?.is_empty()
+        || store
+            .has_unique_key(table, id)
+            .await
+            .context("cannot read the tables' unique keys")?
+    {
+        return Ok(Ok(Vec::new()));
+    }
+    let dialect = store.dialect();
+    let statements = dialect.add_unique_key(stream, id);
+    let duplicates = store
+        .count_duplicates(table, id)
+        .await
+        .context("cannot count the rows that repeat an id")?;
+    if duplicates > 0 {
+        return Ok(Err(format!(
+            "stream `{}` sets id_field = \"{id}\" but table {} has no unique key on it, and {duplicates} of its rows repeat an id an earlier row holds: remove or merge them, then start again (Sluice adds the key) or add it yourself: {}",
+            stream.name,
+            dialect.quote(table),
+            statements.join("; ")
+        )));
+    }
+    Ok(Ok(statements))
 }
 
 #[cfg(test)]

@@ -33,14 +33,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A write in progress: done once its transaction committed (or failed).
 pub type Written<'a> = BoxFuture<'a, Result<(), SinkError>>;
 
-/// Whether retrying the same statement can succeed.
+/// What a failed write means, and so what the batcher does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The database is unreachable, overloaded, restarting, locked, or misconfigured in a
-    /// way an operator fixes (missing table, privileges): retry with backoff.
+    /// The database is unreachable, overloaded, restarting or locked, or refuses the
+    /// connection itself (authentication, missing database: then not even a dead letter
+    /// can be stored): retry the same batch with backoff.
     Transient,
-    /// The data is at fault (constraint, range, invalid text): retrying cannot help.
+    /// The data is at fault (constraint, range, invalid text): retrying cannot help;
+    /// bisect the batch to isolate the rows the database refuses.
     Permanent,
+    /// The statement no longer fits the table, or the user may not run it (a missing
+    /// table, column or unique key, a privilege, a type the server lacks): no retry
+    /// and no row of the batch can succeed until an operator acts, so every row is
+    /// dead-lettered with the database's message at once, and the stream is reported
+    /// as failing its writes.
+    Setup,
 }
 
 /// A failed database operation and its class.
@@ -309,6 +317,97 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     })
 }
 
+/// PostgreSQL SQLSTATEs (a whole code, or a two-character class) and the class of a
+/// write that fails with them; the longest match wins, anything else is
+/// [`ErrorClass::Permanent`] (22 data exception, 23 integrity constraint, ...).
+pub const POSTGRES_CLASSES: &[(&str, ErrorClass)] = &[
+    ("08", ErrorClass::Transient),    // connection exception
+    ("53", ErrorClass::Transient),    // insufficient resources (disk full, too many connections)
+    ("57", ErrorClass::Transient),    // operator intervention (shutdown, cancel, starting up)
+    ("58", ErrorClass::Transient),    // system error (I/O)
+    ("55", ErrorClass::Transient),    // object not in prerequisite state (lock not available)
+    ("28", ErrorClass::Transient),    // invalid authorization: nothing can be stored
+    ("3D", ErrorClass::Transient),    // the database does not exist: nothing can be stored
+    ("40001", ErrorClass::Transient), // serialization failure
+    ("40P01", ErrorClass::Transient), // deadlock detected
+    ("25006", ErrorClass::Transient), // read-only transaction (a standby during failover)
+    ("42", ErrorClass::Setup),        // missing table, column or unique key; insufficient privilege
+    ("0A", ErrorClass::Setup),        // feature not supported by this server
+];
+
+/// MySQL/MariaDB error numbers and the class of a write that fails with them; anything
+/// else is [`ErrorClass::Permanent`] (1062 duplicate, 1406 too long, 1264 out of range,
+/// 1366 incorrect value, ...).
+pub const MYSQL_CLASSES: &[(u16, ErrorClass)] = &[
+    (1040, ErrorClass::Transient), // too many connections
+    (1053, ErrorClass::Transient), // server shutdown in progress
+    (1205, ErrorClass::Transient), // lock wait timeout
+    (1213, ErrorClass::Transient), // deadlock
+    (1290, ErrorClass::Transient), // --read-only
+    (1836, ErrorClass::Transient), // read-only mode
+    (1317, ErrorClass::Transient), // query interrupted
+    (1927, ErrorClass::Transient), // connection killed
+    (1158, ErrorClass::Transient), // network read error
+    (1159, ErrorClass::Transient), // network read timeout
+    (1160, ErrorClass::Transient), // network write error
+    (1161, ErrorClass::Transient), // network write timeout
+    (2002, ErrorClass::Transient), // cannot connect (socket)
+    (2003, ErrorClass::Transient), // cannot connect (TCP)
+    (2006, ErrorClass::Transient), // server has gone away
+    (2013, ErrorClass::Transient), // lost connection during query
+    (1044, ErrorClass::Transient), // access denied to the database: nothing can be stored
+    (1045, ErrorClass::Transient), // access denied (authentication): nothing can be stored
+    (1049, ErrorClass::Transient), // unknown database: nothing can be stored
+    (1146, ErrorClass::Setup),     // no such table
+    (1054, ErrorClass::Setup),     // unknown column
+    (1142, ErrorClass::Setup),     // command denied on the table
+    (1143, ErrorClass::Setup),     // column access denied
+    (1064, ErrorClass::Setup),     // syntax this server does not understand
+    (1170, ErrorClass::Setup),     // a text column in a key without a length
+];
+
+/// SQLite primary result codes and the class of a write that fails with them; anything
+/// else is [`ErrorClass::Permanent`] (19 CONSTRAINT, 20 MISMATCH, 18 TOOBIG, 25 RANGE).
+/// The statements Sluice writes with are plain `INSERT`s of bound values, so the
+/// generic ERROR means the statement no longer fits the table (no such table or column,
+/// an `ON CONFLICT` without its unique key).
+pub const SQLITE_CLASSES: &[(i32, ErrorClass)] = &[
+    (5, ErrorClass::Transient),  // BUSY
+    (6, ErrorClass::Transient),  // LOCKED
+    (8, ErrorClass::Transient),  // READONLY (the file or its directory)
+    (10, ErrorClass::Transient), // IOERR
+    (13, ErrorClass::Transient), // FULL (the disk)
+    (14, ErrorClass::Transient), // CANTOPEN
+    (15, ErrorClass::Transient), // PROTOCOL (a lock protocol race)
+    (1, ErrorClass::Setup),      // ERROR: no such table or column, no matching unique key
+    (23, ErrorClass::Setup),     // AUTH
+];
+
+/// The class of a PostgreSQL SQLSTATE ([`POSTGRES_CLASSES`]).
+pub fn postgres_class(code: &str) -> ErrorClass {
+    POSTGRES_CLASSES
+        .iter()
+        .filter(|(prefix, _)| code.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map_or(ErrorClass::Permanent, |(_, class)| *class)
+}
+
+/// The class of a MySQL/MariaDB error number ([`MYSQL_CLASSES`]).
+pub fn mysql_class(number: u16) -> ErrorClass {
+    MYSQL_CLASSES
+        .iter()
+        .find(|(n, _)| *n == number)
+        .map_or(ErrorClass::Permanent, |(_, class)| *class)
+}
+
+/// The class of an SQLite result code, primary or extended ([`SQLITE_CLASSES`]).
+pub fn sqlite_class(code: i32) -> ErrorClass {
+    SQLITE_CLASSES
+        .iter()
+        .find(|(c, _)| *c == code & 0xff)
+        .map_or(ErrorClass::Permanent, |(_, class)| *class)
+}
+
 /// Classifies a driver error from its kind and SQLSTATE / error number, never its text.
 pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
     use sqlx::Error as E;
@@ -319,67 +418,19 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
         | E::PoolTimedOut
         | E::PoolClosed
         | E::WorkerCrashed => ErrorClass::Transient,
-        E::Database(db) => {
-            let transient = match dialect {
-                Dialect::Postgres => {
-                    let code = db.code().unwrap_or_default();
-                    // 08 connection, 53 resources, 57 operator intervention (shutdown,
-                    // cancel), 58 system I/O, 55 object state (database not accepting
-                    // connections, lock not available), and what an operator fixes: 28
-                    // authentication, 3D missing database, 42 missing table/column or
-                    // privileges (dead-lettering every event would be worse).
-                    ["08", "53", "57", "58", "55", "28", "3D", "42"]
-                        .iter()
-                        .any(|class| code.starts_with(class))
-                        || matches!(code.as_ref(), "40001" | "40P01" | "25006")
-                }
-                Dialect::Mysql => {
-                    let number = db
-                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .map(|e| e.number())
-                        .unwrap_or_default();
-                    matches!(
-                        number,
-                        // too many connections, server shutdown, lock wait timeout, deadlock,
-                        // read-only, query interrupted, connection killed, network errors,
-                        // no such table / unknown column / command denied (operator fixes).
-                        1040 | 1053 | 1205 | 1213 | 1290 | 1836 | 1317 | 1927 | 1158
-                            ..=1161
-                                | 2002
-                                | 2003
-                                | 2006
-                                | 2013
-                                | 1146
-                                | 1054
-                                | 1142
-                                | 1044
-                                | 1045
-                                | 1049
-                    )
-                }
-                Dialect::Sqlite => {
-                    let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or_default();
-                    sqlite_transient(code)
-                }
-            };
-            if transient {
-                ErrorClass::Transient
-            } else {
-                ErrorClass::Permanent
+        E::Database(db) => match dialect {
+            Dialect::Postgres => postgres_class(&db.code().unwrap_or_default()),
+            Dialect::Mysql => mysql_class(
+                db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .map(|e| e.number())
+                    .unwrap_or_default(),
+            ),
+            Dialect::Sqlite => {
+                sqlite_class(db.code().and_then(|c| c.parse().ok()).unwrap_or_default())
             }
-        }
+        },
         _ => ErrorClass::Permanent,
     }
-}
-
-/// Whether an SQLite result code (primary or extended) is worth retrying: BUSY, LOCKED,
-/// IOERR, FULL, CANTOPEN, PROTOCOL, READONLY, and the generic ERROR. Statements Sluice
-/// writes with are plain `INSERT`s of bound values, so ERROR means the statement no
-/// longer fits the table (no such table or column, a dropped unique index): an
-/// operator's mistake, retried like PostgreSQL's class 42, never dead-lettered. What the
-/// data causes has codes of its own (CONSTRAINT, MISMATCH, TOOBIG, RANGE).
-pub(crate) fn sqlite_transient(code: i32) -> bool {
-    matches!(code & 0xff, 1 | 5 | 6 | 8 | 10 | 13 | 14 | 15)
 }
 
 /// Wraps a driver error with its class.
@@ -453,6 +504,64 @@ mod tests {
             lens(chunks_by(&[1usize; 1000], 3, 65_535, usize::MAX, |s| *s)),
             vec![512, 256, 128, 64, 32, 8]
         );
+    }
+
+    #[test]
+    fn each_postgres_sqlstate_has_its_class() {
+        use ErrorClass::*;
+        for (code, class) in [
+            ("08006", Transient), // connection failure
+            ("53100", Transient), // disk full
+            ("57P01", Transient), // admin shutdown
+            ("58030", Transient), // I/O error
+            ("55P03", Transient), // lock not available
+            ("28P01", Transient), // invalid password
+            ("3D000", Transient), // invalid catalog name
+            ("40001", Transient), // serialization failure
+            ("40P01", Transient), // deadlock
+            ("25006", Transient), // read-only transaction
+            ("42P10", Setup),     // ON CONFLICT without a matching unique key
+            ("42703", Setup),     // undefined column
+            ("42P01", Setup),     // undefined table
+            ("42501", Setup),     // insufficient privilege
+            ("0A000", Setup),     // feature not supported
+            ("23505", Permanent), // unique violation
+            ("23502", Permanent), // not null violation
+            ("22P02", Permanent), // invalid text representation
+            ("22003", Permanent), // numeric value out of range
+            ("40002", Permanent), // integrity constraint at commit
+            ("25P02", Permanent), // in failed transaction
+        ] {
+            assert_eq!(postgres_class(code), class, "{code}");
+        }
+        for (prefix, class) in POSTGRES_CLASSES {
+            assert_eq!(postgres_class(&format!("{prefix:0<5}")), *class, "{prefix}");
+        }
+    }
+
+    #[test]
+    fn each_mysql_error_number_has_its_class() {
+        for (number, class) in MYSQL_CLASSES {
+            assert_eq!(mysql_class(*number), *class, "{number}");
+        }
+        for number in [1062, 1406, 1264, 1366, 1048, 1292, 0] {
+            assert_eq!(mysql_class(number), ErrorClass::Permanent, "{number}");
+        }
+    }
+
+    #[test]
+    fn each_sqlite_result_code_has_its_class_extended_codes_included() {
+        for (code, class) in SQLITE_CLASSES {
+            assert_eq!(sqlite_class(*code), *class, "{code}");
+        }
+        assert_eq!(sqlite_class(517), ErrorClass::Transient, "BUSY_SNAPSHOT");
+        assert_eq!(sqlite_class(266), ErrorClass::Transient, "IOERR_READ");
+        assert_eq!(
+            sqlite_class(2067),
+            ErrorClass::Permanent,
+            "CONSTRAINT_UNIQUE"
+        );
+        assert_eq!(sqlite_class(20), ErrorClass::Permanent, "MISMATCH");
     }
 
     #[test]

@@ -116,13 +116,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
 /// A rusqlite error with the class sqlx errors get for the same result codes.
 fn rusqlite_error(e: rusqlite::Error) -> SinkError {
     let class = match &e {
-        rusqlite::Error::SqliteFailure(f, _) => {
-            if super::sqlite_transient(f.extended_code) {
-                ErrorClass::Transient
-            } else {
-                ErrorClass::Permanent
-            }
-        }
+        rusqlite::Error::SqliteFailure(f, _) => super::sqlite_class(f.extended_code),
         _ => ErrorClass::Permanent,
     };
     SinkError {

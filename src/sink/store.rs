@@ -11,8 +11,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use super::bound::{
-    count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, list_dead_letters,
-    load_jobs, purge_dead_letters, record_replay_failure, save_job, table_has_rows,
+    count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, has_unique_key,
+    list_dead_letters, load_jobs, purge_dead_letters, record_replay_failure, save_job, scalar,
+    table_has_rows,
 };
 use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, JOBS};
 use super::{
@@ -135,6 +136,17 @@ impl Store {
     /// Whether `table` holds at least one row.
     pub async fn table_has_rows(&self, table: &str) -> Result<bool, SinkError> {
         with_pool!(&self.pools, p => table_has_rows(p, self.dialect, table).await)
+    }
+
+    /// Whether `table` has a unique key on exactly `column`.
+    pub async fn has_unique_key(&self, table: &str, column: &str) -> Result<bool, SinkError> {
+        with_pool!(&self.pools, p => has_unique_key(p, self.dialect, table, column).await)
+    }
+
+    /// How many rows of `table` repeat an earlier row's `column` value.
+    pub async fn count_duplicates(&self, table: &str, column: &str) -> Result<i64, SinkError> {
+        let sql = self.dialect.count_duplicates(table, column);
+        with_pool!(&self.pools, p => scalar(p, self.dialect, &sql).await)
     }
 
     /// How many dead letters a replay with `page`'s filters would examine.

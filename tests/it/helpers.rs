@@ -327,6 +327,16 @@ pub async fn spawn_app(
     tweak: impl FnOnce(&mut Config),
 ) -> Option<TestApp> {
     let db = TestDb::create(db).await?;
+    Some(spawn_app_on(db, schemas, tweak).await)
+}
+
+/// [`spawn_app`] on a database the test already has (e.g. `app.db.via(url)` for a
+/// second start on the first one's tables).
+pub async fn spawn_app_on(
+    db: TestDb,
+    schemas: PathBuf,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut config = Config {
         schemas_dir: schemas,
         ..Config::default()
@@ -343,7 +353,7 @@ pub async fn spawn_app(
     let admin_addr = app.admin_addr();
     let stop = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
-    Some(TestApp {
+    TestApp {
         addr,
         admin_addr,
         tcp_addr,
@@ -351,7 +361,7 @@ pub async fn spawn_app(
         client: reqwest::Client::new(),
         stop,
         handle: Some(handle),
-    })
+    }
 }
 
 impl TestApp {

@@ -27,3 +27,4 @@ mod tls;
 mod typemap;
 mod ui;
 mod webhooks;
+mod write_errors;

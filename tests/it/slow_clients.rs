@@ -74,17 +74,18 @@ async fn shutdown_flushes_the_queues_while_slow_clients_hold_connections() {
 /// other streams are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_stream_is_reported_per_stream_and_the_instance_stays_ready() {
-    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+    // PostgreSQL locks one table: `reading`'s writes wait (each attempt gives up after
+    // write_timeout and is retried), `app_log`'s go on.
+    let Some(app) = spawn_app(Db::Postgres, fixture_schemas(), |c| {
         c.defaults.queue_max_events = 10;
         c.http.enqueue_timeout = Duration::from_millis(50);
+        c.database.write_timeout = Duration::from_millis(300);
     })
     .await
     else {
         return;
     };
-    app.db
-        .execute("ALTER TABLE reading DROP COLUMN sensor")
-        .await;
+    let _lock = crate::helpers::hold_write_lock(&app.db).await;
     let body: String = (0..10)
         .map(|i| format!("{{\"seq\": {i}, \"sensor\": \"t\", \"value\": 1}}\n"))
         .collect();
@@ -105,7 +106,7 @@ async fn a_stuck_stream_is_reported_per_stream_and_the_instance_stays_ready() {
         503,
         "the stuck stream's own producers are refused"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, ready) = app.get_json("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["saturated_streams"], serde_json::json!(["reading"]));
@@ -113,6 +114,11 @@ async fn a_stuck_stream_is_reported_per_stream_and_the_instance_stays_ready() {
     assert_eq!(reading["saturated"], true, "{reading}");
     assert_eq!(reading["retrying"], true, "{reading}");
     assert!(reading["last_error"]["message"].is_string(), "{reading}");
+    assert_eq!(reading["write_state"], "retrying", "{reading}");
+    assert_eq!(
+        ready["failing_streams"][0]["write_state"], "retrying",
+        "{ready}"
+    );
     let r = app
         .post(
             "app_log",
@@ -151,7 +157,7 @@ async fn readiness_answers_while_writers_hold_every_pooled_connection() {
         assert_eq!(r.status(), 202);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let (status, ready) = app.get_json("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();

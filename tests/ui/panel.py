@@ -28,8 +28,9 @@ with sync_playwright() as p:
     expect(row.locator("td").nth(1)).to_have_text("reading")
     expect(row.locator("td").nth(3)).to_contain_text("0 / 50000")
     expect(page.locator("#streams tbody tr")).to_have_count(3)
-    expect(row.locator("td").nth(5)).to_have_text("4")
-    expect(row.locator("td").nth(6)).to_have_text("parse 1, validate 3")
+    expect(row.locator("td").nth(4)).to_have_text("ok")
+    expect(row.locator("td").nth(6)).to_have_text("4")
+    expect(row.locator("td").nth(7)).to_have_text("parse 1, validate 3")
     expect(row.locator("svg.spark")).to_have_count(1)
 
     # A stream opens to its schema and the DDL of its table.

@@ -101,6 +101,9 @@ async function refreshStreams() {
     bar.appendChild(fillEl);
     q.appendChild(bar);
     q.appendChild(document.createTextNode(s.queue_events + " / " + s.queue_max_events));
+    // ok | retrying (the database is away) | refusing (every row is dead-lettered
+    // until an operator fixes the table: see the last error).
+    cell(tr, s.write_state, "write-state " + s.write_state);
     cell(tr, s.written, "num");
     cell(tr, s.dead_lettered, "num");
     const by = s.dead_lettered_by_stage;
