@@ -345,7 +345,19 @@ fn append_all(
         let log = log.ok_or(QueueError::Closed)?;
         log.append(&records).map_err(QueueError::Spool)
     };
-    let mut tickets = Vec::new();
+    let mut tickets: Vec<crate::spool::Ticket> = Vec::new();
+    // All or nothing: when one append fails, those made before it are discarded, so
+    // that no record of a refused request is ever written (or replayed at a restart).
+    let mut appended = |result: Result<crate::spool::Ticket, QueueError>| match result {
+        Ok(t) => {
+            tickets.push(t);
+            Ok(())
+        }
+        Err(e) => {
+            tickets.drain(..).for_each(crate::spool::Ticket::discard);
+            Err(e)
+        }
+    };
     let mut spilled = spilled.iter();
     for (stream, events) in groups {
         if let (Some(name), false) = (stream, events.rows.is_empty()) {
@@ -355,7 +367,7 @@ fn append_all(
             } else {
                 spool.log(name)
             };
-            tickets.push(append(log, records)?);
+            appended(append(log, records))?;
         }
     }
     if letter_count > 0 {
@@ -363,7 +375,7 @@ fn append_all(
             .iter()
             .flat_map(|(_, e)| e.letters.iter().map(crate::spool::encode_letter))
             .collect();
-        tickets.push(append(spool.log(crate::spool::DEAD_LETTERS), records)?);
+        appended(append(spool.log(crate::spool::DEAD_LETTERS), records))?;
     }
     Ok(tickets)
 }

@@ -38,7 +38,7 @@ pub async fn recover(spool: &Spool, ingest: &Ingest, stream_field: &str) {
             if !replay_segment(ingest, &log, &payloads, stream_field).await {
                 return;
             }
-            if let Err(e) = std::fs::remove_file(&file) {
+            if let Err(e) = crate::spool::log::remove_segment(&file) {
                 tracing::warn!(file = %file.display(), error = %e, "Could not delete a replayed spool segment.");
             }
             spool.replayed(bytes);

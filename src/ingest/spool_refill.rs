@@ -44,6 +44,12 @@ pub async fn refill(
                 }
             };
             let events = decode_all(&ingest, log.name(), Some(&stream), &payloads, &stream_field);
+            // The ticket's records are in the order of `payloads`; the rows are too
+            // unless some records became dead letters. Then which range is which row is
+            // not known, and the whole ticket goes with the last piece (released once
+            // that piece commits: a crash before may write earlier pieces twice, never
+            // lose one).
+            let exact = events.letters.is_empty();
             // Events whose schema changed meanwhile become dead letters (not spooled
             // again: a crash right now could lose those few).
             if !events.letters.is_empty() {
@@ -76,16 +82,18 @@ pub async fn refill(
                 let rest = rows.split_off(n);
                 let piece = std::mem::replace(&mut rows, rest);
                 let piece_ticket = if rows.is_empty() {
-                    ticket.split_off(usize::MAX)
+                    Some(ticket.split_off(usize::MAX))
+                } else if exact {
+                    Some(ticket.split_off(piece.len()))
                 } else {
-                    ticket.split_off(piece.len())
+                    None
                 };
                 let permit = tokio::select! {
                     p = queue.reserve(piece.len(), bytes) => p,
                     _ = stop.cancelled() => return,
                 };
                 let Ok(permit) = permit else { return };
-                if queue.send(permit, piece, None, Some(piece_ticket)).is_err() {
+                if queue.send(permit, piece, None, piece_ticket).is_err() {
                     return;
                 }
             }

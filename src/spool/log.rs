@@ -51,6 +51,12 @@ pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// skipped (a torn tail, a flipped byte, garbage between frames): after a bad frame the
 /// reader looks for the next position where a whole frame checks out.
 pub fn read_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let (frames, damaged) = read_frames_at(bytes);
+    (frames.into_iter().map(|(_, p)| p).collect(), damaged)
+}
+
+/// [`read_frames`], with each frame's offset in `bytes`.
+pub fn read_frames_at(bytes: &[u8]) -> (Vec<(u64, &[u8])>, usize) {
     let mut records = Vec::new();
     let mut damaged = 0;
     let mut pos = 0;
@@ -72,7 +78,7 @@ pub fn read_frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     while pos < bytes.len() {
         match frame_at(pos) {
             Some(payload) => {
-                records.push(payload);
+                records.push((pos as u64, payload));
                 pos += HEADER + payload.len();
                 in_damage = false;
             }
@@ -110,6 +116,8 @@ struct Segment {
     bytes: u64,
     /// Records appended and not yet released.
     outstanding: usize,
+    /// Byte ranges released while the segment stays (also noted on disk).
+    released: Vec<(u64, u64)>,
 }
 
 struct State {
@@ -145,14 +153,22 @@ pub struct Log {
 pub struct Ticket {
     log: Arc<Log>,
     segment: u64,
-    records: usize,
+    /// Where its records are in the segment: each one's `(start, end)` byte offsets.
+    ranges: Vec<(u64, u64)>,
     seq: u64,
 }
 
 impl Ticket {
     /// The records are committed (or dead-lettered): they need not be replayed.
     pub fn release(self) {
-        self.log.release(self.segment, self.records);
+        self.log.release(self.segment, &self.ranges);
+    }
+
+    /// The records were never accepted (the request they belong to was refused after
+    /// they were appended): they must never be replayed. The same as [`Ticket::release`]
+    /// for the log; said apart at the call site.
+    pub fn discard(self) {
+        self.log.release(self.segment, &self.ranges);
     }
 
     /// Waits until the records are durable under the log's fsync policy.
@@ -167,12 +183,12 @@ impl Ticket {
     /// Splits off a ticket for the first `n` records (the rest stay with `self`), so that
     /// records read back together can be queued in pieces.
     pub fn split_off(&mut self, n: usize) -> Ticket {
-        let n = n.min(self.records);
-        self.records -= n;
+        let n = n.min(self.ranges.len());
+        let first: Vec<(u64, u64)> = self.ranges.drain(..n).collect();
         Ticket {
             log: self.log.clone(),
             segment: self.segment,
-            records: n,
+            ranges: first,
             seq: self.seq,
         }
     }
@@ -205,6 +221,63 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016}.seg"))
+}
+
+/// The file beside a segment that lists the byte ranges of its records already
+/// released while others in it were not: `(start, end)` as two little-endian u64s
+/// each. Recovery skips them, so a restart never writes again what was committed (or
+/// what was refused) while the segment stayed for other records. Not fsynced: lost
+/// only with power, when the segment is replayed whole (at least once).
+pub fn released_path(segment: &Path) -> PathBuf {
+    segment.with_extension("rel")
+}
+
+/// The released ranges recorded beside `segment` (none if there is no such file; a
+/// torn last entry is ignored).
+pub fn released_ranges(segment: &Path) -> std::io::Result<Vec<(u64, u64)>> {
+    let bytes = match std::fs::read(released_path(segment)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let (a, b) = c.split_at(8);
+            let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
+            (word(a), word(b))
+        })
+        .collect())
+}
+
+/// Deletes a segment and its released ranges.
+pub fn remove_segment(segment: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(released_path(segment)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::remove_file(segment)
+}
+
+/// Creates a spool file readable by its owner only: it holds event payloads.
+pub(super) fn owner_only_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates `dir` (and its parents) for the owner only.
+pub(super) fn owner_only_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl Log {
@@ -300,15 +373,33 @@ impl Log {
                 segment, self.name
             )));
         }
-        let count = records.len();
-        lock(&self.state).cursor = (segment, offset + consumed as u64);
-        let records = records.into_iter().map(<[u8]>::to_vec).collect();
+        let mut state = lock(&self.state);
+        state.cursor = (segment, offset + consumed as u64);
+        // Records discarded since they were appended (their request was refused) are
+        // skipped: they were never accepted.
+        let released = state
+            .segments
+            .get(&segment)
+            .map(|s| s.released.clone())
+            .unwrap_or_default();
+        drop(state);
+        let mut ranges = Vec::with_capacity(records.len());
+        let mut kept = Vec::with_capacity(records.len());
+        let mut start = offset;
+        for r in records {
+            let end = start + (HEADER + r.len()) as u64;
+            if !released.iter().any(|(a, b)| *a <= start && start < *b) {
+                ranges.push((start, end));
+                kept.push(r.to_vec());
+            }
+            start = end;
+        }
         Ok(Some((
-            records,
+            kept,
             Ticket {
                 log: self.clone(),
                 segment,
-                records: count,
+                ranges,
                 seq: 0,
             },
         )))
@@ -346,19 +437,16 @@ impl Log {
                 // What the flusher has not yet synced of the closed segment.
                 file.sync_data().map_err(SpoolError::Io)?;
             }
-            std::fs::create_dir_all(&self.dir).map_err(SpoolError::Io)?;
+            owner_only_dir(&self.dir).map_err(SpoolError::Io)?;
             let id = state.next_segment;
             state.next_segment += 1;
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, id))
-                .map_err(SpoolError::Io)?;
+            let file = owner_only_file(&segment_path(&self.dir, id)).map_err(SpoolError::Io)?;
             state.segments.insert(
                 id,
                 Segment {
                     bytes: 0,
                     outstanding: 0,
+                    released: Vec::new(),
                 },
             );
             state.active = Some((id, file));
@@ -373,9 +461,26 @@ impl Log {
         let segment = segments
             .get_mut(&id)
             .expect("the active segment is tracked");
-        if let Err(e) = file.write_all(&buf) {
-            // Cut back whatever part was written: the segment ends with a whole frame.
-            let _ = file.set_len(segment.bytes);
+        let start = segment.bytes;
+        let written = file.write_all(&buf).and_then(|()| match self.fsync {
+            FsyncPolicy::Always => {
+                let started = std::time::Instant::now();
+                file.sync_data()?;
+                crate::telemetry::spool_fsync(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            FsyncPolicy::Interval(_) => Ok(()),
+        });
+        if let Err(e) = written {
+            // Cut back whatever part was written (or written and not synced): the
+            // segment ends with the last whole frame that was acknowledged, and an
+            // append is all or nothing. A segment left empty is not kept.
+            let _ = file.set_len(start);
+            if start == 0 {
+                segments.remove(&id);
+                *active = None;
+                let _ = std::fs::remove_file(segment_path(&self.dir, id));
+            }
             return Err(if e.raw_os_error() == Some(28) {
                 SpoolError::DiskFull(e)
             } else {
@@ -387,13 +492,15 @@ impl Log {
         self.used.fetch_add(len, Ordering::Relaxed);
         state.appended += 1;
         let seq = state.appended;
+        let mut ranges = Vec::with_capacity(payloads.len());
+        let mut at = start;
+        for p in payloads {
+            let end = at + (HEADER + p.len()) as u64;
+            ranges.push((at, end));
+            at = end;
+        }
         match self.fsync {
             FsyncPolicy::Always => {
-                if let Some((_, file)) = &state.active {
-                    let started = std::time::Instant::now();
-                    file.sync_data().map_err(SpoolError::Io)?;
-                    crate::telemetry::spool_fsync(started.elapsed().as_secs_f64());
-                }
                 drop(state);
                 self.durable.send_modify(|d| *d = (*d).max(seq));
             }
@@ -407,7 +514,7 @@ impl Log {
         Ok(Ticket {
             log: self.clone(),
             segment: id,
-            records: payloads.len(),
+            ranges,
             seq,
         })
     }
@@ -417,12 +524,20 @@ impl Log {
         let _ = rx.wait_for(|d| *d >= seq).await;
     }
 
-    fn release(&self, id: u64, records: usize) {
+    /// Releases the records of segment `id` at `ranges` (see [`Ticket`]): the segment is
+    /// deleted once all of its records are, and until then the released ranges are
+    /// noted beside it, so that recovery does not write them again.
+    fn release(&self, id: u64, ranges: &[(u64, u64)]) {
+        let records = ranges.len();
+        if records == 0 {
+            return;
+        }
         let mut state = lock(&self.state);
         let Some(segment) = state.segments.get_mut(&id) else {
             return;
         };
         segment.outstanding = segment.outstanding.saturating_sub(records);
+        let path = segment_path(&self.dir, id);
         if segment.outstanding == 0 {
             let bytes = segment.bytes;
             state.segments.remove(&id);
@@ -431,12 +546,31 @@ impl Log {
                 state.active = None;
             }
             drop(state);
-            if let Err(e) = std::fs::remove_file(segment_path(&self.dir, id)) {
+            if let Err(e) = remove_segment(&path) {
                 tracing::warn!(log = %self.name, error = %e, "Could not delete a committed spool segment.");
             }
             self.used.fetch_sub(bytes, Ordering::Relaxed);
         } else {
+            // Contiguous records as one range each.
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for &(a, b) in ranges {
+                match merged.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => merged.push((a, b)),
+                }
+            }
+            segment.released.extend_from_slice(&merged);
+            let entries: Vec<u8> = merged
+                .iter()
+                .flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
+                .collect();
+            // Under the lock, so that the segment is not deleted meanwhile.
+            let noted =
+                owner_only_file(&released_path(&path)).and_then(|mut f| f.write_all(&entries));
             drop(state);
+            if let Err(e) = noted {
+                tracing::warn!(log = %self.name, error = %e, "Could not note released spool records; a restart before their segment is deleted writes them again.");
+            }
         }
         self.report();
     }
@@ -550,6 +684,32 @@ mod tests {
         let mut length = bytes.clone();
         length[HEADER + 3 + 3] ^= 0x01;
         assert_eq!(read_frames(&length), (vec![&b"one"[..], b"three"], 1));
+    }
+
+    #[tokio::test]
+    async fn records_released_while_their_segment_stays_are_not_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let used = Arc::new(AtomicU64::new(0));
+        let log = Log::new(
+            "s",
+            dir.path().to_path_buf(),
+            1,
+            FsyncPolicy::Always,
+            1 << 20,
+            used,
+        );
+        let a = log.append(&[b"a1".to_vec(), b"a2".to_vec()]).unwrap();
+        let b = log.append(&[b"b1".to_vec()]).unwrap();
+        let c = log.append(&[b"c1".to_vec(), b"c2".to_vec()]).unwrap();
+        a.release();
+        c.discard();
+        let files = segments_in(dir.path()).unwrap();
+        assert_eq!(files.len(), 1, "b keeps the segment");
+        let (records, damaged, _) = crate::spool::read_segment("s", &files[0].1).unwrap();
+        assert_eq!((records, damaged), (vec![b"b1".to_vec()], 0));
+        b.release();
+        assert!(segments_in(dir.path()).unwrap().is_empty());
+        assert!(!released_path(&files[0].1).exists(), "its notes go with it");
     }
 
     #[tokio::test]

@@ -64,6 +64,8 @@ pub const DEAD_LETTERS: &str = "_dead_letters";
 /// Every log of the spool.
 pub struct Spool {
     dir: PathBuf,
+    /// The directory's lock file, held (`flock`) while this process uses the spool.
+    _lock: std::fs::File,
     logs: HashMap<String, Arc<Log>>,
     fsync: FsyncPolicy,
     /// Bytes on disk in every log, against `max_bytes`.
@@ -81,8 +83,9 @@ impl Spool {
         max_bytes: u64,
     ) -> anyhow::Result<Spool> {
         use anyhow::Context;
-        std::fs::create_dir_all(&dir)
+        log::owner_only_dir(&dir)
             .with_context(|| format!("spool.dir = {}: cannot create it", dir.display()))?;
+        let lock = lock_dir(&dir)?;
         let used = Arc::new(AtomicU64::new(0));
         let mut logs = HashMap::new();
         let names = streams
@@ -92,9 +95,23 @@ impl Spool {
         for name in names {
             let name = name.as_str();
             let log_dir = dir.join(name);
-            let existing = log::segments_in(&log_dir).with_context(|| {
+            if log_dir.exists() {
+                log::owner_only_dir(&log_dir).with_context(|| {
+                    format!("cannot restrict the spool directory {}", log_dir.display())
+                })?;
+            }
+            let mut existing = log::segments_in(&log_dir).with_context(|| {
                 format!("cannot read the spool directory {}", log_dir.display())
             })?;
+            // An empty segment (a write that failed on a full disk, before this
+            // version removed them) holds nothing to recover.
+            existing.retain(|(_, p)| {
+                let empty = std::fs::metadata(p).is_ok_and(|m| m.len() == 0);
+                if empty {
+                    let _ = log::remove_segment(p);
+                }
+                !empty
+            });
             let first = existing.last().map_or(1, |(id, _)| id + 1);
             let bytes: u64 = existing
                 .iter()
@@ -103,6 +120,8 @@ impl Spool {
                 .sum();
             // What is left from before counts against the budget until it is replayed.
             used.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            // Every log's series exist from start-up (what it held before included).
+            crate::telemetry::spool_depth(name, bytes, 0);
             logs.insert(
                 name.to_owned(),
                 Log::new(name, log_dir, first, fsync, max_bytes, used.clone()),
@@ -110,6 +129,7 @@ impl Spool {
         }
         Ok(Spool {
             dir,
+            _lock: lock,
             logs,
             fsync,
             used,
@@ -154,14 +174,57 @@ impl Spool {
     }
 }
 
-/// The records of one segment file of `log`, its damaged regions (skipped, logged and
+/// Takes the spool directory's lock (`flock` on `dir/lock`, which holds the holder's
+/// process id), so that two processes never share one spool: each would delete the
+/// segments holding the other's acknowledged events. Refuses, naming the holder, when
+/// another process has it.
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "spool.dir = {}: cannot open its lock file: {e}",
+                dir.display()
+            )
+        })?;
+    if let Err(e) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        anyhow::bail!(
+            "spool.dir = {} is in use by another Sluice process{} ({e}): two processes must never share a spool; give each its own spool.dir, or stop the other one",
+            dir.display(),
+            if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+        );
+    }
+    // The lock is held: write our pid for the next one to name.
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// The records of one segment file of `log` not yet released (committed, or refused
+/// with their request) when it was left, its damaged regions (skipped, logged and
 /// counted, never fatal), and its size.
 pub fn read_segment(
     log: &str,
     path: &std::path::Path,
 ) -> std::io::Result<(Vec<Vec<u8>>, usize, u64)> {
     let bytes = std::fs::read(path)?;
-    let (frames, damaged) = log::read_frames(&bytes);
+    let released = log::released_ranges(path)?;
+    let (frames, damaged) = log::read_frames_at(&bytes);
+    let frames: Vec<&[u8]> = frames
+        .into_iter()
+        .filter(|(at, _)| !released.iter().any(|(a, b)| a <= at && at < b))
+        .map(|(_, payload)| payload)
+        .collect();
     if damaged > 0 {
         tracing::warn!(
             log,

@@ -452,6 +452,17 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Skips the rest of a test that cannot run here, saying so on the real stderr (which
+/// `cargo test` shows, unlike the captured test output); with
+/// `SLUICE_TEST_REQUIRE_ALL=1` (CI) a skip fails the test instead.
+pub fn skip(what: &str) {
+    if std::env::var("SLUICE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("cannot run {what}, and SLUICE_TEST_REQUIRE_ALL=1");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {what}");
+}
+
 /// Holds a lock that stops Sluice from writing to `reading` until dropped/committed.
 pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
     match db.kind {

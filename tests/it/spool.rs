@@ -480,3 +480,202 @@ async fn spilled_events_survive_kill_9() {
     assert_eq!(db.count("reading").await, 10_000);
     sluice.terminate().await;
 }
+
+/// Mounts a tmpfs of `size` on a new directory, unmounted (lazily) when dropped; `None`
+/// where mounting is not allowed (not root).
+fn small_disk(size: &str) -> Option<(tempfile::TempDir, impl Drop)> {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mount.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    mounted.then(|| {
+        let unmount = Unmount(mount.path().to_path_buf());
+        (mount, unmount)
+    })
+}
+
+/// The `.seg` files under `spool`, with their sizes.
+fn segment_files(spool: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(segment_files(&path));
+        } else if path.extension().is_some_and(|e| e == "seg") {
+            out.push((
+                path.clone(),
+                std::fs::metadata(&path).map_or(0, |m| m.len()),
+            ));
+        }
+    }
+    out
+}
+
+/// POSTs `events` (JSON array) to `app_log` with `ack=accepted`.
+async fn post_app_logs(http: &str, events: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "http://{http}/v1/streams/app_log/events?ack=accepted"
+        ))
+        .header("content-type", "application/json")
+        .body(events.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// The review's scenario: with the table locked, request A (9 rows of ~100 KB) is
+/// answered 202; request B (1 valid row and a 200 KB invalid event) finds the spool
+/// full when its dead letter is appended after its row, and is answered 503. B's row
+/// must never be written (it was refused), A's rows once each: after the commit, and
+/// again after a clean restart (the segment must not be replayed).
+async fn a_refused_request_leaves_nothing_in_the_spool(spool: &Path, config: &str, expect: &str) {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let toml = spool.with_extension("toml");
+    std::fs::write(&toml, config).unwrap();
+    let env = [
+        ("SLUICE_CONFIG", toml.display().to_string()),
+        ("SLUICE_SPOOL_DIR", spool.display().to_string()),
+    ];
+    let sluice = spawn_binary(None, &db, &env);
+    let lock = hold_write_lock(&db).await;
+    let big = "x".repeat(100_000);
+    let a: Vec<_> = (0..9)
+        .map(|i| json!({"message": big, "timestamp": "2026-01-01T00:00:00Z", "host": format!("a{i}")}))
+        .collect();
+    let (status, answer) = post_app_logs(&sluice.http, &json!(a)).await;
+    assert_eq!(status, 202, "{answer}");
+    let b = json!([
+        {"message": "b", "timestamp": "2026-01-01T00:00:00Z", "host": "b"},
+        {"message": "y".repeat(200_000), "host": "b-invalid"}
+    ]);
+    let (status, answer) = post_app_logs(&sluice.http, &b).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| e.contains(expect)),
+        "{answer}"
+    );
+    drop(lock);
+    db.wait_for_count("app_log", 9).await;
+    // Every record is released (A's committed, B's refused): the segments go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !segment_files(spool).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "segments left after every record was committed or refused: {:?}",
+            segment_files(spool)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = sluice.terminate().await;
+    assert!(status.success());
+    let again = spawn_binary(None, &db, &env);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("http://{}/readyz", again.http))
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.count("app_log").await, 9, "A once, B never");
+    assert_eq!(db.distinct("app_log", "host").await, 9);
+    again.terminate().await;
+}
+
+#[tokio::test]
+async fn a_request_refused_by_the_spool_budget_is_never_written_nor_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    a_refused_request_leaves_nothing_in_the_spool(
+        &dir.path().join("spool"),
+        "[spool]\nmax_bytes = 1_048_576\n",
+        "spool.max_bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_refused_by_a_full_disk_is_never_written_nor_replayed() {
+    let Some((mount, _unmount)) = small_disk("1m") else {
+        crate::helpers::skip("the full-disk spool test (cannot mount a tmpfs here)");
+        return;
+    };
+    a_refused_request_leaves_nothing_in_the_spool(&mount.path().join("spool"), "", "disk is full")
+        .await;
+}
+
+/// Two processes on one spool directory would delete each other's acknowledged events:
+/// the second refuses to start, naming the first; the files are the owner's only.
+#[tokio::test]
+async fn a_second_process_on_the_same_spool_refuses_to_start_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let first = start(&db, &spool, "10ms", false);
+    // Each stream's spool series exist from start-up.
+    assert_eq!(
+        metric(&first.http, "sluice_spool_bytes", "stream=\"reading\"").await,
+        Some(0.0)
+    );
+    let lock = hold_write_lock(&db).await;
+    let accepted = post_accepted(&first.http, 1, 3).await;
+    assert_eq!(accepted.len(), 3);
+
+    let mut second = crate::helpers::sluice_command()
+        .env("SLUICE_SCHEMAS_DIR", crate::helpers::fixture_schemas())
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "")
+        .env("SLUICE_SPOOL_DIR", &spool)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second process on one spool kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("in use by another Sluice process")
+            && err.contains(&format!("pid {}", first.child.id())),
+        "{err}"
+    );
+
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o700);
+    assert_eq!(mode(&spool.join("reading")), 0o700);
+    let segments = segment_files(&spool);
+    assert!(!segments.is_empty());
+    for (path, len) in &segments {
+        assert_eq!(mode(path), 0o600, "{path:?}");
+        assert!(*len > 0, "no empty segment: {path:?}");
+    }
+    drop(lock);
+    db.wait_for_count("reading", 3).await;
+    first.terminate().await;
+}
