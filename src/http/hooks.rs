@@ -99,7 +99,7 @@ pub async fn receive_webhook(
     );
     let mut fields = None;
     if signs_fields {
-        fields = read_form(&media, &headers, &bytes).await?;
+        fields = read_form(&state, &mut held, &media, &headers, &bytes).await?;
     }
     let verified = hook
         .verify(&Request {
@@ -115,7 +115,7 @@ pub async fn receive_webhook(
         })?;
     let kind = match fields {
         Some(f) => Kind::Form(f),
-        None => match read_form(&media, &headers, &bytes).await {
+        None => match read_form(&state, &mut held, &media, &headers, &bytes).await {
             Ok(Some(f)) => Kind::Form(f),
             Ok(None) => Kind::Json,
             Err(ApiError::BadRequest { error, .. }) => Kind::Malformed(error),
@@ -280,13 +280,37 @@ fn media_type(headers: &HeaderMap) -> String {
 }
 
 /// The form fields of a form body; `None` for JSON. Any other media type is refused.
+/// Reads the fields of a form body (`None` for JSON). The fields are counted first
+/// ([`form::MAX_FIELDS`] at most) and their memory is charged to the request's share of
+/// `max_inflight_bytes` before they are built: for Twilio and Mailgun this runs before
+/// the signature is checked, so it must not cost more than the body's bytes do.
 async fn read_form(
+    state: &AppState,
+    held: &mut Reservation,
     media: &str,
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Result<Option<Vec<(String, String)>>, ApiError> {
+    let charge = |fields: usize| {
+        if fields > form::MAX_FIELDS {
+            return Err(ApiError::TooLarge(format!(
+                "the form body has {fields} fields, more than a webhook sends ({} at most); send fewer fields",
+                form::MAX_FIELDS
+            )));
+        }
+        Ok(form::memory_estimate(bytes.len(), fields))
+    };
+    let wait = Some(state.http.enqueue_timeout);
+    let memory = state.ingest.memory();
     match media {
-        "application/x-www-form-urlencoded" => Ok(Some(form::urlencoded(bytes))),
+        "application/x-www-form-urlencoded" => {
+            let estimate = charge(form::count_urlencoded(bytes))?;
+            memory
+                .reserve(held, estimate, wait)
+                .await
+                .map_err(budget_error)?;
+            Ok(Some(form::urlencoded(bytes)))
+        }
         "multipart/form-data" => {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
@@ -296,6 +320,11 @@ async fn read_form(
                 error: "multipart/form-data without a boundary parameter".into(),
                 dead_lettered: 0,
             })?;
+            let estimate = charge(form::count_multipart(bytes, &boundary))?;
+            memory
+                .reserve(held, estimate, wait)
+                .await
+                .map_err(budget_error)?;
             form::multipart(bytes::Bytes::copy_from_slice(bytes), &boundary)
                 .await
                 .map(Some)

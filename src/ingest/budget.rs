@@ -44,6 +44,10 @@ pub struct MemoryBudget {
 #[derive(Debug, Default)]
 pub struct Reservation {
     permits: Option<OwnedSemaphorePermit>,
+    /// The bytes asked for so far. Permits are whole KiB: small reservations (a body
+    /// sent a byte per chunk) are added up here and take a permit only once their sum
+    /// needs one, so a client cannot hold a KiB of budget per byte it sends.
+    bytes: usize,
 }
 
 impl Reservation {
@@ -86,8 +90,9 @@ impl MemoryBudget {
         wait: Option<Duration>,
     ) -> Result<(), BudgetError> {
         let total_units = self.bytes.div_ceil(UNIT).clamp(1, u32::MAX as usize);
-        let units = bytes.div_ceil(UNIT);
         let already = held.permits.as_ref().map_or(0, |p| p.num_permits());
+        let wanted = held.bytes.saturating_add(bytes);
+        let units = wanted.div_ceil(UNIT).saturating_sub(already);
         if units + already > total_units {
             return Err(BudgetError::TooLarge {
                 needed: (units + already) * UNIT,
@@ -95,6 +100,7 @@ impl MemoryBudget {
             });
         }
         if units == 0 {
+            held.bytes = wanted;
             return Ok(());
         }
         // units <= total_units <= u32::MAX (checked above).
@@ -108,6 +114,7 @@ impl MemoryBudget {
         // The semaphore is never closed.
         .map_err(|_| BudgetError::Busy)?;
         held.merge(permit);
+        held.bytes = wanted;
         Ok(())
     }
 }
@@ -143,6 +150,17 @@ mod tests {
         assert!(decode_estimate(numbers.as_bytes()) >= 1000 * 32);
         let event = br#"{"order_id": "A-1", "total": 12.5, "items": [{"sku": "b1", "qty": 1}]}"#;
         assert!(decode_estimate(event) < 20 * event.len());
+    }
+
+    #[tokio::test]
+    async fn small_reservations_are_added_up_not_rounded_each() {
+        let budget = MemoryBudget::new(1024 * 1024);
+        let mut held = Reservation::default();
+        for _ in 0..10_000 {
+            budget.reserve(&mut held, 2, None).await.unwrap();
+        }
+        // 20,000 bytes: 20 KiB of permits, not 10,000 KiB.
+        assert_eq!(budget.in_use(), 20 * 1024);
     }
 
     #[tokio::test]

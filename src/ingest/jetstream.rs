@@ -63,7 +63,9 @@ pub async fn run(
             Ok(()) => return,
             Err(e) => {
                 telemetry::jetstream_errors();
-                tracing::warn!(url = %input.config.url, stream = %input.config.stream, error = %e,
+                let url = &input.config.url;
+                tracing::warn!(url = %redact_nats(url), stream = %input.config.stream,
+                    error = %crate::sink::redact_in(&e.to_string(), url),
                     "The JetStream input failed; reconnecting in 2 s (unacknowledged messages will be redelivered).");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -72,6 +74,30 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A NATS server URL (or comma-separated list) without its secrets, for logs: a
+/// password becomes `***`, and so does a bare user part, which NATS reads as a token
+/// (`nats://TOKEN@host`).
+pub fn redact_nats(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some(scheme_end) = one.find("://").map(|i| i + 3) else {
+                return one.to_owned();
+            };
+            match one[scheme_end..].rfind('@').map(|i| i + scheme_end) {
+                Some(at) => {
+                    let user = match one[scheme_end..at].split_once(':') {
+                        Some((user, _)) => format!("{user}:***"),
+                        None => "***".to_owned(),
+                    };
+                    format!("{}{user}{}", &one[..scheme_end], &one[at..])
+                }
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 struct Input {
@@ -114,7 +140,7 @@ impl Input {
             )
             .await?;
         self.tasks.spawn(report_lag(consumer.clone(), stop.clone()));
-        tracing::info!(url = %config.url, stream = %config.stream, consumer = %config.consumer,
+        tracing::info!(url = %redact_nats(&config.url), stream = %config.stream, consumer = %config.consumer,
             "Consuming from JetStream.");
         let permits = Arc::new(Semaphore::new(config.max_ack_pending));
         let mut messages = consumer
@@ -385,5 +411,22 @@ async fn report_lag(mut consumer: jetstream::consumer::PullConsumer, stop: Cance
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn nats_passwords_and_tokens_are_redacted() {
+        assert_eq!(
+            super::redact_nats("nats://user:S3cret@h:4222"),
+            "nats://user:***@h:4222"
+        );
+        assert_eq!(super::redact_nats("nats://t0ken@h"), "nats://***@h");
+        assert_eq!(
+            super::redact_nats("nats://a:x@h1:4222,nats://a:x@h2:4222"),
+            "nats://a:***@h1:4222,nats://a:***@h2:4222"
+        );
+        assert_eq!(super::redact_nats("nats://h:4222"), "nats://h:4222");
     }
 }

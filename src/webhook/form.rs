@@ -4,6 +4,29 @@
 
 use serde_json::{Map, Value};
 
+/// Most fields a form body may have. Vendors send a few dozen (Twilio, Mailgun, Slack);
+/// a body of `a&a&a…` would otherwise become millions of small strings, built before
+/// the signature of the schemes that sign fields is checked.
+pub const MAX_FIELDS: usize = 10_000;
+
+/// Bytes a form's fields are charged to the memory budget before they are built: the
+/// decoded text (at most the body) and two strings per field, twice (Twilio sorts a
+/// copy of them to check the signature).
+pub fn memory_estimate(body_bytes: usize, fields: usize) -> usize {
+    2 * (body_bytes + fields * 128)
+}
+
+/// How many fields an url-encoded body has (pieces between `&`), counted without
+/// decoding it.
+pub fn count_urlencoded(body: &[u8]) -> usize {
+    memchr::memchr_iter(b'&', body).count() + 1
+}
+
+/// An upper bound of the parts of a multipart body: occurrences of its boundary.
+pub fn count_multipart(body: &[u8], boundary: &str) -> usize {
+    memchr::memmem::find_iter(body, boundary.as_bytes()).count()
+}
+
 /// The fields of an url-encoded body, in order.
 pub fn urlencoded(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).into_owned().collect()

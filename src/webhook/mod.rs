@@ -94,6 +94,12 @@ pub struct Webhook {
     destination: Destination,
     /// Request headers copied into each event: header, property.
     headers: Vec<(HeaderName, String)>,
+    /// Mailgun: the tokens accepted within the tolerance, with the SHA-256 of the body
+    /// they came with and until when they are kept (Unix seconds). A token may come
+    /// again with the same body (a redelivery, stored once by `id_field`), never with
+    /// another one. Only requests with a valid signature are recorded, so only the
+    /// vendor can grow it; it is per instance.
+    seen_tokens: std::sync::Mutex<std::collections::HashMap<String, ([u8; 32], i64)>>,
 }
 
 /// Every configured webhook, by name, and the summarised log of refused requests.
@@ -230,12 +236,34 @@ impl Webhook {
             secrets,
             destination,
             headers,
+            seen_tokens: Default::default(),
         })
     }
 
-    /// Checks who sent the request; see [`verify::verify`].
+    /// Checks who sent the request; see [`verify::verify`]. For Mailgun, whose
+    /// signature covers a token and not the body, also refuses a token seen within the
+    /// tolerance with another body.
     pub fn verify(&self, req: &verify::Request) -> Result<Verified, Refusal> {
-        verify::verify(&self.config, &self.secrets, req)
+        let verified = verify::verify(&self.config, &self.secrets, req)?;
+        if self.config.verify == crate::config::VerifyScheme::Mailgun {
+            if let Some(token) = &verified.delivery_id {
+                use sha2::Digest;
+                let body: [u8; 32] = sha2::Sha256::digest(req.body).into();
+                let keep = i64::try_from(self.config.tolerance.as_secs())
+                    .unwrap_or(i64::MAX / 4)
+                    .saturating_mul(2);
+                let mut seen = self.seen_tokens.lock().unwrap_or_else(|p| p.into_inner());
+                seen.retain(|_, (_, until)| *until >= req.now);
+                match seen.get(token) {
+                    Some((first, _)) if *first != body => return Err(Refusal::ReplayedSignature),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(token.clone(), (body, req.now.saturating_add(keep)));
+                    }
+                }
+            }
+        }
+        Ok(verified)
     }
 
     /// The one stream of a webhook that is not routed per event.

@@ -24,16 +24,20 @@ pub enum Refusal {
     StaleTimestamp,
     MissingCredentials,
     BadCredentials,
+    /// A signature already seen (within the tolerance) over another body: a captured
+    /// signature reused to forge an event (Mailgun signs a token, not the body).
+    ReplayedSignature,
 }
 
 impl Refusal {
     /// Every refusal, for the series registered at start-up.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::MissingSignature,
         Refusal::BadSignature,
         Refusal::StaleTimestamp,
         Refusal::MissingCredentials,
         Refusal::BadCredentials,
+        Refusal::ReplayedSignature,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Refusal {
             Refusal::StaleTimestamp => "timestamp outside tolerance",
             Refusal::MissingCredentials => "missing credentials",
             Refusal::BadCredentials => "bad credentials",
+            Refusal::ReplayedSignature => "signature reused with another body",
         }
     }
 }
@@ -108,9 +113,10 @@ pub struct Verified {
 
 /// Checks `req` under `hook`'s scheme with `secrets`.
 pub fn verify(hook: &WebhookConfig, secrets: &Secrets, req: &Request) -> Result<Verified, Refusal> {
-    let tolerance = i64::try_from(hook.tolerance.as_secs()).unwrap_or(i64::MAX);
+    let tolerance = i128::from(hook.tolerance.as_secs());
+    // In i128: a timestamp near i64::MIN must not wrap around into the window.
     let fresh = |t: i64| {
-        if (req.now - t).abs() <= tolerance {
+        if (i128::from(req.now) - i128::from(t)).abs() <= tolerance {
             Ok(())
         } else {
             Err(Refusal::StaleTimestamp)
@@ -261,6 +267,9 @@ pub fn verify(hook: &WebhookConfig, secrets: &Secrets, req: &Request) -> Result<
                 &[sig],
             )?;
             fresh(t_num)?;
+            // The token is unique per delivery: it is the delivery id, and a token seen
+            // before over another body is refused by the webhook (see `Webhook::verify`).
+            verified.delivery_id = Some(token);
         }
     }
     if let Some(name) = &hook.id_header {

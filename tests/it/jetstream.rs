@@ -365,3 +365,31 @@ async fn messages_pulled_while_the_writes_fail_are_given_back_and_redelivered() 
     sluice.terminate().await;
     fixture.done().await;
 }
+
+/// The NATS URL's password (or token) never reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_password_is_not_logged() {
+    let Some((url, js)) = nats().await else {
+        return;
+    };
+    let with_password = url.replacen("nats://", "nats://sluice:S3cret@", 1);
+    let fixture = Fixture::publish(js, &with_password, 1).await;
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(None, &db, &fixture.env);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("Consuming from JetStream"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{seen:#?}");
+        if let Ok(line) = sluice.logs.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let (_, rest) = sluice.terminate().await;
+    seen.extend(rest);
+    assert!(seen.iter().any(|l| l.contains("sluice:***@")), "{seen:#?}");
+    assert!(!seen.iter().any(|l| l.contains("S3cret")), "{seen:#?}");
+    fixture.done().await;
+}

@@ -94,3 +94,110 @@ async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
     assert_eq!(db.count("reading").await, 1);
     let _ = sluice.terminate().await;
 }
+
+/// Twilio's signature covers the form fields, so the fields are read before it is
+/// checked. 20 concurrent 10 MB bodies of `a&a&a…` (5 million fields each) with a bogus
+/// signature are refused before their fields are built (413: more fields than a webhook
+/// sends; or 503: the budget is busy), and the process stays under 256 MiB RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built() {
+    let bin = std::env::var("SLUICE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned());
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[webhooks.sms]\nstream = \"app_log\"\nverify = \"twilio\"\nsecret_env = \"TEST_TWILIO_TOKEN\"\npublic_url = \"https://example.com/v1/hooks/sms\"\n",
+    )
+    .unwrap();
+    let sluice = spawn_binary(
+        Some(&bin),
+        &db,
+        &[
+            ("SLUICE_CONFIG", config.display().to_string()),
+            ("TEST_TWILIO_TOKEN", "twilio-auth-token".into()),
+        ],
+    );
+    let pid = sluice.child.id();
+    let idle = rss_bytes(pid);
+    let body = bytes::Bytes::from("a&".repeat(5_000_000));
+    let peak = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/hooks/sms", sluice.http);
+    let requests = (0..20).map(|_| {
+        client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", "bm90IGEgc2lnbmF0dXJl")
+            .body(body.clone())
+            .send()
+    });
+    let mut statuses = std::collections::BTreeMap::new();
+    for r in futures_util::future::join_all(requests).await {
+        *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    println!(
+        "20 form bodies of 10 MB (5 million fields each) at once: answers {statuses:?}, RSS idle {} MiB, peak {} MiB",
+        idle >> 20,
+        peak >> 20
+    );
+    assert!(
+        statuses.keys().all(|s| *s == 413 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(peak < 256 * 1024 * 1024, "peak RSS {} MiB", peak >> 20);
+    assert_eq!(db.count("sluice_dead_letters").await, 0, "nothing stored");
+    let _ = sluice.terminate().await;
+}
+
+/// A body sent a byte per chunk is charged what it holds, not a KiB per chunk: two
+/// connections each holding 65,500 one-byte chunks (the review's case, which used to
+/// take the whole 128 MiB budget) leave room for other requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_chunks_are_charged_their_bytes_not_a_kib_each() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(None, &db, &[]);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(&sluice.http).await.unwrap();
+        let head = format!(
+            "POST /v1/streams/reading/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            sluice.http
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c.write_all(&b"1\r\n \r\n".repeat(65_500)).await.unwrap();
+        c.flush().await.unwrap();
+        held.push(c);
+    }
+    // Let the server read every chunk of both.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A 100 KB event: 200 KiB of budget while it is read, which the old rounding (a
+    // KiB per one-byte chunk: 2 x 65,500 KiB of the 128 MiB) no longer had.
+    let event =
+        serde_json::json!({"message": "m".repeat(100_000), "timestamp": "2026-01-01T00:00:00Z"});
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/streams/app_log/events", sluice.http))
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    drop(held);
+    let _ = sluice.terminate().await;
+}

@@ -497,6 +497,52 @@ async fn check_case(case: &Case) {
             ));
         }
     }
+    // A timestamp 2^63 s before now: the difference must not wrap around into the window.
+    let ancient = now() + i64::MIN;
+    match case.name {
+        // Slack's SDK takes the timestamp as text, so it signs this one exactly.
+        "slack" => {
+            let (b, s) = make(case.secret, ancient);
+            bad.push((
+                "ancient timestamp".into(),
+                b,
+                s,
+                "timestamp outside tolerance",
+            ));
+        }
+        // Stripe's Node SDK holds it as a double (inexact): sign as Stripe documents.
+        "stripe" => {
+            let mut signed_text = format!("{ancient}.").into_bytes();
+            signed_text.extend_from_slice(&body);
+            let sig = hex::encode(openssl_hmac("sha256", case.secret, &signed_text));
+            let mut s = signed.without("stripe-signature");
+            s.headers
+                .push(("Stripe-Signature".into(), format!("t={ancient},v1={sig}")));
+            bad.push((
+                "ancient timestamp".into(),
+                body.clone(),
+                s,
+                "timestamp outside tolerance",
+            ));
+        }
+        "mailgun" => {
+            let (b, s) = make(case.secret, ancient);
+            bad.push((
+                "ancient timestamp".into(),
+                b,
+                s,
+                "timestamp outside tolerance",
+            ));
+            // The good request's signature object, captured and sent with another event.
+            bad.push((
+                "captured signature with another body".into(),
+                tamper_json(&body),
+                Signed::default(),
+                "signature reused with another body",
+            ));
+        }
+        _ => {}
+    }
     if mailgun {
         let no_sig = json!({"event-data": {"event": "delivered"}})
             .to_string()
