@@ -11,23 +11,105 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Sections of the file that `SLUICE_<SECTION>_<KEY>` environment variables address.
-const ENV_SECTIONS: &[&str] = &[
-    "spool",
-    "database",
-    "http",
-    "admin",
-    "tcp",
-    "defaults",
-    "dead_letters",
-];
-/// Top-level keys that `SLUICE_<KEY>` environment variables address.
-const ENV_TOP_LEVEL: &[&str] = &[
-    "schemas_dir",
-    "shutdown_timeout",
-    "log_summary_interval",
-    "max_inflight_bytes",
-];
+/// The field names of a struct with a derived `Deserialize`, as the derive passes them
+/// to `deserialize_struct`: the environment overrides are derived from them, so that a
+/// new setting or section is addressable without being listed again.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Probe<'a>(&'a std::cell::Cell<&'static [&'static str]>);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(Self::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+            enum identifier ignored_any
+        }
+    }
+    let fields = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(Probe(&fields));
+    fields.get()
+}
+
+/// What a table of the file holds, for the environment overrides: the fields of a
+/// struct, or (`[streams.NAME]`, `[webhooks.NAME]`) tables of one struct by name.
+enum Section {
+    Struct(&'static [&'static str]),
+    Named(&'static [&'static str]),
+}
+
+/// The table at `path` (`http`, `http.tls`, …), if `path` names one. Every table of
+/// [`Config`] must be here; a test checks that none is missing.
+fn section(path: &str) -> Option<Section> {
+    use Section::{Named, Struct};
+    Some(match path {
+        "database" => Struct(fields_of::<DatabaseConfig>()),
+        "http" => Struct(fields_of::<HttpConfig>()),
+        "http.tls" => Struct(fields_of::<TlsConfig>()),
+        "admin" => Struct(fields_of::<AdminConfig>()),
+        "auth" => Struct(fields_of::<AuthConfig>()),
+        "spool" => Struct(fields_of::<SpoolConfig>()),
+        "tcp" => Struct(fields_of::<TcpConfig>()),
+        "jetstream" => Struct(fields_of::<JetStreamConfig>()),
+        "defaults" => Struct(fields_of::<StreamSettings>()),
+        "dead_letters" => Struct(fields_of::<DeadLettersConfig>()),
+        "streams" => Named(fields_of::<StreamConfig>()),
+        "webhooks" => Named(fields_of::<WebhookConfig>()),
+        _ => return None,
+    })
+}
+
+/// Where `SLUICE_<NAME>` (`name` lowercased, without the prefix) goes in the file, as
+/// a path of keys: a top-level key (`schemas_dir`), a section's key (`http_listen` →
+/// `http.listen`, `http_tls_cert` → `http.tls.cert`), or a named table's key
+/// (`streams_order_placed_id_field` → `streams.order_placed.id_field`). The longest
+/// match wins, so keys with underscores resolve.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    fn within(prefix: &str, fields: &[&str], key: &str) -> Option<Vec<String>> {
+        if fields.contains(&key) {
+            return Some(vec![key.to_owned()]);
+        }
+        let mut nested: Vec<&&str> = fields
+            .iter()
+            .filter(|f| key.starts_with(&format!("{f}_")))
+            .collect();
+        nested.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        nested.into_iter().find_map(|f| {
+            let path = if prefix.is_empty() {
+                (*f).to_owned()
+            } else {
+                format!("{prefix}.{f}")
+            };
+            let rest = &key[f.len() + 1..];
+            let tail = match section(&path)? {
+                Section::Struct(inner) => within(&path, inner, rest)?,
+                Section::Named(inner) => {
+                    let (table, field) = inner
+                        .iter()
+                        .filter_map(|field| {
+                            let table = rest.strip_suffix(field)?.strip_suffix('_')?;
+                            (!table.is_empty()).then_some((table, field))
+                        })
+                        .max_by_key(|(_, field)| field.len())?;
+                    vec![table.to_owned(), (*field).to_owned()]
+                }
+            };
+            Some(std::iter::once((*f).to_owned()).chain(tail).collect())
+        })
+    }
+    within("", fields_of::<Config>(), name)
+}
 /// `SLUICE_*` variables that are not settings (test switches, the config path itself).
 const ENV_NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG", "SLUICE_LOG_FORMAT"];
 
@@ -710,29 +792,29 @@ impl Config {
                 continue;
             }
             let rest = rest.to_ascii_lowercase();
-            let parsed = env_value(&value);
-            if ENV_TOP_LEVEL.contains(&rest.as_str()) {
-                table.insert(rest, parsed);
-            } else if let Some((section, key)) = ENV_SECTIONS.iter().find_map(|s| {
-                rest.strip_prefix(s)
-                    .and_then(|k| k.strip_prefix('_'))
-                    .map(|k| (*s, k))
-            }) {
-                let entry = table
-                    .entry(section)
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                match entry {
-                    toml::Value::Table(t) => {
-                        t.insert(key.to_owned(), parsed);
-                    }
-                    _ => return Err(invalid(format!("`{section}` must be a table"))),
-                }
-            } else {
+            let Some(path) = env_path(&rest) else {
                 return Err(invalid(format!(
-                    "unknown environment setting {name}: expected SLUICE_<SECTION>_<KEY> with a section among {ENV_SECTIONS:?}, or one of {:?}",
-                    ENV_TOP_LEVEL.iter().map(|k| format!("SLUICE_{}", k.to_ascii_uppercase())).collect::<Vec<_>>()
+                    "unknown environment setting {name}: expected SLUICE_<KEY> for a top-level key or SLUICE_<SECTION>_<KEY> (e.g. SLUICE_HTTP_LISTEN, SLUICE_HTTP_TLS_CERT, SLUICE_STREAMS_<STREAM>_ID_FIELD) naming a key of the configuration, with sections among {:?}",
+                    fields_of::<Config>().iter().filter(|f| section(f).is_some()).collect::<Vec<_>>()
                 )));
+            };
+            let (key, tables) = path.split_last().expect("a path has a key");
+            let mut at = &mut table;
+            for (depth, part) in tables.iter().enumerate() {
+                let entry = at
+                    .entry(part.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                at = match entry {
+                    toml::Value::Table(t) => t,
+                    _ => {
+                        return Err(invalid(format!(
+                            "`{}` must be a table (set by {name})",
+                            tables[..=depth].join(".")
+                        )))
+                    }
+                };
             }
+            at.insert(key.clone(), env_value(&value));
             overridden.push(name);
         }
         let origin_full = if overridden.is_empty() {
@@ -870,13 +952,59 @@ fn env_value(raw: &str) -> toml::Value {
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .filter(|v| !matches!(v, toml::Value::Table(_) | toml::Value::Array(_)))
+        .filter(|v| !matches!(v, toml::Value::Table(_)))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_table_of_the_configuration_is_addressable_from_the_environment() {
+        // A table of Config must be in `section`: a field whose default is not a
+        // scalar (or an Option of a struct) is one.
+        let scalars = [
+            "schemas_dir",
+            "shutdown_timeout",
+            "log_summary_interval",
+            "max_inflight_bytes",
+        ];
+        for field in fields_of::<Config>() {
+            assert!(
+                scalars.contains(field) || section(field).is_some(),
+                "[{field}] is a table of the configuration but `section` does not know it: add it there"
+            );
+        }
+        for (name, path) in [
+            ("schemas_dir", "schemas_dir"),
+            ("database_url", "database.url"),
+            ("http_listen", "http.listen"),
+            ("http_tls_cert", "http.tls.cert"),
+            ("admin_token_env", "admin.token_env"),
+            ("auth_tokens_file", "auth.tokens_file"),
+            ("spool_max_bytes", "spool.max_bytes"),
+            ("tcp_max_line_bytes", "tcp.max_line_bytes"),
+            ("jetstream_url", "jetstream.url"),
+            ("jetstream_max_ack_pending", "jetstream.max_ack_pending"),
+            ("defaults_batch_max_wait", "defaults.batch_max_wait"),
+            ("dead_letters_retention", "dead_letters.retention"),
+            (
+                "streams_order_placed_id_field",
+                "streams.order_placed.id_field",
+            ),
+            ("streams_reading_table", "streams.reading.table"),
+            ("webhooks_stripe_secret_env", "webhooks.stripe.secret_env"),
+        ] {
+            assert_eq!(
+                env_path(name).map(|p| p.join(".")).as_deref(),
+                Some(path),
+                "{name}"
+            );
+        }
+        assert_eq!(env_path("http_listn"), None);
+        assert_eq!(env_path("streams_id_field"), None, "a stream needs a name");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

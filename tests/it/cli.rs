@@ -327,3 +327,43 @@ fn check_lists_webhooks_and_names_a_bad_one() {
         "{err}"
     );
 }
+
+/// Every section of the configuration can be set from the environment, a new one
+/// included (the variables are derived from the configuration's types).
+#[test]
+fn check_takes_every_section_from_the_environment() {
+    let out = sluice_command()
+        .args(["check"])
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", "postgres://app@db.invalid/events")
+        .env("SLUICE_JETSTREAM_URL", "nats://127.0.0.1:4222")
+        .env("SLUICE_JETSTREAM_STREAM", "EVENTS")
+        .env("SLUICE_JETSTREAM_SUBJECTS", "[\"events.>\"]")
+        .env("SLUICE_STREAMS_READING_ID_FIELD", "seq")
+        .env("SLUICE_STREAMS_READING_TABLE", "readings")
+        .env("SLUICE_DEAD_LETTERS_RETENTION", "30d")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("CREATE TABLE IF NOT EXISTS \"readings\"")
+            && stdout.contains("UNIQUE (\"seq\")"),
+        "{stdout}"
+    );
+    let out = sluice_command()
+        .args(["check"])
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_JETSTREAM_URLL", "nats://x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("SLUICE_JETSTREAM_URLL"),
+        "{err}"
+    );
+}
