@@ -73,6 +73,21 @@ impl App {
             .map(Tls::load)
             .transpose()?
             .map(Arc::new);
+        // The ports and the spool's lock first: a taken port or spool says so before
+        // anything is created in the database (or a SQLite file appears).
+        let (http, http_addr) = bind(&config.http.listen, "HTTP", "http.listen").await?;
+        let (tcp, tcp_addr) = bind_optional(&config.tcp.listen, "TCP lines", "tcp.listen").await?;
+        let (admin, admin_addr) =
+            bind_optional(&config.admin.listen, "the admin API", "admin.listen").await?;
+        let spool = match &config.spool.dir {
+            Some(dir) => Some(Arc::new(Spool::open(
+                dir.clone(),
+                &registry.names(),
+                config.spool.fsync,
+                config.spool.max_bytes,
+            )?)),
+            None => None,
+        };
         let (registry, storage) = sink::open(&config, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
@@ -108,15 +123,6 @@ impl App {
             .dead_letters
             .max_payload_bytes
             .min(storage.store.max_value_bytes());
-        let spool = match &config.spool.dir {
-            Some(dir) => Some(Arc::new(Spool::open(
-                dir.clone(),
-                &registry.names(),
-                config.spool.fsync,
-                config.spool.max_bytes,
-            )?)),
-            None => None,
-        };
         let ingest = Arc::new(
             Ingest::new(
                 registry,
@@ -129,12 +135,6 @@ impl App {
             .with_spool(spool),
         );
         let jobs = crate::jobs::Jobs::new(storage.clone(), Arc::new(config.clone()));
-        let http = TcpListener::bind(&config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-        let http_addr = http.local_addr()?;
-        let (tcp, tcp_addr) = bind_optional(&config.tcp.listen, "TCP lines").await?;
-        let (admin, admin_addr) = bind_optional(&config.admin.listen, "the admin API").await?;
         Ok(App {
             config,
             http,
@@ -450,17 +450,28 @@ impl Running {
 }
 
 /// Binds `addr` for `what`, or nothing when `addr` is empty (the listener is disabled).
+/// Binds `addr` (the setting `key`) for `what`; the error says how to choose another.
+async fn bind(addr: &str, what: &str, key: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        let var = format!("SLUICE_{}", key.replace('.', "_").to_ascii_uppercase());
+        format!(
+            "cannot listen for {what} on {addr}: choose another address with {key} in the config file (--config PATH) or {var}=127.0.0.1:PORT"
+        )
+    })?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// [`bind`], or nothing when `addr` is empty (the listener is off).
 async fn bind_optional(
     addr: &str,
     what: &str,
+    key: &str,
 ) -> anyhow::Result<(Option<TcpListener>, Option<SocketAddr>)> {
     if addr.is_empty() {
         return Ok((None, None));
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
-    let local = listener.local_addr()?;
+    let (listener, local) = bind(addr, what, key).await?;
     Ok((Some(listener), Some(local)))
 }
 

@@ -318,7 +318,18 @@ impl Access {
         } else {
             &config.admin.listen
         };
-        if admin.is_none() && !is_loopback(admin_listen) {
+        if ingest.is_some() && admin.is_none() {
+            // Ingest demands tokens, but the dead letters (event payloads), jobs and
+            // metrics would be open on the same port: that is a mistake, not a choice.
+            anyhow::ensure!(
+                is_loopback(admin_listen),
+                "[auth] requires tokens for ingest, but the admin endpoints (/v1/dead-letters with event payloads, /v1/jobs, /v1/streams, /metrics, /ui) on {admin_listen} have no token: set [admin] token_env (SLUICE_ADMIN_TOKEN_ENV), or move them to a loopback address with [admin] listen = \"127.0.0.1:9090\""
+            );
+            tracing::warn!(
+                listen = %admin_listen,
+                "[auth] requires tokens for ingest but the admin endpoints have no token; they are reachable from this host only (loopback). Set [admin] token_env to protect them too."
+            );
+        } else if admin.is_none() && !is_loopback(admin_listen) {
             tracing::warn!(
                 listen = %admin_listen,
                 "The admin endpoints (/metrics, /v1/streams, /v1/dead-letters, which show event payloads) listen on a non-loopback address without an admin token. Set [admin] token_env."

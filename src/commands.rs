@@ -16,6 +16,7 @@ pub fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
+        let _hangups = crate::shutdown::hold_hangups();
         let app = App::build(config).await?;
         app.run_until_stopped(crate::shutdown::signal()).await
     });

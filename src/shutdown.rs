@@ -30,6 +30,22 @@ pub async fn signal() {
     }
 }
 
+/// Takes over SIGHUP from the moment it is called, so that a SIGHUP while Sluice
+/// starts (a config management tool reloading everything at once) does not kill the
+/// process, as the signal's default action would. Those SIGHUPs are ignored: what
+/// start-up reads is read afresh anyway. Keep the returned value until
+/// [`on_hangup`] listens.
+pub fn hold_hangups() -> Option<impl Sized> {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None::<()>
+    }
+}
+
 /// Calls `reload` on every SIGHUP until `stop`.
 pub async fn on_hangup(
     reload: impl Fn() + Send + 'static,

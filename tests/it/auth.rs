@@ -259,3 +259,90 @@ async fn exposing_sluice_without_tokens_warns_naming_the_setting() {
         "no warning on loopback: {logs:#?}"
     );
 }
+
+/// Runs `sluice` (serve) with `env` on top of a clean environment and the fixture
+/// schemas, expecting it to stop at start-up; returns its stderr.
+async fn refused_start(env: &[(&str, String)]) -> String {
+    let mut cmd = crate::helpers::sluice_command();
+    cmd.env("SLUICE_SCHEMAS_DIR", crate::helpers::fixture_schemas())
+        .env("SLUICE_TCP_LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("Sluice started where it must refuse to");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    err
+}
+
+/// Ingest behind tokens with the dead letters open on the same public port is refused;
+/// on loopback it is only warned about.
+#[tokio::test]
+async fn auth_without_an_admin_token_is_refused_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let err = refused_start(&[
+        ("SLUICE_DATABASE_URL", db_url.clone()),
+        ("SLUICE_HTTP_LISTEN", "0.0.0.0:0".into()),
+        ("SLUICE_AUTH_TOKENS_ENV", "TEST_INGEST_TOKENS".into()),
+        ("TEST_INGEST_TOKENS", format!("app:{APP_TOKEN}:*")),
+    ])
+    .await;
+    assert!(err.contains("[admin] token_env"), "{err}");
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            ("SLUICE_AUTH_TOKENS_ENV", "TEST_INGEST_TOKENS".into()),
+            ("TEST_INGEST_TOKENS", format!("app:{APP_TOKEN}:*")),
+        ],
+    );
+    let (_, logs) = sluice.terminate().await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("WARN") && l.contains("[admin] token_env")),
+        "{logs:#?}"
+    );
+}
+
+/// A taken port is reported before anything is created, with the ways to choose
+/// another.
+#[tokio::test]
+async fn a_taken_port_is_reported_first_with_how_to_choose_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.db");
+    let err = refused_start(&[
+        (
+            "SLUICE_DATABASE_URL",
+            format!("sqlite://{}", file.display()),
+        ),
+        (
+            "SLUICE_HTTP_LISTEN",
+            taken.local_addr().unwrap().to_string(),
+        ),
+    ])
+    .await;
+    assert!(
+        err.contains("cannot listen for HTTP")
+            && err.contains("--config")
+            && err.contains("SLUICE_HTTP_LISTEN"),
+        "{err}"
+    );
+    assert!(!file.exists(), "no database was created");
+}

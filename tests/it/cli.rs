@@ -367,3 +367,70 @@ fn check_takes_every_section_from_the_environment() {
         "{err}"
     );
 }
+
+/// A SIGHUP while Sluice starts (here: waiting for another instance's schema lock on
+/// PostgreSQL) does not kill it; it comes up once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_start_up_does_not_kill_sluice() {
+    use sqlx::Connection;
+    use std::io::BufRead;
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(126909663503205)")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut child = sluice_command()
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", &db.url)
+        .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
+        .env("SLUICE_TCP_LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for _ in 0..2 {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP during start-up killed Sluice: {:?}",
+        lines.try_iter().collect::<Vec<_>>()
+    );
+    sqlx::query("SELECT pg_advisory_unlock(126909663503205)")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(15))
+            .expect("Sluice comes up");
+        if sluice::app::listening_addresses(&line).is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+}
