@@ -19,7 +19,6 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Access;
 use crate::config::Config;
 use crate::event::{DeadLetter, Row};
-use crate::http::tls::Tls;
 use crate::http::{routers, serve as serve_http, AppState};
 use crate::ingest::{tcp, Ingest};
 use crate::pipeline::batcher::{Batcher, DeadLetterTable, StreamTarget};
@@ -27,6 +26,7 @@ use crate::pipeline::queue::{self, QueueReceiver};
 use crate::schema::Registry;
 use crate::sink::{self, Storage};
 use crate::spool::Spool;
+use crate::tls::Tls;
 use crate::webhook::Webhooks;
 
 /// A built, bound, not yet running Sluice.
@@ -46,6 +46,8 @@ pub struct App {
     jobs: Arc<crate::jobs::Jobs>,
     /// The HTTPS certificate, when `[http.tls]` is set.
     tls: Option<Arc<Tls>>,
+    /// The TCP listener's TLS, when `[tcp.tls]` is set.
+    tcp_tls: Option<Arc<Tls>>,
     storage: Storage,
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
@@ -70,7 +72,14 @@ impl App {
             .http
             .tls
             .as_ref()
-            .map(Tls::load)
+            .map(|t| Tls::load(t, "[http.tls]", &[b"http/1.1"]))
+            .transpose()?
+            .map(Arc::new);
+        let tcp_tls = config
+            .tcp
+            .tls
+            .as_ref()
+            .map(|t| Tls::load(t, "[tcp.tls]", &[]))
             .transpose()?
             .map(Arc::new);
         // The ports and the spool's lock first: a taken port or spool says so before
@@ -148,6 +157,7 @@ impl App {
             access,
             jobs,
             tls,
+            tcp_tls,
             storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
@@ -292,9 +302,10 @@ impl App {
         connections.spawn(crate::shutdown::on_hangup(
             {
                 let (access, tls) = (self.access.clone(), self.tls.clone());
+                let tcp_tls = self.tcp_tls.clone();
                 move || {
                     access.reload();
-                    if let Some(tls) = &tls {
+                    for tls in [&tls, &tcp_tls].into_iter().flatten() {
                         tls.reload();
                     }
                 }
@@ -329,6 +340,7 @@ impl App {
                 listener,
                 self.ingest.clone(),
                 config,
+                self.tcp_tls.clone(),
                 accepting.clone(),
                 connections.clone(),
             );
@@ -356,6 +368,7 @@ impl App {
             admin = %show(self.admin_addr, "same-as-http"),
             tcp = %show(self.tcp_addr, "disabled"),
             https = self.tls.is_some(),
+            tcp_tls = self.tcp_tls.is_some(),
             "Sluice is listening."
         );
         let http_config = Arc::new(self.config.http.clone());

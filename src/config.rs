@@ -56,7 +56,7 @@ fn section(path: &str) -> Option<Section> {
     Some(match path {
         "database" => Struct(fields_of::<DatabaseConfig>()),
         "http" => Struct(fields_of::<HttpConfig>()),
-        "http.tls" => Struct(fields_of::<TlsConfig>()),
+        "http.tls" | "tcp.tls" => Struct(fields_of::<TlsConfig>()),
         "admin" => Struct(fields_of::<AdminConfig>()),
         "auth" => Struct(fields_of::<AuthConfig>()),
         "spool" => Struct(fields_of::<SpoolConfig>()),
@@ -342,8 +342,15 @@ fn default_nak_delay() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// PEM certificate chain: the server certificate, then its intermediates.
     pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// PEM certificates of the authority that signs client certificates: with it, a
+    /// client must present a certificate it signed, or is refused before anything is
+    /// read.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
@@ -379,6 +386,9 @@ pub struct TcpConfig {
     /// A connection that sends nothing for this long is closed (e.g. `"10m"`).
     #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// `[tcp.tls]`: TLS on the TCP listener (certificate, key, optional client CA).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[dead_letters]`.
@@ -981,6 +991,8 @@ mod tests {
             ("database_url", "database.url"),
             ("http_listen", "http.listen"),
             ("http_tls_cert", "http.tls.cert"),
+            ("http_tls_client_ca", "http.tls.client_ca"),
+            ("tcp_tls_key", "tcp.tls.key"),
             ("admin_token_env", "admin.token_env"),
             ("auth_tokens_file", "auth.tokens_file"),
             ("spool_max_bytes", "spool.max_bytes"),

@@ -27,6 +27,7 @@ pub mod sink;
 pub mod spool;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 
 pub use app::App;

@@ -223,6 +223,12 @@ pub fn tcp_connection_closed() {
     gauge!("sluice_tcp_connections").decrement(1.0);
 }
 
+/// A TCP connection closed because its TLS handshake failed (no or a bad client
+/// certificate, plain text on the TLS port) or did not finish in time.
+pub fn tcp_tls_refused() {
+    counter!("sluice_tcp_tls_refused_total").increment(1);
+}
+
 pub fn http_request(status: u16, seconds: f64) {
     counter!("sluice_http_requests_total", "status" => status.to_string()).increment(1);
     histogram!("sluice_http_request_duration_seconds", "status" => status.to_string())

@@ -13,7 +13,6 @@ pub mod events;
 pub mod hooks;
 pub mod jobs;
 pub mod openapi;
-pub mod tls;
 pub mod ui;
 
 use std::sync::Arc;
@@ -56,7 +55,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: Arc<HttpConfig>,
-    tls: Option<Arc<tls::Tls>>,
+    tls: Option<Arc<crate::tls::Tls>>,
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -118,17 +120,24 @@ fn strip_cr(line: Bytes) -> Bytes {
     }
 }
 
-/// Accepts connections until `stop`, each served on `tracker`.
+/// Longest a TLS client may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `stop`, each served on `tracker`; with `tls`, each is a
+/// TLS connection (a client that does not complete the handshake, or presents no
+/// certificate the client CA signed when one is required, is closed before a line is
+/// read).
 pub async fn serve(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     config: Arc<TcpConfig>,
+    tls: Option<Arc<crate::tls::Tls>>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let listener = LimitedListener::new(listener, config.max_connections, "TCP");
     while let Some((socket, peer, permit)) = listener.accept(&stop).await {
-        let connection = Connection {
+        let mut connection = Connection {
             ingest: ingest.clone(),
             config: config.clone(),
             source: format!("tcp {peer}").into(),
@@ -137,8 +146,34 @@ pub async fn serve(
             in_flight: Default::default(),
         };
         let stop = stop.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
         tracker.spawn(async move {
-            connection.run(socket, stop).await;
+            match tls {
+                None => connection.run(socket, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)) => r,
+                        _ = stop.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            // The client certificate's subject says who sent each line.
+                            if let Some(subject) = crate::tls::peer_subject(stream.get_ref().1) {
+                                connection.source = format!("tcp {peer} {subject}").into();
+                            }
+                            connection.run(stream, stop).await;
+                        }
+                        Ok(Err(e)) => {
+                            telemetry::tcp_tls_refused();
+                            tracing::info!(%peer, error = %e, "TLS handshake on the TCP listener failed; connection closed.");
+                        }
+                        Err(_) => {
+                            telemetry::tcp_tls_refused();
+                            tracing::info!(%peer, "TLS handshake on the TCP listener timed out; connection closed.");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -157,7 +192,10 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, socket: TcpStream, stop: CancellationToken) {
+    async fn run<S>(mut self, socket: S, stop: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + Unpin + Send,
+    {
         tracing::debug!(peer = %self.peer, "TCP connection opened.");
         telemetry::tcp_connection_opened();
         let mut frames = FramedRead::with_capacity(

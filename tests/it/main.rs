@@ -23,6 +23,7 @@ mod replay;
 mod slow_clients;
 mod spool;
 mod tcp;
+mod tcp_tls;
 mod tls;
 mod typemap;
 mod ui;

@@ -147,7 +147,11 @@ async fn the_admin_listener_is_https_too() {
     let issued = issue("Sluice test CA admin");
     let (cert, key) = write(dir.path(), &issued);
     let app = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
-        c.http.tls = Some(sluice::config::TlsConfig { cert, key });
+        c.http.tls = Some(sluice::config::TlsConfig {
+            cert,
+            key,
+            client_ca: None,
+        });
         c.admin.listen = "127.0.0.1:0".into();
     })
     .await
