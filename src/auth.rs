@@ -335,10 +335,15 @@ impl Access {
                 "The admin endpoints (/metrics, /v1/streams, /v1/dead-letters, which show event payloads) listen on a non-loopback address without an admin token. Set [admin] token_env."
             );
         }
-        if !config.tcp.listen.is_empty() && !is_loopback(&config.tcp.listen) {
+        let tcp_certified = config
+            .tcp
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some());
+        if !config.tcp.listen.is_empty() && !is_loopback(&config.tcp.listen) && !tcp_certified {
             tracing::warn!(
                 listen = %config.tcp.listen,
-                "tcp.listen is not a loopback address: the TCP line protocol has no authentication; keep it on a private network."
+                "tcp.listen is not a loopback address and no client certificate is required: anyone who can reach it can write lines. Keep it on a private network, or set [tcp.tls] with client_ca."
             );
         }
         if let Some(tokens) = &ingest {
