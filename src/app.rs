@@ -359,6 +359,10 @@ impl App {
             webhooks: self.webhooks.clone(),
             access: self.access.clone(),
             jobs: self.jobs.clone(),
+            site: Arc::new(crate::http::site::SiteGuard::new(
+                &self.config.http,
+                &[&self.config.http.listen, &self.config.admin.listen],
+            )),
         };
         let show = |addr: Option<SocketAddr>, none: &str| {
             addr.map_or_else(|| none.to_owned(), |a| a.to_string())

@@ -233,6 +233,16 @@ pub struct HttpConfig {
     /// HTTPS: serve HTTP/1.1 over TLS on `listen` (and `admin.listen`) with this
     /// certificate; reloaded on SIGHUP.
     pub tls: Option<TlsConfig>,
+    /// Host names (the `Host` header, without its port) the events and admin endpoints
+    /// answer to; `["*"]`: any. Empty (the default): on a loopback listener, only
+    /// `localhost` and loopback addresses (a page of another site that resolves to
+    /// 127.0.0.1 is refused: DNS rebinding); beyond loopback, any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://panel.example.com`) whose browser pages may call the events
+    /// and admin endpoints, besides the page's own; others get 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `[admin]`.

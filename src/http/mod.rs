@@ -13,6 +13,7 @@ pub mod events;
 pub mod hooks;
 pub mod jobs;
 pub mod openapi;
+pub mod site;
 pub mod ui;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhook::Webhooks>,
     pub access: Arc<crate::auth::Access>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Which hosts and browser origins may call the events and admin endpoints.
+    pub site: Arc<site::SiteGuard>,
 }
 
 /// Serves `app` on `listener` until `stop`, then lets in-flight requests finish; over
@@ -133,13 +136,21 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_admin,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            site::guard,
         ));
     // The control panel's page and assets hold no data (it comes from the routes above).
     let panel = Router::new()
         .route("/ui", get(ui::redirect))
         .route("/ui/", get(ui::index))
         .route("/ui/app.js", get(ui::app_js))
-        .route("/ui/app.css", get(ui::app_css));
+        .route("/ui/app.css", get(ui::app_css))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            site::guard,
+        ));
     let admin = common.clone().merge(admin_only).merge(panel);
     let finish = |router: Router<AppState>, hint: &'static str| {
         router
@@ -148,10 +159,13 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
             .with_state(state.clone())
     };
     let events = "/v1/streams/{stream}/events";
+    let ingest_events = post(events::ingest_events).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), site::guard),
+    );
     let hooks = "/v1/hooks/{name}";
     if separate_admin {
         let ingest = common
-            .route(events, post(events::ingest_events))
+            .route(events, ingest_events)
             .route(hooks, post(hooks::receive_webhook));
         (
             finish(ingest, "no such endpoint on the ingest port; events go to POST /v1/streams/{stream}/events, and /metrics, /v1/streams and /v1/dead-letters are on admin.listen"),
@@ -159,7 +173,7 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         )
     } else {
         let all = admin
-            .route(events, post(events::ingest_events))
+            .route(events, ingest_events)
             .route(hooks, post(hooks::receive_webhook));
         (
             finish(all, "no such endpoint; events go to POST /v1/streams/{stream}/events (see GET /v1/openapi.json)"),

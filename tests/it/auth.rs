@@ -346,3 +346,63 @@ async fn a_taken_port_is_reported_first_with_how_to_choose_another() {
     );
     assert!(!file.exists(), "no database was created");
 }
+
+/// A page of another site cannot use a browser against Sluice on loopback: a `Host`
+/// that is not one of its names (DNS rebinding) and a cross-site `Origin` (a JSON body
+/// posted as a form, which needs no preflight) are refused with 403 and store nothing;
+/// the page's own origin, and names in `allowed_hosts`, pass.
+#[tokio::test]
+async fn other_sites_hosts_and_origins_are_refused() {
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(None, &db, &[]);
+    let client = reqwest::Client::new();
+    let events = format!("http://{}/v1/streams/reading/events", sluice.http);
+    let event = r#"{"seq": 1, "sensor": "planted", "value": 1}"#;
+    let rebound = client
+        .get(format!("http://{}/v1/dead-letters", sluice.http))
+        .header(
+            "host",
+            format!("rebind.example:{}", sluice.http.rsplit(':').next().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let text = rebound.text().await.unwrap();
+    assert!(text.contains("allowed_hosts"), "{text}");
+    let planted = client
+        .post(&events)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://evil.example")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), 403);
+    assert!(planted.text().await.unwrap().contains("allowed_origins"));
+    let own = client
+        .post(&events)
+        .header("content-type", "application/json")
+        .header("origin", format!("http://{}", sluice.http))
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(db.count("reading").await, 1, "only the page's own request");
+    sluice.terminate().await;
+
+    let named = spawn_binary(
+        None,
+        &db,
+        &[("SLUICE_HTTP_ALLOWED_HOSTS", r#"["sluice.internal"]"#.into())],
+    );
+    let r = client
+        .get(format!("http://{}/v1/streams", named.http))
+        .header("host", "sluice.internal")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    named.terminate().await;
+}

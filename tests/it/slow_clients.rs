@@ -14,7 +14,7 @@ use crate::helpers::{faulty_proxy, fixture_schemas, spawn_app, spawn_binary, Db,
 async fn trickle(addr: &str) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        b"POST /v1/streams/reading/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        b"POST /v1/streams/reading/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
     )
     .await
     .unwrap();

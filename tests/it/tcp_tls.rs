@@ -316,7 +316,7 @@ async fn https_with_a_client_ca_requires_a_client_certificate() {
     std::fs::write(
         &config,
         format!(
-            "[http.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            "[http]\nallowed_hosts = [\"sluice.test\"]\n[http.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
             pki.path("sluice.test.pem"),
             pki.path("sluice.test.key"),
             pki.path("ca.pem")
