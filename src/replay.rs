@@ -303,7 +303,7 @@ async fn write(
         replayed: &ids,
     };
     match retrying(|| writer.replay_rows(batch)).await {
-        Ok(()) => return Ok((rows.len(), 0, 0)),
+        Ok(_) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
                 .is_some_and(|e| !e.is_transient()) => {}
@@ -320,7 +320,7 @@ async fn write(
         })
         .await
         {
-            Ok(()) => written += 1,
+            Ok(_) => written += 1,
             Err(e) => match e.downcast_ref::<SinkError>() {
                 Some(db) if db.is_replay_conflict() => taken += 1,
                 Some(db) if !db.is_transient() => {
@@ -337,7 +337,9 @@ async fn write(
 }
 
 /// Runs `op`, retrying transient failures a few times with backoff.
-async fn retrying<'a>(op: impl Fn() -> sink::Written<'a>) -> anyhow::Result<()> {
+async fn retrying<'a, T>(
+    op: impl Fn() -> sink::BoxFuture<'a, Result<T, SinkError>>,
+) -> anyhow::Result<T> {
     let policy = RetryPolicy {
         max_retries: Some(MAX_RETRIES),
         attempt_timeout: crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT,

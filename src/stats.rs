@@ -19,6 +19,8 @@ const WINDOW: usize = 60;
 pub struct StreamStats {
     received: AtomicU64,
     written: AtomicU64,
+    /// Events not written because their `id_field` value was already stored.
+    duplicates: AtomicU64,
     /// Dead letters by stage, in [`Stage`] order (parse, route, validate, write).
     dead_lettered: [AtomicU64; 4],
     rejected: AtomicU64,
@@ -76,6 +78,10 @@ impl StreamStats {
 
     pub fn dead_lettered(&self, stage: Stage, n: usize) {
         self.dead_lettered[stage as usize].fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn duplicates(&self, n: usize) {
+        self.duplicates.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn rejected(&self, n: usize) {
@@ -154,6 +160,7 @@ impl StreamStats {
         Snapshot {
             received: self.received.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
             dead_lettered: parse + route + validate + write,
             dead_lettered_by_stage: ByStage {
                 parse,
@@ -178,6 +185,9 @@ pub struct Snapshot {
     pub received: u64,
     /// Rows committed to the stream's table.
     pub written: u64,
+    /// Events not written because their `id_field` value was already stored (a
+    /// redelivery): neither a row nor a dead letter.
+    pub duplicates: u64,
     /// Events stored in `sluice_dead_letters` instead.
     pub dead_lettered: u64,
     /// The same, by the stage that set them aside.

@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `sluice_events_received_total` | counter | `stream`, `source` (`http`/`webhook`/`tcp`), `token` |
 //! | `sluice_events_written_total` | counter | `stream` |
+//! | `sluice_events_duplicate_total` | counter | `stream` (skipped by `id_field`) |
 //! | `sluice_events_dead_lettered_total` | counter | `stream`, `stage` |
 //! | `sluice_events_rejected_total` | counter | `stream` (503: queue full) |
 //! | `sluice_queue_events` / `sluice_queue_bytes` | gauge | `stream` |
@@ -58,9 +59,180 @@ fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// Installs the recorder; call once at start-up.
+/// Every metric, its kind and its `# HELP` text (the README's metrics table says the
+/// same). A unit test checks that every metric this module emits is here.
+pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "sluice_events_received_total",
+        "counter",
+        "Events parsed from HTTP, webhooks, TCP or JetStream (stored or dead-lettered).",
+    ),
+    (
+        "sluice_events_written_total",
+        "counter",
+        "Rows committed to the stream's table (duplicates skipped by id_field not included).",
+    ),
+    (
+        "sluice_events_duplicate_total",
+        "counter",
+        "Events not written because their id_field value was already stored (a redelivery).",
+    ),
+    (
+        "sluice_events_dead_lettered_total",
+        "counter",
+        "Events set aside in sluice_dead_letters, by stage.",
+    ),
+    (
+        "sluice_events_rejected_total",
+        "counter",
+        "Events refused with 503 because the stream's queue stayed full.",
+    ),
+    (
+        "sluice_queue_events",
+        "gauge",
+        "Events accepted and not yet committed.",
+    ),
+    (
+        "sluice_queue_bytes",
+        "gauge",
+        "Bytes of memory the queued events hold.",
+    ),
+    (
+        "sluice_queue_max_events",
+        "gauge",
+        "The queue's bound in events.",
+    ),
+    (
+        "sluice_queue_max_bytes",
+        "gauge",
+        "The queue's bound in bytes.",
+    ),
+    (
+        "sluice_batch_size_events",
+        "histogram",
+        "Rows per written batch.",
+    ),
+    (
+        "sluice_batch_write_duration_seconds",
+        "histogram",
+        "Time to write a batch, retries and bisection included.",
+    ),
+    (
+        "sluice_write_retries_total",
+        "counter",
+        "Transient write failures retried.",
+    ),
+    (
+        "sluice_stream_saturated",
+        "gauge",
+        "1 while the stream's queue is full.",
+    ),
+    (
+        "sluice_stream_retrying",
+        "gauge",
+        "1 while the stream's batch is retried after a transient failure.",
+    ),
+    (
+        "sluice_dead_letters_purged_total",
+        "counter",
+        "Dead letters deleted by the retention purge or sluice purge.",
+    ),
+    ("sluice_tcp_connections", "gauge", "Open TCP connections."),
+    (
+        "sluice_tcp_tls_refused_total",
+        "counter",
+        "TCP connections closed because their TLS handshake failed or timed out.",
+    ),
+    (
+        "sluice_db_pool_connections",
+        "gauge",
+        "Database connections in use or idle in the pool.",
+    ),
+    (
+        "sluice_db_pool_max_connections",
+        "gauge",
+        "The pool's bound (database.max_connections).",
+    ),
+    (
+        "sluice_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status.",
+    ),
+    (
+        "sluice_http_request_duration_seconds",
+        "histogram",
+        "HTTP request duration, by status.",
+    ),
+    (
+        "sluice_http_refused_total",
+        "counter",
+        "Requests refused by access control (401, 403), by surface.",
+    ),
+    (
+        "sluice_webhook_rejected_total",
+        "counter",
+        "Webhook requests refused by verification (nothing stored), by reason.",
+    ),
+    (
+        "sluice_spool_bytes",
+        "gauge",
+        "Bytes the spool holds not yet committed.",
+    ),
+    (
+        "sluice_spool_records",
+        "gauge",
+        "Records the spool holds not yet committed.",
+    ),
+    (
+        "sluice_spool_fsync_seconds",
+        "histogram",
+        "Duration of each spool fsync.",
+    ),
+    (
+        "sluice_spool_recovered_records_total",
+        "counter",
+        "Records found in the spool at start-up.",
+    ),
+    (
+        "sluice_spool_corrupt_records_total",
+        "counter",
+        "Damaged regions of spool segments skipped.",
+    ),
+    (
+        "sluice_jetstream_messages_total",
+        "counter",
+        "JetStream messages, by what happened to them.",
+    ),
+    (
+        "sluice_jetstream_errors_total",
+        "counter",
+        "Connection or server errors of the JetStream input.",
+    ),
+    (
+        "sluice_jetstream_consumer_pending",
+        "gauge",
+        "The consumer's messages not yet delivered.",
+    ),
+    (
+        "sluice_jetstream_consumer_ack_pending",
+        "gauge",
+        "The consumer's messages delivered and not yet acknowledged.",
+    ),
+];
+
+/// Installs the recorder and describes every metric (the `# HELP` lines); call once at
+/// start-up.
 pub fn install() {
-    handle();
+    if handle().is_none() {
+        return;
+    }
+    for (name, kind, help) in METRICS {
+        match *kind {
+            "counter" => metrics::describe_counter!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
+            _ => metrics::describe_histogram!(*name, *help),
+        }
+    }
 }
 
 /// The metrics in Prometheus text format.
@@ -83,8 +255,13 @@ pub fn events_rejected(stream: &str, n: usize) {
     counter!("sluice_events_rejected_total", "stream" => stream.to_owned()).increment(n as u64);
 }
 
-pub fn batch_written(stream: &str, rows: usize, seconds: f64) {
+/// A batch committed: `rows` stored, `duplicates` skipped as ids already stored.
+pub fn batch_written(stream: &str, rows: usize, duplicates: usize, seconds: f64) {
     counter!("sluice_events_written_total", "stream" => stream.to_owned()).increment(rows as u64);
+    if duplicates > 0 {
+        counter!("sluice_events_duplicate_total", "stream" => stream.to_owned())
+            .increment(duplicates as u64);
+    }
     histogram!("sluice_batch_size_events", "stream" => stream.to_owned()).record(rows as f64);
     histogram!("sluice_batch_write_duration_seconds", "stream" => stream.to_owned())
         .record(seconds);
@@ -124,6 +301,7 @@ pub fn dead_letters_purged(n: u64) {
 pub fn stream_registered(stream: &str) {
     for name in [
         "sluice_events_written_total",
+        "sluice_events_duplicate_total",
         "sluice_events_rejected_total",
         "sluice_write_retries_total",
     ] {
@@ -240,4 +418,22 @@ pub fn db_pool(in_use: u32, idle: u32, max: u32) {
     gauge!("sluice_db_pool_connections", "state" => "in_use").set(f64::from(in_use));
     gauge!("sluice_db_pool_connections", "state" => "idle").set(f64::from(idle));
     gauge!("sluice_db_pool_max_connections").set(f64::from(max));
+}
+
+#[cfg(test)]
+mod help_tests {
+    #[test]
+    fn every_metric_emitted_here_has_its_help_text() {
+        let source = include_str!("telemetry.rs");
+        for quoted in source.split("!(\"sluice_").skip(1) {
+            let name = format!("sluice_{}", quoted.split('"').next().unwrap_or_default());
+            if name.contains('{') {
+                continue; // this test's own text
+            }
+            assert!(
+                super::METRICS.iter().any(|(n, _, _)| *n == name),
+                "{name} has no entry in METRICS"
+            );
+        }
+    }
 }

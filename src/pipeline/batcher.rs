@@ -36,8 +36,9 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a>;
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
-    /// Counts `n` items written in `seconds` (stream rows only).
-    fn record_written(_target: &Self::Target, _n: usize, _seconds: f64) {}
+    /// Counts `n` items written in `seconds`, and `duplicates` skipped because their
+    /// `id_field` value was already stored (stream rows only).
+    fn record_written(_target: &Self::Target, _n: usize, _duplicates: usize, _seconds: f64) {}
     /// Notes the last error writing to the target (stream rows only).
     fn record_error(_target: &Self::Target, _error: &str) {}
     /// Counts `n` items dead-lettered at the write stage (stream rows only).
@@ -67,10 +68,13 @@ impl Item for Row {
         &target.stream.name
     }
 
-    fn record_written(target: &Self::Target, n: usize, seconds: f64) {
-        telemetry::batch_written(&target.stream.name, n, seconds);
+    fn record_written(target: &Self::Target, n: usize, duplicates: usize, seconds: f64) {
+        telemetry::batch_written(&target.stream.name, n, duplicates, seconds);
         if n > 0 {
             target.stats.written(n, chrono::Utc::now());
+        }
+        if duplicates > 0 {
+            target.stats.duplicates(duplicates);
         }
     }
 
@@ -298,9 +302,14 @@ impl<T: Item> Writer<T> {
         for (n, chunk) in items.chunks(max).enumerate() {
             let before = refused.len();
             let started = std::time::Instant::now();
-            self.write_isolating(chunk, n * max, &mut refused).await;
-            let written = chunk.len() - (refused.len() - before);
-            T::record_written(&self.target, written, started.elapsed().as_secs_f64());
+            let stored = self.write_isolating(chunk, n * max, &mut refused).await;
+            let accepted = chunk.len() - (refused.len() - before);
+            T::record_written(
+                &self.target,
+                stored,
+                accepted.saturating_sub(stored),
+                started.elapsed().as_secs_f64(),
+            );
         }
         // Each refused item becomes a dead letter, if it can (a refused dead letter
         // cannot). Those that cannot, or whose dead letters the database refuses too,
@@ -380,13 +389,15 @@ impl<T: Item> Writer<T> {
     }
 
     /// Writes `items`, bisecting on permanent errors; pushes each refused item's position
-    /// (offset by `base`) and error to `refused`.
+    /// (offset by `base`) and error to `refused`. Returns how many were stored (the
+    /// others were refused, or skipped as ids already stored).
     async fn write_isolating(
         &self,
         items: &[T],
         base: usize,
         refused: &mut Vec<(usize, SinkError)>,
-    ) {
+    ) -> usize {
+        let mut stored = 0;
         let mut ranges = vec![(0, items.len())];
         while let Some((lo, hi)) = ranges.pop() {
             match self
@@ -395,7 +406,10 @@ impl<T: Item> Writer<T> {
                 })
                 .await
             {
-                Ok(()) => T::record_setup_failure(&self.target, false),
+                Ok(n) => {
+                    stored += n;
+                    T::record_setup_failure(&self.target, false);
+                }
                 Err(e) if e.class == ErrorClass::Setup => {
                     // No row of the batch can succeed, and no retry helps: each is
                     // refused with the database's message, without bisecting.
@@ -420,6 +434,7 @@ impl<T: Item> Writer<T> {
                 }
             }
         }
+        stored
     }
 
     /// Runs `write` (of `rows` rows), retrying transient failures with backoff; returns the
@@ -428,7 +443,7 @@ impl<T: Item> Writer<T> {
         &self,
         rows: usize,
         write: impl Fn() -> Written<'w>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<usize, SinkError> {
         let policy = RetryPolicy {
             max_retries: None,
             attempt_timeout: self.write_timeout,
@@ -506,7 +521,7 @@ mod tests {
                 }
                 let mut committed = self.committed.lock().unwrap_or_else(|p| p.into_inner());
                 committed.extend(rows.iter().map(|r| r.index));
-                Ok(())
+                Ok(rows.len())
             })
         }
 
@@ -515,7 +530,7 @@ mod tests {
         }
 
         fn write_dead_letters<'a>(&'a self, _letters: &'a [DeadLetter]) -> Written<'a> {
-            Box::pin(async { Ok(()) })
+            Box::pin(async move { Ok(_letters.len()) })
         }
     }
 

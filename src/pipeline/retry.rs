@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::sink::{ErrorClass, SinkError, Written};
+use crate::sink::{BoxFuture, ErrorClass, SinkError};
 
 /// First retry delay cap; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
@@ -25,11 +25,11 @@ pub struct RetryPolicy {
 /// Runs `op` until it succeeds, fails permanently, or the policy's retries run out.
 /// `on_retry(attempt, error, delay)` is called before each wait. Returns the result and
 /// how many transient failures were retried.
-pub async fn retry<'a>(
+pub async fn retry<'a, T>(
     policy: RetryPolicy,
-    op: impl Fn() -> Written<'a>,
+    op: impl Fn() -> BoxFuture<'a, Result<T, SinkError>>,
     mut on_retry: impl FnMut(u32, &SinkError, Duration),
-) -> (Result<(), SinkError>, u32) {
+) -> (Result<T, SinkError>, u32) {
     let mut retries: u32 = 0;
     loop {
         let result = match tokio::time::timeout(policy.attempt_timeout, op()).await {
@@ -83,7 +83,7 @@ mod tests {
             attempt_timeout: Duration::from_secs(1),
         };
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let (result, retries) = retry(
+        let (result, retries): (Result<(), SinkError>, u32) = retry(
             policy,
             || {
                 calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -376,12 +376,21 @@ pub async fn write_rows<DB>(
     stream: &Stream,
     rows: &[Row],
     replayed: &[i64],
-) -> Result<(), SinkError> {
+) -> Result<usize, SinkError> {
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
     let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
     let mut tx = pool.begin().await.map_err(&err)?;
     delete_replayed::<DB>(&mut tx, dialect, replayed).await?;
+    // MySQL counts a skipped duplicate as a changed row (sqlx asks for found rows), so
+    // the ids already stored are read first, in the transaction, to count what is new.
+    let id_at = stream
+        .id_field
+        .as_deref()
+        .filter(|_| dialect == Dialect::Mysql)
+        .and_then(|id| stream.columns.iter().position(|c| c.name == id));
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
     for chunk in chunks_by(
         rows,
         width,
@@ -413,9 +422,63 @@ pub async fn write_rows<DB>(
                 q = q.bind(row.extra.as_deref());
             }
         }
+        if let (Some(at), Some(id)) = (id_at, stream.id_field.as_deref()) {
+            let ids: Vec<Option<String>> = chunk.iter().map(|r| id_text(&r.cells[at])).collect();
+            let present: std::collections::HashSet<String> =
+                stored_ids::<DB>(&mut tx, dialect, &stream.table, id, &ids).await?;
+            for id in ids.into_iter().flatten() {
+                if present.contains(&id) || !seen.insert(id) {
+                    duplicates += 1;
+                }
+            }
+        }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
-    tx.commit().await.map_err(&err)
+    tx.commit().await.map_err(&err)?;
+    Ok(rows.len() - duplicates.min(rows.len()))
+}
+}
+
+/// An id cell as the text `CAST(id AS CHAR)` gives; `None` for NULL (never a duplicate).
+fn id_text(cell: &Cell) -> Option<String> {
+    match cell {
+        Cell::Null => None,
+        Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => Some(s.clone()),
+        Cell::Int(i) => Some(i.to_string()),
+        Cell::Float(f) => Some(f.to_string()),
+        Cell::Bool(b) => Some(u8::from(*b).to_string()),
+        Cell::Timestamp(t) => Some(t.to_rfc3339()),
+    }
+}
+
+sqlx_generic! {
+/// The ids among `ids` that `table` already holds in its `id` column (as text).
+pub async fn stored_ids<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    table: &str,
+    id: &str,
+    ids: &[Option<String>],
+) -> Result<std::collections::HashSet<String>, SinkError> {
+    let wanted: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
+    if wanted.is_empty() {
+        return Ok(Default::default());
+    }
+    let column = dialect.quote(id);
+    let marks = vec!["?"; wanted.len()].join(", ");
+    let sql = format!(
+        "SELECT CAST({column} AS CHAR) FROM {} WHERE {column} IN ({marks})",
+        dialect.quote(table)
+    );
+    let mut q = sqlx::query::<DB>(&sql);
+    for id in &wanted {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&mut *conn).await.map_err(sink_error(dialect))?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(sink_error(dialect))
 }
 }
 
@@ -456,7 +519,7 @@ pub async fn write_dead_letters<DB>(
     max_statement_bytes: usize,
     timestamp: TimestampText,
     letters: &[DeadLetter],
-) -> Result<(), SinkError> {
+) -> Result<usize, SinkError> {
     let err = sink_error(dialect);
     let columns = DEAD_LETTER_COLUMNS.join(", ");
     let width = DEAD_LETTER_COLUMNS.len();
@@ -482,7 +545,8 @@ pub async fn write_dead_letters<DB>(
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
-    tx.commit().await.map_err(&err)
+    tx.commit().await.map_err(&err)?;
+    Ok(letters.len())
 }
 }
 

@@ -30,8 +30,9 @@ pub use store::Store;
 /// A boxed future, so that [`BatchWriter`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A write in progress: done once its transaction committed (or failed).
-pub type Written<'a> = BoxFuture<'a, Result<(), SinkError>>;
+/// A write in progress: done once its transaction committed (or failed), with how many
+/// rows it stored (fewer than it was given when `id_field` skipped ids already stored).
+pub type Written<'a> = BoxFuture<'a, Result<usize, SinkError>>;
 
 /// What a failed write means, and so what the batcher does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

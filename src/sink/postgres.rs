@@ -94,11 +94,11 @@ async fn copy_in(
     conn: &mut PgConnection,
     statement: &str,
     data: String,
-) -> Result<(), sqlx::Error> {
+) -> Result<usize, sqlx::Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
     copy.send(data.into_bytes()).await?;
-    copy.finish().await?;
-    Ok(())
+    let rows = copy.finish().await?;
+    Ok(usize::try_from(rows).unwrap_or(usize::MAX))
 }
 
 /// A per-connection staging table name for `table`, stable and within 63 bytes.
@@ -126,10 +126,10 @@ impl BatchWriter for PgWriter {
             }
             let mut tx = self.pool.begin().await.map_err(&err)?;
             delete_replayed::<sqlx::Postgres>(&mut tx, DIALECT, replayed).await?;
-            match &stream.id_field {
+            let stored = match &stream.id_field {
                 None => {
                     let statement = DIALECT.copy_rows(&stream.table, stream);
-                    copy_in(&mut tx, &statement, data).await.map_err(&err)?;
+                    copy_in(&mut tx, &statement, data).await.map_err(&err)?
                 }
                 Some(id) => {
                     // Through a per-connection staging table, so that a duplicate id is
@@ -141,13 +141,16 @@ impl BatchWriter for PgWriter {
                         .map_err(&err)?;
                     let statement = DIALECT.copy_rows(&stage, stream);
                     copy_in(&mut tx, &statement, data).await.map_err(&err)?;
-                    sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
+                    let inserted = sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
                         .execute(&mut *tx)
                         .await
-                        .map_err(&err)?;
+                        .map_err(&err)?
+                        .rows_affected();
+                    usize::try_from(inserted).unwrap_or(usize::MAX)
                 }
-            }
-            tx.commit().await.map_err(&err)
+            };
+            tx.commit().await.map_err(&err)?;
+            Ok(stored)
         })
     }
 

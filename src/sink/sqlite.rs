@@ -55,7 +55,7 @@ impl RowWriter {
         has_extra: bool,
         rows: &[Row],
         replayed: &[i64],
-    ) -> Result<(), SinkError> {
+    ) -> Result<usize, SinkError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let conn = match slot.as_mut() {
             Some(c) => c,
@@ -139,7 +139,7 @@ fn write_blocking(
     has_extra: bool,
     rows: &[Row],
     replayed: &[i64],
-) -> rusqlite::Result<Result<(), SinkError>> {
+) -> rusqlite::Result<Result<usize, SinkError>> {
     let tx = conn.transaction()?;
     // Replay: the dead letters go first, all or nothing (see `bound::write_rows`).
     if !replayed.is_empty() {
@@ -152,6 +152,7 @@ fn write_blocking(
             return Ok(Err(SinkError::replay_conflict(replayed.len() - deleted)));
         }
     }
+    let mut stored = 0;
     {
         let mut statement = tx.prepare_cached(insert)?;
         for row in rows {
@@ -173,10 +174,11 @@ fn write_blocking(
             if has_extra {
                 statement.raw_bind_parameter(i + 2, row.extra.as_deref())?;
             }
-            statement.raw_execute()?;
+            // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
+            stored += statement.raw_execute()?;
         }
     }
-    tx.commit().map(Ok)
+    tx.commit().map(|()| Ok(stored))
 }
 
 impl BatchWriter for SqliteWriter {

@@ -167,3 +167,74 @@ async fn metrics_count_exactly_what_happened() {
     let (status, _) = sluice.terminate().await;
     assert!(status.success());
 }
+
+/// Redeliveries skipped by `id_field` are counted apart from the rows written, on every
+/// database (MySQL reports a skipped duplicate as a found row, so Sluice counts them).
+async fn duplicates_are_counted_apart_from_rows_written(kind: Db) {
+    let Some(db) = TestDb::create(kind).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[streams.reading]\nid_field = \"seq\"\n").unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[("SLUICE_CONFIG", config.display().to_string())],
+    );
+    let client = reqwest::Client::new();
+    for body in [
+        "{\"seq\":1,\"sensor\":\"a\",\"value\":1}\n{\"seq\":2,\"sensor\":\"a\",\"value\":1}\n{\"seq\":2,\"sensor\":\"a\",\"value\":1}\n",
+        "{\"seq\":1,\"sensor\":\"a\",\"value\":1}\n{\"seq\":3,\"sensor\":\"a\",\"value\":1}\n",
+    ] {
+        let r = client
+            .post(format!("http://{}/v1/streams/reading/events", sluice.http))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(db.count("reading").await, 3);
+    let s = scrape(&sluice.http).await;
+    assert_eq!(
+        value(&s, "sluice_events_written_total", &[("stream", "reading")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "sluice_events_duplicate_total",
+            &[("stream", "reading")]
+        ),
+        Some(2.0)
+    );
+    let status: serde_json::Value = client
+        .get(format!("http://{}/v1/streams/reading", sluice.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["written"].as_u64(), status["duplicates"].as_u64()),
+        (Some(3), Some(2)),
+        "{status}"
+    );
+    let text = reqwest::get(format!("http://{}/metrics", sluice.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# HELP sluice_events_duplicate_total ")
+            && text.contains("# HELP sluice_events_written_total "),
+        "every metric has its help text"
+    );
+    sluice.terminate().await;
+}
+
+crate::db_tests!(duplicates_are_counted_apart_from_rows_written);
