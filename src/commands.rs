@@ -50,6 +50,9 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
         println!("{};\n", dialect.create_table(stream));
     }
+    // Loads the webhooks as `serve` does (secrets included), so a missing secret fails
+    // here too, naming the setting.
+    crate::webhook::Webhooks::load(&config, &registry)?;
     for line in crate::webhook::Webhooks::describe(&config, &registry)? {
         println!("-- {line}");
     }

@@ -205,6 +205,10 @@ impl Progress for Tracker<'_> {
     fn cancelled(&self) -> bool {
         self.job.cancel.is_cancelled()
     }
+
+    fn still_failing(&self, id: i64, stream: &str, reason: &str) {
+        lock(&self.job.record).error(format!("dead letter {id} ({stream}) still fails: {reason}"));
+    }
 }
 
 fn result_json(report: &BTreeMap<String, StreamReport>) -> Value {

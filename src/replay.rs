@@ -69,6 +69,8 @@ pub trait Progress: Send + Sync {
     fn cancelled(&self) -> bool {
         false
     }
+    /// A dead letter that still fails, and why (the schema's or the database's words).
+    fn still_failing(&self, _id: i64, _stream: &str, _reason: &str) {}
 }
 
 /// Progress lines on stderr, for the CLI.
@@ -79,6 +81,10 @@ pub struct Stderr {
 impl Progress for Stderr {
     fn total(&self, n: usize) {
         eprintln!("replay: {n} dead letters to examine");
+    }
+
+    fn still_failing(&self, id: i64, stream: &str, reason: &str) {
+        eprintln!("replay: dead letter {id} ({stream}) still fails: {reason}");
     }
 
     fn advance(&self, examined: usize, report: &BTreeMap<String, StreamReport>) {
@@ -122,6 +128,11 @@ impl Progress for Bar {
         let replayed: usize = report.values().map(|r| r.replayed).sum();
         self.bar.set_position(examined as u64);
         self.bar.set_message(format!("{replayed} replayed"));
+    }
+
+    fn still_failing(&self, id: i64, stream: &str, reason: &str) {
+        self.bar
+            .println(format!("dead letter {id} ({stream}) still fails: {reason}"));
     }
 }
 
@@ -227,6 +238,7 @@ pub async fn replay_with(
                 }
                 Err(reason) => {
                     entry.still_failing += 1;
+                    progress.still_failing(letter.id, target, &reason);
                     if !options.dry_run {
                         retrying(|| Box::pin(store.record_replay_failure(letter.id, &reason)))
                             .await?;
@@ -240,7 +252,7 @@ pub async fn replay_with(
                 entry.replayed += rows.len();
                 continue;
             }
-            let (written, failed, taken) = write(storage, &stream, rows).await?;
+            let (written, failed, taken) = write(storage, &stream, rows, progress).await?;
             entry.replayed += written;
             entry.still_failing += failed;
             entry.taken_by_another_run += taken;
@@ -294,6 +306,7 @@ async fn write(
     storage: &Storage,
     stream: &Stream,
     rows: Vec<(i64, Row)>,
+    progress: &dyn Progress,
 ) -> anyhow::Result<(usize, usize, usize)> {
     let (ids, rows): (Vec<i64>, Vec<Row>) = rows.into_iter().unzip();
     let writer = &storage.writer;
@@ -326,6 +339,7 @@ async fn write(
                 Some(db) if !db.is_transient() => {
                     failed += 1;
                     let reason = format!("replay: {db}");
+                    progress.still_failing(*id, &stream.name, &reason);
                     retrying(|| Box::pin(storage.store.record_replay_failure(*id, &reason)))
                         .await?;
                 }

@@ -22,6 +22,10 @@ pub const RECEIVED_AT: &str = "_received_at";
 pub const EXTRA: &str = "_extra";
 /// Longest validation message kept; a message quoting a huge value is cut here.
 const MAX_ERROR_CHARS: usize = 1000;
+/// Schema errors an event's dead letter spells out; the rest are counted.
+const SHOWN_ERRORS: usize = 5;
+/// Most further schema errors counted for "…and N more".
+const MAX_COUNTED_ERRORS: usize = 1000;
 
 /// The SQL type family of a column, derived from the property's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +209,24 @@ impl Stream {
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .build(&schema)
-            .map_err(|e| err(None, format!("not a valid JSON Schema: {e}")))?;
+            .map_err(|e| {
+                // The error's instance is the schema document itself: its path names the
+                // property at fault (`/properties/amount/type`).
+                let at = e.instance_path().as_str().to_owned();
+                let property = at
+                    .strip_prefix("/properties/")
+                    .and_then(|rest| rest.split('/').next())
+                    .map(str::to_owned);
+                let place = if at.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at {at}")
+                };
+                err(
+                    property.as_deref(),
+                    format!("not a valid JSON Schema{place}: {e}"),
+                )
+            })?;
         let root = schema
             .as_object()
             .ok_or_else(|| err(None, "the schema must be a JSON object".into()))?;
@@ -370,7 +391,8 @@ impl Stream {
     fn explain_invalid(&self, event: &Value) -> Rejection {
         let mut pointer = None;
         let mut messages = Vec::new();
-        for e in self.validator.iter_errors(event).take(5) {
+        let mut errors = self.validator.iter_errors(event);
+        for e in errors.by_ref().take(SHOWN_ERRORS) {
             let at = e.instance_path().as_str().to_owned();
             let text = e.to_string();
             messages.push(if at.is_empty() {
@@ -380,7 +402,18 @@ impl Stream {
             });
             pointer.get_or_insert(at);
         }
+        // The rest are counted (up to a bound), so the reader knows the list is cut.
+        let more = errors.take(MAX_COUNTED_ERRORS).count();
+        let suffix = match more {
+            0 => String::new(),
+            n if n == MAX_COUNTED_ERRORS => format!("; …and {n}+ more"),
+            n => format!("; …and {n} more"),
+        };
         let joined = messages.join("; ");
+        let joined = format!(
+            "{}{suffix}",
+            truncate_utf8(&joined, MAX_ERROR_CHARS.saturating_sub(suffix.len()))
+        );
         Rejection {
             stage: Stage::Validate,
             error: truncate_utf8(&joined, MAX_ERROR_CHARS).to_owned(),

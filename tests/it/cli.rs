@@ -285,8 +285,8 @@ async fn a_flood_of_invalid_events_is_logged_once_then_summarised() {
     assert!(lines < 10, "{lines} log lines for 1000 invalid events");
 }
 
-/// `check` lists the webhooks, and names the key of one whose stream does not exist or
-/// whose scheme lacks what it needs, without reading any secret.
+/// `check` lists the webhooks, and names the key of one whose stream does not exist,
+/// whose scheme lacks what it needs, or whose secret is missing (as `serve` would).
 #[test]
 fn check_lists_webhooks_and_names_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,10 +297,15 @@ fn check_lists_webhooks_and_names_a_bad_one() {
             .args(["check", "--config"])
             .arg(&path)
             .env("SLUICE_SCHEMAS_DIR", crate::helpers::shipped_schemas())
+            .env("TEST_GH_SECRET", "s3cret-value")
             .output()
             .unwrap()
     };
-    let good = run("[webhooks.gh]\nstream = \"github_event\"\nverify = \"github\"\nsecret_env = \"UNSET_SECRET_VAR\"\n");
+    let unset = run("[webhooks.gh]\nstream = \"github_event\"\nverify = \"github\"\nsecret_env = \"UNSET_SECRET_VAR\"\n");
+    assert!(!unset.status.success(), "check refuses what serve refuses");
+    let err = String::from_utf8(unset.stderr).unwrap();
+    assert!(err.contains("UNSET_SECRET_VAR"), "{err}");
+    let good = run("[webhooks.gh]\nstream = \"github_event\"\nverify = \"github\"\nsecret_env = \"TEST_GH_SECRET\"\n");
     assert!(
         good.status.success(),
         "{}",
@@ -433,4 +438,28 @@ async fn a_sighup_during_start_up_does_not_kill_sluice() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
+}
+
+/// A misspelt `type` is reported with the property it belongs to.
+#[test]
+fn check_names_the_property_of_a_bad_type() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        r#"{"type": "object", "properties": {"ok": {"type": "string"}, "amount": {"type": "strnig"}}}"#,
+    )
+    .unwrap();
+    let out = sluice_command()
+        .args(["check"])
+        .env("SLUICE_SCHEMAS_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.json")
+            && err.contains("`amount`")
+            && err.contains("/properties/amount/type"),
+        "{err}"
+    );
 }

@@ -495,3 +495,35 @@ async fn dead_letters_are_listed_newest_first_with_filters_and_pages(db: Db) {
 }
 
 db_tests!(dead_letters_are_listed_newest_first_with_filters_and_pages);
+
+/// An event with more schema errors than the answer lists says how many it left out.
+#[tokio::test]
+async fn more_than_five_schema_errors_say_how_many_more() {
+    let app = crate::helpers::spawn_app(
+        crate::helpers::Db::Sqlite,
+        crate::helpers::fixture_schemas(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    // Eight properties of the wrong type.
+    let event = serde_json::json!({
+        "id": [], "s": 1, "s_max": 2, "ts": 3, "u": 4, "i": "x", "n": "y", "b": "z"
+    });
+    let (status, answer) = app.post_json("typemap", &event).await;
+    assert_eq!(status, 200);
+    let error = answer["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("more"), "{answer}");
+    let more: usize = error
+        .rsplit("…and ")
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(more >= 1, "{error}");
+    assert_eq!(
+        error.matches("; ").count(),
+        5,
+        "five spelled out, then the count: {error}"
+    );
+}

@@ -310,3 +310,38 @@ async fn another_instance_leaves_a_live_job_alone_and_marks_a_dead_ones_failed()
     drop(lock);
     second.terminate().await;
 }
+
+/// A replay job says why each dead letter still fails, in its `errors`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_job_says_why_dead_letters_still_fail() {
+    let app = spawn_app(Db::Sqlite, fixture_schemas(), |_| {})
+        .await
+        .unwrap();
+    let (status, _) = app
+        .post_json(
+            "reading",
+            &json!([{"seq": 1, "sensor": "a", "value": 5000}, {"seq": 2, "sensor": "a", "value": -5000}]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.db.wait_for_dead_letters(2).await;
+    let base = base(&app);
+    let (status, started) = post(
+        &app.client,
+        format!("{base}/v1/jobs/replay"),
+        json!({"stream": "reading"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let done = wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    assert_eq!(done["result"]["still_failing"], 2, "{done}");
+    let errors = done["errors"].as_array().cloned().unwrap_or_default();
+    assert_eq!(errors.len(), 2, "{done}");
+    assert!(
+        errors.iter().all(|e| e
+            .as_str()
+            .is_some_and(|e| e.contains("still fails") && e.contains("/value"))),
+        "{done}"
+    );
+}
