@@ -120,3 +120,68 @@ async fn a_stream_shows_its_schema_and_the_ddl_of_its_table(db: Db) {
 }
 
 db_tests!(a_stream_shows_its_schema_and_the_ddl_of_its_table);
+
+/// Every `curl` example of the README that talks to a plain local Sluice (the webhook,
+/// HTTPS and token examples have tests of their own), run as written, in order, against
+/// the shipped schemas: each is answered 2xx (cancelling a job that already finished
+/// may answer 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_curl_examples_work_as_written() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut commands = Vec::new();
+    for block in readme.split("```sh\n").skip(1) {
+        let block = block.split("```").next().unwrap_or_default();
+        let joined = block.replace("\\\n", " ");
+        for line in joined.lines() {
+            // Without a trailing comment (`curl … /v1/jobs   # the newest 100`).
+            let line = line.split("  #").next().unwrap_or_default().trim();
+            let plain = line.contains("http://127.0.0.1:8080")
+                && line.contains("curl ")
+                && !line.starts_with('#')
+                && !line.contains("/v1/hooks/")
+                && !line.contains("Authorization");
+            if plain {
+                commands.push(line.to_owned());
+            }
+        }
+    }
+    assert!(commands.len() >= 6, "{commands:#?}");
+    let app = crate::helpers::spawn_app(
+        crate::helpers::Db::Sqlite,
+        crate::helpers::shipped_schemas(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut job = String::new();
+    for command in commands {
+        let command = command
+            .replace("127.0.0.1:8080", &app.addr.to_string())
+            .replace("job-20261124225900-1a2b3c4d", &job);
+        let script = format!("{command} -w '\\n%{{http_code}}'");
+        let dir = root.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("bash")
+                .args(["-c", &script])
+                .current_dir(dir)
+                .output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        let code: u16 = code.trim().parse().unwrap_or(0);
+        let cancelled_late = command.ends_with("/cancel") && code == 409;
+        assert!(
+            out.status.success() && ((200..300).contains(&code) || cancelled_late),
+            "{command}\n=> {code} {body}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if command.contains("/v1/jobs/replay") {
+            let started: serde_json::Value = serde_json::from_str(body).unwrap();
+            job = started["id"].as_str().unwrap().to_owned();
+        }
+    }
+}
