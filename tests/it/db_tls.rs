@@ -136,10 +136,7 @@ fn free_port() -> u16 {
 /// `None` (SKIPPED) without PostgreSQL's server binaries, unless CI requires them.
 fn throwaway_cluster() -> Option<Throwaway> {
     let Some(bin) = pg_bin() else {
-        if std::env::var("SLUICE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-            panic!("PostgreSQL's server binaries (/usr/lib/postgresql/*/bin) are missing");
-        }
-        eprintln!("SKIPPED: a PostgreSQL TLS test; install postgresql to run it");
+        crate::helpers::skip("a PostgreSQL TLS test: its server binaries (/usr/lib/postgresql/*/bin) are missing; install postgresql");
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -328,10 +325,7 @@ impl ThrowawayMariadb {
 fn throwaway_mariadb() -> Option<ThrowawayMariadb> {
     let server = Path::new("/usr/sbin/mariadbd");
     if !server.exists() {
-        if std::env::var("SLUICE_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-            panic!("MariaDB's server (/usr/sbin/mariadbd) is missing");
-        }
-        eprintln!("SKIPPED: a MariaDB TLS test; install mariadb-server to run it");
+        crate::helpers::skip("a MariaDB TLS test: its server (/usr/sbin/mariadbd) is missing; install mariadb-server");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -14,11 +14,7 @@ async fn sqlite_syncs_the_log_before_an_ack_commit_answer() {
         .output()
         .is_err()
     {
-        assert!(
-            std::env::var("SLUICE_TEST_REQUIRE_ALL").is_err(),
-            "strace is not installed but SLUICE_TEST_REQUIRE_ALL=1"
-        );
-        eprintln!("SKIPPED: strace is not installed");
+        crate::helpers::skip("the SQLite fsync test: strace is not installed");
         return;
     }
     let db = TestDb::create(Db::Sqlite).await.unwrap();

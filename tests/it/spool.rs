@@ -361,7 +361,7 @@ async fn a_full_disk_pushes_back_without_corrupting_a_segment() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: the full-disk spool test (cannot mount a tmpfs here; the max_bytes test covers the pushback)");
+        crate::helpers::skip("the full-disk spool test: cannot mount a tmpfs here (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);
