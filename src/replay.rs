@@ -275,7 +275,19 @@ fn revalidate(
     let stream = registry
         .get(target)
         .ok_or_else(|| format!("replay: stream `{target}` no longer has a schema"))?;
-    let mut value = parse_object(letter.payload.as_bytes()).map_err(|e| format!("replay: {e}"))?;
+    let source = letter.source.as_deref().unwrap_or_default();
+    let mut value = match parse_object(letter.payload.as_bytes()) {
+        Ok(value) => value,
+        // A form webhook's dead letter holds the body as received: its fields again.
+        Err(e) => match source
+            .starts_with("webhook ")
+            .then(|| crate::webhook::form::from_body(letter.payload.as_bytes()))
+            .flatten()
+        {
+            Some(value) => value,
+            None => return Err(format!("replay: {e}")),
+        },
+    };
     crate::ingest::tcp::strip_routing_field(
         stream,
         stream_field,

@@ -138,12 +138,21 @@ pub async fn receive_webhook(
     let ingest = &state.ingest;
     let mut groups = Groups(Vec::new());
     let mut malformed = None;
+    // A form's dead letter keeps the body as received (its row has the fields as JSON);
+    // one that looks like JSON was most likely JSON sent with curl -d's form type.
+    let mut form_hint = None;
+    let is_form = matches!(kind, Kind::Form(_));
     let events: Vec<(Vec<u8>, Result<Value, String>)> = match kind {
         Kind::Malformed(error) => {
             malformed = Some(error);
             Vec::new()
         }
         Kind::Form(fields) => {
+            if media == "application/x-www-form-urlencoded"
+                && matches!(bytes.trim_ascii_start().first(), Some(b'{' | b'['))
+            {
+                form_hint = Some("the body was read as form fields (its Content-Type is application/x-www-form-urlencoded, which curl -d sends) but looks like JSON: send it with Content-Type: application/json");
+            }
             let value = form::to_object(&fields);
             vec![(value.to_string().into_bytes(), Ok(value))]
         }
@@ -198,10 +207,13 @@ pub async fn receive_webhook(
                 } else {
                     String::from_utf8_lossy(&raw).into_owned()
                 };
-                groups.of(Some(&stream.name), ingest).add(
+                let payload: &[u8] = if is_form { &bytes } else { text.as_bytes() };
+                groups.of(Some(&stream.name), ingest).add_as(
                     &stream,
                     &text,
                     value,
+                    payload,
+                    form_hint,
                     index,
                     &source,
                     received_at,
@@ -209,9 +221,10 @@ pub async fn receive_webhook(
             }
             Err(error) => {
                 let err = EventError::whole(index, Stage::Route, error);
+                let payload: &[u8] = if is_form { &bytes } else { &raw };
                 groups
                     .of(None, ingest)
-                    .reject(None, &raw, err, &source, received_at);
+                    .reject(None, payload, err, &source, received_at);
             }
         }
     }

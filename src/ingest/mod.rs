@@ -224,6 +224,33 @@ impl RequestEvents {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) {
+        self.add_as(
+            stream,
+            raw,
+            value,
+            raw.as_bytes(),
+            None,
+            index,
+            source,
+            received_at,
+        );
+    }
+
+    /// [`RequestEvents::add`] for an event whose dead letter, if it gets one, keeps
+    /// other bytes than its row's text (a form webhook: the body as received, where the
+    /// row has the fields as JSON), with `hint` added to the reason.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_as(
+        &mut self,
+        stream: &Stream,
+        raw: &str,
+        value: Value,
+        letter_payload: &[u8],
+        hint: Option<&str>,
+        index: usize,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) {
         let row = stream
             .to_row(value, raw.into(), source.clone(), index, received_at)
             .and_then(
@@ -243,11 +270,14 @@ impl RequestEvents {
             }
             Err(rejection) => self.reject(
                 Some(&stream.name),
-                raw.as_bytes(),
+                letter_payload,
                 EventError {
                     index,
                     stage: rejection.stage,
-                    error: rejection.error,
+                    error: match hint {
+                        Some(hint) => format!("{}; {hint}", rejection.error),
+                        None => rejection.error,
+                    },
                     pointer: rejection.pointer,
                 },
                 source,

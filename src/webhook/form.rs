@@ -59,6 +59,23 @@ pub async fn multipart(
     }
 }
 
+/// The fields of a form body stored without its content type (a webhook's dead
+/// letter), as one object: multipart when it starts with a boundary line (`--…`),
+/// url-encoded when it has `=`; `None` otherwise.
+pub fn from_body(body: &[u8]) -> Option<Value> {
+    use futures_util::FutureExt;
+    if let Some(rest) = body.strip_prefix(b"--") {
+        let line = rest.split(|b| *b == b'\r' || *b == b'\n').next()?;
+        let boundary = std::str::from_utf8(line).ok()?.to_owned();
+        // An in-memory body: the parse never waits.
+        let fields = multipart(bytes::Bytes::copy_from_slice(body), &boundary)
+            .now_or_never()?
+            .ok()?;
+        return Some(to_object(&fields));
+    }
+    memchr::memchr(b'=', body).map(|_| to_object(&urlencoded(body)))
+}
+
 /// The boundary of a `multipart/form-data` content type.
 pub fn boundary(content_type: &str) -> Option<String> {
     multer::parse_boundary(content_type).ok()

@@ -985,3 +985,89 @@ async fn a_gzip_body_is_verified_after_decompression() {
     assert_eq!(status, 200, "{answer}");
     app.db.wait_for_count("hook_event", 1).await;
 }
+
+/// JSON sent to a webhook with curl -d's form type: the dead letter keeps the body as
+/// received (not the form-decoded object), its error says to send JSON as JSON, and a
+/// replay reads it back. A real form's dead letter keeps the form and replays as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_webhook_dead_letter_keeps_the_bytes_received_and_replays() {
+    let app = crate::helpers::spawn_app(Db::Sqlite, crate::helpers::shipped_schemas(), |c| {
+        c.webhooks.insert(
+            "email".into(),
+            hook("stream = \"email_event\"\nverify = \"none\""),
+        );
+    })
+    .await
+    .unwrap();
+    let event = r#"{"email": "reader@example.com", "timestamp": 1714564800, "event": "processed", "sg_event_id": "rbtnWrG1DVDGGGFHFyun0A=="}"#;
+    let r = app
+        .client
+        .post(app.url("/v1/hooks/email"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["dead_lettered"], 1, "{answer}");
+    let error = answer["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("looks like JSON") && error.contains("Content-Type: application/json"),
+        "{error}"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/hooks/email"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("email=a%40example.com&event=open&sg_event_id=x1&timestamp=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.db.wait_for_dead_letters(2).await;
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters[0][3].as_deref(), Some(event), "the bytes received");
+    assert_eq!(
+        letters[1][3].as_deref(),
+        Some("email=a%40example.com&event=open&sg_event_id=x1&timestamp=nope")
+    );
+    // The first replays as the JSON it is; the second is read as a form again and still
+    // fails for its timestamp.
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/replay"))
+        .json(&json!({"stream": "email_event"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let job: Value = app
+            .client
+            .get(app.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["state"] == "completed" {
+            break job;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["result"]["replayed"], 1, "{done}");
+    assert_eq!(done["result"]["still_failing"], 1, "{done}");
+    assert!(
+        done["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("/timestamp")),
+        "{done}"
+    );
+    assert_eq!(app.db.count("email_event").await, 1);
+}
