@@ -64,6 +64,7 @@ fn section(path: &str) -> Option<Section> {
         "jetstream" => Struct(fields_of::<JetStreamConfig>()),
         "defaults" => Struct(fields_of::<StreamSettings>()),
         "dead_letters" => Struct(fields_of::<DeadLettersConfig>()),
+        "jobs" => Struct(fields_of::<JobsConfig>()),
         "streams" => Named(fields_of::<StreamConfig>()),
         "webhooks" => Named(fields_of::<WebhookConfig>()),
         _ => return None,
@@ -161,6 +162,9 @@ pub struct Config {
     /// The dead-letter table: payload bound, retention.
     #[serde(default)]
     pub dead_letters: DeadLettersConfig,
+    /// Background jobs: when a job whose instance is gone is marked failed.
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Per-stream overrides, keyed by stream name.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -399,6 +403,36 @@ pub struct TcpConfig {
     /// `[tcp.tls]`: TLS on the TCP listener (certificate, key, optional client CA).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+}
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A running job whose instance has not recorded it for this long (it does every
+    /// 500 ms) belongs to an instance that is gone, and is marked failed.
+    #[serde(default = "default_job_stale_after", deserialize_with = "duration")]
+    pub stale_after: Duration,
+    /// How often each instance looks for such jobs.
+    #[serde(default = "default_job_sweep_every", deserialize_with = "duration")]
+    pub sweep_every: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            stale_after: default_job_stale_after(),
+            sweep_every: default_job_sweep_every(),
+        }
+    }
+}
+
+fn default_job_stale_after() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_job_sweep_every() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[dead_letters]`.
@@ -877,6 +911,11 @@ impl Config {
                 ));
             }
         }
+        if self.jobs.stale_after < Duration::from_secs(2) || self.jobs.sweep_every.is_zero() {
+            return Err(
+                "[jobs] stale_after must be at least 2s (jobs record themselves every 500 ms) and sweep_every above 0".into(),
+            );
+        }
         // A zero limit would refuse every client or hang every request: name the key.
         let counts = [
             ("max_inflight_bytes", self.max_inflight_bytes),
@@ -1011,6 +1050,7 @@ mod tests {
             ("jetstream_max_ack_pending", "jetstream.max_ack_pending"),
             ("defaults_batch_max_wait", "defaults.batch_max_wait"),
             ("dead_letters_retention", "dead_letters.retention"),
+            ("jobs_stale_after", "jobs.stale_after"),
             (
                 "streams_order_placed_id_field",
                 "streams.order_placed.id_field",

@@ -27,12 +27,6 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// A running job whose heartbeat is older than this belongs to an instance that is gone
-/// (jobs record themselves every 500 ms while they run).
-const JOB_STALE: Duration = Duration::from_secs(10);
-/// How often an instance looks for jobs whose instance is gone.
-const JOB_SWEEP: Duration = Duration::from_secs(5);
-
 /// When the job's instance last recorded it (its heartbeat, else its start).
 fn last_seen(job: &JobRecord) -> Option<chrono::DateTime<Utc>> {
     let at = job
@@ -237,7 +231,7 @@ impl Jobs {
         })
     }
 
-    /// [`Jobs::recover`] at start-up and then every [`JOB_SWEEP`] until `stop`: an
+    /// [`Jobs::recover`] at start-up and then every `[jobs] sweep_every` until `stop`: an
     /// instance that crashes while others run has its jobs marked by them.
     pub async fn watch_interrupted(&self, stop: CancellationToken) {
         loop {
@@ -245,18 +239,21 @@ impl Jobs {
                 tracing::warn!(error = %e, "Cannot mark interrupted jobs yet; trying again.")
             }
             tokio::select! {
-                _ = tokio::time::sleep(JOB_SWEEP) => {}
+                _ = tokio::time::sleep(self.config.jobs.sweep_every) => {}
                 _ = stop.cancelled() => return,
             }
         }
     }
 
     /// Marks as failed the jobs recorded `ready` or `running` whose heartbeat stopped
-    /// [`JOB_STALE`] ago: their instance is gone (this one before a restart, or another
-    /// one). Reads first, so that a sweep without such jobs writes nothing.
+    /// `[jobs] stale_after` ago: their instance is gone (this one before a restart, or
+    /// another one; jobs record themselves every 500 ms while they run). Reads first, so
+    /// that a sweep without such jobs writes nothing.
     pub async fn recover(&self) -> Result<u64, SinkError> {
         let recent = self.storage.store.load_jobs(None, 1000).await?;
-        let stale = Utc::now() - JOB_STALE;
+        let stale = Utc::now()
+            - chrono::Duration::from_std(self.config.jobs.stale_after)
+                .unwrap_or(chrono::Duration::seconds(10));
         // Jobs this process runs are not interrupted ones.
         let interrupted: Vec<JobRecord> = {
             let running = lock(&self.running);

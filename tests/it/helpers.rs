@@ -452,6 +452,26 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Waits (up to `secs`) until `check` holds, polling every 20 ms; fails with `what` and
+/// the last state `check` reported. The one way tests wait for something to happen,
+/// instead of sleeping for a guessed time.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(state) if tokio::time::Instant::now() > deadline => {
+                panic!("{what} within {secs} s: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// Skips the rest of a test that cannot run here, saying so on the real stderr (which
 /// `cargo test` shows, unlike the captured test output); with
 /// `SLUICE_TEST_REQUIRE_ALL=1` (CI) a skip fails the test instead.

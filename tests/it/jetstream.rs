@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use crate::helpers::{faulty_proxy, reading, spawn_binary, Binary, Db, Fault, TestDb};
+use crate::helpers::{eventually, faulty_proxy, reading, spawn_binary, Binary, Db, Fault, TestDb};
 
 /// The NATS server's URL, or `None` (after printing SKIPPED) when it cannot be reached;
 /// with `SLUICE_TEST_REQUIRE_ALL=1` an unreachable server fails the test.
@@ -168,24 +168,6 @@ async fn publish(js: &jetstream::Context, subject: &str, seqs: std::ops::Range<i
     }
     for ack in acks {
         ack.await.expect("JetStream stores the message");
-    }
-}
-
-/// Waits (up to `secs`) until `check` holds, polling every 100 ms.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(state) if tokio::time::Instant::now() > deadline => {
-                panic!("{what} within {secs} s: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
     }
 }
 

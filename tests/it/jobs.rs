@@ -284,7 +284,11 @@ async fn another_instance_leaves_a_live_job_alone_and_marks_a_dead_ones_failed()
     let Some(db) = TestDb::create(Db::Postgres).await else {
         return;
     };
-    let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
+    let env = [
+        ("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned()),
+        ("SLUICE_JOBS_STALE_AFTER", "2s".to_owned()),
+        ("SLUICE_JOBS_SWEEP_EVERY", "200ms".to_owned()),
+    ];
     let mut first = spawn_binary(None, &db, &env);
     seed_route_dead_letters(first.tcp.as_deref().unwrap(), &db, 800).await;
     let client = reqwest::Client::new();
@@ -299,8 +303,9 @@ async fn another_instance_leaves_a_live_job_alone_and_marks_a_dead_ones_failed()
     let second = spawn_binary(None, &db, &env);
     let other = format!("http://{}", second.http);
     wait_job(&client, &other, &id, |j| j["state"] == "running").await;
-    // Longer than a heartbeat may be missed (10 s) plus a sweep (5 s): still running.
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    // Longer than a heartbeat may be missed (stale_after, 2 s here) plus a sweep: a
+    // live instance's job is still running. (Time is the subject: this wait is it.)
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     let live = job(&client, &other, &id).await;
     assert_eq!(live["state"], "running", "a live instance's job: {live}");
     first.child.kill().unwrap();

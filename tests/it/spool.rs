@@ -26,6 +26,20 @@ fn start(db: &TestDb, spool: &Path, fsync: &str, tcp: bool) -> Binary {
     spawn_binary(None, db, &env)
 }
 
+/// Waits until Sluice is ready: its spool's recovery is done, every record it held
+/// committed or dead-lettered (so counts read after it are final).
+async fn recovered(sluice: &Binary) {
+    let url = format!("http://{}/readyz", sluice.http);
+    crate::helpers::eventually(30, "the spool is recovered", || async {
+        match reqwest::get(&url).await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            Ok(r) => Err(r.text().await.unwrap_or_default()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+}
+
 fn kill9(mut sluice: Binary) {
     sluice.child.kill().expect("SIGKILL");
     sluice.child.wait().unwrap();
@@ -96,15 +110,13 @@ async fn accepted_events_survive_kill_9(kind: Db) {
     kill9(sluice);
     drop(lock);
     let sluice = start(&db, &spool, "10ms", false);
-    db.wait_for_count("reading", 1000).await;
-    db.wait_for_dead_letters(1).await;
+    recovered(&sluice).await;
     assert_eq!(
         db.dead_letters().await.len(),
         1,
         "{kind:?}: the dead letter once"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(db.count("reading").await, 1000, "{kind:?}: none twice");
+    assert_eq!(db.count("reading").await, 1000, "{kind:?}: each once");
     assert_eq!(db.distinct("reading", "seq").await, 1000);
     // The replayed segments are gone once committed.
     let left = sluice::spool::log::segments_in(&spool.join("reading")).unwrap();
@@ -149,8 +161,7 @@ async fn tcp_lines_read_survive_kill_9(kind: Db) {
     kill9(sluice);
     drop(lock);
     let sluice = start(&db, &spool, "always", true);
-    db.wait_for_count("reading", 500).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    recovered(&sluice).await;
     assert_eq!(db.count("reading").await, 500, "{kind:?}");
     sluice.terminate().await;
 }
@@ -186,8 +197,7 @@ async fn damaged_segments_are_skipped_counted_and_the_rest_written() {
         let (intact, damaged) = sluice::spool::log::read_frames(&bytes);
         assert!(damaged >= 1 && intact.len() < 200, "{damage} at {at}");
         let sluice = start(&db, &spool, "always", false);
-        db.wait_for_count("reading", intact.len() as i64).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        recovered(&sluice).await;
         assert_eq!(
             db.count("reading").await,
             intact.len() as i64,
@@ -441,9 +451,6 @@ async fn an_outage_beyond_the_memory_queue_spills_to_disk_and_drains() {
     );
     drop(lock);
     db.wait_for_count("reading", 30_000).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(db.distinct("reading", "seq").await, 30_000);
-    assert_eq!(db.count("reading").await, 30_000);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while metric(
         &sluice.http,
@@ -460,6 +467,9 @@ async fn an_outage_beyond_the_memory_queue_spills_to_disk_and_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sluice.terminate().await;
+    // Stopped cleanly: nothing more can be written; each event once.
+    assert_eq!(db.distinct("reading", "seq").await, 30_000);
+    assert_eq!(db.count("reading").await, 30_000);
 }
 
 /// Spilled events survive `kill -9` too.
@@ -475,8 +485,7 @@ async fn spilled_events_survive_kill_9() {
     kill9(sluice);
     drop(lock);
     let sluice = start_small_queue(&db, &spool);
-    db.wait_for_count("reading", 10_000).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    recovered(&sluice).await;
     assert_eq!(db.count("reading").await, 10_000);
     sluice.terminate().await;
 }

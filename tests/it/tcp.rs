@@ -288,7 +288,19 @@ async fn a_full_queue_pauses_reading_so_the_tcp_writer_blocks_and_nothing_is_los
         s.write_all(data.as_bytes()).await.unwrap();
         s.shutdown().await.unwrap();
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The queue reaches its bound while the writer still has most of its 13 MB to send:
+    // only flow control can be holding it.
+    crate::helpers::eventually(20, "the queue fills", || async {
+        let streams: Value = app.get_json("/v1/streams").await.1;
+        let reading = streams["streams"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["stream"] == "reading").cloned());
+        match reading.map(|r| r["queue_events"].clone()) {
+            Some(d) if d == 100 => Ok(()),
+            other => Err(format!("queue_events {other:?}")),
+        }
+    })
+    .await;
     assert!(
         !writer.is_finished(),
         "the writer must be blocked by flow control"

@@ -853,15 +853,32 @@ async fn a_flood_of_unsigned_requests_leaves_the_database_and_the_logs_alone() {
         t.await.unwrap();
     }
     assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 10_000);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let metrics = client
-        .get(format!("http://{}/metrics", sluice.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics_url = format!("http://{}/metrics", sluice.http);
+    let scrape = || async {
+        client
+            .get(&metrics_url)
+            .send()
+            .await
+            .expect("Sluice answers")
+            .text()
+            .await
+            .expect("a text answer")
+    };
+    crate::helpers::eventually(10, "every refusal is counted", || async {
+        let total: f64 = scrape()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("sluice_webhook_rejected_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if total >= 10_000.0 {
+            Ok(())
+        } else {
+            Err(format!("{total} refusals counted"))
+        }
+    })
+    .await;
+    let metrics = scrape().await;
     let (_, logs) = sluice.terminate().await;
     let refused: Vec<&String> = logs.iter().filter(|l| l.contains("refused")).collect();
     // Two kinds (missing, bad), each logged once, then one summary per kind per
