@@ -187,6 +187,27 @@ async fn clients_without_a_certificate_and_plain_text_are_closed_before_a_line_i
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0);
     assert!(refused >= 2.0, "{metrics}");
+    // SIGHUP reloads the TCP listener's certificate and client CA too.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &sluice.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("TLS certificate reloaded") && l.contains("[tcp.tls]"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{seen:#?}");
+        if let Ok(line) = sluice.logs.recv_timeout(Duration::from_millis(100)) {
+            seen.push(line);
+        }
+    }
+    send_tls(&addr, tls_client(&pki, Some("good-client")), &log_line(4))
+        .await
+        .unwrap();
+    db.wait_for_count("app_log", 2).await;
     sluice.terminate().await;
 }
 
