@@ -299,7 +299,13 @@ async fn dead_letters_past_their_retention_are_purged_in_the_background(db: Db) 
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(app.db.dead_letters().await.len(), 1);
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    crate::helpers::eventually(10, "the old dead letter is purged", || async {
+        match app.db.dead_letters().await.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} dead letters")),
+        }
+    })
+    .await;
     let r = app
         .post("reading", "", "application/json", r#"{"seq": -2}"#)
         .await;

@@ -106,7 +106,15 @@ async fn a_stuck_stream_is_reported_per_stream_and_the_instance_stays_ready() {
         503,
         "the stuck stream's own producers are refused"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The first write attempt gives up after write_timeout and is retried.
+    crate::helpers::eventually(10, "the stream is retrying", || async {
+        let (_, reading) = app.get_json("/v1/streams/reading").await;
+        match reading["write_state"].as_str() {
+            Some("retrying") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let (status, ready) = app.get_json("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["saturated_streams"], serde_json::json!(["reading"]));
