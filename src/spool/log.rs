@@ -118,6 +118,8 @@ struct Segment {
     outstanding: usize,
     /// Byte ranges released while the segment stays (also noted on disk).
     released: Vec<(u64, u64)>,
+    /// The file those ranges are noted in, kept open while the segment stays.
+    notes: Option<File>,
 }
 
 struct State {
@@ -447,6 +449,7 @@ impl Log {
                     bytes: 0,
                     outstanding: 0,
                     released: Vec::new(),
+                    notes: None,
                 },
             );
             state.active = Some((id, file));
@@ -565,8 +568,14 @@ impl Log {
                 .flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
                 .collect();
             // Under the lock, so that the segment is not deleted meanwhile.
-            let noted =
-                owner_only_file(&released_path(&path)).and_then(|mut f| f.write_all(&entries));
+            let noted = match &mut segment.notes {
+                Some(file) => file.write_all(&entries),
+                None => owner_only_file(&released_path(&path)).and_then(|mut f| {
+                    f.write_all(&entries)?;
+                    segment.notes = Some(f);
+                    Ok(())
+                }),
+            };
             drop(state);
             if let Err(e) = noted {
                 tracing::warn!(log = %self.name, error = %e, "Could not note released spool records; a restart before their segment is deleted writes them again.");
