@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
-use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
+use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS, MYSQL_DUPLICATES};
 use super::{
     chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
     ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
@@ -382,15 +382,15 @@ pub async fn write_rows<DB>(
     let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
     let mut tx = pool.begin().await.map_err(&err)?;
     delete_replayed::<DB>(&mut tx, dialect, replayed).await?;
-    // MySQL counts a skipped duplicate as a changed row (sqlx asks for found rows), so
-    // the ids already stored are read first, in the transaction, to count what is new.
-    let id_at = stream
-        .id_field
-        .as_deref()
-        .filter(|_| dialect == Dialect::Mysql)
-        .and_then(|id| stream.columns.iter().position(|c| c.name == id));
-    let mut seen = std::collections::HashSet::new();
-    let mut duplicates = 0;
+    // MySQL reports a skipped duplicate as a found row (sqlx asks for found rows): the
+    // statement counts them in a session variable instead (`Dialect::insert_statement`).
+    let count_duplicates = dialect == Dialect::Mysql && stream.id_field.is_some();
+    if count_duplicates {
+        sqlx::query::<DB>(&format!("SET @{MYSQL_DUPLICATES} = 0"))
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+    }
     for chunk in chunks_by(
         rows,
         width,
@@ -422,63 +422,21 @@ pub async fn write_rows<DB>(
                 q = q.bind(row.extra.as_deref());
             }
         }
-        if let (Some(at), Some(id)) = (id_at, stream.id_field.as_deref()) {
-            let ids: Vec<Option<String>> = chunk.iter().map(|r| id_text(&r.cells[at])).collect();
-            let present: std::collections::HashSet<String> =
-                stored_ids::<DB>(&mut tx, dialect, &stream.table, id, &ids).await?;
-            for id in ids.into_iter().flatten() {
-                if present.contains(&id) || !seen.insert(id) {
-                    duplicates += 1;
-                }
-            }
-        }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
+    let duplicates = if count_duplicates {
+        let (n,): (Option<i64>,) = sqlx::query_as::<DB, (Option<i64>,)>(&format!(
+            "SELECT CAST(@{MYSQL_DUPLICATES} AS SIGNED)"
+        ))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(&err)?;
+        usize::try_from(n.unwrap_or(0)).unwrap_or(0)
+    } else {
+        0
+    };
     tx.commit().await.map_err(&err)?;
     Ok(rows.len() - duplicates.min(rows.len()))
-}
-}
-
-/// An id cell as the text `CAST(id AS CHAR)` gives; `None` for NULL (never a duplicate).
-fn id_text(cell: &Cell) -> Option<String> {
-    match cell {
-        Cell::Null => None,
-        Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => Some(s.clone()),
-        Cell::Int(i) => Some(i.to_string()),
-        Cell::Float(f) => Some(f.to_string()),
-        Cell::Bool(b) => Some(u8::from(*b).to_string()),
-        Cell::Timestamp(t) => Some(t.to_rfc3339()),
-    }
-}
-
-sqlx_generic! {
-/// The ids among `ids` that `table` already holds in its `id` column (as text).
-pub async fn stored_ids<DB>(
-    conn: &mut DB::Connection,
-    dialect: Dialect,
-    table: &str,
-    id: &str,
-    ids: &[Option<String>],
-) -> Result<std::collections::HashSet<String>, SinkError> {
-    let wanted: Vec<&str> = ids.iter().flatten().map(String::as_str).collect();
-    if wanted.is_empty() {
-        return Ok(Default::default());
-    }
-    let column = dialect.quote(id);
-    let marks = vec!["?"; wanted.len()].join(", ");
-    let sql = format!(
-        "SELECT CAST({column} AS CHAR) FROM {} WHERE {column} IN ({marks})",
-        dialect.quote(table)
-    );
-    let mut q = sqlx::query::<DB>(&sql);
-    for id in &wanted {
-        q = q.bind(*id);
-    }
-    let rows = q.fetch_all(&mut *conn).await.map_err(sink_error(dialect))?;
-    rows.iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()
-        .map_err(sink_error(dialect))
 }
 }
 

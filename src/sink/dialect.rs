@@ -20,6 +20,10 @@ pub const JOB_COLUMNS: [&str; 13] = [
 ];
 
 /// Name of the dead-letter table (README "Dead letters and replay").
+/// MySQL/MariaDB: the session variable that counts the rows an `id_field` insert
+/// skipped as duplicates (see [`Dialect::insert_statement`]).
+pub const MYSQL_DUPLICATES: &str = "sluice_duplicates";
+
 pub const DEAD_LETTERS: &str = "sluice_dead_letters";
 /// Columns of the dead-letter table that Sluice writes (`id` is generated).
 #[rustfmt::skip]
@@ -329,7 +333,12 @@ impl Dialect {
         if let Some(id) = id_field {
             let id = self.quote(id);
             match self {
-                Dialect::Mysql => write!(sql, " ON DUPLICATE KEY UPDATE {id} = {id}"),
+                // The row stays as it is; the session variable counts the duplicates
+                // (the driver asks for found rows, so rows affected cannot tell them).
+                Dialect::Mysql => write!(
+                    sql,
+                    " ON DUPLICATE KEY UPDATE {id} = IF((@{MYSQL_DUPLICATES} := @{MYSQL_DUPLICATES} + 1) > 0, {id}, {id})"
+                ),
                 _ => write!(sql, " ON CONFLICT ({id}) DO NOTHING"),
             }
             .expect("writing to a String cannot fail");
@@ -877,7 +886,7 @@ mod tests {
         let sql = Dialect::Mysql.insert_statement("t", "`a`", 1, 2, Some("a"));
         assert_eq!(
             sql,
-            "INSERT INTO `t` (`a`) VALUES (?), (?) ON DUPLICATE KEY UPDATE `a` = `a`"
+            "INSERT INTO `t` (`a`) VALUES (?), (?) ON DUPLICATE KEY UPDATE `a` = IF((@sluice_duplicates := @sluice_duplicates + 1) > 0, `a`, `a`)"
         );
     }
 
