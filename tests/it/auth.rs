@@ -216,17 +216,7 @@ async fn sighup_rotates_the_ingest_tokens_without_a_restart() {
         .unwrap();
     // The reload has run (and failed) once it says so; only then does a 200 show that
     // the tokens in force stayed.
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("could not be reloaded"))
-    {
-        assert!(std::time::Instant::now() < deadline, "{seen:#?}");
-        if let Ok(line) = sluice.logs.recv_timeout(Duration::from_millis(100)) {
-            seen.push(line);
-        }
-    }
+    let seen = sluice.log_until(10, |l| l.contains("could not be reloaded"));
     assert_eq!(post(OPS_TOKEN, 4).await.unwrap().status(), 200);
     db.wait_for_count("reading", 3).await;
     let (status, rest) = sluice.terminate().await;

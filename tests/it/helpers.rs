@@ -638,6 +638,23 @@ pub fn spawn_binary_under(
 }
 
 impl Binary {
+    /// Reads log lines until one satisfies `found` (failing after `secs`), and returns
+    /// every line read, that one included, so a test can still look at all of them.
+    pub fn log_until(&self, secs: u64, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while !seen.iter().any(|l: &String| found(l)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such log line: {seen:#?}"
+            );
+            if let Ok(line) = self.logs.recv_timeout(Duration::from_millis(100)) {
+                seen.push(line);
+            }
+        }
+        seen
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let kill = std::process::Command::new("kill")

@@ -355,17 +355,7 @@ async fn the_nats_password_is_not_logged() {
     let fixture = Fixture::publish(js, &with_password, 1).await;
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let sluice = spawn_binary(None, &db, &fixture.env);
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("Consuming from JetStream"))
-    {
-        assert!(std::time::Instant::now() < deadline, "{seen:#?}");
-        if let Ok(line) = sluice.logs.recv_timeout(Duration::from_millis(200)) {
-            seen.push(line);
-        }
-    }
+    let mut seen = sluice.log_until(20, |l| l.contains("Consuming from JetStream"));
     let (_, rest) = sluice.terminate().await;
     seen.extend(rest);
     assert!(seen.iter().any(|l| l.contains("sluice:***@")), "{seen:#?}");

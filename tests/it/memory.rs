@@ -12,6 +12,37 @@ use std::time::Duration;
 
 use crate::helpers::{rss_bytes, spawn_binary, Db, TestDb};
 
+/// The peak resident memory of a process, sampled every 5 ms on a thread of its own.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let peak = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        PeakRss { peak, done, thread }
+    }
+
+    /// Stops sampling; the peak in bytes.
+    fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// A gzip body of about 10 KB that inflates to a 10 MB event: one object holding an
 /// array of five million small numbers.
 fn bomb() -> Vec<u8> {
@@ -43,17 +74,7 @@ async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
     assert!(body.len() < 16 * 1024, "a small body: {} bytes", body.len());
     let idle = rss_bytes(pid);
 
-    let peak = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakRss::watch(pid);
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/streams/reading/events", sluice.http);
     let mut statuses = std::collections::BTreeMap::new();
@@ -70,9 +91,7 @@ async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
             *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
         }
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop();
     println!(
         "150 inflating bodies, 50 at a time: answers {statuses:?}, RSS idle {} MiB, peak {} MiB",
         idle >> 20,
@@ -122,17 +141,7 @@ async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built()
     let pid = sluice.child.id();
     let idle = rss_bytes(pid);
     let body = bytes::Bytes::from("a&".repeat(5_000_000));
-    let peak = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sampler = PeakRss::watch(pid);
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/hooks/sms", sluice.http);
     let requests = (0..20).map(|_| {
@@ -147,9 +156,7 @@ async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built()
     for r in futures_util::future::join_all(requests).await {
         *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop();
     println!(
         "20 form bodies of 10 MB (5 million fields each) at once: answers {statuses:?}, RSS idle {} MiB, peak {} MiB",
         idle >> 20,

@@ -193,17 +193,9 @@ async fn clients_without_a_certificate_and_plain_text_are_closed_before_a_line_i
         .status()
         .unwrap();
     assert!(hup.success());
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !seen
-        .iter()
-        .any(|l: &String| l.contains("TLS certificate reloaded") && l.contains("[tcp.tls]"))
-    {
-        assert!(std::time::Instant::now() < deadline, "{seen:#?}");
-        if let Ok(line) = sluice.logs.recv_timeout(Duration::from_millis(100)) {
-            seen.push(line);
-        }
-    }
+    sluice.log_until(10, |l| {
+        l.contains("TLS certificate reloaded") && l.contains("[tcp.tls]")
+    });
     send_tls(&addr, tls_client(&pki, Some("good-client")), &log_line(4))
         .await
         .unwrap();

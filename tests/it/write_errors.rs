@@ -22,6 +22,17 @@ fn with_id_field(c: &mut sluice::Config) {
     );
 }
 
+/// `sluice check` with `id_field = "seq"` on `reading`, against the database at `url`.
+fn check_with_id_field(url: &str) -> std::process::Output {
+    crate::helpers::sluice_command()
+        .arg("check")
+        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
+        .env("SLUICE_DATABASE_URL", url)
+        .env("SLUICE_STREAMS_READING_ID_FIELD", "seq")
+        .output()
+        .unwrap()
+}
+
 /// POSTs readings with a deadline: a request that hangs fails the test.
 async fn post_readings(app: &TestApp, seqs: &[i64]) -> (u16, serde_json::Value) {
     let body: Vec<_> = seqs
@@ -45,16 +56,7 @@ async fn id_field_set_on_an_existing_table_adds_its_unique_key_at_start_up(db: D
     assert_eq!(post_readings(&first, &[1, 2]).await.0, 200);
     first.stop().await.unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let toml = dir.path().join("sluice.toml");
-    std::fs::write(&toml, "[streams.reading]\nid_field = \"seq\"\n").unwrap();
-    let out = crate::helpers::sluice_command()
-        .args(["check", "--config"])
-        .arg(&toml)
-        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
-        .env("SLUICE_DATABASE_URL", &first.db.url)
-        .output()
-        .unwrap();
+    let out = check_with_id_field(&first.db.url);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("start-up adds id_field's unique key"),
@@ -84,16 +86,7 @@ async fn id_field_on_a_table_whose_rows_repeat_an_id_stops_start_up_with_the_cou
     first.stop().await.unwrap();
 
     // `sluice check` sees it too, without changing anything.
-    let dir = tempfile::tempdir().unwrap();
-    let toml = dir.path().join("sluice.toml");
-    std::fs::write(&toml, "[streams.reading]\nid_field = \"seq\"\n").unwrap();
-    let out = crate::helpers::sluice_command()
-        .args(["check", "--config"])
-        .arg(&toml)
-        .env("SLUICE_SCHEMAS_DIR", fixture_schemas())
-        .env("SLUICE_DATABASE_URL", &first.db.url)
-        .output()
-        .unwrap();
+    let out = check_with_id_field(&first.db.url);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("2 of its rows repeat an id"),
