@@ -534,7 +534,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // The retries' backoff runs on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_and_bad_rows_isolated_by_bisection() {
         let config = crate::config::Config {
             schemas_dir: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

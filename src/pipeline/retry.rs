@@ -76,7 +76,36 @@ mod tests {
         assert!(samples.len() > 1, "full jitter must vary");
     }
 
-    #[tokio::test]
+    /// A database that never answers: each attempt ends at `attempt_timeout` as a
+    /// transient failure and is retried with backoff. Time is the subject, so it runs
+    /// on tokio's paused clock: two minutes of retries take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_never_answers_times_out_and_is_retried() {
+        let policy = RetryPolicy {
+            max_retries: Some(3),
+            attempt_timeout: Duration::from_secs(30),
+        };
+        let started = tokio::time::Instant::now();
+        let real = std::time::Instant::now();
+        let mut delays = Vec::new();
+        let (result, retries): (Result<(), SinkError>, u32) = retry(
+            policy,
+            || Box::pin(std::future::pending()),
+            |_, e, delay| {
+                assert!(e.to_string().contains("write_timeout"), "{e}");
+                delays.push(delay);
+            },
+        )
+        .await;
+        assert!(result.is_err_and(|e| e.is_transient()));
+        assert_eq!(retries, 3);
+        let waited: Duration = delays.iter().sum();
+        assert_eq!(started.elapsed(), Duration::from_secs(4 * 30) + waited);
+        assert!(delays.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(real.elapsed() < Duration::from_secs(5), "paused time");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_limited_policy_returns_the_last_transient_failure() {
         let policy = RetryPolicy {
             max_retries: Some(2),
