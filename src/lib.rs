@@ -24,6 +24,7 @@ pub mod replay;
 pub mod schema;
 pub mod shutdown;
 pub mod sink;
+pub mod source;
 pub mod spool;
 pub mod stats;
 pub mod telemetry;

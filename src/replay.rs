@@ -279,8 +279,7 @@ fn revalidate(
     let mut value = match parse_object(letter.payload.as_bytes()) {
         Ok(value) => value,
         // A form webhook's dead letter holds the body as received: its fields again.
-        Err(e) => match source
-            .starts_with("webhook ")
+        Err(e) => match (crate::source::Kind::of(source) == Some(crate::source::Kind::Webhook))
             .then(|| crate::webhook::form::from_body(letter.payload.as_bytes()))
             .flatten()
         {
@@ -295,7 +294,7 @@ fn revalidate(
         &mut value,
     );
     let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
-    let source: Arc<str> = "replay".into();
+    let source: Arc<str> = crate::source::replay();
     let row = stream
         .to_row(
             value,

@@ -183,10 +183,7 @@ pub async fn ingest_events(
     let bytes = read_decoded(&state, body, gzip, &mut held).await?;
     let stream = ingest.registry.get(&stream_name).cloned();
     // Where each event came from, as its dead letter records it: peer and token.
-    let source: Arc<str> = match &token {
-        Some(name) => format!("http {peer} token={name}").into(),
-        None => format!("http {peer}").into(),
-    };
+    let source: Arc<str> = crate::source::http(peer, token.as_deref());
     let (mut request, read_as) = decode(
         &state,
         &stream_name,

@@ -133,7 +133,7 @@ pub async fn receive_webhook(
         )
         .await
         .map_err(budget_error)?;
-    let source: Arc<str> = format!("webhook {name} {peer}").into();
+    let source: Arc<str> = crate::source::webhook(&name, peer);
     let received_at = chrono::Utc::now();
     let ingest = &state.ingest;
     let mut groups = Groups(Vec::new());

@@ -40,9 +40,6 @@ const PULL_BYTES: usize = 16 << 20;
 /// How often a batch waiting for room looks again whether its streams' writes fail.
 const FAILING_CHECK: Duration = Duration::from_secs(1);
 
-/// How the `source` of a JetStream event begins (`jetstream <subject>`).
-pub const SOURCE: &str = "jetstream";
-
 /// Consumes until `stop`; a lost connection or a server error is logged and retried.
 /// Acknowledgements run on `tasks`, so that shutdown waits for them.
 pub async fn run(
@@ -232,7 +229,7 @@ impl Input {
             let source = match &last {
                 Some((s, source)) if *s == subject => source.clone(),
                 _ => {
-                    let source: Arc<str> = format!("{SOURCE} {subject}").into();
+                    let source: Arc<str> = crate::source::jetstream(subject);
                     last = Some((subject, source.clone()));
                     source
                 }
@@ -324,7 +321,8 @@ impl Input {
         let stream = self.ingest.registry.get(name).ok_or_else(|| {
             format!("unknown stream `{name}` (from the subject {subject}): there is no schemas/{name}.json")
         })?;
-        super::tcp::strip_routing_field(stream, &self.tcp.stream_field, SOURCE, &mut value);
+        let source = crate::source::Kind::JetStream.as_str();
+        super::tcp::strip_routing_field(stream, &self.tcp.stream_field, source, &mut value);
         Ok((stream.clone(), value))
     }
 }

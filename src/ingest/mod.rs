@@ -296,15 +296,9 @@ fn record_submitted(
     log: &LogSummary,
 ) {
     let source = |s: &str| {
-        if s.starts_with("tcp") {
-            "tcp"
-        } else if s.starts_with("webhook") {
-            "webhook"
-        } else if s.starts_with(jetstream::SOURCE) {
-            "jetstream"
-        } else {
-            "http"
-        }
+        crate::source::Kind::of(s)
+            .unwrap_or(crate::source::Kind::Http)
+            .as_str()
     };
     let mut received: std::collections::BTreeMap<(Option<&str>, &'static str), usize> =
         Default::default();

@@ -140,7 +140,7 @@ pub async fn serve(
         let mut connection = Connection {
             ingest: ingest.clone(),
             config: config.clone(),
-            source: format!("tcp {peer}").into(),
+            source: crate::source::tcp(peer, None),
             peer,
             line: 0,
             in_flight: Default::default(),
@@ -159,7 +159,7 @@ pub async fn serve(
                         Ok(Ok(stream)) => {
                             // The client certificate's subject says who sent each line.
                             if let Some(subject) = crate::tls::peer_subject(stream.get_ref().1) {
-                                connection.source = format!("tcp {peer} {subject}").into();
+                                connection.source = crate::source::tcp(peer, Some(&subject));
                             }
                             connection.run(stream, stop).await;
                         }
@@ -396,7 +396,7 @@ pub fn route_by_field(
 /// stream: its routing field `field` removed, unless the schema declares it, as on the
 /// live path. For events validated again later (dead-letter replay, spool recovery).
 pub fn strip_routing_field(stream: &Stream, field: &str, source: &str, value: &mut Value) {
-    let routed = source.starts_with("tcp") || source.starts_with(super::jetstream::SOURCE);
+    let routed = crate::source::Kind::of(source).is_some_and(crate::source::Kind::routes_by_field);
     if routed && !stream.declares(field) {
         if let Value::Object(map) = value {
             map.remove(field);
