@@ -377,7 +377,7 @@ impl Access {
 }
 
 /// Whether `listen` (`host:port`) binds only loopback.
-fn is_loopback(listen: &str) -> bool {
+pub fn is_loopback(listen: &str) -> bool {
     match listen.parse::<std::net::SocketAddr>() {
         Ok(addr) => addr.ip().is_loopback(),
         Err(_) => listen.starts_with("localhost:"),

@@ -22,14 +22,6 @@ pub struct SiteGuard {
     origins: Vec<String>,
 }
 
-/// Whether `listen` (`host:port`) binds only loopback.
-fn loopback(listen: &str) -> bool {
-    match listen.parse::<std::net::SocketAddr>() {
-        Ok(addr) => addr.ip().is_loopback(),
-        Err(_) => listen.starts_with("localhost:"),
-    }
-}
-
 /// `host` without its port (`[::1]:8080` → `::1`), lowercase.
 fn host_name(host: &str) -> String {
     let host = host.trim();
@@ -55,7 +47,7 @@ impl SiteGuard {
         } else if listens
             .iter()
             .filter(|l| !l.is_empty())
-            .all(|l| loopback(l))
+            .all(|l| crate::auth::is_loopback(l))
         {
             let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
                 .iter()

@@ -176,6 +176,7 @@ pub async fn pending(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<P
                 Err(problem) => pending.problems.push(problem),
             }
         }
+        // The table exists (an empty description was skipped above).
         match unique_key(store, stream).await? {
             Ok(statements) => pending
                 .changes
@@ -215,7 +216,7 @@ pub async fn evolve_tables(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Re
     Ok(())
 }
 
-/// The statements giving an existing table the unique key its stream's `id_field`
+/// The statements giving `stream`'s existing table the unique key its `id_field`
 /// needs (set on a stream whose table was made without it: every write would then fail
 /// on PostgreSQL and SQLite, or silently store redeliveries twice on MySQL), none when
 /// it has one. `Err` counts the rows that already repeat an id, with the DDL to run
@@ -225,11 +226,10 @@ async fn unique_key(store: &Store, stream: &Stream) -> anyhow::Result<Result<Vec
         return Ok(Ok(Vec::new()));
     };
     let table = &stream.table;
-    if store.describe_table(table).await?.is_empty()
-        || store
-            .has_unique_key(table, id)
-            .await
-            .context("cannot read the tables' unique keys")?
+    if store
+        .has_unique_key(table, id)
+        .await
+        .context("cannot read the tables' unique keys")?
     {
         return Ok(Ok(Vec::new()));
     }
