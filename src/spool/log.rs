@@ -695,18 +695,22 @@ mod tests {
         assert_eq!(read_frames(&length), (vec![&b"one"[..], b"three"], 1));
     }
 
+    /// A log `s` in `dir`, fsyncing every append, with a budget of `max_bytes`.
+    fn log_in(dir: &Path, max_bytes: u64, used: Arc<AtomicU64>) -> Arc<Log> {
+        Log::new(
+            "s",
+            dir.to_path_buf(),
+            1,
+            FsyncPolicy::Always,
+            max_bytes,
+            used,
+        )
+    }
+
     #[tokio::test]
     async fn records_released_while_their_segment_stays_are_not_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let used = Arc::new(AtomicU64::new(0));
-        let log = Log::new(
-            "s",
-            dir.path().to_path_buf(),
-            1,
-            FsyncPolicy::Always,
-            1 << 20,
-            used,
-        );
+        let log = log_in(dir.path(), 1 << 20, Arc::new(AtomicU64::new(0)));
         let a = log.append(&[b"a1".to_vec(), b"a2".to_vec()]).unwrap();
         let b = log.append(&[b"b1".to_vec()]).unwrap();
         let c = log.append(&[b"c1".to_vec(), b"c2".to_vec()]).unwrap();
@@ -725,14 +729,7 @@ mod tests {
     async fn released_segments_are_deleted_and_the_budget_given_back() {
         let dir = tempfile::tempdir().unwrap();
         let used = Arc::new(AtomicU64::new(0));
-        let log = Log::new(
-            "s",
-            dir.path().to_path_buf(),
-            1,
-            FsyncPolicy::Always,
-            1000,
-            used.clone(),
-        );
+        let log = log_in(dir.path(), 1000, used.clone());
         let a = log.append(&[b"hello".to_vec(), b"world".to_vec()]).unwrap();
         a.durable().await;
         assert_eq!(segments_in(dir.path()).unwrap().len(), 1);

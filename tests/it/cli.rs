@@ -27,21 +27,25 @@ fn check_prints_the_ddl_of_every_stream_for_the_configured_database() {
     assert!(ddl.contains("\"event_id\" uuid NOT NULL"));
 }
 
-#[test]
-fn check_names_the_file_property_and_reason_of_a_bad_schema() {
+/// Runs `check` on a schemas directory holding `bad.json` = `schema`, expects it to
+/// fail, and returns what it printed on stderr.
+fn check_refuses_schema(schema: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("bad.json"),
-        r#"{"type": "object", "properties": {"ok": {"type": "string"}, "not-ok": {"type": "string"}}}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("bad.json"), schema).unwrap();
     let out = sluice_command()
         .args(["check"])
         .env("SLUICE_SCHEMAS_DIR", dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn check_names_the_file_property_and_reason_of_a_bad_schema() {
+    let err = check_refuses_schema(
+        r#"{"type": "object", "properties": {"ok": {"type": "string"}, "not-ok": {"type": "string"}}}"#,
+    );
     assert!(
         err.contains("bad.json") && err.contains("not-ok") && err.contains("identifier"),
         "{err}"
@@ -445,19 +449,9 @@ async fn a_sighup_during_start_up_does_not_kill_sluice() {
 /// A misspelt `type` is reported with the property it belongs to.
 #[test]
 fn check_names_the_property_of_a_bad_type() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("bad.json"),
+    let err = check_refuses_schema(
         r#"{"type": "object", "properties": {"ok": {"type": "string"}, "amount": {"type": "strnig"}}}"#,
-    )
-    .unwrap();
-    let out = sluice_command()
-        .args(["check"])
-        .env("SLUICE_SCHEMAS_DIR", dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    );
     assert!(
         err.contains("bad.json")
             && err.contains("`amount`")

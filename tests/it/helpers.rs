@@ -472,6 +472,21 @@ where
     }
 }
 
+/// The first sample of metric `name` whose line contains `labels` (e.g.
+/// `stream="reading"`), as the Sluice at `http` exports it; `None` without one.
+pub async fn metric(http: &str, name: &str, labels: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Skips the rest of a test that cannot run here, saying so on the real stderr (which
 /// `cargo test` shows, unlike the captured test output); with
 /// `SLUICE_TEST_REQUIRE_ALL=1` (CI) a skip fails the test instead.

@@ -12,6 +12,24 @@ use std::time::Duration;
 
 use crate::helpers::{rss_bytes, spawn_binary, Db, TestDb};
 
+/// The binary under test: `SLUICE_TEST_BIN`, or the test build.
+fn test_bin() -> String {
+    std::env::var("SLUICE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned())
+}
+
+/// Sends `requests` at once; how many were answered with each status.
+async fn answers(
+    requests: impl Iterator<
+        Item = impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    >,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut statuses = std::collections::BTreeMap::new();
+    for r in futures_util::future::join_all(requests).await {
+        *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    statuses
+}
+
 /// The peak resident memory of a process, sampled every 5 ms on a thread of its own.
 struct PeakRss {
     peak: Arc<AtomicU64>,
@@ -65,8 +83,7 @@ fn bomb() -> Vec<u8> {
 /// serves normal events afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
-    let bin = std::env::var("SLUICE_TEST_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned());
+    let bin = test_bin();
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let sluice = spawn_binary(Some(&bin), &db, &[]);
     let pid = sluice.child.id();
@@ -87,8 +104,8 @@ async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
                 .body(body.clone())
                 .send()
         });
-        for r in futures_util::future::join_all(requests).await {
-            *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
+        for (status, n) in answers(requests).await {
+            *statuses.entry(status).or_insert(0) += n;
         }
     }
     let peak = sampler.stop();
@@ -120,8 +137,7 @@ async fn fifty_inflating_gzip_bodies_at_once_keep_the_process_under_256_mib() {
 /// sends; or 503: the budget is busy), and the process stays under 256 MiB RSS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built() {
-    let bin = std::env::var("SLUICE_TEST_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned());
+    let bin = test_bin();
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluice.toml");
@@ -152,10 +168,7 @@ async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built()
             .body(body.clone())
             .send()
     });
-    let mut statuses = std::collections::BTreeMap::new();
-    for r in futures_util::future::join_all(requests).await {
-        *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
-    }
+    let statuses = answers(requests).await;
     let peak = sampler.stop();
     println!(
         "20 form bodies of 10 MB (5 million fields each) at once: answers {statuses:?}, RSS idle {} MiB, peak {} MiB",

@@ -9,14 +9,21 @@ use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{spawn_binary, Db, TestDb};
 
-async fn scrape(http: &str) -> Scrape {
-    let text = reqwest::get(format!("http://{http}/metrics"))
+async fn metrics_text(http: &str) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+}
+
+async fn scrape(http: &str) -> Scrape {
+    parse(&metrics_text(http).await)
 }
 
 /// The value of `metric` with these labels (summed over the other labels), or `None`
@@ -197,7 +204,8 @@ async fn duplicates_are_counted_apart_from_rows_written(kind: Db) {
         assert_eq!(r.status(), 200);
     }
     assert_eq!(db.count("reading").await, 3);
-    let s = scrape(&sluice.http).await;
+    let text = metrics_text(&sluice.http).await;
+    let s = parse(&text);
     assert_eq!(
         value(&s, "sluice_events_written_total", &[("stream", "reading")]),
         Some(3.0)
@@ -223,12 +231,6 @@ async fn duplicates_are_counted_apart_from_rows_written(kind: Db) {
         (Some(3), Some(2)),
         "{status}"
     );
-    let text = reqwest::get(format!("http://{}/metrics", sluice.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
         text.contains("# HELP sluice_events_duplicate_total ")
             && text.contains("# HELP sluice_events_written_total "),

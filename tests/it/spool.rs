@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use crate::db_tests;
-use crate::helpers::{hold_write_lock, spawn_binary, Binary, Db, TestDb};
+use crate::helpers::{hold_write_lock, metric, spawn_binary, Binary, Db, TestDb};
 
 /// Starts Sluice on `db` with its spool in `spool` and `seq` as the id of `reading`.
 fn start(db: &TestDb, spool: &Path, fsync: &str, tcp: bool) -> Binary {
@@ -43,19 +43,6 @@ async fn recovered(sluice: &Binary) {
 fn kill9(mut sluice: Binary) {
     sluice.child.kill().expect("SIGKILL");
     sluice.child.wait().unwrap();
-}
-
-async fn metric(http: &str, name: &str, labels: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name) && l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Posts `requests` requests of `per` readings with `ack=accepted`; returns the seqs
@@ -363,28 +350,10 @@ async fn a_full_spool_budget_pushes_back_then_drains() {
 /// to mount (root); skipped, saying so, without it.
 #[tokio::test]
 async fn a_full_disk_pushes_back_without_corrupting_a_segment() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(mount.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some((mount, _unmount)) = small_disk("2m") else {
         crate::helpers::skip("the full-disk spool test: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            // Lazily: a Sluice left running by a failed assertion must not keep it mounted.
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
+    };
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let spool = mount.path().join("spool");
     let sluice = spawn_binary(
@@ -503,6 +472,7 @@ fn small_disk(size: &str) -> Option<(tempfile::TempDir, impl Drop)> {
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
+            // Lazily: a Sluice left running by a failed assertion must not keep it mounted.
             let _ = std::process::Command::new("umount")
                 .arg("-l")
                 .arg(&self.0)

@@ -175,18 +175,8 @@ async fn clients_without_a_certificate_and_plain_text_are_closed_before_a_line_i
         vec![Some("line 3: GET /checkout?id=3 200 \"ok\"".to_owned())],
         "only the certified client's line"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", sluice.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("sluice_tcp_tls_refused_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
-    assert!(refused >= 2.0, "{metrics}");
+    let refused = crate::helpers::metric(&sluice.http, "sluice_tcp_tls_refused_total", "").await;
+    assert!(refused.is_some_and(|n| n >= 2.0), "{refused:?}");
     // SIGHUP reloads the TCP listener's certificate and client CA too.
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &sluice.child.id().to_string()])
