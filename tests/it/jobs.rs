@@ -48,7 +48,7 @@ async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
 }
 
 /// Polls the job until `done(job)`, at most 30 s.
-async fn wait_job(
+pub async fn wait_job(
     client: &reqwest::Client,
     base: &str,
     id: &str,

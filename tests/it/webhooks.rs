@@ -1061,23 +1061,8 @@ async fn a_form_webhook_dead_letter_keeps_the_bytes_received_and_replays() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let done = loop {
-        let job: Value = app
-            .client
-            .get(app.url(&format!("/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["state"] == "completed" {
-            break job;
-        }
-        assert!(std::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let base = format!("http://{}", app.addr);
+    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
     assert_eq!(done["result"]["replayed"], 1, "{done}");
     assert_eq!(done["result"]["still_failing"], 1, "{done}");
     assert!(
