@@ -275,11 +275,11 @@ fn revalidate(
     let stream = registry
         .get(target)
         .ok_or_else(|| format!("replay: stream `{target}` no longer has a schema"))?;
-    let source = letter.source.as_deref().unwrap_or_default();
+    let came_from = letter.source.as_deref().unwrap_or_default();
     let mut value = match parse_object(letter.payload.as_bytes()) {
         Ok(value) => value,
         // A form webhook's dead letter holds the body as received: its fields again.
-        Err(e) => match (crate::source::Kind::of(source) == Some(crate::source::Kind::Webhook))
+        Err(e) => match (crate::source::Kind::of(came_from) == Some(crate::source::Kind::Webhook))
             .then(|| crate::webhook::form::from_body(letter.payload.as_bytes()))
             .flatten()
         {
@@ -287,19 +287,13 @@ fn revalidate(
             None => return Err(format!("replay: {e}")),
         },
     };
-    crate::ingest::tcp::strip_routing_field(
-        stream,
-        stream_field,
-        letter.source.as_deref().unwrap_or_default(),
-        &mut value,
-    );
+    crate::ingest::tcp::strip_routing_field(stream, stream_field, came_from, &mut value);
     let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
-    let source: Arc<str> = crate::source::replay();
     let row = stream
         .to_row(
             value,
             letter.payload.as_str().into(),
-            source,
+            crate::source::replay(),
             letter.id as usize,
             received_at,
         )

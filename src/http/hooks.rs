@@ -292,11 +292,8 @@ fn media_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
-/// The form fields of a form body; `None` for JSON. Any other media type is refused.
-/// Reads the fields of a form body (`None` for JSON). The fields are counted first
-/// ([`form::MAX_FIELDS`] at most) and their memory is charged to the request's share of
-/// `max_inflight_bytes` before they are built: for Twilio and Mailgun this runs before
-/// the signature is checked, so it must not cost more than the body's bytes do.
+/// Reads the fields of a form body (`None` for JSON; any other media type is refused).
+/// The fields are counted first and charged ([`charge_form`]) before they are built.
 async fn read_form(
     state: &AppState,
     held: &mut Reservation,
@@ -304,24 +301,9 @@ async fn read_form(
     headers: &HeaderMap,
     bytes: &[u8],
 ) -> Result<Option<Vec<(String, String)>>, ApiError> {
-    let charge = |fields: usize| {
-        if fields > form::MAX_FIELDS {
-            return Err(ApiError::TooLarge(format!(
-                "the form body has {fields} fields, more than a webhook sends ({} at most); send fewer fields",
-                form::MAX_FIELDS
-            )));
-        }
-        Ok(form::memory_estimate(bytes.len(), fields))
-    };
-    let wait = Some(state.http.enqueue_timeout);
-    let memory = state.ingest.memory();
     match media {
         "application/x-www-form-urlencoded" => {
-            let estimate = charge(form::count_urlencoded(bytes))?;
-            memory
-                .reserve(held, estimate, wait)
-                .await
-                .map_err(budget_error)?;
+            charge_form(state, held, bytes.len(), form::count_urlencoded(bytes)).await?;
             Ok(Some(form::urlencoded(bytes)))
         }
         "multipart/form-data" => {
@@ -333,11 +315,8 @@ async fn read_form(
                 error: "multipart/form-data without a boundary parameter".into(),
                 dead_lettered: 0,
             })?;
-            let estimate = charge(form::count_multipart(bytes, &boundary))?;
-            memory
-                .reserve(held, estimate, wait)
-                .await
-                .map_err(budget_error)?;
+            charge_form(state, held, bytes.len(), form::count_multipart(bytes, &boundary))
+                .await?;
             form::multipart(bytes::Bytes::copy_from_slice(bytes), &boundary)
                 .await
                 .map(Some)
@@ -352,6 +331,34 @@ async fn read_form(
             "unsupported Content-Type {other:?} for a webhook: Sluice reads application/json (an object or an array of objects), application/x-www-form-urlencoded and multipart/form-data"
         ))),
     }
+}
+
+/// Refuses a form of more than [`form::MAX_FIELDS`] fields (413), and charges what its
+/// fields will take to the request's share of `max_inflight_bytes` (503 when the budget
+/// stays busy): for Twilio and Mailgun the fields are read before the signature is
+/// checked, so they must not cost more than the body's bytes do.
+async fn charge_form(
+    state: &AppState,
+    held: &mut Reservation,
+    body_bytes: usize,
+    fields: usize,
+) -> Result<(), ApiError> {
+    if fields > form::MAX_FIELDS {
+        return Err(ApiError::TooLarge(format!(
+            "the form body has {fields} fields, more than a webhook sends ({} at most); send fewer fields",
+            form::MAX_FIELDS
+        )));
+    }
+    state
+        .ingest
+        .memory()
+        .reserve(
+            held,
+            form::memory_estimate(body_bytes, fields),
+            Some(state.http.enqueue_timeout),
+        )
+        .await
+        .map_err(budget_error)
 }
 
 /// The 401 for `reason`, with a `WWW-Authenticate` challenge for HTTP authentication.
