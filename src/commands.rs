@@ -17,8 +17,12 @@ pub fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()?;
     let result = runtime.block_on(async {
         let _hangups = crate::shutdown::hold_hangups();
-        let app = App::build(config).await?;
-        app.run_until_stopped(crate::shutdown::signal()).await
+        let mut stop = Box::pin(crate::shutdown::signal());
+        let app = tokio::select! {
+            app = App::build(config) => app?,
+            () = &mut stop => anyhow::bail!("Stopped by a signal while starting."),
+        };
+        app.run_until_stopped(stop).await
     });
     // A write still waiting on a database that stopped answering must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

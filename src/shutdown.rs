@@ -2,31 +2,36 @@
 //! does, in order, is `App::run_until_stopped`'s); SIGHUP reloads what can change
 //! without a restart (ingest tokens, the TLS certificate).
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn signal() {
-    let ctrl_c = async {
+/// Listens for SIGTERM and Ctrl-C from the moment it is called (so that a signal sent
+/// just after start-up is not met by the default action, which kills the process) and
+/// returns a future that resolves on the first of them.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            let (mut term, mut interrupt) = match (term, interrupt) {
+                (Ok(t), Ok(i)) => (t, i),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM and Ctrl-C.");
+                    return std::future::pending().await;
+                }
+            };
+            tokio::select! {
+                _ = interrupt.recv() => tracing::info!("Ctrl-C received."),
+                _ = term.recv() => tracing::info!("SIGTERM received."),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "Cannot listen for Ctrl-C.");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot listen for SIGTERM.");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received."),
-        _ = term => tracing::info!("SIGTERM received."),
+        tracing::info!("Ctrl-C received.");
     }
 }
 
