@@ -20,8 +20,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::event::Row;
+use crate::event::{Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::ingest::body::parse_object;
+use crate::ingest::filing::{Event, Filing, Read, Route};
 use crate::pipeline::retry::{retry, RetryPolicy};
 use crate::schema::{parse_timestamp, Registry, Stream};
 use crate::sink::{self, DeadLetterPage, SinkError, Storage, StoredDeadLetter};
@@ -222,28 +223,44 @@ pub async fn replay_with(
         let Some(last) = letters.last() else { break };
         page.after_id = last.id;
         examined += letters.len();
-        let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
-        for letter in letters {
+        let mut filing = Filing::new(DEFAULT_MAX_PAYLOAD_BYTES, Some(store.dialect()));
+        let mut failing = Vec::new();
+        for letter in &letters {
             let Some(target) = options.into.as_ref().or(letter.stream.as_ref()) else {
                 continue;
             };
-            let entry = report.entry(target.clone()).or_default();
-            match revalidate(registry, target, stream_field, store.dialect(), &letter) {
-                Ok((stream, row)) => {
-                    by_stream
-                        .entry(stream.name.clone())
-                        .or_insert_with(|| (stream, Vec::new()))
-                        .1
-                        .push((letter.id, row));
-                }
-                Err(reason) => {
-                    entry.still_failing += 1;
-                    progress.still_failing(letter.id, target, &reason);
-                    if !options.dry_run {
-                        retrying(|| Box::pin(store.record_replay_failure(letter.id, &reason)))
-                            .await?;
-                    }
-                }
+            report.entry(target.clone()).or_default();
+            match registry.get(target) {
+                Some(stream) => file_again(&mut filing, stream, stream_field, letter),
+                None => failing.push((
+                    letter.id,
+                    target.clone(),
+                    format!("replay: stream `{target}` no longer has a schema"),
+                )),
+            }
+        }
+        let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
+        for (stream, events) in filing.into_groups() {
+            // Filed to one stream each: every group has its stream.
+            let Some(stream) = stream else { continue };
+            for e in events.errors {
+                let reason = format!("replay: {}", e.error);
+                failing.push((e.index as i64, stream.name.clone(), reason));
+            }
+            if !events.rows.is_empty() {
+                let rows = events
+                    .rows
+                    .into_iter()
+                    .map(|r| (r.index as i64, r))
+                    .collect();
+                by_stream.insert(stream.name.clone(), (stream, rows));
+            }
+        }
+        for (id, target, reason) in failing {
+            report.entry(target.clone()).or_default().still_failing += 1;
+            progress.still_failing(id, &target, &reason);
+            if !options.dry_run {
+                retrying(|| Box::pin(store.record_replay_failure(id, &reason))).await?;
             }
         }
         for (name, (stream, rows)) in by_stream {
@@ -262,46 +279,37 @@ pub async fn replay_with(
     Ok(report)
 }
 
-/// Parses and validates a dead letter's payload against the current schema of
-/// `target`. A line that came over TCP loses its routing field `stream_field` first,
-/// unless the schema declares it, as on the live path.
-fn revalidate(
-    registry: &Registry,
-    target: &str,
+/// Files a dead letter's payload again, to `stream` with its current schema: the row it
+/// now makes, or why it still fails, under the dead letter's id. A line that came over
+/// TCP loses its routing field `stream_field` first, unless the schema declares it, as
+/// on the live path; a form webhook's payload is the body as received, read as its
+/// fields again.
+fn file_again(
+    filing: &mut Filing,
+    stream: &Arc<Stream>,
     stream_field: &str,
-    dialect: crate::sink::Dialect,
     letter: &StoredDeadLetter,
-) -> Result<(Arc<Stream>, Row), String> {
-    let stream = registry
-        .get(target)
-        .ok_or_else(|| format!("replay: stream `{target}` no longer has a schema"))?;
+) {
     let came_from = letter.source.as_deref().unwrap_or_default();
-    let mut value = match parse_object(letter.payload.as_bytes()) {
-        Ok(value) => value,
-        // A form webhook's dead letter holds the body as received: its fields again.
+    let payload = letter.payload.as_bytes();
+    let read = match parse_object(payload) {
+        Ok(value) => Read::Parsed(value),
         Err(e) => match (crate::source::Kind::of(came_from) == Some(crate::source::Kind::Webhook))
-            .then(|| crate::webhook::form::from_body(letter.payload.as_bytes()))
+            .then(|| crate::webhook::form::from_body(payload))
             .flatten()
         {
-            Some(value) => value,
-            None => return Err(format!("replay: {e}")),
+            Some(value) => Read::Parsed(value),
+            None => Read::Refused(Stage::Parse, e),
         },
     };
-    crate::ingest::tcp::strip_routing_field(stream, stream_field, came_from, &mut value);
     let received_at = parse_timestamp(&letter.received_at).unwrap_or_else(|_| Utc::now());
-    let row = stream
-        .to_row(
-            value,
-            letter.payload.as_str().into(),
-            crate::source::replay(),
-            letter.id as usize,
-            received_at,
-        )
-        .map_err(|r| format!("replay: {}", r.error))?;
-    if let Some((pointer, error)) = dialect.refused_value(stream, &row) {
-        return Err(format!("replay: at {pointer}: {error}"));
-    }
-    Ok((stream.clone(), row))
+    let event = Event {
+        index: letter.id as usize,
+        raw: payload,
+        read,
+    };
+    let route = Route::again(stream, stream_field, came_from);
+    filing.file(&route, &crate::source::replay(), received_at, [event]);
 }
 
 /// Writes rows and deletes their dead letters together; on a permanent failure (or when

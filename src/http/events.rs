@@ -20,9 +20,9 @@ use crate::auth::Denied;
 use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
-use crate::ingest::{CommitWait, EventError, Ingest, RequestEvents};
+use crate::ingest::filing::{Event, EventError, Filing, Route};
+use crate::ingest::{CommitWait, Ingest};
 use crate::pipeline::queue::QueueError;
-use crate::schema::Stream;
 use crate::telemetry;
 
 /// Most per-event errors listed in one response; the rest are counted in `errors_omitted`.
@@ -176,51 +176,52 @@ pub async fn ingest_events(
     let format = body::format_of(&headers)?;
     let gzip = body::is_gzip(&headers)?;
     let ingest = &state.ingest;
-    let wait = state.http.enqueue_timeout;
     // Memory this request holds while it is read, decompressed and parsed; given back
     // once its rows are queued (the queue's budget counts them from there).
     let mut held = Reservation::default();
     let bytes = read_decoded(&state, body, gzip, &mut held).await?;
-    let stream = ingest.registry.get(&stream_name).cloned();
     // Where each event came from, as its dead letter records it: peer and token.
     let source: Arc<str> = crate::source::http(peer, token.as_deref());
-    let (mut request, read_as) = decode(
+    let mut filing = ingest.filing().with_token(token);
+    let read_as = decode(
         &state,
         &stream_name,
-        stream.as_deref(),
         format,
         &bytes,
         source,
+        &mut filing,
         &mut held,
     )
     .await?;
-    request.token = token;
 
-    // The request is queued once, whatever it turned out to hold.
-    let total = request.rows.len() + request.letters.len();
-    let errors = std::mem::take(&mut request.errors);
-    let name = stream.as_ref().map(|s| s.name.as_str());
-    let pending = enqueue(ingest, vec![(name, request)], ack, wait).await?;
-    // The rows are queued: the body and this request's reservation are no longer needed
-    // while it waits for the commit.
-    drop(bytes);
+    let answer = queue_and_answer(&state, filing, ack, (bytes, held)).await?;
+    match read_as {
+        ReadAs::UnknownStream => Err(ApiError::UnknownStream {
+            stream: stream_name,
+            known: ingest.registry.names(),
+        }),
+        ReadAs::Malformed(error) => Err(ApiError::BadRequest {
+            error,
+            dead_lettered: 1,
+        }),
+        ReadAs::Events => Ok(answer),
+    }
+}
+
+/// Queues a request's filed events once, whatever they turned out to be, all or nothing;
+/// lets go of its body and memory (`held`) once they are queued (the queues count them
+/// from there); answers once they are committed (`ack=commit`) or queued.
+pub(super) async fn queue_and_answer(
+    state: &AppState,
+    mut filing: Filing,
+    ack: AckMode,
+    held: (Vec<u8>, Reservation),
+) -> Result<Response, ApiError> {
+    let total = filing.len();
+    let errors = filing.take_errors();
+    let pending = enqueue(&state.ingest, filing, ack, state.http.enqueue_timeout).await?;
     drop(held);
     let rejected = committed(pending, ack).await?;
-    match read_as {
-        ReadAs::UnknownStream => {
-            return Err(ApiError::UnknownStream {
-                stream: stream_name,
-                known: ingest.registry.names(),
-            })
-        }
-        ReadAs::Malformed(error) => {
-            return Err(ApiError::BadRequest {
-                error,
-                dead_lettered: 1,
-            })
-        }
-        ReadAs::Events => {}
-    }
     Ok(respond(total, errors, rejected, ack))
 }
 
@@ -295,28 +296,26 @@ enum ReadAs {
     Malformed(String),
 }
 
-/// Turns a request body into its rows and dead letters: one per event, or the whole
-/// body as one dead letter when the stream is unknown or the body does not parse.
-/// Reserves the memory the parsed values take before parsing.
+/// Files a request body: its events, each a row or a dead letter, or the whole body as
+/// one dead letter when the stream is unknown or the body does not parse. Reserves the
+/// memory the parsed values take before parsing.
 async fn decode(
     state: &AppState,
     stream_name: &str,
-    stream: Option<&Stream>,
     format: body::Format,
     body: &[u8],
     source: Arc<str>,
+    filing: &mut Filing,
     held: &mut Reservation,
-) -> Result<(RequestEvents, ReadAs), ApiError> {
-    let ingest = &state.ingest;
+) -> Result<ReadAs, ApiError> {
     let received_at = chrono::Utc::now();
-    let mut request = ingest.request_events();
-    let whole = |stage, error: String| EventError::whole(0, stage, error);
-    let Some(stream) = stream else {
-        let error = whole(Stage::Route, format!("unknown stream `{stream_name}`"));
-        request.reject(None, body, error, &source, received_at);
-        return Ok((request, ReadAs::UnknownStream));
+    let Some(stream) = state.ingest.registry.get(stream_name) else {
+        let error = format!("unknown stream `{stream_name}`");
+        filing.set_aside(None, body, Stage::Route, error, &source, received_at);
+        return Ok(ReadAs::UnknownStream);
     };
-    ingest
+    state
+        .ingest
         .memory()
         .reserve(
             held,
@@ -328,33 +327,25 @@ async fn decode(
     let pieces = match body::split(format, body, state.http.max_events_per_request) {
         Ok(pieces) => pieces,
         Err(BodyError::Malformed(error)) => {
-            let letter = whole(Stage::Parse, error.clone());
-            request.reject(Some(&stream.name), body, letter, &source, received_at);
-            return Ok((request, ReadAs::Malformed(error)));
+            let reason = error.clone();
+            filing.set_aside(
+                Some(stream),
+                body,
+                Stage::Parse,
+                reason,
+                &source,
+                received_at,
+            );
+            return Ok(ReadAs::Malformed(error));
         }
         Err(e) => return Err(e.into()),
     };
-    for (index, piece) in pieces.into_iter().enumerate() {
-        match piece.value {
-            // The raw text of a parsed piece is valid UTF-8.
-            Ok(value) => request.add(
-                stream,
-                std::str::from_utf8(piece.raw).unwrap_or_default(),
-                value,
-                index,
-                &source,
-                received_at,
-            ),
-            Err(error) => request.reject(
-                Some(&stream.name),
-                piece.raw,
-                EventError::whole(index, Stage::Parse, error),
-                &source,
-                received_at,
-            ),
-        }
-    }
-    Ok((request, ReadAs::Events))
+    let events = pieces
+        .into_iter()
+        .enumerate()
+        .map(|(index, piece)| Event::parsed(index, piece.raw, piece.value));
+    filing.file(&Route::to(stream), &source, received_at, events);
+    Ok(ReadAs::Events)
 }
 
 /// The body as the client meant it: read within `http.body_read_timeout`, then
@@ -452,10 +443,16 @@ pub(super) fn budget_error(e: BudgetError) -> ApiError {
 /// once they are committed.
 pub(super) async fn enqueue(
     ingest: &Ingest,
-    groups: Vec<(Option<&str>, RequestEvents)>,
+    filing: Filing,
     ack: AckMode,
     timeout: Duration,
 ) -> Result<CommitWait, ApiError> {
+    let (streams, events): (Vec<_>, Vec<_>) = filing.into_groups().into_iter().unzip();
+    let groups: Vec<(Option<&str>, _)> = streams
+        .iter()
+        .map(|s| s.as_ref().map(|s| s.name.as_str()))
+        .zip(events)
+        .collect();
     let wait_for_commit = ack == AckMode::Commit;
     // `ack=accepted` promises the events survive a crash: with a spool, on disk first.
     let spool = ack == AckMode::Accepted;

@@ -10,19 +10,16 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use serde_json::Value;
 
 use super::error::{ApiError, ErrorBody};
-use super::events::{
-    budget_error, committed, enqueue, read_decoded, respond, AckMode, IngestResponse,
-};
+use super::events::{budget_error, queue_and_answer, read_decoded, AckMode, IngestResponse};
 use super::AppState;
 use crate::config::VerifyScheme;
 use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, Reservation};
-use crate::ingest::{EventError, RequestEvents};
-use crate::webhook::verify::{Refusal, Request};
+use crate::ingest::filing::{ByWebhook, Event, Filing, Route};
+use crate::webhook::verify::{Refusal, Request, Verified};
 use crate::webhook::{form, Webhook};
 
 /// What a webhook body is.
@@ -89,40 +86,15 @@ pub async fn receive_webhook(
         return Err(ApiError::Recovering);
     }
     let gzip = body::is_gzip(&headers)?;
-    let media = media_type(&headers);
     let mut held = Reservation::default();
     let bytes = read_decoded(&state, body, gzip, &mut held).await?;
-    // Twilio and legacy Mailgun sign form fields, not bytes: read them first.
-    let signs_fields = matches!(
-        hook.config.verify,
-        VerifyScheme::Twilio | VerifyScheme::Mailgun
-    );
-    let mut fields = None;
-    if signs_fields {
-        fields = read_form(&state, &mut held, &media, &headers, &bytes).await?;
-    }
-    let verified = hook
-        .verify(&Request {
-            headers: &headers,
-            body: &bytes,
-            query: query.as_deref(),
-            fields: fields.as_deref(),
-            now: chrono::Utc::now().timestamp(),
-        })
-        .map_err(|reason| {
-            state.webhooks.refused(&name, reason, &peer.to_string());
-            unauthorized(reason, hook.config.verify)
-        })?;
-    let kind = match fields {
-        Some(f) => Kind::Form(f),
-        None => match read_form(&state, &mut held, &media, &headers, &bytes).await {
-            Ok(Some(f)) => Kind::Form(f),
-            Ok(None) => Kind::Json,
-            Err(ApiError::BadRequest { error, .. }) => Kind::Malformed(error),
-            Err(e) => return Err(e),
-        },
+    let delivery = Delivery {
+        headers: &headers,
+        media: media_type(&headers),
+        bytes: &bytes,
+        query: query.as_deref(),
     };
-
+    let (verified, kind) = verify(&state, &hook, &delivery, peer, &mut held).await?;
     state
         .ingest
         .memory()
@@ -133,150 +105,145 @@ pub async fn receive_webhook(
         )
         .await
         .map_err(budget_error)?;
-    let source: Arc<str> = crate::source::webhook(&name, peer);
+    let mut filing = state.ingest.filing();
+    let source = crate::source::webhook(&name, peer);
+    let max_events = state.http.max_events_per_request;
+    let malformed = file_body(
+        &mut filing,
+        &hook,
+        &delivery,
+        &verified,
+        kind,
+        &source,
+        max_events,
+    )?;
+    let answer = queue_and_answer(&state, filing, AckMode::Commit, (bytes, held)).await?;
+    match malformed {
+        Some(error) => Err(ApiError::BadRequest {
+            error,
+            dead_lettered: 1,
+        }),
+        None => Ok(answer),
+    }
+}
+
+/// What a webhook request brought, as read.
+struct Delivery<'a> {
+    headers: &'a HeaderMap,
+    /// The lower-case media type, without parameters.
+    media: String,
+    /// The body, decompressed.
+    bytes: &'a [u8],
+    query: Option<&'a str>,
+}
+
+/// Verifies `delivery` under `hook`'s scheme (a refusal is counted, logged in summary
+/// and answered 401), and says what its body is. Twilio and legacy Mailgun sign form
+/// fields, not bytes: those are read first.
+async fn verify(
+    state: &AppState,
+    hook: &Webhook,
+    delivery: &Delivery<'_>,
+    peer: SocketAddr,
+    held: &mut Reservation,
+) -> Result<(Verified, Kind), ApiError> {
+    let signs_fields = matches!(
+        hook.config.verify,
+        VerifyScheme::Twilio | VerifyScheme::Mailgun
+    );
+    let fields = match signs_fields {
+        true => read_form(state, held, delivery).await?,
+        false => None,
+    };
+    let verified = hook
+        .verify(&Request {
+            headers: delivery.headers,
+            body: delivery.bytes,
+            query: delivery.query,
+            fields: fields.as_deref(),
+            now: chrono::Utc::now().timestamp(),
+        })
+        .map_err(|reason| {
+            state
+                .webhooks
+                .refused(&hook.name, reason, &peer.to_string());
+            unauthorized(reason, hook.config.verify)
+        })?;
+    let kind = match fields {
+        Some(f) => Kind::Form(f),
+        None => match read_form(state, held, delivery).await {
+            Ok(Some(f)) => Kind::Form(f),
+            Ok(None) => Kind::Json,
+            Err(ApiError::BadRequest { error, .. }) => Kind::Malformed(error),
+            Err(e) => return Err(e),
+        },
+    };
+    Ok((verified, kind))
+}
+
+/// Files a verified webhook body by the webhook's route: its events (a JSON object, an
+/// array of them, or one object of form fields), or the whole body as one dead letter
+/// when it is not what its Content-Type says (returned: the 400's error).
+fn file_body(
+    filing: &mut Filing,
+    hook: &Webhook,
+    delivery: &Delivery<'_>,
+    verified: &Verified,
+    kind: Kind,
+    source: &Arc<str>,
+    max_events: usize,
+) -> Result<Option<String>, ApiError> {
     let received_at = chrono::Utc::now();
-    let ingest = &state.ingest;
-    let mut groups = Groups(Vec::new());
-    let mut malformed = None;
-    // A form's dead letter keeps the body as received (its row has the fields as JSON);
-    // one that looks like JSON was most likely JSON sent with curl -d's form type.
-    let mut form_hint = None;
-    let is_form = matches!(kind, Kind::Form(_));
-    let events: Vec<(Vec<u8>, Result<Value, String>)> = match kind {
+    let bytes = delivery.bytes;
+    let form_text: Vec<u8>;
+    let (events, form): (Vec<(&[u8], _)>, _) = match kind {
         Kind::Malformed(error) => {
-            malformed = Some(error);
-            Vec::new()
+            // What does not parse goes to the webhook's stream, if it has only one.
+            let fixed = hook.fixed_stream();
+            let reason = error.clone();
+            filing.set_aside(fixed, bytes, Stage::Parse, reason, source, received_at);
+            return Ok(Some(error));
         }
         Kind::Form(fields) => {
-            if media == "application/x-www-form-urlencoded"
-                && matches!(bytes.trim_ascii_start().first(), Some(b'{' | b'['))
-            {
-                form_hint = Some("the body was read as form fields (its Content-Type is application/x-www-form-urlencoded, which curl -d sends) but looks like JSON: send it with Content-Type: application/json");
-            }
+            // A form's dead letter keeps the body as received (its row has the fields
+            // as JSON); one that looks like JSON was most likely JSON sent with curl -d's
+            // form type.
+            let hint = (delivery.media == "application/x-www-form-urlencoded"
+                && matches!(bytes.trim_ascii_start().first(), Some(b'{' | b'[')))
+            .then_some("the body was read as form fields (its Content-Type is application/x-www-form-urlencoded, which curl -d sends) but looks like JSON: send it with Content-Type: application/json");
             let value = form::to_object(&fields);
-            vec![(value.to_string().into_bytes(), Ok(value))]
+            form_text = value.to_string().into_bytes();
+            (vec![(&form_text[..], Ok(value))], Some((bytes, hint)))
         }
-        Kind::Json => match body::split(
-            body::Format::Json,
-            &bytes,
-            state.http.max_events_per_request,
-        ) {
-            Ok(pieces) => pieces
-                .into_iter()
-                .map(|p| (p.raw.to_vec(), p.value))
-                .collect(),
+        Kind::Json => match body::split(body::Format::Json, bytes, max_events) {
+            Ok(pieces) => (pieces.into_iter().map(|p| (p.raw, p.value)).collect(), None),
             Err(BodyError::Malformed(error)) => {
-                malformed = Some(error);
-                Vec::new()
+                return file_body(
+                    filing,
+                    hook,
+                    delivery,
+                    verified,
+                    Kind::Malformed(error),
+                    source,
+                    max_events,
+                )
             }
             Err(e) => return Err(e.into()),
         },
     };
-    // What does not parse goes to the webhook's stream, if it has only one.
-    let fixed = hook.fixed_stream().map(|s| s.name.clone());
-    let fixed = fixed.as_deref();
-    if let Some(error) = &malformed {
-        let err = EventError::whole(0, Stage::Parse, error.clone());
-        groups
-            .of(fixed, ingest)
-            .reject(fixed, &bytes, err, &source, received_at);
-    }
-    let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    for (index, (raw, value)) in events.into_iter().enumerate() {
-        let mut value = match value {
-            Ok(v) => v,
-            Err(error) => {
-                let err = EventError::whole(index, Stage::Parse, error);
-                groups
-                    .of(fixed, ingest)
-                    .reject(fixed, &raw, err, &source, received_at);
-                continue;
-            }
-        };
-        match route(&hook, &value, &headers) {
-            Ok(stream) => {
-                let changed = hook.decorate(
-                    &mut value,
-                    &headers,
-                    &verified,
-                    &stream,
-                    batch.then_some(index),
-                );
-                let text = if changed {
-                    value.to_string()
-                } else {
-                    String::from_utf8_lossy(&raw).into_owned()
-                };
-                let payload: &[u8] = if is_form { &bytes } else { text.as_bytes() };
-                groups.of(Some(&stream.name), ingest).add_as(
-                    &stream,
-                    &text,
-                    value,
-                    payload,
-                    form_hint,
-                    index,
-                    &source,
-                    received_at,
-                );
-            }
-            Err(error) => {
-                let err = EventError::whole(index, Stage::Route, error);
-                let payload: &[u8] = if is_form { &bytes } else { &raw };
-                groups
-                    .of(None, ingest)
-                    .reject(None, payload, err, &source, received_at);
-            }
-        }
-    }
-
-    let mut total = 0;
-    let mut errors = Vec::new();
-    for (_, request) in &mut groups.0 {
-        total += request.rows.len() + request.letters.len();
-        errors.append(&mut request.errors);
-    }
-    let groups = groups
-        .0
-        .iter_mut()
-        .map(|(s, r)| (s.as_deref(), std::mem::take(r)))
-        .collect();
-    let pending = enqueue(ingest, groups, AckMode::Commit, state.http.enqueue_timeout).await?;
-    drop(bytes);
-    drop(held);
-    let rejected = committed(pending, AckMode::Commit).await?;
-    if let Some(error) = malformed {
-        return Err(ApiError::BadRequest {
-            error,
-            dead_lettered: 1,
-        });
-    }
-    Ok(respond(total, errors, rejected, AckMode::Commit))
-}
-
-/// A request's events by stream (`None`: those no route matched), in the order first seen.
-struct Groups(Vec<(Option<String>, RequestEvents)>);
-
-impl Groups {
-    fn of(&mut self, stream: Option<&str>, ingest: &crate::ingest::Ingest) -> &mut RequestEvents {
-        let i = match self.0.iter().position(|(s, _)| s.as_deref() == stream) {
-            Some(i) => i,
-            None => {
-                self.0
-                    .push((stream.map(str::to_owned), ingest.request_events()));
-                self.0.len() - 1
-            }
-        };
-        &mut self.0[i].1
-    }
-}
-
-/// The stream of `event`, shared so the caller can hold it past the hook.
-fn route(
-    hook: &Webhook,
-    event: &Value,
-    headers: &HeaderMap,
-) -> Result<Arc<crate::schema::Stream>, String> {
-    hook.route(event, headers).cloned()
+    let route = Route::Webhook(ByWebhook {
+        hook,
+        headers: delivery.headers,
+        verified,
+        batch: bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['),
+        form,
+    });
+    let events = events
+        .into_iter()
+        .enumerate()
+        .map(|(index, (raw, value))| Event::parsed(index, raw, value));
+    filing.file(&route, source, received_at, events);
+    Ok(None)
 }
 
 /// The lower-case media type of the request, without parameters.
@@ -297,11 +264,10 @@ fn media_type(headers: &HeaderMap) -> String {
 async fn read_form(
     state: &AppState,
     held: &mut Reservation,
-    media: &str,
-    headers: &HeaderMap,
-    bytes: &[u8],
+    delivery: &Delivery<'_>,
 ) -> Result<Option<Vec<(String, String)>>, ApiError> {
-    match media {
+    let (headers, bytes) = (delivery.headers, delivery.bytes);
+    match delivery.media.as_str() {
         "application/x-www-form-urlencoded" => {
             charge_form(state, held, bytes.len(), form::count_urlencoded(bytes)).await?;
             Ok(Some(form::urlencoded(bytes)))

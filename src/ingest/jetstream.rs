@@ -23,9 +23,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::body::{ndjson_lines, parse_object};
-use super::tcp::route_by_field;
-use super::{CommitWait, EventError, Ingest, PerStream, RequestEvents};
+use super::body::ndjson_lines;
+use super::filing::{ByField, Event, Read, RequestEvents, Route};
+use super::{CommitWait, Ingest};
 use crate::config::{JetStreamConfig, TcpConfig};
 use crate::event::Stage;
 use crate::schema::Stream;
@@ -218,8 +218,7 @@ impl Input {
     /// Decodes and routes the events of `batch`, each stream's apart.
     fn decode(&self, batch: &[jetstream::Message]) -> Decoded {
         let received_at = chrono::Utc::now();
-        let mut per_stream = PerStream::new(&self.ingest, received_at);
-        let mut unrouted = self.ingest.request_events();
+        let mut filing = self.ingest.filing();
         // owners[event index] = the message in `batch` the event came from.
         let mut owners = Vec::new();
         // A batch's messages mostly share a subject: one `source` text for each run.
@@ -234,50 +233,44 @@ impl Input {
                     source
                 }
             };
-            let by_subject = self
+            let (registry, field) = (&self.ingest.registry, self.tcp.stream_field.as_str());
+            let route = match self
                 .config
                 .subject_prefix
                 .as_deref()
-                .and_then(|p| subject.strip_prefix(p));
-            let mut lines = ndjson_lines(&message.payload).peekable();
-            if lines.peek().is_none() {
+                .and_then(|p| subject.strip_prefix(p))
+            {
+                Some(name) => Route::Subject {
+                    registry,
+                    subject,
+                    name,
+                    field,
+                },
+                None => Route::Field(ByField {
+                    registry,
+                    field,
+                    default: self.tcp.default_stream.as_deref(),
+                }),
+            };
+            let first = owners.len();
+            let mut events: Vec<Event> = ndjson_lines(&message.payload)
+                .zip(first..)
+                .map(|(raw, index)| Event::text(index, raw))
+                .collect();
+            if events.is_empty() {
                 // Nothing to store, but nothing is acknowledged without a trace.
-                let index = owners.len();
-                owners.push(m);
                 let error = "the message is empty: publish one JSON object, or one per line";
-                let err = EventError::whole(index, Stage::Parse, error.into());
-                unrouted.reject(None, &message.payload, err, &source, received_at);
+                events.push(Event {
+                    index: first,
+                    raw: &message.payload,
+                    read: Read::Refused(Stage::Parse, error.into()),
+                });
             }
-            for raw in lines {
-                let index = owners.len();
-                owners.push(m);
-                let reject = |batch: &mut RequestEvents, stage, error| {
-                    let err = EventError::whole(index, stage, error);
-                    batch.reject(None, raw, err, &source, received_at);
-                };
-                let value = match parse_object(raw) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        reject(&mut unrouted, Stage::Parse, e);
-                        continue;
-                    }
-                };
-                let routed = match by_subject {
-                    Some(name) => self.by_subject(name, subject, value),
-                    None => route_by_field(&self.ingest.registry, &self.tcp, value),
-                };
-                let (stream, value) = match routed {
-                    Ok(r) => r,
-                    Err(e) => {
-                        reject(&mut unrouted, Stage::Route, e);
-                        continue;
-                    }
-                };
-                per_stream.add(&stream, raw, value, index, &source);
-            }
+            owners.resize(first + events.len(), m);
+            filing.file(&route, &source, received_at, events);
         }
         Decoded {
-            groups: per_stream.with(unrouted).collect(),
+            groups: filing.into_groups(),
             owners,
         }
     }
@@ -308,22 +301,6 @@ impl Input {
             waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
         }
         Ok(waits)
-    }
-
-    /// The stream named by the subject; the TCP routing field is removed as there (so a
-    /// replay sees the event as it was validated).
-    fn by_subject(
-        &self,
-        name: &str,
-        subject: &str,
-        mut value: serde_json::Value,
-    ) -> Result<(Arc<Stream>, serde_json::Value), String> {
-        let stream = self.ingest.registry.get(name).ok_or_else(|| {
-            format!("unknown stream `{name}` (from the subject {subject}): there is no schemas/{name}.json")
-        })?;
-        let source = crate::source::Kind::JetStream.as_str();
-        super::tcp::strip_routing_field(stream, &self.tcp.stream_field, source, &mut value);
-        Ok((stream.clone(), value))
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod budget;
+pub mod filing;
 pub mod jetstream;
 pub mod spool_recovery;
 pub mod spool_refill;
@@ -17,20 +18,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{DeadLetter, Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
+use crate::event::{DeadLetter, Row, Stage};
 use crate::log_summary::LogSummary;
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
-use crate::schema::{Registry, Stream};
+use crate::schema::Registry;
 use crate::sink::Dialect;
 use crate::stats::StreamStats;
 use crate::telemetry;
+use filing::{Filing, RequestEvents};
 
 /// A listener that serves at most `max` connections at once. The permit is taken
 /// *before* `accept()`, so the limit is backpressure (further clients wait in the kernel's
@@ -73,216 +72,6 @@ impl LimitedListener {
                 },
                 _ = stop.cancelled() => return None,
             }
-        }
-    }
-}
-
-/// Why one event of a request was not accepted, as reported to the client.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct EventError {
-    /// Position of the event in the request (array element or non-blank NDJSON line).
-    pub index: usize,
-    pub stage: Stage,
-    pub error: String,
-    /// JSON pointer to the offending value, for schema errors.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pointer: Option<String>,
-}
-
-impl EventError {
-    /// An error about the event as a whole (no JSON pointer into it).
-    pub fn whole(index: usize, stage: Stage, error: String) -> EventError {
-        EventError {
-            index,
-            stage,
-            error,
-            pointer: None,
-        }
-    }
-}
-
-/// Events read together (a TCP chunk, a batch of JetStream messages) at one time, one
-/// [`RequestEvents`] per stream they name.
-pub struct PerStream<'a> {
-    ingest: &'a Ingest,
-    received_at: DateTime<Utc>,
-    groups: Vec<(Arc<Stream>, RequestEvents)>,
-}
-
-impl<'a> PerStream<'a> {
-    pub fn new(ingest: &'a Ingest, received_at: DateTime<Utc>) -> PerStream<'a> {
-        PerStream {
-            ingest,
-            received_at,
-            groups: Vec::new(),
-        }
-    }
-
-    /// Files the line `raw` (UTF-8: `parse_object` checked it), parsed as `value`, with
-    /// the events of `stream` ([`RequestEvents::add`]).
-    pub fn add(
-        &mut self,
-        stream: &Arc<Stream>,
-        raw: &[u8],
-        value: Value,
-        index: usize,
-        source: &Arc<str>,
-    ) {
-        let slot = match self.groups.iter().position(|(s, _)| s.name == stream.name) {
-            Some(i) => i,
-            None => {
-                self.groups
-                    .push((stream.clone(), self.ingest.request_events()));
-                self.groups.len() - 1
-            }
-        };
-        let text = std::str::from_utf8(raw).unwrap_or_default();
-        self.groups[slot]
-            .1
-            .add(stream, text, value, index, source, self.received_at);
-    }
-
-    /// Each stream's events, then `unrouted` (those that named no stream, as `None`),
-    /// leaving out the empty ones.
-    pub fn with(
-        self,
-        unrouted: RequestEvents,
-    ) -> impl Iterator<Item = (Option<Arc<Stream>>, RequestEvents)> {
-        self.groups
-            .into_iter()
-            .map(|(stream, events)| (Some(stream), events))
-            .chain(std::iter::once((None, unrouted)))
-            .filter(|(_, events)| !events.rows.is_empty() || !events.letters.is_empty())
-    }
-}
-
-/// The events of one request, sorted into rows and dead letters.
-#[derive(Debug)]
-pub struct RequestEvents {
-    pub rows: Vec<Row>,
-    pub letters: Vec<DeadLetter>,
-    pub errors: Vec<EventError>,
-    /// Bytes the rows count against the stream's queue ([`Row::memory_size`]).
-    pub row_bytes: usize,
-    /// Bytes the dead letters count against the dead-letter queue.
-    pub letter_bytes: usize,
-    /// Most payload bytes a dead letter keeps (`dead_letters.max_payload_bytes`).
-    pub max_payload: usize,
-    /// The database the rows go to, to set aside values it is known to refuse.
-    pub storage: Option<Dialect>,
-    /// The name of the ingest token the request came with (`[auth]`), for metrics.
-    pub token: Option<Arc<str>>,
-}
-
-impl Default for RequestEvents {
-    fn default() -> Self {
-        RequestEvents {
-            rows: Vec::new(),
-            letters: Vec::new(),
-            errors: Vec::new(),
-            row_bytes: 0,
-            letter_bytes: 0,
-            max_payload: DEFAULT_MAX_PAYLOAD_BYTES,
-            storage: None,
-            token: None,
-        }
-    }
-}
-
-impl RequestEvents {
-    /// Sets an event aside with `stage` and `error`.
-    pub fn reject(
-        &mut self,
-        stream: Option<&str>,
-        raw: &[u8],
-        err: EventError,
-        source: &Arc<str>,
-        received_at: DateTime<Utc>,
-    ) {
-        let letter = DeadLetter::new(
-            stream,
-            err.stage,
-            &err.error,
-            raw,
-            source,
-            received_at,
-            err.index,
-            self.max_payload,
-        );
-        self.letter_bytes += letter.memory_size();
-        self.letters.push(letter);
-        self.errors.push(err);
-    }
-
-    /// Validates one parsed event against `stream` and files it as a row or a dead letter.
-    pub fn add(
-        &mut self,
-        stream: &Stream,
-        raw: &str,
-        value: Value,
-        index: usize,
-        source: &Arc<str>,
-        received_at: DateTime<Utc>,
-    ) {
-        self.add_as(
-            stream,
-            raw,
-            value,
-            raw.as_bytes(),
-            None,
-            index,
-            source,
-            received_at,
-        );
-    }
-
-    /// [`RequestEvents::add`] for an event whose dead letter, if it gets one, keeps
-    /// other bytes than its row's text (a form webhook: the body as received, where the
-    /// row has the fields as JSON), with `hint` added to the reason.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_as(
-        &mut self,
-        stream: &Stream,
-        raw: &str,
-        value: Value,
-        letter_payload: &[u8],
-        hint: Option<&str>,
-        index: usize,
-        source: &Arc<str>,
-        received_at: DateTime<Utc>,
-    ) {
-        let row = stream
-            .to_row(value, raw.into(), source.clone(), index, received_at)
-            .and_then(
-                |row| match self.storage.and_then(|d| d.refused_value(stream, &row)) {
-                    None => Ok(row),
-                    Some((pointer, error)) => Err(crate::schema::Rejection {
-                        stage: Stage::Write,
-                        error: format!("at {pointer}: {error}"),
-                        pointer: Some(pointer),
-                    }),
-                },
-            );
-        match row {
-            Ok(row) => {
-                self.row_bytes += row.memory_size();
-                self.rows.push(row);
-            }
-            Err(rejection) => self.reject(
-                Some(&stream.name),
-                letter_payload,
-                EventError {
-                    index,
-                    stage: rejection.stage,
-                    error: match hint {
-                        Some(hint) => format!("{}; {hint}", rejection.error),
-                        None => rejection.error,
-                    },
-                    pointer: rejection.pointer,
-                },
-                source,
-                received_at,
-            ),
         }
     }
 }
@@ -518,13 +307,11 @@ impl Ingest {
         self.max_payload
     }
 
-    /// Empty events of one request, whose dead letters keep at most `dead_letters.max_payload_bytes`.
-    pub fn request_events(&self) -> RequestEvents {
-        RequestEvents {
-            max_payload: self.max_payload,
-            storage: Some(self.storage),
-            ..RequestEvents::default()
-        }
+    /// An empty filing for the events of one request (chunk, batch): its dead letters
+    /// keep at most `dead_letters.max_payload_bytes`, and values the database is known
+    /// to refuse are set aside at once.
+    pub fn filing(&self) -> Filing {
+        Filing::new(self.max_payload, Some(self.storage))
     }
 
     /// The status counters of `stream`.

@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use super::tcp::strip_routing_field;
-use super::{EventError, Ingest};
-use crate::event::Stage;
+use super::filing::{Event, Filing, Route};
+use super::Ingest;
 use crate::spool::{decode, read_segment, stream_of, Record, Spool};
 
 /// Writes what `spool` held at start-up through `ingest`'s queues, waiting for each
@@ -62,15 +61,18 @@ async fn replay_segment(
     stream_field: &str,
 ) -> bool {
     let stream = stream_of(log).and_then(|s| ingest.registry.get(s).cloned());
-    let events = decode_all(ingest, log, stream.as_ref(), payloads, stream_field);
-    let name = stream.as_ref().map(|s| s.name.as_str());
-    let pending = match ingest.submit_in_pieces(name, events, false).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
-            return false;
+    let filing = decode_all(ingest, log, stream.as_ref(), payloads, stream_field);
+    let mut pending = Vec::new();
+    for (stream, events) in filing.into_groups() {
+        let name = stream.as_ref().map(|s| s.name.as_str());
+        match ingest.submit_in_pieces(name, events, false).await {
+            Ok(p) => pending.extend(p),
+            Err(e) => {
+                tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
+                return false;
+            }
         }
-    };
+    }
     for piece in pending {
         if piece.committed().await.is_err() {
             tracing::warn!(
@@ -83,52 +85,38 @@ async fn replay_segment(
     true
 }
 
-/// Turns spool records into rows (validated again against `stream`'s current schema,
-/// the TCP routing field removed as on the live path) and dead letters.
+/// Turns spool records into rows (filed again against `stream`'s current schema, the
+/// TCP routing field removed as on the live path) and dead letters.
 pub fn decode_all(
     ingest: &Ingest,
     log: &str,
     stream: Option<&Arc<crate::schema::Stream>>,
     payloads: &[Vec<u8>],
     stream_field: &str,
-) -> super::RequestEvents {
-    let mut events = ingest.request_events();
+) -> Filing {
+    let mut filing = ingest.filing();
     let mut undecodable = 0;
     for payload in payloads {
-        match decode(payload) {
-            Some(Record::Row {
-                raw,
-                source,
-                received_at,
-                index,
-            }) => {
-                let Some(stream) = stream else {
-                    undecodable += 1;
-                    continue;
-                };
-                match super::body::parse_object(raw.as_bytes()) {
-                    Ok(mut value) => {
-                        strip_routing_field(stream, stream_field, &source, &mut value);
-                        events.add(stream, &raw, value, index, &source, received_at)
-                    }
-                    Err(error) => events.reject(
-                        Some(&stream.name),
-                        raw.as_bytes(),
-                        EventError::whole(index, Stage::Parse, error),
-                        &source,
-                        received_at,
-                    ),
-                }
+        match (decode(payload), stream) {
+            (
+                Some(Record::Row {
+                    raw,
+                    source,
+                    received_at,
+                    index,
+                }),
+                Some(stream),
+            ) => {
+                let route = Route::again(stream, stream_field, &source);
+                let event = Event::text(index, raw.as_bytes());
+                filing.file(&route, &source, received_at, [event]);
             }
-            Some(Record::Letter(letter)) => {
-                events.letter_bytes += letter.memory_size();
-                events.letters.push(letter);
-            }
-            None => undecodable += 1,
+            (Some(Record::Letter(letter)), _) => filing.keep(letter),
+            (Some(Record::Row { .. }), None) | (None, _) => undecodable += 1,
         }
     }
     if undecodable > 0 {
         tracing::warn!(log, undecodable, "Spool records that are not Sluice's (or of a stream no longer configured) were skipped.");
     }
-    events
+    filing
 }

@@ -43,7 +43,8 @@ pub async fn refill(
                     break;
                 }
             };
-            let events = decode_all(&ingest, log.name(), Some(&stream), &payloads, &stream_field);
+            let events =
+                decode_all(&ingest, log.name(), Some(&stream), &payloads, &stream_field).into_one();
             // The ticket's records are in the order of `payloads`; the rows are too
             // unless some records became dead letters. Then which range is which row is
             // not known, and the whole ticket goes with the last piece (released once

@@ -16,17 +16,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
-use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::budget::{decode_estimate, Reservation};
-use super::{body::parse_object, EventError, Ingest, LimitedListener, PerStream, RequestEvents};
+use super::filing::{ByField, Event, Filing, Read, Route};
+use super::{body::parse_object, Ingest, LimitedListener};
 use crate::config::TcpConfig;
 use crate::event::Stage;
-use crate::schema::{Registry, Stream};
 use crate::telemetry;
 
 /// Lines handed to the queues together, at most (they are already in the read buffer).
@@ -266,55 +265,8 @@ impl Connection {
         {
             return false;
         }
-        let received_at = chrono::Utc::now();
-        let ingest = self.ingest.clone();
-        let mut per_stream = PerStream::new(&ingest, received_at);
-        let mut unrouted = self.ingest.request_events();
-        for frame in chunk {
-            let index = self.line;
-            self.line += 1;
-            let reject =
-                |batch: &mut RequestEvents, stream: Option<&str>, raw: &[u8], stage, error| {
-                    let err = EventError::whole(index, stage, error);
-                    batch.reject(stream, raw, err, &self.source, received_at);
-                };
-            let (raw, unterminated) = match &frame {
-                Frame::TooLong(prefix) => {
-                    let error = format!(
-                        "line too long: more than tcp.max_line_bytes ({} bytes); its first {} bytes are kept here",
-                        self.config.max_line_bytes,
-                        prefix.len()
-                    );
-                    reject(&mut unrouted, None, prefix, Stage::Parse, error);
-                    continue;
-                }
-                Frame::Line(raw) => (raw, false),
-                Frame::Unterminated(raw) => (raw, true),
-            };
-            let value = match parse_object(raw) {
-                Ok(v) => v,
-                Err(e) => {
-                    let error = if unterminated {
-                        format!(
-                            "the connection closed in the middle of this line (no newline): {e}"
-                        )
-                    } else {
-                        e
-                    };
-                    reject(&mut unrouted, None, raw, Stage::Parse, error);
-                    continue;
-                }
-            };
-            let (stream, value) = match self.route(value) {
-                Ok(routed) => routed,
-                Err(error) => {
-                    reject(&mut unrouted, None, raw, Stage::Route, error);
-                    continue;
-                }
-            };
-            per_stream.add(&stream, raw, value, index, &self.source);
-        }
-        for (stream, batch) in per_stream.with(unrouted) {
+        let filing = self.file(&chunk);
+        for (stream, batch) in filing.into_groups() {
             let lines = batch.rows.len() + batch.letters.len();
             let name = stream.as_ref().map(|s| s.name.as_str());
             let bytes: usize = batch.row_bytes + batch.letter_bytes;
@@ -335,6 +287,41 @@ impl Connection {
         }
         // The rows are queued (their queue counts them now).
         drop(held);
+        self.read_ahead().await
+    }
+
+    /// Files the lines of `chunk`, numbering them on from the connection's count.
+    fn file(&mut self, chunk: &[Frame]) -> Filing {
+        let mut filing = self.ingest.filing();
+        let route = Route::Field(ByField {
+            registry: &self.ingest.registry,
+            field: &self.config.stream_field,
+            default: self.config.default_stream.as_deref(),
+        });
+        let first = self.line;
+        self.line += chunk.len();
+        let max = self.config.max_line_bytes;
+        let events = chunk.iter().zip(first..).map(|(frame, index)| match frame {
+            Frame::Line(raw) => Event::text(index, raw),
+            Frame::Unterminated(raw) => Event::parsed(index, raw, parse_object(raw).map_err(|e| {
+                format!("the connection closed in the middle of this line (no newline): {e}")
+            })),
+            Frame::TooLong(prefix) => Event {
+                index,
+                raw: prefix,
+                read: Read::Refused(Stage::Parse, format!(
+                    "line too long: more than tcp.max_line_bytes ({max} bytes); its first {} bytes are kept here",
+                    prefix.len()
+                )),
+            },
+        });
+        filing.file(&route, &self.source, chrono::Utc::now(), events);
+        filing
+    }
+
+    /// Waits until what this connection queued is mostly committed; `false` if Sluice
+    /// is stopping.
+    async fn read_ahead(&mut self) -> bool {
         // Read on only once what this connection queued is mostly committed.
         while self.in_flight.iter().map(|(_, bytes)| bytes).sum::<usize>() > READ_AHEAD_BYTES {
             let Some((pieces, _)) = self.in_flight.pop_front() else {
@@ -348,58 +335,6 @@ impl Connection {
             }
         }
         true
-    }
-
-    /// The stream of a line: its `stream_field`, else the listener's `default_stream`.
-    /// The field is removed unless the stream's schema declares it as a property.
-    fn route(&self, value: Value) -> Result<(Arc<Stream>, Value), String> {
-        route_by_field(&self.ingest.registry, &self.config, value)
-    }
-}
-
-/// The stream a JSON object names in `config.stream_field` (else `default_stream`), and
-/// the object with that field removed unless the schema declares it: the routing rules
-/// of TCP lines, which the JetStream input shares.
-pub fn route_by_field(
-    registry: &Registry,
-    config: &TcpConfig,
-    mut value: Value,
-) -> Result<(Arc<Stream>, Value), String> {
-    let field = &config.stream_field;
-    let Value::Object(map) = &mut value else {
-        return Err("the line is not a JSON object".into());
-    };
-    let name = match map.get(field.as_str()) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => return Err(format!("the \"{field}\" field must be a string naming a stream, not {other}")),
-        None => match &config.default_stream {
-            Some(d) => d.clone(),
-            None => {
-                return Err(format!(
-                    "the line has no \"{field}\" field naming its stream, and tcp.default_stream is not set"
-                ))
-            }
-        },
-    };
-    let stream = registry
-        .get(&name)
-        .ok_or_else(|| format!("unknown stream `{name}`: there is no schemas/{name}.json"))?
-        .clone();
-    if !stream.declares(field) {
-        map.remove(field.as_str());
-    }
-    Ok((stream, value))
-}
-
-/// What a line that came over TCP or JetStream (its `source` says so) looks like to its
-/// stream: its routing field `field` removed, unless the schema declares it, as on the
-/// live path. For events validated again later (dead-letter replay, spool recovery).
-pub fn strip_routing_field(stream: &Stream, field: &str, source: &str, value: &mut Value) {
-    let routed = crate::source::Kind::of(source).is_some_and(crate::source::Kind::routes_by_field);
-    if routed && !stream.declares(field) {
-        if let Value::Object(map) = value {
-            map.remove(field);
-        }
     }
 }
 
