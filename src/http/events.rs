@@ -21,7 +21,7 @@ use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
 use crate::ingest::filing::{Event, EventError, Filing, Route};
-use crate::ingest::{CommitWait, Ingest};
+use crate::ingest::{Handing, Ingest, Receipt, Until};
 use crate::pipeline::queue::QueueError;
 use crate::telemetry;
 
@@ -446,27 +446,21 @@ pub(super) async fn enqueue(
     filing: Filing,
     ack: AckMode,
     timeout: Duration,
-) -> Result<CommitWait, ApiError> {
-    let (streams, events): (Vec<_>, Vec<_>) = filing.into_groups().into_iter().unzip();
-    let groups: Vec<(Option<&str>, _)> = streams
-        .iter()
-        .map(|s| s.as_ref().map(|s| s.name.as_str()))
-        .zip(events)
-        .collect();
-    let wait_for_commit = ack == AckMode::Commit;
+) -> Result<Receipt, ApiError> {
     // `ack=accepted` promises the events survive a crash: with a spool, on disk first.
-    let spool = ack == AckMode::Accepted;
+    let until = match ack {
+        AckMode::Commit => Until::Committed,
+        AckMode::Accepted => Until::Durable,
+    };
     // Counted by known streams only, never by what a client typed.
-    let sizes: Vec<(&str, usize)> = groups
-        .iter()
+    let sizes: Vec<(String, usize)> = filing
+        .groups()
         .map(|(s, r)| {
-            (
-                s.unwrap_or(telemetry::NO_STREAM),
-                r.rows.len() + r.letters.len(),
-            )
+            let name = s.map_or(telemetry::NO_STREAM, |s| s.name.as_str());
+            (name.to_owned(), r.rows.len() + r.letters.len())
         })
         .collect();
-    let pending = match tokio::time::timeout(timeout, ingest.submit_all(groups, wait_for_commit, spool)).await {
+    let pending = match tokio::time::timeout(timeout, ingest.submit(filing, until, Handing::Whole)).await {
         Err(_) => {
             for (stream, events) in &sizes {
                 telemetry::events_rejected(stream, *events);
@@ -476,8 +470,8 @@ pub(super) async fn enqueue(
             }
             let streams = sizes
                 .iter()
-                .filter(|(s, _)| *s != telemetry::NO_STREAM)
-                .map(|(s, _)| (*s).to_owned())
+                .filter(|(s, _)| s != telemetry::NO_STREAM)
+                .map(|(s, _)| s.clone())
                 .collect();
             return Err(ApiError::QueueFull { streams });
         }
@@ -497,7 +491,7 @@ pub(super) async fn enqueue(
 /// fsync only);
 /// returns the write-stage rejections.
 pub(super) async fn committed(
-    pending: CommitWait,
+    pending: Receipt,
     ack: AckMode,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {
     if ack == AckMode::Accepted {

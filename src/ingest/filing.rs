@@ -384,6 +384,14 @@ impl Filing {
             .sum()
     }
 
+    /// Bytes the events filed count against the queues.
+    pub fn bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|(_, e)| e.row_bytes + e.letter_bytes)
+            .sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -395,6 +403,11 @@ impl Filing {
             errors.append(&mut events.errors);
         }
         errors
+    }
+
+    /// Each stream's events so far.
+    pub fn groups(&self) -> impl Iterator<Item = (Option<&Arc<Stream>>, &RequestEvents)> {
+        self.groups.iter().map(|(s, e)| (s.as_ref(), e))
     }
 
     /// Each stream's events (`None`: those that found no stream), in the order first

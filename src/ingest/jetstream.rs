@@ -24,11 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ndjson_lines;
-use super::filing::{ByField, Event, Read, RequestEvents, Route};
-use super::{CommitWait, Ingest};
+use super::filing::{ByField, Event, Filing, Read, Route};
+use super::{Handing, Ingest, Receipt, Until};
 use crate::config::{JetStreamConfig, TcpConfig};
 use crate::event::Stage;
-use crate::schema::Stream;
 use crate::telemetry;
 
 /// Most messages handled as one batch (one submit, one commit wait, one task).
@@ -195,12 +194,16 @@ impl Input {
                     _ = stop.cancelled() => return Ok(()),
                 }
             };
-            let Decoded { groups, owners } = decoded;
-            match self.queue(groups).await {
-                Ok(waits) => {
+            let Decoded { filing, owners } = decoded;
+            match self
+                .ingest
+                .submit(filing, Until::Committed, Handing::Pieces)
+                .await
+            {
+                Ok(receipt) => {
                     let (ack_wait, nak_delay) = (config.ack_wait, config.nak_delay);
                     self.tasks.spawn(ack_after_commit(
-                        batch, owners, waits, permit, ack_wait, nak_delay,
+                        batch, owners, receipt, permit, ack_wait, nak_delay,
                     ));
                 }
                 Err(e) => {
@@ -269,18 +272,15 @@ impl Input {
             owners.resize(first + events.len(), m);
             filing.file(&route, &source, received_at, events);
         }
-        Decoded {
-            groups: filing.into_groups(),
-            owners,
-        }
+        Decoded { filing, owners }
     }
 
     /// A stream `decoded` has events for whose writes are failing (and being retried).
     fn failing(&self, decoded: &Decoded) -> Option<String> {
         decoded
-            .groups
-            .iter()
-            .filter_map(|(stream, _)| stream.as_ref())
+            .filing
+            .groups()
+            .filter_map(|(stream, _)| stream)
             .find(|s| {
                 self.ingest
                     .stats(&s.name)
@@ -288,26 +288,12 @@ impl Input {
             })
             .map(|s| s.name.clone())
     }
-
-    /// Queues each stream's events of `groups` (waiting for room); returns their commit
-    /// waits.
-    async fn queue(
-        &self,
-        groups: Vec<(Option<Arc<Stream>>, RequestEvents)>,
-    ) -> Result<Vec<CommitWait>, crate::pipeline::queue::QueueError> {
-        let mut waits = Vec::new();
-        for (stream, events) in groups {
-            let name = stream.as_ref().map(|s| s.name.as_str());
-            waits.extend(self.ingest.submit_in_pieces(name, events, false).await?);
-        }
-        Ok(waits)
-    }
 }
 
 /// A batch's events, decoded and routed, not yet queued.
 struct Decoded {
     /// Each stream's events, and those routed to none (dead letters).
-    groups: Vec<(Option<Arc<Stream>>, RequestEvents)>,
+    filing: Filing,
     /// For each event index, the message of the batch it came from.
     owners: Vec<usize>,
 }
@@ -318,7 +304,7 @@ struct Decoded {
 async fn ack_after_commit(
     batch: Vec<Acker>,
     owners: Vec<usize>,
-    waits: Vec<CommitWait>,
+    receipt: Receipt,
     _permit: OwnedSemaphorePermit,
     ack_wait: Duration,
     nak_delay: Duration,
@@ -326,12 +312,9 @@ async fn ack_after_commit(
     let committed = async {
         // Per message: whether all its events are stored.
         let mut stored = vec![true; batch.len()];
-        for wait in waits {
-            let outcome = wait.committed().await.ok()?;
-            for lost in outcome.lost {
-                if let Some(&m) = owners.get(lost.index) {
-                    stored[m] = false;
-                }
+        for lost in receipt.committed().await.ok()?.lost {
+            if let Some(&m) = owners.get(lost.index) {
+                stored[m] = false;
             }
         }
         Some(stored)

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{DeadLetter, Row, Stage};
 use crate::log_summary::LogSummary;
-use crate::pipeline::queue::{Outcome, QueueError, QueueSender};
+use crate::pipeline::queue::{Outcome, QueueError, QueueSender, Settle};
 use crate::schema::Registry;
 use crate::sink::Dialect;
 use crate::stats::StreamStats;
@@ -121,6 +121,26 @@ fn record_submitted(
     }
 }
 
+/// What the writer resolves for one envelope ([`Settle`]) and, if the producer `waits`
+/// for the commit, what it watches.
+fn settle(
+    waits: bool,
+    spooled: Option<crate::spool::Ticket>,
+) -> (Settle, Option<oneshot::Receiver<Outcome>>) {
+    let (tx, rx) = match waits {
+        true => {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let settle = Settle {
+        waiter: tx,
+        spooled,
+    };
+    (settle, rx)
+}
+
 /// Splits `items` into runs that each fit a queue of `(max_events, max_bytes)`; an item
 /// larger than `max_bytes` forms a run of its own.
 fn split_to_fit<T>(
@@ -193,16 +213,44 @@ fn append_all(
     Ok(tickets)
 }
 
-/// What resolves once the events of a queued request are committed (or dead-lettered).
-pub struct CommitWait {
-    /// One per queue the request's events went to.
+/// What a producer waits for once its events are handed over ([`Ingest::submit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Queued, nothing more: dead letters read back from the spool, already on disk.
+    Queued,
+    /// On disk in the spool (when there is one), so that a crash loses nothing, before
+    /// the source is told the events are taken: `ack=accepted`, TCP lines. Their commit
+    /// can be waited for too.
+    Durable,
+    /// Committed: the source keeps the events until then (`ack=commit`, webhooks,
+    /// JetStream, spool recovery), so they are not spooled.
+    Committed,
+}
+
+/// How a producer's events are handed to the queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handing {
+    /// All or nothing, as one request is answered: room is reserved in every queue
+    /// before anything is queued; more than a queue can ever hold is refused.
+    Whole,
+    /// In as many pieces as the queues' bounds require, each waiting for room in its
+    /// queue (and in a full spool): lines and messages, for which waiting is the
+    /// backpressure.
+    Pieces,
+}
+
+/// What the producer of submitted events watches: their commit (the one outcome each
+/// writer resolves) and, when spooled, their fsync.
+#[derive(Default)]
+pub struct Receipt {
+    /// One per envelope the events went in.
     receivers: Vec<oneshot::Receiver<Outcome>>,
     /// Their appends to the spool, when spooled.
     durable: Vec<crate::spool::Durability>,
 }
 
-impl CommitWait {
-    /// Waits until the request's spooled events are on disk (at once without a spool).
+impl Receipt {
+    /// Waits until the spooled events are on disk (at once without a spool).
     pub async fn durable(&self) {
         for d in &self.durable {
             d.wait().await;
@@ -210,7 +258,8 @@ impl CommitWait {
     }
 
     /// Waits until every row and dead letter is committed; returns the rows the database
-    /// refused (dead-lettered at the write stage). `Err` if Sluice stopped before that.
+    /// refused (dead-lettered at the write stage) and the events it could not store at
+    /// all. `Err` if Sluice stopped before that.
     pub async fn committed(self) -> Result<Outcome, QueueError> {
         let mut outcome = Outcome::default();
         for rx in self.receivers {
@@ -219,6 +268,11 @@ impl CommitWait {
             outcome.lost.extend(o.lost);
         }
         Ok(outcome)
+    }
+
+    fn extend(&mut self, other: Receipt) {
+        self.receivers.extend(other.receivers);
+        self.durable.extend(other.durable);
     }
 }
 
@@ -334,44 +388,47 @@ impl Ingest {
         &self.dead_letters
     }
 
-    /// Reserves room for all of `events` (waiting as long as it takes; wrap in a timeout
-    /// to fail fast), then queues it. Cancel-safe: nothing is queued until every
-    /// reservation is held. With `ack`, the returned [`CommitWait`] resolves on commit.
+    /// Hands filed events to the queues, `handing` them whole or in pieces, spooling
+    /// them first when the producer waits only `until` they are durable. Waits as long
+    /// as it takes for room (wrap it in a timeout to fail fast); cancel-safe: nothing is
+    /// queued until every reservation of a piece is held. Counts what was received and
+    /// dead-lettered as it is queued.
     pub async fn submit(
         &self,
-        stream: Option<&str>,
-        events: RequestEvents,
-        ack: bool,
-    ) -> Result<CommitWait, QueueError> {
-        self.submit_all(vec![(stream, events)], ack, false).await
+        filing: Filing,
+        until: Until,
+        handing: Handing,
+    ) -> Result<Receipt, QueueError> {
+        let spool = until == Until::Durable;
+        let waits = until != Until::Queued;
+        let groups = filing.into_groups();
+        if handing == Handing::Whole {
+            let (streams, events): (Vec<_>, Vec<_>) = groups.into_iter().unzip();
+            let names = streams.iter().map(|s| s.as_ref().map(|s| s.name.as_str()));
+            let named = names.zip(events).collect();
+            return self
+                .submit_whole(named, waits, spool)
+                .await
+                .map_err(|(e, _)| e);
+        }
+        let mut receipt = Receipt::default();
+        for (stream, events) in groups {
+            let name = stream.as_ref().map(|s| s.name.as_str());
+            receipt.extend(self.submit_in_pieces(name, events, waits, spool).await?);
+        }
+        Ok(receipt)
     }
 
-    /// [`Ingest::submit`] for a request whose events go to several streams (a routed
-    /// webhook): room is reserved in every queue before anything is queued, so the
-    /// request is still accepted whole or not at all.
-    ///
-    /// With `spool` (and a configured spool), the events are appended to it once the
-    /// room is reserved, before they are queued; [`CommitWait::durable`] then resolves
-    /// when they are on disk.
-    pub async fn submit_all(
-        &self,
-        groups: Vec<(Option<&str>, RequestEvents)>,
-        ack: bool,
-        spool: bool,
-    ) -> Result<CommitWait, QueueError> {
-        self.try_submit_all(groups, ack, spool)
-            .await
-            .map_err(|(e, _)| e)
-    }
-
-    /// [`Ingest::submit_all`], giving the events back when the spool refused them (so a
-    /// producer that waits, TCP, can try again).
-    async fn try_submit_all<'s>(
+    /// [`Handing::Whole`]: room is reserved in every queue before anything is queued;
+    /// with `spool` (and a configured spool) the events are appended to it once the
+    /// room is reserved, before they are queued. Gives the events back when the spool
+    /// refused them (so that a producer that waits, TCP, can try again).
+    async fn submit_whole<'s>(
         &self,
         groups: Vec<(Option<&'s str>, RequestEvents)>,
-        ack: bool,
+        waits: bool,
         spool: bool,
-    ) -> Result<CommitWait, (QueueError, Vec<(Option<&'s str>, RequestEvents)>)> {
+    ) -> Result<Receipt, (QueueError, Vec<(Option<&'s str>, RequestEvents)>)> {
         let spool_on = self.spool.as_ref().filter(|_| spool);
         // Per group with rows: its queue and the room reserved in it, or `None` when
         // the rows go to the stream's spill log only (spooled, and the queue has no room
@@ -417,10 +474,7 @@ impl Ingest {
                 Err(e) => return Err((e, Vec::new())),
             }
         };
-        let mut pending = CommitWait {
-            receivers: Vec::new(),
-            durable: Vec::new(),
-        };
+        let mut pending = Receipt::default();
         // Everything is appended to the spool before anything is queued, so that a
         // refused append leaves nothing behind.
         let spool = spool_on;
@@ -455,77 +509,73 @@ impl Ingest {
                     }
                     continue;
                 };
-                let (tx, rx) = oneshot::channel();
-                if let Err(e) = queue.send(permit, events.rows, ack.then_some(tx), ticket) {
+                let (settle, rx) = settle(waits, ticket);
+                if let Err(e) = queue.send(permit, events.rows, settle) {
                     return Err((e, Vec::new()));
                 }
-                pending.receivers.extend(ack.then_some(rx));
+                pending.receivers.extend(rx);
             }
         }
         if let Some(permit) = letter_permit {
-            let (tx, rx) = oneshot::channel();
-            let ticket = spool.and_then(|_| tickets.next());
-            if let Err(e) = self
-                .dead_letters
-                .send(permit, letters, ack.then_some(tx), ticket)
-            {
+            let (settle, rx) = settle(waits, spool.and_then(|_| tickets.next()));
+            if let Err(e) = self.dead_letters.send(permit, letters, settle) {
                 return Err((e, Vec::new()));
             }
-            pending.receivers.extend(ack.then_some(rx));
+            pending.receivers.extend(rx);
         }
         Ok(pending)
     }
 
-    /// Queues `events` in as many pieces as the queues' bounds require, each waiting for
-    /// room; returns what resolves when each piece is committed. For producers without
-    /// all-or-nothing semantics (TCP).
-    /// With `spool`, each piece is spooled (see [`Ingest::submit_all`]), and a full
-    /// spool is waited for like a full queue.
-    pub async fn submit_in_pieces(
+    /// [`Handing::Pieces`] for the events of one stream (`None`: its dead letters).
+    async fn submit_in_pieces(
         &self,
         stream: Option<&str>,
         events: RequestEvents,
+        waits: bool,
         spool: bool,
-    ) -> Result<Vec<CommitWait>, QueueError> {
-        let mut pending = Vec::new();
+    ) -> Result<Receipt, QueueError> {
+        let mut receipt = Receipt::default();
         let row_cap = stream
             .and_then(|s| self.queues.get(s))
             .map(|q| q.capacity())
             .unwrap_or((usize::MAX, usize::MAX));
         let letter_cap = self.dead_letters.capacity();
+        let token = events.token;
         for piece in split_to_fit(events.rows, row_cap, Row::memory_size) {
             let row_bytes = piece.iter().map(Row::memory_size).sum();
             let part = RequestEvents {
                 rows: piece,
                 row_bytes,
+                token: token.clone(),
                 ..RequestEvents::default()
             };
-            pending.push(self.submit_waiting(stream, part, spool).await?);
+            receipt.extend(self.submit_waiting(stream, part, waits, spool).await?);
         }
         for piece in split_to_fit(events.letters, letter_cap, DeadLetter::memory_size) {
             let letter_bytes = piece.iter().map(DeadLetter::memory_size).sum();
             let part = RequestEvents {
                 letters: piece,
                 letter_bytes,
+                token: token.clone(),
                 ..RequestEvents::default()
             };
-            pending.push(self.submit_waiting(stream, part, spool).await?);
+            receipt.extend(self.submit_waiting(stream, part, waits, spool).await?);
         }
-        Ok(pending)
+        Ok(receipt)
     }
 
-    /// Submits `events` with an acknowledgement, waiting while the spool is full as
-    /// for a full queue.
+    /// Submits one piece whole, waiting while the spool is full as for a full queue.
     async fn submit_waiting(
         &self,
         stream: Option<&str>,
         events: RequestEvents,
+        waits: bool,
         spool: bool,
-    ) -> Result<CommitWait, QueueError> {
+    ) -> Result<Receipt, QueueError> {
         let mut groups = vec![(stream, events)];
         loop {
-            match self.try_submit_all(groups, true, spool).await {
-                Ok(pending) => return Ok(pending),
+            match self.submit_whole(groups, waits, spool).await {
+                Ok(receipt) => return Ok(receipt),
                 Err((QueueError::Spool(e), back)) if e.is_full() && !back.is_empty() => {
                     groups = back;
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::filing::{Event, Filing, Route};
-use super::Ingest;
+use super::{Handing, Ingest, Until};
 use crate::spool::{decode, read_segment, stream_of, Record, Spool};
 
 /// Writes what `spool` held at start-up through `ingest`'s queues, waiting for each
@@ -62,25 +62,22 @@ async fn replay_segment(
 ) -> bool {
     let stream = stream_of(log).and_then(|s| ingest.registry.get(s).cloned());
     let filing = decode_all(ingest, log, stream.as_ref(), payloads, stream_field);
-    let mut pending = Vec::new();
-    for (stream, events) in filing.into_groups() {
-        let name = stream.as_ref().map(|s| s.name.as_str());
-        match ingest.submit_in_pieces(name, events, false).await {
-            Ok(p) => pending.extend(p),
-            Err(e) => {
-                tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
-                return false;
-            }
-        }
-    }
-    for piece in pending {
-        if piece.committed().await.is_err() {
-            tracing::warn!(
-                log,
-                "Sluice stopped during spool recovery; the records stay on disk."
-            );
+    let receipt = match ingest
+        .submit(filing, Until::Committed, Handing::Pieces)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(log, error = %e, "Spool recovery stopped; the records stay on disk.");
             return false;
         }
+    };
+    if receipt.committed().await.is_err() {
+        tracing::warn!(
+            log,
+            "Sluice stopped during spool recovery; the records stay on disk."
+        );
+        return false;
     }
     true
 }

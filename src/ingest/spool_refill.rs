@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::spool_recovery::decode_all;
-use super::Ingest;
+use super::{Handing, Ingest, Until};
+use crate::pipeline::queue::Settle;
 use crate::schema::Stream;
 use crate::spool::Log;
 
@@ -54,16 +55,10 @@ pub async fn refill(
             // Events whose schema changed meanwhile become dead letters (not spooled
             // again: a crash right now could lose those few).
             if !events.letters.is_empty() {
-                let letters = super::RequestEvents {
-                    letters: events.letters,
-                    letter_bytes: events.letter_bytes,
-                    ..super::RequestEvents::default()
-                };
-                if ingest
-                    .submit(Some(&stream.name), letters, false)
-                    .await
-                    .is_err()
-                {
+                let mut letters = ingest.filing();
+                events.letters.into_iter().for_each(|l| letters.keep(l));
+                let queued = ingest.submit(letters, Until::Queued, Handing::Whole);
+                if queued.await.is_err() {
                     return;
                 }
             }
@@ -94,7 +89,11 @@ pub async fn refill(
                     _ = stop.cancelled() => return,
                 };
                 let Ok(permit) = permit else { return };
-                if queue.send(permit, piece, None, piece_ticket).is_err() {
+                let settle = Settle {
+                    waiter: None,
+                    spooled: piece_ticket,
+                };
+                if queue.send(permit, piece, settle).is_err() {
                     return;
                 }
             }

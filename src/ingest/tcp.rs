@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::budget::{decode_estimate, Reservation};
 use super::filing::{ByField, Event, Filing, Read, Route};
-use super::{body::parse_object, Ingest, LimitedListener};
+use super::{body::parse_object, Handing, Ingest, LimitedListener, Receipt, Until};
 use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::telemetry;
@@ -186,7 +186,7 @@ struct Connection {
     /// Lines read so far, to number dead letters.
     line: usize,
     /// Queued chunks not yet committed, oldest first: each chunk's pieces and bytes.
-    in_flight: std::collections::VecDeque<(Vec<super::CommitWait>, usize)>,
+    in_flight: std::collections::VecDeque<(Receipt, usize)>,
 }
 
 impl Connection {
@@ -266,23 +266,21 @@ impl Connection {
             return false;
         }
         let filing = self.file(&chunk);
-        for (stream, batch) in filing.into_groups() {
-            let lines = batch.rows.len() + batch.letters.len();
-            let name = stream.as_ref().map(|s| s.name.as_str());
-            let bytes: usize = batch.row_bytes + batch.letter_bytes;
-            match self.ingest.submit_in_pieces(name, batch, true).await {
-                Ok(pending) => {
-                    // With a spool, a line counts as read once it is on disk: the next
-                    // read waits for that.
-                    for piece in &pending {
-                        piece.durable().await;
-                    }
-                    self.in_flight.push_back((pending, bytes))
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %self.peer, lines, error = %e, "Lines read from TCP could not be queued.");
-                    return false;
-                }
+        let (lines, bytes) = (filing.len(), filing.bytes());
+        match self
+            .ingest
+            .submit(filing, Until::Durable, Handing::Pieces)
+            .await
+        {
+            Ok(receipt) => {
+                // With a spool, a line counts as read once it is on disk: the next read
+                // waits for that.
+                receipt.durable().await;
+                self.in_flight.push_back((receipt, bytes));
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, lines, error = %e, "Lines read from TCP could not be queued.");
+                return false;
             }
         }
         // The rows are queued (their queue counts them now).
@@ -324,14 +322,12 @@ impl Connection {
     async fn read_ahead(&mut self) -> bool {
         // Read on only once what this connection queued is mostly committed.
         while self.in_flight.iter().map(|(_, bytes)| bytes).sum::<usize>() > READ_AHEAD_BYTES {
-            let Some((pieces, _)) = self.in_flight.pop_front() else {
+            let Some((receipt, _)) = self.in_flight.pop_front() else {
                 break;
             };
-            for piece in pieces {
-                if piece.committed().await.is_err() {
-                    // Sluice is stopping; what was queued is flushed all the same.
-                    return false;
-                }
+            if receipt.committed().await.is_err() {
+                // Sluice is stopping; what was queued is flushed all the same.
+                return false;
             }
         }
         true

@@ -371,19 +371,7 @@ impl<T: Item> Writer<T> {
             }
         }
         for (env, outcome) in batch.into_iter().zip(outcomes) {
-            // Committed (or dead-lettered): the spool need not replay them. Events that
-            // could not be stored at all stay in the spool, for the next start.
-            if let Some(ticket) = env.spooled {
-                if outcome.lost.is_empty() {
-                    ticket.release();
-                } else {
-                    drop(ticket);
-                }
-            }
-            if let Some(ack) = env.ack {
-                // The requester may have gone away; the events are stored all the same.
-                let _ = ack.send(outcome);
-            }
+            env.settle.resolve(outcome);
             drop(env.permit);
         }
     }

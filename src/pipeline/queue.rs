@@ -41,13 +41,42 @@ pub struct Permit {
     _bytes: Option<OwnedSemaphorePermit>,
 }
 
-/// The events of one request (or one TCP line), with the room they hold.
+/// The one outcome of an envelope, resolved by the writer once its events are committed
+/// or dead-lettered (or could not be stored): both what learns of it through the queue
+/// watch it, the producer waiting for the commit ([`oneshot`]: the HTTP answer,
+/// JetStream's acknowledgement, TCP's read-ahead) and the spool's ticket for the
+/// records, released when nothing was lost.
+#[derive(Default)]
+pub struct Settle {
+    pub waiter: Option<oneshot::Sender<Outcome>>,
+    pub spooled: Option<crate::spool::Ticket>,
+}
+
+impl Settle {
+    /// Tells both of `outcome`.
+    pub fn resolve(self, outcome: Outcome) {
+        // Committed (or dead-lettered): the spool need not replay them. Events that
+        // could not be stored at all stay in the spool, for the next start.
+        if let Some(ticket) = self.spooled {
+            if outcome.lost.is_empty() {
+                ticket.release();
+            } else {
+                drop(ticket);
+            }
+        }
+        if let Some(waiter) = self.waiter {
+            // The producer may have gone away; the events are stored all the same.
+            let _ = waiter.send(outcome);
+        }
+    }
+}
+
+/// The events of a request (a chunk of TCP lines, a batch of messages, a piece of any
+/// of them), with the room they hold.
 pub struct Envelope<T> {
     pub items: Vec<T>,
-    pub ack: Option<oneshot::Sender<Outcome>>,
     pub permit: Permit,
-    /// Their records in the spool, released once they are committed.
-    pub spooled: Option<crate::spool::Ticket>,
+    pub settle: Settle,
 }
 
 /// Why a reservation failed.
@@ -221,19 +250,12 @@ impl<T> QueueSender<T> {
     }
 
     /// Hands reserved events to the batcher.
-    pub fn send(
-        &self,
-        permit: Permit,
-        items: Vec<T>,
-        ack: Option<oneshot::Sender<Outcome>>,
-        spooled: Option<crate::spool::Ticket>,
-    ) -> Result<(), QueueError> {
+    pub fn send(&self, permit: Permit, items: Vec<T>, settle: Settle) -> Result<(), QueueError> {
         self.tx
             .send(Envelope {
                 items,
-                ack,
                 permit,
-                spooled,
+                settle,
             })
             .map_err(|_| QueueError::Closed)
     }
@@ -274,7 +296,7 @@ mod tests {
     async fn room_is_given_back_only_when_the_envelope_is_dropped() {
         let (tx, mut rx) = bounded::<u8>(3, 100);
         let p = tx.reserve(3, 10).await.unwrap();
-        tx.send(p, vec![1, 2, 3], None, None).unwrap();
+        tx.send(p, vec![1, 2, 3], Settle::default()).unwrap();
         assert_eq!(tx.depth(), (3, 10));
         assert!(tx.is_full());
         let blocked = tokio::time::timeout(Duration::from_millis(50), tx.reserve(1, 1)).await;
