@@ -1,8 +1,10 @@
 //! Sluice: an event-to-SQL ingestion sidecar.
 //!
-//! An event arrives over [`http`] or TCP ([`ingest::tcp`]); [`ingest`] turns its bytes
-//! into a [`event::Row`] checked against its stream's schema ([`schema`]), or a
-//! [`event::DeadLetter`]; [`pipeline`] queues and batches them; the storage layer
+//! An event arrives over [`http`] (the events endpoint, or a vendor's [`webhook`]), TCP
+//! ([`ingest::tcp`]) or JetStream ([`ingest::jetstream`]); [`ingest::filing`] turns its
+//! bytes into a [`event::Row`] checked against its stream's schema ([`schema`]), or a
+//! [`event::DeadLetter`]; the [`spool`] keeps it on disk when its source is answered
+//! before the commit; [`pipeline`] queues and batches them; the storage layer
 //! ([`sink`]: a batch writer per database and one shared store) writes them.
 //! [`app::App`] wires them together and runs them; [`commands`] are the CLI's entry
 //! points. ARCHITECTURE.md has the map.

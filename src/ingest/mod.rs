@@ -1,9 +1,12 @@
-//! Ingest: turns event texts into rows or dead letters and hands them to the queues.
+//! Ingest: the inputs (TCP lines, JetStream messages, the spool's records) and the step
+//! every input shares, from event texts to queued rows and dead letters.
 //!
-//! In: the bytes of one event (a JSON array element, an NDJSON line, a TCP line) and the
-//! stream it is for. Out: [`Row`]s queued for the stream's batcher and [`DeadLetter`]s
-//! queued for the dead-letter batcher, reserved together so that a request is accepted
-//! whole or not at all. Ingest never writes to the database itself.
+//! In: raw events, filed by [`filing`] into rows and dead letters per stream. Out:
+//! [`Row`]s queued for the stream's batcher and [`DeadLetter`]s queued for the
+//! dead-letter batcher by [`Ingest::submit`]: whole (a request is accepted whole or
+//! not at all) or in pieces that wait for room, spooled first when the producer
+//! acknowledges its source once they are durable. Ingest never writes to the database
+//! itself.
 
 pub mod body;
 pub mod budget;

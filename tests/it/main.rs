@@ -17,6 +17,7 @@ mod ingest;
 mod instances;
 mod jetstream;
 mod jobs;
+mod layers;
 mod memory;
 mod metrics;
 mod replay;
