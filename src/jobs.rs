@@ -5,7 +5,9 @@
 //! In: a request to start a job, or to cancel one. Out: a job that goes `ready →
 //! running → completed | failed | cancelled`, recorded in the database at each change
 //! and twice a second while it runs. A job that was running when Sluice stopped is
-//! marked `failed` at the next start ([`Jobs::recover`]). The replay itself is
+//! marked `failed` at the next start ([`Jobs::recover`]); one whose instance stopped
+//! recording it (its heartbeat older than `[jobs] stale_after`) is marked `failed` by
+//! the sweep every instance runs every `[jobs] sweep_every`. The replay itself is
 //! [`crate::replay::replay_with`], the same code the `sluice replay` command runs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -172,7 +174,6 @@ pub struct Jobs {
     /// Where the schemas are read from: a replay reads them afresh, so that a schema
     /// fixed on disk applies to the replay without a restart.
     config: Arc<crate::config::Config>,
-    stream_field: String,
     running: Mutex<HashMap<String, Arc<Running>>>,
 }
 
@@ -222,11 +223,9 @@ fn result_json(report: &BTreeMap<String, StreamReport>) -> Value {
 
 impl Jobs {
     pub fn new(storage: Storage, config: Arc<crate::config::Config>) -> Arc<Jobs> {
-        let stream_field = config.tcp.stream_field.clone();
         Arc::new(Jobs {
             storage,
             config,
-            stream_field,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -385,34 +384,9 @@ impl Jobs {
         let tracker = Tracker { job: &job };
         let run = async {
             // A schema fixed with a new optional property gets its column first, and
-            // streams added since start-up their tables, under the schema lock as at
-            // start-up (another instance may be evolving or creating the same tables).
-            let streams: Vec<_> = registry.iter().cloned().collect();
-            let store = &self.storage.store;
-            store
-                .under_schema_lock(async {
-                    crate::sink::evolution::evolve_tables(store, &streams).await?;
-                    // Tables of streams added since start-up.
-                    let mut new = Vec::new();
-                    for stream in &streams {
-                        if store.describe_table(&stream.table).await?.is_empty() {
-                            new.push(stream.clone());
-                        }
-                    }
-                    if !new.is_empty() {
-                        store.prepare(&new).await?;
-                    }
-                    anyhow::Ok(())
-                })
-                .await??;
-            replay_with(
-                &registry,
-                &self.storage,
-                &self.stream_field,
-                &options,
-                &tracker,
-            )
-            .await
+            // streams added since start-up their tables, as at start-up.
+            crate::sink::prepare_tables(&self.storage.store, &registry).await?;
+            replay_with(&registry, &self.storage, &self.config, &options, &tracker).await
         };
         tokio::pin!(run);
         let mut tick = tokio::time::interval(Duration::from_millis(500));

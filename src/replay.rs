@@ -174,29 +174,29 @@ pub async fn replay(
             dry_run: options.dry_run,
         })
     };
-    let report = replay_with(
-        &registry,
-        &storage,
-        &config.tcp.stream_field,
-        options,
-        progress.as_ref(),
-    )
-    .await;
+    let report = replay_with(&registry, &storage, config, options, progress.as_ref()).await;
     drop(progress);
     storage.close().await;
     report
 }
 
 /// Replays dead letters through `storage`, reporting to `progress`: the one replay
-/// the CLI and the server's jobs both run.
+/// the CLI and the server's jobs both run. Each database operation is bounded by
+/// `database.write_timeout`, as the batchers' are; a line that came in over TCP loses
+/// its routing field `tcp.stream_field`.
 pub async fn replay_with(
     registry: &Registry,
     storage: &Storage,
-    stream_field: &str,
+    config: &Config,
     options: &ReplayOptions,
     progress: &dyn Progress,
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
     let store = &storage.store;
+    let stream_field = config.tcp.stream_field.as_str();
+    let policy = RetryPolicy {
+        max_retries: Some(MAX_RETRIES),
+        attempt_timeout: config.database.write_timeout,
+    };
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {
         after_id: 0,
@@ -260,7 +260,10 @@ pub async fn replay_with(
             report.entry(target.clone()).or_default().still_failing += 1;
             progress.still_failing(id, &target, &reason);
             if !options.dry_run {
-                retrying(|| Box::pin(store.record_replay_failure(id, &reason))).await?;
+                retrying(policy, || {
+                    Box::pin(store.record_replay_failure(id, &reason))
+                })
+                .await?;
             }
         }
         for (name, (stream, rows)) in by_stream {
@@ -269,7 +272,7 @@ pub async fn replay_with(
                 entry.replayed += rows.len();
                 continue;
             }
-            let (written, failed, taken) = write(storage, &stream, rows, progress).await?;
+            let (written, failed, taken) = write(storage, policy, &stream, rows, progress).await?;
             entry.replayed += written;
             entry.still_failing += failed;
             entry.taken_by_another_run += taken;
@@ -317,6 +320,7 @@ fn file_again(
 /// the others. Returns (written, failed, taken by another run).
 async fn write(
     storage: &Storage,
+    policy: RetryPolicy,
     stream: &Stream,
     rows: Vec<(i64, Row)>,
     progress: &dyn Progress,
@@ -328,7 +332,7 @@ async fn write(
         rows: &rows,
         replayed: &ids,
     };
-    match retrying(|| writer.replay_rows(batch)).await {
+    match retrying(policy, || writer.replay_rows(batch)).await {
         Ok(_) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
@@ -337,7 +341,7 @@ async fn write(
     }
     let (mut written, mut failed, mut taken) = (0, 0, 0);
     for (id, row) in ids.iter().zip(&rows) {
-        match retrying(|| {
+        match retrying(policy, || {
             writer.replay_rows(sink::RowBatch {
                 stream,
                 rows: std::slice::from_ref(row),
@@ -353,8 +357,10 @@ async fn write(
                     failed += 1;
                     let reason = format!("replay: {db}");
                     progress.still_failing(*id, &stream.name, &reason);
-                    retrying(|| Box::pin(storage.store.record_replay_failure(*id, &reason)))
-                        .await?;
+                    retrying(policy, || {
+                        Box::pin(storage.store.record_replay_failure(*id, &reason))
+                    })
+                    .await?;
                 }
                 _ => return Err(e),
             },
@@ -363,13 +369,10 @@ async fn write(
     Ok((written, failed, taken))
 }
 
-/// Runs `op`, retrying transient failures a few times with backoff.
+/// Runs `op`, retrying transient failures a few times with backoff (`policy`).
 async fn retrying<'a, T>(
+    policy: RetryPolicy,
     op: impl Fn() -> sink::BoxFuture<'a, Result<T, SinkError>>,
 ) -> anyhow::Result<T> {
-    let policy = RetryPolicy {
-        max_retries: Some(MAX_RETRIES),
-        attempt_timeout: crate::pipeline::batcher::DEFAULT_WRITE_TIMEOUT,
-    };
     retry(policy, op, |_, _, _| {}).await.0.map_err(Into::into)
 }

@@ -24,7 +24,7 @@ use crate::config::DatabaseConfig;
 use crate::event::{DeadLetter, Row};
 use crate::schema::Stream;
 pub use dialect::Dialect;
-pub use open::{connect_redacted, open, redact, redact_in};
+pub use open::{connect_redacted, open, prepare_tables, redact, redact_in};
 pub use store::Store;
 
 /// A boxed future, so that [`BatchWriter`] can be used as a trait object.

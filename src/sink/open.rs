@@ -13,19 +13,33 @@ use crate::schema::Registry;
 /// missing ones, so that no command runs against tables the schemas no longer match.
 pub async fn open(config: &Config, registry: Registry) -> anyhow::Result<(Registry, Storage)> {
     let storage = connect_redacted(&config.database).await?;
+    prepare_tables(&storage.store, &registry).await?;
+    Ok((registry, storage))
+}
+
+/// Extends the tables whose schema gained optional properties and creates the missing
+/// ones, under the schema lock (another instance may be doing the same): at start-up
+/// and before each replay job (a schema may have been fixed, or a stream added, since).
+/// An existing table is not named in any DDL: even `CREATE TABLE IF NOT EXISTS` waits
+/// for a table another session has locked.
+pub async fn prepare_tables(store: &super::Store, registry: &Registry) -> anyhow::Result<()> {
     let streams: Vec<_> = registry.iter().cloned().collect();
-    let store = &storage.store;
     store
         .under_schema_lock(async {
             evolution::evolve_tables(store, &streams).await?;
+            let mut missing = Vec::new();
+            for stream in &streams {
+                if store.describe_table(&stream.table).await?.is_empty() {
+                    missing.push(stream.clone());
+                }
+            }
             store
-                .prepare(&streams)
+                .prepare(&missing)
                 .await
                 .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")
         })
         .await
-        .context("cannot take the schema lock")??;
-    Ok((registry, storage))
+        .context("cannot take the schema lock")?
 }
 
 /// A database URL without its secrets, for messages: the password of the user part
