@@ -176,10 +176,7 @@ pub fn purge(
 ) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     if let Some(stage) = &stage {
-        anyhow::ensure!(
-            ["parse", "route", "validate", "write"].contains(&stage.as_str()),
-            "--stage {stage}: use parse, route, validate or write"
-        );
+        crate::event::Stage::named(stage).map_err(|e| anyhow::anyhow!("--stage: {e}"))?;
     }
     let before = match (before, older_than) {
         (Some(t), _) => {

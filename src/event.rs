@@ -70,6 +70,20 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in pipeline order.
+    pub const ALL: [Stage; 4] = [Stage::Parse, Stage::Route, Stage::Validate, Stage::Write];
+
+    /// The stage named `name` (as [`Stage::as_str`] writes it).
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The stage named `name`, or an error that lists the names (for a parameter).
+    pub fn named(name: &str) -> Result<Stage, String> {
+        Stage::from_name(name)
+            .ok_or_else(|| format!("unknown stage `{name}`: use parse, route, validate or write"))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Parse => "parse",

@@ -292,11 +292,7 @@ impl Jobs {
             .transpose()
             .map_err(|e| JobError::Invalid(format!("since: {e}")))?;
         if let Some(stage) = &request.stage {
-            if !["parse", "validate", "write", "route"].contains(&stage.as_str()) {
-                return Err(JobError::Invalid(format!(
-                    "stage {stage:?}: use parse, validate, write or route"
-                )));
-            }
+            crate::event::Stage::named(stage).map_err(JobError::Invalid)?;
         }
         let options = ReplayOptions {
             stream: request.stream.clone(),

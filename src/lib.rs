@@ -16,6 +16,7 @@ pub mod config;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod internal_events;
 pub mod jobs;
 pub mod json_text;
 pub mod loadgen;

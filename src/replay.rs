@@ -332,7 +332,7 @@ async fn write(
         rows: &rows,
         replayed: &ids,
     };
-    match retrying(policy, || writer.replay_rows(batch)).await {
+    match retrying(policy, || writer.write_batch(batch)).await {
         Ok(_) => return Ok((rows.len(), 0, 0)),
         Err(e)
             if e.downcast_ref::<SinkError>()
@@ -342,7 +342,7 @@ async fn write(
     let (mut written, mut failed, mut taken) = (0, 0, 0);
     for (id, row) in ids.iter().zip(&rows) {
         match retrying(policy, || {
-            writer.replay_rows(sink::RowBatch {
+            writer.write_batch(sink::RowBatch {
                 stream,
                 rows: std::slice::from_ref(row),
                 replayed: std::slice::from_ref(id),

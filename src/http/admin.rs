@@ -30,6 +30,18 @@ const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Dead letters read from the database per query while a page is built.
 const READ_PAGE: i64 = 50;
 
+/// Every admin endpoint's answer to a request without the admin token.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+pub enum AdminUnauthorized {
+    /// An admin token is configured (`[admin] token_env`) and the request does not carry it.
+    #[response(
+        status = 401,
+        headers(("WWW-Authenticate" = String, description = "`Bearer`"))
+    )]
+    Unauthorized(ErrorBody),
+}
+
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(
     get,
@@ -38,8 +50,7 @@ const READ_PAGE: i64 = 50;
     security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "Every metric in Prometheus text format 0.0.4 (see the README's \"Operating Sluice\").", body = String, content_type = "text/plain"),
-        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        AdminUnauthorized,
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -246,8 +257,7 @@ pub struct StreamList {
     security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "Every stream, by name.", body = StreamList),
-        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        AdminUnauthorized,
     )
 )]
 pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
@@ -270,8 +280,7 @@ pub async fn list_streams(State(state): State<AppState>) -> Json<StreamList> {
     responses(
         (status = 200, description = "The stream's status.", body = StreamStatus),
         (status = 404, description = "No such stream.", body = ErrorBody),
-        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        AdminUnauthorized,
     )
 )]
 pub async fn get_stream(
@@ -306,8 +315,7 @@ pub struct StreamSchema {
     responses(
         (status = 200, description = "The schema and the DDL.", body = StreamSchema),
         (status = 404, description = "No such stream.", body = ErrorBody),
-        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        AdminUnauthorized,
     )
 )]
 pub async fn get_stream_schema(
@@ -383,8 +391,7 @@ pub struct DeadLetterList {
         (status = 200, description = "A page of dead letters, newest first, payload included.", body = DeadLetterList),
         (status = 400, description = "A query parameter is invalid; the message says which.", body = ErrorBody),
         (status = 503, description = "The database did not answer.", body = ErrorBody),
-        (status = 401, description = "An admin token is configured (`[admin] token_env`) and the request does not carry it.", body = ErrorBody,
-            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        AdminUnauthorized,
     )
 )]
 pub async fn list_dead_letters(
@@ -407,11 +414,7 @@ pub async fn list_dead_letters(
     };
     let (since, until) = (time("since", &p.since)?, time("until", &p.until)?);
     if let Some(stage) = &p.stage {
-        if !["parse", "route", "validate", "write"].contains(&stage.as_str()) {
-            return Err(bad(format!(
-                "unknown stage `{stage}`: use parse, route, validate or write"
-            )));
-        }
+        crate::event::Stage::named(stage).map_err(bad)?;
     }
     let limit = p.limit.unwrap_or(DEFAULT_DEAD_LETTER_PAGE);
     if !(1..=MAX_DEAD_LETTER_PAGE).contains(&limit) {

@@ -22,6 +22,7 @@ use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, BudgetError, Reservation};
 use crate::ingest::filing::{Event, EventError, Filing, Route};
 use crate::ingest::{Handing, Ingest, Receipt, Until};
+use crate::internal_events::EventsRejected;
 use crate::pipeline::queue::QueueError;
 use crate::telemetry;
 
@@ -221,7 +222,7 @@ pub(super) async fn queue_and_answer(
     let errors = filing.take_errors();
     let pending = enqueue(&state.ingest, filing, ack, state.http.enqueue_timeout).await?;
     drop(held);
-    let rejected = committed(pending, ack).await?;
+    let rejected = acknowledged(pending, ack).await?;
     Ok(respond(total, errors, rejected, ack))
 }
 
@@ -462,11 +463,9 @@ pub(super) async fn enqueue(
         .collect();
     let pending = match tokio::time::timeout(timeout, ingest.submit(filing, until, Handing::Whole)).await {
         Err(_) => {
-            for (stream, events) in &sizes {
-                telemetry::events_rejected(stream, *events);
-                if let Some(stats) = ingest.stats(stream) {
-                    stats.rejected(*events);
-                }
+            for (stream, count) in &sizes {
+                let rejected = EventsRejected { stream, count: *count };
+                rejected.emit(ingest.stats(stream).map(|s| &**s));
             }
             let streams = sizes
                 .iter()
@@ -487,10 +486,9 @@ pub(super) async fn enqueue(
     Ok(pending)
 }
 
-/// Waits for the commit of what [`enqueue`] queued (with `ack=accepted`, for the spool's
-/// fsync only);
-/// returns the write-stage rejections.
-pub(super) async fn committed(
+/// Waits for what `ack` promises of what [`enqueue`] queued: the commit (`ack=commit`),
+/// or with `ack=accepted` the spool's fsync only; returns the write-stage rejections.
+pub(super) async fn acknowledged(
     pending: Receipt,
     ack: AckMode,
 ) -> Result<Vec<crate::pipeline::queue::Rejected>, ApiError> {

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{DeadLetter, Row, Stage};
-use crate::log_summary::LogSummary;
+use crate::internal_events::{DeadLetterLog, EventsDeadLettered, EventsReceived};
 use crate::pipeline::queue::{Outcome, QueueError, QueueSender, Settle};
 use crate::schema::Registry;
 use crate::sink::Dialect;
@@ -85,7 +85,7 @@ fn record_submitted(
     stream: Option<&str>,
     events: &RequestEvents,
     stats: &HashMap<String, Arc<StreamStats>>,
-    log: &LogSummary,
+    log: &DeadLetterLog,
 ) {
     let source = |s: &str| {
         crate::source::Kind::of(s)
@@ -107,20 +107,25 @@ fn record_submitted(
             .or_insert((letter.stage, 0, &letter.error))
             .1 += 1;
     }
-    let stats_of = |stream: Option<&str>| stream.and_then(|s| stats.get(s));
-    for ((stream, src), n) in received {
-        let token = events.token.as_deref().unwrap_or(telemetry::NO_TOKEN);
-        telemetry::events_received(stream.unwrap_or(telemetry::NO_STREAM), src, token, n);
-        if let Some(s) = stats_of(stream) {
-            s.received(n);
-        }
+    let stats_of = |stream: Option<&str>| stream.and_then(|s| stats.get(s)).map(|s| &**s);
+    let token = events.token.as_deref().unwrap_or(telemetry::NO_TOKEN);
+    for ((stream, source), count) in received {
+        let received = EventsReceived {
+            stream,
+            source,
+            token,
+            count,
+        };
+        received.emit(stats_of(stream));
     }
-    for ((stream, stage_name), (stage, n, example)) in dead {
-        log.record((stream.map(str::to_owned), stage_name), n as u64, example);
-        telemetry::events_dead_lettered(stream, stage, n);
-        if let Some(s) = stats_of(stream) {
-            s.dead_lettered(stage, n);
-        }
+    for ((stream, _), (stage, count, example)) in dead {
+        let dead = EventsDeadLettered {
+            stream,
+            stage,
+            count,
+            example,
+        };
+        dead.emit(stats_of(stream), Some(log));
     }
 }
 
@@ -291,7 +296,7 @@ pub struct Ingest {
     /// Status of each stream, for `GET /v1/streams`.
     stats: HashMap<String, Arc<StreamStats>>,
     /// Dead letters set aside at ingest, logged once per kind and then summarised.
-    pub dead_letter_log: LogSummary,
+    pub dead_letter_log: DeadLetterLog,
     /// Most payload bytes a dead letter keeps.
     max_payload: usize,
     /// The database written to.
@@ -324,7 +329,7 @@ impl Ingest {
             queues,
             dead_letters,
             stats,
-            dead_letter_log: LogSummary::default(),
+            dead_letter_log: DeadLetterLog::default(),
             max_payload,
             storage,
             memory: budget::MemoryBudget::new(max_inflight_bytes),

@@ -17,10 +17,10 @@ use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
 use super::retry::{retry, RetryPolicy};
 use crate::config::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
+use crate::internal_events::{BatchWritten, EventsDeadLettered, WriteRetried};
 use crate::schema::Stream;
 use crate::sink::{BatchWriter, ErrorClass, SinkError, Written};
 use crate::stats::StreamStats;
-use crate::telemetry;
 
 pub use crate::config::DEFAULT_WRITE_TIMEOUT;
 
@@ -36,18 +36,11 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a>;
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
-    /// Counts `n` items written in `seconds`, and `duplicates` skipped because their
-    /// `id_field` value was already stored (stream rows only).
-    fn record_written(_target: &Self::Target, _n: usize, _duplicates: usize, _seconds: f64) {}
-    /// Notes the last error writing to the target (stream rows only).
-    fn record_error(_target: &Self::Target, _error: &str) {}
-    /// Counts `n` items dead-lettered at the write stage (stream rows only).
-    fn record_dead_lettered(_target: &Self::Target, _n: usize) {}
-    /// Notes whether a batch is being retried after a transient failure (stream rows only).
-    fn record_retrying(_target: &Self::Target, _retrying: bool) {}
-    /// Notes whether the last write failed for a reason only an operator can fix
-    /// ([`ErrorClass::Setup`]), or succeeded (stream rows only).
-    fn record_setup_failure(_target: &Self::Target, _failing: bool) {}
+    /// The status the target keeps (stream rows only): what the writer's internal
+    /// events update besides the metrics.
+    fn stats(_target: &Self::Target) -> Option<&StreamStats> {
+        None
+    }
     /// Whether a [`ErrorClass::Setup`] failure is retried like a transient one instead
     /// of refusing the items: for items that have no other place to go.
     const RETRY_SETUP: bool = false;
@@ -68,30 +61,8 @@ impl Item for Row {
         &target.stream.name
     }
 
-    fn record_written(target: &Self::Target, n: usize, duplicates: usize, seconds: f64) {
-        telemetry::batch_written(&target.stream.name, n, duplicates, seconds);
-        if n > 0 {
-            target.stats.written(n, chrono::Utc::now());
-        }
-        if duplicates > 0 {
-            target.stats.duplicates(duplicates);
-        }
-    }
-
-    fn record_error(target: &Self::Target, error: &str) {
-        target.stats.error(error, chrono::Utc::now());
-    }
-
-    fn record_dead_lettered(target: &Self::Target, n: usize) {
-        target.stats.dead_lettered(Stage::Write, n);
-    }
-
-    fn record_retrying(target: &Self::Target, retrying: bool) {
-        target.stats.retrying(retrying);
-    }
-
-    fn record_setup_failure(target: &Self::Target, failing: bool) {
-        target.stats.setup_failing(failing);
+    fn stats(target: &Self::Target) -> Option<&StreamStats> {
+        Some(&target.stats)
     }
 
     fn index(&self) -> usize {
@@ -171,7 +142,7 @@ pub struct Batcher<T: Item> {
 }
 
 /// The writing half of a batcher, shared by its in-flight writes.
-struct Writer<T: Item> {
+struct Flusher<T: Item> {
     sink: Arc<dyn BatchWriter>,
     target: T::Target,
     settings: StreamSettings,
@@ -188,7 +159,7 @@ impl<T: Item> Batcher<T> {
             concurrency,
             write_timeout,
         } = self;
-        let writer = Arc::new(Writer::<T> {
+        let writer = Arc::new(Flusher::<T> {
             sink,
             target,
             settings: settings.clone(),
@@ -265,7 +236,7 @@ pub async fn write_isolating(
     stream: Arc<Stream>,
     rows: &[Row],
 ) -> Vec<usize> {
-    let writer = Writer::<Row> {
+    let writer = Flusher::<Row> {
         sink,
         target: StreamTarget {
             stream,
@@ -287,7 +258,7 @@ fn join(done: Option<Result<(), tokio::task::JoinError>>) {
     }
 }
 
-impl<T: Item> Writer<T> {
+impl<T: Item> Flusher<T> {
     /// Writes every event of `batch`, then acknowledges each envelope.
     async fn flush(&self, mut batch: Vec<Envelope<T>>) {
         let total: usize = batch.iter().map(|e| e.items.len()).sum();
@@ -304,12 +275,15 @@ impl<T: Item> Writer<T> {
             let started = std::time::Instant::now();
             let stored = self.write_isolating(chunk, n * max, &mut refused).await;
             let accepted = chunk.len() - (refused.len() - before);
-            T::record_written(
-                &self.target,
-                stored,
-                accepted.saturating_sub(stored),
-                started.elapsed().as_secs_f64(),
-            );
+            if let Some(stats) = T::stats(&self.target) {
+                BatchWritten {
+                    stream: T::target_name(&self.target),
+                    rows: stored,
+                    duplicates: accepted.saturating_sub(stored),
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+                .emit(stats);
+            }
         }
         // Each refused item becomes a dead letter, if it can (a refused dead letter
         // cannot). Those that cannot, or whose dead letters the database refuses too,
@@ -323,17 +297,10 @@ impl<T: Item> Writer<T> {
             }
         }
         if !letters.is_empty() {
-            tracing::warn!(
-                target_name = T::target_name(&self.target),
-                count = letters.len(),
-                first_error = %refused[0].1,
-                "The database refused rows; they are dead-lettered (stage write), the rest of the batch is written."
-            );
-            T::record_error(&self.target, &refused[0].1.to_string());
             // Dead letters are written before the acknowledgement: a 200 means each event
             // is in its table or in the dead-letter table.
             let mut stored: Vec<(usize, SinkError)> = Vec::new();
-            let letter_writer = Writer::<DeadLetter> {
+            let letter_writer = Flusher::<DeadLetter> {
                 sink: self.sink.clone(),
                 target: DeadLetterTable,
                 settings: self.settings.clone(),
@@ -343,15 +310,22 @@ impl<T: Item> Writer<T> {
                 .write_isolating(&letters, 0, &mut stored)
                 .await;
             let failed: std::collections::HashSet<usize> = stored.iter().map(|(i, _)| *i).collect();
-            for (i, letter) in letters.iter().enumerate() {
-                if failed.contains(&i) {
-                    // Logs it with the database's reason.
-                    let _ = letter.dead_letter(&DeadLetterTable, &stored[0].1);
-                } else {
-                    telemetry::events_dead_lettered(letter.stream.as_deref(), Stage::Write, 1);
-                }
+            for i in &failed {
+                // Logs it with the database's reason.
+                let _ = letters[*i].dead_letter(&DeadLetterTable, &stored[0].1);
             }
-            T::record_dead_lettered(&self.target, letters.len() - failed.len());
+            let first_error = refused[0].1.to_string();
+            let stats = T::stats(&self.target);
+            if let Some(stats) = stats {
+                stats.error(&first_error, chrono::Utc::now());
+            }
+            EventsDeadLettered {
+                stream: Some(T::target_name(&self.target)),
+                stage: Stage::Write,
+                count: letters.len() - failed.len(),
+                example: &first_error,
+            }
+            .emit(stats, None);
             for (k, flag) in has_letter.iter_mut().filter(|f| **f).enumerate() {
                 if failed.contains(&k) {
                     *flag = false;
@@ -396,12 +370,16 @@ impl<T: Item> Writer<T> {
             {
                 Ok(n) => {
                     stored += n;
-                    T::record_setup_failure(&self.target, false);
+                    if let Some(stats) = T::stats(&self.target) {
+                        stats.setup_failing(false);
+                    }
                 }
                 Err(e) if e.class == ErrorClass::Setup => {
                     // No row of the batch can succeed, and no retry helps: each is
                     // refused with the database's message, without bisecting.
-                    T::record_setup_failure(&self.target, true);
+                    if let Some(stats) = T::stats(&self.target) {
+                        stats.setup_failing(true);
+                    }
                     let message = e.to_string();
                     refused.extend((lo..hi).map(|i| {
                         (
@@ -448,22 +426,20 @@ impl<T: Item> Writer<T> {
                 })
             }) as Written<'w>
         };
+        let stats = T::stats(&self.target);
         let (result, retries) = retry(policy, write, |attempt, e, delay| {
-            T::record_retrying(&self.target, true);
-            telemetry::write_retried(T::target_name(&self.target));
-            T::record_error(&self.target, &e.to_string());
-            tracing::warn!(
-                target_name = T::target_name(&self.target),
+            WriteRetried {
+                target: T::target_name(&self.target),
                 rows,
                 attempt,
-                retry_in_ms = delay.as_millis() as u64,
-                error = %e,
-                "Write failed for a transient reason; retrying the same batch."
-            );
+                delay,
+                error: &e.to_string(),
+            }
+            .emit(stats);
         })
         .await;
-        if retries > 0 {
-            T::record_retrying(&self.target, false);
+        if let (true, Some(stats)) = (retries > 0, stats) {
+            stats.retrying(false);
         }
         result
     }
@@ -477,14 +453,14 @@ mod tests {
     /// A batch writer without a database: fails the first `transient` writes as a lost
     /// connection would, refuses any batch holding a row whose index is in `poison` as a
     /// constraint would, and records what it committed.
-    struct FakeWriter {
+    struct FakeDatabase {
         transient: std::sync::atomic::AtomicUsize,
         poison: Vec<usize>,
         calls: std::sync::atomic::AtomicUsize,
         committed: std::sync::Mutex<Vec<usize>>,
     }
 
-    impl BatchWriter for FakeWriter {
+    impl BatchWriter for FakeDatabase {
         fn dialect(&self) -> crate::sink::Dialect {
             crate::sink::Dialect::Sqlite
         }
@@ -513,7 +489,7 @@ mod tests {
             })
         }
 
-        fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+        fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
             self.write_rows(batch.stream, batch.rows)
         }
 
@@ -540,7 +516,7 @@ mod tests {
                     .expect("a valid event")
             })
             .collect();
-        let writer = Arc::new(FakeWriter {
+        let writer = Arc::new(FakeDatabase {
             transient: 2.into(),
             poison: vec![3, 700],
             calls: 0.into(),

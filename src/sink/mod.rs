@@ -7,9 +7,9 @@
 //! In: batches of [`Row`]s and [`DeadLetter`]s. Out: committed rows, or a [`SinkError`].
 //! A new database: a dialect in [`dialect`], a writer module, and a [`store::Pools`] arm.
 
-mod bound;
 pub mod dialect;
 pub mod evolution;
+mod generic;
 mod mysql;
 mod open;
 pub mod postgres;
@@ -103,18 +103,19 @@ pub trait BatchWriter: Send + Sync + 'static {
             Dialect::Postgres | Dialect::Mysql => 2,
         }
     }
-    /// Writes `rows` to `stream`'s table in one transaction: [`Self::replay_rows`] with
+    /// Writes `rows` to `stream`'s table in one transaction: [`Self::write_batch`] with
     /// no dead letters to delete, which each writer keeps on its fast path.
     fn write_rows<'a>(&'a self, stream: &'a Stream, rows: &'a [Row]) -> Written<'a> {
-        self.replay_rows(RowBatch {
+        self.write_batch(RowBatch {
             stream,
             rows,
             replayed: &[],
         })
     }
-    /// Replay: writes the batch's rows and deletes the dead letters they came from, in
-    /// one transaction; [`ReplayConflict`] if some of those were already gone.
-    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a>;
+    /// Writes the batch's rows and deletes the dead letters they came from (`replayed`:
+    /// none on the live path, the replayed ones for a replay), in one transaction;
+    /// [`ReplayConflict`] if some of those dead letters were already gone.
+    fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a>;
     /// Writes `letters` to `sluice_dead_letters` in one transaction.
     fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a>;
     /// Releases what the writer holds beside the pools (SQLite's row connection).

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use sqlx::mysql::MySqlConnectOptions;
 
-use super::bound::BoundWriter;
 use super::dialect::{mysql_timestamp, Dialect};
+use super::generic::SqlxInserts;
 use super::store::{Pools, Store};
 use super::{sink_error, SinkError, Storage};
 use crate::config::DatabaseConfig;
@@ -30,7 +30,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
         .map_err(&err)?;
     let packet = usize::try_from(packet).unwrap_or(MAX_STATEMENT_BYTES);
     Ok(Storage {
-        writer: Arc::new(BoundWriter {
+        writer: Arc::new(SqlxInserts {
             pool: pool.clone(),
             dialect: Dialect::Mysql,
             max_statement_bytes: MAX_STATEMENT_BYTES.min(packet / 2),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::PgPool;
 
-use super::bound::delete_replayed;
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
+use super::generic::delete_replayed;
 use super::store::{Pools, Store};
 use super::{sink_error, BatchWriter, RowBatch, SinkError, Storage, Written};
 use crate::config::DatabaseConfig;
@@ -22,7 +22,7 @@ use crate::schema::Stream;
 const DIALECT: Dialect = Dialect::Postgres;
 
 /// The PostgreSQL batch writer.
-pub struct PgWriter {
+pub struct PgCopy {
     pool: PgPool,
 }
 
@@ -33,7 +33,7 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
     let (pool, health) = super::open_pools::<sqlx::Postgres>(config, options, DIALECT).await?;
     Ok(Storage {
-        writer: Arc::new(PgWriter { pool: pool.clone() }),
+        writer: Arc::new(PgCopy { pool: pool.clone() }),
         store: Store::new(
             Pools::Postgres(pool),
             Pools::Postgres(health),
@@ -108,12 +108,12 @@ fn staging_table(table: &str) -> String {
     format!("sluice_stage_{:016x}", h.finish())
 }
 
-impl BatchWriter for PgWriter {
+impl BatchWriter for PgCopy {
     fn dialect(&self) -> Dialect {
         DIALECT
     }
 
-    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+    fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
         let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
             let err = sink_error(DIALECT);

@@ -16,8 +16,8 @@ use rusqlite::types::Value as SqlValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Sqlite;
 
-use super::bound::BoundWriter;
 use super::dialect::{sqlite_timestamp, Dialect};
+use super::generic::SqlxInserts;
 use super::store::{Pools, Store};
 use super::{
     sink_error, BatchWriter, BoxFuture, ErrorClass, RowBatch, SinkError, Storage, Written,
@@ -32,13 +32,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SQLite batch writer: one rusqlite connection for stream rows, the sqlx pool for
 /// dead letters.
-pub struct SqliteWriter {
-    letters: BoundWriter<Sqlite>,
-    rows: Arc<RowWriter>,
+pub struct SqliteFile {
+    letters: SqlxInserts<Sqlite>,
+    rows: Arc<RowConnection>,
 }
 
 /// The rusqlite connection that writes stream rows.
-struct RowWriter {
+struct RowConnection {
     path: PathBuf,
     /// `FULL` or `NORMAL`, as `[database] sqlite_synchronous` says.
     synchronous: &'static str,
@@ -46,7 +46,7 @@ struct RowWriter {
     conn: Mutex<Option<rusqlite::Connection>>,
 }
 
-impl RowWriter {
+impl RowConnection {
     /// Writes `rows` (and deletes the dead letters `replayed`) in one transaction,
     /// blocking the calling thread.
     fn write(
@@ -86,14 +86,14 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let path = options.get_filename().to_path_buf();
     let (pool, health) =
         super::open_pools::<sqlx::Sqlite>(config, options, Dialect::Sqlite).await?;
-    let writer = SqliteWriter {
-        letters: BoundWriter {
+    let writer = SqliteFile {
+        letters: SqlxInserts {
             pool: pool.clone(),
             dialect: Dialect::Sqlite,
             max_statement_bytes: MAX_STATEMENT_BYTES,
             timestamp: sqlite_timestamp,
         },
-        rows: Arc::new(RowWriter {
+        rows: Arc::new(RowConnection {
             path,
             synchronous: match config.sqlite_synchronous {
                 crate::config::SqliteSynchronous::Full => "FULL",
@@ -141,7 +141,7 @@ fn write_blocking(
     replayed: &[i64],
 ) -> rusqlite::Result<Result<usize, SinkError>> {
     let tx = conn.transaction()?;
-    // Replay: the dead letters go first, all or nothing (see `bound::write_rows`).
+    // Replay: the dead letters go first, all or nothing (see `generic::write_rows`).
     if !replayed.is_empty() {
         let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
         let mut deleted = 0;
@@ -181,12 +181,12 @@ fn write_blocking(
     tx.commit().map(|()| Ok(stored))
 }
 
-impl BatchWriter for SqliteWriter {
+impl BatchWriter for SqliteFile {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
 
-    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+    fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
         let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
             let width = stream.columns.len() + 1 + usize::from(stream.has_extra);

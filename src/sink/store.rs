@@ -10,12 +10,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
-use super::bound::{
+use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, JOBS};
+use super::generic::{
     count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, has_unique_key,
     list_dead_letters, load_jobs, purge_dead_letters, record_replay_failure, save_job, scalar,
     table_has_rows,
 };
-use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, JOBS};
 use super::{
     DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, PurgeFilter, SinkError,
     StoredDeadLetter,
@@ -120,7 +120,7 @@ impl Store {
         &self,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, SinkError> {
-        with_pool!(&self.pools, p => super::bound::under_schema_lock(p, self.dialect, work).await)
+        with_pool!(&self.pools, p => super::generic::under_schema_lock(p, self.dialect, work).await)
     }
 
     /// Runs DDL statements in order.

@@ -325,13 +325,7 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
         LETTER => {
             let stream = r.string()?;
             let has_stream = r.u8()? == 1;
-            let stage = match r.string()?.as_str() {
-                "parse" => Stage::Parse,
-                "route" => Stage::Route,
-                "validate" => Stage::Validate,
-                "write" => Stage::Write,
-                _ => return None,
-            };
+            let stage = Stage::from_name(&r.string()?)?;
             let error = r.string()?;
             let payload = r.string()?;
             // The fields were made storable and bounded before they were spooled, so

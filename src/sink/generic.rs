@@ -510,7 +510,7 @@ pub async fn write_dead_letters<DB>(
 
 /// The batch writer of the databases written with bound multi-row `INSERT`s (MySQL/
 /// MariaDB, and SQLite's dead letters).
-pub struct BoundWriter<DB: Database> {
+pub struct SqlxInserts<DB: Database> {
     pub pool: Pool<DB>,
     pub dialect: Dialect,
     /// Payload bytes per statement (under MySQL's `max_allowed_packet`; memory for SQLite).
@@ -522,12 +522,12 @@ pub struct BoundWriter<DB: Database> {
 /// database, so the generic functions' bounds are met by concrete types, not restated.
 macro_rules! bound_writer {
     ($($db:ty),*) => {$(
-impl BatchWriter for BoundWriter<$db> {
+impl BatchWriter for SqlxInserts<$db> {
     fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    fn replay_rows<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
+    fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
         let (stream, rows, replayed) = batch.parts();
         Box::pin(write_rows(
             &self.pool,
