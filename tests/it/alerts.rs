@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_binary, Db, TestDb};
+use crate::helpers::{Db, TestDb};
 
 fn names_in(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -41,22 +41,15 @@ async fn the_alert_rules_and_dashboard_name_only_metrics_sluice_exports() {
     // One webhook source too: its refusal series are registered per webhook.
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let config = spool.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        "[webhooks.t]\nstream = \"reading\"\nverify = \"none\"\n",
-    )
-    .unwrap();
-    let sluice = spawn_binary(
+    let sluice = crate::helpers::spawn_configured(
         None,
         &db,
-        &[
-            (
-                "SLUICE_SPOOL_DIR",
-                spool.path().join("spool").display().to_string(),
-            ),
-            ("SLUICE_CONFIG", config.display().to_string()),
-        ],
+        spool.path(),
+        "[webhooks.t]\nstream = \"reading\"\nverify = \"none\"\n",
+        &[(
+            "SLUICE_SPOOL_DIR",
+            spool.path().join("spool").display().to_string(),
+        )],
     );
     let client = reqwest::Client::new();
     let r = client
@@ -70,14 +63,7 @@ async fn the_alert_rules_and_dashboard_name_only_metrics_sluice_exports() {
         .unwrap();
     assert_eq!(r.status(), 202);
     db.wait_for_count("reading", 1).await;
-    let scrape = client
-        .get(format!("http://{}/metrics", sluice.http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = crate::helpers::metrics_text(&sluice.http).await;
     let exported = names_in(&scrape);
     let referenced: BTreeSet<String> = names_in(&rules)
         .union(&names_in(&dashboard))

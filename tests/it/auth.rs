@@ -156,18 +156,9 @@ async fn sighup_rotates_the_ingest_tokens_without_a_restart() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
-    let config = dir.path().join("sluice.toml");
     std::fs::write(&tokens, format!("old:{APP_TOKEN}:*\n")).unwrap();
-    std::fs::write(
-        &config,
-        format!("[auth]\ntokens_file = \"{}\"\n", tokens.display()),
-    )
-    .unwrap();
-    let sluice = spawn_binary(
-        None,
-        &db,
-        &[("SLUICE_CONFIG", config.display().to_string())],
-    );
+    let toml = format!("[auth]\ntokens_file = \"{}\"\n", tokens.display());
+    let sluice = crate::helpers::spawn_configured(None, &db, dir.path(), &toml, &[]);
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/streams/reading/events", sluice.http);
     let post = |token: &str, seq: i64| {

@@ -475,16 +475,48 @@ where
 /// The first sample of metric `name` whose line contains `labels` (e.g.
 /// `stream="reading"`), as the Sluice at `http` exports it; `None` without one.
 pub async fn metric(http: &str, name: &str, labels: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(http).await;
     text.lines()
         .find(|l| l.starts_with(name) && l.contains(labels))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The `/metrics` scrape of the instance at `http` (`host:port`).
+pub async fn metrics_text(http: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("Sluice answers /metrics")
+        .text()
+        .await
+        .expect("a text answer")
+}
+
+/// The sum of the samples of `name` (any labels) whose line contains `labels`.
+pub async fn metric_sum(http: impl std::fmt::Display, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{");
+    metrics_text(http)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes `toml` as `dir/sluice.toml` and starts the binary (`bin`, or the test build)
+/// with it, on `db`, with `env` besides.
+pub fn spawn_configured(
+    bin: Option<&str>,
+    db: &TestDb,
+    dir: &std::path::Path,
+    toml: &str,
+    env: &[(&str, String)],
+) -> Binary {
+    let config = dir.join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut env = env.to_vec();
+    env.push(("SLUICE_CONFIG", config.display().to_string()));
+    spawn_binary(bin, db, &env)
 }
 
 /// Skips the rest of a test that cannot run here, saying so on the real stderr (which

@@ -44,16 +44,7 @@ fn config(dir: &std::path::Path, url: &str, stream: &str, prefix: &str) -> std::
 /// The sum of the samples of `metric` with a label whose value is `value` (e.g.
 /// `acked`, which `outcome="nacked"` does not match) that the instance exports.
 async fn metric(sluice: &Binary, metric: &str, value: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", sluice.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&format!("=\"{value}\"")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    crate::helpers::metric_sum(&sluice.http, metric, &format!("=\"{value}\"")).await
 }
 
 /// `db` reached through a proxy that drops every connection while the flag is set.

@@ -179,19 +179,12 @@ async fn form_bodies_with_millions_of_fields_are_refused_before_they_are_built()
     let bin = test_bin();
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        "[webhooks.sms]\nstream = \"app_log\"\nverify = \"twilio\"\nsecret_env = \"TEST_TWILIO_TOKEN\"\npublic_url = \"https://example.com/v1/hooks/sms\"\n",
-    )
-    .unwrap();
-    let sluice = spawn_binary(
+    let sluice = crate::helpers::spawn_configured(
         Some(&bin),
         &db,
-        &[
-            ("SLUICE_CONFIG", config.display().to_string()),
-            ("TEST_TWILIO_TOKEN", "twilio-auth-token".into()),
-        ],
+        dir.path(),
+        "[webhooks.sms]\nstream = \"app_log\"\nverify = \"twilio\"\nsecret_env = \"TEST_TWILIO_TOKEN\"\npublic_url = \"https://example.com/v1/hooks/sms\"\n",
+        &[("TEST_TWILIO_TOKEN", "twilio-auth-token".into())],
     );
     let pid = sluice.child.id();
     let idle = rss_bytes(pid);

@@ -7,16 +7,7 @@ use std::time::Duration;
 use prometheus_parse::{Scrape, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{spawn_binary, Db, TestDb};
-
-async fn metrics_text(http: &str) -> String {
-    reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
+use crate::helpers::{metrics_text, spawn_binary, spawn_configured, Db, TestDb};
 
 fn parse(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
@@ -182,13 +173,8 @@ async fn duplicates_are_counted_apart_from_rows_written(kind: Db) {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, "[streams.reading]\nid_field = \"seq\"\n").unwrap();
-    let sluice = spawn_binary(
-        None,
-        &db,
-        &[("SLUICE_CONFIG", config.display().to_string())],
-    );
+    let toml = "[streams.reading]\nid_field = \"seq\"\n";
+    let sluice = spawn_configured(None, &db, dir.path(), toml, &[]);
     let client = reqwest::Client::new();
     for body in [
         "{\"seq\":1,\"sensor\":\"a\",\"value\":1}\n{\"seq\":2,\"sensor\":\"a\",\"value\":1}\n{\"seq\":2,\"sensor\":\"a\",\"value\":1}\n",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 
-use crate::helpers::{fixture_schemas, spawn_app, spawn_binary, Db, TestDb};
+use crate::helpers::{fixture_schemas, spawn_app, Db, TestDb};
 
 /// A CA (its PEM) and a server certificate for 127.0.0.1 signed by it (PEM cert, key).
 struct Issued {
@@ -62,21 +62,12 @@ async fn https_serves_a_verifying_client_and_sighup_swaps_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let first = issue("Sluice test CA one");
     let (cert, key) = write(dir.path(), &first);
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[http.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let sluice = spawn_binary(
-        None,
-        &db,
-        &[("SLUICE_CONFIG", config.display().to_string())],
+    let toml = format!(
+        "[http.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
     );
+    let sluice = crate::helpers::spawn_configured(None, &db, dir.path(), &toml, &[]);
     let https = format!("https://{}", sluice.http);
     let trusts_first = client_trusting(&first.ca_pem);
     let r = trusts_first

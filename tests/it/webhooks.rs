@@ -815,17 +815,12 @@ async fn a_redelivered_webhook_is_stored_once_on_every_database() {
 async fn a_flood_of_unsigned_requests_leaves_the_database_and_the_logs_alone() {
     let db = TestDb::create(Db::Sqlite).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        "[webhooks.gh]\nstream = \"hook_event\"\nverify = \"github\"\nsecret_env = \"GH_HOOK_SECRET\"\n",
-    )
-    .unwrap();
-    let sluice = spawn_binary(
+    let sluice = crate::helpers::spawn_configured(
         None,
         &db,
+        dir.path(),
+        "[webhooks.gh]\nstream = \"hook_event\"\nverify = \"github\"\nsecret_env = \"GH_HOOK_SECRET\"\n",
         &[
-            ("SLUICE_CONFIG", config.display().to_string()),
             ("SLUICE_SCHEMAS_DIR", schemas().display().to_string()),
             ("GH_HOOK_SECRET", SECRET.into()),
         ],
@@ -853,24 +848,9 @@ async fn a_flood_of_unsigned_requests_leaves_the_database_and_the_logs_alone() {
         t.await.unwrap();
     }
     assert_eq!(sent.load(std::sync::atomic::Ordering::Relaxed), 10_000);
-    let metrics_url = format!("http://{}/metrics", sluice.http);
-    let scrape = || async {
-        client
-            .get(&metrics_url)
-            .send()
-            .await
-            .expect("Sluice answers")
-            .text()
-            .await
-            .expect("a text answer")
-    };
     crate::helpers::eventually(10, "every refusal is counted", || async {
-        let total: f64 = scrape()
-            .await
-            .lines()
-            .filter(|l| l.starts_with("sluice_webhook_rejected_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let total =
+            crate::helpers::metric_sum(&sluice.http, "sluice_webhook_rejected_total", "").await;
         if total >= 10_000.0 {
             Ok(())
         } else {
@@ -878,7 +858,7 @@ async fn a_flood_of_unsigned_requests_leaves_the_database_and_the_logs_alone() {
         }
     })
     .await;
-    let metrics = scrape().await;
+    let metrics = crate::helpers::metrics_text(&sluice.http).await;
     let (_, logs) = sluice.terminate().await;
     let refused: Vec<&String> = logs.iter().filter(|l| l.contains("refused")).collect();
     // Two kinds (missing, bad), each logged once, then one summary per kind per
