@@ -52,6 +52,10 @@ pub struct App {
     /// Receivers waiting for their batcher tasks, spawned by `run_until_stopped`.
     stream_receivers: Vec<(Arc<crate::schema::Stream>, QueueReceiver<Row>)>,
     dead_letter_receiver: Option<QueueReceiver<DeadLetter>>,
+    /// Every task that serves or feeds the queues (listeners, connections, the
+    /// JetStream input, spool recovery and refill, log summaries, retention, the job
+    /// sweeper, SIGHUP, replay jobs): waited for in the first phase of stopping.
+    tasks: TaskTracker,
 }
 
 impl App {
@@ -143,7 +147,8 @@ impl App {
             )
             .with_spool(spool),
         );
-        let jobs = crate::jobs::Jobs::new(storage.clone(), Arc::new(config.clone()));
+        let tasks = TaskTracker::new();
+        let jobs = crate::jobs::Jobs::new(storage.clone(), Arc::new(config.clone()), tasks.clone());
         Ok(App {
             config,
             http,
@@ -161,6 +166,7 @@ impl App {
             storage,
             stream_receivers,
             dead_letter_receiver: Some(dead_letter_receiver),
+            tasks,
         })
     }
 
@@ -187,35 +193,26 @@ impl App {
         // The batchers drain and exit once `Running::stop` closes their queues.
         let batchers = self.spawn_batchers();
         // What the spool kept from before a restart is written before new input is
-        // taken: HTTP answers 503 and TCP does not listen until it is.
-        let recovered = CancellationToken::new();
+        // taken: HTTP answers 503 and TCP and JetStream wait for `Ingest::recovered`.
         // Only a spool that holds something makes new input wait.
         let leftovers = self
             .ingest
             .spool()
             .is_some_and(|s| s.leftovers().map(|l| !l.is_empty()).unwrap_or(true));
-        match self.ingest.spool().cloned().filter(|_| leftovers) {
-            Some(spool) => {
-                self.ingest.set_recovering(true);
-                let (ingest, done) = (self.ingest.clone(), recovered.clone());
-                let field = self.config.tcp.stream_field.clone();
-                tokio::spawn(async move {
-                    crate::ingest::spool_recovery::recover(&spool, &ingest, &field).await;
-                    ingest.set_recovering(false);
-                    done.cancel();
-                });
-            }
-            None => recovered.cancel(),
+        if let Some(spool) = self.ingest.spool().cloned().filter(|_| leftovers) {
+            self.ingest.set_recovering(true);
+            let ingest = self.ingest.clone();
+            let field = self.config.tcp.stream_field.clone();
+            self.tasks.spawn(async move {
+                crate::ingest::spool_recovery::recover(&spool, &ingest, &field).await;
+                ingest.set_recovering(false);
+            });
         }
         // Cancelled when `shutdown` resolves: every input stops accepting.
         let accepting = CancellationToken::new();
-        let trigger = accepting.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.cancel();
-        });
-        let running = self.spawn_inputs(&accepting, recovered);
-        accepting.cancelled().await;
+        let running = self.spawn_inputs(&accepting, &batchers);
+        shutdown.await;
+        accepting.cancel();
         running.stop(batchers).await
     }
 
@@ -258,17 +255,19 @@ impl App {
         tracker
     }
 
-    /// The inputs (HTTP, the admin listener, TCP) and the background jobs (log
-    /// summaries, dead-letter retention), all stopping when `accepting` is cancelled.
-    fn spawn_inputs(self, accepting: &CancellationToken, recovered: CancellationToken) -> Running {
-        let connections = TaskTracker::new();
+    /// The inputs (HTTP, the admin listener, TCP, JetStream) and the background tasks
+    /// (log summaries, dead-letter retention, the job sweeper, SIGHUP), on the app's
+    /// tracker, all stopping when `accepting` is cancelled; the spool's group commits
+    /// on `batchers`, as they go on until the queues close.
+    fn spawn_inputs(self, accepting: &CancellationToken, batchers: &TaskTracker) -> Running {
+        let connections = self.tasks.clone();
         if let Some(spool) = self.ingest.spool() {
             // The spool's group commits go on until the inputs have stopped and the
             // queues are closed (requests still in flight wait for them), then make a
             // last fsync.
             if let crate::spool::FsyncPolicy::Interval(interval) = spool.fsync() {
                 for log in spool.logs() {
-                    tokio::spawn(log.clone().flush_every(interval, self.ingest.closing()));
+                    batchers.spawn(log.clone().flush_every(interval, self.ingest.closing()));
                 }
             }
             // Spilled events are read back into each stream's queue as it has room.
@@ -326,10 +325,10 @@ impl App {
                 accepting.clone(),
                 connections.clone(),
             );
-            let (ready, stop) = (recovered.clone(), accepting.clone());
+            let (ingest, stop) = (self.ingest.clone(), accepting.clone());
             connections.spawn(async move {
                 tokio::select! {
-                    _ = ready.cancelled() => input.await,
+                    _ = ingest.recovered() => input.await,
                     _ = stop.cancelled() => {}
                 }
             });
@@ -344,10 +343,10 @@ impl App {
                 accepting.clone(),
                 connections.clone(),
             );
-            let stop = accepting.clone();
+            let (ingest, stop) = (self.ingest.clone(), accepting.clone());
             connections.spawn(async move {
                 tokio::select! {
-                    _ = recovered.cancelled() => serve.await,
+                    _ = ingest.recovered() => serve.await,
                     _ = stop.cancelled() => {}
                 }
             });
@@ -386,7 +385,7 @@ impl App {
                 accepting.clone(),
             ));
         }
-        let http = tokio::spawn(serve_http(
+        let http = connections.spawn(serve_http(
             self.http,
             ingest_router,
             http_config,
@@ -396,6 +395,7 @@ impl App {
         Running {
             http,
             connections,
+            jobs: self.jobs,
             ingest: self.ingest,
             storage: self.storage,
             timeout: self.config.shutdown_timeout,
@@ -407,21 +407,25 @@ impl App {
 struct Running {
     /// The main HTTP listener's task (it waits for its in-flight requests).
     http: tokio::task::JoinHandle<()>,
-    /// TCP connections, the admin listener and background jobs.
+    /// Every other task of [`App::tasks`] (the HTTP listener's is among them).
     connections: TaskTracker,
+    jobs: Arc<crate::jobs::Jobs>,
     ingest: Arc<Ingest>,
     storage: Storage,
     timeout: std::time::Duration,
 }
 
 impl Running {
-    /// Stops within `shutdown_timeout`, in order: in-flight requests and connections get
+    /// Stops within `shutdown_timeout`, in order: running jobs are cancelled, in-flight
+    /// requests and connections get
     /// the first half (so a slow client cannot eat the flush time), the queues refuse
     /// more, the batchers drain in the rest, the database pool closes.
     async fn stop(self, batchers: TaskTracker) -> anyhow::Result<()> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.timeout;
         let grace = started + self.timeout / 2;
+        // Replay jobs stop after the page they are writing, recorded as cancelled.
+        self.jobs.cancel_all();
         let served = tokio::time::timeout_at(grace, self.http).await;
         tracing::info!(
             events_queued = self.ingest.queued_events(),

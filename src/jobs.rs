@@ -175,6 +175,9 @@ pub struct Jobs {
     /// fixed on disk applies to the replay without a restart.
     config: Arc<crate::config::Config>,
     running: Mutex<HashMap<String, Arc<Running>>>,
+    /// The server's tracker: a job's task is one of the server's, waited for when it
+    /// stops.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A replay's progress, recorded into its job.
@@ -222,12 +225,27 @@ fn result_json(report: &BTreeMap<String, StreamReport>) -> Value {
 }
 
 impl Jobs {
-    pub fn new(storage: Storage, config: Arc<crate::config::Config>) -> Arc<Jobs> {
+    /// Jobs run as tasks of `tasks`.
+    pub fn new(
+        storage: Storage,
+        config: Arc<crate::config::Config>,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Arc<Jobs> {
         Arc::new(Jobs {
             storage,
             config,
             running: Mutex::new(HashMap::new()),
+            tasks,
         })
+    }
+
+    /// Asks every running job to stop (Sluice is stopping): each records itself
+    /// `cancelled` after the page it is writing, and what it wrote stays.
+    pub fn cancel_all(&self) {
+        for job in lock(&self.running).values() {
+            job.cancel.cancel();
+            lock(&job.record).log("cancelled: Sluice is stopping".into());
+        }
     }
 
     /// [`Jobs::recover`] at start-up and then every `[jobs] sweep_every` until `stop`: an
@@ -357,7 +375,7 @@ impl Jobs {
         }
         let jobs = self.clone();
         let job_id = id.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             jobs.run_replay(&job_id, job, registry, options).await;
         });
         Ok(id)

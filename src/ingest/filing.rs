@@ -487,6 +487,24 @@ impl Default for RequestEvents {
 }
 
 impl RequestEvents {
+    /// Rows alone (a piece of a larger filing).
+    pub fn of_rows(rows: Vec<Row>) -> RequestEvents {
+        RequestEvents {
+            row_bytes: rows.iter().map(Row::memory_size).sum(),
+            rows,
+            ..RequestEvents::default()
+        }
+    }
+
+    /// Dead letters alone (a piece of a larger filing).
+    pub fn of_letters(letters: Vec<DeadLetter>) -> RequestEvents {
+        RequestEvents {
+            letter_bytes: letters.iter().map(DeadLetter::memory_size).sum(),
+            letters,
+            ..RequestEvents::default()
+        }
+    }
+
     /// Sets an event aside as a dead letter of `stream` with `err`'s stage and reason.
     fn reject(
         &mut self,

@@ -305,9 +305,9 @@ pub struct Ingest {
     memory: budget::MemoryBudget,
     /// The durable spool, when `[spool] dir` is set.
     spool: Option<Arc<crate::spool::Spool>>,
-    /// Set while the spool's records from before a restart are being written; new
-    /// input waits (HTTP answers 503) until they are.
-    recovering: std::sync::atomic::AtomicBool,
+    /// `true` while the spool's records from before a restart are being written; new
+    /// input waits (HTTP answers 503, TCP and JetStream wait) until they are.
+    recovering: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ingest {
@@ -334,7 +334,7 @@ impl Ingest {
             storage,
             memory: budget::MemoryBudget::new(max_inflight_bytes),
             spool: None,
-            recovering: std::sync::atomic::AtomicBool::new(false),
+            recovering: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -351,12 +351,19 @@ impl Ingest {
 
     /// Whether the spool's records from before a restart are still being written.
     pub fn is_recovering(&self) -> bool {
-        self.recovering.load(std::sync::atomic::Ordering::Acquire)
+        *self.recovering.borrow()
     }
 
     pub fn set_recovering(&self, recovering: bool) {
-        self.recovering
-            .store(recovering, std::sync::atomic::Ordering::Release);
+        self.recovering.send_replace(recovering);
+    }
+
+    /// Resolves once the spool's records from before a restart are written (at once
+    /// when there were none): the readiness inputs of new events wait for.
+    pub async fn recovered(&self) {
+        let mut rx = self.recovering.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|recovering| !recovering).await;
     }
 
     /// The memory budget of input being decoded.
@@ -548,26 +555,13 @@ impl Ingest {
             .map(|q| q.capacity())
             .unwrap_or((usize::MAX, usize::MAX));
         let letter_cap = self.dead_letters.capacity();
-        let token = events.token;
-        for piece in split_to_fit(events.rows, row_cap, Row::memory_size) {
-            let row_bytes = piece.iter().map(Row::memory_size).sum();
-            let part = RequestEvents {
-                rows: piece,
-                row_bytes,
-                token: token.clone(),
-                ..RequestEvents::default()
-            };
-            receipt.extend(self.submit_waiting(stream, part, waits, spool).await?);
-        }
-        for piece in split_to_fit(events.letters, letter_cap, DeadLetter::memory_size) {
-            let letter_bytes = piece.iter().map(DeadLetter::memory_size).sum();
-            let part = RequestEvents {
-                letters: piece,
-                letter_bytes,
-                token: token.clone(),
-                ..RequestEvents::default()
-            };
-            receipt.extend(self.submit_waiting(stream, part, waits, spool).await?);
+        let rows = split_to_fit(events.rows, row_cap, Row::memory_size);
+        let letters = split_to_fit(events.letters, letter_cap, DeadLetter::memory_size);
+        let pieces = (rows.into_iter().map(RequestEvents::of_rows))
+            .chain(letters.into_iter().map(RequestEvents::of_letters));
+        for mut piece in pieces {
+            piece.token = events.token.clone();
+            receipt.extend(self.submit_waiting(stream, piece, waits, spool).await?);
         }
         Ok(receipt)
     }

@@ -1,7 +1,8 @@
 //! The jobs API: a replay runs in the background with progress, can be cancelled
 //! between pages, refuses a second replay over the same dead letters, and a job running
 //! at a crash is marked failed at the next start, or by another instance on the same
-//! database (never while its own instance is alive). Dead letters are seeded as TCP lines
+//! database (never while its own instance is alive); stopping Sluice cancels a running
+//! one. Dead letters are seeded as TCP lines
 //! naming an unknown stream (stage `route`) and replayed `into` the `reading` stream.
 
 use std::time::Duration;
@@ -348,5 +349,47 @@ async fn a_replay_job_says_why_dead_letters_still_fail() {
             .as_str()
             .is_some_and(|e| e.contains("still fails") && e.contains("/value"))),
         "{done}"
+    );
+}
+
+/// Stopping Sluice (SIGTERM) cancels a running replay: it stops after the page it is
+/// writing and is recorded `cancelled`, not left `running` for the next start to fail.
+#[tokio::test]
+async fn stopping_sluice_cancels_a_running_job() {
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
+    let sluice = spawn_binary(None, &db, &env);
+    seed_route_dead_letters(sluice.tcp.as_deref().unwrap(), &db, 1200).await;
+    let base = format!("http://{}", sluice.http);
+    let client = reqwest::Client::new();
+    let lock = hold_write_lock(&db).await;
+    let (_, started) = post(
+        &client,
+        format!("{base}/v1/jobs/replay"),
+        json!({"into": "reading"}),
+    )
+    .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    wait_job(&client, &base, &id, |j| j["state"] == "running").await;
+    let stopping = tokio::spawn(sluice.terminate());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The page it was writing goes through; then it sees the cancellation.
+    drop(lock);
+    let (status, logs) = stopping.await.unwrap();
+    assert!(status.success(), "{logs:?}");
+    let rows = db
+        .query(&format!(
+            "SELECT state, {} FROM sluice_jobs",
+            db.text("done")
+        ))
+        .await;
+    assert_eq!(rows[0][0].as_deref(), Some("cancelled"), "{rows:?}");
+    let done: usize = rows[0][1].as_deref().unwrap().parse().unwrap();
+    assert!(done < 1200, "it stopped before the end: {done}");
+    assert_eq!(
+        db.count("reading").await + db.count("sluice_dead_letters").await,
+        1200
     );
 }
