@@ -22,7 +22,7 @@ fn registry() -> Registry {
         schemas_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/schemas").into(),
         ..Config::default()
     };
-    Registry::load(&config).expect("the shipped schemas load")
+    Registry::load(config.streams_config()).expect("the shipped schemas load")
 }
 
 fn rows(stream: &Stream, events: &[String]) -> Vec<Row> {
@@ -117,7 +117,7 @@ fn bisection(c: &mut Criterion) {
         ..Config::default()
     };
     config.database.url = format!("sqlite://{}", dir.path().join("bench.db").display());
-    let registry = Registry::load(&config).expect("the shipped schemas load");
+    let registry = Registry::load(config.streams_config()).expect("the shipped schemas load");
     let stream = registry
         .get("order_placed")
         .expect("shipped stream")

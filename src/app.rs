@@ -62,7 +62,8 @@ impl App {
     /// Loads schemas, connects to the database, creates the tables and binds the listeners.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         crate::telemetry::install();
-        let registry = Registry::load(&config).context("cannot load the stream schemas")?;
+        let registry =
+            Registry::load(config.streams_config()).context("cannot load the stream schemas")?;
         if let Some(default) = &config.tcp.default_stream {
             anyhow::ensure!(
                 registry.get(default).is_some(),

@@ -35,7 +35,7 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref())?;
     let dialect = Dialect::from_url(&config.database.url)
         .map_err(|m| anyhow::anyhow!("[database].url: {m}"))?;
-    let registry = Registry::load(&config)?;
+    let registry = Registry::load(config.streams_config())?;
     println!(
         "-- {} ({} streams, database {})",
         config.schemas_dir.display(),

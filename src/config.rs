@@ -1,15 +1,24 @@
 //! Configuration: the TOML file (`sluice.toml` or `--config PATH`) with `SLUICE_*`
 //! environment overrides, deserialized into typed, documented settings.
 //!
-//! In: an optional file path and the process environment. Out: a [`Config`] whose
-//! defaults live in one place (the `default_*` functions below). Unknown keys are errors
-//! that name the key, so a typo never silently falls back to a default.
+//! In: an optional file path and the process environment. Out: a [`Config`] that
+//! gathers every component's settings. A component's settings type and its defaults
+//! live beside the component ([`crate::spool::SpoolConfig`], [`crate::tls::TlsConfig`],
+//! [`crate::schema::StreamSettings`] and [`crate::schema::StreamConfig`]); the sections
+//! not moved yet are here, with their `default_*` functions. The environment overrides
+//! are derived from every section's fields ([`section`]), so they cannot drift. Unknown
+//! keys are errors that name the key, so a typo never silently falls back to a default.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
+pub use crate::spool::{FsyncPolicy, SpoolConfig};
+pub use crate::tls::TlsConfig;
+use crate::toml_values::{duration, opt_duration};
 
 /// The field names of a struct with a derived `Deserialize`, as the derive passes them
 /// to `deserialize_struct`: the environment overrides are derived from them, so that a
@@ -264,49 +273,6 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
 }
 
-/// `[spool]`: where events answered `202` and TCP lines are kept on disk until their
-/// batch commits.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpoolConfig {
-    /// Directory of the spool; the spool is off when unset.
-    pub dir: Option<PathBuf>,
-    /// Disk budget in bytes; when full, producers get the backpressure of a full queue.
-    #[serde(default = "default_spool_max_bytes")]
-    pub max_bytes: u64,
-    /// `"always"` (fsync every append) or a group-commit interval such as `"10ms"`.
-    #[serde(default = "default_spool_fsync", deserialize_with = "fsync_policy")]
-    pub fsync: FsyncPolicy,
-}
-
-/// `spool.fsync`: when appends to the spool are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Every append is fsynced before it is acknowledged.
-    Always,
-    /// Appends are fsynced together once per interval (group commit).
-    Interval(Duration),
-}
-
-fn default_spool_max_bytes() -> u64 {
-    10 * 1024 * 1024 * 1024
-}
-fn default_spool_fsync() -> FsyncPolicy {
-    FsyncPolicy::Interval(Duration::from_millis(10))
-}
-fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
-    let text = String::deserialize(d)?;
-    if text == "always" {
-        return Ok(FsyncPolicy::Always);
-    }
-    match humantime::parse_duration(&text) {
-        Ok(interval) if !interval.is_zero() => Ok(FsyncPolicy::Interval(interval)),
-        _ => Err(serde::de::Error::custom(format!(
-            "spool.fsync = {text:?}: write \"always\" or a group-commit interval such as \"10ms\""
-        ))),
-    }
-}
-
 /// `[jetstream]`: a durable pull consumer shared by every Sluice instance; a message is
 /// acknowledged only once its rows (or dead letters) are committed.
 #[derive(Debug, Clone, Deserialize)]
@@ -350,21 +316,6 @@ fn default_ack_wait() -> Duration {
 }
 fn default_nak_delay() -> Duration {
     Duration::from_secs(5)
-}
-
-/// `[http.tls]`: PEM files of the server certificate (with its chain) and its key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain: the server certificate, then its intermediates.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// PEM certificates of the authority that signs client certificates: with it, a
-    /// client must present a certificate it signed, or is refused before anything is
-    /// read.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
 }
 
 /// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
@@ -447,44 +398,6 @@ pub struct DeadLettersConfig {
     /// small batches (e.g. `"30d"`); unset keeps them until replayed or purged.
     #[serde(default, deserialize_with = "opt_duration")]
     pub retention: Option<Duration>,
-}
-
-/// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamSettings {
-    /// A batch is written once it holds this many events.
-    #[serde(default = "default_batch_max_events")]
-    pub batch_max_events: usize,
-    /// A batch is written once its first event has waited this long (linger).
-    #[serde(default = "default_batch_max_wait", deserialize_with = "duration")]
-    pub batch_max_wait: Duration,
-    /// Queue capacity in events (accepted but not yet committed, batches in flight included).
-    #[serde(default = "default_queue_max_events")]
-    pub queue_max_events: usize,
-    /// Queue capacity in bytes of memory the queued events hold (JSON text and decoded
-    /// values), so a stream of huge events cannot take all memory.
-    #[serde(default = "default_queue_max_bytes")]
-    pub queue_max_bytes: usize,
-}
-
-/// `[streams.NAME]`: where one stream writes and how it overrides `[defaults]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamConfig {
-    /// Table name; the stream's name when absent.
-    pub table: Option<String>,
-    /// Property holding a unique event id; gets a unique key so a retried event is stored once.
-    pub id_field: Option<String>,
-    /// Overrides `[defaults].batch_max_events`.
-    pub batch_max_events: Option<usize>,
-    /// Overrides `[defaults].batch_max_wait`.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub batch_max_wait: Option<Duration>,
-    /// Overrides `[defaults].queue_max_events`.
-    pub queue_max_events: Option<usize>,
-    /// Overrides `[defaults].queue_max_bytes`.
-    pub queue_max_bytes: Option<usize>,
 }
 
 /// `[webhooks.NAME]`: one vendor's webhook URL, how its requests are verified, and the
@@ -730,19 +643,6 @@ fn default_stream_field() -> String {
 fn default_max_payload_bytes() -> usize {
     crate::event::DEFAULT_MAX_PAYLOAD_BYTES
 }
-fn default_batch_max_events() -> usize {
-    1000
-}
-fn default_batch_max_wait() -> Duration {
-    Duration::from_millis(20)
-}
-fn default_queue_max_events() -> usize {
-    50_000
-}
-fn default_queue_max_bytes() -> usize {
-    64 * 1024 * 1024
-}
-
 macro_rules! default_from_empty_table {
     ($($ty:ty),*) => {$(
         impl Default for $ty {
@@ -759,22 +659,8 @@ default_from_empty_table!(
     DatabaseConfig,
     HttpConfig,
     TcpConfig,
-    StreamSettings,
     DeadLettersConfig
 );
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {text:?} ({e}); write e.g. \"20ms\", \"5s\""
-        ))
-    })
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
 
 /// A configuration problem, reported with where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -991,16 +877,19 @@ impl Config {
         Ok(())
     }
 
+    /// What the configuration says of streams: the schemas' directory, `[defaults]` and
+    /// `[streams.NAME]` (what [`crate::schema::Registry::load`] reads).
+    pub fn streams_config(&self) -> StreamsConfig<'_> {
+        StreamsConfig {
+            schemas_dir: &self.schemas_dir,
+            defaults: &self.defaults,
+            streams: &self.streams,
+        }
+    }
+
     /// The effective settings of `stream`: `[defaults]` overlaid by `[streams.NAME]`.
     pub fn stream_settings(&self, stream: &str) -> StreamSettings {
-        let mut s = self.defaults.clone();
-        if let Some(o) = self.streams.get(stream) {
-            s.batch_max_events = o.batch_max_events.unwrap_or(s.batch_max_events);
-            s.batch_max_wait = o.batch_max_wait.unwrap_or(s.batch_max_wait);
-            s.queue_max_events = o.queue_max_events.unwrap_or(s.queue_max_events);
-            s.queue_max_bytes = o.queue_max_bytes.unwrap_or(s.queue_max_bytes);
-        }
-        s
+        self.streams_config().settings(stream)
     }
 }
 

@@ -320,7 +320,7 @@ impl Jobs {
             stage: request.stage.clone(),
         };
         // The schemas as they are on disk now (a fix needs no restart to be replayed).
-        let registry = crate::schema::Registry::load(&self.config)
+        let registry = crate::schema::Registry::load(self.config.streams_config())
             .map_err(|e| JobError::Invalid(format!("cannot load the stream schemas: {e:#}")))?;
         crate::replay::check_options(&registry, &options)
             .map_err(|e| JobError::Invalid(e.to_string()))?;

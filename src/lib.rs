@@ -32,6 +32,7 @@ pub mod spool;
 pub mod stats;
 pub mod telemetry;
 pub mod tls;
+pub mod toml_values;
 pub mod webhook;
 
 pub use app::App;

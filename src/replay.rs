@@ -162,7 +162,8 @@ pub async fn replay(
     config: &Config,
     options: &ReplayOptions,
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
-    let registry = Registry::load(config).context("cannot load the stream schemas")?;
+    let registry =
+        Registry::load(config.streams_config()).context("cannot load the stream schemas")?;
     check_options(&registry, options)?;
     let (registry, storage) = crate::sink::open(config, registry).await?;
     // A bar on a terminal, plain lines otherwise (logs, CI).

@@ -8,11 +8,100 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, StreamSettings};
+use serde::Deserialize;
+
 use crate::event::{truncate_utf8, Cell, Row, Stage};
+use crate::toml_values::{duration, opt_duration};
+
+/// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// A batch is written once it holds this many events.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// A batch is written once its first event has waited this long (linger).
+    #[serde(default = "default_batch_max_wait", deserialize_with = "duration")]
+    pub batch_max_wait: Duration,
+    /// Queue capacity in events (accepted but not yet committed, batches in flight included).
+    #[serde(default = "default_queue_max_events")]
+    pub queue_max_events: usize,
+    /// Queue capacity in bytes of memory the queued events hold (JSON text and decoded
+    /// values), so a stream of huge events cannot take all memory.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: usize,
+}
+
+/// `[streams.NAME]`: where one stream writes and how it overrides `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Table name; the stream's name when absent.
+    pub table: Option<String>,
+    /// Property holding a unique event id; gets a unique key so a retried event is stored once.
+    pub id_field: Option<String>,
+    /// Overrides `[defaults].batch_max_events`.
+    pub batch_max_events: Option<usize>,
+    /// Overrides `[defaults].batch_max_wait`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub batch_max_wait: Option<Duration>,
+    /// Overrides `[defaults].queue_max_events`.
+    pub queue_max_events: Option<usize>,
+    /// Overrides `[defaults].queue_max_bytes`.
+    pub queue_max_bytes: Option<usize>,
+}
+
+fn default_batch_max_events() -> usize {
+    1000
+}
+fn default_batch_max_wait() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_queue_max_events() -> usize {
+    50_000
+}
+fn default_queue_max_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            batch_max_events: default_batch_max_events(),
+            batch_max_wait: default_batch_max_wait(),
+            queue_max_events: default_queue_max_events(),
+            queue_max_bytes: default_queue_max_bytes(),
+        }
+    }
+}
+
+/// What the configuration says of streams: where their schemas are, `[defaults]`, and
+/// each `[streams.NAME]`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamsConfig<'a> {
+    pub schemas_dir: &'a Path,
+    pub defaults: &'a StreamSettings,
+    pub streams: &'a BTreeMap<String, StreamConfig>,
+}
+
+impl StreamsConfig<'_> {
+    /// The effective settings of `stream`: `[defaults]` overlaid by `[streams.NAME]`.
+    pub fn settings(&self, stream: &str) -> StreamSettings {
+        let mut s = self.defaults.clone();
+        if let Some(o) = self.streams.get(stream) {
+            s.batch_max_events = o.batch_max_events.unwrap_or(s.batch_max_events);
+            s.batch_max_wait = o.batch_max_wait.unwrap_or(s.batch_max_wait);
+            s.queue_max_events = o.queue_max_events.unwrap_or(s.queue_max_events);
+            s.queue_max_bytes = o.queue_max_bytes.unwrap_or(s.queue_max_bytes);
+        }
+        s
+    }
+}
 
 /// Longest identifier accepted (PostgreSQL truncates above 63 bytes).
 pub const MAX_IDENT_LEN: usize = 63;
@@ -109,10 +198,10 @@ pub struct Registry {
 
 impl Registry {
     /// Loads every `*.json` in `config.schemas_dir`, in name order.
-    pub fn load(config: &Config) -> Result<Registry, SchemaError> {
-        let dir = &config.schemas_dir;
+    pub fn load(config: StreamsConfig<'_>) -> Result<Registry, SchemaError> {
+        let dir = config.schemas_dir;
         let err = |reason: String| SchemaError {
-            file: dir.clone(),
+            file: dir.to_path_buf(),
             property: None,
             reason,
         };
@@ -189,7 +278,7 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
 }
 
 impl Stream {
-    fn load(file: &Path, config: &Config) -> Result<Stream, SchemaError> {
+    fn load(file: &Path, config: StreamsConfig<'_>) -> Result<Stream, SchemaError> {
         let err = |property: Option<&str>, reason: String| SchemaError {
             file: file.to_path_buf(),
             property: property.map(str::to_owned),
@@ -303,7 +392,7 @@ impl Stream {
         Ok(Stream {
             schema_id,
             schema,
-            settings: config.stream_settings(&name),
+            settings: config.settings(&name),
             id_field: stream_config.id_field,
             name,
             table,

@@ -5,7 +5,7 @@
 //! In: PEM files (certificate chain, private key, client CA). Out: the acceptor for the
 //! next connection; connections already open keep what they started with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -15,7 +15,22 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use serde::Deserialize;
+
+/// `[http.tls]`: PEM files of the server certificate (with its chain) and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain: the server certificate, then its intermediates.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM certificates of the authority that signs client certificates: with it, a
+    /// client must present a certificate it signed, or is refused before anything is
+    /// read.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
 
 /// The TLS acceptor in force and where it was loaded from.
 pub struct Tls {

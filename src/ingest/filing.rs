@@ -609,7 +609,7 @@ mod tests {
             dir.path().display().to_string()
         );
         let config = crate::config::Config::from_toml_and_env(&toml, "test", []).unwrap();
-        let registry = Registry::load(&config).unwrap();
+        let registry = Registry::load(config.streams_config()).unwrap();
         let hooks = crate::webhook::Webhooks::load(&config, &registry).unwrap();
         Fixture {
             _dir: dir,

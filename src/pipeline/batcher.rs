@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
 use super::retry::{retry, RetryPolicy};
-use crate::config::StreamSettings;
+use crate::schema::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::internal_events::{BatchWritten, EventsDeadLettered, WriteRetried};
 use crate::schema::Stream;
@@ -506,7 +506,8 @@ mod tests {
                 .join("tests/fixtures/schemas"),
             ..Default::default()
         };
-        let registry = crate::schema::Registry::load(&config).expect("the test schemas");
+        let registry =
+            crate::schema::Registry::load(config.streams_config()).expect("the test schemas");
         let stream = registry.get("reading").expect("a reading stream").clone();
         let rows: Vec<Row> = (0..1000)
             .map(|i| {

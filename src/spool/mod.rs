@@ -21,13 +21,56 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
 
 use crate::event::{DeadLetter, Row, Stage};
 pub use log::{Durability, Log, Ticket};
 
-pub use crate::config::FsyncPolicy;
+/// `[spool]`: where events answered `202` and TCP lines are kept on disk until their
+/// batch commits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool; the spool is off when unset.
+    pub dir: Option<PathBuf>,
+    /// Disk budget in bytes; when full, producers get the backpressure of a full queue.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// `"always"` (fsync every append) or a group-commit interval such as `"10ms"`.
+    #[serde(default = "default_spool_fsync", deserialize_with = "fsync_policy")]
+    pub fsync: FsyncPolicy,
+}
+
+/// `spool.fsync`: when appends to the spool are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every append is fsynced before it is acknowledged.
+    Always,
+    /// Appends are fsynced together once per interval (group commit).
+    Interval(Duration),
+}
+
+fn default_spool_max_bytes() -> u64 {
+    10 * 1024 * 1024 * 1024
+}
+fn default_spool_fsync() -> FsyncPolicy {
+    FsyncPolicy::Interval(Duration::from_millis(10))
+}
+fn fsync_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "always" {
+        return Ok(FsyncPolicy::Always);
+    }
+    match humantime::parse_duration(&text) {
+        Ok(interval) if !interval.is_zero() => Ok(FsyncPolicy::Interval(interval)),
+        _ => Err(serde::de::Error::custom(format!(
+            "spool.fsync = {text:?}: write \"always\" or a group-commit interval such as \"10ms\""
+        ))),
+    }
+}
 
 /// Why an append was refused; nothing of it was written.
 #[derive(Debug, thiserror::Error)]

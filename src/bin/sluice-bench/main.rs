@@ -240,7 +240,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
         schemas_dir: args.schemas.clone(),
         ..sluice::Config::default()
     };
-    let registry = Registry::load(&config).context("cannot load the schemas")?;
+    let registry = Registry::load(config.streams_config()).context("cannot load the schemas")?;
     let stream = registry
         .get(&args.stream)
         .with_context(|| format!("no stream `{}` in {}", args.stream, args.schemas.display()))?;
