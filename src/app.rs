@@ -71,7 +71,7 @@ impl App {
                 registry.names()
             );
         }
-        let webhooks = Arc::new(Webhooks::load(&config, &registry)?);
+        let webhooks = Arc::new(Webhooks::load(&config.webhooks, &registry)?);
         let access = Arc::new(Access::load(&config)?);
         let tls = config
             .http
@@ -102,7 +102,7 @@ impl App {
             )?)),
             None => None,
         };
-        let (registry, storage) = sink::open(&config, registry).await?;
+        let (registry, storage) = sink::open(&config.database, registry).await?;
         let streams: Vec<_> = registry.iter().cloned().collect();
         let mut queues = HashMap::new();
         let mut stream_receivers = Vec::new();

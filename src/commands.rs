@@ -56,8 +56,8 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     // Loads the webhooks as `serve` does (secrets included), so a missing secret fails
     // here too, naming the setting.
-    crate::webhook::Webhooks::load(&config, &registry)?;
-    for line in crate::webhook::Webhooks::describe(&config, &registry)? {
+    crate::webhook::Webhooks::load(&config.webhooks, &registry)?;
+    for line in crate::webhook::Webhooks::describe(&config.webhooks, &registry)? {
         println!("-- {line}");
     }
     compare_tables(&config, &registry)

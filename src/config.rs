@@ -4,7 +4,8 @@
 //! In: an optional file path and the process environment. Out: a [`Config`] that
 //! gathers every component's settings. A component's settings type and its defaults
 //! live beside the component ([`crate::spool::SpoolConfig`], [`crate::tls::TlsConfig`],
-//! [`crate::schema::StreamSettings`] and [`crate::schema::StreamConfig`]); the sections
+//! [`crate::schema::StreamSettings`] and [`crate::schema::StreamConfig`],
+//! [`crate::sink::DatabaseConfig`], [`crate::webhook::WebhookConfig`]); the sections
 //! not moved yet are here, with their `default_*` functions. The environment overrides
 //! are derived from every section's fields ([`section`]), so they cannot drift. Unknown
 //! keys are errors that name the key, so a typo never silently falls back to a default.
@@ -16,9 +17,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
+pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
 pub use crate::tls::TlsConfig;
 use crate::toml_values::{duration, opt_duration};
+pub use crate::webhook::{
+    HmacAlgorithm, SignatureEncoding, VerifyScheme, WebhookConfig, WebhookRoute,
+};
 
 /// The field names of a struct with a derived `Deserialize`, as the derive passes them
 /// to `deserialize_struct`: the environment overrides are derived from them, so that a
@@ -180,41 +185,6 @@ pub struct Config {
     /// Vendor webhook sources served at `POST /v1/hooks/{NAME}`, keyed by name.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookConfig>,
-}
-
-/// `[database]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `sqlite://PATH`, `postgres://…` or `mysql://…` (MariaDB uses `mysql://` too).
-    #[serde(default = "default_database_url")]
-    pub url: String,
-    /// Upper bound of the connection pool.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-    /// How long a write waits for a pooled connection before counting as a transient failure.
-    #[serde(default = "default_acquire_timeout", deserialize_with = "duration")]
-    pub acquire_timeout: Duration,
-    /// Longest one batch write may take before it counts as a transient failure and is
-    /// retried on another connection (a database that drops packets never answers).
-    #[serde(default = "default_write_timeout", deserialize_with = "duration")]
-    pub write_timeout: Duration,
-    /// SQLite only: `full` (the default) fsyncs the log at every commit, so a commit
-    /// survives power loss; `normal` syncs only at checkpoints, so a commit survives a
-    /// crash of Sluice but the last ones may be lost on power loss or a kernel crash.
-    #[serde(default)]
-    pub sqlite_synchronous: SqliteSynchronous,
-}
-
-/// `[database] sqlite_synchronous`: SQLite's `PRAGMA synchronous` in WAL mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SqliteSynchronous {
-    /// The log is fsynced at every commit: durable across power loss.
-    #[default]
-    Full,
-    /// The log is fsynced at checkpoints only: durable across a crash of the process.
-    Normal,
 }
 
 /// `[http]`.
@@ -400,117 +370,6 @@ pub struct DeadLettersConfig {
     pub retention: Option<Duration>,
 }
 
-/// `[webhooks.NAME]`: one vendor's webhook URL, how its requests are verified, and the
-/// stream (or streams) its events go to.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// The stream every event goes to, unless `[webhooks.NAME.route]` chooses per event.
-    pub stream: Option<String>,
-    /// How a request proves who sent it.
-    pub verify: VerifyScheme,
-    /// Environment variable holding the secret; several comma-separated during rotation.
-    pub secret_env: Option<String>,
-    /// File holding the secret; several one per line during rotation.
-    pub secret_file: Option<PathBuf>,
-    /// Schemes with a timestamp: a request signed longer ago, or further in the future,
-    /// is refused.
-    #[serde(default = "default_webhook_tolerance", deserialize_with = "duration")]
-    pub tolerance: Duration,
-    /// Request header holding a delivery id, when the scheme has none of its own.
-    pub id_header: Option<String>,
-    /// `token`: the header carrying the token as is (default: `Authorization: Bearer`).
-    pub token_header: Option<String>,
-    /// `hmac`: the header carrying the signature.
-    pub signature_header: Option<String>,
-    /// `hmac`: the hash.
-    #[serde(default)]
-    pub algorithm: HmacAlgorithm,
-    /// `hmac`: how the signature is written in the header.
-    #[serde(default)]
-    pub encoding: SignatureEncoding,
-    /// `hmac`: text before the signature in the header (e.g. `sha256=`).
-    pub prefix: Option<String>,
-    /// `twilio`: the URL as Twilio calls it (scheme, host, path), which Twilio signs.
-    pub public_url: Option<String>,
-    /// Chooses the stream of each event.
-    pub route: Option<WebhookRoute>,
-    /// Request headers copied into each event before validation: header name = property.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-/// `verify = …`: the verification schemes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VerifyScheme {
-    None,
-    Token,
-    Basic,
-    Hmac,
-    StandardWebhooks,
-    Stripe,
-    Github,
-    Shopify,
-    Slack,
-    Twilio,
-    Mailgun,
-}
-
-impl VerifyScheme {
-    /// The name written in `verify = …`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerifyScheme::None => "none",
-            VerifyScheme::Token => "token",
-            VerifyScheme::Basic => "basic",
-            VerifyScheme::Hmac => "hmac",
-            VerifyScheme::StandardWebhooks => "standard-webhooks",
-            VerifyScheme::Stripe => "stripe",
-            VerifyScheme::Github => "github",
-            VerifyScheme::Shopify => "shopify",
-            VerifyScheme::Slack => "slack",
-            VerifyScheme::Twilio => "twilio",
-            VerifyScheme::Mailgun => "mailgun",
-        }
-    }
-
-    /// Whether the scheme needs `secret_env` or `secret_file`.
-    pub fn needs_secret(self) -> bool {
-        self != VerifyScheme::None
-    }
-}
-
-/// `algorithm = …` of the generic `hmac` scheme.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HmacAlgorithm {
-    Sha1,
-    #[default]
-    Sha256,
-    Sha512,
-}
-
-/// `encoding = …` of the generic `hmac` scheme.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SignatureEncoding {
-    #[default]
-    Hex,
-    Base64,
-}
-
-/// `[webhooks.NAME.route]`: the stream of each event, from a JSON pointer into the event
-/// or from a request header.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookRoute {
-    pub pointer: Option<String>,
-    pub header: Option<String>,
-    /// Value = stream; `"*"` is the fallback.
-    pub streams: BTreeMap<String, String>,
-}
-
 /// The values of every `*_env` key in `table`, at any depth: names of environment
 /// variables that hold secrets.
 fn referenced_env_vars(table: &toml::Table, out: &mut Vec<String>) {
@@ -521,60 +380,6 @@ fn referenced_env_vars(table: &toml::Table, out: &mut Vec<String>) {
             _ => {}
         }
     }
-}
-
-impl WebhookConfig {
-    /// The checks that need no schema: one way to choose the stream, what each scheme
-    /// needs to be configured.
-    fn validate(&self) -> Result<(), String> {
-        match (&self.stream, &self.route) {
-            (Some(_), Some(_)) => {
-                return Err("set either stream or [route], not both".into());
-            }
-            (None, None) => {
-                return Err(
-                    "set stream = \"NAME\" or a [route] section choosing the stream per event"
-                        .into(),
-                )
-            }
-            (None, Some(route)) => match (&route.pointer, &route.header) {
-                (Some(p), None) if p.is_empty() || p.starts_with('/') => {}
-                (Some(p), None) => {
-                    return Err(format!(
-                        "route.pointer = {p:?} is not a JSON pointer; write it like \"/type\""
-                    ))
-                }
-                (None, Some(_)) => {}
-                _ => return Err("[route] needs exactly one of pointer or header".into()),
-            },
-            (Some(_), None) => {}
-        }
-        if self.verify.needs_secret() && self.secret_env.is_none() && self.secret_file.is_none() {
-            return Err("this verify scheme needs a secret: set secret_env or secret_file".into());
-        }
-        if self.secret_env.is_some() && self.secret_file.is_some() {
-            return Err("set secret_env or secret_file, not both".into());
-        }
-        if self.verify == VerifyScheme::Hmac && self.signature_header.is_none() {
-            return Err(
-                "verify = \"hmac\" needs signature_header, the header carrying the signature"
-                    .into(),
-            );
-        }
-        if self.verify == VerifyScheme::Twilio && self.public_url.is_none() {
-            return Err("verify = \"twilio\" needs public_url, the URL Twilio calls (it is part of what Twilio signs)".into());
-        }
-        if self.tolerance.is_zero() {
-            return Err(
-                "tolerance = 0 would refuse every request; give a duration such as \"5m\"".into(),
-            );
-        }
-        Ok(())
-    }
-}
-
-fn default_webhook_tolerance() -> Duration {
-    Duration::from_secs(300)
 }
 
 fn default_schemas_dir() -> PathBuf {
@@ -588,21 +393,6 @@ fn default_log_summary_interval() -> Duration {
 }
 fn default_max_inflight_bytes() -> usize {
     128 * 1024 * 1024
-}
-fn default_database_url() -> String {
-    "sqlite://sluice.db".to_owned()
-}
-fn default_max_connections() -> u32 {
-    8
-}
-fn default_acquire_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-/// `database.write_timeout` by default (also what tools without a config use).
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn default_write_timeout() -> Duration {
-    DEFAULT_WRITE_TIMEOUT
 }
 fn default_http_listen() -> String {
     "127.0.0.1:8080".to_owned()

@@ -165,7 +165,7 @@ pub async fn replay(
     let registry =
         Registry::load(config.streams_config()).context("cannot load the stream schemas")?;
     check_options(&registry, options)?;
-    let (registry, storage) = crate::sink::open(config, registry).await?;
+    let (registry, storage) = crate::sink::open(&config.database, registry).await?;
     // A bar on a terminal, plain lines otherwise (logs, CI).
     use std::io::IsTerminal;
     let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {

@@ -14,12 +14,12 @@ use axum::response::Response;
 use super::error::{ApiError, ErrorBody};
 use super::events::{budget_error, queue_and_answer, read_decoded, AckMode, IngestResponse};
 use super::AppState;
-use crate::config::VerifyScheme;
 use crate::event::Stage;
 use crate::ingest::body::{self, BodyError};
 use crate::ingest::budget::{decode_estimate, Reservation};
 use crate::ingest::filing::{ByWebhook, Event, Filing, Route};
 use crate::webhook::verify::{Refusal, Request, Verified};
+use crate::webhook::VerifyScheme;
 use crate::webhook::{form, Webhook};
 
 /// What a webhook body is.

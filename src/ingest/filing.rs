@@ -610,7 +610,7 @@ mod tests {
         );
         let config = crate::config::Config::from_toml_and_env(&toml, "test", []).unwrap();
         let registry = Registry::load(config.streams_config()).unwrap();
-        let hooks = crate::webhook::Webhooks::load(&config, &registry).unwrap();
+        let hooks = crate::webhook::Webhooks::load(&config.webhooks, &registry).unwrap();
         Fixture {
             _dir: dir,
             registry,

@@ -15,14 +15,14 @@ use tokio::time::Instant;
 
 use super::queue::{Envelope, Outcome, QueueReceiver, Rejected};
 use super::retry::{retry, RetryPolicy};
-use crate::schema::StreamSettings;
 use crate::event::{DeadLetter, Row, Stage};
 use crate::internal_events::{BatchWritten, EventsDeadLettered, WriteRetried};
 use crate::schema::Stream;
+use crate::schema::StreamSettings;
 use crate::sink::{BatchWriter, ErrorClass, SinkError, Written};
 use crate::stats::StreamStats;
 
-pub use crate::config::DEFAULT_WRITE_TIMEOUT;
+pub use crate::sink::DEFAULT_WRITE_TIMEOUT;
 
 /// What a batcher writes: stream rows or dead letters.
 pub trait Item: Send + Sync + Sized + 'static {

@@ -13,6 +13,7 @@ mod generic;
 mod mysql;
 mod open;
 pub mod postgres;
+mod settings;
 mod sqlite;
 pub mod store;
 
@@ -20,11 +21,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::DatabaseConfig;
 use crate::event::{DeadLetter, Row};
 use crate::schema::Stream;
 pub use dialect::Dialect;
 pub use open::{connect_redacted, open, prepare_tables, redact, redact_in};
+pub use settings::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use store::Store;
 
 /// A boxed future, so that [`BatchWriter`] can be used as a trait object.

@@ -11,8 +11,8 @@ use sqlx::mysql::MySqlConnectOptions;
 use super::dialect::{mysql_timestamp, Dialect};
 use super::generic::SqlxInserts;
 use super::store::{Pools, Store};
+use super::DatabaseConfig;
 use super::{sink_error, SinkError, Storage};
-use crate::config::DatabaseConfig;
 
 /// Payload bytes per statement at most; less when the server's `max_allowed_packet` is
 /// below 8 MiB (MariaDB's default is 16 MiB, MySQL's 64 MiB).

@@ -4,15 +4,18 @@
 
 use anyhow::Context;
 
+use super::DatabaseConfig;
 use super::{connect, evolution, Storage};
-use crate::config::{Config, DatabaseConfig};
 use crate::schema::Registry;
 
 /// The start-up every command that writes shares (`serve`, `replay`): connect to the
 /// database, extend the tables whose schema gained optional properties, and create the
 /// missing ones, so that no command runs against tables the schemas no longer match.
-pub async fn open(config: &Config, registry: Registry) -> anyhow::Result<(Registry, Storage)> {
-    let storage = connect_redacted(&config.database).await?;
+pub async fn open(
+    database: &DatabaseConfig,
+    registry: Registry,
+) -> anyhow::Result<(Registry, Storage)> {
+    let storage = connect_redacted(database).await?;
     prepare_tables(&storage.store, &registry).await?;
     Ok((registry, storage))
 }

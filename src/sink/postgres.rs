@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::generic::delete_replayed;
 use super::store::{Pools, Store};
+use super::DatabaseConfig;
 use super::{sink_error, BatchWriter, RowBatch, SinkError, Storage, Written};
-use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 use crate::schema::Stream;
 

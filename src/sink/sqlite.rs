@@ -19,10 +19,10 @@ use sqlx::Sqlite;
 use super::dialect::{sqlite_timestamp, Dialect};
 use super::generic::SqlxInserts;
 use super::store::{Pools, Store};
+use super::DatabaseConfig;
 use super::{
     sink_error, BatchWriter, BoxFuture, ErrorClass, RowBatch, SinkError, Storage, Written,
 };
-use crate::config::DatabaseConfig;
 use crate::event::{Cell, DeadLetter, Row};
 
 /// Payload bytes per statement; SQLite has no packet limit, this only bounds memory.
@@ -79,8 +79,8 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(match config.sqlite_synchronous {
-            crate::config::SqliteSynchronous::Full => SqliteSynchronous::Full,
-            crate::config::SqliteSynchronous::Normal => SqliteSynchronous::Normal,
+            super::SqliteSynchronous::Full => SqliteSynchronous::Full,
+            super::SqliteSynchronous::Normal => SqliteSynchronous::Normal,
         })
         .busy_timeout(BUSY_TIMEOUT);
     let path = options.get_filename().to_path_buf();
@@ -96,8 +96,8 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
         rows: Arc::new(RowConnection {
             path,
             synchronous: match config.sqlite_synchronous {
-                crate::config::SqliteSynchronous::Full => "FULL",
-                crate::config::SqliteSynchronous::Normal => "NORMAL",
+                super::SqliteSynchronous::Full => "FULL",
+                super::SqliteSynchronous::Normal => "NORMAL",
             },
             conn: Mutex::new(None),
         }),

@@ -8,7 +8,10 @@
 //! is `http/hooks.rs`; queuing is [`crate::ingest`]'s.
 
 pub mod form;
+mod settings;
 pub mod verify;
+
+pub use settings::{HmacAlgorithm, SignatureEncoding, VerifyScheme, WebhookConfig, WebhookRoute};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use anyhow::Context;
 use axum::http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
-use crate::config::{Config, VerifyScheme, WebhookConfig};
 use crate::log_summary::{self, LogSummary};
 use crate::schema::{Registry, Stream};
 use verify::{Refusal, Secrets, Verified};
@@ -138,9 +140,12 @@ impl log_summary::Kind for RefusalKind {
 impl Webhooks {
     /// Loads every `[webhooks.NAME]`: their secrets, streams and routes. Fails, naming
     /// the key, on a stream that does not exist or a secret that cannot be read.
-    pub fn load(config: &Config, registry: &Registry) -> anyhow::Result<Webhooks> {
+    pub fn load(
+        config: &BTreeMap<String, WebhookConfig>,
+        registry: &Registry,
+    ) -> anyhow::Result<Webhooks> {
         let mut hooks = BTreeMap::new();
-        for (name, hook) in &config.webhooks {
+        for (name, hook) in config {
             let loaded = Webhook::load(name, hook, registry)
                 .with_context(|| format!("[webhooks.{name}]"))?;
             if hook.verify == VerifyScheme::None {
@@ -161,9 +166,11 @@ impl Webhooks {
 
     /// What `sluice check` can say without the secrets: every webhook's streams and
     /// route exist; one line per webhook.
-    pub fn describe(config: &Config, registry: &Registry) -> anyhow::Result<Vec<String>> {
+    pub fn describe(
+        config: &BTreeMap<String, WebhookConfig>,
+        registry: &Registry,
+    ) -> anyhow::Result<Vec<String>> {
         config
-            .webhooks
             .iter()
             .map(|(name, hook)| {
                 let destination = Destination::new(hook, registry)
@@ -245,7 +252,7 @@ impl Webhook {
     /// tolerance with another body.
     pub fn verify(&self, req: &verify::Request) -> Result<Verified, Refusal> {
         let verified = verify::verify(&self.config, &self.secrets, req)?;
-        if self.config.verify == crate::config::VerifyScheme::Mailgun {
+        if self.config.verify == VerifyScheme::Mailgun {
             if let Some(token) = &verified.delivery_id {
                 use sha2::Digest;
                 let body: [u8; 32] = sha2::Sha256::digest(req.body).into();

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Digest as _;
 use subtle::ConstantTimeEq;
 
-use crate::config::{HmacAlgorithm, SignatureEncoding, VerifyScheme, WebhookConfig};
+use super::{HmacAlgorithm, SignatureEncoding, VerifyScheme, WebhookConfig};
 
 /// Why a request was refused; also the `reason` label of
 /// `sluice_webhook_rejected_total`.
