@@ -256,12 +256,10 @@ impl App {
         tracker
     }
 
-    /// The inputs (HTTP, the admin listener, TCP, JetStream) and the background tasks
-    /// (log summaries, dead-letter retention, the job sweeper, SIGHUP), on the app's
-    /// tracker, all stopping when `accepting` is cancelled; the spool's group commits
-    /// on `batchers`, as they go on until the queues close.
-    fn spawn_inputs(self, accepting: &CancellationToken, batchers: &TaskTracker) -> Running {
-        let connections = self.tasks.clone();
+    /// The background tasks, on the app's tracker (the spool's group commits on
+    /// `batchers`): spool refill, log summaries, the job sweeper, SIGHUP, retention.
+    fn spawn_background(&self, accepting: &CancellationToken, batchers: &TaskTracker) {
+        let connections = &self.tasks;
         if let Some(spool) = self.ingest.spool() {
             // The spool's group commits go on until the inputs have stopped and the
             // queues are closed (requests still in flight wait for them), then make a
@@ -316,6 +314,14 @@ impl App {
             let (store, stop) = (self.storage.store.clone(), accepting.clone());
             connections.spawn(crate::purge::run_retention(store, retention, stop));
         }
+    }
+
+    /// The inputs (HTTP, the admin listener, TCP, JetStream) and the background tasks
+    /// ([`App::spawn_background`]), on the app's tracker, all stopping when
+    /// `accepting` is cancelled.
+    fn spawn_inputs(self, accepting: &CancellationToken, batchers: &TaskTracker) -> Running {
+        let connections = self.tasks.clone();
+        self.spawn_background(accepting, batchers);
         if let Some(js) = self.config.jetstream.clone() {
             // Like TCP, JetStream waits until the spool's leftovers are written; its
             // acknowledgements run on `connections`, so stopping waits for them.

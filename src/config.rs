@@ -5,7 +5,8 @@
 //! gathers every component's settings. A component's settings type and its defaults
 //! live beside the component ([`crate::spool::SpoolConfig`], [`crate::tls::TlsConfig`],
 //! [`crate::schema::StreamSettings`] and [`crate::schema::StreamConfig`],
-//! [`crate::sink::DatabaseConfig`], [`crate::webhook::WebhookConfig`]); the sections
+//! [`crate::sink::DatabaseConfig`], [`crate::webhook::WebhookConfig`],
+//! [`crate::ingest::tcp::TcpConfig`], [`crate::ingest::jetstream::JetStreamConfig`]); the sections
 //! not moved yet are here, with their `default_*` functions. The environment overrides
 //! are derived from every section's fields ([`section`]), so they cannot drift. Unknown
 //! keys are errors that name the key, so a typo never silently falls back to a default.
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::ingest::jetstream::JetStreamConfig;
+pub use crate::ingest::tcp::TcpConfig;
 pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
 pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
@@ -243,51 +246,6 @@ pub struct AdminConfig {
     pub token_env: Option<String>,
 }
 
-/// `[jetstream]`: a durable pull consumer shared by every Sluice instance; a message is
-/// acknowledged only once its rows (or dead letters) are committed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JetStreamConfig {
-    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
-    pub url: String,
-    /// The JetStream stream to consume; created with `subjects` if missing.
-    pub stream: String,
-    /// The subjects of the stream, used only when Sluice creates it.
-    #[serde(default)]
-    pub subjects: Vec<String>,
-    /// The durable pull consumer's name, the same for every instance.
-    #[serde(default = "default_consumer")]
-    pub consumer: String,
-    /// With it, a message's subject minus this prefix names its stream
-    /// (`events.order_placed` -> `order_placed`); otherwise the TCP routing rules apply.
-    pub subject_prefix: Option<String>,
-    /// Most messages delivered and not yet acknowledged, per consumer (every instance
-    /// together): the bound on what Sluice pulls ahead of its commits.
-    #[serde(default = "default_max_ack_pending")]
-    pub max_ack_pending: usize,
-    /// How long JetStream waits for an acknowledgement before it redelivers; Sluice
-    /// extends it (`in_progress`) while a message's batch is being written or retried.
-    #[serde(default = "default_ack_wait", deserialize_with = "duration")]
-    pub ack_wait: Duration,
-    /// When a message could not be committed (Sluice is stopping), it is given back
-    /// (`nak`) to be redelivered after this delay.
-    #[serde(default = "default_nak_delay", deserialize_with = "duration")]
-    pub nak_delay: Duration,
-}
-
-fn default_consumer() -> String {
-    "sluice".into()
-}
-fn default_max_ack_pending() -> usize {
-    10_000
-}
-fn default_ack_wait() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_nak_delay() -> Duration {
-    Duration::from_secs(5)
-}
-
 /// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
 /// `name:token:stream1,stream2` (`*` grants every stream).
 #[derive(Debug, Clone, Deserialize)]
@@ -297,33 +255,6 @@ pub struct AuthConfig {
     pub tokens_file: Option<PathBuf>,
     /// An environment variable holding token lines separated by `;`.
     pub tokens_env: Option<String>,
-}
-
-/// `[tcp]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TcpConfig {
-    /// Address the TCP line listener binds to; an empty string disables it.
-    #[serde(default = "default_tcp_listen")]
-    pub listen: String,
-    /// Longest accepted line in bytes; longer lines are dead-lettered.
-    #[serde(default = "default_max_line_bytes")]
-    pub max_line_bytes: usize,
-    /// Field of each line that names its stream.
-    #[serde(default = "default_stream_field")]
-    pub stream_field: String,
-    /// Stream for lines that carry no `stream_field`.
-    #[serde(default)]
-    pub default_stream: Option<String>,
-    /// Most connections served at once; further clients wait in the accept backlog.
-    #[serde(default = "default_max_connections_tcp")]
-    pub max_connections: usize,
-    /// A connection that sends nothing for this long is closed (e.g. `"10m"`).
-    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
-    pub idle_timeout: Duration,
-    /// `[tcp.tls]`: TLS on the TCP listener (certificate, key, optional client CA).
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
 }
 
 /// `[jobs]`.
@@ -414,21 +345,6 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_body_read_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_tcp_listen() -> String {
-    "127.0.0.1:9000".to_owned()
-}
-fn default_max_line_bytes() -> usize {
-    1024 * 1024
-}
-fn default_max_connections_tcp() -> usize {
-    1024
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_stream_field() -> String {
-    "stream".to_owned()
 }
 fn default_max_payload_bytes() -> usize {
     crate::event::DEFAULT_MAX_PAYLOAD_BYTES

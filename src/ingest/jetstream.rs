@@ -19,16 +19,63 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, message::Acker, AckKind};
 use futures_util::{FutureExt, StreamExt};
+use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ndjson_lines;
 use super::filing::{ByField, Event, Filing, Read, Route};
+use super::tcp::TcpConfig;
 use super::{Handing, Ingest, Receipt, Until};
-use crate::config::{JetStreamConfig, TcpConfig};
 use crate::event::Stage;
 use crate::telemetry;
+use crate::toml_values::duration;
+
+/// `[jetstream]`: a durable pull consumer shared by every Sluice instance; a message is
+/// acknowledged only once its rows (or dead letters) are committed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream to consume; created with `subjects` if missing.
+    pub stream: String,
+    /// The subjects of the stream, used only when Sluice creates it.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The durable pull consumer's name, the same for every instance.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// With it, a message's subject minus this prefix names its stream
+    /// (`events.order_placed` -> `order_placed`); otherwise the TCP routing rules apply.
+    pub subject_prefix: Option<String>,
+    /// Most messages delivered and not yet acknowledged, per consumer (every instance
+    /// together): the bound on what Sluice pulls ahead of its commits.
+    #[serde(default = "default_max_ack_pending")]
+    pub max_ack_pending: usize,
+    /// How long JetStream waits for an acknowledgement before it redelivers; Sluice
+    /// extends it (`in_progress`) while a message's batch is being written or retried.
+    #[serde(default = "default_ack_wait", deserialize_with = "duration")]
+    pub ack_wait: Duration,
+    /// When a message could not be committed (Sluice is stopping), it is given back
+    /// (`nak`) to be redelivered after this delay.
+    #[serde(default = "default_nak_delay", deserialize_with = "duration")]
+    pub nak_delay: Duration,
+}
+
+fn default_consumer() -> String {
+    "sluice".into()
+}
+fn default_max_ack_pending() -> usize {
+    10_000
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_nak_delay() -> Duration {
+    Duration::from_secs(5)
+}
 
 /// Most messages handled as one batch (one submit, one commit wait, one task).
 const MAX_BATCH: usize = 5000;

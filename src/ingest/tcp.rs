@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +25,52 @@ use tokio_util::task::TaskTracker;
 use super::budget::{decode_estimate, Reservation};
 use super::filing::{ByField, Event, Filing, Read, Route};
 use super::{body::parse_object, Handing, Ingest, LimitedListener, Receipt, Until};
-use crate::config::TcpConfig;
 use crate::event::Stage;
 use crate::telemetry;
+use crate::toml_values::duration;
+
+/// `[tcp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address the TCP line listener binds to; an empty string disables it.
+    #[serde(default = "default_tcp_listen")]
+    pub listen: String,
+    /// Longest accepted line in bytes; longer lines are dead-lettered.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Field of each line that names its stream.
+    #[serde(default = "default_stream_field")]
+    pub stream_field: String,
+    /// Stream for lines that carry no `stream_field`.
+    #[serde(default)]
+    pub default_stream: Option<String>,
+    /// Most connections served at once; further clients wait in the accept backlog.
+    #[serde(default = "default_max_connections_tcp")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (e.g. `"10m"`).
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// `[tcp.tls]`: TLS on the TCP listener (certificate, key, optional client CA).
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsConfig>,
+}
+
+fn default_tcp_listen() -> String {
+    "127.0.0.1:9000".to_owned()
+}
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_connections_tcp() -> usize {
+    1024
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_stream_field() -> String {
+    "stream".to_owned()
+}
 
 /// Lines handed to the queues together, at most (they are already in the read buffer).
 const MAX_CHUNK_LINES: usize = 1000;
