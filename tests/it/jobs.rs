@@ -223,18 +223,23 @@ async fn a_cancelled_replay_keeps_what_it_committed_and_leaves_the_rest() {
     }
 }
 
-/// On PostgreSQL, whose table lock leaves the jobs table writable.
-#[tokio::test]
-async fn a_job_running_at_a_crash_is_marked_failed_at_the_next_start() {
-    let Some(db) = TestDb::create(Db::Postgres).await else {
-        return;
-    };
-    let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
-    let sluice = spawn_binary(None, &db, &env);
-    seed_route_dead_letters(sluice.tcp.as_deref().unwrap(), &db, 800).await;
+/// A Sluice (with `env`) on `db` running a replay job of `n` dead letters into
+/// `reading`, held up by a write lock on the table (returned with the job's id): on
+/// PostgreSQL, whose table lock leaves the jobs table writable.
+async fn replay_held_by_a_lock(
+    db: &TestDb,
+    env: &[(&str, String)],
+    n: u64,
+) -> (
+    crate::helpers::Binary,
+    String,
+    Box<dyn std::any::Any + Send>,
+) {
+    let sluice = spawn_binary(None, db, env);
+    seed_route_dead_letters(sluice.tcp.as_deref().unwrap(), db, n).await;
     let base = format!("http://{}", sluice.http);
     let client = reqwest::Client::new();
-    let lock = hold_write_lock(&db).await;
+    let lock = hold_write_lock(db).await;
     let (_, started) = post(
         &client,
         format!("{base}/v1/jobs/replay"),
@@ -243,7 +248,18 @@ async fn a_job_running_at_a_crash_is_marked_failed_at_the_next_start() {
     .await;
     let id = started["id"].as_str().unwrap().to_owned();
     wait_job(&client, &base, &id, |j| j["state"] == "running").await;
-    let mut sluice = sluice;
+    (sluice, id, lock)
+}
+
+/// On PostgreSQL, whose table lock leaves the jobs table writable.
+#[tokio::test]
+async fn a_job_running_at_a_crash_is_marked_failed_at_the_next_start() {
+    let Some(db) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
+    let (mut sluice, id, lock) = replay_held_by_a_lock(&db, &env, 800).await;
+    let client = reqwest::Client::new();
     sluice.child.kill().unwrap();
     sluice.child.wait().unwrap();
     drop(lock);
@@ -360,19 +376,7 @@ async fn stopping_sluice_cancels_a_running_job() {
         return;
     };
     let env = [("SLUICE_TCP_LISTEN", "127.0.0.1:0".to_owned())];
-    let sluice = spawn_binary(None, &db, &env);
-    seed_route_dead_letters(sluice.tcp.as_deref().unwrap(), &db, 1200).await;
-    let base = format!("http://{}", sluice.http);
-    let client = reqwest::Client::new();
-    let lock = hold_write_lock(&db).await;
-    let (_, started) = post(
-        &client,
-        format!("{base}/v1/jobs/replay"),
-        json!({"into": "reading"}),
-    )
-    .await;
-    let id = started["id"].as_str().unwrap().to_owned();
-    wait_job(&client, &base, &id, |j| j["state"] == "running").await;
+    let (sluice, _, lock) = replay_held_by_a_lock(&db, &env, 1200).await;
     let stopping = tokio::spawn(sluice.terminate());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The page it was writing goes through; then it sees the cancellation.
