@@ -149,7 +149,7 @@ impl App {
             .with_spool(spool),
         );
         let tasks = TaskTracker::new();
-        let jobs = crate::jobs::Jobs::new(storage.clone(), Arc::new(config.clone()), tasks.clone());
+        let jobs = crate::jobs::Jobs::new(storage.clone(), config.jobs_settings(), tasks.clone());
         Ok(App {
             config,
             http,

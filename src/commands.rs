@@ -141,7 +141,12 @@ pub fn replay(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(crate::replay::replay(&config, &options))?;
+    let report = runtime.block_on(crate::replay::replay(
+        config.streams_config(),
+        &config.database,
+        &config.replay_settings(),
+        &options,
+    ))?;
     for (stream, r) in &report {
         println!(
             "{stream}: {} {}, {} still failing{}",

@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use crate::ingest::jetstream::JetStreamConfig;
 pub use crate::ingest::tcp::TcpConfig;
+pub use crate::jobs::JobsConfig;
 pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
 pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
@@ -255,36 +256,6 @@ pub struct AuthConfig {
     pub tokens_file: Option<PathBuf>,
     /// An environment variable holding token lines separated by `;`.
     pub tokens_env: Option<String>,
-}
-
-/// `[jobs]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobsConfig {
-    /// A running job whose instance has not recorded it for this long (it does every
-    /// 500 ms) belongs to an instance that is gone, and is marked failed.
-    #[serde(default = "default_job_stale_after", deserialize_with = "duration")]
-    pub stale_after: Duration,
-    /// How often each instance looks for such jobs.
-    #[serde(default = "default_job_sweep_every", deserialize_with = "duration")]
-    pub sweep_every: Duration,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        JobsConfig {
-            stale_after: default_job_stale_after(),
-            sweep_every: default_job_sweep_every(),
-        }
-    }
-}
-
-fn default_job_stale_after() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_job_sweep_every() -> Duration {
-    Duration::from_secs(5)
 }
 
 /// `[dead_letters]`.
@@ -590,6 +561,23 @@ impl Config {
             schemas_dir: &self.schemas_dir,
             defaults: &self.defaults,
             streams: &self.streams,
+        }
+    }
+
+    /// What a replay takes from the configuration.
+    pub fn replay_settings(&self) -> crate::replay::ReplaySettings {
+        crate::replay::ReplaySettings {
+            stream_field: self.tcp.stream_field.clone(),
+            write_timeout: self.database.write_timeout,
+        }
+    }
+
+    /// What the server's jobs take from the configuration.
+    pub fn jobs_settings(&self) -> crate::jobs::JobsSettings {
+        crate::jobs::JobsSettings {
+            jobs: self.jobs.clone(),
+            streams: self.streams_config().to_source(),
+            replay: self.replay_settings(),
         }
     }
 

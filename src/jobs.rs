@@ -21,6 +21,47 @@ use tokio_util::sync::CancellationToken;
 
 use crate::replay::{replay_with, Progress, ReplayOptions, StreamReport};
 use crate::sink::{JobHeader, JobRecord, SinkError, Storage};
+use crate::toml_values::duration;
+
+/// `[jobs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// A running job whose instance has not recorded it for this long (it does every
+    /// 500 ms) belongs to an instance that is gone, and is marked failed.
+    #[serde(default = "default_job_stale_after", deserialize_with = "duration")]
+    pub stale_after: Duration,
+    /// How often each instance looks for such jobs.
+    #[serde(default = "default_job_sweep_every", deserialize_with = "duration")]
+    pub sweep_every: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            stale_after: default_job_stale_after(),
+            sweep_every: default_job_sweep_every(),
+        }
+    }
+}
+
+fn default_job_stale_after() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_job_sweep_every() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What the jobs take from the configuration.
+#[derive(Debug, Clone)]
+pub struct JobsSettings {
+    pub jobs: JobsConfig,
+    /// Where the schemas are read from: a replay reads them afresh, so that a schema
+    /// fixed on disk applies to the replay without a restart.
+    pub streams: crate::schema::StreamsSource,
+    pub replay: crate::replay::ReplaySettings,
+}
 
 /// Log lines and errors a job keeps (the newest).
 const MAX_LINES: usize = 200;
@@ -171,9 +212,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The jobs of this server.
 pub struct Jobs {
     storage: Storage,
-    /// Where the schemas are read from: a replay reads them afresh, so that a schema
-    /// fixed on disk applies to the replay without a restart.
-    config: Arc<crate::config::Config>,
+    settings: JobsSettings,
     running: Mutex<HashMap<String, Arc<Running>>>,
     /// The server's tracker: a job's task is one of the server's, waited for when it
     /// stops.
@@ -228,12 +267,12 @@ impl Jobs {
     /// Jobs run as tasks of `tasks`.
     pub fn new(
         storage: Storage,
-        config: Arc<crate::config::Config>,
+        settings: JobsSettings,
         tasks: tokio_util::task::TaskTracker,
     ) -> Arc<Jobs> {
         Arc::new(Jobs {
             storage,
-            config,
+            settings,
             running: Mutex::new(HashMap::new()),
             tasks,
         })
@@ -256,7 +295,7 @@ impl Jobs {
                 tracing::warn!(error = %e, "Cannot mark interrupted jobs yet; trying again.")
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.jobs.sweep_every) => {}
+                _ = tokio::time::sleep(self.settings.jobs.sweep_every) => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -269,7 +308,7 @@ impl Jobs {
     pub async fn recover(&self) -> Result<u64, SinkError> {
         let recent = self.storage.store.load_jobs(None, 1000).await?;
         let stale = Utc::now()
-            - chrono::Duration::from_std(self.config.jobs.stale_after)
+            - chrono::Duration::from_std(self.settings.jobs.stale_after)
                 .unwrap_or(chrono::Duration::seconds(10));
         // Jobs this process runs are not interrupted ones.
         let interrupted: Vec<JobRecord> = {
@@ -320,7 +359,7 @@ impl Jobs {
             stage: request.stage.clone(),
         };
         // The schemas as they are on disk now (a fix needs no restart to be replayed).
-        let registry = crate::schema::Registry::load(self.config.streams_config())
+        let registry = crate::schema::Registry::load(self.settings.streams.view())
             .map_err(|e| JobError::Invalid(format!("cannot load the stream schemas: {e:#}")))?;
         crate::replay::check_options(&registry, &options)
             .map_err(|e| JobError::Invalid(e.to_string()))?;
@@ -400,7 +439,14 @@ impl Jobs {
             // A schema fixed with a new optional property gets its column first, and
             // streams added since start-up their tables, as at start-up.
             crate::sink::prepare_tables(&self.storage.store, &registry).await?;
-            replay_with(&registry, &self.storage, &self.config, &options, &tracker).await
+            replay_with(
+                &registry,
+                &self.storage,
+                &self.settings.replay,
+                &options,
+                &tracker,
+            )
+            .await
         };
         tokio::pin!(run);
         let mut tick = tokio::time::interval(Duration::from_millis(500));

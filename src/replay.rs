@@ -19,12 +19,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::config::Config;
 use crate::event::{Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::ingest::body::parse_object;
 use crate::ingest::filing::{Event, Filing, Read, Route};
 use crate::pipeline::retry::{retry, RetryPolicy};
-use crate::schema::{parse_timestamp, Registry, Stream};
+use crate::schema::{parse_timestamp, Registry, Stream, StreamsConfig};
 use crate::sink::{self, DeadLetterPage, SinkError, Storage, StoredDeadLetter};
 
 /// Dead letters read per round trip.
@@ -157,15 +156,26 @@ pub fn check_options(registry: &Registry, options: &ReplayOptions) -> anyhow::Re
     Ok(())
 }
 
+/// What a replay takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// `tcp.stream_field`: removed from a line that came in over TCP, as the live path
+    /// does, unless the schema declares it.
+    pub stream_field: String,
+    /// `database.write_timeout`: the longest one database operation may take.
+    pub write_timeout: std::time::Duration,
+}
+
 /// Replays dead letters (the CLI: its own start-up, progress on stderr).
 pub async fn replay(
-    config: &Config,
+    streams: StreamsConfig<'_>,
+    database: &crate::sink::DatabaseConfig,
+    settings: &ReplaySettings,
     options: &ReplayOptions,
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
-    let registry =
-        Registry::load(config.streams_config()).context("cannot load the stream schemas")?;
+    let registry = Registry::load(streams).context("cannot load the stream schemas")?;
     check_options(&registry, options)?;
-    let (registry, storage) = crate::sink::open(&config.database, registry).await?;
+    let (registry, storage) = crate::sink::open(database, registry).await?;
     // A bar on a terminal, plain lines otherwise (logs, CI).
     use std::io::IsTerminal;
     let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
@@ -175,7 +185,7 @@ pub async fn replay(
             dry_run: options.dry_run,
         })
     };
-    let report = replay_with(&registry, &storage, config, options, progress.as_ref()).await;
+    let report = replay_with(&registry, &storage, settings, options, progress.as_ref()).await;
     drop(progress);
     storage.close().await;
     report
@@ -188,15 +198,15 @@ pub async fn replay(
 pub async fn replay_with(
     registry: &Registry,
     storage: &Storage,
-    config: &Config,
+    settings: &ReplaySettings,
     options: &ReplayOptions,
     progress: &dyn Progress,
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
     let store = &storage.store;
-    let stream_field = config.tcp.stream_field.as_str();
+    let stream_field = settings.stream_field.as_str();
     let policy = RetryPolicy {
         max_retries: Some(MAX_RETRIES),
-        attempt_timeout: config.database.write_timeout,
+        attempt_timeout: settings.write_timeout,
     };
     let mut report: BTreeMap<String, StreamReport> = BTreeMap::new();
     let mut page = DeadLetterPage {

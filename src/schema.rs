@@ -89,7 +89,34 @@ pub struct StreamsConfig<'a> {
     pub streams: &'a BTreeMap<String, StreamConfig>,
 }
 
+/// [`StreamsConfig`], owned: what a job keeps to read the schemas afresh.
+#[derive(Debug, Clone)]
+pub struct StreamsSource {
+    pub schemas_dir: PathBuf,
+    pub defaults: StreamSettings,
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+impl StreamsSource {
+    pub fn view(&self) -> StreamsConfig<'_> {
+        StreamsConfig {
+            schemas_dir: &self.schemas_dir,
+            defaults: &self.defaults,
+            streams: &self.streams,
+        }
+    }
+}
+
 impl StreamsConfig<'_> {
+    /// An owned copy, to read the schemas again later.
+    pub fn to_source(&self) -> StreamsSource {
+        StreamsSource {
+            schemas_dir: self.schemas_dir.to_path_buf(),
+            defaults: self.defaults.clone(),
+            streams: self.streams.clone(),
+        }
+    }
+
     /// The effective settings of `stream`: `[defaults]` overlaid by `[streams.NAME]`.
     pub fn settings(&self, stream: &str) -> StreamSettings {
         let mut s = self.defaults.clone();

@@ -4,10 +4,25 @@
 use std::path::Path;
 
 use serde_json::Value;
-use sluice::replay::{replay, ReplayOptions, StreamReport};
+use sluice::replay::{ReplayOptions, StreamReport};
 
 use crate::db_tests;
 use crate::helpers::{fixture_schemas, spawn_app, Db};
+
+/// `sluice replay` as the command runs it, with `config`.
+async fn replay(
+    config: &sluice::Config,
+    options: &ReplayOptions,
+) -> anyhow::Result<std::collections::BTreeMap<String, StreamReport>> {
+    let settings = config.replay_settings();
+    sluice::replay::replay(
+        config.streams_config(),
+        &config.database,
+        &settings,
+        options,
+    )
+    .await
+}
 
 /// The configuration `sluice replay` runs with: these schemas, this database.
 fn replay_config(schemas: &Path, url: &str) -> sluice::Config {
