@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::event::DeadLettersConfig;
 pub use crate::ingest::jetstream::JetStreamConfig;
 pub use crate::ingest::tcp::TcpConfig;
 pub use crate::jobs::JobsConfig;
@@ -24,7 +25,7 @@ pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
 pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
 pub use crate::tls::TlsConfig;
-use crate::toml_values::{duration, opt_duration};
+use crate::toml_values::duration;
 pub use crate::webhook::{
     HmacAlgorithm, SignatureEncoding, VerifyScheme, WebhookConfig, WebhookRoute,
 };
@@ -258,20 +259,6 @@ pub struct AuthConfig {
     pub tokens_env: Option<String>,
 }
 
-/// `[dead_letters]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLettersConfig {
-    /// Most bytes of payload text a dead letter keeps; a longer payload keeps this
-    /// prefix, and its error names the received length and SHA-256.
-    #[serde(default = "default_max_payload_bytes")]
-    pub max_payload_bytes: usize,
-    /// Dead letters received longer ago than this are deleted in the background, in
-    /// small batches (e.g. `"30d"`); unset keeps them until replayed or purged.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub retention: Option<Duration>,
-}
-
 /// The values of every `*_env` key in `table`, at any depth: names of environment
 /// variables that hold secrets.
 fn referenced_env_vars(table: &toml::Table, out: &mut Vec<String>) {
@@ -316,9 +303,6 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_body_read_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_max_payload_bytes() -> usize {
-    crate::event::DEFAULT_MAX_PAYLOAD_BYTES
 }
 macro_rules! default_from_empty_table {
     ($($ty:ty),*) => {$(

@@ -94,6 +94,24 @@ impl Stage {
     }
 }
 
+/// `[dead_letters]`: how much of a payload a dead letter keeps, and for how long.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    /// Most bytes of payload text a dead letter keeps; a longer payload keeps this
+    /// prefix, and its error names the received length and SHA-256.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Dead letters received longer ago than this are deleted in the background, in
+    /// small batches (e.g. `"30d"`); unset keeps them until replayed or purged.
+    #[serde(default, deserialize_with = "crate::toml_values::opt_duration")]
+    pub retention: Option<std::time::Duration>,
+}
+
+fn default_max_payload_bytes() -> usize {
+    DEFAULT_MAX_PAYLOAD_BYTES
+}
+
 /// A row of `sluice_dead_letters`. Build it with [`DeadLetter::new`], which makes every
 /// text field storable in every database and bounds the payload.
 #[derive(Debug, Clone)]
