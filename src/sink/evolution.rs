@@ -143,6 +143,8 @@ pub struct Change {
 pub struct Pending {
     pub changes: Vec<Change>,
     pub problems: Vec<String>,
+    /// The streams whose table does not exist yet (created by `Store::prepare`).
+    pub missing: Vec<Arc<Stream>>,
 }
 
 /// Compares each stream's existing table with its schema and settings (read only).
@@ -154,7 +156,8 @@ pub async fn pending(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<P
             .await
             .context("cannot read the tables' columns")?;
         if existing.is_empty() {
-            continue; // created by `prepare`
+            pending.missing.push(stream.clone());
+            continue;
         }
         // Most starts change nothing: then the table is not read at all (a table locked
         // by someone else does not hold up the start, or a replay job).
@@ -193,9 +196,17 @@ pub async fn pending(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<P
 
 /// Adds the columns of new optional properties, and the unique key of an `id_field`
 /// set on an existing table; stops start-up, naming the change and the DDL to run,
-/// when a change cannot be applied safely.
-pub async fn evolve_tables(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<()> {
-    let Pending { changes, problems } = pending(store, streams).await?;
+/// when a change cannot be applied safely. Returns the streams whose table does not
+/// exist yet.
+pub async fn evolve_tables(
+    store: &Store,
+    streams: &[Arc<Stream>],
+) -> anyhow::Result<Vec<Arc<Stream>>> {
+    let Pending {
+        changes,
+        problems,
+        missing,
+    } = pending(store, streams).await?;
     anyhow::ensure!(
         problems.is_empty(),
         "the schemas changed in ways Sluice cannot apply by itself:\n{}",
@@ -213,7 +224,7 @@ pub async fn evolve_tables(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Re
                 )
             })?;
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// The statements giving `stream`'s existing table the unique key its `id_field`

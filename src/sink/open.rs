@@ -29,13 +29,7 @@ pub async fn prepare_tables(store: &super::Store, registry: &Registry) -> anyhow
     let streams: Vec<_> = registry.iter().cloned().collect();
     store
         .under_schema_lock(async {
-            evolution::evolve_tables(store, &streams).await?;
-            let mut missing = Vec::new();
-            for stream in &streams {
-                if store.describe_table(&stream.table).await?.is_empty() {
-                    missing.push(stream.clone());
-                }
-            }
+            let missing = evolution::evolve_tables(store, &streams).await?;
             store
                 .prepare(&missing)
                 .await
