@@ -303,20 +303,20 @@ impl Input {
                 }),
             };
             let first = owners.len();
-            let mut events: Vec<Event> = ndjson_lines(&message.payload)
-                .zip(first..)
+            let mut lines = ndjson_lines(&message.payload).peekable();
+            // Nothing to store, but nothing is acknowledged without a trace.
+            let empty = lines.peek().is_none().then(|| Event {
+                index: first,
+                raw: &message.payload,
+                read: Read::Refused(
+                    Stage::Parse,
+                    "the message is empty: publish one JSON object, or one per line".into(),
+                ),
+            });
+            let events = (lines.zip(first..))
                 .map(|(raw, index)| Event::text(index, raw))
-                .collect();
-            if events.is_empty() {
-                // Nothing to store, but nothing is acknowledged without a trace.
-                let error = "the message is empty: publish one JSON object, or one per line";
-                events.push(Event {
-                    index: first,
-                    raw: &message.payload,
-                    read: Read::Refused(Stage::Parse, error.into()),
-                });
-            }
-            owners.resize(first + events.len(), m);
+                .chain(empty)
+                .inspect(|_| owners.push(m));
             filing.file(&route, &source, received_at, events);
         }
         Decoded { filing, owners }
