@@ -196,14 +196,8 @@ fn file_body(
     let received_at = chrono::Utc::now();
     let bytes = delivery.bytes;
     let form_text: Vec<u8>;
-    let (events, form): (Vec<(&[u8], _)>, _) = match kind {
-        Kind::Malformed(error) => {
-            // What does not parse goes to the webhook's stream, if it has only one.
-            let fixed = hook.fixed_stream();
-            let reason = error.clone();
-            filing.set_aside(fixed, bytes, Stage::Parse, reason, source, received_at);
-            return Ok(Some(error));
-        }
+    let read: Result<(Vec<(&[u8], _)>, _), String> = match kind {
+        Kind::Malformed(error) => Err(error),
         Kind::Form(fields) => {
             // A form's dead letter keeps the body as received (its row has the fields
             // as JSON); one that looks like JSON was most likely JSON sent with curl -d's
@@ -213,23 +207,23 @@ fn file_body(
             .then_some("the body was read as form fields (its Content-Type is application/x-www-form-urlencoded, which curl -d sends) but looks like JSON: send it with Content-Type: application/json");
             let value = form::to_object(&fields);
             form_text = value.to_string().into_bytes();
-            (vec![(&form_text[..], Ok(value))], Some((bytes, hint)))
+            Ok((vec![(&form_text[..], Ok(value))], Some((bytes, hint))))
         }
         Kind::Json => match body::split(body::Format::Json, bytes, max_events) {
-            Ok(pieces) => (pieces.into_iter().map(|p| (p.raw, p.value)).collect(), None),
-            Err(BodyError::Malformed(error)) => {
-                return file_body(
-                    filing,
-                    hook,
-                    delivery,
-                    verified,
-                    Kind::Malformed(error),
-                    source,
-                    max_events,
-                )
-            }
+            Ok(pieces) => Ok((pieces.into_iter().map(|p| (p.raw, p.value)).collect(), None)),
+            Err(BodyError::Malformed(error)) => Err(error),
             Err(e) => return Err(e.into()),
         },
+    };
+    let (events, form) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            // What does not parse goes to the webhook's stream, if it has only one.
+            let fixed = hook.fixed_stream();
+            let reason = error.clone();
+            filing.set_aside(fixed, bytes, Stage::Parse, reason, source, received_at);
+            return Ok(Some(error));
+        }
     };
     let route = Route::Webhook(ByWebhook {
         hook,
