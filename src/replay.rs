@@ -204,6 +204,8 @@ pub async fn replay_with(
 ) -> anyhow::Result<BTreeMap<String, StreamReport>> {
     let store = &storage.store;
     let stream_field = settings.stream_field.as_str();
+    // The source of every row a replay writes.
+    let source = crate::source::replay();
     let policy = RetryPolicy {
         max_retries: Some(MAX_RETRIES),
         attempt_timeout: settings.write_timeout,
@@ -242,7 +244,7 @@ pub async fn replay_with(
             };
             report.entry(target.clone()).or_default();
             match registry.get(target) {
-                Some(stream) => file_again(&mut filing, stream, stream_field, letter),
+                Some(stream) => file_again(&mut filing, stream, stream_field, &source, letter),
                 None => failing.push((
                     letter.id,
                     target.clone(),
@@ -297,11 +299,12 @@ pub async fn replay_with(
 /// now makes, or why it still fails, under the dead letter's id. A line that came over
 /// TCP loses its routing field `stream_field` first, unless the schema declares it, as
 /// on the live path; a form webhook's payload is the body as received, read as its
-/// fields again.
+/// fields again. Its row comes from `source` (`replay`).
 fn file_again(
     filing: &mut Filing,
     stream: &Arc<Stream>,
     stream_field: &str,
+    source: &Arc<str>,
     letter: &StoredDeadLetter,
 ) {
     let came_from = letter.source.as_deref().unwrap_or_default();
@@ -323,7 +326,7 @@ fn file_again(
         read,
     };
     let route = Route::again(stream, stream_field, came_from);
-    filing.file(&route, &crate::source::replay(), received_at, [event]);
+    filing.file(&route, source, received_at, [event]);
 }
 
 /// Writes rows and deletes their dead letters together; on a permanent failure (or when
