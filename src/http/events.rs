@@ -454,23 +454,20 @@ pub(super) async fn enqueue(
         AckMode::Accepted => Until::Durable,
     };
     // Counted by known streams only, never by what a client typed.
-    let sizes: Vec<(String, usize)> = filing
+    let sizes: Vec<(Option<Arc<crate::schema::Stream>>, usize)> = filing
         .groups()
-        .map(|(s, r)| {
-            let name = s.map_or(telemetry::NO_STREAM, |s| s.name.as_str());
-            (name.to_owned(), r.rows.len() + r.letters.len())
-        })
+        .map(|(s, r)| (s.cloned(), r.rows.len() + r.letters.len()))
         .collect();
     let pending = match tokio::time::timeout(timeout, ingest.submit(filing, until, Handing::Whole)).await {
         Err(_) => {
             for (stream, count) in &sizes {
+                let stream = stream.as_ref().map_or(telemetry::NO_STREAM, |s| s.name.as_str());
                 let rejected = EventsRejected { stream, count: *count };
                 rejected.emit(ingest.stats(stream).map(|s| &**s));
             }
             let streams = sizes
                 .iter()
-                .filter(|(s, _)| s != telemetry::NO_STREAM)
-                .map(|(s, _)| s.clone())
+                .filter_map(|(s, _)| s.as_ref().map(|s| s.name.clone()))
                 .collect();
             return Err(ApiError::QueueFull { streams });
         }
