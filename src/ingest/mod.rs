@@ -129,26 +129,6 @@ fn record_submitted(
     }
 }
 
-/// What the writer resolves for one envelope ([`Settle`]) and, if the producer `waits`
-/// for the commit, what it watches.
-fn settle(
-    waits: bool,
-    spooled: Option<crate::spool::Ticket>,
-) -> (Settle, Option<oneshot::Receiver<Outcome>>) {
-    let (tx, rx) = match waits {
-        true => {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        }
-        false => (None, None),
-    };
-    let settle = Settle {
-        waiter: tx,
-        spooled,
-    };
-    (settle, rx)
-}
-
 /// Splits `items` into runs that each fit a queue of `(max_events, max_bytes)`; an item
 /// larger than `max_bytes` forms a run of its own.
 fn split_to_fit<T>(
@@ -524,7 +504,7 @@ impl Ingest {
                     }
                     continue;
                 };
-                let (settle, rx) = settle(waits, ticket);
+                let (settle, rx) = Settle::new(waits, ticket);
                 if let Err(e) = queue.send(permit, events.rows, settle) {
                     return Err((e, Vec::new()));
                 }
@@ -532,7 +512,7 @@ impl Ingest {
             }
         }
         if let Some(permit) = letter_permit {
-            let (settle, rx) = settle(waits, spool.and_then(|_| tickets.next()));
+            let (settle, rx) = Settle::new(waits, spool.and_then(|_| tickets.next()));
             if let Err(e) = self.dead_letters.send(permit, letters, settle) {
                 return Err((e, Vec::new()));
             }

@@ -89,10 +89,7 @@ pub async fn refill(
                     _ = stop.cancelled() => return,
                 };
                 let Ok(permit) = permit else { return };
-                let settle = Settle {
-                    waiter: None,
-                    spooled: piece_ticket,
-                };
+                let (settle, _) = Settle::new(false, piece_ticket);
                 if queue.send(permit, piece, settle).is_err() {
                     return;
                 }

@@ -53,6 +53,22 @@ pub struct Settle {
 }
 
 impl Settle {
+    /// The settle of an envelope whose records `spooled` holds (if any) and, when the
+    /// producer `waits` for the commit, the receiver it watches.
+    pub fn new(
+        waits: bool,
+        spooled: Option<crate::spool::Ticket>,
+    ) -> (Settle, Option<oneshot::Receiver<Outcome>>) {
+        let (waiter, rx) = match waits {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        (Settle { waiter, spooled }, rx)
+    }
+
     /// Tells both of `outcome`.
     pub fn resolve(self, outcome: Outcome) {
         // Committed (or dead-lettered): the spool need not replay them. Events that
