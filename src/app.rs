@@ -72,7 +72,11 @@ impl App {
             );
         }
         let webhooks = Arc::new(Webhooks::load(&config.webhooks, &registry)?);
-        let access = Arc::new(Access::load(&config)?);
+        config.warn_unprotected_listeners();
+        let access = Arc::new(Access::load(
+            config.auth.as_ref(),
+            config.admin.token_env.as_deref(),
+        )?);
         let tls = config
             .http
             .tls

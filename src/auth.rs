@@ -13,10 +13,20 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use axum::http::{header, HeaderMap};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthConfig;
+/// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
+/// `name:token:stream1,stream2` (`*` grants every stream).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of token lines (re-read on SIGHUP, so tokens rotate without a restart).
+    pub tokens_file: Option<PathBuf>,
+    /// An environment variable holding token lines separated by `;`.
+    pub tokens_env: Option<String>,
+}
 
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,55 +307,15 @@ impl crate::log_summary::Kind for RefusedKind {
 }
 
 impl Access {
-    /// Loads `[auth]` and `[admin] token_env`, and warns about a surface exposed beyond
-    /// loopback without them.
-    pub fn load(config: &crate::config::Config) -> anyhow::Result<Access> {
-        let ingest = config.auth.as_ref().map(IngestTokens::load).transpose()?;
-        let admin = config
-            .admin
-            .token_env
-            .as_deref()
-            .map(AdminToken::from_env)
-            .transpose()?;
-        if ingest.is_none() && !is_loopback(&config.http.listen) {
-            tracing::warn!(
-                listen = %config.http.listen,
-                "http.listen is not a loopback address and there is no [auth] section: anyone who can reach it can write into every stream. Add [auth] tokens_file (lines name:token:streams)."
-            );
-        }
-        let admin_listen = if config.admin.listen.is_empty() {
-            &config.http.listen
-        } else {
-            &config.admin.listen
-        };
-        if ingest.is_some() && admin.is_none() {
-            // Ingest demands tokens, but the dead letters (event payloads), jobs and
-            // metrics would be open on the same port: that is a mistake, not a choice.
-            anyhow::ensure!(
-                is_loopback(admin_listen),
-                "[auth] requires tokens for ingest, but the admin endpoints (/v1/dead-letters with event payloads, /v1/jobs, /v1/streams, /metrics, /ui) on {admin_listen} have no token: set [admin] token_env (SLUICE_ADMIN_TOKEN_ENV), or move them to a loopback address with [admin] listen = \"127.0.0.1:9090\""
-            );
-            tracing::warn!(
-                listen = %admin_listen,
-                "[auth] requires tokens for ingest but the admin endpoints have no token; they are reachable from this host only (loopback). Set [admin] token_env to protect them too."
-            );
-        } else if admin.is_none() && !is_loopback(admin_listen) {
-            tracing::warn!(
-                listen = %admin_listen,
-                "The admin endpoints (/metrics, /v1/streams, /v1/dead-letters, which show event payloads) listen on a non-loopback address without an admin token. Set [admin] token_env."
-            );
-        }
-        let tcp_certified = config
-            .tcp
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_ca.is_some());
-        if !config.tcp.listen.is_empty() && !is_loopback(&config.tcp.listen) && !tcp_certified {
-            tracing::warn!(
-                listen = %config.tcp.listen,
-                "tcp.listen is not a loopback address and no client certificate is required: anyone who can reach it can write lines. Keep it on a private network, or set [tcp.tls] with client_ca."
-            );
-        }
+    /// Loads the ingest tokens of `[auth]` and the admin token named by `[admin]
+    /// token_env` (whether the listeners are exposed without them is
+    /// `Config::warn_unprotected_listeners`'s concern).
+    pub fn load(
+        auth: Option<&AuthConfig>,
+        admin_token_env: Option<&str>,
+    ) -> anyhow::Result<Access> {
+        let ingest = auth.map(IngestTokens::load).transpose()?;
+        let admin = admin_token_env.map(AdminToken::from_env).transpose()?;
         if let Some(tokens) = &ingest {
             tracing::info!(tokens = ?tokens.names(), "Ingest tokens loaded.");
         }

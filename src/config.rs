@@ -3,11 +3,13 @@
 //!
 //! In: an optional file path and the process environment. Out: a [`Config`] that
 //! gathers every component's settings. A component's settings type and its defaults
-//! live beside the component ([`crate::spool::SpoolConfig`], [`crate::tls::TlsConfig`],
+//! live beside the component ([`crate::http::HttpConfig`] and [`crate::http::AdminConfig`],
+//! [`crate::auth::AuthConfig`], [`crate::spool::SpoolConfig`], [`crate::tls::TlsConfig`],
 //! [`crate::schema::StreamSettings`] and [`crate::schema::StreamConfig`],
 //! [`crate::sink::DatabaseConfig`], [`crate::webhook::WebhookConfig`],
-//! [`crate::ingest::tcp::TcpConfig`], [`crate::ingest::jetstream::JetStreamConfig`]); the sections
-//! not moved yet are here, with their `default_*` functions. The environment overrides
+//! [`crate::ingest::tcp::TcpConfig`], [`crate::ingest::jetstream::JetStreamConfig`],
+//! [`crate::jobs::JobsConfig`], [`crate::event::DeadLettersConfig`]); here are only the
+//! process-wide settings, the checks across sections and the environment overrides, which
 //! are derived from every section's fields ([`section`]), so they cannot drift. Unknown
 //! keys are errors that name the key, so a typo never silently falls back to a default.
 
@@ -17,7 +19,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::is_loopback;
+pub use crate::auth::AuthConfig;
 pub use crate::event::DeadLettersConfig;
+pub use crate::http::{AdminConfig, HttpConfig};
 pub use crate::ingest::jetstream::JetStreamConfig;
 pub use crate::ingest::tcp::TcpConfig;
 pub use crate::jobs::JobsConfig;
@@ -192,73 +197,6 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
 }
 
-/// `[http]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address the HTTP API binds to (`host:port`; port 0 picks a free one).
-    #[serde(default = "default_http_listen")]
-    pub listen: String,
-    /// Largest accepted request body in bytes, after gzip decompression too (413 above it).
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// Largest number of events in one request (413 above it).
-    #[serde(default = "default_max_events_per_request")]
-    pub max_events_per_request: usize,
-    /// How long a request waits for room in a full queue before `503` + `Retry-After`.
-    #[serde(default = "default_enqueue_timeout", deserialize_with = "duration")]
-    pub enqueue_timeout: Duration,
-    /// Most connections served at once; further clients wait in the accept backlog.
-    #[serde(default = "default_max_connections_http")]
-    pub max_connections: usize,
-    /// A client must send a request's headers within this time (slow clients are cut off).
-    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
-    pub header_read_timeout: Duration,
-    /// A client must send a request's whole body within this time (408 after it), so a
-    /// client sending a byte a minute cannot hold a connection.
-    #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
-    pub body_read_timeout: Duration,
-    /// HTTPS: serve HTTP/1.1 over TLS on `listen` (and `admin.listen`) with this
-    /// certificate; reloaded on SIGHUP.
-    pub tls: Option<TlsConfig>,
-    /// Host names (the `Host` header, without its port) the events and admin endpoints
-    /// answer to; `["*"]`: any. Empty (the default): on a loopback listener, only
-    /// `localhost` and loopback addresses (a page of another site that resolves to
-    /// 127.0.0.1 is refused: DNS rebinding); beyond loopback, any.
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    /// Origins (`https://panel.example.com`) whose browser pages may call the events
-    /// and admin endpoints, besides the page's own; others get 403.
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-}
-
-/// `[admin]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Address for `/metrics`, `/v1/streams` and `/v1/dead-letters` (`host:port`). When
-    /// set, those are served only there, so the ingest port can be exposed without them;
-    /// empty (the default) serves them on the HTTP port.
-    #[serde(default)]
-    pub listen: String,
-    /// Environment variable holding the admin token. When set, every admin endpoint
-    /// (`/metrics`, `/v1/streams*`, `/v1/dead-letters`) needs `Authorization: Bearer
-    /// <token>`; `/healthz`, `/readyz` and the OpenAPI document stay open.
-    pub token_env: Option<String>,
-}
-
-/// `[auth]`: ingest tokens for `POST /v1/streams/{stream}/events`. Each token is a line
-/// `name:token:stream1,stream2` (`*` grants every stream).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// A file of token lines (re-read on SIGHUP, so tokens rotate without a restart).
-    pub tokens_file: Option<PathBuf>,
-    /// An environment variable holding token lines separated by `;`.
-    pub tokens_env: Option<String>,
-}
-
 /// The values of every `*_env` key in `table`, at any depth: names of environment
 /// variables that hold secrets.
 fn referenced_env_vars(table: &toml::Table, out: &mut Vec<String>) {
@@ -283,27 +221,6 @@ fn default_log_summary_interval() -> Duration {
 fn default_max_inflight_bytes() -> usize {
     128 * 1024 * 1024
 }
-fn default_http_listen() -> String {
-    "127.0.0.1:8080".to_owned()
-}
-fn default_max_body_bytes() -> usize {
-    10 * 1024 * 1024
-}
-fn default_max_events_per_request() -> usize {
-    10_000
-}
-fn default_enqueue_timeout() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_max_connections_http() -> usize {
-    1024
-}
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_body_read_timeout() -> Duration {
-    Duration::from_secs(30)
-}
 macro_rules! default_from_empty_table {
     ($($ty:ty),*) => {$(
         impl Default for $ty {
@@ -318,7 +235,6 @@ default_from_empty_table!(
     SpoolConfig,
     Config,
     DatabaseConfig,
-    HttpConfig,
     TcpConfig,
     DeadLettersConfig
 );
@@ -530,12 +446,58 @@ impl Config {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => return Err("[auth]: set exactly one of tokens_file or tokens_env".into()),
             }
+            // Ingest demands tokens, but the dead letters (event payloads), jobs and
+            // metrics would be open on the same port: that is a mistake, not a choice.
+            let admin_listen = self.admin_listen();
+            if self.admin.token_env.is_none() && !is_loopback(admin_listen) {
+                return Err(format!("[auth] requires tokens for ingest, but the admin endpoints (/v1/dead-letters with event payloads, /v1/jobs, /v1/streams, /metrics, /ui) on {admin_listen} have no token: set [admin] token_env (SLUICE_ADMIN_TOKEN_ENV), or move them to a loopback address with [admin] listen = \"127.0.0.1:9090\""));
+            }
         }
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Where the admin endpoints listen: `[admin] listen`, or the HTTP port.
+    fn admin_listen(&self) -> &str {
+        if self.admin.listen.is_empty() {
+            &self.http.listen
+        } else {
+            &self.admin.listen
+        }
+    }
+
+    /// Warns about each listener reachable beyond loopback without the protection it
+    /// should have (tokens for ingest and admin, a client certificate for TCP).
+    pub fn warn_unprotected_listeners(&self) {
+        let admin_listen = self.admin_listen();
+        let admin_token = self.admin.token_env.is_some();
+        if self.auth.is_none() && !is_loopback(&self.http.listen) {
+            tracing::warn!(
+                listen = %self.http.listen,
+                "http.listen is not a loopback address and there is no [auth] section: anyone who can reach it can write into every stream. Add [auth] tokens_file (lines name:token:streams)."
+            );
+        }
+        if self.auth.is_some() && !admin_token {
+            tracing::warn!(
+                listen = %admin_listen,
+                "[auth] requires tokens for ingest but the admin endpoints have no token; they are reachable from this host only (loopback). Set [admin] token_env to protect them too."
+            );
+        } else if !admin_token && !is_loopback(admin_listen) {
+            tracing::warn!(
+                listen = %admin_listen,
+                "The admin endpoints (/metrics, /v1/streams, /v1/dead-letters, which show event payloads) listen on a non-loopback address without an admin token. Set [admin] token_env."
+            );
+        }
+        let tcp_certified = self.tcp.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !self.tcp.listen.is_empty() && !is_loopback(&self.tcp.listen) && !tcp_certified {
+            tracing::warn!(
+                listen = %self.tcp.listen,
+                "tcp.listen is not a loopback address and no client certificate is required: anyone who can reach it can write lines. Keep it on a private network, or set [tcp.tls] with client_ca."
+            );
+        }
     }
 
     /// What the configuration says of streams: the schemas' directory, `[defaults]` and
@@ -752,5 +714,18 @@ mod tests {
         let e = Config::from_toml_and_env("[defaults]\nbatch_max_wait = \"soon\"\n", "t", env(&[]))
             .unwrap_err();
         assert!(e.to_string().contains("20ms"), "{e}");
+    }
+
+    #[test]
+    fn ingest_tokens_with_open_admin_endpoints_beyond_loopback_are_refused() {
+        let open = "[http]\nlisten = \"0.0.0.0:8080\"\n[auth]\ntokens_env = \"T\"\n";
+        let e = Config::from_toml_and_env(open, "t", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("[admin] token_env"), "{e}");
+        for fixed in [
+            format!("{open}[admin]\ntoken_env = \"A\"\n"),
+            format!("{open}[admin]\nlisten = \"127.0.0.1:9090\"\n"),
+        ] {
+            Config::from_toml_and_env(&fixed, "t", env(&[])).unwrap();
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod hooks;
 pub mod jobs;
 pub mod openapi;
+mod settings;
 pub mod site;
 pub mod ui;
 
@@ -28,8 +29,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ErrorBody};
+pub use settings::{AdminConfig, HttpConfig};
 
-use crate::config::HttpConfig;
 use crate::ingest::{Ingest, LimitedListener};
 use crate::sink::Store;
 use crate::telemetry;

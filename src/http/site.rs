@@ -10,8 +10,8 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::HttpConfig;
 use super::{ApiError, AppState};
-use crate::config::HttpConfig;
 
 /// The hosts and origins allowed (see [`HttpConfig::allowed_hosts`]).
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ mod tests {
         let http = HttpConfig {
             allowed_hosts: hosts.iter().map(|s| (*s).to_owned()).collect(),
             allowed_origins: origins.iter().map(|s| (*s).to_owned()).collect(),
-            ..crate::config::Config::default().http
+            ..HttpConfig::default()
         };
         SiteGuard::new(&http, &[listen])
     }
