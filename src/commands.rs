@@ -32,7 +32,9 @@ pub fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 /// `sluice check`: prints each table's DDL for the configured database, then compares
 /// the existing tables with it when the database can be reached.
 pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config_path.as_deref())?;
+    let mut config = Config::load(config_path.as_deref())?;
+    // `check` changes nothing: a privacy key still to be made is pretended.
+    config.privacy.creation = crate::privacy::KeyCreation::Pretend;
     let dialect = Dialect::from_url(&config.database.url)
         .map_err(|m| anyhow::anyhow!("[database].url: {m}"))?;
     let registry = Registry::load(config.streams_config())?;
@@ -53,6 +55,12 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             stream.schema_file.display()
         );
         println!("{};\n", dialect.create_table(stream));
+        if let Some(plan) = &stream.privacy {
+            for rule in plan.rules() {
+                println!("-- x-sluice-privacy {}", rule.describe());
+            }
+            println!();
+        }
     }
     // Loads the webhooks as `serve` does (secrets included), so a missing secret fails
     // here too, naming the setting.

@@ -26,6 +26,7 @@ pub use crate::http::{AdminConfig, HttpConfig};
 pub use crate::ingest::jetstream::JetStreamConfig;
 pub use crate::ingest::tcp::TcpConfig;
 pub use crate::jobs::JobsConfig;
+pub use crate::privacy::{ExtraPolicy, PrivacyConfig};
 pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
 pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
@@ -89,6 +90,7 @@ fn section(path: &str) -> Option<Section> {
         "defaults" => Struct(fields_of::<StreamSettings>()),
         "dead_letters" => Struct(fields_of::<DeadLettersConfig>()),
         "jobs" => Struct(fields_of::<JobsConfig>()),
+        "privacy" => Struct(fields_of::<PrivacyConfig>()),
         "streams" => Named(fields_of::<StreamConfig>()),
         "webhooks" => Named(fields_of::<WebhookConfig>()),
         _ => return None,
@@ -189,6 +191,9 @@ pub struct Config {
     /// Background jobs: when a job whose instance is gone is marked failed.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// Treatment of personal fields (`x-sluice-privacy`): the HMAC key, `_extra`.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     /// Per-stream overrides, keyed by stream name.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -453,6 +458,7 @@ impl Config {
                 return Err(format!("[auth] requires tokens for ingest, but the admin endpoints (/v1/dead-letters with event payloads, /v1/jobs, /v1/streams, /metrics, /ui) on {admin_listen} have no token: set [admin] token_env (SLUICE_ADMIN_TOKEN_ENV), or move them to a loopback address with [admin] listen = \"127.0.0.1:9090\""));
             }
         }
+        self.privacy.validate()?;
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;
@@ -507,6 +513,8 @@ impl Config {
             schemas_dir: &self.schemas_dir,
             defaults: &self.defaults,
             streams: &self.streams,
+            privacy: &self.privacy,
+            database_url: &self.database.url,
         }
     }
 

@@ -30,8 +30,12 @@ pub struct Row {
     pub extra: Option<String>,
     /// When Sluice accepted the event (`_received_at`).
     pub received_at: DateTime<Utc>,
-    /// The event's original text, kept so that a row the database rejects is dead-lettered verbatim.
+    /// The event's original text, kept so that a row the database rejects is dead-lettered verbatim
+    /// (for a stream with `x-sluice-privacy`: the treated event's text).
     pub raw: Box<str>,
+    /// Whether `raw` is treated (`x-sluice-privacy`): filed again (spool recovery), it is
+    /// not treated twice.
+    pub treated: bool,
     /// Where the event came from (`http 1.2.3.4:5678`), for write-stage dead letters.
     pub source: Arc<str>,
     /// Position of the event in its request, to report write failures per index.
@@ -152,16 +156,11 @@ impl DeadLetter {
         let (payload, cut) = bounded_payload_text(raw, max_payload);
         let mut error = storable(error).into_owned();
         if cut {
-            use sha2::Digest;
-            let digest = sha2::Sha256::digest(raw);
-            let mut hex = String::with_capacity(64);
-            for b in digest {
-                hex.push_str(&format!("{b:02x}"));
-            }
             error.push_str(&format!(
-                " [payload truncated: {} bytes of text kept of the {} bytes received; SHA-256 of the bytes received: {hex}]",
+                " [payload truncated: {} bytes of text kept of the {} bytes received; SHA-256 of the bytes received: {}]",
                 payload.len(),
-                raw.len()
+                raw.len(),
+                sha256_hex(raw)
             ));
         }
         let source: Arc<str> = if source.contains('\0') {
@@ -181,10 +180,46 @@ impl DeadLetter {
         }
     }
 
+    /// A dead letter of a stream that treats personal fields (`x-sluice-privacy`) for
+    /// bytes that could not be read as an event to treat: no payload, only its length
+    /// and SHA-256, and the error says so.
+    #[allow(clippy::too_many_arguments)]
+    pub fn withheld(
+        stream: &str,
+        stage: Stage,
+        error: &str,
+        raw: &[u8],
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+        index: usize,
+    ) -> DeadLetter {
+        let error = format!(
+            "{error} [payload withheld: stream {stream} treats personal fields (x-sluice-privacy) and this text could not be read as an event to treat; {} bytes received, SHA-256: {}]",
+            raw.len(),
+            sha256_hex(raw)
+        );
+        DeadLetter::new(
+            Some(stream),
+            stage,
+            &error,
+            b"",
+            source,
+            received_at,
+            index,
+            usize::MAX,
+        )
+    }
+
     /// Bytes of memory the dead letter's texts hold, counted against its queue.
     pub fn memory_size(&self) -> usize {
         self.payload.len() + self.error.len()
     }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// `text` with NUL written as `\x00`, the one character a database's text type refuses

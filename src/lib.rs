@@ -22,6 +22,7 @@ pub mod json_text;
 pub mod loadgen;
 pub mod log_summary;
 pub mod pipeline;
+pub mod privacy;
 pub mod purge;
 pub mod replay;
 pub mod schema;

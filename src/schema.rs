@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use serde::Deserialize;
 
 use crate::event::{truncate_utf8, Cell, Row, Stage};
+use crate::privacy::{Keys, Plan, PrivacyConfig, Replaced, Treatment};
 use crate::toml_values::{duration, opt_duration};
 
 /// Batching and queue limits of one stream (`[defaults]` or `[streams.NAME]`).
@@ -87,6 +88,9 @@ pub struct StreamsConfig<'a> {
     pub schemas_dir: &'a Path,
     pub defaults: &'a StreamSettings,
     pub streams: &'a BTreeMap<String, StreamConfig>,
+    pub privacy: &'a PrivacyConfig,
+    /// `database.url`: an SQLite database keeps its privacy key beside its file.
+    pub database_url: &'a str,
 }
 
 /// [`StreamsConfig`], owned: what a job keeps to read the schemas afresh.
@@ -95,6 +99,8 @@ pub struct StreamsSource {
     pub schemas_dir: PathBuf,
     pub defaults: StreamSettings,
     pub streams: BTreeMap<String, StreamConfig>,
+    pub privacy: PrivacyConfig,
+    pub database_url: String,
 }
 
 impl StreamsSource {
@@ -103,6 +109,8 @@ impl StreamsSource {
             schemas_dir: &self.schemas_dir,
             defaults: &self.defaults,
             streams: &self.streams,
+            privacy: &self.privacy,
+            database_url: &self.database_url,
         }
     }
 }
@@ -114,6 +122,8 @@ impl StreamsConfig<'_> {
             schemas_dir: self.schemas_dir.to_path_buf(),
             defaults: self.defaults.clone(),
             streams: self.streams.clone(),
+            privacy: self.privacy.clone(),
+            database_url: self.database_url.to_owned(),
         }
     }
 
@@ -160,6 +170,8 @@ pub enum ColumnType {
     Boolean,
     /// `object`, `array`, or no single type.
     Json,
+    /// A property treated with `"x-sluice-privacy": "hash"`: 64 hex characters.
+    Hash,
 }
 
 /// One table column from one top-level property.
@@ -169,6 +181,8 @@ pub struct Column {
     pub ty: ColumnType,
     /// False for `required` properties.
     pub nullable: bool,
+    /// `x-sluice-privacy` on the property itself.
+    pub treatment: Option<Treatment>,
 }
 
 /// Why an event could not become a row.
@@ -178,6 +192,9 @@ pub struct Rejection {
     pub error: String,
     /// JSON pointer to the offending value, for schema errors.
     pub pointer: Option<String>,
+    /// The dead letter's payload instead of the event's text as received: the treated
+    /// event, for a stream with `x-sluice-privacy`.
+    pub payload: Option<Box<str>>,
 }
 
 /// A problem in a schema file or a stream's configuration.
@@ -204,7 +221,12 @@ pub struct Stream {
     /// Column with a unique key, so a retried event is stored once.
     pub id_field: Option<String>,
     pub settings: StreamSettings,
+    /// The treatment of personal fields (`x-sluice-privacy`), if the schema asks for any.
+    pub privacy: Option<Plan>,
     validator: jsonschema::Validator,
+    /// What an event treated already (read back from the spool, a treated dead letter)
+    /// must match: the schema with its treated properties relaxed.
+    treated_validator: Option<jsonschema::Validator>,
 }
 
 impl std::fmt::Debug for Stream {
@@ -242,10 +264,11 @@ impl Registry {
         if files.is_empty() {
             return Err(err("no stream schemas (*.json) found".into()));
         }
+        let mut keys = Keys::new(config.privacy, config.database_url);
         let mut streams = BTreeMap::new();
         let mut tables: HashMap<String, String> = HashMap::new();
         for file in files {
-            let stream = Stream::load(&file, config)?;
+            let stream = Stream::load(&file, config, &mut keys)?;
             if let Some(other) =
                 tables.insert(stream.table.to_ascii_lowercase(), stream.name.clone())
             {
@@ -305,7 +328,11 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
 }
 
 impl Stream {
-    fn load(file: &Path, config: StreamsConfig<'_>) -> Result<Stream, SchemaError> {
+    fn load(
+        file: &Path,
+        config: StreamsConfig<'_>,
+        keys: &mut Keys<'_>,
+    ) -> Result<Stream, SchemaError> {
         let err = |property: Option<&str>, reason: String| SchemaError {
             file: file.to_path_buf(),
             property: property.map(str::to_owned),
@@ -353,6 +380,22 @@ impl Stream {
                     .into(),
             ));
         }
+        let privacy = Plan::of_schema(&schema, keys, config.privacy.extra)
+            .map_err(|(property, reason)| err(property.as_deref(), reason))?;
+        let treated_validator = privacy
+            .as_ref()
+            .map(|plan| {
+                jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&plan.relaxed_schema(&schema))
+            })
+            .transpose()
+            .map_err(|e| {
+                err(
+                    None,
+                    format!("the schema with its treated properties relaxed does not compile: {e}"),
+                )
+            })?;
         let required: Vec<&str> = root
             .get("required")
             .and_then(Value::as_array)
@@ -377,10 +420,18 @@ impl Stream {
             }
             let sub = resolve_local_ref(&schema, sub);
             let (ty, nullable_type) = column_type(sub);
+            let treatment = privacy.as_ref().and_then(|p| p.of_property(prop));
+            let ty = match treatment {
+                Some(Treatment::Drop) => continue,
+                Some(Treatment::Hash) => ColumnType::Hash,
+                Some(Treatment::Mask) => ColumnType::Text { max_length: None },
+                None => ty,
+            };
             columns.push(Column {
                 name: prop.clone(),
                 ty,
                 nullable: nullable_type || !required.contains(&prop.as_str()),
+                treatment,
             });
         }
         let has_extra = root.get("additionalProperties") != Some(&Value::Bool(false));
@@ -397,7 +448,20 @@ impl Stream {
             ));
         }
         if let Some(id) = &stream_config.id_field {
+            let treatment = privacy.as_ref().and_then(|p| p.of_property(id));
             match columns.iter().find(|c| &c.name == id) {
+                None if treatment == Some(Treatment::Drop) => {
+                    return Err(err(
+                        Some(id),
+                        format!("[streams.{name}].id_field names a property that x-sluice-privacy drops; hash it instead (a hashed id still tells events apart)"),
+                    ))
+                }
+                Some(_) if treatment == Some(Treatment::Mask) => {
+                    return Err(err(
+                        Some(id),
+                        format!("[streams.{name}].id_field names a masked property: masking makes different ids equal; hash it instead"),
+                    ))
+                }
                 None => {
                     return Err(err(
                         Some(id),
@@ -426,7 +490,9 @@ impl Stream {
             schema_file: file.to_path_buf(),
             columns,
             has_extra,
+            privacy,
             validator,
+            treated_validator,
         })
     }
 
@@ -436,26 +502,85 @@ impl Stream {
     }
 
     /// Validates `event` and converts it to a row. `raw` is the event's original text.
+    /// A stream with `x-sluice-privacy` treats the event after validating it: the row,
+    /// its text and a rejection's payload and message hold treated values only. With
+    /// `treated`, the event was treated already (a spool record, a treated dead letter):
+    /// it is checked with its treated properties relaxed and not treated again.
     pub fn to_row(
         &self,
+        mut event: Value,
+        raw: Box<str>,
+        treated: bool,
+        source: Arc<str>,
+        index: usize,
+        received_at: DateTime<Utc>,
+    ) -> Result<Row, Rejection> {
+        let Some(plan) = &self.privacy else {
+            if !self.validator.is_valid(&event) {
+                return Err(self.explain_invalid(&self.validator, &event, None));
+            }
+            return self.row_of(event, &raw, raw.clone(), source, index, received_at);
+        };
+        let checked_by = match &self.treated_validator {
+            Some(relaxed) if treated => relaxed,
+            _ => &self.validator,
+        };
+        if treated {
+            if !checked_by.is_valid(&event) {
+                return Err(Rejection {
+                    payload: Some(raw.clone()),
+                    ..self.explain_invalid(checked_by, &event, None)
+                });
+            }
+            return self
+                .row_of(event, &raw, raw.clone(), source, index, received_at)
+                .map_err(|r| Rejection {
+                    payload: Some(raw),
+                    ..r
+                });
+        }
+        if !self.validator.is_valid(&event) {
+            // The messages quote the event as received: explain on a copy, then write
+            // each replaced value as its treated form.
+            let original = event.clone();
+            let replaced = plan.treat(&mut event);
+            return Err(Rejection {
+                payload: Some(event.to_string().into()),
+                ..self.explain_invalid(&self.validator, &original, Some(&replaced))
+            });
+        }
+        plan.treat(&mut event);
+        let text: Box<str> = event.to_string().into();
+        self.row_of(event, &raw, text.clone(), source, index, received_at)
+            .map_err(|r| Rejection {
+                payload: Some(text),
+                ..r
+            })
+    }
+
+    /// The row of a valid (and, where the stream says so, treated) `event`; `original`
+    /// is its text as received, read for the exact digits of huge integers in JSON
+    /// columns that no treatment touches; `raw` is the text the row keeps.
+    fn row_of(
+        &self,
         event: Value,
+        original: &str,
         raw: Box<str>,
         source: Arc<str>,
         index: usize,
         received_at: DateTime<Utc>,
     ) -> Result<Row, Rejection> {
-        if !self.validator.is_valid(&event) {
-            return Err(self.explain_invalid(&event));
-        }
         // An integer literal beyond 64 bits became a float: JSON columns and `_extra`
         // then take their text from the original, digit for digit.
         let originals = (crate::json_text::has_huge_float(&event)
-            && crate::json_text::has_long_integer(&raw))
-        .then(|| crate::json_text::top_level(&raw))
+            && crate::json_text::has_long_integer(original))
+        .then(|| crate::json_text::top_level(original))
         .flatten();
+        let untouched = |name: &str| self.privacy.as_ref().is_none_or(|p| !p.touches(name));
         let exact = |name: &str, v: &Value| {
             originals
                 .as_ref()
+                .filter(|_| untouched(name))
                 .and_then(|o| o.get(name))
                 .and_then(|r| crate::json_text::exact_compact(r.get()))
                 .unwrap_or_else(|| v.to_string())
@@ -466,6 +591,7 @@ impl Stream {
                 stage: Stage::Validate,
                 error: "the event is not a JSON object".into(),
                 pointer: Some(String::new()),
+                payload: None,
             });
         };
         let mut cells = Vec::with_capacity(self.columns.len());
@@ -479,6 +605,7 @@ impl Stream {
                     stage: Stage::Validate,
                     error: format!("at /{}: {error}", col.name),
                     pointer: Some(format!("/{}", col.name)),
+                    payload: None,
                 })?,
             };
             cells.push(cell);
@@ -499,18 +626,30 @@ impl Stream {
             extra,
             received_at,
             raw,
+            treated: self.privacy.is_some(),
             source,
             index,
         })
     }
 
-    fn explain_invalid(&self, event: &Value) -> Rejection {
+    /// Why `event` fails `validator`: the first errors spelled out, the rest counted;
+    /// with `replaced`, every value a treatment replaced is written as its treated form
+    /// (before the message is cut, so no part of a raw value survives).
+    fn explain_invalid(
+        &self,
+        validator: &jsonschema::Validator,
+        event: &Value,
+        replaced: Option<&Replaced>,
+    ) -> Rejection {
         let mut pointer = None;
         let mut messages = Vec::new();
-        let mut errors = self.validator.iter_errors(event);
+        let mut errors = validator.iter_errors(event);
         for e in errors.by_ref().take(SHOWN_ERRORS) {
             let at = e.instance_path().as_str().to_owned();
-            let text = e.to_string();
+            let text = match replaced {
+                Some(replaced) => replaced.scrub(&e.to_string()),
+                None => e.to_string(),
+            };
             messages.push(if at.is_empty() {
                 text
             } else {
@@ -534,6 +673,7 @@ impl Stream {
             stage: Stage::Validate,
             error: truncate_utf8(&joined, MAX_ERROR_CHARS).to_owned(),
             pointer,
+            payload: None,
         }
     }
 }
@@ -624,7 +764,7 @@ fn infer_types_from_values(sub: &Value) -> Vec<&'static str> {
 /// Converts one valid JSON value to the column's cell type.
 fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
     Ok(match (ty, v) {
-        (ColumnType::Text { .. }, Value::String(s)) => Cell::Text(s),
+        (ColumnType::Text { .. } | ColumnType::Hash, Value::String(s)) => Cell::Text(s),
         (ColumnType::Uuid, Value::String(s)) => Cell::Uuid(s.to_ascii_lowercase()),
         (ColumnType::Timestamp, Value::String(s)) => Cell::Timestamp(parse_timestamp(&s)?),
         (ColumnType::Integer, Value::Number(n)) => Cell::Int(match n.as_i64() {

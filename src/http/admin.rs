@@ -303,6 +303,21 @@ pub struct StreamSchema {
     pub schema: serde_json::Value,
     /// The `CREATE TABLE` statement Sluice runs for this stream on this database.
     pub ddl: String,
+    /// Each property treated by `x-sluice-privacy`, and where its treated value is kept.
+    pub privacy: Vec<PrivacyTreatment>,
+}
+
+/// One property treated by `x-sluice-privacy`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrivacyTreatment {
+    /// Where in an event: a JSON pointer, `*` for every item of an array
+    /// (`/items/*/card`).
+    #[schema(example = "/email")]
+    pub pointer: String,
+    pub treatment: crate::privacy::Treatment,
+    /// The column holding the treated value (for a nested property, the top-level
+    /// property's JSON column); absent for a dropped top-level property.
+    pub column: Option<String>,
 }
 
 /// `GET /v1/streams/{stream}/schema`: the stream's schema and its table's DDL.
@@ -328,6 +343,16 @@ pub async fn get_stream_schema(
         table: s.table.clone(),
         schema: s.schema.clone(),
         ddl: state.store.dialect().create_table(s),
+        privacy: s
+            .privacy
+            .iter()
+            .flat_map(|plan| plan.rules())
+            .map(|rule| PrivacyTreatment {
+                pointer: rule.pointer(),
+                treatment: rule.treatment,
+                column: rule.column().map(str::to_owned),
+            })
+            .collect(),
     }))
 }
 

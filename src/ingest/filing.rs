@@ -63,6 +63,9 @@ pub struct Event<'a> {
 pub enum Read {
     /// Not parsed yet: filing parses it as one JSON object.
     Text,
+    /// Not parsed yet, and treated already by its stream's `x-sluice-privacy` (a spool
+    /// record): checked with the treated properties relaxed, not treated again.
+    Treated,
     /// Parsed (a JSON body is parsed while it is split into events).
     Parsed(Value),
     /// Refused before it could be parsed (a line too long, an empty message, a text
@@ -77,6 +80,15 @@ impl<'a> Event<'a> {
             index,
             raw,
             read: Read::Text,
+        }
+    }
+
+    /// An event whose text its stream treated already (see [`Read::Treated`]).
+    pub fn treated(index: usize, raw: &'a [u8]) -> Event<'a> {
+        Event {
+            index,
+            raw,
+            read: Read::Treated,
         }
     }
 
@@ -313,9 +325,10 @@ impl Filing {
                 this.group(stream)
                     .reject(stream, payload, err, source, received_at);
             };
+            let treated = matches!(read, Read::Treated);
             let value = match read {
                 Read::Parsed(value) => value,
-                Read::Text => match parse_object(raw) {
+                Read::Text | Read::Treated => match parse_object(raw) {
                     Ok(value) => value,
                     Err(error) => {
                         refuse(self, route.fixed(), Stage::Parse, error);
@@ -343,7 +356,7 @@ impl Filing {
             let hint = route.hint();
             self.group(Some(stream)).add(
                 stream,
-                text,
+                (text, treated),
                 value,
                 (payload, hint),
                 index,
@@ -506,6 +519,8 @@ impl RequestEvents {
     }
 
     /// Sets an event aside as a dead letter of `stream` with `err`'s stage and reason.
+    /// `raw` is the text as received: a stream that treats personal fields keeps only
+    /// its length and digest.
     fn reject(
         &mut self,
         stream: Option<&Arc<Stream>>,
@@ -514,28 +529,58 @@ impl RequestEvents {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) {
+        if let Some(treating) = stream.filter(|s| s.privacy.is_some()) {
+            let letter = DeadLetter::withheld(
+                &treating.name,
+                err.stage,
+                &err.error,
+                raw,
+                source,
+                received_at,
+                err.index,
+            );
+            return self.push_letter(letter, err);
+        }
+        self.reject_as(stream, raw, err, source, received_at);
+    }
+
+    /// Sets an event aside as a dead letter with `payload` (for a treating stream, the
+    /// treated event's text).
+    fn reject_as(
+        &mut self,
+        stream: Option<&Arc<Stream>>,
+        payload: &[u8],
+        err: EventError,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) {
         let letter = DeadLetter::new(
             stream.map(|s| s.name.as_str()),
             err.stage,
             &err.error,
-            raw,
+            payload,
             source,
             received_at,
             err.index,
             self.max_payload,
         );
+        self.push_letter(letter, err);
+    }
+
+    fn push_letter(&mut self, letter: DeadLetter, err: EventError) {
         self.letter_bytes += letter.memory_size();
         self.letters.push(letter);
         self.errors.push(err);
     }
 
-    /// Validates one parsed event (its text `raw`) against `stream` and files it as a
-    /// row or, with `letter`'s payload and hint, a dead letter.
+    /// Validates one parsed event (its text `raw`, `treated` already or not) against
+    /// `stream` and files it as a row or, with `letter`'s payload and hint, a dead
+    /// letter (a treating stream's holds the treated event instead).
     #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         stream: &Arc<Stream>,
-        raw: &str,
+        (raw, treated): (&str, bool),
         value: Value,
         (letter_payload, hint): (&[u8], Option<&str>),
         index: usize,
@@ -543,7 +588,14 @@ impl RequestEvents {
         received_at: DateTime<Utc>,
     ) {
         let row = stream
-            .to_row(value, raw.into(), source.clone(), index, received_at)
+            .to_row(
+                value,
+                raw.into(),
+                treated,
+                source.clone(),
+                index,
+                received_at,
+            )
             .and_then(
                 |row| match self.dialect.and_then(|d| d.refused_value(stream, &row)) {
                     None => Ok(row),
@@ -551,6 +603,7 @@ impl RequestEvents {
                         stage: Stage::Write,
                         error: format!("at {pointer}: {error}"),
                         pointer: Some(pointer),
+                        payload: row.treated.then_some(row.raw),
                     }),
                 },
             );
@@ -559,10 +612,8 @@ impl RequestEvents {
                 self.row_bytes += row.memory_size();
                 self.rows.push(row);
             }
-            Err(rejection) => self.reject(
-                Some(stream),
-                letter_payload,
-                EventError {
+            Err(rejection) => {
+                let err = EventError {
                     index,
                     stage: rejection.stage,
                     error: match hint {
@@ -570,10 +621,13 @@ impl RequestEvents {
                         None => rejection.error,
                     },
                     pointer: rejection.pointer,
-                },
-                source,
-                received_at,
-            ),
+                };
+                let payload = match &rejection.payload {
+                    Some(treated) => treated.as_bytes(),
+                    None => letter_payload,
+                };
+                self.reject_as(Some(stream), payload, err, source, received_at)
+            }
         }
     }
 }

@@ -98,6 +98,7 @@ pub fn decode_all(
             (
                 Some(Record::Row {
                     raw,
+                    treated,
                     source,
                     received_at,
                     index,
@@ -105,7 +106,10 @@ pub fn decode_all(
                 Some(stream),
             ) => {
                 let route = Route::again(stream, stream_field, &source);
-                let event = Event::text(index, raw.as_bytes());
+                let event = match treated {
+                    true => Event::treated(index, raw.as_bytes()),
+                    false => Event::text(index, raw.as_bytes()),
+                };
                 filing.file(&route, &source, received_at, [event]);
             }
             (Some(Record::Letter(letter)), _) => filing.keep(letter),

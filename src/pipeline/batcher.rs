@@ -513,7 +513,14 @@ mod tests {
             .map(|i| {
                 let event = serde_json::json!({"seq": i, "sensor": "s", "value": 1});
                 stream
-                    .to_row(event, "{}".into(), "test".into(), i, chrono::Utc::now())
+                    .to_row(
+                        event,
+                        "{}".into(),
+                        false,
+                        "test".into(),
+                        i,
+                        chrono::Utc::now(),
+                    )
                     .expect("a valid event")
             })
             .collect();

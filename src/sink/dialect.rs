@@ -98,6 +98,9 @@ impl Dialect {
                 }
             }
             ColumnType::Text { .. } => text.into(),
+            // 64 lowercase hex characters.
+            ColumnType::Hash if self == Dialect::Mysql => "char(64)".into(),
+            ColumnType::Hash => text.into(),
             ColumnType::Timestamp => timestamp.into(),
             ColumnType::Uuid => uuid.into(),
             ColumnType::Integer => integer.into(),

@@ -279,10 +279,11 @@ mod tests {
             T::Number,
             T::Boolean,
             T::Json,
+            T::Hash,
         ];
         let reported = |d: Dialect, ty: T| -> &'static str {
             match (d, ty) {
-                (Dialect::Postgres, T::Text { .. }) => "text",
+                (Dialect::Postgres, T::Text { .. } | T::Hash) => "text",
                 (Dialect::Postgres, T::Timestamp) => "timestamp with time zone",
                 (Dialect::Postgres, T::Uuid) => "uuid",
                 (Dialect::Postgres, T::Integer) => "bigint",
@@ -297,7 +298,7 @@ mod tests {
                 ) => "varchar",
                 (Dialect::Mysql, T::Text { .. } | T::Json) => "longtext",
                 (Dialect::Mysql, T::Timestamp) => "datetime",
-                (Dialect::Mysql, T::Uuid) => "char",
+                (Dialect::Mysql, T::Uuid | T::Hash) => "char",
                 (Dialect::Mysql, T::Integer) => "bigint",
                 (Dialect::Mysql, T::Number) => "double",
                 (Dialect::Mysql, T::Boolean) => "tinyint",

@@ -286,6 +286,9 @@ pub fn read_segment(
 // dead letters keep every field.
 const ROW: u8 = 1;
 const LETTER: u8 = 2;
+/// A row whose text its stream treated (`x-sluice-privacy`): filed again without
+/// treating it twice. Records of kind 1 (written before this kind existed) are raw.
+const TREATED_ROW: u8 = 3;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -295,7 +298,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// A row's record: when it was received, where from, its index, its text.
 pub fn encode_row(row: &Row) -> Vec<u8> {
     let mut out = Vec::with_capacity(row.raw.len() + row.source.len() + 24);
-    out.push(ROW);
+    out.push(if row.treated { TREATED_ROW } else { ROW });
     out.extend_from_slice(&row.received_at.timestamp_micros().to_le_bytes());
     out.extend_from_slice(&(row.index as u64).to_le_bytes());
     put_str(&mut out, &row.source);
@@ -323,6 +326,8 @@ pub enum Record {
     /// A row's text, to validate again.
     Row {
         raw: String,
+        /// Whether the text is treated already (`x-sluice-privacy`).
+        treated: bool,
         source: Arc<str>,
         received_at: DateTime<Utc>,
         index: usize,
@@ -359,8 +364,9 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
     let index = usize::try_from(r.u64()?).ok()?;
     let source: Arc<str> = r.string()?.into();
     match kind {
-        ROW => Some(Record::Row {
+        ROW | TREATED_ROW => Some(Record::Row {
             raw: r.string()?,
+            treated: kind == TREATED_ROW,
             source,
             received_at,
             index,

@@ -12,6 +12,10 @@ fn check_prints_the_ddl_of_every_stream_for_the_configured_database() {
         .args(["check"])
         .env("SLUICE_SCHEMAS_DIR", shipped_schemas())
         .env("SLUICE_DATABASE_URL", "postgres://app@db.invalid/events")
+        .env(
+            "SLUICE_PRIVACY_KEY_FILE",
+            crate::helpers::test_privacy_key(),
+        )
         .output()
         .unwrap();
     assert!(

@@ -314,6 +314,20 @@ pub fn shipped_schemas() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
 }
 
+/// The privacy key the tests hash with (`tests/fixtures/privacy.key`; a test fixture,
+/// not a secret).
+pub fn test_privacy_key() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/privacy.key")
+}
+
+/// The text of the tests' privacy key, as Sluice reads it.
+pub fn test_privacy_key_text() -> String {
+    std::fs::read_to_string(test_privacy_key())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 /// The test schemas in `tests/fixtures/schemas/`.
 pub fn fixture_schemas() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schemas")
@@ -346,6 +360,7 @@ pub async fn spawn_app_on(
     config.http.listen = "127.0.0.1:0".into();
     config.tcp.listen = "127.0.0.1:0".into();
     config.defaults.batch_max_wait = Duration::from_millis(5);
+    config.privacy.key_file = Some(test_privacy_key());
     tweak(&mut config);
     let app = App::build(config).await.expect("Sluice starts");
     let addr = app.http_addr();
@@ -532,6 +547,12 @@ pub fn skip(what: &str) {
 
 /// Holds a lock that stops Sluice from writing to `reading` until dropped/committed.
 pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
+    hold_write_lock_on(db, "reading").await
+}
+
+/// Holds a lock that stops Sluice from writing to `table` (SQLite: to any table) until
+/// dropped/committed.
+pub async fn hold_write_lock_on(db: &TestDb, table: &str) -> Box<dyn std::any::Any + Send> {
     match db.kind {
         Db::Sqlite => {
             let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
@@ -544,7 +565,7 @@ pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
         Db::Postgres => {
             let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
             sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-            sqlx::query("LOCK TABLE reading IN ACCESS EXCLUSIVE MODE")
+            sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
                 .execute(&mut c)
                 .await
                 .unwrap();
@@ -552,7 +573,7 @@ pub async fn hold_write_lock(db: &TestDb) -> Box<dyn std::any::Any + Send> {
         }
         Db::Mysql => {
             let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-            sqlx::query("LOCK TABLES reading WRITE")
+            sqlx::query(&format!("LOCK TABLES {table} WRITE"))
                 .execute(&mut c)
                 .await
                 .unwrap();
@@ -650,8 +671,14 @@ pub fn spawn_binary_under(
     cmd.env("RUST_LOG", "info")
         .env("SLUICE_HTTP_LISTEN", "127.0.0.1:0")
         .env("SLUICE_TCP_LISTEN", "");
+    // The tests' privacy key, unless the test sets its own (an empty value: none).
+    if !env.iter().any(|(k, _)| k.starts_with("SLUICE_PRIVACY_KEY")) {
+        cmd.env("SLUICE_PRIVACY_KEY_FILE", test_privacy_key());
+    }
     for (k, v) in env {
-        cmd.env(k, v);
+        if !(k.starts_with("SLUICE_PRIVACY_KEY") && v.is_empty()) {
+            cmd.env(k, v);
+        }
     }
     let mut child = cmd
         .stdout(std::process::Stdio::null())

@@ -20,6 +20,7 @@ mod jobs;
 mod layers;
 mod memory;
 mod metrics;
+mod privacy;
 mod replay;
 mod slow_clients;
 mod spool;

@@ -33,6 +33,18 @@ async function showSchema(name) {
   $("schema-stream").textContent = s.stream + " → table " + s.table;
   $("schema-json").textContent = JSON.stringify(s.schema, null, 2);
   $("schema-ddl").textContent = s.ddl;
+  const rows = $("schema-privacy").querySelector("tbody");
+  rows.replaceChildren();
+  for (const p of s.privacy || []) {
+    const tr = document.createElement("tr");
+    for (const text of [p.pointer, p.treatment, p.column ? "column " + p.column : "not stored"]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    rows.appendChild(tr);
+  }
+  $("schema-privacy").hidden = !(s.privacy || []).length;
 }
 
 async function api(path, options = {}) {
