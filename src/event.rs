@@ -132,6 +132,9 @@ pub struct DeadLetter {
     pub attempts: i32,
     /// Position of the event in its request.
     pub index: usize,
+    /// Whether `payload` is treated (`x-sluice-privacy`): a replay then does not treat
+    /// it again.
+    pub treated: bool,
 }
 
 /// Payload bytes a dead letter keeps by default (`dead_letters.max_payload_bytes`).
@@ -177,6 +180,15 @@ impl DeadLetter {
             received_at,
             attempts: 1,
             index,
+            treated: false,
+        }
+    }
+
+    /// The same dead letter, its payload treated (`x-sluice-privacy`).
+    pub fn treated(self) -> DeadLetter {
+        DeadLetter {
+            treated: true,
+            ..self
         }
     }
 
@@ -208,6 +220,7 @@ impl DeadLetter {
             index,
             usize::MAX,
         )
+        .treated()
     }
 
     /// Bytes of memory the dead letter's texts hold, counted against its queue.

@@ -244,21 +244,39 @@ pub async fn replay_with(
             };
             report.entry(target.clone()).or_default();
             match registry.get(target) {
+                // A payload withheld (it did not parse on a treating stream) has
+                // nothing to replay; its error keeps the length and digest it names.
+                Some(_) if letter.treated && letter.payload.is_empty() => failing.push(Failing {
+                    id: letter.id,
+                    stream: target.clone(),
+                    reason: "replay: the payload was withheld (x-sluice-privacy); there is nothing to replay".into(),
+                    record: false,
+                    treated: None,
+                }),
                 Some(stream) => file_again(&mut filing, stream, stream_field, &source, letter),
-                None => failing.push((
-                    letter.id,
-                    target.clone(),
-                    format!("replay: stream `{target}` no longer has a schema"),
-                )),
+                None => failing.push(Failing {
+                    id: letter.id,
+                    stream: target.clone(),
+                    reason: format!("replay: stream `{target}` no longer has a schema"),
+                    record: true,
+                    treated: None,
+                }),
             }
         }
         let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
         for (stream, events) in filing.into_groups() {
             // Filed to one stream each: every group has its stream.
             let Some(stream) = stream else { continue };
-            for e in events.errors {
-                let reason = format!("replay: {}", e.error);
-                failing.push((e.index as i64, stream.name.clone(), reason));
+            // Each error has its dead letter, in the same order: its payload is the
+            // event as the stream now treats it.
+            for (e, letter) in events.errors.into_iter().zip(events.letters) {
+                failing.push(Failing {
+                    id: e.index as i64,
+                    stream: stream.name.clone(),
+                    reason: format!("replay: {}", e.error),
+                    record: true,
+                    treated: letter.treated.then_some(letter.payload),
+                });
             }
             if !events.rows.is_empty() {
                 let rows = events
@@ -269,12 +287,12 @@ pub async fn replay_with(
                 by_stream.insert(stream.name.clone(), (stream, rows));
             }
         }
-        for (id, target, reason) in failing {
-            report.entry(target.clone()).or_default().still_failing += 1;
-            progress.still_failing(id, &target, &reason);
-            if !options.dry_run {
+        for f in failing {
+            report.entry(f.stream.clone()).or_default().still_failing += 1;
+            progress.still_failing(f.id, &f.stream, &f.reason);
+            if f.record && !options.dry_run {
                 retrying(policy, || {
-                    Box::pin(store.record_replay_failure(id, &reason))
+                    Box::pin(store.record_replay_failure(f.id, &f.reason, f.treated.as_deref()))
                 })
                 .await?;
             }
@@ -295,6 +313,17 @@ pub async fn replay_with(
     Ok(report)
 }
 
+/// A dead letter that still fails.
+struct Failing {
+    id: i64,
+    stream: String,
+    reason: String,
+    /// Whether its row gets the new reason (and an attempt more).
+    record: bool,
+    /// Its payload as its stream now treats it, when it treats personal fields.
+    treated: Option<String>,
+}
+
 /// Files a dead letter's payload again, to `stream` with its current schema: the row it
 /// now makes, or why it still fails, under the dead letter's id. A line that came over
 /// TCP loses its routing field `stream_field` first, unless the schema declares it, as
@@ -310,6 +339,8 @@ fn file_again(
     let came_from = letter.source.as_deref().unwrap_or_default();
     let payload = letter.payload.as_bytes();
     let read = match parse_object(payload) {
+        // Treated already: checked with the treated properties relaxed, not treated again.
+        Ok(_) if letter.treated => Read::Treated,
         Ok(value) => Read::Parsed(value),
         Err(e) => match (crate::source::Kind::of(came_from) == Some(crate::source::Kind::Webhook))
             .then(|| crate::webhook::form::from_body(payload))
@@ -371,8 +402,9 @@ async fn write(
                     failed += 1;
                     let reason = format!("replay: {db}");
                     progress.still_failing(*id, &stream.name, &reason);
+                    let treated = row.treated.then_some(&*row.raw);
                     retrying(policy, || {
-                        Box::pin(storage.store.record_replay_failure(*id, &reason))
+                        Box::pin(storage.store.record_replay_failure(*id, &reason, treated))
                     })
                     .await?;
                 }

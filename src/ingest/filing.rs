@@ -554,7 +554,20 @@ impl RequestEvents {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) {
-        let letter = DeadLetter::new(
+        let letter = self.letter(stream, payload, &err, source, received_at);
+        self.push_letter(letter, err);
+    }
+
+    /// The dead letter of `err` with `payload`.
+    fn letter(
+        &self,
+        stream: Option<&Arc<Stream>>,
+        payload: &[u8],
+        err: &EventError,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) -> DeadLetter {
+        DeadLetter::new(
             stream.map(|s| s.name.as_str()),
             err.stage,
             &err.error,
@@ -563,8 +576,7 @@ impl RequestEvents {
             received_at,
             err.index,
             self.max_payload,
-        );
-        self.push_letter(letter, err);
+        )
     }
 
     fn push_letter(&mut self, letter: DeadLetter, err: EventError) {
@@ -622,11 +634,19 @@ impl RequestEvents {
                     },
                     pointer: rejection.pointer,
                 };
-                let payload = match &rejection.payload {
-                    Some(treated) => treated.as_bytes(),
-                    None => letter_payload,
-                };
-                self.reject_as(Some(stream), payload, err, source, received_at)
+                match &rejection.payload {
+                    Some(treated) => {
+                        let letter = self.letter(
+                            Some(stream),
+                            treated.as_bytes(),
+                            &err,
+                            source,
+                            received_at,
+                        );
+                        self.push_letter(letter.treated(), err);
+                    }
+                    None => self.reject_as(Some(stream), letter_payload, err, source, received_at),
+                }
             }
         }
     }

@@ -74,7 +74,7 @@ impl Item for Row {
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
-        Some(DeadLetter::new(
+        let letter = DeadLetter::new(
             Some(&target.stream.name),
             Stage::Write,
             &error.to_string(),
@@ -83,7 +83,12 @@ impl Item for Row {
             self.received_at,
             self.index,
             target.max_payload,
-        ))
+        );
+        Some(if self.treated {
+            letter.treated()
+        } else {
+            letter
+        })
     }
 }
 

@@ -34,6 +34,7 @@ macro_rules! sqlx_generic {
             for<'q> f64: Encode<'q, DB> + Type<DB>,
             for<'q> bool: Encode<'q, DB> + Type<DB>,
             for<'r> i64: Decode<'r, DB>,
+            for<'r> bool: Decode<'r, DB>,
             for<'r> String: Decode<'r, DB> + Type<DB>,
             usize: ColumnIndex<DB::Row>,
             DB::QueryResult: RowsAffected,
@@ -181,17 +182,18 @@ pub async fn fetch_dead_letters<DB>(
 ) -> Result<Vec<StoredDeadLetter>, SinkError> {
     let err = sink_error(dialect);
     let sql = dialect.select_dead_letters(page);
-    type Columns = (i64, Option<String>, String, String, Option<String>);
+    type Columns = (i64, Option<String>, String, String, Option<String>, bool);
     let q = bind_page(sqlx::query_as::<DB, Columns>(&sql), page, timestamp);
     let rows = q.bind(page.limit).fetch_all(pool).await.map_err(&err)?;
     Ok(rows
         .into_iter()
-        .map(|(id, stream, payload, received_at, source)| StoredDeadLetter {
+        .map(|(id, stream, payload, received_at, source, treated)| StoredDeadLetter {
             id,
             stream,
             payload,
             source,
             received_at,
+            treated,
         })
         .collect())
 }
@@ -345,16 +347,24 @@ pub async fn purge_dead_letters<DB>(
 }
 
 sqlx_generic! {
-/// Counts one more failed replay of dead letter `id`, with its new reason.
+/// Counts one more failed replay of dead letter `id`, with its new reason, and its
+/// payload treated when `treated` is given.
 pub async fn record_replay_failure<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     id: i64,
     error: &str,
+    treated: Option<&str>,
 ) -> Result<(), SinkError> {
-    sqlx::query::<DB>(&dialect.record_replay_failure())
-        .bind(error)
-        .bind(id)
+    let sql = match treated {
+        None => dialect.record_replay_failure(),
+        Some(_) => dialect.record_treated_replay_failure(),
+    };
+    let mut q = sqlx::query::<DB>(&sql).bind(error);
+    if let Some(payload) = treated {
+        q = q.bind(payload);
+    }
+    q.bind(id)
         .execute(pool)
         .await
         .map_err(sink_error(dialect))?;
@@ -499,7 +509,8 @@ pub async fn write_dead_letters<DB>(
                 .bind(d.payload.as_str())
                 .bind(&*d.source)
                 .bind(timestamp(&d.received_at))
-                .bind(d.attempts);
+                .bind(d.attempts)
+                .bind(d.treated);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }

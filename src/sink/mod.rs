@@ -285,6 +285,8 @@ pub struct StoredDeadLetter {
     pub source: Option<String>,
     /// When Sluice first accepted the event, RFC 3339.
     pub received_at: String,
+    /// Whether the payload is treated (`x-sluice-privacy`) already.
+    pub treated: bool,
 }
 
 /// The writers' pool (up to `database.max_connections`) and the store's health pool

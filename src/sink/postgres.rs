@@ -85,7 +85,7 @@ fn encode_dead_letters(letters: &[DeadLetter]) -> String {
         copy_text_cell(&mut out, &Cell::Timestamp(d.received_at));
         out.push('\t');
         copy_text_cell(&mut out, &Cell::Int(d.attempts.into()));
-        out.push('\n');
+        out.push_str(if d.treated { "\tt\n" } else { "\tf\n" });
     }
     out
 }

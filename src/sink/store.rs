@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
-use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, JOBS};
+use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, DEAD_LETTERS, JOBS};
 use super::generic::{
     count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, has_unique_key,
     list_dead_letters, load_jobs, purge_dead_letters, record_replay_failure, save_job, scalar,
@@ -110,6 +110,12 @@ impl Store {
                     .add_column(JOBS, "heartbeat_at", self.dialect.job_text_type(), false);
             self.execute_ddl(vec![add]).await?;
         }
+        // A dead-letter table made before the privacy treatment gets `treated`.
+        let letters = self.describe_table(DEAD_LETTERS).await?;
+        if !letters.iter().any(|c| c.name == "treated") {
+            self.execute_ddl(vec![self.dialect.add_treated_column()])
+                .await?;
+        }
         Ok(())
     }
 
@@ -173,9 +179,15 @@ impl Store {
         with_pool!(&self.pools, p => list_dead_letters(p, self.dialect, timestamp, query).await)
     }
 
-    /// Records that replaying dead letter `id` failed again, with the new reason.
-    pub async fn record_replay_failure(&self, id: i64, error: &str) -> Result<(), SinkError> {
-        with_pool!(&self.pools, p => record_replay_failure(p, self.dialect, id, error).await)
+    /// Records that replaying dead letter `id` failed again, with the new reason (and,
+    /// given `treated`, its payload now treated).
+    pub async fn record_replay_failure(
+        &self,
+        id: i64,
+        error: &str,
+        treated: Option<&str>,
+    ) -> Result<(), SinkError> {
+        with_pool!(&self.pools, p => record_replay_failure(p, self.dialect, id, error, treated).await)
     }
 
     /// Deletes one batch (up to `filter.limit`) of the oldest dead letters matching

@@ -289,6 +289,8 @@ const LETTER: u8 = 2;
 /// A row whose text its stream treated (`x-sluice-privacy`): filed again without
 /// treating it twice. Records of kind 1 (written before this kind existed) are raw.
 const TREATED_ROW: u8 = 3;
+/// A dead letter whose payload is treated: replayed without treating it twice.
+const TREATED_LETTER: u8 = 4;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -309,7 +311,11 @@ pub fn encode_row(row: &Row) -> Vec<u8> {
 /// A dead letter's record.
 pub fn encode_letter(letter: &DeadLetter) -> Vec<u8> {
     let mut out = Vec::with_capacity(letter.payload.len() + letter.error.len() + 64);
-    out.push(LETTER);
+    out.push(if letter.treated {
+        TREATED_LETTER
+    } else {
+        LETTER
+    });
     out.extend_from_slice(&letter.received_at.timestamp_micros().to_le_bytes());
     out.extend_from_slice(&(letter.index as u64).to_le_bytes());
     put_str(&mut out, &letter.source);
@@ -371,7 +377,7 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
             received_at,
             index,
         }),
-        LETTER => {
+        LETTER | TREATED_LETTER => {
             let stream = r.string()?;
             let has_stream = r.u8()? == 1;
             let stage = Stage::from_name(&r.string()?)?;
@@ -379,7 +385,7 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
             let payload = r.string()?;
             // The fields were made storable and bounded before they were spooled, so
             // building the letter again keeps them as they are.
-            Some(Record::Letter(DeadLetter::new(
+            let letter = DeadLetter::new(
                 has_stream.then_some(stream.as_str()),
                 stage,
                 &error,
@@ -388,7 +394,12 @@ pub fn decode(payload: &[u8]) -> Option<Record> {
                 received_at,
                 index,
                 usize::MAX,
-            )))
+            );
+            Some(Record::Letter(if kind == TREATED_LETTER {
+                letter.treated()
+            } else {
+                letter
+            }))
         }
         _ => None,
     }

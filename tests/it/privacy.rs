@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    hold_write_lock_on, spawn_app, spawn_binary, test_privacy_key_text, Binary, Db, TestDb,
+    hold_write_lock_on, spawn_app, spawn_app_on, spawn_binary, test_privacy_key_text, Binary, Db,
+    TestDb,
 };
 
 /// Lowercase hex HMAC-SHA256 of `value` under the tests' key, by `openssl dgst`.
@@ -540,7 +541,165 @@ async fn the_shipped_email_webhook_example_stores_no_address_or_ip(kind: Db) {
     let _ = sluice.terminate().await;
 }
 
+/// `member`'s schema with `plan` limited to `plans`, treated or (`treated: false`) not.
+fn member_schemas_with(plans: &[&str], treated: bool) -> tempfile::TempDir {
+    let dir = member_schemas();
+    let path = dir.path().join("member.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    schema["properties"]["plan"]["enum"] = json!(plans);
+    let mut text = schema.to_string();
+    if !treated {
+        // `age` would be an integer column that `hash` cannot turn into text.
+        schema["properties"].as_object_mut().unwrap().remove("age");
+        text = schema.to_string();
+        for t in ["hash", "mask", "drop"] {
+            text = text.replace(&format!(",\"x-sluice-privacy\":\"{t}\""), "");
+        }
+        assert!(!text.contains("x-sluice-privacy"), "{text}");
+    }
+    std::fs::write(&path, text).unwrap();
+    dir
+}
+
+/// Replay applies the stream's current treatment: a dead letter kept as received
+/// (before the stream treated anything) is treated when replayed, or when it fails
+/// again; one treated already is not treated twice.
+async fn replay_treats_raw_dead_letters_and_never_treats_twice(kind: Db) {
+    // Before any treatment: `raw` and `never` dead-lettered as received.
+    let untreated = member_schemas_with(&["gold"], false);
+    let Some(mut first) = spawn_app(kind, untreated.path().to_path_buf(), |_| {}).await else {
+        return;
+    };
+    let mut raw = member(1, "raw@example.com", 1);
+    raw["plan"] = json!("free");
+    let mut never = member(3, "never@example.com", 3);
+    never["plan"] = json!("zinc");
+    let (_, answer) = first.post_json("member", &json!([raw, never])).await;
+    assert_eq!(answer["dead_lettered"], 2, "{answer}");
+    first.stop().await.unwrap();
+    // With the treatment: `treated` is dead-lettered treated.
+    let treating = member_schemas_with(&["gold"], true);
+    let mut second = spawn_app_on(
+        first.db.via(first.db.url.clone()),
+        treating.path().to_path_buf(),
+        |_| {},
+    )
+    .await;
+    let mut treated = member(2, "treated@example.com", 2);
+    treated["plan"] = json!("free");
+    let (_, answer) = second.post_json("member", &treated).await;
+    assert_eq!(answer["dead_lettered"], 1, "{answer}");
+    second.stop().await.unwrap();
+    // The schema now takes `free` (as long as `gold`: MySQL's varchar(4) holds it): replay.
+    let fixed = member_schemas_with(&["gold", "free"], true);
+    let app = spawn_app_on(
+        first.db.via(first.db.url.clone()),
+        fixed.path().to_path_buf(),
+        |_| {},
+    )
+    .await;
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/replay"))
+        .json(&json!({"stream": "member"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("http://{}", app.addr);
+    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    assert_eq!(done["result"]["replayed"], 2, "{done}");
+    assert_eq!(done["result"]["still_failing"], 1, "{done}");
+    let emails = app.db.values("member", "email").await;
+    assert!(
+        emails.contains(&Some(hmac_hex("raw@example.com"))),
+        "treated by replay: {emails:?}"
+    );
+    assert!(
+        emails.contains(&Some(hmac_hex("treated@example.com"))),
+        "treated once: {emails:?}"
+    );
+    let stored = everything(&app.db, "member", MEMBER_COLUMNS).await;
+    assert_absent(&stored, &raw_values("raw@example.com", 1), "the table");
+    // The one that still fails now holds its payload treated.
+    let letters = every_dead_letter(&app.db).await;
+    assert_absent(
+        &letters,
+        &raw_values("never@example.com", 3),
+        "sluice_dead_letters",
+    );
+    assert!(
+        letters.contains(&hmac_hex("never@example.com")),
+        "{letters}"
+    );
+}
+
+/// A dead-letter table made before the privacy treatment gets its `treated` column at
+/// start-up, and its dead letters (as received) are treated when replayed.
+async fn an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated(kind: Db) {
+    let Some(db) = TestDb::create(kind).await else {
+        return;
+    };
+    let (id, when) = match kind {
+        Db::Postgres => (
+            "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+            "timestamptz",
+        ),
+        Db::Mysql => ("bigint NOT NULL AUTO_INCREMENT PRIMARY KEY", "datetime(6)"),
+        Db::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT"),
+    };
+    if let Some(file) = db.url.strip_prefix("sqlite://") {
+        std::fs::File::create(file).unwrap();
+    }
+    db.execute(&format!(
+        "CREATE TABLE sluice_dead_letters (id {id}, stream text, stage varchar(16) NOT NULL, error text NOT NULL, payload text NOT NULL, source text, received_at {when} NOT NULL, attempts integer NOT NULL DEFAULT 1)"
+    ))
+    .await;
+    let mut event = member(7, "old@example.com", 7);
+    event["plan"] = json!("free");
+    db.execute(&format!(
+        "INSERT INTO sluice_dead_letters (stream, stage, error, payload, source, received_at) VALUES ('member', 'validate', 'at /plan: not gold', '{event}', 'http 127.0.0.1:1', '2026-01-02 03:04:05')"
+    ))
+    .await;
+    let schemas = member_schemas_with(&["gold", "free"], true);
+    let app = spawn_app_on(db, schemas.path().to_path_buf(), |_| {}).await;
+    let treated = app
+        .db
+        .query(&format!(
+            "SELECT {} FROM sluice_dead_letters",
+            app.db.text("treated")
+        ))
+        .await;
+    assert!(
+        matches!(treated[0][0].as_deref(), Some("0" | "false")),
+        "{kind:?}: {treated:?}"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/replay"))
+        .json(&json!({"stream": "member"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("http://{}", app.addr);
+    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    assert_eq!(done["result"]["replayed"], 1, "{done}");
+    assert_eq!(
+        app.db.values("member", "email").await,
+        vec![Some(hmac_hex("old@example.com"))]
+    );
+}
+
 crate::db_tests!(
+    an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated,
+    replay_treats_raw_dead_letters_and_never_treats_twice,
     treated_fields_are_stored_as_the_contract_says_and_never_raw,
     the_spool_never_holds_a_raw_value,
     tcp_lines_and_jetstream_messages_are_treated,
