@@ -697,7 +697,101 @@ async fn an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated(
     );
 }
 
+/// A Slack slash command signed by Slack's own SDK, to a stream that hashes the user's
+/// id and drops their name, with `[privacy] extra = "drop"`: the command's `token`
+/// and the user's name are nowhere in the database, the id only as its hash.
+async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
+    if !crate::webhooks::sdks_installed() {
+        return;
+    }
+    let schemas = tempfile::tempdir().unwrap();
+    let schema = json!({
+        "type": "object",
+        "required": ["command", "user_id"],
+        "properties": {
+            "command": {"type": "string"},
+            "text": {"type": "string"},
+            "team_id": {"type": "string"},
+            "channel_id": {"type": "string"},
+            "user_id": {"type": "string", "x-sluice-privacy": "hash"},
+            "user_name": {"type": "string", "x-sluice-privacy": "drop"}
+        }
+    });
+    std::fs::write(
+        schemas.path().join("slack_command.json"),
+        schema.to_string(),
+    )
+    .unwrap();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, "8f742231b10e8888abcd99yyyzzz85a5").unwrap();
+    let hook = crate::webhooks::hook(&format!(
+        "stream = \"slack_command\"\nverify = \"slack\"\nsecret_file = \"{}\"",
+        secret_file.display()
+    ));
+    let Some(app) = spawn_app(kind, schemas.path().to_path_buf(), |c| {
+        c.privacy.extra = sluice::config::ExtraPolicy::Drop;
+        c.webhooks.insert("slack".into(), hook);
+    })
+    .await
+    else {
+        return;
+    };
+    let body = "token=gIkuvaNzQIHg97ATvDxqgjtO&team_id=T0001&channel_id=C2147483705&user_id=U2147483697&user_name=Steve-Raw-Name&command=%2Fweather&text=94070&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1234%2F5678";
+    let ts = chrono::Utc::now().timestamp();
+    let headers = crate::webhooks::python_sign(
+        "slack",
+        "8f742231b10e8888abcd99yyyzzz85a5",
+        ts,
+        "",
+        body.as_bytes(),
+    );
+    let mut req = app
+        .client
+        .post(app.url("/v1/hooks/slack"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    for (k, v) in headers.as_object().unwrap() {
+        req = req.header(k, v.as_str().unwrap());
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "{kind:?}: {}", r.text().await.unwrap());
+    let stored = everything(
+        &app.db,
+        "slack_command",
+        &[
+            "command",
+            "text",
+            "team_id",
+            "channel_id",
+            "user_id",
+            "_extra",
+        ],
+    )
+    .await;
+    let raws: Vec<String> = [
+        "gIkuvaNzQIHg97ATvDxqgjtO",
+        "Steve-Raw-Name",
+        "U2147483697",
+        "hooks.slack.com",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    assert_absent(&stored, &raws, "slack_command");
+    assert_absent(
+        &every_dead_letter(&app.db).await,
+        &raws,
+        "sluice_dead_letters",
+    );
+    assert_eq!(
+        app.db.values("slack_command", "user_id").await,
+        vec![Some(hmac_hex("U2147483697"))]
+    );
+    assert!(stored.contains("/weather"), "{stored}");
+}
+
 crate::db_tests!(
+    a_slack_command_keeps_no_token_and_no_user_name,
     an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated,
     replay_treats_raw_dead_letters_and_never_treats_twice,
     treated_fields_are_stored_as_the_contract_says_and_never_raw,

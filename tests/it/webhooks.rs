@@ -34,7 +34,7 @@ fn now() -> i64 {
 
 /// `None` (after printing SKIPPED) when the vendors' SDKs are not installed; with
 /// `SLUICE_TEST_REQUIRE_ALL=1` (as in CI) that is a failure.
-fn sdks_installed() -> bool {
+pub(crate) fn sdks_installed() -> bool {
     let python = root().join(".ci/.venv/bin/python");
     let node = root().join("tests/webhooks/node_modules/stripe");
     let ok = python.exists()
@@ -72,7 +72,7 @@ fn run_signer(program: &Path, args: &[&str], body: &[u8]) -> Value {
 }
 
 /// Headers made by the vendor's Python SDK (`tests/webhooks/sign.py`).
-fn python_sign(scheme: &str, secret: &str, ts: i64, extra: &str, body: &[u8]) -> Value {
+pub(crate) fn python_sign(scheme: &str, secret: &str, ts: i64, extra: &str, body: &[u8]) -> Value {
     let python = root().join(".ci/.venv/bin/python");
     run_signer(
         &python,
@@ -110,7 +110,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn hook(text: &str) -> WebhookConfig {
+pub(crate) fn hook(text: &str) -> WebhookConfig {
     toml::from_str(text).unwrap_or_else(|e| panic!("webhook config {text}: {e}"))
 }
 
