@@ -33,6 +33,14 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
         let path = entry.unwrap().path();
         std::fs::copy(&path, schemas.path().join(path.file_name().unwrap())).unwrap();
     }
+    // A stream that treats personal fields, for its treatments beside the DDL.
+    let member = serde_json::json!({"type": "object", "properties": {
+        "email": {"type": "string", "x-sluice-privacy": "hash"},
+        "phones": {"type": "array", "items": {"type": "object", "properties": {
+            "number": {"type": "string", "x-sluice-privacy": "mask"}
+        }}}
+    }});
+    std::fs::write(schemas.path().join("member.json"), member.to_string()).unwrap();
     let env = [("SLUICE_SCHEMAS_DIR", schemas.path().display().to_string())];
     let sluice = spawn_binary(None, &db, &env);
     // Three readings out of range, and one line that is HTML, not JSON.

@@ -3,7 +3,7 @@ against a running Sluice seeded by tests/it/ui.rs.
 
 Usage: python panel.py BASE_URL SCREENSHOT_PATH
 Checks: the streams and their counts appear (dead letters by stage); a stream opens to
-its schema and the DDL of its table; dead letters filter by time; a dead letter opens with its error and a
+its schema and the DDL of its table, with its treated personal fields; dead letters filter by time; a dead letter opens with its error and a
 payload that would be HTML is shown as text (no script runs); a replay started from the
 panel reaches 100 % and completes.
 """
@@ -27,7 +27,7 @@ with sync_playwright() as p:
     expect(row).to_be_visible()
     expect(row.locator("td").nth(1)).to_have_text("reading")
     expect(row.locator("td").nth(3)).to_contain_text("0 / 50000")
-    expect(page.locator("#streams tbody tr")).to_have_count(3)
+    expect(page.locator("#streams tbody tr")).to_have_count(4)
     expect(row.locator("td").nth(4)).to_have_text("ok")
     expect(row.locator("td").nth(6)).to_have_text("4")
     expect(row.locator("td").nth(7)).to_have_text("parse 1, validate 3")
@@ -38,6 +38,20 @@ with sync_playwright() as p:
     expect(page.locator("#schema-stream")).to_contain_text("reading")
     expect(page.locator("#schema-ddl")).to_contain_text('CREATE TABLE IF NOT EXISTS "reading"')
     expect(page.locator("#schema-json")).to_contain_text('"sensor"')
+    expect(page.locator("#schema-privacy")).to_be_hidden()
+
+    # A stream that treats personal fields shows each treatment beside the DDL.
+    page.locator("#streams tbody tr[data-stream=member]").click()
+    expect(page.locator("#schema-ddl")).to_contain_text('CREATE TABLE IF NOT EXISTS "member"')
+    treated = page.locator("#schema-privacy tbody tr")
+    expect(treated).to_have_count(2)
+    expect(treated.nth(0)).to_contain_text("/email")
+    expect(treated.nth(0)).to_contain_text("hash")
+    expect(treated.nth(0)).to_contain_text("column email")
+    expect(treated.nth(1)).to_contain_text("/phones/*/number")
+    expect(treated.nth(1)).to_contain_text("mask")
+    row.click()
+    expect(page.locator("#schema-privacy")).to_be_hidden()
 
     # Dead letters filtered by the time they were received.
     page.fill("#dl-until", "2000-01-01T00:00:00Z")
