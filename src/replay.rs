@@ -236,57 +236,15 @@ pub async fn replay_with(
         let Some(last) = letters.last() else { break };
         page.after_id = last.id;
         examined += letters.len();
-        let mut filing = Filing::new(DEFAULT_MAX_PAYLOAD_BYTES, Some(store.dialect()));
-        let mut failing = Vec::new();
-        for letter in &letters {
-            let Some(target) = options.into.as_ref().or(letter.stream.as_ref()) else {
-                continue;
-            };
-            report.entry(target.clone()).or_default();
-            match registry.get(target) {
-                // A payload withheld (it did not parse on a treating stream) has
-                // nothing to replay; its error keeps the length and digest it names.
-                Some(_) if letter.treated && letter.payload.is_empty() => failing.push(Failing {
-                    id: letter.id,
-                    stream: target.clone(),
-                    reason: "replay: the payload was withheld (x-sluice-privacy); there is nothing to replay".into(),
-                    record: false,
-                    treated: None,
-                }),
-                Some(stream) => file_again(&mut filing, stream, stream_field, &source, letter),
-                None => failing.push(Failing {
-                    id: letter.id,
-                    stream: target.clone(),
-                    reason: format!("replay: stream `{target}` no longer has a schema"),
-                    record: true,
-                    treated: None,
-                }),
-            }
-        }
-        let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
-        for (stream, events) in filing.into_groups() {
-            // Filed to one stream each: every group has its stream.
-            let Some(stream) = stream else { continue };
-            // Each error has its dead letter, in the same order: its payload is the
-            // event as the stream now treats it.
-            for (e, letter) in events.errors.into_iter().zip(events.letters) {
-                failing.push(Failing {
-                    id: e.index as i64,
-                    stream: stream.name.clone(),
-                    reason: format!("replay: {}", e.error),
-                    record: true,
-                    treated: letter.treated.then_some(letter.payload),
-                });
-            }
-            if !events.rows.is_empty() {
-                let rows = events
-                    .rows
-                    .into_iter()
-                    .map(|r| (r.index as i64, r))
-                    .collect();
-                by_stream.insert(stream.name.clone(), (stream, rows));
-            }
-        }
+        let (failing, by_stream) = file_page(
+            registry,
+            &letters,
+            options,
+            store.dialect(),
+            stream_field,
+            &source,
+            &mut report,
+        );
         for f in failing {
             report.entry(f.stream.clone()).or_default().still_failing += 1;
             progress.still_failing(f.id, &f.stream, &f.reason);
@@ -311,6 +269,71 @@ pub async fn replay_with(
         progress.advance(examined, &report);
     }
     Ok(report)
+}
+
+/// Files one page of dead letters again: those that still fail, and per stream the
+/// rows (with the ids of their dead letters) that now pass.
+fn file_page(
+    registry: &Registry,
+    letters: &[StoredDeadLetter],
+    options: &ReplayOptions,
+    dialect: crate::sink::Dialect,
+    stream_field: &str,
+    source: &Arc<str>,
+    report: &mut BTreeMap<String, StreamReport>,
+) -> (Vec<Failing>, BTreeMap<String, Replayable>) {
+    let mut filing = Filing::new(DEFAULT_MAX_PAYLOAD_BYTES, Some(dialect));
+    let mut failing = Vec::new();
+    for letter in letters {
+        let Some(target) = options.into.as_ref().or(letter.stream.as_ref()) else {
+            continue;
+        };
+        report.entry(target.clone()).or_default();
+        match registry.get(target) {
+            // A payload withheld (it did not parse on a treating stream) has nothing
+            // to replay; its error keeps the length and digest it names.
+            Some(_) if letter.treated && letter.payload.is_empty() => failing.push(Failing {
+                id: letter.id,
+                stream: target.clone(),
+                reason: "replay: the payload was withheld (x-sluice-privacy); there is nothing to replay".into(),
+                record: false,
+                treated: None,
+            }),
+            Some(stream) => file_again(&mut filing, stream, stream_field, source, letter),
+            None => failing.push(Failing {
+                id: letter.id,
+                stream: target.clone(),
+                reason: format!("replay: stream `{target}` no longer has a schema"),
+                record: true,
+                treated: None,
+            }),
+        }
+    }
+    let mut by_stream: BTreeMap<String, Replayable> = BTreeMap::new();
+    for (stream, events) in filing.into_groups() {
+        // Filed to one stream each: every group has its stream.
+        let Some(stream) = stream else { continue };
+        // Each error has its dead letter, in the same order: its payload is the event
+        // as the stream now treats it.
+        for (e, letter) in events.errors.into_iter().zip(events.letters) {
+            failing.push(Failing {
+                id: e.index as i64,
+                stream: stream.name.clone(),
+                reason: format!("replay: {}", e.error),
+                record: true,
+                treated: letter.treated.then_some(letter.payload),
+            });
+        }
+        if !events.rows.is_empty() {
+            let rows = events
+                .rows
+                .into_iter()
+                .map(|r| (r.index as i64, r))
+                .collect();
+            by_stream.insert(stream.name.clone(), (stream, rows));
+        }
+    }
+    (failing, by_stream)
 }
 
 /// A dead letter that still fails.

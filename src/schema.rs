@@ -327,157 +327,64 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A problem with one schema: the property at fault, if one is, and what to fix.
+type Problem = (Option<String>, String);
+
 impl Stream {
     fn load(
         file: &Path,
         config: StreamsConfig<'_>,
         keys: &mut Keys<'_>,
     ) -> Result<Stream, SchemaError> {
-        let err = |property: Option<&str>, reason: String| SchemaError {
+        let err = |(property, reason): Problem| SchemaError {
             file: file.to_path_buf(),
-            property: property.map(str::to_owned),
+            property,
             reason,
         };
+        let whole = |reason: String| err((None, reason));
         let name = file
             .file_stem()
             .and_then(|s| s.to_str())
-            .ok_or_else(|| err(None, "file name is not UTF-8".into()))?
+            .ok_or_else(|| whole("file name is not UTF-8".into()))?
             .to_owned();
-        check_identifier(&name)
-            .map_err(|e| err(None, format!("stream name (the file name) {e}")))?;
-        let text =
-            std::fs::read_to_string(file).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        check_identifier(&name).map_err(|e| whole(format!("stream name (the file name) {e}")))?;
+        let text = std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read: {e}")))?;
         let schema: Value =
-            serde_json::from_str(&text).map_err(|e| err(None, format!("not valid JSON: {e}")))?;
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .map_err(|e| {
-                // The error's instance is the schema document itself: its path names the
-                // property at fault (`/properties/amount/type`).
-                let at = e.instance_path().as_str().to_owned();
-                let property = at
-                    .strip_prefix("/properties/")
-                    .and_then(|rest| rest.split('/').next())
-                    .map(str::to_owned);
-                let place = if at.is_empty() {
-                    String::new()
-                } else {
-                    format!(" at {at}")
-                };
-                err(
-                    property.as_deref(),
-                    format!("not a valid JSON Schema{place}: {e}"),
-                )
-            })?;
+            serde_json::from_str(&text).map_err(|e| whole(format!("not valid JSON: {e}")))?;
+        let validator = compile(&schema, "").map_err(err)?;
         let root = schema
             .as_object()
-            .ok_or_else(|| err(None, "the schema must be a JSON object".into()))?;
+            .ok_or_else(|| whole("the schema must be a JSON object".into()))?;
         if root.get("type").and_then(Value::as_str) != Some("object") {
-            return Err(err(
-                None,
+            return Err(whole(
                 "the top level must declare \"type\": \"object\" (one event is one JSON object)"
                     .into(),
             ));
         }
-        let privacy = Plan::of_schema(&schema, keys, config.privacy.extra)
-            .map_err(|(property, reason)| err(property.as_deref(), reason))?;
+        let privacy = Plan::of_schema(&schema, keys, config.privacy.extra).map_err(err)?;
         let treated_validator = privacy
             .as_ref()
             .map(|plan| {
-                jsonschema::options()
-                    .should_validate_formats(true)
-                    .build(&plan.relaxed_schema(&schema))
+                compile(
+                    &plan.relaxed_schema(&schema),
+                    " (with its treated properties relaxed)",
+                )
             })
             .transpose()
-            .map_err(|e| {
-                err(
-                    None,
-                    format!("the schema with its treated properties relaxed does not compile: {e}"),
-                )
-            })?;
-        let required: Vec<&str> = root
-            .get("required")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let empty = Map::new();
-        let properties = match root.get("properties") {
-            None => &empty,
-            Some(Value::Object(p)) => p,
-            Some(_) => return Err(err(None, "`properties` must be an object".into())),
-        };
-        let mut columns = Vec::with_capacity(properties.len());
-        let mut seen: HashMap<String, &str> = HashMap::new();
-        for (prop, sub) in properties {
-            check_identifier(prop)
-                .map_err(|e| err(Some(prop), format!("cannot be a column name: {e}")))?;
-            if prop.eq_ignore_ascii_case(RECEIVED_AT) || prop.eq_ignore_ascii_case(EXTRA) {
-                return Err(err(Some(prop), format!("`{RECEIVED_AT}` and `{EXTRA}` are Sluice's system columns; rename the property")));
-            }
-            if let Some(other) = seen.insert(prop.to_ascii_lowercase(), prop) {
-                return Err(err(Some(prop), format!("differs from property `{other}` only in case; column names are case-insensitive in MySQL and SQLite")));
-            }
-            let sub = resolve_local_ref(&schema, sub);
-            let (ty, nullable_type) = column_type(sub);
-            let treatment = privacy.as_ref().and_then(|p| p.of_property(prop));
-            let ty = match treatment {
-                Some(Treatment::Drop) => continue,
-                Some(Treatment::Hash) => ColumnType::Hash,
-                Some(Treatment::Mask) => ColumnType::Text { max_length: None },
-                None => ty,
-            };
-            columns.push(Column {
-                name: prop.clone(),
-                ty,
-                nullable: nullable_type || !required.contains(&prop.as_str()),
-                treatment,
-            });
-        }
+            .map_err(err)?;
+        let columns = columns_of(&schema, privacy.as_ref()).map_err(err)?;
         let has_extra = root.get("additionalProperties") != Some(&Value::Bool(false));
         let stream_config = config.streams.get(&name).cloned().unwrap_or_default();
         let table = stream_config.table.clone().unwrap_or_else(|| name.clone());
         check_identifier(&table)
-            .map_err(|e| err(None, format!("table name {e} (set [streams.{name}].table)")))?;
+            .map_err(|e| whole(format!("table name {e} (set [streams.{name}].table)")))?;
         if table.starts_with("sluice_") {
-            return Err(err(
-                None,
-                format!(
-                    "table `{table}`: the `sluice_` prefix is reserved for Sluice's own tables"
-                ),
-            ));
+            return Err(whole(format!(
+                "table `{table}`: the `sluice_` prefix is reserved for Sluice's own tables"
+            )));
         }
         if let Some(id) = &stream_config.id_field {
-            let treatment = privacy.as_ref().and_then(|p| p.of_property(id));
-            match columns.iter().find(|c| &c.name == id) {
-                None if treatment == Some(Treatment::Drop) => {
-                    return Err(err(
-                        Some(id),
-                        format!("[streams.{name}].id_field names a property that x-sluice-privacy drops; hash it instead (a hashed id still tells events apart)"),
-                    ))
-                }
-                Some(_) if treatment == Some(Treatment::Mask) => {
-                    return Err(err(
-                        Some(id),
-                        format!("[streams.{name}].id_field names a masked property: masking makes different ids equal; hash it instead"),
-                    ))
-                }
-                None => {
-                    return Err(err(
-                        Some(id),
-                        format!(
-                        "[streams.{name}].id_field names a property the schema does not declare"
-                    ),
-                    ))
-                }
-                Some(c) if c.ty == ColumnType::Json => {
-                    return Err(err(
-                        Some(id),
-                        "an id_field must be a string, uuid or integer property".into(),
-                    ))
-                }
-                Some(_) => {}
-            }
+            check_id_field(&name, id, &columns, privacy.as_ref()).map_err(err)?;
         }
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
         Ok(Stream {
@@ -675,6 +582,94 @@ impl Stream {
             pointer,
             payload: None,
         }
+    }
+}
+
+/// The validator of `schema` (`what` says which, in errors).
+fn compile(schema: &Value, what: &str) -> Result<jsonschema::Validator, Problem> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| {
+            // The error's instance is the schema document itself: its path names the
+            // property at fault (`/properties/amount/type`).
+            let at = e.instance_path().as_str().to_owned();
+            let property = at
+                .strip_prefix("/properties/")
+                .and_then(|rest| rest.split('/').next())
+                .map(str::to_owned);
+            let place = if at.is_empty() {
+                String::new()
+            } else {
+                format!(" at {at}")
+            };
+            (
+                property,
+                format!("not a valid JSON Schema{what}{place}: {e}"),
+            )
+        })
+}
+
+/// The table columns of `schema`'s top-level properties, as `privacy` treats them (a
+/// dropped property has none).
+fn columns_of(schema: &Value, privacy: Option<&Plan>) -> Result<Vec<Column>, Problem> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let empty = Map::new();
+    let properties = match schema.get("properties") {
+        None => &empty,
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err((None, "`properties` must be an object".into())),
+    };
+    let mut columns = Vec::with_capacity(properties.len());
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (prop, sub) in properties {
+        let at = |reason: String| (Some(prop.clone()), reason);
+        check_identifier(prop).map_err(|e| at(format!("cannot be a column name: {e}")))?;
+        if prop.eq_ignore_ascii_case(RECEIVED_AT) || prop.eq_ignore_ascii_case(EXTRA) {
+            return Err(at(format!(
+                "`{RECEIVED_AT}` and `{EXTRA}` are Sluice's system columns; rename the property"
+            )));
+        }
+        if let Some(other) = seen.insert(prop.to_ascii_lowercase(), prop) {
+            return Err(at(format!("differs from property `{other}` only in case; column names are case-insensitive in MySQL and SQLite")));
+        }
+        let (ty, nullable_type) = column_type(resolve_local_ref(schema, sub));
+        let treatment = privacy.and_then(|p| p.of_property(prop));
+        let ty = match treatment {
+            Some(Treatment::Drop) => continue,
+            Some(Treatment::Hash) => ColumnType::Hash,
+            Some(Treatment::Mask) => ColumnType::Text { max_length: None },
+            None => ty,
+        };
+        columns.push(Column {
+            name: prop.clone(),
+            ty,
+            nullable: nullable_type || !required.contains(&prop.as_str()),
+            treatment,
+        });
+    }
+    Ok(columns)
+}
+
+/// Whether `id` (stream `name`'s `id_field`) can hold a unique key.
+fn check_id_field(
+    name: &str,
+    id: &str,
+    columns: &[Column],
+    privacy: Option<&Plan>,
+) -> Result<(), Problem> {
+    let at = |reason: String| Err((Some(id.to_owned()), reason));
+    let treatment = privacy.and_then(|p| p.of_property(id));
+    match columns.iter().find(|c| c.name == id) {
+        None if treatment == Some(Treatment::Drop) => at(format!("[streams.{name}].id_field names a property that x-sluice-privacy drops; hash it instead (a hashed id still tells events apart)")),
+        Some(_) if treatment == Some(Treatment::Mask) => at(format!("[streams.{name}].id_field names a masked property: masking makes different ids equal; hash it instead")),
+        None => at(format!("[streams.{name}].id_field names a property the schema does not declare")),
+        Some(c) if c.ty == ColumnType::Json => at("an id_field must be a string, uuid or integer property".into()),
+        Some(_) => Ok(()),
     }
 }
 
