@@ -10,7 +10,7 @@ use crate::helpers::{eventually, faulty_proxy, reading, spawn_binary, Binary, Db
 
 /// The NATS server's URL, or `None` (after printing SKIPPED) when it cannot be reached;
 /// with `SLUICE_TEST_REQUIRE_ALL=1` an unreachable server fails the test.
-async fn nats() -> Option<(String, jetstream::Context)> {
+pub(crate) async fn nats() -> Option<(String, jetstream::Context)> {
     let url = std::env::var("SLUICE_TEST_NATS_URL")
         .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
     match async_nats::connect(&url).await {

@@ -48,6 +48,23 @@ async fn job(client: &reqwest::Client, base: &str, id: &str) -> Value {
         .unwrap()
 }
 
+/// Starts a replay job of `stream` on `app` and waits until it has completed.
+pub async fn replay_to_the_end(app: &crate::helpers::TestApp, stream: &str) -> Value {
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/replay"))
+        .json(&serde_json::json!({"stream": stream}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let base = format!("http://{}", app.addr);
+    wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await
+}
+
 /// Polls the job until `done(job)`, at most 30 s.
 pub async fn wait_job(
     client: &reqwest::Client,

@@ -370,15 +370,8 @@ async fn tcp_lines_and_jetstream_messages_are_treated(kind: Db) {
     let Some(db) = TestDb::create(kind).await else {
         return;
     };
-    let url = std::env::var("SLUICE_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let js = match async_nats::connect(&url).await {
-        Ok(client) => jetstream::new(client),
-        Err(e) => {
-            return crate::helpers::skip(&format!(
-                "a JetStream test: no NATS server at {url} ({e})"
-            ))
-        }
+    let Some((url, js)) = crate::jetstream::nats().await else {
+        return;
     };
     let tag = format!("{:08x}", fastrand::u32(..));
     let (name, prefix) = (format!("SLUICE_P_{tag}"), format!("sluicep{tag}."));
@@ -598,19 +591,7 @@ async fn replay_treats_raw_dead_letters_and_never_treats_twice(kind: Db) {
         |_| {},
     )
     .await;
-    let r = app
-        .client
-        .post(app.url("/v1/jobs/replay"))
-        .json(&json!({"stream": "member"}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let base = format!("http://{}", app.addr);
-    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    let done = crate::jobs::replay_to_the_end(&app, "member").await;
     assert_eq!(done["result"]["replayed"], 2, "{done}");
     assert_eq!(done["result"]["still_failing"], 1, "{done}");
     let emails = app.db.values("member", "email").await;
@@ -677,19 +658,7 @@ async fn an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated(
         matches!(treated[0][0].as_deref(), Some("0" | "false")),
         "{kind:?}: {treated:?}"
     );
-    let r = app
-        .client
-        .post(app.url("/v1/jobs/replay"))
-        .json(&json!({"stream": "member"}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let base = format!("http://{}", app.addr);
-    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    let done = crate::jobs::replay_to_the_end(&app, "member").await;
     assert_eq!(done["result"]["replayed"], 1, "{done}");
     assert_eq!(
         app.db.values("member", "email").await,

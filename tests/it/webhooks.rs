@@ -1039,19 +1039,7 @@ async fn a_form_webhook_dead_letter_keeps_the_bytes_received_and_replays() {
     );
     // The first replays as the JSON it is; the second is read as a form again and still
     // fails for its timestamp.
-    let r = app
-        .client
-        .post(app.url("/v1/jobs/replay"))
-        .json(&json!({"stream": "email_event"}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let base = format!("http://{}", app.addr);
-    let done = crate::jobs::wait_job(&app.client, &base, &id, |j| j["state"] == "completed").await;
+    let done = crate::jobs::replay_to_the_end(&app, "email_event").await;
     assert_eq!(done["result"]["replayed"], 1, "{done}");
     assert_eq!(done["result"]["still_failing"], 1, "{done}");
     assert!(
