@@ -759,7 +759,55 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
     assert!(stored.contains("/weather"), "{stored}");
 }
 
+/// The shipped CRM stream: a Pipedrive person webhook (the example in `examples/`)
+/// keeps the person's e-mail address as its hash, the phone number masked and no name,
+/// in the JSON column `data`.
+async fn the_shipped_crm_stream_keeps_no_name_address_or_phone(kind: Db) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(app) = spawn_app(kind, root.join("schemas"), |_| {}).await else {
+        return;
+    };
+    let body = std::fs::read_to_string(root.join("examples/pipedrive_person_added.json")).unwrap();
+    let r = app
+        .post("pipedrive_event", "", "application/json", body)
+        .await;
+    assert_eq!(r.status(), 200, "{kind:?}: {}", r.text().await.unwrap());
+    let data = app
+        .db
+        .query(&format!(
+            "SELECT {} FROM pipedrive_event",
+            app.db.text("data")
+        ))
+        .await;
+    let data: Value = serde_json::from_str(data[0][0].as_deref().unwrap()).unwrap();
+    assert_eq!(
+        data["emails"][0]["value"],
+        hmac_hex("amara.tesfaye@school.example")
+    );
+    assert_eq!(data["emails"][0]["label"], "work");
+    assert_eq!(data["phones"][0]["value"], "*********4567");
+    for name in ["name", "first_name", "last_name"] {
+        assert!(data.get(name).is_none(), "{data}");
+    }
+    let stored = everything(
+        &app.db,
+        "pipedrive_event",
+        &["meta", "data", "previous", "_extra"],
+    )
+    .await;
+    let raws: Vec<String> = [
+        "Amara",
+        "Tesfaye",
+        "amara.tesfaye@school.example",
+        "+251911234567",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    assert_absent(&stored, &raws, "pipedrive_event");
+}
+
 crate::db_tests!(
+    the_shipped_crm_stream_keeps_no_name_address_or_phone,
     a_slack_command_keeps_no_token_and_no_user_name,
     an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated,
     replay_treats_raw_dead_letters_and_never_treats_twice,
