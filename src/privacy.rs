@@ -348,17 +348,27 @@ impl Rule {
     }
 }
 
-/// Values a treatment replaced, so a message that quotes them can be scrubbed.
+/// Values a treatment replaced, so a message that quotes them can be scrubbed (kept
+/// only when asked for: a valid event's treatment records nothing).
 #[derive(Debug, Default)]
-pub struct Replaced(Vec<(String, String)>);
+pub struct Replaced {
+    pairs: Vec<(String, String)>,
+    recording: bool,
+}
 
 impl Replaced {
+    fn push(&mut self, raw: impl FnOnce() -> String, treated: &str) {
+        if self.recording {
+            self.pairs.push((raw(), treated.to_owned()));
+        }
+    }
+
     /// `message` with every replaced value (as written in the event or quoted in JSON)
     /// written as its treated form.
     pub fn scrub(&self, message: &str) -> String {
         let mut out = message.to_owned();
         // Longest first, so a value that contains another is replaced whole.
-        let mut pairs: Vec<&(String, String)> = self.0.iter().collect();
+        let mut pairs: Vec<&(String, String)> = self.pairs.iter().collect();
         pairs.sort_by_key(|(raw, _)| std::cmp::Reverse(raw.len()));
         for (raw, treated) in pairs {
             if raw.is_empty() {
@@ -458,11 +468,23 @@ impl Plan {
         self.rules.iter().any(|r| r.top() == Some(name))
     }
 
-    /// Treats `event` in place; returns what was replaced. A value of any type is
-    /// treated (so a dead letter of an invalid event is treated too); `null` stays
-    /// `null`.
-    pub fn treat(&self, event: &mut Value) -> Replaced {
-        let mut replaced = Replaced::default();
+    /// Treats `event` in place. A value of any type is treated (so a dead letter of an
+    /// invalid event is treated too); `null` stays `null`.
+    pub fn treat(&self, event: &mut Value) {
+        self.treat_into(event, &mut Replaced::default());
+    }
+
+    /// [`Plan::treat`], returning what was replaced (for an error message to scrub).
+    pub fn treat_recording(&self, event: &mut Value) -> Replaced {
+        let mut replaced = Replaced {
+            recording: true,
+            ..Replaced::default()
+        };
+        self.treat_into(event, &mut replaced);
+        replaced
+    }
+
+    fn treat_into(&self, event: &mut Value, replaced: &mut Replaced) {
         if let (Some(declared), Value::Object(map)) = (&self.declared, &mut *event) {
             let undeclared: Vec<String> = map
                 .keys()
@@ -471,14 +493,13 @@ impl Plan {
                 .collect();
             for k in undeclared {
                 if let Some(v) = map.remove(&k) {
-                    replaced.0.push((text_of(&v), "…".into()));
+                    replaced.push(|| text_of(&v), "…");
                 }
             }
         }
         for rule in &self.rules {
-            self.apply(&rule.path, rule.treatment, event, &mut replaced);
+            self.apply(&rule.path, rule.treatment, event, replaced);
         }
-        replaced
     }
 
     fn apply(&self, path: &[Step], treatment: Treatment, at: &mut Value, out: &mut Replaced) {
@@ -495,21 +516,29 @@ impl Plan {
                 match treatment {
                     Treatment::Drop => {
                         if let Some(v) = map.remove(name) {
-                            out.0.push((text_of(&v), "…".into()));
+                            out.push(|| text_of(&v), "…");
                         }
                     }
                     Treatment::Hash | Treatment::Mask => {
                         if let Some(v) = map.get_mut(name) {
                             if !v.is_null() {
-                                let raw = text_of(v);
+                                // A string's own text; anything else's compact JSON.
+                                let json;
+                                let raw = match &*v {
+                                    Value::String(s) => s.as_str(),
+                                    other => {
+                                        json = other.to_string();
+                                        json.as_str()
+                                    }
+                                };
                                 let treated = match (treatment, &self.key) {
                                     (Treatment::Hash, Some(key)) => key.hash(raw.as_bytes()),
                                     // A plan that hashes always has a key (of_schema).
                                     (Treatment::Hash, None) => "*".repeat(64),
-                                    _ => mask(&raw),
+                                    _ => mask(raw),
                                 };
-                                *v = Value::String(treated.clone());
-                                out.0.push((raw, treated));
+                                out.push(|| raw.to_owned(), &treated);
+                                *v = Value::String(treated);
                             }
                         }
                     }
@@ -751,7 +780,7 @@ mod tests {
             "items": [{"card": "4242424242424242", "note": "x"}, {"card": null}],
             "other": 1
         });
-        let replaced = p.treat(&mut event);
+        let replaced = p.treat_recording(&mut event);
         assert_eq!(event["customer"]["phone"], "**********5678");
         assert_eq!(event["items"][0]["card"], "************4242");
         assert!(event["items"][0].get("note").is_none());

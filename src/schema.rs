@@ -426,7 +426,9 @@ impl Stream {
             if !self.validator.is_valid(&event) {
                 return Err(self.explain_invalid(&self.validator, &event, None));
             }
-            return self.row_of(event, &raw, raw.clone(), source, index, received_at);
+            return self
+                .row_of(event, raw, None, source, index, received_at)
+                .map_err(|(r, _)| r);
         };
         let checked_by = match &self.treated_validator {
             Some(relaxed) if treated => relaxed,
@@ -440,8 +442,8 @@ impl Stream {
                 });
             }
             return self
-                .row_of(event, &raw, raw.clone(), source, index, received_at)
-                .map_err(|r| Rejection {
+                .row_of(event, raw, None, source, index, received_at)
+                .map_err(|(r, raw)| Rejection {
                     payload: Some(raw),
                     ..r
                 });
@@ -450,7 +452,7 @@ impl Stream {
             // The messages quote the event as received: explain on a copy, then write
             // each replaced value as its treated form.
             let original = event.clone();
-            let replaced = plan.treat(&mut event);
+            let replaced = plan.treat_recording(&mut event);
             return Err(Rejection {
                 payload: Some(event.to_string().into()),
                 ..self.explain_invalid(&self.validator, &original, Some(&replaced))
@@ -458,25 +460,46 @@ impl Stream {
         }
         plan.treat(&mut event);
         let text: Box<str> = event.to_string().into();
-        self.row_of(event, &raw, text.clone(), source, index, received_at)
-            .map_err(|r| Rejection {
+        self.row_of(event, text, Some(&raw), source, index, received_at)
+            .map_err(|(r, text)| Rejection {
                 payload: Some(text),
                 ..r
             })
     }
 
-    /// The row of a valid (and, where the stream says so, treated) `event`; `original`
-    /// is its text as received, read for the exact digits of huge integers in JSON
-    /// columns that no treatment touches; `raw` is the text the row keeps.
+    /// The row of a valid (and, where the stream says so, treated) `event`, keeping
+    /// `raw` as its text; `original` is its text as received when that is another
+    /// (treated events), read for the exact digits of huge integers in JSON columns
+    /// that no treatment touches. A value no column takes gives `raw` back with why.
     fn row_of(
         &self,
         event: Value,
-        original: &str,
         raw: Box<str>,
+        original: Option<&str>,
         source: Arc<str>,
         index: usize,
         received_at: DateTime<Utc>,
-    ) -> Result<Row, Rejection> {
+    ) -> Result<Row, (Rejection, Box<str>)> {
+        match self.cells_of(event, original.unwrap_or(&raw)) {
+            Ok((cells, extra)) => Ok(Row {
+                cells,
+                extra,
+                received_at,
+                raw,
+                treated: self.privacy.is_some(),
+                source,
+                index,
+            }),
+            Err(rejection) => Err((rejection, raw)),
+        }
+    }
+
+    /// The cells and `_extra` of a valid `event` whose text as received is `original`.
+    fn cells_of(
+        &self,
+        event: Value,
+        original: &str,
+    ) -> Result<(Vec<Cell>, Option<String>), Rejection> {
         // An integer literal beyond 64 bits became a float: JSON columns and `_extra`
         // then take their text from the original, digit for digit.
         let originals = (crate::json_text::has_huge_float(&event)
@@ -528,15 +551,7 @@ impl Stream {
                 format!("{{{}}}", members.join(","))
             }
         });
-        Ok(Row {
-            cells,
-            extra,
-            received_at,
-            raw,
-            treated: self.privacy.is_some(),
-            source,
-            index,
-        })
+        Ok((cells, extra))
     }
 
     /// Why `event` fails `validator`: the first errors spelled out, the rest counted;
