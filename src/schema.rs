@@ -459,7 +459,7 @@ impl Stream {
             });
         }
         plan.treat(&mut event);
-        let text: Box<str> = event.to_string().into();
+        let text: Box<str> = compact(&event).into();
         self.row_of(event, text, Some(&raw), source, index, received_at)
             .map_err(|(r, text)| Rejection {
                 payload: Some(text),
@@ -541,7 +541,7 @@ impl Stream {
             cells.push(cell);
         }
         let extra = (self.has_extra && !map.is_empty()).then(|| match &originals {
-            None => Value::Object(map).to_string(),
+            None => compact(&Value::Object(map)),
             Some(_) => {
                 // serde_json's map iterates in key order: the same order it writes.
                 let members: Vec<String> = map
@@ -794,9 +794,15 @@ fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
                 .ok_or_else(|| format!("{n} is not a finite number"))?,
         ),
         (ColumnType::Boolean, Value::Bool(b)) => Cell::Bool(b),
-        (ColumnType::Json, v) => Cell::Json(v.to_string()),
+        (ColumnType::Json, v) => Cell::Json(compact(&v)),
         (ty, v) => return Err(format!("{v} cannot be stored in a {ty:?} column")),
     })
+}
+
+/// `value`'s compact JSON text, written straight into a buffer (its `Display` goes
+/// through `fmt::Write` a piece at a time, several times slower).
+fn compact(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
 }
 
 /// Parses an RFC 3339 timestamp into UTC, truncated to microseconds (the precision every
