@@ -668,7 +668,8 @@ async fn an_older_dead_letter_table_gets_treated_and_its_letters_replay_treated(
 
 /// A Slack slash command signed by Slack's own SDK, to a stream that hashes the user's
 /// id and drops their name, with `[privacy] extra = "drop"`: the command's `token`
-/// and the user's name are nowhere in the database, the id only as its hash.
+/// and the user's name are nowhere in the database, the id only as its hash; a header
+/// the webhook copies into the event is treated as the body's fields are.
 async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
     if !crate::webhooks::sdks_installed() {
         return;
@@ -683,7 +684,8 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
             "team_id": {"type": "string"},
             "channel_id": {"type": "string"},
             "user_id": {"type": "string", "x-sluice-privacy": "hash"},
-            "user_name": {"type": "string", "x-sluice-privacy": "drop"}
+            "user_name": {"type": "string", "x-sluice-privacy": "drop"},
+            "client_ip": {"type": "string", "x-sluice-privacy": "hash"}
         }
     });
     std::fs::write(
@@ -695,7 +697,7 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
     let secret_file = secret_dir.path().join("secret");
     std::fs::write(&secret_file, "8f742231b10e8888abcd99yyyzzz85a5").unwrap();
     let hook = crate::webhooks::hook(&format!(
-        "stream = \"slack_command\"\nverify = \"slack\"\nsecret_file = \"{}\"",
+        "stream = \"slack_command\"\nverify = \"slack\"\nsecret_file = \"{}\"\n[headers]\n\"X-Client-IP\" = \"client_ip\"",
         secret_file.display()
     ));
     let Some(app) = spawn_app(kind, schemas.path().to_path_buf(), |c| {
@@ -719,6 +721,7 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
         .client
         .post(app.url("/v1/hooks/slack"))
         .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Client-IP", "198.51.100.23")
         .body(body);
     for (k, v) in headers.as_object().unwrap() {
         req = req.header(k, v.as_str().unwrap());
@@ -734,11 +737,13 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
             "team_id",
             "channel_id",
             "user_id",
+            "client_ip",
             "_extra",
         ],
     )
     .await;
     let raws: Vec<String> = [
+        "198.51.100.23",
         "gIkuvaNzQIHg97ATvDxqgjtO",
         "Steve-Raw-Name",
         "U2147483697",
@@ -755,6 +760,10 @@ async fn a_slack_command_keeps_no_token_and_no_user_name(kind: Db) {
     assert_eq!(
         app.db.values("slack_command", "user_id").await,
         vec![Some(hmac_hex("U2147483697"))]
+    );
+    assert_eq!(
+        app.db.values("slack_command", "client_ip").await,
+        vec![Some(hmac_hex("198.51.100.23"))]
     );
     assert!(stored.contains("/weather"), "{stored}");
 }
