@@ -116,7 +116,7 @@ impl App {
                 stream.settings.queue_max_bytes,
             );
             queues.insert(stream.name.clone(), tx);
-            crate::telemetry::stream_registered(&stream.name);
+            crate::telemetry::stream_registered(&stream.name, stream.expect_every);
             crate::telemetry::queue_capacity(
                 &stream.name,
                 stream.settings.queue_max_events,

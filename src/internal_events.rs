@@ -94,7 +94,9 @@ impl BatchWritten<'_> {
     pub fn emit(&self, stats: &StreamStats) {
         telemetry::batch_written(self.stream, self.rows, self.duplicates, self.seconds);
         if self.rows > 0 {
-            stats.written(self.rows, chrono::Utc::now());
+            let now = chrono::Utc::now();
+            stats.written(self.rows, now);
+            telemetry::stream_committed(self.stream, now);
         }
         if self.duplicates > 0 {
             stats.duplicates(self.duplicates);

@@ -55,6 +55,10 @@ pub struct StreamConfig {
     pub queue_max_events: Option<usize>,
     /// Overrides `[defaults].queue_max_bytes`.
     pub queue_max_bytes: Option<usize>,
+    /// How often the stream is expected to commit rows at least (`"15m"`): exported as
+    /// `sluice_stream_expected_interval_seconds`, for the `SluiceStreamSilent` alert.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub expect_every: Option<Duration>,
 }
 
 fn default_batch_max_events() -> usize {
@@ -220,6 +224,8 @@ pub struct Stream {
     pub has_extra: bool,
     /// Column with a unique key, so a retried event is stored once.
     pub id_field: Option<String>,
+    /// `[streams.NAME] expect_every`: the longest silence that is normal.
+    pub expect_every: Option<Duration>,
     pub settings: StreamSettings,
     /// The treatment of personal fields (`x-sluice-privacy`), if the schema asks for any.
     pub privacy: Option<Plan>,
@@ -386,12 +392,18 @@ impl Stream {
         if let Some(id) = &stream_config.id_field {
             check_id_field(&name, id, &columns, privacy.as_ref()).map_err(err)?;
         }
+        if stream_config.expect_every.is_some_and(|d| d.is_zero()) {
+            return Err(whole(format!(
+                "[streams.{name}].expect_every must be longer than 0 (e.g. \"15m\")"
+            )));
+        }
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
         Ok(Stream {
             schema_id,
             schema,
             settings: config.settings(&name),
             id_field: stream_config.id_field,
+            expect_every: stream_config.expect_every,
             name,
             table,
             schema_file: file.to_path_buf(),

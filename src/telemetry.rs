@@ -133,6 +133,16 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "1 while the stream's batch is retried after a transient failure.",
     ),
     (
+        "sluice_stream_last_commit_timestamp_seconds",
+        "gauge",
+        "When this instance last committed rows of the stream (Unix seconds); its start time until then.",
+    ),
+    (
+        "sluice_stream_expected_interval_seconds",
+        "gauge",
+        "The stream's [streams.NAME] expect_every: longer than this without a commit, it is silent.",
+    ),
+    (
         "sluice_dead_letters_purged_total",
         "counter",
         "Dead letters deleted by the retention purge or sluice purge.",
@@ -296,9 +306,21 @@ pub fn dead_letters_purged(n: u64) {
     }
 }
 
+/// Rows of `stream` committed now: its freshness.
+pub fn stream_committed(stream: &str, at: chrono::DateTime<chrono::Utc>) {
+    gauge!("sluice_stream_last_commit_timestamp_seconds", "stream" => stream.to_owned())
+        .set(at.timestamp_micros() as f64 / 1e6);
+}
+
 /// Registers a stream's series at 0 at start-up, so that a scrape shows "nothing yet"
-/// as 0 rather than leaving the series out (and rates and alerts can rely on them).
-pub fn stream_registered(stream: &str) {
+/// as 0 rather than leaving the series out (and rates and alerts can rely on them);
+/// its last commit starts at the start time, and `expect_every` is exported when set.
+pub fn stream_registered(stream: &str, expect_every: Option<std::time::Duration>) {
+    stream_committed(stream, chrono::Utc::now());
+    if let Some(every) = expect_every {
+        gauge!("sluice_stream_expected_interval_seconds", "stream" => stream.to_owned())
+            .set(every.as_secs_f64());
+    }
     for name in [
         "sluice_events_written_total",
         "sluice_events_duplicate_total",

@@ -45,7 +45,7 @@ async fn the_alert_rules_and_dashboard_name_only_metrics_sluice_exports() {
         None,
         &db,
         spool.path(),
-        "[webhooks.t]\nstream = \"reading\"\nverify = \"none\"\n",
+        "[streams.reading]\nexpect_every = \"1h\"\n\n[webhooks.t]\nstream = \"reading\"\nverify = \"none\"\n",
         &[(
             "SLUICE_SPOOL_DIR",
             spool.path().join("spool").display().to_string(),
@@ -77,6 +77,81 @@ async fn the_alert_rules_and_dashboard_name_only_metrics_sluice_exports() {
     assert!(
         missing.is_empty(),
         "named in deploy/ but not exported: {missing:?}\n{scrape}"
+    );
+    sluice.terminate().await;
+}
+
+/// A stream with `expect_every` and no traffic shows the two metrics from which
+/// `SluiceStreamSilent` fires (`time() - last commit > expected interval`: the rule and
+/// its promtool case are in deploy/prometheus), and a commit makes it fresh again.
+#[tokio::test]
+async fn a_silent_stream_shows_what_sluice_stream_silent_fires_on() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/sluice-alerts.yml")).unwrap();
+    let rule = &rules[rules.find("alert: SluiceStreamSilent").expect("the rule")..];
+    let rule = &rule[..rule.find("- alert:").unwrap_or(rule.len())];
+    for name in [
+        "sluice_stream_last_commit_timestamp_seconds",
+        "sluice_stream_expected_interval_seconds",
+    ] {
+        assert!(rule.contains(name), "{rule}");
+    }
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = crate::helpers::spawn_configured(
+        None,
+        &db,
+        dir.path(),
+        "[streams.reading]\nexpect_every = \"2s\"\n",
+        &[],
+    );
+    let labels = "stream=\"reading\"";
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let last_commit = || async {
+        crate::helpers::metric(
+            &sluice.http,
+            "sluice_stream_last_commit_timestamp_seconds",
+            labels,
+        )
+        .await
+        .expect("the last commit of a stream, from its start")
+    };
+    let expected = crate::helpers::metric(
+        &sluice.http,
+        "sluice_stream_expected_interval_seconds",
+        labels,
+    )
+    .await;
+    assert_eq!(expected, Some(2.0));
+    assert!(now() - last_commit().await < 2.0, "fresh at start-up");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(
+        now() - last_commit().await > 2.0,
+        "silent for longer than expected"
+    );
+    // A stream without expect_every has no expected interval.
+    let none = crate::helpers::metric(
+        &sluice.http,
+        "sluice_stream_expected_interval_seconds",
+        "stream=\"app_log\"",
+    )
+    .await;
+    assert_eq!(none, None);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/streams/reading/events", sluice.http))
+        .body(json!({"seq": 1, "sensor": "a", "value": 1.0}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        now() - last_commit().await < 2.0,
+        "fresh again after a commit"
     );
     sluice.terminate().await;
 }
