@@ -106,7 +106,7 @@ fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     group.throughput(Throughput::Elements(rows.len() as u64));
     group.bench_function("order_placed COPY text", |b| {
-        b.iter(|| sluice::sink::postgres::encode_rows(&stream, &rows).len())
+        b.iter(|| sluice::sink::postgres::encode_rows(&stream, &rows, Some(1)).len())
     });
     group.finish();
 }

@@ -314,6 +314,12 @@ impl App {
             },
             accepting.clone(),
         ));
+        let (store, stop) = (self.storage.store.clone(), accepting.clone());
+        connections.spawn(crate::sink::ledger::sweep_expired(
+            store,
+            self.config.ledger.in_flight_timeout,
+            stop,
+        ));
         if let Some(retention) = self.config.dead_letters.retention {
             let (store, stop) = (self.storage.store.clone(), accepting.clone());
             connections.spawn(crate::purge::run_retention(store, retention, stop));

@@ -28,6 +28,7 @@ pub use crate::ingest::tcp::TcpConfig;
 pub use crate::jobs::JobsConfig;
 pub use crate::privacy::{ExtraPolicy, PrivacyConfig};
 pub use crate::schema::{StreamConfig, StreamSettings, StreamsConfig};
+pub use crate::sink::ledger::LedgerConfig;
 pub use crate::sink::{DatabaseConfig, SqliteSynchronous, DEFAULT_WRITE_TIMEOUT};
 pub use crate::spool::{FsyncPolicy, SpoolConfig};
 pub use crate::tls::TlsConfig;
@@ -91,6 +92,7 @@ fn section(path: &str) -> Option<Section> {
         "dead_letters" => Struct(fields_of::<DeadLettersConfig>()),
         "jobs" => Struct(fields_of::<JobsConfig>()),
         "privacy" => Struct(fields_of::<PrivacyConfig>()),
+        "ledger" => Struct(fields_of::<LedgerConfig>()),
         "streams" => Named(fields_of::<StreamConfig>()),
         "webhooks" => Named(fields_of::<WebhookConfig>()),
         _ => return None,
@@ -194,6 +196,9 @@ pub struct Config {
     /// Treatment of personal fields (`x-sluice-privacy`): the HMAC key, `_extra`.
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// The load ledger and the watermark.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     /// Per-stream overrides, keyed by stream name.
     #[serde(default)]
     pub streams: BTreeMap<String, StreamConfig>,
@@ -459,6 +464,9 @@ impl Config {
             }
         }
         self.privacy.validate()?;
+        if self.ledger.in_flight_timeout < Duration::from_secs(1) {
+            return Err("[ledger] in_flight_timeout must be at least 1s (e.g. \"60s\")".into());
+        }
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;

@@ -219,6 +219,8 @@ pub struct Stream {
     pub schema_id: Option<String>,
     /// The JSON Schema document, as read from `schema_file`.
     pub schema: Value,
+    /// Lowercase hex SHA-256 of `schema_file`'s bytes, for the load ledger.
+    pub schema_sha256: String,
     pub columns: Vec<Column>,
     /// Whether the table has an `_extra` column (the schema allows undeclared properties).
     pub has_extra: bool,
@@ -400,6 +402,7 @@ impl Stream {
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
         Ok(Stream {
             schema_id,
+            schema_sha256: crate::event::sha256_hex(text.as_bytes()),
             schema,
             settings: config.settings(&name),
             id_field: stream_config.id_field,

@@ -356,6 +356,47 @@ pub async fn get_stream_schema(
     }))
 }
 
+/// A stream's watermark: every load with an id up to it is committed, and none will
+/// commit later.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Watermark {
+    pub stream: String,
+    /// Read rows with `_load_id > (the last watermark you read) AND _load_id <= watermark`:
+    /// each row exactly once.
+    #[schema(example = 41)]
+    pub watermark: i64,
+}
+
+/// `GET /v1/streams/{stream}/watermark`: the load id up to which a reader may read the
+/// stream's table without missing a row later.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/watermark",
+    tag = "operations",
+    security((), ("admin_token" = [])),
+    params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`.")),
+    responses(
+        (status = 200, description = "The stream's watermark.", body = Watermark),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        AdminUnauthorized,
+    )
+)]
+pub async fn get_watermark(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Watermark>, ApiError> {
+    let s = known_stream(&state, &name)?;
+    let watermark = state.store.watermark(&s.name).await.map_err(|e| {
+        tracing::warn!(stream = %s.name, error = %e, "Cannot read the watermark.");
+        ApiError::DatabaseUnavailable
+    })?;
+    Ok(Json(Watermark {
+        stream: s.name.clone(),
+        watermark,
+    }))
+}
+
 /// The stream called `name`, or the 404 that lists the streams there are.
 fn known_stream<'a>(
     state: &'a AppState,

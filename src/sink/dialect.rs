@@ -25,6 +25,8 @@ pub const JOB_COLUMNS: [&str; 13] = [
 pub const MYSQL_DUPLICATES: &str = "sluice_duplicates";
 
 pub const DEAD_LETTERS: &str = "sluice_dead_letters";
+/// The column of every stream table that holds its rows' load id (see `ledger`).
+pub const LOAD_ID: &str = "_load_id";
 /// Columns of the dead-letter table that Sluice writes (`id` is generated).
 #[rustfmt::skip]
 pub const DEAD_LETTER_COLUMNS: [&str; 8] = [
@@ -128,7 +130,8 @@ impl Dialect {
 
     /// The columns of a stream's table, in the order rows are written: one per schema
     /// property, then `_received_at`, then `_extra` when the schema allows undeclared
-    /// properties. Each is (name, column type, nullable). The one definition of the row
+    /// properties, then `_load_id` (nullable: rows from before the ledger have none).
+    /// Each is (name, column type, nullable). The one definition of the row
     /// layout: DDL, evolution, `INSERT`, `COPY` and the writers' cell order follow it.
     pub fn table_columns(self, stream: &Stream) -> Vec<(String, String, bool)> {
         let mut columns: Vec<(String, String, bool)> = stream
@@ -147,6 +150,7 @@ impl Dialect {
         if stream.has_extra {
             columns.push((EXTRA.to_owned(), self.json_type().to_owned(), true));
         }
+        columns.push((LOAD_ID.to_owned(), "bigint".to_owned(), true));
         columns
     }
 

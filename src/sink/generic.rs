@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS, MYSQL_DUPLICATES};
+use super::ledger::{self, Load};
 use super::{
     chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
     ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
@@ -388,9 +389,81 @@ pub async fn write_rows<DB>(
     replayed: &[i64],
 ) -> Result<usize, SinkError> {
     let err = sink_error(dialect);
+    // MySQL registers the load first (see `ledger`); SQLite takes its id as it writes.
+    let registered = if dialect == Dialect::Mysql {
+        let mut reg = pool.begin().await.map_err(&err)?;
+        sqlx::query::<DB>(&dialect.next_load_id())
+            .execute(&mut *reg)
+            .await
+            .map_err(&err)?;
+        sqlx::query::<DB>(&dialect.register_taken_load())
+            .bind(stream.name.as_str())
+            .bind(ledger::instance())
+            .execute(&mut *reg)
+            .await
+            .map_err(&err)?;
+        let (id,): (i64,) =
+            sqlx::query_as::<DB, (i64,)>("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
+                .fetch_one(&mut *reg)
+                .await
+                .map_err(&err)?;
+        reg.commit().await.map_err(&err)?;
+        Some(id)
+    } else {
+        None
+    };
+    let written = write_load::<DB>(
+        pool,
+        dialect,
+        max_statement_bytes,
+        timestamp,
+        RowBatch {
+            stream,
+            rows,
+            replayed,
+        },
+        registered,
+    )
+    .await;
+    if let (Err(_), Some(id)) = (&written, registered) {
+        // Best effort: left behind, the registration holds the stream's watermark until
+        // `[ledger] in_flight_timeout` has passed.
+        let _ = sqlx::query::<DB>(&dialect.release_load())
+            .bind(id)
+            .execute(pool)
+            .await;
+    }
+    written
+}
+}
+
+sqlx_generic! {
+/// Writes a batch as one load in one transaction: its replayed dead letters deleted,
+/// its rows, its registration (`registered`) claimed or, without one, its id taken,
+/// and its ledger row.
+async fn write_load<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    max_statement_bytes: usize,
+    timestamp: TimestampText,
+    batch: RowBatch<'_>,
+    registered: Option<i64>,
+) -> Result<usize, SinkError> {
+    let (stream, rows, replayed) = batch.parts();
+    let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
-    let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
+    let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
     let mut tx = pool.begin().await.map_err(&err)?;
+    let load_id = match registered {
+        Some(id) => id,
+        None => {
+            let (id,): (i64,) = sqlx::query_as::<DB, (i64,)>(&dialect.next_load_id())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(&err)?;
+            id
+        }
+    };
     delete_replayed::<DB>(&mut tx, dialect, replayed).await?;
     // MySQL reports a skipped duplicate as a found row (sqlx asks for found rows): the
     // statement counts them in a session variable instead (`Dialect::insert_statement`).
@@ -431,6 +504,7 @@ pub async fn write_rows<DB>(
             if stream.has_extra {
                 q = q.bind(row.extra.as_deref());
             }
+            q = q.bind(load_id);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
@@ -445,8 +519,36 @@ pub async fn write_rows<DB>(
     } else {
         0
     };
+    let stored = rows.len() - duplicates.min(rows.len());
+    if registered.is_some() {
+        let claimed = sqlx::query::<DB>(&dialect.claim_load())
+            .bind(load_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?
+            .rows();
+        if claimed != 1 {
+            return Err(SinkError::load_expired(load_id));
+        }
+    }
+    let load = Load::of(stream, rows);
+    sqlx::query::<DB>(&dialect.insert_load())
+        .bind(load_id)
+        .bind(load.stream.as_str())
+        .bind(load.table.as_str())
+        .bind(stored as i64)
+        .bind(load.bytes)
+        .bind(timestamp(&load.first_received_at))
+        .bind(timestamp(&load.last_received_at))
+        .bind(timestamp(&Utc::now()))
+        .bind(load.source.as_str())
+        .bind(ledger::instance())
+        .bind(load.schema_sha256.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
     tx.commit().await.map_err(&err)?;
-    Ok(rows.len() - duplicates.min(rows.len()))
+    Ok(stored)
 }
 }
 
@@ -476,6 +578,68 @@ pub async fn delete_replayed<DB>(
         0 => Ok(()),
         missing => Err(SinkError::replay_conflict(missing as usize)),
     }
+}
+}
+
+sqlx_generic! {
+/// Runs `sql` with one text bound.
+pub async fn execute_bound<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    sql: &str,
+    value: &str,
+) -> Result<(), SinkError> {
+    sqlx::query::<DB>(sql)
+        .bind(value)
+        .execute(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(())
+}
+}
+
+sqlx_generic! {
+/// The one number `sql` answers with one text bound.
+pub async fn scalar_bound<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    sql: &str,
+    value: &str,
+) -> Result<i64, SinkError> {
+    let (n,): (i64,) = sqlx::query_as::<DB, (i64,)>(sql)
+        .bind(value)
+        .fetch_one(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(n)
+}
+}
+
+sqlx_generic! {
+/// Deletes the registrations older than `seconds` that no writer holds.
+pub async fn sweep_expired_loads<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    seconds: i64,
+) -> Result<u64, SinkError> {
+    let err = sink_error(dialect);
+    let mut tx = pool.begin().await.map_err(&err)?;
+    let ids: Vec<(i64,)> = sqlx::query_as::<DB, (i64,)>(&dialect.expired_loads())
+        .bind(seconds)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(&err)?;
+    let mut deleted = 0;
+    for (id,) in ids {
+        deleted += sqlx::query::<DB>(&dialect.release_load())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?
+            .rows();
+    }
+    tx.commit().await.map_err(&err)?;
+    Ok(deleted)
 }
 }
 

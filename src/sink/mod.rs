@@ -10,6 +10,7 @@
 pub mod dialect;
 pub mod evolution;
 mod generic;
+pub mod ledger;
 mod mysql;
 mod open;
 pub mod postgres;
@@ -184,6 +185,15 @@ impl SinkError {
         SinkError {
             class: ErrorClass::Permanent,
             source: Box::new(ReplayConflict { missing }),
+        }
+    }
+
+    /// A load whose registration expired before it could commit (the writer was stuck
+    /// for longer than `[ledger] in_flight_timeout`): retried as a new load.
+    pub fn load_expired(load_id: i64) -> SinkError {
+        SinkError {
+            class: ErrorClass::Transient,
+            source: format!("load {load_id} was registered longer ago than [ledger] in_flight_timeout and can no longer commit; it is written again as a new load").into(),
         }
     }
 

@@ -30,10 +30,13 @@ pub async fn prepare_tables(store: &super::Store, registry: &Registry) -> anyhow
     store
         .under_schema_lock(async {
             let missing = evolution::evolve_tables(store, &streams).await?;
+            store.prepare(&missing).await.context(
+                "cannot create the tables (is the database user allowed to CREATE TABLE?)",
+            )?;
             store
-                .prepare(&missing)
+                .prepare_ledger(&streams)
                 .await
-                .context("cannot create the tables (is the database user allowed to CREATE TABLE?)")
+                .context("cannot create the load ledger's tables and indexes")
         })
         .await
         .context("cannot take the schema lock")?

@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::generic::delete_replayed;
+use super::ledger::{self, Load};
 use super::store::{Pools, Store};
 use super::DatabaseConfig;
 use super::{sink_error, BatchWriter, RowBatch, SinkError, Storage, Written};
@@ -43,8 +44,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     })
 }
 
-/// Encodes `rows` as COPY text-format lines, in [`Dialect::column_list`] order.
-pub fn encode_rows(stream: &Stream, rows: &[Row]) -> String {
+/// Encodes `rows` as COPY text-format lines, in [`Dialect::column_list`] order, each
+/// with `load` as its `_load_id`.
+pub fn encode_rows(stream: &Stream, rows: &[Row], load: Option<i64>) -> String {
+    let load = load.map_or_else(|| "\\N".to_owned(), |id| id.to_string());
     let mut out = String::with_capacity(rows.iter().map(|r| r.raw.len() + 64).sum());
     for row in rows {
         for cell in &row.cells {
@@ -59,6 +62,8 @@ pub fn encode_rows(stream: &Stream, rows: &[Row]) -> String {
                 None => out.push_str("\\N"),
             }
         }
+        out.push('\t');
+        out.push_str(&load);
         out.push('\n');
     }
     out
@@ -114,16 +119,49 @@ impl BatchWriter for PgCopy {
     }
 
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
-        let (stream, rows, replayed) = batch.parts();
+        let stream = batch.stream;
         Box::pin(async move {
             let err = sink_error(DIALECT);
-            let data = encode_rows(stream, rows);
-            if stream.id_field.is_none() && replayed.is_empty() {
-                // The common case: one COPY, atomic on its own.
-                let mut conn = self.pool.acquire().await.map_err(&err)?;
-                let statement = DIALECT.copy_rows(&stream.table, stream);
-                return copy_in(&mut conn, &statement, data).await.map_err(&err);
+            let (load_id,): (i64,) = sqlx::query_as(&DIALECT.register_load())
+                .bind(&stream.name)
+                .bind(ledger::instance())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(&err)?;
+            let written = self.write_load(batch, load_id).await;
+            if written.is_err() {
+                // Best effort: left behind, the registration holds the stream's
+                // watermark until `[ledger] in_flight_timeout` has passed.
+                let _ = sqlx::query(&DIALECT.release_load())
+                    .bind(load_id)
+                    .execute(&self.pool)
+                    .await;
             }
+            written
+        })
+    }
+
+    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {
+        Box::pin(async move {
+            let err = sink_error(DIALECT);
+            let mut conn = self.pool.acquire().await.map_err(&err)?;
+            let statement = DIALECT.copy_dead_letters();
+            copy_in(&mut conn, &statement, encode_dead_letters(letters))
+                .await
+                .map_err(&err)
+        })
+    }
+}
+
+impl PgCopy {
+    /// Writes the batch as load `load_id` (registered): its rows, its replayed dead
+    /// letters deleted, its registration claimed and its ledger row, in one transaction.
+    async fn write_load(&self, batch: RowBatch<'_>, load_id: i64) -> Result<usize, SinkError> {
+        let (stream, rows, replayed) = batch.parts();
+        let err = sink_error(DIALECT);
+        let data = encode_rows(stream, rows, Some(load_id));
+        let load = Load::of(stream, rows);
+        {
             let mut tx = self.pool.begin().await.map_err(&err)?;
             delete_replayed::<sqlx::Postgres>(&mut tx, DIALECT, replayed).await?;
             let stored = match &stream.id_field {
@@ -149,19 +187,29 @@ impl BatchWriter for PgCopy {
                     usize::try_from(inserted).unwrap_or(usize::MAX)
                 }
             };
+            let claimed = sqlx::query(&DIALECT.claim_and_insert_load())
+                .bind(load_id)
+                .bind(&load.stream)
+                .bind(&load.table)
+                .bind(stored as i64)
+                .bind(load.bytes)
+                .bind(load.first_received_at.to_rfc3339())
+                .bind(load.last_received_at.to_rfc3339())
+                .bind(chrono::Utc::now().to_rfc3339())
+                .bind(&load.source)
+                .bind(ledger::instance())
+                .bind(&load.schema_sha256)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?
+                .rows_affected();
+            if claimed != 1 {
+                // The registration expired (this writer was stuck for longer than
+                // `[ledger] in_flight_timeout`): the watermark may have passed it.
+                return Err(SinkError::load_expired(load_id));
+            }
             tx.commit().await.map_err(&err)?;
             Ok(stored)
-        })
-    }
-
-    fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {
-        Box::pin(async move {
-            let err = sink_error(DIALECT);
-            let mut conn = self.pool.acquire().await.map_err(&err)?;
-            let statement = DIALECT.copy_dead_letters();
-            copy_in(&mut conn, &statement, encode_dead_letters(letters))
-                .await
-                .map_err(&err)
-        })
+        }
     }
 }

@@ -18,12 +18,14 @@ use sqlx::Sqlite;
 
 use super::dialect::{sqlite_timestamp, Dialect};
 use super::generic::SqlxInserts;
+use super::ledger::Load;
 use super::store::{Pools, Store};
 use super::DatabaseConfig;
 use super::{
     sink_error, BatchWriter, BoxFuture, ErrorClass, RowBatch, SinkError, Storage, Written,
 };
 use crate::event::{Cell, DeadLetter, Row};
+use crate::schema::Stream;
 
 /// Payload bytes per statement; SQLite has no packet limit, this only bounds memory.
 const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
@@ -52,7 +54,20 @@ impl RowConnection {
     fn write(
         &self,
         insert: &str,
+        stream: &Stream,
+        rows: &[Row],
+        replayed: &[i64],
+    ) -> Result<usize, SinkError> {
+        let load = Load::of(stream, rows);
+        self.write_as(insert, stream.has_extra, &load, rows, replayed)
+    }
+
+    /// Writes `rows` as `load` (its id taken in the transaction).
+    fn write_as(
+        &self,
+        insert: &str,
         has_extra: bool,
+        load: &Load,
         rows: &[Row],
         replayed: &[i64],
     ) -> Result<usize, SinkError> {
@@ -61,7 +76,7 @@ impl RowConnection {
             Some(c) => c,
             None => slot.insert(open(&self.path, self.synchronous).map_err(rusqlite_error)?),
         };
-        let result = write_blocking(conn, insert, has_extra, rows, replayed)
+        let result = write_blocking(conn, insert, has_extra, load, rows, replayed)
             .map_err(rusqlite_error)
             .and_then(|r| r);
         if result.as_ref().is_err_and(SinkError::is_transient) {
@@ -137,10 +152,15 @@ fn write_blocking(
     conn: &mut rusqlite::Connection,
     insert: &str,
     has_extra: bool,
+    load: &Load,
     rows: &[Row],
     replayed: &[i64],
 ) -> rusqlite::Result<Result<usize, SinkError>> {
-    let tx = conn.transaction()?;
+    // The write lock first: the load id taken here commits before the next is taken.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let load_id: i64 = tx
+        .prepare_cached(&Dialect::Sqlite.next_load_id())?
+        .query_row([], |r| r.get(0))?;
     // Replay: the dead letters go first, all or nothing (see `generic::write_rows`).
     if !replayed.is_empty() {
         let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
@@ -171,13 +191,30 @@ fn write_blocking(
                 }
             }
             statement.raw_bind_parameter(i + 1, sqlite_timestamp(&row.received_at))?;
+            let mut next = i + 2;
             if has_extra {
-                statement.raw_bind_parameter(i + 2, row.extra.as_deref())?;
+                statement.raw_bind_parameter(next, row.extra.as_deref())?;
+                next += 1;
             }
+            statement.raw_bind_parameter(next, load_id)?;
             // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
             stored += statement.raw_execute()?;
         }
     }
+    tx.prepare_cached(&Dialect::Sqlite.insert_load())?
+        .execute(rusqlite::params![
+            load_id,
+            load.stream,
+            load.table,
+            stored as i64,
+            load.bytes,
+            sqlite_timestamp(&load.first_received_at),
+            sqlite_timestamp(&load.last_received_at),
+            sqlite_timestamp(&chrono::Utc::now()),
+            load.source,
+            super::ledger::instance(),
+            load.schema_sha256,
+        ])?;
     tx.commit().map(|()| Ok(stored))
 }
 
@@ -189,7 +226,7 @@ impl BatchWriter for SqliteFile {
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
         let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
-            let width = stream.columns.len() + 1 + usize::from(stream.has_extra);
+            let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
             let insert = Dialect::Sqlite.insert_statement(
                 &stream.table,
                 &Dialect::Sqlite.column_list(stream),
@@ -203,20 +240,23 @@ impl BatchWriter for SqliteFile {
                 // The batch is borrowed: block this worker (tokio moves its other tasks
                 // to the rest) instead of copying every row to a blocking thread.
                 return tokio::task::block_in_place(|| {
-                    self.rows.write(&insert, has_extra, rows, replayed)
+                    self.rows.write(&insert, stream, rows, replayed)
                 });
             }
             // A current-thread runtime (tests) cannot block in place: copy the batch.
             let (rows, replayed) = (rows.to_vec(), replayed.to_vec());
             let writer = self.rows.clone();
-            tokio::task::spawn_blocking(move || writer.write(&insert, has_extra, &rows, &replayed))
-                .await
-                .unwrap_or_else(|join| {
-                    Err(SinkError {
-                        class: ErrorClass::Transient,
-                        source: Box::new(join),
-                    })
+            let load = Load::of(stream, &rows);
+            tokio::task::spawn_blocking(move || {
+                writer.write_as(&insert, has_extra, &load, &rows, &replayed)
+            })
+            .await
+            .unwrap_or_else(|join| {
+                Err(SinkError {
+                    class: ErrorClass::Transient,
+                    source: Box::new(join),
                 })
+            })
         })
     }
 

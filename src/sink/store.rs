@@ -12,10 +12,11 @@ use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use super::dialect::{mysql_timestamp, sqlite_timestamp, Dialect, DEAD_LETTERS, JOBS};
 use super::generic::{
-    count_dead_letters, ddl, describe_table, execute_all, fetch_dead_letters, has_unique_key,
-    list_dead_letters, load_jobs, purge_dead_letters, record_replay_failure, save_job, scalar,
-    table_has_rows,
+    count_dead_letters, ddl, describe_table, execute_all, execute_bound, fetch_dead_letters,
+    has_unique_key, list_dead_letters, load_jobs, purge_dead_letters, record_replay_failure,
+    save_job, scalar, scalar_bound, table_has_rows,
 };
+use super::ledger;
 use super::{
     DeadLetterPage, DeadLetterQuery, ListedDeadLetter, PoolUsage, PurgeFilter, SinkError,
     StoredDeadLetter,
@@ -117,6 +118,50 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The load ledger's tables and view, each stream named for the watermark view, and
+    /// each stream table's `_load_id` index.
+    /// Writes nothing when all of it is there, so that a start-up never waits for a
+    /// lock a writer or an operator holds on a table.
+    pub async fn prepare_ledger(&self, streams: &[Arc<Stream>]) -> Result<(), SinkError> {
+        if self.describe_table(ledger::STREAMS).await?.is_empty() {
+            self.execute_ddl(self.dialect.create_ledger()).await?;
+        }
+        for stream in streams {
+            let index = self.dialect.load_id_index_exists();
+            let name = ledger::load_id_index(&stream.table);
+            if with_pool!(&self.pools, p => scalar_bound(p, self.dialect, &index, &name).await)?
+                == 0
+            {
+                self.execute_ddl(vec![self.dialect.create_load_id_index(&stream.table)])
+                    .await?;
+            }
+            let named = self.dialect.stream_named();
+            if with_pool!(&self.pools, p => scalar_bound(p, self.dialect, &named, &stream.name).await)?
+                == 0
+            {
+                with_pool!(&self.pools, p => execute_bound(p, self.dialect, &self.dialect.register_stream(), &stream.name).await)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark of `stream`: no load with a lower or equal id commits later.
+    pub async fn watermark(&self, stream: &str) -> Result<i64, SinkError> {
+        with_pool!(&self.pools, p => scalar_bound(p, self.dialect, &self.dialect.watermark(), stream).await)
+    }
+
+    /// Deletes the registrations older than `timeout` that no writer holds (their
+    /// writer is stuck or gone); returns how many.
+    pub async fn sweep_expired_loads(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<u64, SinkError> {
+        if self.dialect == Dialect::Sqlite {
+            return Ok(0);
+        }
+        with_pool!(&self.pools, p => super::generic::sweep_expired_loads(p, self.dialect, timeout.as_secs_f64().ceil() as i64).await)
     }
 
     /// Runs `work` (DDL, table evolution) while holding the database's schema lock, so

@@ -18,6 +18,7 @@ mod instances;
 mod jetstream;
 mod jobs;
 mod layers;
+mod ledger;
 mod memory;
 mod metrics;
 mod privacy;

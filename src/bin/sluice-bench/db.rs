@@ -183,7 +183,10 @@ impl Db {
                 let mut work = Vec::new();
                 for part in rows.chunks(share) {
                     let conn = PgConnection::connect(url).await?;
-                    work.push((conn, sluice::sink::postgres::encode_rows(stream, part)));
+                    work.push((
+                        conn,
+                        sluice::sink::postgres::encode_rows(stream, part, None),
+                    ));
                 }
                 let n = work.len();
                 let started = Instant::now();

@@ -1,0 +1,378 @@
+//! The load ledger and the watermark: every committed write of rows is a load, with an
+//! id unique in the database and increasing, recorded in `sluice_loads` in the same
+//! transaction as its rows (which carry it in `_load_id`).
+//!
+//! The watermark of a stream is the highest load id below which no load of the stream
+//! will ever commit. How it holds with several writers (ARCHITECTURE.md, "Loads and
+//! the watermark"):
+//! - PostgreSQL and MySQL/MariaDB: a writer *registers* its load before writing, in a
+//!   short transaction of its own that takes the next id from `sluice_load_seq` (one
+//!   row, locked by that update) and inserts it into `sluice_loads_in_flight`. Since
+//!   ids are taken under that lock and published by the same commit, a reader that
+//!   sees a registration sees every one with a lower id. The writing transaction
+//!   *claims* its registration at the end (deletes it) and inserts the ledger row; it
+//!   rolls back when the claim finds nothing. The watermark, read in one statement, is
+//!   the lowest registered id of the stream minus one, or else the last id taken.
+//! - A registration older than `[ledger] in_flight_timeout` belongs to a writer that
+//!   is stuck or gone: any instance deletes it, and that writer can then no longer
+//!   commit its load, so the watermark passes it safely.
+//! - SQLite: one writer at a time holds the database, so the id is taken inside the
+//!   writing transaction and loads commit in id order; nothing is ever in flight.
+
+use chrono::{DateTime, Utc};
+
+use super::dialect::Dialect;
+use crate::event::Row;
+use crate::schema::Stream;
+
+pub const LOADS: &str = "sluice_loads";
+pub const LOAD_SEQ: &str = "sluice_load_seq";
+pub const IN_FLIGHT: &str = "sluice_loads_in_flight";
+pub const STREAMS: &str = "sluice_streams";
+pub const WATERMARKS: &str = "sluice_watermarks";
+pub use super::dialect::LOAD_ID;
+
+/// `[ledger]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// A load registered longer ago than this and not committed belongs to a writer
+    /// that is stuck or gone: it is dropped (that writer can no longer commit it, and
+    /// writes its rows again as a new load), so it holds the watermark at most this
+    /// long.
+    #[serde(
+        default = "default_in_flight_timeout",
+        deserialize_with = "crate::toml_values::duration"
+    )]
+    pub in_flight_timeout: std::time::Duration,
+}
+
+fn default_in_flight_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            in_flight_timeout: default_in_flight_timeout(),
+        }
+    }
+}
+
+/// Drops the registrations older than `timeout` every quarter of it (at most every
+/// 5 s) until `stop`.
+pub async fn sweep_expired(
+    store: std::sync::Arc<super::Store>,
+    timeout: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let every = (timeout / 4).min(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store.sweep_expired_loads(timeout).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(loads = n, "Loads registered longer ago than [ledger] in_flight_timeout were dropped: their writer was stuck or is gone; the watermark moves past them."),
+            Err(e) => tracing::debug!(error = %e, "The sweep of expired loads failed; it runs again."),
+        }
+    }
+}
+
+/// What the ledger records of one load (its id aside).
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub stream: String,
+    pub table: String,
+    /// Bytes of the events' text.
+    pub bytes: i64,
+    pub first_received_at: DateTime<Utc>,
+    pub last_received_at: DateTime<Utc>,
+    /// The kinds of input the rows came from (`http`, `tcp`, `webhook:NAME`,
+    /// `jetstream`, `replay`), comma-separated when several.
+    pub source: String,
+    pub schema_sha256: String,
+}
+
+impl Load {
+    /// The load of `rows` (not empty) of `stream`.
+    pub fn of(stream: &Stream, rows: &[Row]) -> Load {
+        let mut sources: Vec<String> = Vec::new();
+        let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+        let mut bytes = 0i64;
+        for row in rows {
+            bytes += row.raw.len() as i64;
+            first = Some(first.map_or(row.received_at, |f| f.min(row.received_at)));
+            last = Some(last.map_or(row.received_at, |l| l.max(row.received_at)));
+            let kind = source_kind(&row.source);
+            if !sources.contains(&kind) {
+                sources.push(kind);
+            }
+        }
+        sources.sort();
+        let now = Utc::now();
+        Load {
+            stream: stream.name.clone(),
+            table: stream.table.clone(),
+            bytes,
+            first_received_at: first.unwrap_or(now),
+            last_received_at: last.unwrap_or(now),
+            source: sources.join(","),
+            schema_sha256: stream.schema_sha256.clone(),
+        }
+    }
+}
+
+/// `http`, `tcp`, `webhook:NAME`, `jetstream` or `replay` for a row's source text.
+fn source_kind(source: &str) -> String {
+    use crate::source::Kind;
+    match Kind::of(source) {
+        Some(Kind::Webhook) => match source.split(' ').nth(1) {
+            Some(name) => format!("webhook:{name}"),
+            None => "webhook".into(),
+        },
+        Some(kind) => kind.as_str().to_owned(),
+        None => source.split(' ').next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// This process, as the ledger names it: `host:pid`.
+pub fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}:{}", std::process::id())
+    })
+}
+
+impl Dialect {
+    /// The ledger's tables, its one counter row and the watermark view, if missing.
+    pub fn create_ledger(self) -> Vec<String> {
+        let ts = self.timestamp_type();
+        let (name, text, engine) = match self {
+            Dialect::Mysql => (
+                "varchar(255)",
+                "varchar(255)",
+                " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            ),
+            Dialect::Postgres => ("text", "text", ""),
+            Dialect::Sqlite => ("TEXT", "TEXT", ""),
+        };
+        let rows = self.quote("rows");
+        let mut statements = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {LOADS} (\n  load_id bigint NOT NULL PRIMARY KEY,\n  stream {name} NOT NULL,\n  table_name {name} NOT NULL,\n  {rows} bigint NOT NULL,\n  bytes bigint NOT NULL,\n  first_received_at {ts} NOT NULL,\n  last_received_at {ts} NOT NULL,\n  committed_at {ts} NOT NULL,\n  source {text} NOT NULL,\n  instance {text} NOT NULL,\n  schema_sha256 {text} NOT NULL\n){engine}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {LOAD_SEQ} (\n  id integer NOT NULL PRIMARY KEY,\n  last_id bigint NOT NULL\n){engine}"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {IN_FLIGHT} (\n  load_id bigint NOT NULL PRIMARY KEY,\n  stream {name} NOT NULL,\n  instance {text} NOT NULL,\n  registered_at {ts} NOT NULL\n){engine}"
+            ),
+            format!("CREATE TABLE IF NOT EXISTS {STREAMS} (\n  stream {name} NOT NULL PRIMARY KEY\n){engine}"),
+            match self {
+                Dialect::Postgres => format!("INSERT INTO {LOAD_SEQ} (id, last_id) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"),
+                Dialect::Mysql => format!("INSERT IGNORE INTO {LOAD_SEQ} (id, last_id) VALUES (1, 0)"),
+                Dialect::Sqlite => format!("INSERT OR IGNORE INTO {LOAD_SEQ} (id, last_id) VALUES (1, 0)"),
+            },
+        ];
+        let view = format!(
+            "{WATERMARKS} AS SELECT s.stream, COALESCE((SELECT MIN(f.load_id) FROM {IN_FLIGHT} f WHERE f.stream = s.stream) - 1, (SELECT q.last_id FROM {LOAD_SEQ} q WHERE q.id = 1)) AS watermark FROM {STREAMS} s"
+        );
+        statements.push(match self {
+            Dialect::Sqlite => format!("CREATE VIEW IF NOT EXISTS {view}"),
+            Dialect::Postgres | Dialect::Mysql => format!("CREATE OR REPLACE VIEW {view}"),
+        });
+        statements.push(match self {
+            Dialect::Postgres => format!(
+                "DO $$ BEGIN IF to_regclass('{LOADS}_stream_load') IS NULL THEN CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id); END IF; END $$"
+            ),
+            Dialect::Sqlite => format!(
+                "CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id)"
+            ),
+            Dialect::Mysql => format!(
+                "ALTER TABLE {LOADS} ADD INDEX IF NOT EXISTS {LOADS}_stream_load (stream, load_id)"
+            ),
+        });
+        statements
+    }
+
+    /// Names `stream` in `sluice_streams` (for the watermark view), if it is not yet.
+    pub fn register_stream(self) -> String {
+        let p = self.placeholder(1);
+        match self {
+            Dialect::Postgres => {
+                format!(
+                    "INSERT INTO {STREAMS} (stream) VALUES ({p}) ON CONFLICT (stream) DO NOTHING"
+                )
+            }
+            Dialect::Mysql => format!("INSERT IGNORE INTO {STREAMS} (stream) VALUES ({p})"),
+            Dialect::Sqlite => format!("INSERT OR IGNORE INTO {STREAMS} (stream) VALUES ({p})"),
+        }
+    }
+
+    /// How many indexes are named `?` (0 or 1).
+    pub fn load_id_index_exists(self) -> String {
+        match self {
+            Dialect::Postgres => "SELECT COUNT(*) FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relname = $1".into(),
+            Dialect::Mysql => "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() AND index_name = ?".into(),
+            Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?".into(),
+        }
+    }
+
+    /// Whether stream `?` is named in `sluice_streams` (0 or 1).
+    pub fn stream_named(self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {STREAMS} WHERE stream = {}",
+            self.placeholder(1)
+        )
+    }
+
+    /// The index of a stream table's `_load_id`.
+    pub fn create_load_id_index(self, table: &str) -> String {
+        let index = load_id_index(table);
+        let on = self.quote(table);
+        match self {
+            Dialect::Postgres => format!(
+                "DO $$ BEGIN IF to_regclass('{}') IS NULL THEN CREATE INDEX IF NOT EXISTS {} ON {on} ({LOAD_ID}); END IF; END $$",
+                index.replace('\'', "''"),
+                self.quote(&index)
+            ),
+            Dialect::Sqlite => format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {on} ({LOAD_ID})",
+                self.quote(&index)
+            ),
+            // Run only when missing (MySQL has no `IF NOT EXISTS` here).
+            Dialect::Mysql => format!("CREATE INDEX {} ON {on} ({LOAD_ID})", self.quote(&index)),
+        }
+    }
+
+    /// PostgreSQL: registers a load of stream `$1` by instance `$2`; answers its id.
+    pub fn register_load(self) -> String {
+        format!(
+            "WITH n AS (UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) INSERT INTO {IN_FLIGHT} (load_id, stream, instance, registered_at) SELECT last_id, $1, $2, now() FROM n RETURNING load_id"
+        )
+    }
+
+    /// The next load id inside the writing transaction (SQLite), or, for MySQL, taken
+    /// into `LAST_INSERT_ID()` under the counter row's lock.
+    pub fn next_load_id(self) -> String {
+        match self {
+            Dialect::Mysql => {
+                format!("UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1")
+            }
+            _ => format!(
+                "UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id"
+            ),
+        }
+    }
+
+    /// MySQL: registers the id just taken, for stream `?` and instance `?`.
+    pub fn register_taken_load(self) -> String {
+        format!(
+            "INSERT INTO {IN_FLIGHT} (load_id, stream, instance, registered_at) VALUES (LAST_INSERT_ID(), ?, ?, NOW(6))"
+        )
+    }
+
+    /// Claims registration `?` (deletes it): one row, or the load must not commit.
+    pub fn claim_load(self) -> String {
+        format!(
+            "DELETE FROM {IN_FLIGHT} WHERE load_id = {}",
+            self.placeholder(1)
+        )
+    }
+
+    /// The ledger row of a load: binds load id, stream, table, rows, bytes, first and
+    /// last received, committed, source, instance, schema SHA-256.
+    pub fn insert_load(self) -> String {
+        let cols = format!(
+            "load_id, stream, table_name, {}, bytes, first_received_at, last_received_at, committed_at, source, instance, schema_sha256",
+            self.quote("rows")
+        );
+        let p = |n| self.placeholder(n);
+        let ts = |n| match self {
+            Dialect::Postgres => format!("CAST({} AS timestamptz)", p(n)),
+            _ => p(n),
+        };
+        format!(
+            "INSERT INTO {LOADS} ({cols}) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            ts(6),
+            ts(7),
+            ts(8),
+            p(9),
+            p(10),
+            p(11)
+        )
+    }
+
+    /// PostgreSQL: claims registration `$1` and writes the ledger row in one statement
+    /// (binds as [`Dialect::insert_load`]); one row inserted, or none when the
+    /// registration is gone.
+    pub fn claim_and_insert_load(self) -> String {
+        let rows = self.quote("rows");
+        format!(
+            "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = $1 RETURNING load_id) INSERT INTO {LOADS} (load_id, stream, table_name, {rows}, bytes, first_received_at, last_received_at, committed_at, source, instance, schema_sha256) SELECT load_id, $2, $3, $4, $5, CAST($6 AS timestamptz), CAST($7 AS timestamptz), CAST($8 AS timestamptz), $9, $10, $11 FROM claimed"
+        )
+    }
+
+    /// Whether load `?` is in the ledger (a claim that found nothing: committed
+    /// before, or its registration expired).
+    pub fn load_committed(self) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {LOADS} WHERE load_id = {}",
+            self.placeholder(1)
+        )
+    }
+
+    /// Deletes registration `?` after its load failed (best effort).
+    pub fn release_load(self) -> String {
+        self.claim_load()
+    }
+
+    /// The watermark of stream `?`.
+    pub fn watermark(self) -> String {
+        format!(
+            "SELECT COALESCE((SELECT MIN(load_id) FROM {IN_FLIGHT} WHERE stream = {}) - 1, (SELECT last_id FROM {LOAD_SEQ} WHERE id = 1))",
+            self.placeholder(1)
+        )
+    }
+
+    /// Registrations older than `?` seconds by the database's clock (their writer is
+    /// stuck or gone), locked for deletion unless a writer holds them.
+    pub fn expired_loads(self) -> String {
+        match self {
+            Dialect::Postgres => format!("SELECT load_id FROM {IN_FLIGHT} WHERE registered_at < now() - make_interval(secs => CAST($1 AS double precision)) FOR UPDATE SKIP LOCKED"),
+            Dialect::Mysql => format!("SELECT load_id FROM {IN_FLIGHT} WHERE registered_at < NOW(6) - INTERVAL ? SECOND FOR UPDATE SKIP LOCKED"),
+            // SQLite registers nothing (its loads take their id as they commit).
+            Dialect::Sqlite => format!("SELECT load_id FROM {IN_FLIGHT} WHERE ? < 0"),
+        }
+    }
+}
+
+/// The name of a stream table's `_load_id` index (within every database's 63-64
+/// character limit).
+pub fn load_id_index(table: &str) -> String {
+    let head: String = table.chars().take(50).collect();
+    format!("{head}_load_id")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_named_by_kind() {
+        assert_eq!(source_kind("http 127.0.0.1:5"), "http");
+        assert_eq!(source_kind("webhook stripe 1.2.3.4:9"), "webhook:stripe");
+        assert_eq!(source_kind("jetstream events.a"), "jetstream");
+        assert_eq!(source_kind("replay"), "replay");
+    }
+}

@@ -1,0 +1,169 @@
+//! The load ledger and the watermark: every committed batch is a load in
+//! `sluice_loads`, in the same transaction as its rows (which carry its id in
+//! `_load_id`); the watermark never passes a load that may still commit, and a load
+//! whose writer is gone holds it only for `[ledger] in_flight_timeout`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{readings_ndjson, spawn_app, Db, TestApp};
+
+/// The stream's watermark from the API and from `sluice_watermarks`, which agree.
+async fn watermark(app: &TestApp, stream: &str) -> i64 {
+    let (status, body) = app
+        .get_json(&format!("/v1/streams/{stream}/watermark"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let api = body["watermark"].as_i64().unwrap();
+    let sql = app
+        .db
+        .query(&format!(
+            "SELECT {} FROM sluice_watermarks WHERE stream = '{stream}'",
+            app.db.text("watermark")
+        ))
+        .await;
+    assert_eq!(sql[0][0].as_deref(), Some(api.to_string().as_str()));
+    api
+}
+
+/// The integers of `expr` in `rest` (`FROM … ORDER BY …`).
+async fn ids(app: &TestApp, expr: &str, rest: &str) -> Vec<i64> {
+    app.db
+        .query(&format!("SELECT {} {rest}", app.db.text(expr)))
+        .await
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect()
+}
+
+async fn every_committed_batch_is_a_load_with_its_rows(kind: Db) {
+    let Some(app) = spawn_app(kind, crate::helpers::fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    for (first, n) in [(0, 10), (10, 500), (510, 1)] {
+        let r = app
+            .post(
+                "reading",
+                "",
+                "application/x-ndjson",
+                readings_ndjson(first..first + n),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let rows = app.db.count("reading").await;
+    assert_eq!(rows, 511);
+    let loads = app
+        .db
+        .query(&format!(
+            "SELECT {}, {}, stream, table_name, source, instance, schema_sha256 FROM sluice_loads ORDER BY load_id",
+            app.db.text("load_id"),
+            app.db.text(&app.db.quote("rows"))
+        ))
+        .await;
+    let total: i64 = loads
+        .iter()
+        .map(|l| l[1].as_deref().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(
+        total, rows,
+        "{kind:?}: the ledger's rows sum to the table's: {loads:?}"
+    );
+    let schema = std::fs::read(crate::helpers::fixture_schemas().join("reading.json")).unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&schema))
+    };
+    for load in &loads {
+        assert_eq!(load[2].as_deref(), Some("reading"));
+        assert_eq!(load[3].as_deref(), Some("reading"));
+        assert_eq!(load[4].as_deref(), Some("http"));
+        assert!(
+            load[5].as_deref().is_some_and(|i| i.contains(':')),
+            "{load:?}"
+        );
+        assert_eq!(load[6].as_deref(), Some(digest.as_str()));
+    }
+    // Every row carries a load of the ledger.
+    let orphans = ids(
+        &app,
+        "COUNT(*)",
+        "FROM reading WHERE _load_id IS NULL OR _load_id NOT IN (SELECT load_id FROM sluice_loads)",
+    )
+    .await;
+    assert_eq!(orphans, [0], "{kind:?}");
+    // Idle: the watermark is the last load.
+    let load_ids = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
+    assert!(load_ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(watermark(&app, "reading").await, *load_ids.last().unwrap());
+}
+
+/// A registered load that does not commit (its writer stuck, or killed) holds the
+/// watermark below it while later loads commit; once older than
+/// `in_flight_timeout` it is dropped and the watermark moves on.
+async fn a_load_in_flight_holds_the_watermark_until_it_expires(kind: Db) {
+    if kind == Db::Sqlite {
+        return; // SQLite takes a load's id as it commits: nothing is ever in flight.
+    }
+    let Some(app) = spawn_app(kind, crate::helpers::fixture_schemas(), |c| {
+        c.ledger.in_flight_timeout = Duration::from_secs(2);
+    })
+    .await
+    else {
+        return;
+    };
+    let post = |first: i64| {
+        app.post(
+            "reading",
+            "",
+            "application/x-ndjson",
+            readings_ndjson(first..first + 5),
+        )
+    };
+    assert_eq!(post(0).await.status(), 200);
+    let before = watermark(&app, "reading").await;
+    // A writer of another instance registers a load, as the ledger's protocol does, and
+    // then hangs.
+    app.db
+        .execute("UPDATE sluice_load_seq SET last_id = last_id + 1 WHERE id = 1")
+        .await;
+    let stuck = ids(&app, "last_id", "FROM sluice_load_seq WHERE id = 1").await[0];
+    let now = match kind {
+        Db::Postgres => "now()",
+        _ => "NOW(6)",
+    };
+    app.db
+        .execute(&format!(
+            "INSERT INTO sluice_loads_in_flight (load_id, stream, instance, registered_at) VALUES ({stuck}, 'reading', 'gone:1', {now})"
+        ))
+        .await;
+    assert_eq!(post(5).await.status(), 200);
+    assert_eq!(post(10).await.status(), 200);
+    let committed = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
+    assert!(*committed.last().unwrap() > stuck, "{committed:?}");
+    assert_eq!(
+        watermark(&app, "reading").await,
+        stuck - 1,
+        "{kind:?}: held below the stuck load"
+    );
+    assert!(stuck > before);
+    // After in_flight_timeout (2 s; the sweep runs every 0.5 s) it is dropped.
+    crate::helpers::eventually(10, "the stuck load expires", || async {
+        let w = watermark(&app, "reading").await;
+        let last = *committed.last().unwrap();
+        if w == last {
+            Ok(())
+        } else {
+            Err(format!("watermark {w}, last load {last}"))
+        }
+    })
+    .await;
+    let left: Value = app.get_json("/v1/streams/reading").await.1;
+    assert_eq!(left["stream"], "reading");
+}
+
+crate::db_tests!(
+    every_committed_batch_is_a_load_with_its_rows,
+    a_load_in_flight_holds_the_watermark_until_it_expires,
+);
