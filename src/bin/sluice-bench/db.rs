@@ -154,7 +154,15 @@ impl Db {
             .create_table(stream)
             .replace(&dialect.quote(&stream.table), &table);
         self.execute(&ddl).await?;
-        let columns = dialect.column_list(stream);
+        // The raw loaders write the event's columns; `_load_id` (Sluice's ledger) stays
+        // NULL (PostgreSQL's COPY text from `encode_rows` says `\N` for it).
+        let columns = dialect
+            .table_columns(stream)
+            .iter()
+            .filter(|(name, _, _)| name != sluice::sink::ledger::LOAD_ID)
+            .map(|(name, _, _)| dialect.quote(name))
+            .collect::<Vec<_>>()
+            .join(", ");
         let share = rows.len().div_ceil(connections.max(1)).max(1);
         let load_data = match self {
             Db::Mysql(_) => load_data_client(url),
@@ -179,7 +187,8 @@ impl Db {
                 )
             }
             Db::Postgres(_) => {
-                let statement = format!("COPY {table} ({columns}) FROM STDIN");
+                let all_columns = dialect.column_list(stream);
+                let statement = format!("COPY {table} ({all_columns}) FROM STDIN");
                 let mut work = Vec::new();
                 for part in rows.chunks(share) {
                     let conn = PgConnection::connect(url).await?;
