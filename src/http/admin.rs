@@ -397,6 +397,66 @@ pub async fn get_watermark(
     }))
 }
 
+/// Which loads `GET /v1/streams/{stream}/loads` lists.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LoadsQuery {
+    /// Loads after this load id (the last of the previous page); default 0.
+    pub after: Option<i64>,
+    /// At most this many, 1 to 1000; default 100.
+    pub limit: Option<i64>,
+}
+
+/// A page of a stream's loads, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadsPage {
+    pub loads: Vec<crate::sink::ledger::ListedLoad>,
+}
+
+/// `GET /v1/streams/{stream}/loads`: the stream's loads (committed writes of rows) after
+/// a load id, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/loads",
+    tag = "operations",
+    security((), ("admin_token" = [])),
+    params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`."), LoadsQuery),
+    responses(
+        (status = 200, description = "Loads after `after`, oldest first.", body = LoadsPage),
+        (status = 400, description = "`limit` outside 1 to 1000, or a query that does not parse.", body = ErrorBody),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        AdminUnauthorized,
+    )
+)]
+pub async fn list_loads(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<LoadsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<LoadsPage>, ApiError> {
+    let s = known_stream(&state, &name)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest {
+        error: format!("{}: after is a load id, limit 1 to 1000", e.body_text()),
+        dead_lettered: 0,
+    })?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            error: format!("limit = {limit}: give 1 to 1000"),
+            dead_lettered: 0,
+        });
+    }
+    let loads = state
+        .store
+        .list_loads(&s.name, query.after.unwrap_or(0), limit)
+        .await
+        .map_err(|e| {
+            tracing::warn!(stream = %s.name, error = %e, "Cannot read the loads.");
+            ApiError::DatabaseUnavailable
+        })?;
+    Ok(Json(LoadsPage { loads }))
+}
+
 /// The stream called `name`, or the 404 that lists the streams there are.
 fn known_stream<'a>(
     state: &'a AppState,

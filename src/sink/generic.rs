@@ -616,6 +616,42 @@ pub async fn scalar_bound<DB>(
 }
 
 sqlx_generic! {
+/// Loads of `stream` after `after`, oldest first, at most `limit`.
+pub async fn list_loads<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<ledger::ListedLoad>, SinkError> {
+    type Columns = (i64, String, String, i64, i64, String, String, String, String, String, String);
+    let rows = sqlx::query_as::<DB, Columns>(&dialect.list_loads())
+        .bind(stream)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(rows
+        .into_iter()
+        .map(|(load_id, stream, table_name, rows, bytes, first, last, committed, source, instance, schema_sha256)| ledger::ListedLoad {
+            load_id,
+            stream,
+            table_name,
+            rows,
+            bytes,
+            first_received_at: first,
+            last_received_at: last,
+            committed_at: committed,
+            source,
+            instance,
+            schema_sha256,
+        })
+        .collect())
+}
+}
+
+sqlx_generic! {
 /// Deletes the registrations older than `seconds` that no writer holds.
 pub async fn sweep_expired_loads<DB>(
     pool: &Pool<DB>,

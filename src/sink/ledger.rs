@@ -148,6 +148,57 @@ pub fn instance() -> &'static str {
     })
 }
 
+/// One load, as `GET /v1/streams/{stream}/loads` lists it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ListedLoad {
+    /// Pass the last one of a page as `after` to get the next page.
+    pub load_id: i64,
+    pub stream: String,
+    pub table_name: String,
+    /// Rows stored (an id already stored is not counted).
+    pub rows: i64,
+    /// Bytes of the events' text.
+    pub bytes: i64,
+    pub first_received_at: String,
+    pub last_received_at: String,
+    pub committed_at: String,
+    /// `http`, `tcp`, `webhook:NAME`, `jetstream`, `replay`; comma-separated when the
+    /// batch mixed inputs.
+    pub source: String,
+    /// The Sluice that wrote it (`host:pid`).
+    pub instance: String,
+    /// SHA-256 of the schema file the rows were validated against.
+    pub schema_sha256: String,
+}
+
+impl Dialect {
+    /// A timestamp column as RFC 3339 text.
+    fn timestamp_text(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => {
+                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+            }
+            Dialect::Mysql => format!("DATE_FORMAT({column}, '%Y-%m-%dT%H:%i:%s.%fZ')"),
+            Dialect::Sqlite => column.to_owned(),
+        }
+    }
+
+    /// Loads of stream `?` after load id `?`, oldest first, at most `?`.
+    pub fn list_loads(self) -> String {
+        let t = |c| self.timestamp_text(c);
+        format!(
+            "SELECT load_id, stream, table_name, {}, bytes, {}, {}, {}, source, instance, schema_sha256 FROM {LOADS} WHERE stream = {} AND load_id > {} ORDER BY load_id LIMIT {}",
+            self.quote("rows"),
+            t("first_received_at"),
+            t("last_received_at"),
+            t("committed_at"),
+            self.placeholder(1),
+            self.placeholder(2),
+            self.placeholder(3)
+        )
+    }
+}
+
 impl Dialect {
     /// The ledger's tables, its one counter row and the watermark view, if missing.
     pub fn create_ledger(self) -> Vec<String> {

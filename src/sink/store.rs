@@ -147,6 +147,16 @@ impl Store {
         Ok(())
     }
 
+    /// Loads of `stream` after load id `after`, oldest first, at most `limit`.
+    pub async fn list_loads(
+        &self,
+        stream: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ledger::ListedLoad>, SinkError> {
+        with_pool!(&self.pools, p => super::generic::list_loads(p, self.dialect, stream, after, limit).await)
+    }
+
     /// The watermark of `stream`: no load with a lower or equal id commits later.
     pub async fn watermark(&self, stream: &str) -> Result<i64, SinkError> {
         with_pool!(&self.pools, p => scalar_bound(p, self.dialect, &self.dialect.watermark(), stream).await)

@@ -99,6 +99,32 @@ async fn every_committed_batch_is_a_load_with_its_rows(kind: Db) {
     )
     .await;
     assert_eq!(orphans, [0], "{kind:?}");
+    // The API lists them oldest first, a page at a time.
+    let (status, page) = app.get_json("/v1/streams/reading/loads?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    let first_page = page["loads"].as_array().unwrap().clone();
+    assert_eq!(first_page.len(), 2.min(loads.len()), "{page}");
+    let after = first_page.last().unwrap()["load_id"].as_i64().unwrap();
+    let (_, rest) = app
+        .get_json(&format!(
+            "/v1/streams/reading/loads?after={after}&limit=1000"
+        ))
+        .await;
+    let listed: Vec<Value> = first_page
+        .into_iter()
+        .chain(rest["loads"].as_array().unwrap().iter().cloned())
+        .collect();
+    assert_eq!(listed.len(), loads.len());
+    let listed_rows: i64 = listed.iter().map(|l| l["rows"].as_i64().unwrap()).sum();
+    assert_eq!(listed_rows, rows);
+    assert_eq!(listed[0]["source"], "http");
+    assert!(
+        listed[0]["committed_at"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        listed[0]
+    );
+    let (status, _) = app.get_json("/v1/streams/reading/loads?limit=0").await;
+    assert_eq!(status, 400);
     // Idle: the watermark is the last load.
     let load_ids = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
     assert!(load_ids.windows(2).all(|w| w[0] < w[1]));
