@@ -336,31 +336,35 @@ impl Dialect {
         )
     }
 
+    /// The columns of a ledger row, in the order [`Dialect::insert_load`] binds them.
+    fn load_columns(self) -> String {
+        format!(
+            "load_id, stream, table_name, {}, bytes, first_received_at, last_received_at, committed_at, source, instance, schema_sha256",
+            self.quote("rows")
+        )
+    }
+
+    /// The values of a ledger row: 11 placeholders from `$first` (PostgreSQL casts its
+    /// three timestamps from text).
+    fn load_values(self, first: usize) -> String {
+        (first..first + 11)
+            .map(|n| match self {
+                Dialect::Postgres if (first + 5..first + 8).contains(&n) => {
+                    format!("CAST(${n} AS timestamptz)")
+                }
+                _ => self.placeholder(n),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The ledger row of a load: binds load id, stream, table, rows, bytes, first and
     /// last received, committed, source, instance, schema SHA-256.
     pub fn insert_load(self) -> String {
-        let cols = format!(
-            "load_id, stream, table_name, {}, bytes, first_received_at, last_received_at, committed_at, source, instance, schema_sha256",
-            self.quote("rows")
-        );
-        let p = |n| self.placeholder(n);
-        let ts = |n| match self {
-            Dialect::Postgres => format!("CAST({} AS timestamptz)", p(n)),
-            _ => p(n),
-        };
         format!(
-            "INSERT INTO {LOADS} ({cols}) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-            p(1),
-            p(2),
-            p(3),
-            p(4),
-            p(5),
-            ts(6),
-            ts(7),
-            ts(8),
-            p(9),
-            p(10),
-            p(11)
+            "INSERT INTO {LOADS} ({}) VALUES ({})",
+            self.load_columns(),
+            self.load_values(1)
         )
     }
 
@@ -368,9 +372,11 @@ impl Dialect {
     /// (binds as [`Dialect::insert_load`]); one row inserted, or none when the
     /// registration is gone.
     pub fn claim_and_insert_load(self) -> String {
-        let rows = self.quote("rows");
+        // The row's values as `insert_load` binds them, but the id from the claim.
+        let values = self.load_values(1).replacen("$1", "load_id", 1);
         format!(
-            "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = $1 RETURNING load_id) INSERT INTO {LOADS} (load_id, stream, table_name, {rows}, bytes, first_received_at, last_received_at, committed_at, source, instance, schema_sha256) SELECT load_id, $2, $3, $4, $5, CAST($6 AS timestamptz), CAST($7 AS timestamptz), CAST($8 AS timestamptz), $9, $10, $11 FROM claimed"
+            "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = $1 RETURNING load_id) INSERT INTO {LOADS} ({}) SELECT {values} FROM claimed",
+            self.load_columns()
         )
     }
 
@@ -418,6 +424,15 @@ pub fn load_id_index(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_claim_writes_the_row_insert_load_binds() {
+        let claim = Dialect::Postgres.claim_and_insert_load();
+        assert!(claim.ends_with("SELECT load_id, $2, $3, $4, $5, CAST($6 AS timestamptz), CAST($7 AS timestamptz), CAST($8 AS timestamptz), $9, $10, $11 FROM claimed"), "{claim}");
+        assert!(Dialect::Mysql
+            .insert_load()
+            .ends_with("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    }
 
     #[test]
     fn sources_are_named_by_kind() {

@@ -23,7 +23,7 @@ pub(crate) async fn nats() -> Option<(String, jetstream::Context)> {
 }
 
 /// A JetStream stream of this test's own (deleted at the end) and its subject prefix.
-fn names() -> (String, String) {
+pub(crate) fn names() -> (String, String) {
     let tag = format!("{:08x}", fastrand::u32(..));
     (format!("SLUICE_T_{tag}"), format!("sluicet{tag}."))
 }

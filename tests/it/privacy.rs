@@ -15,23 +15,11 @@ use crate::helpers::{
 
 /// Lowercase hex HMAC-SHA256 of `value` under the tests' key, by `openssl dgst`.
 fn hmac_hex(value: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", &test_privacy_key_text()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("openssl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(value.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.trim().rsplit(' ').next().unwrap().to_owned()
+    hex::encode(crate::webhooks::openssl_hmac(
+        "sha256",
+        &test_privacy_key_text(),
+        value.as_bytes(),
+    ))
 }
 
 /// Lowercase hex SHA-256 of `bytes`, by `openssl dgst`.
@@ -373,8 +361,7 @@ async fn tcp_lines_and_jetstream_messages_are_treated(kind: Db) {
     let Some((url, js)) = crate::jetstream::nats().await else {
         return;
     };
-    let tag = format!("{:08x}", fastrand::u32(..));
-    let (name, prefix) = (format!("SLUICE_P_{tag}"), format!("sluicep{tag}."));
+    let (name, prefix) = crate::jetstream::names();
     js.get_or_create_stream(jetstream::stream::Config {
         name: name.clone(),
         subjects: vec![format!("{prefix}>")],
@@ -463,18 +450,7 @@ async fn the_shipped_email_webhook_example_stores_no_address_or_ip(kind: Db) {
         ],
     );
     let body = std::fs::read(root.join("examples/email_webhook.json")).unwrap();
-    let signature = {
-        use std::io::Write;
-        let mut child = Command::new("openssl")
-            .args(["dgst", "-sha256", "-hmac", "example"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&body).unwrap();
-        let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
-        out.trim().rsplit(' ').next().unwrap().to_owned()
-    };
+    let signature = hex::encode(crate::webhooks::openssl_hmac("sha256", "example", &body));
     let r = reqwest::Client::new()
         .post(format!("http://{}/v1/hooks/email", sluice.http))
         .header("content-type", "application/json")

@@ -91,7 +91,7 @@ fn node_sign(scheme: &str, secret: &str, ts: i64, body: &[u8]) -> Value {
 }
 
 /// `openssl dgst -<algo> -hmac KEY -binary` over `data`.
-fn openssl_hmac(algo: &str, key: &str, data: &[u8]) -> Vec<u8> {
+pub(crate) fn openssl_hmac(algo: &str, key: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new("openssl")
         .args(["dgst", &format!("-{algo}"), "-hmac", key, "-binary"])
