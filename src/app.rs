@@ -320,9 +320,15 @@ impl App {
             self.config.ledger.in_flight_timeout,
             stop,
         ));
-        if let Some(retention) = self.config.dead_letters.retention {
-            let (store, stop) = (self.storage.store.clone(), accepting.clone());
-            connections.spawn(crate::purge::run_retention(store, retention, stop));
+        use crate::purge::{run_retention, Retained};
+        for (what, retention) in [
+            (Retained::DeadLetters, self.config.dead_letters.retention),
+            (Retained::Loads, self.config.ledger.retention),
+        ] {
+            if let Some(retention) = retention {
+                let (store, stop) = (self.storage.store.clone(), accepting.clone());
+                connections.spawn(run_retention(store, what, retention, stop));
+            }
         }
     }
 

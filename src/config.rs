@@ -423,6 +423,10 @@ impl Config {
                 "dead_letters.retention",
                 self.dead_letters.retention.unwrap_or(Duration::MAX),
             ),
+            (
+                "ledger.retention",
+                self.ledger.retention.unwrap_or(Duration::MAX),
+            ),
         ];
         for (key, value) in durations {
             if value.is_zero() {

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::ingest::Ingest;
+use crate::sink::ledger::Page;
 use crate::sink::ListedDeadLetter;
 use crate::stats::Snapshot;
 use crate::telemetry;
@@ -401,20 +402,35 @@ pub async fn get_watermark(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LoadsQuery {
-    /// Loads after this load id (the last of the previous page); default 0.
+    /// Loads after this load id (the last of the previous page), oldest first; default 0.
     pub after: Option<i64>,
+    /// Instead of `after`: loads before this load id, newest first (the most recent
+    /// ones with `before=9223372036854775807`).
+    pub before: Option<i64>,
     /// At most this many, 1 to 1000; default 100.
     pub limit: Option<i64>,
 }
 
-/// A page of a stream's loads, oldest first.
+/// A page of a stream's loads: oldest first, or newest first when asked `before`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoadsPage {
     pub loads: Vec<crate::sink::ledger::ListedLoad>,
 }
 
+/// `limit` of a paged query, 1 to 1000, `default` when absent.
+fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            error: format!("limit = {limit}: give 1 to 1000"),
+            dead_lettered: 0,
+        });
+    }
+    Ok(limit)
+}
+
 /// `GET /v1/streams/{stream}/loads`: the stream's loads (committed writes of rows) after
-/// a load id, oldest first.
+/// a load id, oldest first, or the most recent ones.
 #[utoipa::path(
     get,
     path = "/v1/streams/{stream}/loads",
@@ -422,8 +438,8 @@ pub struct LoadsPage {
     security((), ("admin_token" = [])),
     params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`."), LoadsQuery),
     responses(
-        (status = 200, description = "Loads after `after`, oldest first.", body = LoadsPage),
-        (status = 400, description = "`limit` outside 1 to 1000, or a query that does not parse.", body = ErrorBody),
+        (status = 200, description = "Loads after `after`, oldest first; or before `before`, newest first.", body = LoadsPage),
+        (status = 400, description = "`limit` outside 1 to 1000, both `after` and `before`, or a query that does not parse.", body = ErrorBody),
         (status = 404, description = "No such stream.", body = ErrorBody),
         (status = 503, description = "The database did not answer.", body = ErrorBody),
         AdminUnauthorized,
@@ -436,25 +452,80 @@ pub async fn list_loads(
 ) -> Result<Json<LoadsPage>, ApiError> {
     let s = known_stream(&state, &name)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest {
-        error: format!("{}: after is a load id, limit 1 to 1000", e.body_text()),
+        error: format!(
+            "{}: after and before are load ids, limit 1 to 1000",
+            e.body_text()
+        ),
         dead_lettered: 0,
     })?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest {
-            error: format!("limit = {limit}: give 1 to 1000"),
-            dead_lettered: 0,
-        });
-    }
+    let limit = page_limit(query.limit, 100)?;
+    let page = match (query.after, query.before) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest {
+                error: "give either after (oldest first) or before (newest first), not both".into(),
+                dead_lettered: 0,
+            })
+        }
+        (_, Some(before)) => Page::Before(before),
+        (after, None) => Page::After(after.unwrap_or(0)),
+    };
     let loads = state
         .store
-        .list_loads(&s.name, query.after.unwrap_or(0), limit)
+        .list_loads(&s.name, page, limit)
         .await
         .map_err(|e| {
             tracing::warn!(stream = %s.name, error = %e, "Cannot read the loads.");
             ApiError::DatabaseUnavailable
         })?;
     Ok(Json(LoadsPage { loads }))
+}
+
+/// Query of `GET /v1/streams/{stream}/daily`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DailyQuery {
+    /// The last this many days that have any load or dead letter, 1 to 1000; default 14.
+    pub days: Option<i64>,
+}
+
+/// A stream's days, newest first, as the view `sluice_daily` counts them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DailyPage {
+    pub days: Vec<crate::sink::ledger::Day>,
+}
+
+/// `GET /v1/streams/{stream}/daily`: rows, loads and dead letters per UTC day.
+#[utoipa::path(
+    get,
+    path = "/v1/streams/{stream}/daily",
+    tag = "operations",
+    security((), ("admin_token" = [])),
+    params(("stream" = String, Path, description = "A stream name: a file `schemas/<stream>.json`."), DailyQuery),
+    responses(
+        (status = 200, description = "The stream's days, newest first.", body = DailyPage),
+        (status = 400, description = "`days` outside 1 to 1000, or a query that does not parse.", body = ErrorBody),
+        (status = 404, description = "No such stream.", body = ErrorBody),
+        (status = 503, description = "The database did not answer.", body = ErrorBody),
+        AdminUnauthorized,
+    )
+)]
+pub async fn daily(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<DailyPage>, ApiError> {
+    let s = known_stream(&state, &name)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest {
+        error: format!("{}: days is 1 to 1000", e.body_text()),
+        dead_lettered: 0,
+    })?;
+    let days = page_limit(query.days, 14)?;
+    let days = state.store.daily(&s.name, days).await.map_err(|e| {
+        tracing::warn!(stream = %s.name, error = %e, "Cannot read the daily counts.");
+        ApiError::DatabaseUnavailable
+    })?;
+    Ok(Json(DailyPage { days }))
 }
 
 /// The stream called `name`, or the 404 that lists the streams there are.

@@ -130,6 +130,7 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/streams/{stream}", get(admin::get_stream))
         .route("/v1/streams/{stream}/schema", get(admin::get_stream_schema))
         .route("/v1/streams/{stream}/watermark", get(admin::get_watermark))
+        .route("/v1/streams/{stream}/daily", get(admin::daily))
         .route("/v1/streams/{stream}/loads", get(admin::list_loads))
         .route("/v1/dead-letters", get(admin::list_dead_letters))
         .route("/v1/jobs", get(jobs::list_jobs))

@@ -27,6 +27,7 @@ use super::{admin, events, hooks, jobs};
         admin::get_stream,
         admin::get_stream_schema,
         admin::get_watermark,
+        admin::daily,
         admin::list_loads,
         admin::list_dead_letters,
         jobs::start_replay,

@@ -300,16 +300,30 @@ impl Dialect {
         filter.eq_if(stream, "stream");
         filter.eq_if(stage, "stage");
         filter.time_if(before, "received_at <");
+        self.delete_oldest(DEAD_LETTERS, "id", filter)
+    }
+
+    /// Deletes up to `?` (the last placeholder) of the oldest rows of `sluice_loads`
+    /// committed before `?`.
+    pub fn purge_loads(self) -> String {
+        let mut filter = Filter::new(self, "1 = 1", 0);
+        filter.time_if(true, "committed_at <");
+        self.delete_oldest(super::ledger::LOADS, "load_id", filter)
+    }
+
+    /// Deletes up to a bound number of the rows of `table` matching `filter`, lowest
+    /// `id` first, in one statement (the limit is the next placeholder).
+    fn delete_oldest(self, table: &str, id: &str, mut filter: Filter) -> String {
         let limit = filter.next();
         let inner = format!(
-            "SELECT id FROM {DEAD_LETTERS} WHERE {} ORDER BY id LIMIT {limit}",
+            "SELECT {id} FROM {table} WHERE {} ORDER BY {id} LIMIT {limit}",
             filter.sql
         );
         match self {
-            Dialect::Mysql => format!(
-                "DELETE FROM {DEAD_LETTERS} WHERE id IN (SELECT id FROM ({inner}) AS oldest)"
-            ),
-            _ => format!("DELETE FROM {DEAD_LETTERS} WHERE id IN ({inner})"),
+            Dialect::Mysql => {
+                format!("DELETE FROM {table} WHERE {id} IN (SELECT {id} FROM ({inner}) AS oldest)")
+            }
+            _ => format!("DELETE FROM {table} WHERE {id} IN ({inner})"),
         }
     }
 

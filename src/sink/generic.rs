@@ -621,13 +621,17 @@ pub async fn list_loads<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     stream: &str,
-    after: i64,
+    page: ledger::Page,
     limit: i64,
 ) -> Result<Vec<ledger::ListedLoad>, SinkError> {
     type Columns = (i64, String, String, i64, i64, String, String, String, String, String, String);
-    let rows = sqlx::query_as::<DB, Columns>(&dialect.list_loads())
+    let (newest_first, from) = match page {
+        ledger::Page::After(id) => (false, id),
+        ledger::Page::Before(id) => (true, id),
+    };
+    let rows = sqlx::query_as::<DB, Columns>(&dialect.list_loads(newest_first))
         .bind(stream)
-        .bind(after)
+        .bind(from)
         .bind(limit)
         .fetch_all(pool)
         .await
@@ -648,6 +652,45 @@ pub async fn list_loads<DB>(
             schema_sha256,
         })
         .collect())
+}
+}
+
+sqlx_generic! {
+/// The last `days` days of `stream` in `sluice_daily`, newest first.
+pub async fn daily<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    stream: &str,
+    days: i64,
+) -> Result<Vec<ledger::Day>, SinkError> {
+    let rows = sqlx::query_as::<DB, (String, i64, i64, i64)>(&dialect.daily())
+        .bind(stream)
+        .bind(days)
+        .fetch_all(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(rows
+        .into_iter()
+        .map(|(day, rows, loads, dead_letters)| ledger::Day { day, rows, loads, dead_letters })
+        .collect())
+}
+}
+
+sqlx_generic! {
+/// Deletes up to `limit` of the oldest ledger rows committed before `before`.
+pub async fn purge_loads<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    before: String,
+    limit: i64,
+) -> Result<u64, SinkError> {
+    let done = sqlx::query::<DB>(&dialect.purge_loads())
+        .bind(before)
+        .bind(limit)
+        .execute(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(done.rows())
 }
 }
 

@@ -30,6 +30,7 @@ pub const LOAD_SEQ: &str = "sluice_load_seq";
 pub const IN_FLIGHT: &str = "sluice_loads_in_flight";
 pub const STREAMS: &str = "sluice_streams";
 pub const WATERMARKS: &str = "sluice_watermarks";
+pub const DAILY: &str = "sluice_daily";
 pub use super::dialect::LOAD_ID;
 
 /// `[ledger]`.
@@ -45,6 +46,10 @@ pub struct LedgerConfig {
         deserialize_with = "crate::toml_values::duration"
     )]
     pub in_flight_timeout: std::time::Duration,
+    /// Ledger rows committed longer ago than this are deleted in the background, in
+    /// small batches (e.g. `"90d"`); never data rows. Unset keeps them.
+    #[serde(default, deserialize_with = "crate::toml_values::opt_duration")]
+    pub retention: Option<std::time::Duration>,
 }
 
 fn default_in_flight_timeout() -> std::time::Duration {
@@ -55,6 +60,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             in_flight_timeout: default_in_flight_timeout(),
+            retention: None,
         }
     }
 }
@@ -148,6 +154,28 @@ pub fn instance() -> &'static str {
     })
 }
 
+/// Which page of a stream's loads to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// Loads after this id, oldest first (to follow the ledger forward).
+    After(i64),
+    /// Loads before this id, newest first (the most recent ones).
+    Before(i64),
+}
+
+/// One day of one stream, as the view `sluice_daily` counts it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Day {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Rows committed that day (loads still in the ledger; see `[ledger] retention`).
+    pub rows: i64,
+    /// Loads committed that day.
+    pub loads: i64,
+    /// Dead letters of the stream received that day.
+    pub dead_letters: i64,
+}
+
 /// One load, as `GET /v1/streams/{stream}/loads` lists it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ListedLoad {
@@ -183,11 +211,17 @@ impl Dialect {
         }
     }
 
-    /// Loads of stream `?` after load id `?`, oldest first, at most `?`.
-    pub fn list_loads(self) -> String {
+    /// Loads of stream `?` after load id `?`, oldest first, at most `?`; or, when
+    /// `newest_first`, before load id `?`, newest first.
+    pub fn list_loads(self, newest_first: bool) -> String {
         let t = |c| self.timestamp_text(c);
+        let (compare, order) = if newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         format!(
-            "SELECT load_id, stream, table_name, {}, bytes, {}, {}, {}, source, instance, schema_sha256 FROM {LOADS} WHERE stream = {} AND load_id > {} ORDER BY load_id LIMIT {}",
+            "SELECT load_id, stream, table_name, {}, bytes, {}, {}, {}, source, instance, schema_sha256 FROM {LOADS} WHERE stream = {} AND load_id {compare} {} ORDER BY load_id {order} LIMIT {}",
             self.quote("rows"),
             t("first_received_at"),
             t("last_received_at"),
@@ -249,6 +283,51 @@ impl Dialect {
             ),
         });
         statements
+    }
+
+    /// The view `sluice_daily`: per stream and UTC day, the rows and loads committed
+    /// (from the ledger, so within `[ledger] retention`) and the dead letters received.
+    pub fn create_daily(self) -> String {
+        let rows = self.quote("rows");
+        let day = |column: &str| match self {
+            Dialect::Postgres => format!("CAST({column} AT TIME ZONE 'UTC' AS date)"),
+            Dialect::Mysql => format!("DATE({column})"),
+            Dialect::Sqlite => format!("substr({column}, 1, 10)"),
+        };
+        let sum = |column: &str| match self {
+            Dialect::Postgres => format!("CAST(SUM({column}) AS bigint)"),
+            Dialect::Mysql => format!("CAST(SUM({column}) AS SIGNED)"),
+            Dialect::Sqlite => format!("SUM({column})"),
+        };
+        let view = format!(
+            "{DAILY} AS SELECT stream, day, {} AS {rows}, {} AS loads, {} AS dead_letters FROM (SELECT stream, {} AS day, {rows} AS r, 1 AS l, 0 AS d FROM {LOADS} UNION ALL SELECT stream, {}, 0, 0, 1 FROM {} WHERE stream IS NOT NULL) AS counted GROUP BY stream, day",
+            sum("r"),
+            sum("l"),
+            sum("d"),
+            day("committed_at"),
+            day("received_at"),
+            super::dialect::DEAD_LETTERS,
+        );
+        match self {
+            Dialect::Sqlite => format!("CREATE VIEW IF NOT EXISTS {view}"),
+            Dialect::Postgres | Dialect::Mysql => format!("CREATE OR REPLACE VIEW {view}"),
+        }
+    }
+
+    /// The last `?` days of stream `?` in `sluice_daily`, newest first, the day as
+    /// `YYYY-MM-DD` text.
+    pub fn daily(self) -> String {
+        let day = match self {
+            Dialect::Postgres => "CAST(day AS text)",
+            Dialect::Mysql => "CAST(day AS CHAR)",
+            Dialect::Sqlite => "day",
+        };
+        format!(
+            "SELECT {day}, {}, loads, dead_letters FROM {DAILY} WHERE stream = {} ORDER BY day DESC LIMIT {}",
+            self.quote("rows"),
+            self.placeholder(1),
+            self.placeholder(2)
+        )
     }
 
     /// Names `stream` in `sluice_streams` (for the watermark view), if it is not yet.

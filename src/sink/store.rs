@@ -128,6 +128,9 @@ impl Store {
         if self.describe_table(ledger::STREAMS).await?.is_empty() {
             self.execute_ddl(self.dialect.create_ledger()).await?;
         }
+        if self.describe_table(ledger::DAILY).await?.is_empty() {
+            self.execute_ddl(vec![self.dialect.create_daily()]).await?;
+        }
         for stream in streams {
             let index = self.dialect.load_id_index_exists();
             let name = ledger::load_id_index(&stream.table);
@@ -147,14 +150,26 @@ impl Store {
         Ok(())
     }
 
-    /// Loads of `stream` after load id `after`, oldest first, at most `limit`.
+    /// Loads of `stream`, at most `limit`: after load id `from`, oldest first; or,
+    /// with [`ledger::Page::Before`], before it, newest first.
     pub async fn list_loads(
         &self,
         stream: &str,
-        after: i64,
+        page: ledger::Page,
         limit: i64,
     ) -> Result<Vec<ledger::ListedLoad>, SinkError> {
-        with_pool!(&self.pools, p => super::generic::list_loads(p, self.dialect, stream, after, limit).await)
+        with_pool!(&self.pools, p => super::generic::list_loads(p, self.dialect, stream, page, limit).await)
+    }
+
+    /// The last `days` days of `stream` in `sluice_daily`, newest first.
+    pub async fn daily(&self, stream: &str, days: i64) -> Result<Vec<ledger::Day>, SinkError> {
+        with_pool!(&self.pools, p => super::generic::daily(p, self.dialect, stream, days).await)
+    }
+
+    /// Deletes up to `limit` of the oldest ledger rows committed before `before`.
+    pub async fn purge_loads(&self, before: &DateTime<Utc>, limit: i64) -> Result<u64, SinkError> {
+        let timestamp = self.timestamp();
+        with_pool!(&self.pools, p => super::generic::purge_loads(p, self.dialect, timestamp(before), limit).await)
     }
 
     /// The watermark of `stream`: no load with a lower or equal id commits later.

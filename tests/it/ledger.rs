@@ -125,6 +125,72 @@ async fn every_committed_batch_is_a_load_with_its_rows(kind: Db) {
     );
     let (status, _) = app.get_json("/v1/streams/reading/loads?limit=0").await;
     assert_eq!(status, 400);
+    // The most recent ones, newest first.
+    let (status, newest) = app
+        .get_json("/v1/streams/reading/loads?before=9223372036854775807&limit=2")
+        .await;
+    assert_eq!(status, 200, "{newest}");
+    let newest: Vec<i64> = newest["loads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["load_id"].as_i64().unwrap())
+        .collect();
+    let mut expected: Vec<i64> = listed
+        .iter()
+        .map(|l| l["load_id"].as_i64().unwrap())
+        .collect();
+    expected.reverse();
+    expected.truncate(2);
+    assert_eq!(newest, expected);
+    let (status, _) = app
+        .get_json("/v1/streams/reading/loads?after=1&before=5")
+        .await;
+    assert_eq!(status, 400);
+
+    // Per day: the rows and loads committed, and the dead letters received.
+    let r = app
+        .post(
+            "reading",
+            "",
+            "application/json",
+            r#"{"seq": 9999, "sensor": "a", "value": 99999}"#,
+        )
+        .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["dead_lettered"], 1, "{answer}");
+    let (status, daily) = app.get_json("/v1/streams/reading/daily").await;
+    assert_eq!(status, 200, "{daily}");
+    let days = daily["days"].as_array().unwrap();
+    let sum = |key: &str| days.iter().map(|d| d[key].as_i64().unwrap()).sum::<i64>();
+    assert_eq!(
+        (sum("rows"), sum("loads"), sum("dead_letters")),
+        (rows, loads.len() as i64, 1),
+        "{kind:?}: {daily}"
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        days.iter().any(|d| d["day"] == today.as_str()),
+        "{kind:?}: {daily}"
+    );
+    let view = app
+        .db
+        .query(&format!(
+            "SELECT {}, {}, {} FROM sluice_daily WHERE stream = 'reading'",
+            app.db.text(&format!("SUM({})", app.db.quote("rows"))),
+            app.db.text("SUM(loads)"),
+            app.db.text("SUM(dead_letters)")
+        ))
+        .await;
+    assert_eq!(
+        view[0],
+        [
+            Some(rows.to_string()),
+            Some(loads.len().to_string()),
+            Some("1".to_string())
+        ],
+        "{kind:?}"
+    );
     // Idle: the watermark is the last load.
     let load_ids = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
     assert!(load_ids.windows(2).all(|w| w[0] < w[1]));
@@ -312,7 +378,48 @@ async fn a_reader_following_the_watermark_sees_every_row_exactly_once(kind: Db) 
     assert_eq!(count as usize, sent.len());
 }
 
+/// `[ledger] retention` deletes ledger rows older than it, in the background; the
+/// stream's rows and its watermark stay.
+async fn ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay(kind: Db) {
+    let Some(app) = spawn_app(kind, crate::helpers::fixture_schemas(), |c| {
+        c.ledger.retention = Some(Duration::from_secs(1));
+    })
+    .await
+    else {
+        return;
+    };
+    for first in [0, 10, 20] {
+        let r = app
+            .post(
+                "reading",
+                "",
+                "application/x-ndjson",
+                readings_ndjson(first..first + 10),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let last = *ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id")
+        .await
+        .last()
+        .expect("the posts made loads");
+    crate::helpers::eventually(20, "the ledger rows are purged", || async {
+        match ids(&app, "COUNT(*)", "FROM sluice_loads").await[..] {
+            [0] => Ok(()),
+            ref n => Err(format!("{n:?} ledger rows left")),
+        }
+    })
+    .await;
+    assert_eq!(
+        app.db.count("reading").await,
+        30,
+        "{kind:?}: data rows stay"
+    );
+    assert_eq!(watermark(&app, "reading").await, last);
+}
+
 crate::db_tests!(
+    ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay,
     a_reader_following_the_watermark_sees_every_row_exactly_once,
     every_committed_batch_is_a_load_with_its_rows,
     a_load_in_flight_holds_the_watermark_until_it_expires,

@@ -122,6 +122,31 @@ async fn replay_after_a_schema_fix_moves_dead_letters_once(db: Db) {
     );
     let seqs = app.db.values("reading", "seq").await;
     assert_eq!(seqs, [Some("1".into()), Some("2".into()), Some("3".into())]);
+    // The replayed rows are a load of their own in the ledger, from "replay".
+    let loads = app
+        .db
+        .query(&format!(
+            "SELECT source, {} FROM sluice_loads ORDER BY load_id",
+            app.db.text(&app.db.quote("rows"))
+        ))
+        .await;
+    let loads: Vec<(String, String)> = loads
+        .into_iter()
+        .map(|l| (l[0].clone().unwrap(), l[1].clone().unwrap()))
+        .collect();
+    assert_eq!(
+        loads,
+        [("http".into(), "1".into()), ("replay".into(), "2".into())],
+        "{db:?}"
+    );
+    let replayed_in_replay_load = app
+        .db
+        .query(&format!(
+            "SELECT {} FROM reading r JOIN sluice_loads l ON l.load_id = r._load_id WHERE l.source = 'replay'",
+            app.db.text("COUNT(*)")
+        ))
+        .await;
+    assert_eq!(replayed_in_replay_load[0][0].as_deref(), Some("2"));
 
     let again = replay(&config, &ReplayOptions::default()).await.unwrap();
     assert_eq!(
