@@ -43,8 +43,10 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
     std::fs::write(schemas.path().join("member.json"), member.to_string()).unwrap();
     let env = [("SLUICE_SCHEMAS_DIR", schemas.path().display().to_string())];
     let sluice = spawn_binary(None, &db, &env);
-    // Three readings out of range, and one line that is HTML, not JSON.
-    let body = "{\"seq\": 1, \"sensor\": \"a\", \"value\": 5000}\n\
+    // One reading stored (a load), three out of range, and one line that is HTML,
+    // not JSON.
+    let body = "{\"seq\": 0, \"sensor\": \"a\", \"value\": 5}\n\
+                {\"seq\": 1, \"sensor\": \"a\", \"value\": 5000}\n\
                 {\"seq\": 2, \"sensor\": \"a\", \"value\": 6000}\n\
                 {\"seq\": 3, \"sensor\": \"a\", \"value\": 7000}\n\
                 <img src=x onerror=alert(1)>\n";
@@ -81,6 +83,6 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    db.wait_for_count("reading", 3).await;
+    db.wait_for_count("reading", 4).await;
     sluice.terminate().await;
 }

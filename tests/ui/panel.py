@@ -3,7 +3,8 @@ against a running Sluice seeded by tests/it/ui.rs.
 
 Usage: python panel.py BASE_URL SCREENSHOT_PATH
 Checks: the streams and their counts appear (dead letters by stage); a stream opens to
-its schema and the DDL of its table, with its treated personal fields; dead letters filter by time; a dead letter opens with its error and a
+its schema and the DDL of its table, with its treated personal fields, its recent loads
+and its rows per day (a replay adds a load); dead letters filter by time; a dead letter opens with its error and a
 payload that would be HTML is shown as text (no script runs); a replay started from the
 panel reaches 100 % and completes.
 """
@@ -39,6 +40,16 @@ with sync_playwright() as p:
     expect(page.locator("#schema-ddl")).to_contain_text('CREATE TABLE IF NOT EXISTS "reading"')
     expect(page.locator("#schema-json")).to_contain_text('"sensor"')
     expect(page.locator("#schema-privacy")).to_be_hidden()
+    # Its one load so far, and today's counts: 1 row in 1 load, 4 dead letters.
+    loads = page.locator("#loads tbody tr")
+    expect(loads).to_have_count(1)
+    expect(loads.nth(0).locator("td").nth(1)).to_have_text("1")
+    expect(loads.nth(0).locator("td").nth(2)).to_have_text("http")
+    expect(page.locator("#loads-watermark")).to_have_text("watermark " + loads.nth(0).locator("td").nth(0).inner_text())
+    day = page.locator("#daily tbody tr")
+    expect(day).to_have_count(1)
+    expect(day.nth(0).locator("td").nth(1)).to_have_text("1")
+    expect(day.nth(0).locator("td").nth(3)).to_have_text("4")
 
     # A stream that treats personal fields shows each treatment beside the DDL.
     page.locator("#streams tbody tr[data-stream=member]").click()
@@ -80,6 +91,14 @@ with sync_playwright() as p:
     expect(page.locator("#jobs tbody tr").first).to_contain_text("completed")
     # The dead letters list is reloaded: only the one that still fails is left.
     expect(page.locator("#dead-letters tbody tr")).to_have_count(1)
+    # The replayed rows are a load of their own, newest first; the day counts them.
+    row.click()
+    expect(loads).to_have_count(2)
+    expect(loads.nth(0).locator("td").nth(1)).to_have_text("3")
+    expect(loads.nth(0).locator("td").nth(2)).to_have_text("replay")
+    expect(day.nth(0).locator("td").nth(1)).to_have_text("4")
+    expect(day.nth(0).locator("td").nth(2)).to_have_text("2")
+    expect(day.nth(0).locator("td").nth(3)).to_have_text("1")
 
     page.screenshot(path=screenshot, full_page=True)
     browser.close()

@@ -45,6 +45,31 @@ async function showSchema(name) {
     rows.appendChild(tr);
   }
   $("schema-privacy").hidden = !(s.privacy || []).length;
+  await showLoads(name);
+}
+
+// The stream's watermark, its most recent loads (newest first) and its rows per day.
+async function showLoads(name) {
+  const stream = encodeURIComponent(name);
+  const [w, recent, daily] = await Promise.all([
+    api("/v1/streams/" + stream + "/watermark"),
+    api("/v1/streams/" + stream + "/loads?before=9223372036854775807&limit=10"),
+    api("/v1/streams/" + stream + "/daily?days=14"),
+  ]);
+  $("loads-watermark").textContent = "watermark " + w.watermark;
+  fill($("loads").tBodies[0], recent.loads, (tr, l) => {
+    cell(tr, l.load_id, "num");
+    cell(tr, l.rows, "num");
+    cell(tr, l.source);
+    cell(tr, l.committed_at);
+    cell(tr, l.instance);
+  });
+  fill($("daily").tBodies[0], daily.days, (tr, d) => {
+    cell(tr, d.day);
+    cell(tr, d.rows, "num");
+    cell(tr, d.loads, "num");
+    cell(tr, d.dead_letters, d.dead_letters > 0 ? "num error" : "num");
+  });
 }
 
 async function api(path, options = {}) {
