@@ -247,9 +247,15 @@ impl Dialect {
             Dialect::Sqlite => ("TEXT", "TEXT", ""),
         };
         let rows = self.quote("rows");
+        // MySQL 8 has no `ADD INDEX IF NOT EXISTS` (MariaDB has): the index is declared
+        // with the table there.
+        let key = match self {
+            Dialect::Mysql => format!(",\n  KEY {LOADS}_stream_load (stream, load_id)"),
+            Dialect::Postgres | Dialect::Sqlite => String::new(),
+        };
         let mut statements = vec![
             format!(
-                "CREATE TABLE IF NOT EXISTS {LOADS} (\n  load_id bigint NOT NULL PRIMARY KEY,\n  stream {name} NOT NULL,\n  table_name {name} NOT NULL,\n  {rows} bigint NOT NULL,\n  bytes bigint NOT NULL,\n  first_received_at {ts} NOT NULL,\n  last_received_at {ts} NOT NULL,\n  committed_at {ts} NOT NULL,\n  source {text} NOT NULL,\n  instance {text} NOT NULL,\n  schema_sha256 {text} NOT NULL\n){engine}"
+                "CREATE TABLE IF NOT EXISTS {LOADS} (\n  load_id bigint NOT NULL PRIMARY KEY,\n  stream {name} NOT NULL,\n  table_name {name} NOT NULL,\n  {rows} bigint NOT NULL,\n  bytes bigint NOT NULL,\n  first_received_at {ts} NOT NULL,\n  last_received_at {ts} NOT NULL,\n  committed_at {ts} NOT NULL,\n  source {text} NOT NULL,\n  instance {text} NOT NULL,\n  schema_sha256 {text} NOT NULL{key}\n){engine}"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {LOAD_SEQ} (\n  id integer NOT NULL PRIMARY KEY,\n  last_id bigint NOT NULL\n){engine}"
@@ -271,17 +277,15 @@ impl Dialect {
             Dialect::Sqlite => format!("CREATE VIEW IF NOT EXISTS {view}"),
             Dialect::Postgres | Dialect::Mysql => format!("CREATE OR REPLACE VIEW {view}"),
         });
-        statements.push(match self {
-            Dialect::Postgres => format!(
+        match self {
+            Dialect::Postgres => statements.push(format!(
                 "DO $$ BEGIN IF to_regclass('{LOADS}_stream_load') IS NULL THEN CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id); END IF; END $$"
-            ),
-            Dialect::Sqlite => format!(
+            )),
+            Dialect::Sqlite => statements.push(format!(
                 "CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id)"
-            ),
-            Dialect::Mysql => format!(
-                "ALTER TABLE {LOADS} ADD INDEX IF NOT EXISTS {LOADS}_stream_load (stream, load_id)"
-            ),
-        });
+            )),
+            Dialect::Mysql => {}
+        }
         statements
     }
 

@@ -418,7 +418,167 @@ async fn ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay(kind
     assert_eq!(watermark(&app, "reading").await, last);
 }
 
+/// A session of the test's holding `reading` locked, so that a writer's transaction
+/// stays open (as one held up by the network or by a long lock would) until
+/// [`TableLock::release`].
+enum TableLock {
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+}
+
+impl TableLock {
+    async fn take(db: &crate::helpers::TestDb) -> TableLock {
+        use sqlx::Connection;
+        match db.kind {
+            Db::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+                sqlx::query("LOCK TABLE reading IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                TableLock::Postgres(c)
+            }
+            Db::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+                sqlx::query("LOCK TABLES reading WRITE")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                TableLock::Mysql(c)
+            }
+            Db::Sqlite => unreachable!("SQLite has no loads in flight"),
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            TableLock::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            TableLock::Mysql(mut c) => {
+                sqlx::query("UNLOCK TABLES").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+/// The load `instance` has registered and not committed, once there is one.
+async fn load_in_flight(app: &TestApp, instance: &str) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = app
+            .db
+            .query(&format!(
+                "SELECT {} FROM sluice_loads_in_flight WHERE instance LIKE '%:{instance}'",
+                app.db.text("load_id")
+            ))
+            .await;
+        if let Some(id) = rows.first().and_then(|r| r[0].as_deref()) {
+            return id.parse().unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "instance {instance} registered no load"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Through the real binary: a writer whose transaction is held open holds the watermark
+/// below its load until it commits; one killed (`kill -9`) mid-load holds it for about
+/// `[ledger] in_flight_timeout`, no less and not much more, while another instance
+/// goes on committing; the killed writer's rows are not in the table and every row
+/// there belongs to a load of the ledger.
+async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded_time(kind: Db) {
+    if kind == Db::Sqlite {
+        return; // SQLite takes a load's id as it commits: nothing is ever in flight.
+    }
+    let Some(db) = crate::helpers::TestDb::create(kind).await else {
+        return;
+    };
+    let timeout = Duration::from_secs(4);
+    let mut writer = crate::helpers::spawn_binary(
+        None,
+        &db,
+        &[("SLUICE_LEDGER_IN_FLIGHT_TIMEOUT", "4s".into())],
+    );
+    let pid = writer.child.id().to_string();
+    let other = crate::helpers::spawn_app_on(
+        db.via(db.url.clone()),
+        crate::helpers::fixture_schemas(),
+        |c| c.ledger.in_flight_timeout = timeout,
+    )
+    .await;
+    let post = |base: String, first: i64| async move {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/streams/reading/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(readings_ndjson(first..first + 5))
+            .send()
+            .await
+    };
+    let writer_url = format!("http://{}", writer.http);
+    let other_url = format!("http://{}", other.addr);
+    assert_eq!(post(writer_url.clone(), 0).await.unwrap().status(), 200);
+
+    // Held open, then committed: the watermark waits for it, then takes it.
+    let lock = TableLock::take(&db).await;
+    let held = tokio::spawn(post(writer_url.clone(), 5));
+    let stuck = load_in_flight(&other, &pid).await;
+    assert_eq!(watermark(&other, "reading").await, stuck - 1, "{kind:?}");
+    lock.release().await;
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    assert_eq!(watermark(&other, "reading").await, stuck, "{kind:?}");
+
+    // Killed mid-load: held for in_flight_timeout, then passed.
+    let lock = TableLock::take(&db).await;
+    let lost = tokio::spawn(post(writer_url.clone(), 10));
+    let stuck = load_in_flight(&other, &pid).await;
+    let registered = std::time::Instant::now();
+    writer.child.kill().unwrap();
+    writer.child.wait().unwrap();
+    assert!(lost.await.unwrap().is_err(), "the killed writer answered");
+    lock.release().await;
+    assert_eq!(post(other_url.clone(), 15).await.unwrap().status(), 200);
+    let last = *ids(&other, "load_id", "FROM sluice_loads ORDER BY load_id")
+        .await
+        .last()
+        .unwrap();
+    assert!(last > stuck, "{kind:?}: a later load committed");
+    let w = watermark(&other, "reading").await;
+    if registered.elapsed() < timeout - Duration::from_secs(1) {
+        assert_eq!(
+            w,
+            stuck - 1,
+            "{kind:?}: held below the killed writer's load"
+        );
+    }
+    crate::helpers::eventually(20, "the killed writer's load expires", || async {
+        match watermark_api(&other, "reading").await {
+            w if w == last => Ok(()),
+            w => Err(format!("watermark {w}, last load {last}")),
+        }
+    })
+    .await;
+    let held_for = registered.elapsed();
+    assert!(
+        held_for >= timeout - Duration::from_millis(500) && held_for < timeout * 3,
+        "{kind:?}: the watermark was held {held_for:?} with in_flight_timeout {timeout:?}"
+    );
+    // The killed writer's five rows never committed; every row is in a load.
+    assert_eq!(db.count("reading").await, 15, "{kind:?}");
+    let orphans = ids(
+        &other,
+        "COUNT(*)",
+        "FROM reading WHERE _load_id IS NULL OR _load_id NOT IN (SELECT load_id FROM sluice_loads)",
+    )
+    .await;
+    assert_eq!(orphans, [0], "{kind:?}");
+}
+
 crate::db_tests!(
+    a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded_time,
     ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay,
     a_reader_following_the_watermark_sees_every_row_exactly_once,
     every_committed_batch_is_a_load_with_its_rows,
