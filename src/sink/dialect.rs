@@ -303,17 +303,9 @@ impl Dialect {
         self.delete_oldest(DEAD_LETTERS, "id", filter)
     }
 
-    /// Deletes up to `?` (the last placeholder) of the oldest rows of `sluice_loads`
-    /// committed before `?`.
-    pub fn purge_loads(self) -> String {
-        let mut filter = Filter::new(self, "1 = 1", 0);
-        filter.time_if(true, "committed_at <");
-        self.delete_oldest(super::ledger::LOADS, "load_id", filter)
-    }
-
     /// Deletes up to a bound number of the rows of `table` matching `filter`, lowest
     /// `id` first, in one statement (the limit is the next placeholder).
-    fn delete_oldest(self, table: &str, id: &str, mut filter: Filter) -> String {
+    pub(super) fn delete_oldest(self, table: &str, id: &str, mut filter: Filter) -> String {
         let limit = filter.next();
         let inner = format!(
             "SELECT {id} FROM {table} WHERE {} ORDER BY {id} LIMIT {limit}",
@@ -695,7 +687,7 @@ fn pg_index_if_missing(name: &str, columns: &str) -> String {
 
 /// A `WHERE` clause built one condition at a time, numbering its placeholders in the
 /// order they are added, which is the order their values are bound in.
-struct Filter {
+pub(super) struct Filter {
     dialect: Dialect,
     /// Placeholders used so far.
     bound: usize,
@@ -704,7 +696,7 @@ struct Filter {
 
 impl Filter {
     /// Starts from `first`, which already uses `bound` placeholders.
-    fn new(dialect: Dialect, first: &str, bound: usize) -> Filter {
+    pub(super) fn new(dialect: Dialect, first: &str, bound: usize) -> Filter {
         Filter {
             dialect,
             bound,
@@ -727,7 +719,7 @@ impl Filter {
     }
 
     /// `AND comparison ?` against a bound RFC 3339 text when `on` (PostgreSQL casts it).
-    fn time_if(&mut self, on: bool, comparison: &str) {
+    pub(super) fn time_if(&mut self, on: bool, comparison: &str) {
         if on {
             let mut p = self.next();
             if self.dialect == Dialect::Postgres {

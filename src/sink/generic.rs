@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
-use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS, MYSQL_DUPLICATES};
+use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::ledger::{self, Load};
 use super::{
     chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
@@ -377,8 +377,8 @@ pub async fn record_replay_failure<DB>(
 pub type TimestampText = fn(&DateTime<Utc>) -> String;
 
 sqlx_generic! {
-/// Writes `rows` to `stream`'s table and deletes the dead letters `replayed` (those the
-/// rows came from, when replaying) in one transaction.
+/// Writes `rows` to `stream`'s table as one load, and deletes the dead letters
+/// `replayed` (those the rows came from, when replaying), in one transaction.
 pub async fn write_rows<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
@@ -388,92 +388,44 @@ pub async fn write_rows<DB>(
     rows: &[Row],
     replayed: &[i64],
 ) -> Result<usize, SinkError> {
-    let err = sink_error(dialect);
-    // MySQL registers the load first (see `ledger`); SQLite takes its id as it writes.
-    let registered = if dialect == Dialect::Mysql {
-        let mut reg = pool.begin().await.map_err(&err)?;
-        sqlx::query::<DB>(&dialect.next_load_id())
-            .execute(&mut *reg)
-            .await
-            .map_err(&err)?;
-        sqlx::query::<DB>(&dialect.register_taken_load())
-            .bind(stream.name.as_str())
-            .bind(ledger::instance())
-            .execute(&mut *reg)
-            .await
-            .map_err(&err)?;
-        let (id,): (i64,) =
-            sqlx::query_as::<DB, (i64,)>("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
-                .fetch_one(&mut *reg)
-                .await
-                .map_err(&err)?;
-        reg.commit().await.map_err(&err)?;
-        Some(id)
-    } else {
-        None
+    let conn = pool.acquire().await.map_err(sink_error(dialect))?;
+    let mut load = OpenLoad::begin(conn, dialect, stream).await?;
+    let batch = RowBatch {
+        stream,
+        rows,
+        replayed,
     };
-    let written = write_load::<DB>(
-        pool,
+    let id = load.id;
+    let written = insert_load::<DB>(
+        load.conn(),
         dialect,
         max_statement_bytes,
         timestamp,
-        RowBatch {
-            stream,
-            rows,
-            replayed,
-        },
-        registered,
+        batch,
+        id,
     )
     .await;
-    if let (Err(_), Some(id)) = (&written, registered) {
-        // Best effort: left behind, the registration holds the stream's watermark until
-        // `[ledger] in_flight_timeout` has passed.
-        let _ = sqlx::query::<DB>(&dialect.release_load())
-            .bind(id)
-            .execute(pool)
-            .await;
-    }
-    written
+    load.end(written).await
 }
 }
 
 sqlx_generic! {
-/// Writes a batch as one load in one transaction: its replayed dead letters deleted,
-/// its rows, its registration (`registered`) claimed or, without one, its id taken,
-/// and its ledger row.
-async fn write_load<DB>(
-    pool: &Pool<DB>,
+/// Writes a batch as load `load_id` inside the transaction [`OpenLoad::begin`] opened:
+/// its replayed dead letters deleted, its rows in bound multi-row `INSERT`s, then its
+/// registration claimed, its ledger row and the commit in one round trip.
+async fn insert_load<DB>(
+    conn: &mut DB::Connection,
     dialect: Dialect,
     max_statement_bytes: usize,
     timestamp: TimestampText,
     batch: RowBatch<'_>,
-    registered: Option<i64>,
+    load_id: i64,
 ) -> Result<usize, SinkError> {
     let (stream, rows, replayed) = batch.parts();
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
     let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
-    let mut tx = pool.begin().await.map_err(&err)?;
-    let load_id = match registered {
-        Some(id) => id,
-        None => {
-            let (id,): (i64,) = sqlx::query_as::<DB, (i64,)>(&dialect.next_load_id())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(&err)?;
-            id
-        }
-    };
-    delete_replayed::<DB>(&mut tx, dialect, replayed).await?;
-    // MySQL reports a skipped duplicate as a found row (sqlx asks for found rows): the
-    // statement counts them in a session variable instead (`Dialect::insert_statement`).
-    let count_duplicates = dialect == Dialect::Mysql && stream.id_field.is_some();
-    if count_duplicates {
-        sqlx::query::<DB>(&format!("SET @{MYSQL_DUPLICATES} = 0"))
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
-    }
+    delete_replayed::<DB>(conn, dialect, replayed).await?;
     for chunk in chunks_by(
         rows,
         width,
@@ -506,52 +458,133 @@ async fn write_load<DB>(
             }
             q = q.bind(load_id);
         }
-        q.execute(&mut *tx).await.map_err(&err)?;
-    }
-    let duplicates = if count_duplicates {
-        let (n,): (Option<i64>,) = sqlx::query_as::<DB, (Option<i64>,)>(&format!(
-            "SELECT CAST(@{MYSQL_DUPLICATES} AS SIGNED)"
-        ))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(&err)?;
-        usize::try_from(n.unwrap_or(0)).unwrap_or(0)
-    } else {
-        0
-    };
-    let stored = rows.len() - duplicates.min(rows.len());
-    if registered.is_some() {
-        let claimed = sqlx::query::<DB>(&dialect.claim_load())
-            .bind(load_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?
-            .rows();
-        if claimed != 1 {
-            return Err(SinkError::load_expired(load_id));
-        }
+        q.execute(&mut *conn).await.map_err(&err)?;
     }
     let load = Load::of(stream, rows);
-    sqlx::query::<DB>(&dialect.insert_load())
-        .bind(load_id)
-        .bind(load.stream.as_str())
-        .bind(load.table.as_str())
-        .bind(stored as i64)
-        .bind(load.bytes)
-        .bind(timestamp(&load.first_received_at))
-        .bind(timestamp(&load.last_received_at))
-        .bind(timestamp(&Utc::now()))
-        .bind(load.source.as_str())
-        .bind(ledger::instance())
-        .bind(load.schema_sha256.as_str())
-        .execute(&mut *tx)
+    let commit = dialect.commit_load(load_id, &load, rows.len(), &Utc::now());
+    // MySQL answers the duplicates of `id_field` its inserts skipped (it reports a
+    // skipped duplicate as a found row: `Dialect::insert_statement` counts them).
+    // Several statements: sent as one simple query (no bound values).
+    let answer = conn
+        .fetch_all(commit.as_str())
         .await
-        .map_err(&err)?;
-    tx.commit().await.map_err(&err)?;
-    Ok(stored)
+        .map_err(commit_error(dialect, load_id))?;
+    let duplicates = match answer.last() {
+        Some(row) => row.try_get::<i64, usize>(0).map_err(&err)?,
+        None => 0,
+    };
+    Ok(rows.len() - usize::try_from(duplicates).unwrap_or(0).min(rows.len()))
 }
 }
 
+/// The error of [`Dialect::commit_load`]: [`SinkError::load_expired`] when its ledger
+/// row was refused for want of a registration to claim.
+pub fn commit_error(dialect: Dialect, load_id: i64) -> impl Fn(sqlx::Error) -> SinkError {
+    move |e| {
+        if ledger::claim_refused(&e) {
+            SinkError::load_expired(load_id)
+        } else {
+            sink_error(dialect)(e)
+        }
+    }
+}
+
+/// A pooled connection inside a load's writing transaction, from
+/// [`OpenLoad::begin`] to [`OpenLoad::end`]. Dropped in between (a write cancelled by
+/// its timeout), it closes the connection rather than hand the pool one that is still
+/// inside a transaction; the registration it leaves holds the stream's watermark until
+/// `[ledger] in_flight_timeout`.
+pub struct OpenLoad<DB: Database> {
+    conn: Option<sqlx::pool::PoolConnection<DB>>,
+    dialect: Dialect,
+    /// The load's id (registered on PostgreSQL and MySQL).
+    pub id: i64,
+}
+
+impl<DB: Database> Drop for OpenLoad<DB> {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl<DB: Database> OpenLoad<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// Registers a load of `stream` and opens its writing transaction on `conn`, in one
+    /// round trip ([`Dialect::begin_load`]).
+    pub async fn begin(
+        conn: sqlx::pool::PoolConnection<DB>,
+        dialect: Dialect,
+        stream: &Stream,
+    ) -> Result<OpenLoad<DB>, SinkError> {
+        let err = sink_error(dialect);
+        let mut load = OpenLoad {
+            conn: Some(conn),
+            dialect,
+            id: 0,
+        };
+        let sql = dialect.begin_load(&stream.name, ledger::instance());
+        let begun = load
+            .conn()
+            .fetch_all(sql.as_str())
+            .await
+            .map_err(&err)
+            .and_then(|rows| match rows.last() {
+                Some(row) => row.try_get::<i64, usize>(0).map_err(&err),
+                None => Err(SinkError {
+                    class: super::ErrorClass::Transient,
+                    source: "the load's registration answered no id".into(),
+                }),
+            });
+        match begun {
+            Ok(id) => {
+                load.id = id;
+                Ok(load)
+            }
+            Err(e) => {
+                load.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The connection, inside the load's transaction.
+    pub fn conn(&mut self) -> &mut DB::Connection {
+        self.conn
+            .as_deref_mut()
+            .expect("an open load holds its connection until it ends")
+    }
+
+    /// Ends the load with what writing it gave: on success its last statement has
+    /// committed; on failure the transaction is rolled back and the registration
+    /// dropped (best effort), and the connection goes back to the pool only if that
+    /// worked.
+    pub async fn end(mut self, written: Result<usize, SinkError>) -> Result<usize, SinkError> {
+        match written {
+            Ok(_) => drop(self.conn.take()), // committed: back to the pool
+            Err(_) => self.abandon().await,
+        }
+        written
+    }
+
+    /// Rolls the transaction back and drops the registration; the connection goes back
+    /// to the pool only if that worked (else it is closed).
+    async fn abandon(mut self) {
+        let mut cleanup = String::from("ROLLBACK");
+        if self.id != 0 {
+            cleanup.push_str("; ");
+            cleanup.push_str(&self.dialect.drop_registration_of(self.id));
+        }
+        if self.conn().execute(cleanup.as_str()).await.is_ok() {
+            drop(self.conn.take());
+        }
+    }
+}
 sqlx_generic! {
 /// Replay: deletes the dead letters `replayed` on `conn` (in the transaction that then
 /// writes their rows), first, and fails with [`SinkError::replay_conflict`] unless every
@@ -710,7 +743,7 @@ pub async fn sweep_expired_loads<DB>(
         .map_err(&err)?;
     let mut deleted = 0;
     for (id,) in ids {
-        deleted += sqlx::query::<DB>(&dialect.release_load())
+        deleted += sqlx::query::<DB>(&dialect.drop_registration())
             .bind(id)
             .execute(&mut *tx)
             .await

@@ -384,35 +384,18 @@ impl Dialect {
         }
     }
 
-    /// PostgreSQL: registers a load of stream `$1` by instance `$2`; answers its id.
-    pub fn register_load(self) -> String {
-        format!(
-            "WITH n AS (UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) INSERT INTO {IN_FLIGHT} (load_id, stream, instance, registered_at) SELECT last_id, $1, $2, now() FROM n RETURNING load_id"
-        )
-    }
-
-    /// The next load id inside the writing transaction (SQLite), or, for MySQL, taken
-    /// into `LAST_INSERT_ID()` under the counter row's lock.
+    /// SQLite: the next load id, taken inside the writing transaction.
     pub fn next_load_id(self) -> String {
-        match self {
-            Dialect::Mysql => {
-                format!("UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1")
-            }
-            _ => format!(
-                "UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id"
-            ),
-        }
+        format!("UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id")
     }
 
-    /// MySQL: registers the id just taken, for stream `?` and instance `?`.
-    pub fn register_taken_load(self) -> String {
-        format!(
-            "INSERT INTO {IN_FLIGHT} (load_id, stream, instance, registered_at) VALUES (LAST_INSERT_ID(), ?, ?, NOW(6))"
-        )
+    /// Deletes registration `load_id` (a load that failed).
+    pub fn drop_registration_of(self, load_id: i64) -> String {
+        format!("DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}")
     }
 
-    /// Claims registration `?` (deletes it): one row, or the load must not commit.
-    pub fn claim_load(self) -> String {
+    /// Deletes registration `?` (the sweep of expired ones).
+    pub fn drop_registration(self) -> String {
         format!(
             "DELETE FROM {IN_FLIGHT} WHERE load_id = {}",
             self.placeholder(1)
@@ -451,30 +434,112 @@ impl Dialect {
         )
     }
 
-    /// PostgreSQL: claims registration `$1` and writes the ledger row in one statement
-    /// (binds as [`Dialect::insert_load`]); one row inserted, or none when the
-    /// registration is gone.
-    pub fn claim_and_insert_load(self) -> String {
-        // The row's values as `insert_load` binds them, but the id from the claim.
-        let values = self.load_values(1).replacen("$1", "load_id", 1);
-        format!(
-            "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = $1 RETURNING load_id) INSERT INTO {LOADS} ({}) SELECT {values} FROM claimed",
+    /// Deletes up to `?` (the last placeholder) of the oldest rows of `sluice_loads`
+    /// committed before `?`.
+    pub fn purge_loads(self) -> String {
+        let mut filter = super::dialect::Filter::new(self, "1 = 1", 0);
+        filter.time_if(true, "committed_at <");
+        self.delete_oldest(LOADS, "load_id", filter)
+    }
+
+    /// A text value as an SQL literal that reads the same under every setting
+    /// (`standard_conforming_strings`, `NO_BACKSLASH_ESCAPES`): its UTF-8 as hex.
+    fn text_literal(self, text: &str) -> String {
+        let hex = hex::encode(text);
+        match self {
+            Dialect::Postgres => format!("convert_from(decode('{hex}', 'hex'), 'UTF8')"),
+            Dialect::Mysql => format!("CONVERT(X'{hex}' USING utf8mb4)"),
+            Dialect::Sqlite => format!("CAST(X'{hex}' AS TEXT)"),
+        }
+    }
+
+    /// A timestamp as an SQL literal of the database's timestamp column.
+    fn timestamp_literal(self, at: &DateTime<Utc>) -> String {
+        match self {
+            Dialect::Postgres => format!("CAST('{}' AS timestamptz)", at.to_rfc3339()),
+            Dialect::Mysql => format!("'{}'", super::dialect::mysql_timestamp(at)),
+            Dialect::Sqlite => format!("'{}'", super::dialect::sqlite_timestamp(at)),
+        }
+    }
+
+    /// The first round trip of a load (several statements in one simple query): on
+    /// PostgreSQL and MySQL, registers a load of `stream` by `instance` in a transaction
+    /// of its own and commits it, then opens the writing transaction (MySQL also zeroes
+    /// its duplicate counter); SQLite opens the writing transaction and takes the next
+    /// id in it. Answers one row: the load id.
+    pub fn begin_load(self, stream: &str, instance: &str) -> String {
+        let (stream, instance) = (self.text_literal(stream), self.text_literal(instance));
+        let columns = "load_id, stream, instance, registered_at";
+        match self {
+            Dialect::Postgres => format!(
+                "BEGIN; WITH n AS (UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) INSERT INTO {IN_FLIGHT} ({columns}) SELECT last_id, {stream}, {instance}, now() FROM n RETURNING load_id; COMMIT; BEGIN"
+            ),
+            Dialect::Mysql => format!(
+                "BEGIN; UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1; INSERT INTO {IN_FLIGHT} ({columns}) VALUES (LAST_INSERT_ID(), {stream}, {instance}, NOW(6)); COMMIT; BEGIN; SET @{dups} = 0; SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
+                dups = super::dialect::MYSQL_DUPLICATES
+            ),
+            Dialect::Sqlite => format!("BEGIN IMMEDIATE; {}", self.next_load_id()),
+        }
+    }
+
+    /// The last round trip of load `load_id` of `rows` rows (MySQL subtracts the
+    /// duplicates its insert counted): claims the registration, writes the ledger row
+    /// and commits. The ledger row's id comes from the claim, NULL when the claim
+    /// found nothing (the registration expired), which `load_id NOT NULL` refuses
+    /// ([`claim_refused`]): nothing commits. MySQL answers one row, the duplicates.
+    pub fn commit_load(
+        self,
+        load_id: i64,
+        load: &Load,
+        rows: usize,
+        committed_at: &DateTime<Utc>,
+    ) -> String {
+        let (id, stored, tail) = match self {
+            Dialect::Postgres => (
+                "(SELECT load_id FROM claimed)".to_owned(),
+                rows.to_string(),
+                String::new(),
+            ),
+            Dialect::Mysql => (
+                format!("IF(ROW_COUNT() = 1, {load_id}, NULL)"),
+                format!(
+                    "{rows} - COALESCE(@{}, 0)",
+                    super::dialect::MYSQL_DUPLICATES
+                ),
+                format!(
+                    "; SELECT CAST(COALESCE(@{}, 0) AS SIGNED)",
+                    super::dialect::MYSQL_DUPLICATES
+                ),
+            ),
+            Dialect::Sqlite => (load_id.to_string(), rows.to_string(), String::new()),
+        };
+        let values = [
+            id,
+            self.text_literal(&load.stream),
+            self.text_literal(&load.table),
+            stored,
+            load.bytes.to_string(),
+            self.timestamp_literal(&load.first_received_at),
+            self.timestamp_literal(&load.last_received_at),
+            self.timestamp_literal(committed_at),
+            self.text_literal(&load.source),
+            self.text_literal(instance()),
+            self.text_literal(&load.schema_sha256),
+        ]
+        .join(", ");
+        let insert = format!(
+            "INSERT INTO {LOADS} ({}) VALUES ({values})",
             self.load_columns()
-        )
-    }
-
-    /// Whether load `?` is in the ledger (a claim that found nothing: committed
-    /// before, or its registration expired).
-    pub fn load_committed(self) -> String {
-        format!(
-            "SELECT COUNT(*) FROM {LOADS} WHERE load_id = {}",
-            self.placeholder(1)
-        )
-    }
-
-    /// Deletes registration `?` after its load failed (best effort).
-    pub fn release_load(self) -> String {
-        self.claim_load()
+        );
+        match self {
+            Dialect::Postgres => format!(
+                "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id} RETURNING load_id) {insert}; COMMIT"
+            ),
+            Dialect::Mysql => format!(
+                "DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}; {insert}; COMMIT{tail}"
+            ),
+            Dialect::Sqlite => format!("{insert}; COMMIT"),
+        }
     }
 
     /// The watermark of stream `?`.
@@ -497,6 +562,12 @@ impl Dialect {
     }
 }
 
+/// Whether `error` is the refusal of [`Dialect::commit_load`]'s ledger row for want of
+/// a registration to claim (its id NULL).
+pub fn claim_refused(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::NotNullViolation)
+}
+
 /// The name of a stream table's `_load_id` index (within every database's 63-64
 /// character limit).
 pub fn load_id_index(table: &str) -> String {
@@ -509,12 +580,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_claim_writes_the_row_insert_load_binds() {
-        let claim = Dialect::Postgres.claim_and_insert_load();
-        assert!(claim.ends_with("SELECT load_id, $2, $3, $4, $5, CAST($6 AS timestamptz), CAST($7 AS timestamptz), CAST($8 AS timestamptz), $9, $10, $11 FROM claimed"), "{claim}");
-        assert!(Dialect::Mysql
-            .insert_load()
-            .ends_with("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    fn text_is_written_as_hex_and_the_claim_names_the_load() {
+        let load = Load {
+            stream: "o'rder".into(),
+            table: "t".into(),
+            bytes: 10,
+            first_received_at: Utc::now(),
+            last_received_at: Utc::now(),
+            source: "http".into(),
+            schema_sha256: "ab".into(),
+        };
+        let pg = Dialect::Postgres.commit_load(7, &load, 3, &Utc::now());
+        assert!(pg.starts_with("WITH claimed AS (DELETE FROM sluice_loads_in_flight WHERE load_id = 7 RETURNING load_id) INSERT INTO sluice_loads"), "{pg}");
+        assert!(pg.contains("VALUES ((SELECT load_id FROM claimed), convert_from(decode('6f2772646572', 'hex'), 'UTF8'), "), "{pg}");
+        assert!(pg.ends_with("; COMMIT"), "{pg}");
+        assert!(!pg.contains("o'r"));
+        let my = Dialect::Mysql.commit_load(7, &load, 3, &Utc::now());
+        assert!(
+            my.starts_with(
+                "DELETE FROM sluice_loads_in_flight WHERE load_id = 7; INSERT INTO sluice_loads"
+            ),
+            "{my}"
+        );
+        assert!(
+            my.contains(
+                "VALUES (IF(ROW_COUNT() = 1, 7, NULL), CONVERT(X'6f2772646572' USING utf8mb4), "
+            ),
+            "{my}"
+        );
+        assert!(my.contains("3 - COALESCE(@sluice_duplicates, 0)"), "{my}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! PostgreSQL writer: `COPY … FROM STDIN` in text format, one statement per batch (atomic
-//! on its own). Text-format COPY is also what Postgres-wire databases such as CockroachDB
-//! and YugabyteDB accept. With `id_field`, the batch is copied into a per-connection
-//! temporary table and moved with `INSERT … ON CONFLICT DO NOTHING` in one transaction.
+//! PostgreSQL writer: `COPY … FROM STDIN` in text format, one per batch, inside the
+//! load's transaction (opened with its registration, committed with its ledger row: see
+//! `generic::OpenLoad`). Text-format COPY is also what Postgres-wire databases such as
+//! CockroachDB and YugabyteDB accept. With `id_field`, the batch is copied into a
+//! per-connection temporary table and moved with `INSERT … ON CONFLICT DO NOTHING`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -9,11 +10,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::PgPool;
+use sqlx::{Executor as _, PgPool};
 
 use super::dialect::{copy_text_cell, copy_text_escape, Dialect};
 use super::generic::delete_replayed;
-use super::ledger::{self, Load};
+use super::generic::{commit_error, OpenLoad};
+use super::ledger::Load;
 use super::store::{Pools, Store};
 use super::DatabaseConfig;
 use super::{sink_error, BatchWriter, RowBatch, SinkError, Storage, Written};
@@ -119,25 +121,12 @@ impl BatchWriter for PgCopy {
     }
 
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
-        let stream = batch.stream;
         Box::pin(async move {
-            let err = sink_error(DIALECT);
-            let (load_id,): (i64,) = sqlx::query_as(&DIALECT.register_load())
-                .bind(&stream.name)
-                .bind(ledger::instance())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(&err)?;
-            let written = self.write_load(batch, load_id).await;
-            if written.is_err() {
-                // Best effort: left behind, the registration holds the stream's
-                // watermark until `[ledger] in_flight_timeout` has passed.
-                let _ = sqlx::query(&DIALECT.release_load())
-                    .bind(load_id)
-                    .execute(&self.pool)
-                    .await;
-            }
-            written
+            let conn = self.pool.acquire().await.map_err(sink_error(DIALECT))?;
+            let mut load = OpenLoad::begin(conn, DIALECT, batch.stream).await?;
+            let id = load.id;
+            let written = write_load(load.conn(), batch, id).await;
+            load.end(written).await
         })
     }
 
@@ -153,63 +142,46 @@ impl BatchWriter for PgCopy {
     }
 }
 
-impl PgCopy {
-    /// Writes the batch as load `load_id` (registered): its rows, its replayed dead
-    /// letters deleted, its registration claimed and its ledger row, in one transaction.
-    async fn write_load(&self, batch: RowBatch<'_>, load_id: i64) -> Result<usize, SinkError> {
-        let (stream, rows, replayed) = batch.parts();
-        let err = sink_error(DIALECT);
-        let data = encode_rows(stream, rows, Some(load_id));
-        let load = Load::of(stream, rows);
-        {
-            let mut tx = self.pool.begin().await.map_err(&err)?;
-            delete_replayed::<sqlx::Postgres>(&mut tx, DIALECT, replayed).await?;
-            let stored = match &stream.id_field {
-                None => {
-                    let statement = DIALECT.copy_rows(&stream.table, stream);
-                    copy_in(&mut tx, &statement, data).await.map_err(&err)?
-                }
-                Some(id) => {
-                    // Through a per-connection staging table, so that a duplicate id is
-                    // skipped instead of failing the COPY.
-                    let stage = staging_table(&stream.table);
-                    sqlx::query(&DIALECT.create_staging(&stage, &stream.table))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?;
-                    let statement = DIALECT.copy_rows(&stage, stream);
-                    copy_in(&mut tx, &statement, data).await.map_err(&err)?;
-                    let inserted = sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?
-                        .rows_affected();
-                    usize::try_from(inserted).unwrap_or(usize::MAX)
-                }
-            };
-            let claimed = sqlx::query(&DIALECT.claim_and_insert_load())
-                .bind(load_id)
-                .bind(&load.stream)
-                .bind(&load.table)
-                .bind(stored as i64)
-                .bind(load.bytes)
-                .bind(load.first_received_at.to_rfc3339())
-                .bind(load.last_received_at.to_rfc3339())
-                .bind(chrono::Utc::now().to_rfc3339())
-                .bind(&load.source)
-                .bind(ledger::instance())
-                .bind(&load.schema_sha256)
-                .execute(&mut *tx)
+/// Writes the batch as load `load_id`, inside the transaction [`OpenLoad::begin`]
+/// opened: its replayed dead letters deleted, its rows, then its registration claimed,
+/// its ledger row and the commit in one round trip.
+async fn write_load(
+    conn: &mut PgConnection,
+    batch: RowBatch<'_>,
+    load_id: i64,
+) -> Result<usize, SinkError> {
+    let (stream, rows, replayed) = batch.parts();
+    let err = sink_error(DIALECT);
+    let data = encode_rows(stream, rows, Some(load_id));
+    delete_replayed::<sqlx::Postgres>(conn, DIALECT, replayed).await?;
+    let stored = match &stream.id_field {
+        None => {
+            let statement = DIALECT.copy_rows(&stream.table, stream);
+            copy_in(conn, &statement, data).await.map_err(&err)?
+        }
+        Some(id) => {
+            // Through a per-connection staging table, so that a duplicate id is
+            // skipped instead of failing the COPY.
+            let stage = staging_table(&stream.table);
+            sqlx::query(&DIALECT.create_staging(&stage, &stream.table))
+                .execute(&mut *conn)
+                .await
+                .map_err(&err)?;
+            let statement = DIALECT.copy_rows(&stage, stream);
+            copy_in(conn, &statement, data).await.map_err(&err)?;
+            let inserted = sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
+                .execute(&mut *conn)
                 .await
                 .map_err(&err)?
                 .rows_affected();
-            if claimed != 1 {
-                // The registration expired (this writer was stuck for longer than
-                // `[ledger] in_flight_timeout`): the watermark may have passed it.
-                return Err(SinkError::load_expired(load_id));
-            }
-            tx.commit().await.map_err(&err)?;
-            Ok(stored)
+            usize::try_from(inserted).unwrap_or(usize::MAX)
         }
-    }
+    };
+    let load = Load::of(stream, rows);
+    let commit = DIALECT.commit_load(load_id, &load, stored, &chrono::Utc::now());
+    // Several statements: sent as one simple query (no bound values).
+    conn.execute(commit.as_str())
+        .await
+        .map_err(commit_error(DIALECT, load_id))?;
+    Ok(stored)
 }

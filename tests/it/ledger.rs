@@ -486,7 +486,9 @@ async fn load_in_flight(app: &TestApp, instance: &str) -> i64 {
 }
 
 /// Through the real binary: a writer whose transaction is held open holds the watermark
-/// below its load until it commits; one killed (`kill -9`) mid-load holds it for about
+/// below its load until it commits; held open past `in_flight_timeout`, its load
+/// expires, cannot commit (its claim is refused), and its rows are written once as a
+/// new load; a writer killed (`kill -9`) mid-load holds it for about
 /// `[ledger] in_flight_timeout`, no less and not much more, while another instance
 /// goes on committing; the killed writer's rows are not in the table and every row
 /// there belongs to a load of the ledger.
@@ -531,6 +533,43 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
     assert_eq!(watermark(&other, "reading").await, stuck, "{kind:?}");
 
+    // Held open past in_flight_timeout: the registration expires, the watermark passes
+    // it, and the writer can no longer commit that load; it writes the rows again as a
+    // new load, once.
+    let lock = TableLock::take(&db).await;
+    let late = tokio::spawn(post(writer_url.clone(), 20));
+    let expired = load_in_flight(&other, &pid).await;
+    crate::helpers::eventually(20, "the held load expires", || async {
+        match watermark_api(&other, "reading").await {
+            w if w >= expired => Ok(()),
+            w => Err(format!("watermark {w}, held load {expired}")),
+        }
+    })
+    .await;
+    lock.release().await;
+    assert_eq!(late.await.unwrap().unwrap().status(), 200);
+    let late_loads = ids(
+        &other,
+        "_load_id",
+        "FROM reading WHERE seq >= 20 AND seq < 25 GROUP BY _load_id",
+    )
+    .await;
+    assert_eq!(late_loads.len(), 1, "{kind:?}: {late_loads:?}");
+    assert!(
+        late_loads[0] > expired,
+        "{kind:?}: written again as a new load"
+    );
+    assert_eq!(
+        ids(
+            &other,
+            "COUNT(*)",
+            &format!("FROM sluice_loads WHERE load_id = {expired}")
+        )
+        .await,
+        [0],
+        "{kind:?}: the expired load never committed"
+    );
+
     // Killed mid-load: held for in_flight_timeout, then passed.
     let lock = TableLock::take(&db).await;
     let lost = tokio::spawn(post(writer_url.clone(), 10));
@@ -567,7 +606,7 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
         "{kind:?}: the watermark was held {held_for:?} with in_flight_timeout {timeout:?}"
     );
     // The killed writer's five rows never committed; every row is in a load.
-    assert_eq!(db.count("reading").await, 15, "{kind:?}");
+    assert_eq!(db.count("reading").await, 20, "{kind:?}");
     let orphans = ids(
         &other,
         "COUNT(*)",
