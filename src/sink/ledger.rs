@@ -472,7 +472,7 @@ impl Dialect {
         let columns = "load_id, stream, instance, registered_at";
         match self {
             Dialect::Postgres => format!(
-                "BEGIN; WITH n AS (UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) INSERT INTO {IN_FLIGHT} ({columns}) SELECT last_id, {stream}, {instance}, now() FROM n RETURNING load_id; COMMIT; BEGIN"
+                "BEGIN; SET LOCAL synchronous_commit = off; WITH n AS (UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id) INSERT INTO {IN_FLIGHT} ({columns}) SELECT last_id, {stream}, {instance}, now() FROM n RETURNING load_id; COMMIT; BEGIN"
             ),
             Dialect::Mysql => format!(
                 "BEGIN; UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1; INSERT INTO {IN_FLIGHT} ({columns}) VALUES (LAST_INSERT_ID(), {stream}, {instance}, NOW(6)); COMMIT; BEGIN; SET @{dups} = 0; SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
