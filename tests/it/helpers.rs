@@ -736,11 +736,25 @@ impl Binary {
             .status()
             .unwrap();
         assert!(kill.success());
-        let status = tokio::task::spawn_blocking(move || (self.child.wait(), self.logs))
-            .await
-            .unwrap();
-        let logs = status.1.try_iter().collect();
-        (status.0.expect("wait for sluice"), logs)
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sluice") {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let logs = self.logs.try_iter().collect();
+        (status, logs)
+    }
+}
+
+/// A test that fails (panics) before it stops its Sluice does not leave the process
+/// running (and writing, and holding ports) after the test run.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
