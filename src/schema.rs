@@ -46,6 +46,12 @@ pub struct StreamConfig {
     pub table: Option<String>,
     /// Property holding a unique event id; gets a unique key so a retried event is stored once.
     pub id_field: Option<String>,
+    /// Properties whose values identify a row: a row whose key is stored replaces the
+    /// stored one (an upsert) instead of being added. Not with `id_field`.
+    pub upsert_key: Option<Vec<String>>,
+    /// With `upsert_key`: a row replaces the stored one only when this property's value
+    /// is not older (smaller) than the stored row's.
+    pub version_field: Option<String>,
     /// Overrides `[defaults].batch_max_events`.
     pub batch_max_events: Option<usize>,
     /// Overrides `[defaults].batch_max_wait`.
@@ -178,6 +184,83 @@ pub enum ColumnType {
     Hash,
 }
 
+/// A stream table's unique key, and what becomes of a row whose key is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueKey {
+    /// The key's columns, in the order configured.
+    pub columns: Vec<String>,
+    pub on_conflict: OnConflict,
+}
+
+/// What a row whose key is already stored does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnConflict {
+    /// It is skipped (`id_field`: a redelivered event is stored once).
+    Skip,
+    /// It replaces the stored row (`upsert_key`); with a version column, only when its
+    /// version is not older than the stored row's.
+    Replace { version: Option<String> },
+}
+
+impl UniqueKey {
+    /// The key `[streams.NAME]` sets, checked against the stream's columns.
+    fn of(
+        name: &str,
+        config: &StreamConfig,
+        columns: &[Column],
+        privacy: Option<&Plan>,
+    ) -> Result<Option<UniqueKey>, Problem> {
+        let at = |property: &str, reason: String| Err((Some(property.to_owned()), reason));
+        match (&config.id_field, &config.upsert_key, &config.version_field) {
+            (Some(id), Some(_), _) => at(id, format!("[streams.{name}] sets both id_field and upsert_key: id_field skips a row whose id is stored, upsert_key replaces it; choose one")),
+            (_, None, Some(version)) => at(version, format!("[streams.{name}].version_field needs upsert_key (the properties a newer version replaces a row by)")),
+            (Some(id), None, None) => {
+                check_key_column(name, "id_field", id, columns, privacy)?;
+                Ok(Some(UniqueKey {
+                    columns: vec![id.clone()],
+                    on_conflict: OnConflict::Skip,
+                }))
+            }
+            (None, Some(key), version) => {
+                if key.is_empty() {
+                    return Err((None, format!("[streams.{name}].upsert_key is empty: name the properties that identify a row, e.g. [\"id\"]")));
+                }
+                for (i, column) in key.iter().enumerate() {
+                    check_key_column(name, "upsert_key", column, columns, privacy)?;
+                    if key[..i].contains(column) {
+                        return at(column, format!("[streams.{name}].upsert_key names `{column}` twice"));
+                    }
+                    if columns.iter().any(|c| &c.name == column && c.nullable) {
+                        return at(column, format!("[streams.{name}].upsert_key property `{column}` must be required by the schema (\"required\"): a row without it could never replace another"));
+                    }
+                }
+                if let Some(version) = version {
+                    match columns.iter().find(|c| &c.name == version) {
+                        None => return at(version, format!("[streams.{name}].version_field names a property the schema does not declare")),
+                        Some(c) if !matches!(c.ty, ColumnType::Integer | ColumnType::Number | ColumnType::Timestamp | ColumnType::Text { .. }) || c.treatment.is_some() => {
+                            return at(version, format!("[streams.{name}].version_field must be an integer, number, date-time or string property, not treated by x-sluice-privacy"))
+                        }
+                        Some(_) if key.contains(version) => return at(version, format!("[streams.{name}].version_field cannot be part of upsert_key")),
+                        Some(_) => {}
+                    }
+                }
+                Ok(Some(UniqueKey {
+                    columns: key.clone(),
+                    on_conflict: OnConflict::Replace {
+                        version: version.clone(),
+                    },
+                }))
+            }
+            (None, None, None) => Ok(None),
+        }
+    }
+
+    /// Whether `column` is part of the key.
+    pub fn has(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+    }
+}
+
 /// One table column from one top-level property.
 #[derive(Debug, Clone)]
 pub struct Column {
@@ -226,6 +309,9 @@ pub struct Stream {
     pub has_extra: bool,
     /// Column with a unique key, so a retried event is stored once.
     pub id_field: Option<String>,
+    /// The table's unique key (from `id_field` or `upsert_key`) and what a row whose
+    /// key is stored does.
+    pub key: Option<UniqueKey>,
     /// `[streams.NAME] expect_every`: the longest silence that is normal.
     pub expect_every: Option<Duration>,
     pub settings: StreamSettings,
@@ -391,9 +477,7 @@ impl Stream {
                 "table `{table}`: the `sluice_` prefix is reserved for Sluice's own tables"
             )));
         }
-        if let Some(id) = &stream_config.id_field {
-            check_id_field(&name, id, &columns, privacy.as_ref()).map_err(err)?;
-        }
+        let key = UniqueKey::of(&name, &stream_config, &columns, privacy.as_ref()).map_err(err)?;
         if stream_config.expect_every.is_some_and(|d| d.is_zero()) {
             return Err(whole(format!(
                 "[streams.{name}].expect_every must be longer than 0 (e.g. \"15m\")"
@@ -406,6 +490,7 @@ impl Stream {
             schema,
             settings: config.settings(&name),
             id_field: stream_config.id_field,
+            key,
             expect_every: stream_config.expect_every,
             name,
             table,
@@ -685,9 +770,11 @@ fn columns_of(schema: &Value, privacy: Option<&Plan>) -> Result<Vec<Column>, Pro
     Ok(columns)
 }
 
-/// Whether `id` (stream `name`'s `id_field`) can hold a unique key.
-fn check_id_field(
+/// Whether `id` (a column of stream `name`'s `setting`, `id_field` or `upsert_key`)
+/// can be part of a unique key.
+fn check_key_column(
     name: &str,
+    setting: &str,
     id: &str,
     columns: &[Column],
     privacy: Option<&Plan>,
@@ -695,10 +782,10 @@ fn check_id_field(
     let at = |reason: String| Err((Some(id.to_owned()), reason));
     let treatment = privacy.and_then(|p| p.of_property(id));
     match columns.iter().find(|c| c.name == id) {
-        None if treatment == Some(Treatment::Drop) => at(format!("[streams.{name}].id_field names a property that x-sluice-privacy drops; hash it instead (a hashed id still tells events apart)")),
-        Some(_) if treatment == Some(Treatment::Mask) => at(format!("[streams.{name}].id_field names a masked property: masking makes different ids equal; hash it instead")),
-        None => at(format!("[streams.{name}].id_field names a property the schema does not declare")),
-        Some(c) if c.ty == ColumnType::Json => at("an id_field must be a string, uuid or integer property".into()),
+        None if treatment == Some(Treatment::Drop) => at(format!("[streams.{name}].{setting} names a property that x-sluice-privacy drops; hash it instead (a hashed id still tells events apart)")),
+        Some(_) if treatment == Some(Treatment::Mask) => at(format!("[streams.{name}].{setting} names a masked property: masking makes different ids equal; hash it instead")),
+        None => at(format!("[streams.{name}].{setting} names a property the schema does not declare")),
+        Some(c) if c.ty == ColumnType::Json => at(format!("an {setting} property must be a string, uuid or integer property")),
         Some(_) => Ok(()),
     }
 }

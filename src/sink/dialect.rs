@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::DeadLetterPage;
 use crate::event::{Cell, Row};
-use crate::schema::{ColumnType, Stream, EXTRA, RECEIVED_AT};
+use crate::schema::{ColumnType, OnConflict, Stream, EXTRA, RECEIVED_AT};
 
 /// Name of the jobs table.
 pub const JOBS: &str = "sluice_jobs";
@@ -138,7 +138,7 @@ impl Dialect {
             .columns
             .iter()
             .map(|c| {
-                let is_id = stream.id_field.as_deref() == Some(c.name.as_str());
+                let is_id = stream.key.as_ref().is_some_and(|k| k.has(&c.name));
                 (c.name.clone(), self.column_type(c.ty, is_id), c.nullable)
             })
             .collect();
@@ -171,8 +171,8 @@ impl Dialect {
                 )
             })
             .collect();
-        if let Some(id) = &stream.id_field {
-            lines.push(format!("  UNIQUE ({})", self.quote(id)));
+        if let Some(key) = &stream.key {
+            lines.push(format!("  UNIQUE ({})", self.quote_list(&key.columns)));
         }
         sql.push_str(&lines.join(",\n"));
         sql.push_str("\n)");
@@ -329,15 +329,91 @@ impl Dialect {
         names.join(", ")
     }
 
+    /// `columns`, each quoted, comma-separated.
+    pub fn quote_list(self, columns: &[String]) -> String {
+        let quoted: Vec<String> = columns.iter().map(|c| self.quote(c)).collect();
+        quoted.join(", ")
+    }
+
+    /// What an `INSERT` into `stream`'s table appends for a row whose key is stored:
+    /// nothing without a key; with `id_field`, the row is skipped (MySQL counts it in
+    /// a session variable: the driver asks for found rows, so rows affected cannot
+    /// tell); with `upsert_key`, every other column is replaced, only when the row's
+    /// `version_field` is not older than the stored one's when there is one.
+    pub fn on_conflict(self, stream: &Stream) -> String {
+        let Some(key) = &stream.key else {
+            return String::new();
+        };
+        let keys = self.quote_list(&key.columns);
+        let version = match &key.on_conflict {
+            OnConflict::Skip => {
+                return match self {
+                    Dialect::Mysql => {
+                        let id = self.quote(&key.columns[0]);
+                        format!(" ON DUPLICATE KEY UPDATE {id} = IF((@{MYSQL_DUPLICATES} := @{MYSQL_DUPLICATES} + 1) > 0, {id}, {id})")
+                    }
+                    _ => format!(" ON CONFLICT ({keys}) DO NOTHING"),
+                }
+            }
+            OnConflict::Replace { version } => version.as_deref(),
+        };
+        // Every column but the key's; the version last, since MySQL assigns left to
+        // right and its guard must read the stored version.
+        let mut replaced: Vec<String> = self
+            .table_columns(stream)
+            .into_iter()
+            .map(|(name, _, _)| name)
+            .filter(|name| !key.has(name) && Some(name.as_str()) != version)
+            .collect();
+        replaced.extend(version.map(str::to_owned));
+        let table = self.quote(&stream.table);
+        match self {
+            Dialect::Mysql => {
+                let guard = version.map(|v| {
+                    let v = self.quote(v);
+                    format!("VALUES({v}) >= {v} OR {v} IS NULL")
+                });
+                let set: Vec<String> = replaced
+                    .iter()
+                    .map(|c| {
+                        let c = self.quote(c);
+                        match &guard {
+                            Some(g) => format!("{c} = IF({g}, VALUES({c}), {c})"),
+                            None => format!("{c} = VALUES({c})"),
+                        }
+                    })
+                    .collect();
+                format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
+            }
+            _ => {
+                let set: Vec<String> = replaced
+                    .iter()
+                    .map(|c| {
+                        let c = self.quote(c);
+                        format!("{c} = excluded.{c}")
+                    })
+                    .collect();
+                let guard = version.map_or(String::new(), |v| {
+                    let v = self.quote(v);
+                    format!(" WHERE excluded.{v} >= {table}.{v} OR {table}.{v} IS NULL")
+                });
+                format!(
+                    " ON CONFLICT ({keys}) DO UPDATE SET {}{guard}",
+                    set.join(", ")
+                )
+            }
+        }
+    }
+
     /// A multi-row `INSERT … VALUES (?, …), …` for `rows` rows of `width` bound values,
-    /// written so that a duplicate `id_field` is skipped rather than failing the batch.
+    /// then `on_conflict` ([`Dialect::on_conflict`], or nothing).
     pub fn insert_statement(
         self,
         table: &str,
         columns: &str,
         width: usize,
         rows: usize,
-        id_field: Option<&str>,
+        on_conflict: &str,
     ) -> String {
         let mut sql = format!("INSERT INTO {} ({columns}) VALUES ", self.quote(table));
         let mut group = String::with_capacity(width * 3 + 2);
@@ -353,19 +429,7 @@ impl Dialect {
             }
             sql.push_str(&group);
         }
-        if let Some(id) = id_field {
-            let id = self.quote(id);
-            match self {
-                // The row stays as it is; the session variable counts the duplicates
-                // (the driver asks for found rows, so rows affected cannot tell them).
-                Dialect::Mysql => write!(
-                    sql,
-                    " ON DUPLICATE KEY UPDATE {id} = IF((@{MYSQL_DUPLICATES} := @{MYSQL_DUPLICATES} + 1) > 0, {id}, {id})"
-                ),
-                _ => write!(sql, " ON CONFLICT ({id}) DO NOTHING"),
-            }
-            .expect("writing to a String cannot fail");
-        }
+        sql.push_str(on_conflict);
         sql
     }
 
@@ -396,14 +460,15 @@ impl Dialect {
         )
     }
 
-    /// PostgreSQL: moves the staged rows into the stream's table, skipping ids it has.
-    pub fn insert_from_staging(self, stage: &str, stream: &Stream, id_field: &str) -> String {
+    /// PostgreSQL: moves the staged rows into the stream's table, as its key says
+    /// ([`Dialect::on_conflict`]).
+    pub fn insert_from_staging(self, stage: &str, stream: &Stream) -> String {
         let columns = self.column_list(stream);
         format!(
-            "INSERT INTO {} ({columns}) SELECT {columns} FROM {} ON CONFLICT ({}) DO NOTHING",
+            "INSERT INTO {} ({columns}) SELECT {columns} FROM {}{}",
             self.quote(&stream.table),
             self.quote(stage),
-            self.quote(id_field)
+            self.on_conflict(stream)
         )
     }
 
@@ -422,59 +487,71 @@ impl Dialect {
         )
     }
 
-    /// A query that answers a row when a table (bound first) has a unique key on exactly
-    /// one column (bound second), whole and without a condition: the key that
-    /// `ON CONFLICT (id) DO NOTHING` and `ON DUPLICATE KEY` need for `id_field`.
-    pub fn unique_key_probe(self) -> &'static str {
+    /// The unique keys of a table (bound), whole and without a condition (the keys
+    /// `ON CONFLICT` and `ON DUPLICATE KEY` use), as rows (key name, column name).
+    pub fn unique_key_columns(self) -> &'static str {
         match self {
-            // indkey is an int2vector, subscripted from 0.
-            Dialect::Postgres => "SELECT i.indexrelid::regclass::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] WHERE t.relnamespace = current_schema()::regnamespace AND t.relname = $1 AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname = $2",
-            Dialect::Mysql => "SELECT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 GROUP BY index_name HAVING COUNT(*) = 1 AND MAX(column_name) = ?",
-            Dialect::Sqlite => "SELECT il.name FROM pragma_index_list(?) AS il, pragma_index_info(il.name) AS ii WHERE il.\"unique\" = 1 AND il.partial = 0 GROUP BY il.name HAVING COUNT(*) = 1 AND MAX(ii.name) = ?",
+            Dialect::Postgres => "SELECT i.indexrelid::regclass::text, a.attname::text FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY(i.indkey) WHERE t.relnamespace = current_schema()::regnamespace AND t.relname = $1 AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL",
+            Dialect::Mysql => "SELECT CAST(index_name AS CHAR), CAST(column_name AS CHAR) FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 AND sub_part IS NULL",
+            Dialect::Sqlite => "SELECT il.name, ii.name FROM pragma_index_list(?) AS il, pragma_index_info(il.name) AS ii WHERE il.\"unique\" = 1 AND il.partial = 0",
         }
     }
 
-    /// How many rows of `table` repeat a value of `column` that an earlier row holds
-    /// (NULLs never count: a unique key allows any number of them).
-    pub fn count_duplicates(self, table: &str, column: &str) -> String {
-        let (table, column) = (self.quote(table), self.quote(column));
-        match self {
-            // The unique key compares ids byte for byte (utf8mb4_bin), so does the count.
-            Dialect::Mysql => format!(
-                "SELECT CAST(COUNT({column}) - COUNT(DISTINCT CAST({column} AS BINARY)) AS SIGNED) FROM {table}"
-            ),
-            _ => format!("SELECT COUNT({column}) - COUNT(DISTINCT {column}) FROM {table}"),
-        }
+    /// How many rows of `table` repeat the values of `columns` that an earlier row
+    /// holds (rows with a NULL among them never count: a unique key allows any number).
+    pub fn count_duplicates(self, table: &str, columns: &[String]) -> String {
+        let table = self.quote(table);
+        let present: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{} IS NOT NULL", self.quote(c)))
+            .collect();
+        let grouped: Vec<String> = columns
+            .iter()
+            .map(|c| match self {
+                // The unique key compares ids byte for byte (utf8mb4_bin), so does the count.
+                Dialect::Mysql => format!("CAST({} AS BINARY)", self.quote(c)),
+                _ => self.quote(c),
+            })
+            .collect();
+        let integer = match self {
+            Dialect::Mysql => "SIGNED",
+            Dialect::Postgres => "bigint",
+            Dialect::Sqlite => "INTEGER",
+        };
+        format!(
+            "SELECT CAST(COALESCE(SUM(n - 1), 0) AS {integer}) FROM (SELECT COUNT(*) AS n FROM {table} WHERE {} GROUP BY {} HAVING COUNT(*) > 1) AS repeated",
+            present.join(" AND "),
+            grouped.join(", ")
+        )
     }
 
-    /// The statements adding `stream`'s `id_field` unique key to its existing table
-    /// (`id_field` set on a stream whose table was created without it). MySQL also
-    /// turns the column into the bounded, byte-compared type an id column gets.
-    pub fn add_unique_key(self, stream: &Stream, id_field: &str) -> Vec<String> {
+    /// The statements adding `stream`'s unique key (`id_field` or `upsert_key`) to its
+    /// existing table (set on a stream whose table was created without it). MySQL also
+    /// turns the key's text columns into the bounded, byte-compared type they get.
+    pub fn add_unique_key(self, stream: &Stream, key: &[String]) -> Vec<String> {
         let table = self.quote(&stream.table);
-        let column = self.quote(id_field);
+        let columns = self.quote_list(key);
         match self {
-            Dialect::Postgres => vec![format!("ALTER TABLE {table} ADD UNIQUE ({column})")],
+            Dialect::Postgres => vec![format!("ALTER TABLE {table} ADD UNIQUE ({columns})")],
             Dialect::Mysql => {
-                let (_, ty, nullable) = self
+                let mut changes: Vec<String> = self
                     .table_columns(stream)
                     .into_iter()
-                    .find(|(name, _, _)| name == id_field)
-                    .unwrap_or_else(|| {
-                        (
-                            id_field.to_owned(),
-                            "varchar(255) COLLATE utf8mb4_bin".into(),
-                            true,
+                    .filter(|(name, _, _)| key.contains(name))
+                    .map(|(name, ty, nullable)| {
+                        format!(
+                            "MODIFY {} {ty}{}",
+                            self.quote(&name),
+                            if nullable { "" } else { " NOT NULL" }
                         )
-                    });
-                vec![format!(
-                    "ALTER TABLE {table} MODIFY {column} {ty}{}, ADD UNIQUE ({column})",
-                    if nullable { "" } else { " NOT NULL" }
-                )]
+                    })
+                    .collect();
+                changes.push(format!("ADD UNIQUE ({columns})"));
+                vec![format!("ALTER TABLE {table} {}", changes.join(", "))]
             }
             Dialect::Sqlite => vec![format!(
-                "CREATE UNIQUE INDEX {} ON {table} ({column})",
-                self.quote(&format!("{}_{id_field}_key", stream.table))
+                "CREATE UNIQUE INDEX {} ON {table} ({columns})",
+                self.quote(&format!("{}_{}_key", stream.table, key.join("_")))
             )],
         }
     }
@@ -920,9 +997,15 @@ mod tests {
 
     #[test]
     fn insert_statement_has_one_group_per_row_and_skips_duplicates() {
-        let sql = Dialect::Sqlite.insert_statement("t", "\"a\", \"b\"", 2, 3, Some("a"));
+        let sql = Dialect::Sqlite.insert_statement(
+            "t",
+            "\"a\", \"b\"",
+            2,
+            3,
+            " ON CONFLICT (\"a\") DO NOTHING",
+        );
         assert_eq!(sql, "INSERT INTO \"t\" (\"a\", \"b\") VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (\"a\") DO NOTHING");
-        let sql = Dialect::Mysql.insert_statement("t", "`a`", 1, 2, Some("a"));
+        let sql = Dialect::Mysql.insert_statement("t", "`a`", 1, 2, " ON DUPLICATE KEY UPDATE `a` = IF((@sluice_duplicates := @sluice_duplicates + 1) > 0, `a`, `a`)");
         assert_eq!(
             sql,
             "INSERT INTO `t` (`a`) VALUES (?), (?) ON DUPLICATE KEY UPDATE `a` = IF((@sluice_duplicates := @sluice_duplicates + 1) > 0, `a`, `a`)"

@@ -4,7 +4,7 @@
 //! [`plan`] is pure code; [`evolve_tables`] reads each table's columns through the
 //! store and runs the statements.
 
-use crate::schema::Stream;
+use crate::schema::{OnConflict, Stream};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -186,7 +186,10 @@ pub async fn pending(store: &Store, streams: &[Arc<Stream>]) -> anyhow::Result<P
                 .extend(statements.into_iter().map(|sql| Change {
                     stream: stream.name.clone(),
                     sql,
-                    what: "id_field's unique key",
+                    what: match stream.key.as_ref().map(|k| &k.on_conflict) {
+                        Some(OnConflict::Replace { .. }) => "upsert_key's unique key",
+                        _ => "id_field's unique key",
+                    },
                 })),
             Err(problem) => pending.problems.push(problem),
         }
@@ -227,32 +230,36 @@ pub async fn evolve_tables(
     Ok(missing)
 }
 
-/// The statements giving `stream`'s existing table the unique key its `id_field`
-/// needs (set on a stream whose table was made without it: every write would then fail
+/// The statements giving `stream`'s existing table the unique key its `id_field` or
+/// `upsert_key` needs (set on a stream whose table was made without it: every write would then fail
 /// on PostgreSQL and SQLite, or silently store redeliveries twice on MySQL), none when
 /// it has one. `Err` counts the rows that already repeat an id, with the DDL to run
 /// once they are resolved.
 async fn unique_key(store: &Store, stream: &Stream) -> anyhow::Result<Result<Vec<String>, String>> {
-    let Some(id) = stream.id_field.as_deref() else {
+    let Some(key) = &stream.key else {
         return Ok(Ok(Vec::new()));
     };
     let table = &stream.table;
     if store
-        .has_unique_key(table, id)
+        .has_unique_key(table, &key.columns)
         .await
         .context("cannot read the tables' unique keys")?
     {
         return Ok(Ok(Vec::new()));
     }
     let dialect = store.dialect();
-    let statements = dialect.add_unique_key(stream, id);
+    let statements = dialect.add_unique_key(stream, &key.columns);
     let duplicates = store
-        .count_duplicates(table, id)
+        .count_duplicates(table, &key.columns)
         .await
         .context("cannot count the rows that repeat an id")?;
+    let setting = match &key.on_conflict {
+        OnConflict::Skip => format!("id_field = \"{}\"", key.columns.join("")),
+        OnConflict::Replace { .. } => format!("upsert_key = {:?}", key.columns),
+    };
     if duplicates > 0 {
         return Ok(Err(format!(
-            "stream `{}` sets id_field = \"{id}\" but table {} has no unique key on it, and {duplicates} of its rows repeat an id an earlier row holds: remove or merge them, then start again (Sluice adds the key) or add it yourself: {}",
+            "stream `{}` sets {setting} but table {} has no unique key on it, and {duplicates} of its rows repeat an id an earlier row holds: remove or merge them, then start again (Sluice adds the key) or add it yourself: {}",
             stream.name,
             dialect.quote(table),
             statements.join("; ")

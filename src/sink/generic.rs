@@ -243,20 +243,26 @@ pub async fn table_has_rows<DB>(
 }
 
 sqlx_generic! {
-/// Whether `table` has a unique key on exactly `column` ([`Dialect::unique_key_probe`]).
+/// Whether `table` has a unique key on exactly `columns`, in any order
+/// ([`Dialect::unique_key_columns`]).
 pub async fn has_unique_key<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
     table: &str,
-    column: &str,
+    columns: &[String],
 ) -> Result<bool, SinkError> {
-    let row = sqlx::query::<DB>(dialect.unique_key_probe())
+    let rows: Vec<(String, String)> = sqlx::query_as::<DB, (String, String)>(dialect.unique_key_columns())
         .bind(table)
-        .bind(column)
-        .fetch_optional(pool)
+        .fetch_all(pool)
         .await
         .map_err(sink_error(dialect))?;
-    Ok(row.is_some())
+    let mut keys: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for (key, column) in rows {
+        keys.entry(key).or_default().insert(column);
+    }
+    let wanted: std::collections::BTreeSet<String> = columns.iter().cloned().collect();
+    Ok(keys.values().any(|key| *key == wanted))
 }
 }
 
@@ -424,6 +430,7 @@ async fn insert_load<DB>(
     let (stream, rows, replayed) = batch.parts();
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
+    let on_conflict = dialect.on_conflict(stream);
     let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
     delete_replayed::<DB>(conn, dialect, replayed).await?;
     for chunk in chunks_by(
@@ -433,13 +440,8 @@ async fn insert_load<DB>(
         max_statement_bytes,
         |r| r.raw.len(),
     ) {
-        let sql = dialect.insert_statement(
-            &stream.table,
-            &columns,
-            width,
-            chunk.len(),
-            stream.id_field.as_deref(),
-        );
+        let sql =
+            dialect.insert_statement(&stream.table, &columns, width, chunk.len(), &on_conflict);
         let mut q = sqlx::query::<DB>(&sql);
         for row in chunk {
             for cell in &row.cells {
@@ -775,7 +777,7 @@ pub async fn write_dead_letters<DB>(
         max_statement_bytes,
         |d| d.payload.len(),
     ) {
-        let sql = dialect.insert_statement(DEAD_LETTERS, &columns, width, chunk.len(), None);
+        let sql = dialect.insert_statement(DEAD_LETTERS, &columns, width, chunk.len(), "");
         let mut q = sqlx::query::<DB>(&sql);
         for d in chunk {
             q = q

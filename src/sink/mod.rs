@@ -17,6 +17,7 @@ pub mod postgres;
 mod settings;
 mod sqlite;
 pub mod store;
+mod upsert;
 
 use std::future::Future;
 use std::pin::Pin;

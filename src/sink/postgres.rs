@@ -152,16 +152,21 @@ async fn write_load(
 ) -> Result<usize, SinkError> {
     let (stream, rows, replayed) = batch.parts();
     let err = sink_error(DIALECT);
-    let data = encode_rows(stream, rows, Some(load_id));
+    let data = encode_rows(
+        stream,
+        &super::upsert::last_per_key(stream, rows),
+        Some(load_id),
+    );
     delete_replayed::<sqlx::Postgres>(conn, DIALECT, replayed).await?;
-    let stored = match &stream.id_field {
+    let stored = match &stream.key {
         None => {
             let statement = DIALECT.copy_rows(&stream.table, stream);
             copy_in(conn, &statement, data).await.map_err(&err)?
         }
-        Some(id) => {
-            // Through a per-connection staging table, so that a duplicate id is
-            // skipped instead of failing the COPY.
+        Some(_) => {
+            // Through a per-connection staging table, so that a row whose key is
+            // stored is skipped (`id_field`) or replaces it (`upsert_key`) instead of
+            // failing the COPY.
             let stage = staging_table(&stream.table);
             sqlx::query(&DIALECT.create_staging(&stage, &stream.table))
                 .execute(&mut *conn)
@@ -169,7 +174,7 @@ async fn write_load(
                 .map_err(&err)?;
             let statement = DIALECT.copy_rows(&stage, stream);
             copy_in(conn, &statement, data).await.map_err(&err)?;
-            let inserted = sqlx::query(&DIALECT.insert_from_staging(&stage, stream, id))
+            let inserted = sqlx::query(&DIALECT.insert_from_staging(&stage, stream))
                 .execute(&mut *conn)
                 .await
                 .map_err(&err)?

@@ -232,7 +232,7 @@ impl BatchWriter for SqliteFile {
                 &Dialect::Sqlite.column_list(stream),
                 width,
                 1,
-                stream.id_field.as_deref(),
+                &Dialect::Sqlite.on_conflict(stream),
             );
             let has_extra = stream.has_extra;
             let flavor = tokio::runtime::Handle::current().runtime_flavor();

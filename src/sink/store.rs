@@ -215,13 +215,17 @@ impl Store {
     }
 
     /// Whether `table` has a unique key on exactly `column`.
-    pub async fn has_unique_key(&self, table: &str, column: &str) -> Result<bool, SinkError> {
-        with_pool!(&self.pools, p => has_unique_key(p, self.dialect, table, column).await)
+    pub async fn has_unique_key(&self, table: &str, columns: &[String]) -> Result<bool, SinkError> {
+        with_pool!(&self.pools, p => has_unique_key(p, self.dialect, table, columns).await)
     }
 
-    /// How many rows of `table` repeat an earlier row's `column` value.
-    pub async fn count_duplicates(&self, table: &str, column: &str) -> Result<i64, SinkError> {
-        let sql = self.dialect.count_duplicates(table, column);
+    /// How many rows of `table` repeat an earlier row's values of `columns`.
+    pub async fn count_duplicates(
+        &self,
+        table: &str,
+        columns: &[String],
+    ) -> Result<i64, SinkError> {
+        let sql = self.dialect.count_duplicates(table, columns);
         with_pool!(&self.pools, p => scalar(p, self.dialect, &sql).await)
     }
 

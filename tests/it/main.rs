@@ -30,5 +30,6 @@ mod tcp_tls;
 mod tls;
 mod typemap;
 mod ui;
+mod upsert;
 mod webhooks;
 mod write_errors;
