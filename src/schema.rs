@@ -182,6 +182,9 @@ pub enum ColumnType {
     Json,
     /// A property treated with `"x-sluice-privacy": "hash"`: 64 hex characters.
     Hash,
+    /// `"x-sluice-decimal": [precision, scale]` on a number (or numeric string): an
+    /// exact decimal, written from the event's own digits.
+    Decimal { precision: u8, scale: u8 },
 }
 
 /// A stream table's unique key, and what becomes of a row whose key is stored.
@@ -624,12 +627,28 @@ impl Stream {
                 payload: None,
             });
         };
+        // Exact decimals are read from the event's own text, never through a double.
+        let mut members = None;
         let mut cells = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
             let cell = match map.remove(&col.name) {
                 None | Some(Value::Null) => Cell::Null,
                 Some(v) if col.ty == ColumnType::Json && originals.is_some() => {
                     Cell::Json(exact(&col.name, &v))
+                }
+                Some(_) if matches!(col.ty, ColumnType::Decimal { .. }) => {
+                    let members =
+                        members.get_or_insert_with(|| crate::json_text::top_level(original));
+                    let literal = members
+                        .as_ref()
+                        .and_then(|m| m.get(&col.name))
+                        .map(|r| r.get());
+                    decimal_cell(col.ty, literal).map_err(|error| Rejection {
+                        stage: Stage::Validate,
+                        error: format!("at /{}: {error}", col.name),
+                        pointer: Some(format!("/{}", col.name)),
+                        payload: None,
+                    })?
                 }
                 Some(v) => convert(col.ty, v).map_err(|error| Rejection {
                     stage: Stage::Validate,
@@ -752,8 +771,16 @@ fn columns_of(schema: &Value, privacy: Option<&Plan>) -> Result<Vec<Column>, Pro
         if let Some(other) = seen.insert(prop.to_ascii_lowercase(), prop) {
             return Err(at(format!("differs from property `{other}` only in case; column names are case-insensitive in MySQL and SQLite")));
         }
-        let (ty, nullable_type) = column_type(resolve_local_ref(schema, sub));
+        let sub = resolve_local_ref(schema, sub);
+        let (ty, nullable_type) = column_type(sub);
+        let ty = match sub.get("x-sluice-decimal") {
+            None => ty,
+            Some(spec) => decimal_type(spec, ty).map_err(at)?,
+        };
         let treatment = privacy.and_then(|p| p.of_property(prop));
+        if treatment.is_some() && matches!(ty, ColumnType::Decimal { .. }) {
+            return Err(at("x-sluice-decimal and x-sluice-privacy cannot be combined: a treated value is text, not a number".into()));
+        }
         let ty = match treatment {
             Some(Treatment::Drop) => continue,
             Some(Treatment::Hash) => ColumnType::Hash,
@@ -838,6 +865,32 @@ fn column_type(sub: &Value) -> (ColumnType, bool) {
     (ty, nullable)
 }
 
+/// The column type `"x-sluice-decimal": [precision, scale]` gives a property of type
+/// `ty` (a number, or a string holding one).
+fn decimal_type(spec: &Value, ty: ColumnType) -> Result<ColumnType, String> {
+    let (precision, scale) = match spec.as_array().map(Vec::as_slice) {
+        Some([p, s]) => (p.as_u64(), s.as_u64()),
+        _ => (None, None),
+    };
+    let (Some(precision), Some(scale)) = (precision, scale) else {
+        return Err(format!(
+            "x-sluice-decimal is {spec}: give [precision, scale], e.g. [12, 2]"
+        ));
+    };
+    if !(1..=65).contains(&precision) || scale > precision.min(30) {
+        return Err(format!("x-sluice-decimal [{precision}, {scale}]: precision must be 1 to 65 (MySQL's limit) and scale 0 to the precision, at most 30"));
+    }
+    match ty {
+        ColumnType::Number | ColumnType::Integer | ColumnType::Text { .. } => {
+            Ok(ColumnType::Decimal {
+                precision: precision as u8,
+                scale: scale as u8,
+            })
+        }
+        _ => Err("x-sluice-decimal applies to a number, integer or string property".into()),
+    }
+}
+
 /// The length in characters of the longest string of an all-string `enum`.
 fn longest_enum_value(sub: &Value) -> Option<u64> {
     let values = sub.get("enum")?.as_array()?;
@@ -901,6 +954,90 @@ fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
     })
 }
 
+/// The cell of a decimal column from the value's JSON text as received (`literal`: a
+/// number, or a string holding one).
+fn decimal_cell(ty: ColumnType, literal: Option<&str>) -> Result<Cell, String> {
+    let ColumnType::Decimal { precision, scale } = ty else {
+        return Err("not a decimal column".into());
+    };
+    let literal = literal.ok_or("the value's text could not be read back")?;
+    let text = if literal.starts_with('"') {
+        serde_json::from_str::<String>(literal).map_err(|e| e.to_string())?
+    } else {
+        literal.to_owned()
+    };
+    exact_decimal(&text, precision, scale).map(Cell::Text)
+}
+
+/// `text` (a JSON number's syntax) as a plain decimal, digit for digit (the exponent
+/// applied, leading zeros of the integer part and trailing zeros of the fraction
+/// dropped), if it fits `numeric(precision, scale)` without rounding.
+pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, String> {
+    let bad = || format!("{text:?} is not a decimal number");
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => {
+            let exponent: i64 = unsigned[at + 1..].parse().map_err(|_| bad())?;
+            (&unsigned[..at], exponent)
+        }
+        None => (unsigned, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty()
+        || !digits_only(int)
+        || !digits_only(frac)
+        || (mantissa.contains('.') && frac.is_empty())
+    {
+        return Err(bad());
+    }
+    if exponent.unsigned_abs() > 1000 {
+        return Err(format!(
+            "{text:?} is out of range of numeric({precision},{scale})"
+        ));
+    }
+    // All digits, and where the point falls among them.
+    let all = format!("{int}{frac}");
+    let point = int.len() as i64 + exponent;
+    let (int, frac) = if point <= 0 {
+        (
+            String::new(),
+            format!("{}{all}", "0".repeat(point.unsigned_abs() as usize)),
+        )
+    } else if point as usize >= all.len() {
+        (
+            format!("{all}{}", "0".repeat(point as usize - all.len())),
+            String::new(),
+        )
+    } else {
+        (
+            all[..point as usize].to_owned(),
+            all[point as usize..].to_owned(),
+        )
+    };
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let room = usize::from(precision - scale);
+    if int.len() > room || frac.len() > usize::from(scale) {
+        return Err(format!(
+            "{text} does not fit numeric({precision},{scale}): at most {room} digits before the point and {scale} after"
+        ));
+    }
+    let mut out = String::with_capacity(int.len() + frac.len() + 3);
+    if negative && !(int.is_empty() && frac.is_empty()) {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(out)
+}
+
 /// `value`'s compact JSON text, written straight into a buffer (its `Display` goes
 /// through `fmt::Write` a piece at a time, several times slower).
 fn compact(value: &Value) -> String {
@@ -921,6 +1058,30 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn decimals_keep_their_digits_and_refuse_to_round() {
+        let ok = |t: &str, p, s| exact_decimal(t, p, s).unwrap();
+        assert_eq!(ok("12.50", 12, 2), "12.5");
+        assert_eq!(ok("-0.00", 12, 2), "0");
+        assert_eq!(ok("1234567890.12", 12, 2), "1234567890.12");
+        assert_eq!(ok("1.5e2", 12, 2), "150");
+        assert_eq!(ok("15E-3", 12, 3), "0.015");
+        assert_eq!(ok("007", 3, 0), "7");
+        assert_eq!(
+            ok("12345678901234567890123456789.123456789", 38, 9),
+            "12345678901234567890123456789.123456789"
+        );
+        assert!(
+            exact_decimal("12345678901.5", 12, 2).is_err(),
+            "11 digits before the point"
+        );
+        assert!(exact_decimal("1.005", 12, 2).is_err(), "3 after");
+        assert!(exact_decimal("1e999999", 12, 2).is_err());
+        for bad in ["", "-", "1.", ".5", "1.2.3", "0x10", "1e", "NaN", "+1"] {
+            assert!(exact_decimal(bad, 12, 2).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn identifiers_are_checked() {

@@ -109,6 +109,12 @@ impl Dialect {
             ColumnType::Number => number.into(),
             ColumnType::Boolean => boolean.into(),
             ColumnType::Json => json.into(),
+            ColumnType::Decimal { precision, scale } => match self {
+                Dialect::Postgres => format!("numeric({precision},{scale})"),
+                Dialect::Mysql => format!("decimal({precision},{scale})"),
+                // Text keeps every digit (SQLite's numbers are 64-bit floats).
+                Dialect::Sqlite => text.into(),
+            },
         }
     }
 

@@ -32,7 +32,8 @@ fn storage_class(dialect: Dialect, data_type: &str) -> &'static str {
             "timestamp with time zone" | "timestamptz" => "timestamptz",
             "uuid" => "uuid",
             "bigint" | "integer" | "smallint" | "int" | "int8" | "int4" | "int2" => "integer",
-            "double precision" | "real" | "numeric" | "float8" | "float4" => "number",
+            "double precision" | "real" | "float8" | "float4" => "number",
+            "numeric" | "decimal" => "decimal",
             "boolean" | "bool" => "boolean",
             "jsonb" | "json" => "json",
             _ => "other",
@@ -42,7 +43,8 @@ fn storage_class(dialect: Dialect, data_type: &str) -> &'static str {
             "datetime" | "timestamp" => "datetime",
             "bigint" | "int" | "integer" | "mediumint" | "smallint" => "integer",
             "tinyint" | "boolean" | "bool" => "boolean",
-            "double" | "float" | "decimal" | "real" => "number",
+            "double" | "float" | "real" => "number",
+            "decimal" | "numeric" => "decimal",
             _ => "other",
         },
         // SQLite's affinity rules (https://sqlite.org/datatype3.html, 3.1).
@@ -287,6 +289,10 @@ mod tests {
             T::Boolean,
             T::Json,
             T::Hash,
+            T::Decimal {
+                precision: 12,
+                scale: 2,
+            },
         ];
         let reported = |d: Dialect, ty: T| -> &'static str {
             match (d, ty) {
@@ -297,6 +303,8 @@ mod tests {
                 (Dialect::Postgres, T::Number) => "double precision",
                 (Dialect::Postgres, T::Boolean) => "boolean",
                 (Dialect::Postgres, T::Json) => "jsonb",
+                (Dialect::Postgres, T::Decimal { .. }) => "numeric",
+                (Dialect::Mysql, T::Decimal { .. }) => "decimal",
                 (
                     Dialect::Mysql,
                     T::Text {

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod db_tls;
 mod dead_letters;
+mod decimals;
 mod delivery;
 mod durability;
 mod errors;
