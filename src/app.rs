@@ -71,6 +71,14 @@ impl App {
                 registry.names()
             );
         }
+        for (name, source) in &config.sources {
+            anyhow::ensure!(
+                registry.get(&source.stream).is_some(),
+                "[sources.{name}] stream = {:?} names no stream; the streams are {:?}",
+                source.stream,
+                registry.names()
+            );
+        }
         let webhooks = Arc::new(Webhooks::load(&config.webhooks, &registry)?);
         config.warn_unprotected_listeners();
         let access = Arc::new(Access::load(

@@ -95,6 +95,7 @@ fn section(path: &str) -> Option<Section> {
         "ledger" => Struct(fields_of::<LedgerConfig>()),
         "streams" => Named(fields_of::<StreamConfig>()),
         "webhooks" => Named(fields_of::<WebhookConfig>()),
+        "sources" => Named(fields_of::<crate::pull::SourceConfig>()),
         _ => return None,
     })
 }
@@ -205,6 +206,9 @@ pub struct Config {
     /// Vendor webhook sources served at `POST /v1/hooks/{NAME}`, keyed by name.
     #[serde(default)]
     pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// Pulled sources: tables of other databases read incrementally into a stream.
+    #[serde(default)]
+    pub sources: BTreeMap<String, crate::pull::SourceConfig>,
 }
 
 /// The values of every `*_env` key in `table`, at any depth: names of environment
@@ -471,6 +475,9 @@ impl Config {
         if self.ledger.in_flight_timeout < Duration::from_secs(1) {
             return Err("[ledger] in_flight_timeout must be at least 1s (e.g. \"60s\")".into());
         }
+        for (name, source) in &self.sources {
+            source.check(name)?;
+        }
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;
@@ -544,6 +551,8 @@ impl Config {
             jobs: self.jobs.clone(),
             streams: self.streams_config().to_source(),
             replay: self.replay_settings(),
+            sources: self.sources.clone(),
+            max_payload_bytes: self.dead_letters.max_payload_bytes,
         }
     }
 

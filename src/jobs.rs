@@ -61,6 +61,10 @@ pub struct JobsSettings {
     /// fixed on disk applies to the replay without a restart.
     pub streams: crate::schema::StreamsSource,
     pub replay: crate::replay::ReplaySettings,
+    /// `[sources.NAME]`.
+    pub sources: std::collections::BTreeMap<String, crate::pull::SourceConfig>,
+    /// `[dead_letters] max_payload_bytes`, for a pull's dead letters.
+    pub max_payload_bytes: usize,
 }
 
 /// Log lines and errors a job keeps (the newest).
@@ -154,7 +158,9 @@ impl From<&JobRecord> for JobView {
 pub enum JobError {
     #[error("{0}")]
     Invalid(String),
-    #[error("replay job {0} is already running over these dead letters; wait for it or cancel it")]
+    #[error(
+        "job {0} is already running over the same dead letters or source; wait for it or cancel it"
+    )]
     Conflict(String),
     #[error("no job {0}")]
     NotFound(String),
@@ -168,8 +174,34 @@ pub enum JobError {
 struct Running {
     record: Mutex<Record>,
     cancel: CancellationToken,
-    /// The stream a replay is limited to (`None`: every stream).
-    stream: Option<String>,
+    scope: Scope,
+}
+
+/// What a job works on, so that two jobs over the same things do not run at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// A replay of one stream's dead letters (`None`: every stream's).
+    Replay(Option<String>),
+    /// A pull of one source.
+    Pull(String),
+}
+
+impl Scope {
+    fn overlaps(&self, other: &Scope) -> bool {
+        match (self, other) {
+            (Scope::Replay(a), Scope::Replay(b)) => a.is_none() || b.is_none() || a == b,
+            (Scope::Pull(a), Scope::Pull(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// `POST /v1/jobs/pull`: which source to pull.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// A `[sources.NAME]` of the configuration.
+    pub source: String,
 }
 
 /// A job's record and its logs and errors, decoded.
@@ -245,6 +277,33 @@ impl Progress for Tracker<'_> {
 
     fn still_failing(&self, id: i64, stream: &str, reason: &str) {
         lock(&self.job.record).error(format!("dead letter {id} ({stream}) still fails: {reason}"));
+    }
+}
+
+/// A pull's progress, recorded into its job.
+struct PullTracker<'a> {
+    job: &'a Running,
+}
+
+impl crate::pull::PullProgress for PullTracker<'_> {
+    fn total(&self, rows: u64) {
+        let mut r = lock(&self.job.record);
+        r.row.total = rows as i64;
+        r.log(format!("{rows} rows after the pointer"));
+    }
+
+    fn advance(&self, report: &crate::pull::PullReport) {
+        let mut r = lock(&self.job.record);
+        r.row.done = report.read as i64;
+        r.row.result = serde_json::to_string(report).unwrap_or_else(|_| "{}".into());
+        r.log(format!(
+            "load {}: {} rows read, {} stored, {} dead-lettered",
+            report.loads, report.read, report.stored, report.dead_lettered
+        ));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.cancel.is_cancelled()
     }
 }
 
@@ -363,6 +422,94 @@ impl Jobs {
             .map_err(|e| JobError::Invalid(format!("cannot load the stream schemas: {e:#}")))?;
         crate::replay::check_options(&registry, &options)
             .map_err(|e| JobError::Invalid(e.to_string()))?;
+        let stream = request.stream.clone().or(request.into.clone());
+        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".into());
+        self.launch(
+            "replay",
+            params,
+            Scope::Replay(stream),
+            move |jobs, job| async move {
+                let tracker = Tracker { job: &job };
+                // A schema fixed with a new optional property gets its column first, and
+                // streams added since start-up their tables, as at start-up.
+                crate::sink::prepare_tables(&jobs.storage.store, &registry).await?;
+                let report = replay_with(
+                    &registry,
+                    &jobs.storage,
+                    &jobs.settings.replay,
+                    &options,
+                    &tracker,
+                )
+                .await?;
+                Ok((
+                    result_json(&report),
+                    "what was replayed stays, the rest stays dead-lettered",
+                ))
+            },
+        )
+        .await
+    }
+
+    /// Starts a pull of a configured source; returns the job's id.
+    pub async fn start_pull(self: &Arc<Self>, request: PullRequest) -> Result<String, JobError> {
+        let Some(source) = self.settings.sources.get(&request.source).cloned() else {
+            return Err(JobError::Invalid(format!(
+                "unknown source `{}`; the sources are {:?}",
+                request.source,
+                self.settings.sources.keys().collect::<Vec<_>>()
+            )));
+        };
+        let registry = crate::schema::Registry::load(self.settings.streams.view())
+            .map_err(|e| JobError::Invalid(format!("cannot load the stream schemas: {e:#}")))?;
+        let Some(stream) = registry.get(&source.stream).cloned() else {
+            return Err(JobError::Invalid(format!(
+                "[sources.{}] stream `{}` has no schema; the streams are {:?}",
+                request.source,
+                source.stream,
+                registry.names()
+            )));
+        };
+        let name = request.source.clone();
+        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".into());
+        self.launch(
+            "pull",
+            params,
+            Scope::Pull(name.clone()),
+            move |jobs, job| async move {
+                crate::sink::prepare_tables(&jobs.storage.store, &registry).await?;
+                let tracker = PullTracker { job: &job };
+                let report = crate::pull::pull(
+                    &name,
+                    &source,
+                    &stream,
+                    &jobs.storage,
+                    jobs.settings.max_payload_bytes,
+                    &tracker,
+                )
+                .await?;
+                Ok((
+                    serde_json::to_value(&report).unwrap_or_default(),
+                    "what was loaded stays, with its pointer; the next run goes on from there",
+                ))
+            },
+        )
+        .await
+    }
+
+    /// Records a new job of `kind` over `scope` and runs `work` for it in the background,
+    /// unless a job over the same scope is running; returns its id. `work` answers the
+    /// job's result and what a cancellation leaves behind.
+    async fn launch<F, Fut>(
+        self: &Arc<Self>,
+        kind: &str,
+        params: String,
+        scope: Scope,
+        work: F,
+    ) -> Result<String, JobError>
+    where
+        F: FnOnce(Arc<Jobs>, Arc<Running>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<(Value, &'static str)>> + Send,
+    {
         let id = format!(
             "job-{}-{:08x}",
             Utc::now().format("%Y%m%d%H%M%S"),
@@ -371,12 +518,12 @@ impl Jobs {
         let row = JobRecord {
             header: JobHeader {
                 id: id.clone(),
-                kind: "replay".into(),
+                kind: kind.into(),
                 state: "ready".into(),
                 created_at: now(),
                 ..JobHeader::default()
             },
-            params: serde_json::to_string(&request).unwrap_or_else(|_| "{}".into()),
+            params,
             result: "{}".into(),
             logs: "[]".into(),
             errors: "[]".into(),
@@ -389,11 +536,9 @@ impl Jobs {
                 errors: Vec::new(),
             }),
             cancel: CancellationToken::new(),
-            stream: request.stream.clone().or(request.into.clone()),
+            scope,
         });
         {
-            // Two replays over the same dead letters at once would race for them (safely,
-            // but pointlessly): one at a time per stream.
             let mut running = lock(&self.running);
             // A job that has just finished (its last save under way) does not count.
             if let Some((other, _)) = running.iter().find(|(_, j)| {
@@ -401,7 +546,7 @@ impl Jobs {
                     lock(&j.record).row.header.state.as_str(),
                     "ready" | "running"
                 );
-                active && (j.stream.is_none() || job.stream.is_none() || j.stream == job.stream)
+                active && j.scope.overlaps(&job.scope)
             }) {
                 return Err(JobError::Conflict(other.clone()));
             }
@@ -415,17 +560,18 @@ impl Jobs {
         let jobs = self.clone();
         let job_id = id.clone();
         self.tasks.spawn(async move {
-            jobs.run_replay(&job_id, job, registry, options).await;
+            let run = work(jobs.clone(), job.clone());
+            jobs.run(&job_id, job, run).await;
         });
         Ok(id)
     }
 
-    async fn run_replay(
+    /// Runs a job's work, recording its progress every 500 ms and its outcome.
+    async fn run(
         &self,
         id: &str,
         job: Arc<Running>,
-        registry: crate::schema::Registry,
-        options: ReplayOptions,
+        run: impl std::future::Future<Output = anyhow::Result<(Value, &'static str)>>,
     ) {
         {
             let mut r = lock(&job.record);
@@ -434,20 +580,6 @@ impl Jobs {
             r.log("started".into());
         }
         self.save(&job).await;
-        let tracker = Tracker { job: &job };
-        let run = async {
-            // A schema fixed with a new optional property gets its column first, and
-            // streams added since start-up their tables, as at start-up.
-            crate::sink::prepare_tables(&self.storage.store, &registry).await?;
-            replay_with(
-                &registry,
-                &self.storage,
-                &self.settings.replay,
-                &options,
-                &tracker,
-            )
-            .await
-        };
         tokio::pin!(run);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let outcome = loop {
@@ -460,14 +592,11 @@ impl Jobs {
             let mut r = lock(&job.record);
             r.row.header.finished_at = Some(now());
             match outcome {
-                Ok(report) => {
-                    r.row.result = result_json(&report).to_string();
+                Ok((result, left)) => {
+                    r.row.result = result.to_string();
                     if job.cancel.is_cancelled() {
                         r.row.header.state = "cancelled".into();
-                        r.log(
-                            "cancelled; what was replayed stays, the rest stays dead-lettered"
-                                .into(),
-                        );
+                        r.log(format!("cancelled; {left}"));
                     } else {
                         r.row.header.state = "completed".into();
                         r.row.done = r.row.total.max(r.row.done);

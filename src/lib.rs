@@ -23,6 +23,7 @@ pub mod loadgen;
 pub mod log_summary;
 pub mod pipeline;
 pub mod privacy;
+pub mod pull;
 pub mod purge;
 pub mod replay;
 pub mod schema;

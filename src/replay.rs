@@ -399,6 +399,7 @@ async fn write(
         stream,
         rows: &rows,
         replayed: &ids,
+        pointer: None,
     };
     match retrying(policy, || writer.write_batch(batch)).await {
         Ok(_) => return Ok((rows.len(), 0, 0)),
@@ -414,6 +415,7 @@ async fn write(
                 stream,
                 rows: std::slice::from_ref(row),
                 replayed: std::slice::from_ref(id),
+                pointer: None,
             })
         })
         .await

@@ -14,6 +14,8 @@ pub enum Kind {
     Tcp,
     JetStream,
     Replay,
+    /// A pulled source (`[sources.NAME]`).
+    Pull,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             "tcp" => Kind::Tcp,
             "jetstream" => Kind::JetStream,
             "replay" => Kind::Replay,
+            "pull" => Kind::Pull,
             _ => return None,
         })
     }
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Tcp => "tcp",
             Kind::JetStream => "jetstream",
             Kind::Replay => "replay",
+            Kind::Pull => "pull",
         }
     }
 
@@ -47,6 +51,11 @@ impl Kind {
     pub fn routes_by_field(self) -> bool {
         matches!(self, Kind::Tcp | Kind::JetStream)
     }
+}
+
+/// A pulled source's rows.
+pub fn pull(source: &str) -> Arc<str> {
+    format!("pull {source}").into()
 }
 
 /// An HTTP request's source, with the ingest token's name when it had one.

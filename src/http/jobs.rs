@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::jobs::{JobError, JobView, ReplayRequest};
+use crate::jobs::{JobError, JobView, PullRequest, ReplayRequest};
 
 /// `202` answer to starting a job.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -91,6 +91,35 @@ pub async fn start_replay(
         dead_lettered: 0,
     })?;
     let id = state.jobs.start_replay(request).await.map_err(job_error)?;
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { id })).into_response())
+}
+
+/// `POST /v1/jobs/pull`: pulls a source's rows after its pointer, in the background.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/pull",
+    tag = "jobs",
+    security((), ("admin_token" = [])),
+    request_body(content = PullRequest, description = "The source to pull: `{\"source\": \"crm_deals\"}`."),
+    responses(
+        (status = 202, description = "The job is started; follow it at `/v1/jobs/{id}`.", body = JobStarted),
+        (status = 400, description = "Unknown source, a stream without a schema, or an unknown field.", body = ErrorBody),
+        (status = 409, description = "A pull of the same source is running.", body = ErrorBody),
+        JobFailures,
+    )
+)]
+pub async fn start_pull(
+    State(state): State<AppState>,
+    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest {
+        error: format!(
+            "invalid request: {}; send {{\"source\": \"NAME\"}}",
+            e.body_text()
+        ),
+        dead_lettered: 0,
+    })?;
+    let id = state.jobs.start_pull(request).await.map_err(job_error)?;
     Ok((StatusCode::ACCEPTED, Json(JobStarted { id })).into_response())
 }
 

@@ -135,6 +135,7 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/dead-letters", get(admin::list_dead_letters))
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/replay", post(jobs::start_replay))
+        .route("/v1/jobs/pull", post(jobs::start_pull))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(

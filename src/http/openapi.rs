@@ -31,6 +31,7 @@ use super::{admin, events, hooks, jobs};
         admin::list_loads,
         admin::list_dead_letters,
         jobs::start_replay,
+        jobs::start_pull,
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,

@@ -12,7 +12,7 @@ use super::{
     chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
     ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
 };
-use crate::event::{Cell, DeadLetter, Row};
+use crate::event::{Cell, DeadLetter};
 use crate::schema::Stream;
 use crate::sink::evolution::ExistingColumn;
 
@@ -390,17 +390,10 @@ pub async fn write_rows<DB>(
     dialect: Dialect,
     max_statement_bytes: usize,
     timestamp: TimestampText,
-    stream: &Stream,
-    rows: &[Row],
-    replayed: &[i64],
+    batch: RowBatch<'_>,
 ) -> Result<usize, SinkError> {
     let conn = pool.acquire().await.map_err(sink_error(dialect))?;
-    let mut load = OpenLoad::begin(conn, dialect, stream).await?;
-    let batch = RowBatch {
-        stream,
-        rows,
-        replayed,
-    };
+    let mut load = OpenLoad::begin(conn, dialect, batch.stream).await?;
     let id = load.id;
     let written = insert_load::<DB>(
         load.conn(),
@@ -427,6 +420,7 @@ async fn insert_load<DB>(
     batch: RowBatch<'_>,
     load_id: i64,
 ) -> Result<usize, SinkError> {
+    let pointer = batch.pointer;
     let (stream, rows, replayed) = batch.parts();
     let err = sink_error(dialect);
     let columns = dialect.column_list(stream);
@@ -462,7 +456,8 @@ async fn insert_load<DB>(
         }
         q.execute(&mut *conn).await.map_err(&err)?;
     }
-    let load = Load::of(stream, rows);
+    let mut load = Load::of(stream, rows);
+    load.pointer = pointer.cloned();
     let commit = dialect.commit_load(load_id, &load, rows.len(), &Utc::now());
     // MySQL answers the duplicates of `id_field` its inserts skipped (it reports a
     // skipped duplicate as a found row: `Dialect::insert_statement` counts them).
@@ -691,6 +686,23 @@ pub async fn list_loads<DB>(
 }
 
 sqlx_generic! {
+/// The one nullable text `sql` answers with one text bound, if it answers a row.
+pub async fn optional_text<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    sql: &str,
+    value: &str,
+) -> Result<Option<String>, SinkError> {
+    let row: Option<(Option<String>,)> = sqlx::query_as::<DB, (Option<String>,)>(sql)
+        .bind(value)
+        .fetch_optional(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(row.and_then(|(text,)| text))
+}
+}
+
+sqlx_generic! {
 /// The last `days` days of `stream` in `sluice_daily`, newest first.
 pub async fn daily<DB>(
     pool: &Pool<DB>,
@@ -817,15 +829,12 @@ impl BatchWriter for SqlxInserts<$db> {
     }
 
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
-        let (stream, rows, replayed) = batch.parts();
         Box::pin(write_rows(
             &self.pool,
             self.dialect,
             self.max_statement_bytes,
             self.timestamp,
-            stream,
-            rows,
-            replayed,
+            batch,
         ))
     }
 

@@ -31,6 +31,7 @@ pub const IN_FLIGHT: &str = "sluice_loads_in_flight";
 pub const STREAMS: &str = "sluice_streams";
 pub const WATERMARKS: &str = "sluice_watermarks";
 pub const DAILY: &str = "sluice_daily";
+pub const POINTERS: &str = "sluice_pointers";
 pub use super::dialect::LOAD_ID;
 
 /// `[ledger]`.
@@ -99,6 +100,17 @@ pub struct Load {
     /// `jetstream`, `replay`), comma-separated when several.
     pub source: String,
     pub schema_sha256: String,
+    /// A pulled source's pointer after the load, saved with it.
+    pub pointer: Option<Pointer>,
+}
+
+/// Where a pulled source stands: the cursor values of the last row transmitted, as a
+/// JSON object (`{"updated_at": "…", "id": "42"}`), kept in `sluice_pointers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub source: String,
+    /// JSON text.
+    pub value: String,
 }
 
 impl Load {
@@ -126,6 +138,7 @@ impl Load {
             last_received_at: last.unwrap_or(now),
             source: sources.join(","),
             schema_sha256: stream.schema_sha256.clone(),
+            pointer: None,
         }
     }
 }
@@ -134,9 +147,9 @@ impl Load {
 fn source_kind(source: &str) -> String {
     use crate::source::Kind;
     match Kind::of(source) {
-        Some(Kind::Webhook) => match source.split(' ').nth(1) {
-            Some(name) => format!("webhook:{name}"),
-            None => "webhook".into(),
+        Some(kind @ (Kind::Webhook | Kind::Pull)) => match source.split(' ').nth(1) {
+            Some(name) => format!("{}:{name}", kind.as_str()),
+            None => kind.as_str().to_owned(),
         },
         Some(kind) => kind.as_str().to_owned(),
         None => source.split(' ').next().unwrap_or_default().to_owned(),
@@ -531,15 +544,72 @@ impl Dialect {
             "INSERT INTO {LOADS} ({}) VALUES ({values})",
             self.load_columns()
         );
+        let pointer = match &load.pointer {
+            Some(p) => format!(
+                "; {}",
+                self.save_pointer_literal(p, Some(load_id), committed_at)
+            ),
+            None => String::new(),
+        };
         match self {
             Dialect::Postgres => format!(
-                "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id} RETURNING load_id) {insert}; COMMIT"
+                "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id} RETURNING load_id) {insert}{pointer}; COMMIT"
             ),
             Dialect::Mysql => format!(
-                "DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}; {insert}; COMMIT{tail}"
+                "DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}; {insert}{pointer}; COMMIT{tail}"
             ),
-            Dialect::Sqlite => format!("{insert}; COMMIT"),
+            Dialect::Sqlite => format!("{insert}{pointer}; COMMIT"),
         }
+    }
+
+    /// `sluice_pointers`: one row per pulled source.
+    pub fn create_pointers(self) -> String {
+        let (name, text, engine) = match self {
+            Dialect::Mysql => (
+                "varchar(255)",
+                "longtext",
+                " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            ),
+            Dialect::Postgres => ("text", "text", ""),
+            Dialect::Sqlite => ("TEXT", "TEXT", ""),
+        };
+        format!(
+            "CREATE TABLE IF NOT EXISTS {POINTERS} (\n  source {name} NOT NULL PRIMARY KEY,\n  pointer {text},\n  load_id bigint,\n  updated_at {} NOT NULL\n){engine}",
+            self.timestamp_type()
+        )
+    }
+
+    /// Saves pointer `p` (after load `load_id`, if any), as one statement of literals.
+    pub fn save_pointer_literal(
+        self,
+        p: &Pointer,
+        load_id: Option<i64>,
+        at: &DateTime<Utc>,
+    ) -> String {
+        let values = format!(
+            "{}, {}, {}, {}",
+            self.text_literal(&p.source),
+            self.text_literal(&p.value),
+            load_id.map_or("NULL".to_owned(), |id| id.to_string()),
+            self.timestamp_literal(at)
+        );
+        let columns = "source, pointer, load_id, updated_at";
+        match self {
+            Dialect::Mysql => format!(
+                "INSERT INTO {POINTERS} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE pointer = VALUES(pointer), load_id = VALUES(load_id), updated_at = VALUES(updated_at)"
+            ),
+            _ => format!(
+                "INSERT INTO {POINTERS} ({columns}) VALUES ({values}) ON CONFLICT (source) DO UPDATE SET pointer = excluded.pointer, load_id = excluded.load_id, updated_at = excluded.updated_at"
+            ),
+        }
+    }
+
+    /// The pointer of source `?` (JSON text, or NULL after a reset to the start).
+    pub fn pointer_of(self) -> String {
+        format!(
+            "SELECT pointer FROM {POINTERS} WHERE source = {}",
+            self.placeholder(1)
+        )
     }
 
     /// The watermark of stream `?`.
@@ -589,6 +659,7 @@ mod tests {
             last_received_at: Utc::now(),
             source: "http".into(),
             schema_sha256: "ab".into(),
+            pointer: None,
         };
         let pg = Dialect::Postgres.commit_load(7, &load, 3, &Utc::now());
         assert!(pg.starts_with("WITH claimed AS (DELETE FROM sluice_loads_in_flight WHERE load_id = 7 RETURNING load_id) INSERT INTO sluice_loads"), "{pg}");
@@ -617,5 +688,6 @@ mod tests {
         assert_eq!(source_kind("webhook stripe 1.2.3.4:9"), "webhook:stripe");
         assert_eq!(source_kind("jetstream events.a"), "jetstream");
         assert_eq!(source_kind("replay"), "replay");
+        assert_eq!(source_kind("pull crm_deals"), "pull:crm_deals");
     }
 }

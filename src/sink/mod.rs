@@ -113,6 +113,7 @@ pub trait BatchWriter: Send + Sync + 'static {
             stream,
             rows,
             replayed: &[],
+            pointer: None,
         })
     }
     /// Writes the batch's rows and deletes the dead letters they came from (`replayed`:
@@ -134,6 +135,9 @@ pub struct RowBatch<'a> {
     pub stream: &'a Stream,
     pub rows: &'a [Row],
     pub replayed: &'a [i64],
+    /// A pulled source's pointer after these rows, saved in `sluice_pointers` in the
+    /// same transaction.
+    pub pointer: Option<&'a ledger::Pointer>,
 }
 
 impl<'a> RowBatch<'a> {

@@ -182,7 +182,8 @@ async fn write_load(
             usize::try_from(inserted).unwrap_or(usize::MAX)
         }
     };
-    let load = Load::of(stream, rows);
+    let mut load = Load::of(stream, rows);
+    load.pointer = batch.pointer.cloned();
     let commit = DIALECT.commit_load(load_id, &load, stored, &chrono::Utc::now());
     // Several statements: sent as one simple query (no bound values).
     conn.execute(commit.as_str())

@@ -57,8 +57,10 @@ impl RowConnection {
         stream: &Stream,
         rows: &[Row],
         replayed: &[i64],
+        pointer: Option<&super::ledger::Pointer>,
     ) -> Result<usize, SinkError> {
-        let load = Load::of(stream, rows);
+        let mut load = Load::of(stream, rows);
+        load.pointer = pointer.cloned();
         self.write_as(insert, stream.has_extra, &load, rows, replayed)
     }
 
@@ -215,6 +217,13 @@ fn write_blocking(
             super::ledger::instance(),
             load.schema_sha256,
         ])?;
+    if let Some(pointer) = &load.pointer {
+        tx.execute_batch(&Dialect::Sqlite.save_pointer_literal(
+            pointer,
+            Some(load_id),
+            &chrono::Utc::now(),
+        ))?;
+    }
     tx.commit().map(|()| Ok(stored))
 }
 
@@ -240,13 +249,15 @@ impl BatchWriter for SqliteFile {
                 // The batch is borrowed: block this worker (tokio moves its other tasks
                 // to the rest) instead of copying every row to a blocking thread.
                 return tokio::task::block_in_place(|| {
-                    self.rows.write(&insert, stream, rows, replayed)
+                    self.rows
+                        .write(&insert, stream, rows, replayed, batch.pointer)
                 });
             }
             // A current-thread runtime (tests) cannot block in place: copy the batch.
             let (rows, replayed) = (rows.to_vec(), replayed.to_vec());
             let writer = self.rows.clone();
-            let load = Load::of(stream, &rows);
+            let mut load = Load::of(stream, &rows);
+            load.pointer = batch.pointer.cloned();
             tokio::task::spawn_blocking(move || {
                 writer.write_as(&insert, has_extra, &load, &rows, &replayed)
             })

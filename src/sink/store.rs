@@ -131,6 +131,10 @@ impl Store {
         if self.describe_table(ledger::DAILY).await?.is_empty() {
             self.execute_ddl(vec![self.dialect.create_daily()]).await?;
         }
+        if self.describe_table(ledger::POINTERS).await?.is_empty() {
+            self.execute_ddl(vec![self.dialect.create_pointers()])
+                .await?;
+        }
         for stream in streams {
             let index = self.dialect.load_id_index_exists();
             let name = ledger::load_id_index(&stream.table);
@@ -159,6 +163,22 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ledger::ListedLoad>, SinkError> {
         with_pool!(&self.pools, p => super::generic::list_loads(p, self.dialect, stream, page, limit).await)
+    }
+
+    /// The pointer of pulled source `source`: `None` when it never ran (or was reset to
+    /// the start), else its JSON text.
+    pub async fn pointer(&self, source: &str) -> Result<Option<String>, SinkError> {
+        let sql = self.dialect.pointer_of();
+        with_pool!(&self.pools, p => super::generic::optional_text(p, self.dialect, &sql, source).await)
+    }
+
+    /// Saves a pointer on its own (a pulled page whose rows were all dead-lettered, a
+    /// reset).
+    pub async fn save_pointer(&self, pointer: &ledger::Pointer) -> Result<(), SinkError> {
+        let sql = self
+            .dialect
+            .save_pointer_literal(pointer, None, &chrono::Utc::now());
+        self.execute_ddl(vec![sql]).await
     }
 
     /// The last `days` days of `stream` in `sluice_daily`, newest first.

@@ -23,6 +23,7 @@ mod ledger;
 mod memory;
 mod metrics;
 mod privacy;
+mod pull;
 mod replay;
 mod slow_clients;
 mod spool;

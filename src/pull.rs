@@ -1,0 +1,705 @@
+//! Pulled sources (`[sources.NAME]`): tables of PostgreSQL, MySQL/MariaDB and SQLite
+//! databases that never push, read incrementally with `SELECT` only.
+//!
+//! A run reads the rows strictly after the source's pointer (the cursor columns' values
+//! of the last row transmitted, kept in `sluice_pointers` of the target), ordered by the
+//! cursor, a load at a time (keyset pagination). Each row becomes an event of the
+//! source's stream, rendered as JSON by the stream's column types (numbers with their
+//! own digits, timestamps as RFC 3339), and goes through the same filing as every
+//! other input: validated, treated, a row or a dead letter. A load's rows, its ledger
+//! row and the new pointer commit in one transaction of the target, so a run killed at
+//! any moment neither loses nor repeats a row: the next one starts after the pointer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use sqlx::{Column as _, Connection as _, Executor as _, Row as _, TypeInfo as _};
+
+use crate::ingest::filing::{Event, Filing, Route};
+use crate::schema::{ColumnType, Stream};
+use crate::sink::dialect::Dialect;
+use crate::sink::ledger::Pointer;
+use crate::sink::{RowBatch, Storage};
+
+/// `[sources.NAME]`: a table (or query) of another database, pulled into a stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The environment variable holding the source's URL (`postgres://`, `mysql://`,
+    /// `sqlite://`); the URL itself never sits in the config file.
+    pub url_env: String,
+    /// The table to read (`name` or `schema.name`).
+    pub table: Option<String>,
+    /// Instead of `table`: a `SELECT` whose rows are read (Sluice adds the cursor's
+    /// filter, order and limit around it).
+    pub query: Option<String>,
+    /// The columns whose values, in order, identify how far the source was read: each
+    /// run reads the rows strictly after the last one transmitted.
+    pub cursor: Vec<String>,
+    /// The stream each row becomes an event of.
+    pub stream: String,
+    /// Rows per load: one read and one transaction in the target.
+    #[serde(default = "default_load_size")]
+    pub load_size: usize,
+    /// Reads at most this many rows per second (0: as fast as it goes), to spare a live
+    /// source.
+    #[serde(default)]
+    pub max_rows_per_second: u64,
+}
+
+fn default_load_size() -> usize {
+    5000
+}
+
+impl SourceConfig {
+    /// What is wrong with source `name`'s settings, if anything.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        let at = |what: String| Err(format!("[sources.{name}] {what}"));
+        crate::schema::check_identifier(name).or_else(|e| at(format!("the source's name {e}")))?;
+        match (&self.table, &self.query) {
+            (Some(_), Some(_)) | (None, None) => {
+                return at("needs either table or query (one of them)".into())
+            }
+            (Some(table), None) => {
+                for part in table.split('.') {
+                    crate::schema::check_identifier(part).or_else(|e| at(format!("table {e}")))?;
+                }
+            }
+            (None, Some(query)) => {
+                if !query
+                    .trim_start()
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("select"))
+                {
+                    return at("query must be a SELECT".into());
+                }
+            }
+        }
+        if self.cursor.is_empty() {
+            return at("needs a cursor: the columns that order the rows and tell how far they were read, e.g. [\"updated_at\", \"id\"]".into());
+        }
+        for column in &self.cursor {
+            crate::schema::check_identifier(column)
+                .or_else(|e| at(format!("cursor column {e}")))?;
+        }
+        if !(1..=100_000).contains(&self.load_size) {
+            return at(format!("load_size = {}: give 1 to 100000", self.load_size));
+        }
+        if self.url_env.is_empty() {
+            return at("url_env names no variable".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a pull run went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PullReport {
+    /// Rows read from the source.
+    pub read: u64,
+    /// Rows stored in the target (an older version an upsert ignored not included).
+    pub stored: u64,
+    pub dead_lettered: u64,
+    pub loads: u64,
+}
+
+/// What a run reports while it goes.
+pub trait PullProgress: Send + Sync {
+    /// The rows the source holds after the pointer, counted once at the start.
+    fn total(&self, rows: u64);
+    /// After each load.
+    fn advance(&self, report: &PullReport);
+    /// Whether to stop (between loads).
+    fn cancelled(&self) -> bool;
+}
+
+/// A progress nobody follows (runs from a command or a test).
+pub struct Unwatched;
+
+impl PullProgress for Unwatched {
+    fn total(&self, _: u64) {}
+    fn advance(&self, _: &PullReport) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A source column: its name and the type the source reports.
+#[derive(Debug, Clone)]
+struct SourceColumn {
+    name: String,
+    type_name: String,
+}
+
+/// One connection to a source database.
+enum SourceConn {
+    Postgres(sqlx::PgConnection),
+    Mysql(sqlx::MySqlConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+/// Runs `$body` with `$c` bound to the connection, whichever database it is.
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            SourceConn::Postgres($c) => $body,
+            SourceConn::Mysql($c) => $body,
+            SourceConn::Sqlite($c) => $body,
+        }
+    };
+}
+
+impl SourceConn {
+    async fn open(url: &str) -> anyhow::Result<(SourceConn, Dialect)> {
+        let dialect = Dialect::from_url(url).map_err(|e| anyhow::anyhow!(e))?;
+        let conn = match dialect {
+            Dialect::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url).await?;
+                // Timestamps read as text in UTC, whatever the server's zone.
+                c.execute("SET TIME ZONE 'UTC'").await?;
+                SourceConn::Postgres(c)
+            }
+            Dialect::Mysql => {
+                let mut c = sqlx::MySqlConnection::connect(url).await?;
+                c.execute("SET time_zone = '+00:00'").await?;
+                SourceConn::Mysql(c)
+            }
+            Dialect::Sqlite => {
+                use std::str::FromStr;
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?.read_only(true);
+                SourceConn::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
+            }
+        };
+        Ok((conn, dialect))
+    }
+
+    /// The columns `sql` answers, with their types.
+    async fn describe(&mut self, sql: &str) -> anyhow::Result<Vec<SourceColumn>> {
+        with_conn!(self, c => {
+            let described = c.describe(sql).await?;
+            Ok(described
+                .columns()
+                .iter()
+                .map(|col| SourceColumn {
+                    name: col.name().to_owned(),
+                    type_name: col.type_info().name().to_owned(),
+                })
+                .collect())
+        })
+    }
+
+    /// The one integer `sql` answers, with `binds` as text.
+    async fn count(&mut self, sql: &str, binds: &[String]) -> anyhow::Result<i64> {
+        with_conn!(self, c => {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = q.bind(b.as_str());
+            }
+            let row = q.fetch_one(&mut *c).await?;
+            Ok(row.try_get::<i64, usize>(0)?)
+        })
+    }
+
+    /// Every row `sql` answers (its columns cast to text), with `binds` as text.
+    async fn text_rows(
+        &mut self,
+        sql: &str,
+        binds: &[String],
+    ) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+        with_conn!(self, c => {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = q.bind(b.as_str());
+            }
+            let rows = q.fetch_all(&mut *c).await?;
+            rows.iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|i| row.try_get::<Option<String>, usize>(i).map_err(Into::into))
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    async fn close(self) {
+        let _ = with_conn!(self, c => c.close().await);
+    }
+}
+
+/// The SQL of one source: its relation, its columns read as text, the keyset filter.
+struct Reader {
+    dialect: Dialect,
+    relation: String,
+    columns: Vec<SourceColumn>,
+    /// Positions of the cursor columns among `columns`.
+    cursor_at: Vec<usize>,
+}
+
+impl Reader {
+    fn relation(dialect: Dialect, source: &SourceConfig) -> String {
+        match (&source.table, &source.query) {
+            (Some(table), _) => table
+                .split('.')
+                .map(|part| dialect.quote(part))
+                .collect::<Vec<_>>()
+                .join("."),
+            (None, Some(query)) => {
+                format!("({}) AS sluice_source", query.trim().trim_end_matches(';'))
+            }
+            (None, None) => String::new(),
+        }
+    }
+
+    /// `c` as text, in the source's SQL.
+    fn as_text(&self, column: &str) -> String {
+        let c = self.dialect.quote(column);
+        match self.dialect {
+            Dialect::Postgres | Dialect::Sqlite => format!("CAST({c} AS TEXT)"),
+            Dialect::Mysql => format!("CAST({c} AS CHAR)"),
+        }
+    }
+
+    /// The `n`th placeholder, cast to the type of column `at` (text is bound).
+    fn bound(&self, n: usize, at: usize) -> String {
+        let p = self.dialect.placeholder(n);
+        let ty = self.columns[at].type_name.to_ascii_uppercase();
+        match self.dialect {
+            Dialect::Postgres => format!("CAST({p} AS {ty})"),
+            Dialect::Mysql => {
+                let target = if ty.contains("INT") {
+                    Some(if ty.contains("UNSIGNED") {
+                        "UNSIGNED"
+                    } else {
+                        "SIGNED"
+                    })
+                } else if ty.contains("DECIMAL") || ty.contains("NUMERIC") {
+                    Some("DECIMAL(65,30)")
+                } else if ty.contains("DATETIME") || ty.contains("TIMESTAMP") {
+                    Some("DATETIME(6)")
+                } else if ty == "DATE" {
+                    Some("DATE")
+                } else if ty.contains("DOUBLE") || ty.contains("FLOAT") || ty.contains("REAL") {
+                    Some("DOUBLE")
+                } else {
+                    None
+                };
+                match target {
+                    Some(t) => format!("CAST({p} AS {t})"),
+                    None => p,
+                }
+            }
+            // A bound value takes the compared column's affinity.
+            Dialect::Sqlite => p,
+        }
+    }
+
+    /// `WHERE (cursor) > (pointer)`, or nothing from the start.
+    fn after(&self, from_start: bool) -> String {
+        if from_start {
+            return String::new();
+        }
+        let columns: Vec<String> = self
+            .cursor_at
+            .iter()
+            .map(|&i| self.dialect.quote(&self.columns[i].name))
+            .collect();
+        let values: Vec<String> = self
+            .cursor_at
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| self.bound(n + 1, i))
+            .collect();
+        format!(" WHERE ({}) > ({})", columns.join(", "), values.join(", "))
+    }
+
+    fn count(&self, from_start: bool) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {}{}",
+            self.relation,
+            self.after(from_start)
+        )
+    }
+
+    fn page(&self, from_start: bool, limit: usize) -> String {
+        let select: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} AS {}",
+                    self.as_text(&c.name),
+                    self.dialect.quote(&c.name)
+                )
+            })
+            .collect();
+        let order: Vec<String> = self
+            .cursor_at
+            .iter()
+            .map(|&i| self.dialect.quote(&self.columns[i].name))
+            .collect();
+        format!(
+            "SELECT {} FROM {}{} ORDER BY {} LIMIT {limit}",
+            select.join(", "),
+            self.relation,
+            self.after(from_start),
+            order.join(", ")
+        )
+    }
+}
+
+/// The cursor values a pointer holds, in cursor order (`None`: from the start).
+fn pointer_values(pointer: Option<&str>, cursor: &[String]) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(text) = pointer else {
+        return Ok(None);
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("the stored pointer {text} is not JSON; reset the source"))?;
+    cursor
+        .iter()
+        .map(|c| match value.get(c) {
+            Some(serde_json::Value::String(s)) => Ok(s.clone()),
+            Some(serde_json::Value::Null) | None => bail!(
+                "the stored pointer {text} has no value for cursor column `{c}`; reset the source"
+            ),
+            Some(other) => Ok(other.to_string()),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// A source row as the JSON text of an event of `stream`: each value rendered by the
+/// type of the stream's column of that name (a number keeps its digits, a timestamp
+/// becomes RFC 3339, a boolean `t`/`1` becomes `true`), a column the stream does not
+/// declare by the source's type.
+fn render(stream: &Stream, columns: &[SourceColumn], values: &[Option<String>]) -> String {
+    let mut out = String::with_capacity(64 * columns.len());
+    out.push('{');
+    for (i, (column, value)) in columns.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::from(column.name.as_str()).to_string());
+        out.push(':');
+        let Some(text) = value else {
+            out.push_str("null");
+            continue;
+        };
+        let declared = stream
+            .columns
+            .iter()
+            .find(|c| c.name == column.name)
+            .map(|c| c.ty);
+        let kind = declared.unwrap_or_else(|| by_source_type(&column.type_name));
+        out.push_str(&render_value(kind, text));
+    }
+    out.push('}');
+    out
+}
+
+/// The column type a source column the stream does not declare is rendered as.
+fn by_source_type(type_name: &str) -> ColumnType {
+    let t = type_name.to_ascii_uppercase();
+    if t.contains("INT") && !t.contains("INTERVAL") {
+        ColumnType::Integer
+    } else if ["NUMERIC", "DECIMAL", "FLOAT", "DOUBLE", "REAL"]
+        .iter()
+        .any(|n| t.contains(n))
+    {
+        ColumnType::Number
+    } else if t.starts_with("BOOL") {
+        ColumnType::Boolean
+    } else if t.contains("TIMESTAMP") || t == "DATETIME" {
+        ColumnType::Timestamp
+    } else if t.starts_with("JSON") {
+        ColumnType::Json
+    } else {
+        ColumnType::Text { max_length: None }
+    }
+}
+
+/// One value's JSON text for a column of type `kind`; anything that does not read as
+/// that type stays a string, for the schema to refuse with a clear message.
+fn render_value(kind: ColumnType, text: &str) -> String {
+    let string = || serde_json::Value::from(text).to_string();
+    match kind {
+        ColumnType::Integer | ColumnType::Number | ColumnType::Decimal { .. } => {
+            if is_json_number(text) {
+                text.to_owned()
+            } else {
+                string()
+            }
+        }
+        ColumnType::Boolean => match text {
+            "t" | "true" | "1" | "TRUE" => "true".into(),
+            "f" | "false" | "0" | "FALSE" => "false".into(),
+            _ => string(),
+        },
+        ColumnType::Timestamp => match source_timestamp(text) {
+            Some(t) => serde_json::Value::from(t).to_string(),
+            None => string(),
+        },
+        ColumnType::Json => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(_) => text.to_owned(),
+            Err(_) => string(),
+        },
+        ColumnType::Text { .. } | ColumnType::Uuid | ColumnType::Hash => string(),
+    }
+}
+
+/// Whether `text` is a JSON number literal.
+fn is_json_number(text: &str) -> bool {
+    matches!(
+        serde_json::from_str::<serde_json::Value>(text),
+        Ok(serde_json::Value::Number(_))
+    )
+}
+
+/// A source's timestamp text as RFC 3339 in UTC: PostgreSQL's `2026-12-01
+/// 10:00:00.5+00`, MySQL's `2026-12-01 10:00:00.500000` (read in UTC), SQLite's text as
+/// stored.
+fn source_timestamp(text: &str) -> Option<String> {
+    use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(
+            t.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        );
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(t) = DateTime::parse_from_str(text, format) {
+            return Some(
+                t.with_timezone(&Utc)
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            );
+        }
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        }
+    }
+    None
+}
+
+/// Pulls source `name` into `stream` once: every row after its pointer, a load at a
+/// time, until the source has no more, `progress` says to stop, or a load fails.
+pub async fn pull(
+    name: &str,
+    source: &SourceConfig,
+    stream: &Arc<Stream>,
+    storage: &Storage,
+    max_payload: usize,
+    progress: &dyn PullProgress,
+) -> anyhow::Result<PullReport> {
+    let url = std::env::var(&source.url_env).map_err(|_| {
+        anyhow::anyhow!(
+            "[sources.{name}] url_env: the environment variable {} is not set",
+            source.url_env
+        )
+    })?;
+    let (mut conn, dialect) = SourceConn::open(&url).await.with_context(|| {
+        format!(
+            "cannot connect to source `{name}` ({})",
+            crate::sink::redact(&url)
+        )
+    })?;
+    let result = pull_on(
+        &mut conn,
+        dialect,
+        name,
+        source,
+        stream,
+        storage,
+        max_payload,
+        progress,
+    )
+    .await;
+    conn.close().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull_on(
+    conn: &mut SourceConn,
+    dialect: Dialect,
+    name: &str,
+    source: &SourceConfig,
+    stream: &Arc<Stream>,
+    storage: &Storage,
+    max_payload: usize,
+    progress: &dyn PullProgress,
+) -> anyhow::Result<PullReport> {
+    let relation = Reader::relation(dialect, source);
+    let columns = conn
+        .describe(&format!("SELECT * FROM {relation}"))
+        .await
+        .with_context(|| format!("cannot read the columns of source `{name}`"))?;
+    let cursor_at = source
+        .cursor
+        .iter()
+        .map(|c| {
+            columns.iter().position(|s| &s.name == c).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "[sources.{name}] cursor column `{c}` is not a column of the source"
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reader = Reader {
+        dialect,
+        relation,
+        columns,
+        cursor_at,
+    };
+    let mut after = pointer_values(
+        storage.store.pointer(name).await?.as_deref(),
+        &source.cursor,
+    )?;
+    let remaining = conn
+        .count(
+            &reader.count(after.is_none()),
+            after.as_deref().unwrap_or_default(),
+        )
+        .await
+        .with_context(|| format!("cannot count the rows of source `{name}`"))?;
+    progress.total(u64::try_from(remaining).unwrap_or(0));
+    let pulled_from = crate::source::pull(name);
+    let started = Instant::now();
+    let mut report = PullReport::default();
+    while !progress.cancelled() {
+        let page = conn
+            .text_rows(
+                &reader.page(after.is_none(), source.load_size),
+                after.as_deref().unwrap_or_default(),
+            )
+            .await
+            .with_context(|| format!("cannot read source `{name}`"))?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        let pointer_object: serde_json::Map<String, serde_json::Value> = reader
+            .cursor_at
+            .iter()
+            .map(|&i| {
+                (
+                    reader.columns[i].name.clone(),
+                    last[i]
+                        .clone()
+                        .map_or(serde_json::Value::Null, serde_json::Value::from),
+                )
+            })
+            .collect();
+        if pointer_object.values().any(serde_json::Value::is_null) {
+            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
+        }
+        let pointer = Pointer {
+            source: name.to_owned(),
+            value: serde_json::Value::Object(pointer_object).to_string(),
+        };
+        let texts: Vec<String> = page
+            .iter()
+            .map(|values| render(stream, &reader.columns, values))
+            .collect();
+        let mut filing = Filing::new(max_payload, Some(storage.store.dialect()));
+        filing.file(
+            &Route::to(stream),
+            &pulled_from,
+            chrono::Utc::now(),
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Event::text(i, t.as_bytes())),
+        );
+        let events = filing.into_one();
+        // Dead letters first: a crash before the load commits reads these rows again
+        // (a dead letter twice, never none).
+        if !events.letters.is_empty() {
+            storage.writer.write_dead_letters(&events.letters).await?;
+        }
+        if events.rows.is_empty() {
+            storage.store.save_pointer(&pointer).await?;
+        } else {
+            let stored = storage
+                .writer
+                .write_batch(RowBatch {
+                    stream,
+                    rows: &events.rows,
+                    replayed: &[],
+                    pointer: Some(&pointer),
+                })
+                .await
+                .with_context(|| format!("cannot write a load of source `{name}`"))?;
+            report.stored += stored as u64;
+            report.loads += 1;
+        }
+        report.read += page.len() as u64;
+        report.dead_lettered += events.letters.len() as u64;
+        progress.advance(&report);
+        after = pointer_values(Some(&pointer.value), &source.cursor)?;
+        if page.len() < source.load_size {
+            break;
+        }
+        if source.max_rows_per_second > 0 {
+            let due =
+                Duration::from_secs_f64(report.read as f64 / source.max_rows_per_second as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_values_render_by_the_stream_s_types() {
+        assert_eq!(render_value(ColumnType::Integer, "42"), "42");
+        assert_eq!(render_value(ColumnType::Integer, "4x"), "\"4x\"");
+        assert_eq!(
+            render_value(
+                ColumnType::Decimal {
+                    precision: 38,
+                    scale: 9
+                },
+                "12345678901234567890.123456789"
+            ),
+            "12345678901234567890.123456789"
+        );
+        assert_eq!(render_value(ColumnType::Boolean, "t"), "true");
+        assert_eq!(render_value(ColumnType::Boolean, "0"), "false");
+        assert_eq!(
+            render_value(ColumnType::Timestamp, "2026-12-01 10:00:00.5+00"),
+            "\"2026-12-01T10:00:00.500Z\""
+        );
+        assert_eq!(
+            render_value(ColumnType::Timestamp, "2026-12-01 10:00:00.000000"),
+            "\"2026-12-01T10:00:00Z\""
+        );
+        assert_eq!(
+            render_value(ColumnType::Text { max_length: None }, "a\"b"),
+            "\"a\\\"b\""
+        );
+        assert_eq!(render_value(ColumnType::Json, "{\"a\":1}"), "{\"a\":1}");
+    }
+
+    #[test]
+    fn pointers_hold_the_cursor_values_in_order() {
+        let cursor = ["updated_at".to_owned(), "id".to_owned()];
+        assert_eq!(pointer_values(None, &cursor).unwrap(), None);
+        assert_eq!(
+            pointer_values(
+                Some(r#"{"id": "7", "updated_at": "2026-12-01 10:00:00+00"}"#),
+                &cursor
+            )
+            .unwrap(),
+            Some(vec!["2026-12-01 10:00:00+00".to_owned(), "7".to_owned()])
+        );
+        assert!(pointer_values(Some(r#"{"id": "7"}"#), &cursor).is_err());
+    }
+}
