@@ -290,3 +290,110 @@ async fn max_rows_per_second_paces_a_pull() {
         "{body}"
     );
 }
+
+/// The real binary killed with -9 in the middle of a pull (after a load committed),
+/// then started again: the next run goes on from the pointer, the target equals the
+/// source, and the ledger counts every row once (none loaded twice, none missed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_mid_run_resumes_from_its_pointer() {
+    let Some(source) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    let Some(target) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    create_source(&source, 50_000).await;
+    let schemas = tempfile::tempdir().unwrap();
+    write_schema(schemas.path());
+    let config = schemas.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[streams.crm_deal]\nupsert_key = [\"id\"]\nversion_field = \"updated_at\"\n\n[sources.crm]\nurl_env = \"CRM_TEST_URL\"\ntable = \"deals\"\ncursor = [\"updated_at\", \"id\"]\nstream = \"crm_deal\"\nload_size = 2000\nmax_rows_per_second = 10000\n",
+    )
+    .unwrap();
+    let env = [
+        ("SLUICE_CONFIG", config.display().to_string()),
+        ("SLUICE_SCHEMAS_DIR", schemas.path().display().to_string()),
+        ("CRM_TEST_URL", source.url.clone()),
+    ];
+    let start = |binary: &crate::helpers::Binary| {
+        let url = format!("http://{}/v1/jobs/pull", binary.http);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"source": "crm"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let pulled = |db: &TestDb| {
+        let sql = "SELECT CAST(COALESCE(SUM(rows), 0) AS TEXT), CAST(COUNT(*) AS TEXT) FROM sluice_loads WHERE source = 'pull:crm'";
+        let db = db.via(db.url.clone());
+        async move {
+            let r = db.query(sql).await;
+            (
+                r[0][0].as_deref().unwrap().parse::<i64>().unwrap(),
+                r[0][1].as_deref().unwrap().parse::<i64>().unwrap(),
+            )
+        }
+    };
+    let mut first = crate::helpers::spawn_binary(None, &target, &env);
+    start(&first).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pulled(&target).await.1 < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no load committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let (rows_before, loads_before) = pulled(&target).await;
+    assert!(
+        rows_before < 50_000,
+        "killed too late: {rows_before} rows loaded"
+    );
+
+    let second = crate::helpers::spawn_binary(None, &target, &env);
+    let id = start(&second).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let job: Value = reqwest::get(format!("http://{}/v1/jobs/{id}", second.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        job["result"]["read"],
+        50_000 - rows_before,
+        "{job}: the second run starts after the pointer"
+    );
+    let (rows, loads) = pulled(&target).await;
+    assert_eq!(
+        rows, 50_000,
+        "every row loaded once ({loads_before} loads before the kill, {loads} after)"
+    );
+    let target_rows = trim_amounts(target.query("SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM crm_deal ORDER BY id").await);
+    assert!(
+        target_rows == deals(&source).await,
+        "the target differs from the source"
+    );
+    let pointer = target
+        .query("SELECT pointer FROM sluice_pointers WHERE source = 'crm'")
+        .await;
+    let pointer: Value = serde_json::from_str(pointer[0][0].as_deref().unwrap()).unwrap();
+    assert_eq!(pointer["id"], "50000", "{pointer}");
+    second.terminate().await;
+}
