@@ -554,10 +554,9 @@ async fn pull_on(
         columns,
         cursor_at,
     };
-    let mut after = pointer_values(
-        storage.store.pointer(name).await?.as_deref(),
-        &source.cursor,
-    )?;
+    // The pointer as stored: each load moves it from there, or fails if another run did.
+    let mut stored = storage.store.pointer(name).await?;
+    let mut after = pointer_values(stored.as_deref(), &source.cursor)?;
     let remaining = conn
         .count(
             &reader.count(after.is_none()),
@@ -598,6 +597,7 @@ async fn pull_on(
         let pointer = Pointer {
             source: name.to_owned(),
             value: serde_json::Value::Object(pointer_object).to_string(),
+            previous: stored.clone(),
         };
         let texts: Vec<String> = page
             .iter()
@@ -620,7 +620,7 @@ async fn pull_on(
             storage.writer.write_dead_letters(&events.letters).await?;
         }
         if events.rows.is_empty() {
-            storage.store.save_pointer(&pointer).await?;
+            storage.store.move_pointer(&pointer).await?;
         } else {
             let stored = storage
                 .writer
@@ -639,6 +639,7 @@ async fn pull_on(
         report.dead_lettered += events.letters.len() as u64;
         progress.advance(&report);
         after = pointer_values(Some(&pointer.value), &source.cursor)?;
+        stored = Some(pointer.value);
         if page.len() < source.load_size {
             break;
         }

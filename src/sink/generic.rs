@@ -465,7 +465,7 @@ async fn insert_load<DB>(
     let answer = conn
         .fetch_all(commit.as_str())
         .await
-        .map_err(commit_error(dialect, load_id))?;
+        .map_err(commit_error(dialect, load_id, &load))?;
     let duplicates = match answer.last() {
         Some(row) => row.try_get::<i64, usize>(0).map_err(&err)?,
         None => 0,
@@ -474,14 +474,21 @@ async fn insert_load<DB>(
 }
 }
 
-/// The error of [`Dialect::commit_load`]: [`SinkError::load_expired`] when its ledger
-/// row was refused for want of a registration to claim.
-pub fn commit_error(dialect: Dialect, load_id: i64) -> impl Fn(sqlx::Error) -> SinkError {
+/// The error of [`Dialect::commit_load`] for `load`: [`SinkError::load_expired`] when
+/// its ledger row was refused for want of a registration to claim (or of the pointer it
+/// moves), [`SinkError::pointer_moved`] when a source's first pointer was saved by
+/// another run meanwhile (the only key an insert of `commit_load` can hit).
+pub fn commit_error(
+    dialect: Dialect,
+    load_id: i64,
+    load: &Load,
+) -> impl Fn(sqlx::Error) -> SinkError + '_ {
     move |e| {
-        if ledger::claim_refused(&e) {
-            SinkError::load_expired(load_id)
-        } else {
-            sink_error(dialect)(e)
+        let duplicate = matches!(&e, sqlx::Error::Database(d) if d.kind() == sqlx::error::ErrorKind::UniqueViolation);
+        match &load.pointer {
+            Some(p) if duplicate => SinkError::pointer_moved(&p.source),
+            _ if ledger::claim_refused(&e) => SinkError::load_expired(load_id),
+            _ => sink_error(dialect)(e),
         }
     }
 }
@@ -682,6 +689,17 @@ pub async fn list_loads<DB>(
             schema_sha256,
         })
         .collect())
+}
+}
+
+sqlx_generic! {
+/// Runs `sql` (no bound values); answers the rows it changed.
+pub async fn execute_counted<DB>(pool: &Pool<DB>, dialect: Dialect, sql: &str) -> Result<u64, SinkError> {
+    let done = sqlx::query::<DB>(sql)
+        .execute(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok(done.rows())
 }
 }
 

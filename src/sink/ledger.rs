@@ -111,6 +111,9 @@ pub struct Pointer {
     pub source: String,
     /// JSON text.
     pub value: String,
+    /// The stored pointer this one moves on from (its JSON text), `None` for a source's
+    /// first: a save finds it unchanged, or another run moved it and the save fails.
+    pub previous: Option<String>,
 }
 
 impl Load {
@@ -499,7 +502,10 @@ impl Dialect {
     /// duplicates its insert counted): claims the registration, writes the ledger row
     /// and commits. The ledger row's id comes from the claim, NULL when the claim
     /// found nothing (the registration expired), which `load_id NOT NULL` refuses
-    /// ([`claim_refused`]): nothing commits. MySQL answers one row, the duplicates.
+    /// ([`claim_refused`]): nothing commits. With a pulled source's pointer, it is
+    /// moved from the value the run started from, and the id is NULL too when the
+    /// pointer was not there any more (another run moved it). MySQL answers one row,
+    /// the duplicates.
     pub fn commit_load(
         self,
         load_id: i64,
@@ -507,14 +513,27 @@ impl Dialect {
         rows: usize,
         committed_at: &DateTime<Utc>,
     ) -> String {
+        let pointer = load
+            .pointer
+            .as_ref()
+            .map(|p| self.move_pointer(p, Some(load_id), committed_at));
         let (id, stored, tail) = match self {
             Dialect::Postgres => (
-                "(SELECT load_id FROM claimed)".to_owned(),
+                match pointer {
+                    Some(_) => "(SELECT load_id FROM claimed WHERE EXISTS (SELECT 1 FROM moved))"
+                        .to_owned(),
+                    None => "(SELECT load_id FROM claimed)".to_owned(),
+                },
                 rows.to_string(),
                 String::new(),
             ),
             Dialect::Mysql => (
-                format!("IF(ROW_COUNT() = 1, {load_id}, NULL)"),
+                match pointer {
+                    Some(_) => {
+                        format!("IF(@sluice_claimed = 1 AND ROW_COUNT() = 1, {load_id}, NULL)")
+                    }
+                    None => format!("IF(ROW_COUNT() = 1, {load_id}, NULL)"),
+                },
                 format!(
                     "{rows} - COALESCE(@{}, 0)",
                     super::dialect::MYSQL_DUPLICATES
@@ -544,21 +563,39 @@ impl Dialect {
             "INSERT INTO {LOADS} ({}) VALUES ({values})",
             self.load_columns()
         );
-        let pointer = match &load.pointer {
-            Some(p) => format!(
-                "; {}",
-                self.save_pointer_literal(p, Some(load_id), committed_at)
+        let claim = format!("DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}");
+        match (self, pointer) {
+            (Dialect::Postgres, None) => {
+                format!("WITH claimed AS ({claim} RETURNING load_id) {insert}; COMMIT")
+            }
+            (Dialect::Postgres, Some(moved)) => format!(
+                "WITH claimed AS ({claim} RETURNING load_id), moved AS ({moved} RETURNING source) {insert}; COMMIT"
             ),
-            None => String::new(),
-        };
-        match self {
-            Dialect::Postgres => format!(
-                "WITH claimed AS (DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id} RETURNING load_id) {insert}{pointer}; COMMIT"
+            (Dialect::Mysql, None) => format!("{claim}; {insert}; COMMIT{tail}"),
+            (Dialect::Mysql, Some(moved)) => format!(
+                "{claim}; SET @sluice_claimed = ROW_COUNT(); {moved}; {insert}; COMMIT{tail}"
             ),
-            Dialect::Mysql => format!(
-                "DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}; {insert}{pointer}; COMMIT{tail}"
+            (Dialect::Sqlite, None) => format!("{insert}; COMMIT"),
+            (Dialect::Sqlite, Some(moved)) => format!("{insert}; {moved}; COMMIT"),
+        }
+    }
+
+    /// Moves pointer `p` (after load `load_id`, if any) from the value its run started
+    /// from: an `UPDATE … WHERE pointer = <that value>` (or an `INSERT` of the source's
+    /// first pointer), which touches no row (or fails on the key) when another run
+    /// moved it meanwhile.
+    pub fn move_pointer(self, p: &Pointer, load_id: Option<i64>, at: &DateTime<Utc>) -> String {
+        let (source, value) = (self.text_literal(&p.source), self.text_literal(&p.value));
+        let id = load_id.map_or("NULL".to_owned(), |id| id.to_string());
+        let at = self.timestamp_literal(at);
+        match &p.previous {
+            None => format!(
+                "INSERT INTO {POINTERS} (source, pointer, load_id, updated_at) VALUES ({source}, {value}, {id}, {at})"
             ),
-            Dialect::Sqlite => format!("{insert}{pointer}; COMMIT"),
+            Some(previous) => format!(
+                "UPDATE {POINTERS} SET pointer = {value}, load_id = {id}, updated_at = {at} WHERE source = {source} AND pointer = {}",
+                self.text_literal(previous)
+            ),
         }
     }
 
@@ -579,18 +616,19 @@ impl Dialect {
         )
     }
 
-    /// Saves pointer `p` (after load `load_id`, if any), as one statement of literals.
-    pub fn save_pointer_literal(
-        self,
-        p: &Pointer,
-        load_id: Option<i64>,
-        at: &DateTime<Utc>,
-    ) -> String {
+    /// Sets source `source`'s pointer to `value` (JSON text), whatever it was; `None`
+    /// deletes it (the next run starts from the first row).
+    pub fn reset_pointer(self, source: &str, value: Option<&str>, at: &DateTime<Utc>) -> String {
+        let Some(value) = value else {
+            return format!(
+                "DELETE FROM {POINTERS} WHERE source = {}",
+                self.text_literal(source)
+            );
+        };
         let values = format!(
-            "{}, {}, {}, {}",
-            self.text_literal(&p.source),
-            self.text_literal(&p.value),
-            load_id.map_or("NULL".to_owned(), |id| id.to_string()),
+            "{}, {}, NULL, {}",
+            self.text_literal(source),
+            self.text_literal(value),
             self.timestamp_literal(at)
         );
         let columns = "source, pointer, load_id, updated_at";
@@ -604,7 +642,7 @@ impl Dialect {
         }
     }
 
-    /// The pointer of source `?` (JSON text, or NULL after a reset to the start).
+    /// The pointer of source `?` (JSON text; no row before its first load).
     pub fn pointer_of(self) -> String {
         format!(
             "SELECT pointer FROM {POINTERS} WHERE source = {}",

@@ -195,10 +195,18 @@ impl SinkError {
 
     /// A load whose registration expired before it could commit (the writer was stuck
     /// for longer than `[ledger] in_flight_timeout`): retried as a new load.
+    /// A pulled source's pointer was moved by another run while this one loaded.
+    pub fn pointer_moved(source: &str) -> SinkError {
+        SinkError {
+            class: ErrorClass::Permanent,
+            source: format!("the pointer of source `{source}` was moved by another run (on another instance?) while this one was loading; nothing of this load was committed, and the next run starts from the new pointer").into(),
+        }
+    }
+
     pub fn load_expired(load_id: i64) -> SinkError {
         SinkError {
             class: ErrorClass::Transient,
-            source: format!("load {load_id} was registered longer ago than [ledger] in_flight_timeout and can no longer commit; it is written again as a new load").into(),
+            source: format!("load {load_id} could not commit: it was registered longer ago than [ledger] in_flight_timeout (it is written again as a new load), or, for a pulled source, another run moved the source's pointer").into(),
         }
     }
 

@@ -188,6 +188,6 @@ async fn write_load(
     // Several statements: sent as one simple query (no bound values).
     conn.execute(commit.as_str())
         .await
-        .map_err(commit_error(DIALECT, load_id))?;
+        .map_err(commit_error(DIALECT, load_id, &load))?;
     Ok(stored)
 }

@@ -218,11 +218,13 @@ fn write_blocking(
             load.schema_sha256,
         ])?;
     if let Some(pointer) = &load.pointer {
-        tx.execute_batch(&Dialect::Sqlite.save_pointer_literal(
-            pointer,
-            Some(load_id),
-            &chrono::Utc::now(),
-        ))?;
+        let moved = tx.execute(
+            &Dialect::Sqlite.move_pointer(pointer, Some(load_id), &chrono::Utc::now()),
+            [],
+        )?;
+        if moved != 1 {
+            return Ok(Err(SinkError::pointer_moved(&pointer.source)));
+        }
     }
     tx.commit().map(|()| Ok(stored))
 }

@@ -172,12 +172,24 @@ impl Store {
         with_pool!(&self.pools, p => super::generic::optional_text(p, self.dialect, &sql, source).await)
     }
 
-    /// Saves a pointer on its own (a pulled page whose rows were all dead-lettered, a
-    /// reset).
-    pub async fn save_pointer(&self, pointer: &ledger::Pointer) -> Result<(), SinkError> {
+    /// Moves a pointer on its own (a pulled page whose rows were all dead-lettered),
+    /// from the value its run started from; fails when another run moved it.
+    pub async fn move_pointer(&self, pointer: &ledger::Pointer) -> Result<(), SinkError> {
         let sql = self
             .dialect
-            .save_pointer_literal(pointer, None, &chrono::Utc::now());
+            .move_pointer(pointer, None, &chrono::Utc::now());
+        match with_pool!(&self.pools, p => super::generic::execute_counted(p, self.dialect, &sql).await)?
+        {
+            1 => Ok(()),
+            _ => Err(SinkError::pointer_moved(&pointer.source)),
+        }
+    }
+
+    /// Sets a source's pointer, whatever it was (a reset; `None`: from the start).
+    pub async fn reset_pointer(&self, source: &str, value: Option<&str>) -> Result<(), SinkError> {
+        let sql = self
+            .dialect
+            .reset_pointer(source, value, &chrono::Utc::now());
         self.execute_ddl(vec![sql]).await
     }
 

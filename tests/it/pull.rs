@@ -397,3 +397,66 @@ async fn a_pull_killed_mid_run_resumes_from_its_pointer() {
     assert_eq!(pointer["id"], "50000", "{pointer}");
     second.terminate().await;
 }
+
+/// Two instances pulling one source at once (a schedule on each): the pointer moves
+/// only from where a run read it, so a run that finds it moved fails its load instead of
+/// loading rows twice; the ledger counts every row once and the target equals the
+/// source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_pulling_one_source_load_each_row_once() {
+    let Some(source) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    create_source(&source, 20_000).await;
+    let schemas = tempfile::tempdir().unwrap();
+    write_schema(schemas.path());
+    let var = source_env(&source, "twice");
+    let paced = |var: String| {
+        move |c: &mut sluice::Config| {
+            pulling(var, 1000)(c);
+            if let Some(s) = c.sources.get_mut("crm") {
+                s.max_rows_per_second = 10_000;
+            }
+        }
+    };
+    let Some(first) = spawn_app(
+        Db::Postgres,
+        schemas.path().to_path_buf(),
+        paced(var.clone()),
+    )
+    .await
+    else {
+        return;
+    };
+    let second = crate::helpers::spawn_app_on(
+        first.db.via(first.db.url.clone()),
+        schemas.path().to_path_buf(),
+        paced(var),
+    )
+    .await;
+    let (a, b) = tokio::join!(run_pull(&first, "crm"), run_pull(&second, "crm"));
+    let states = [a["state"].clone(), b["state"].clone()];
+    assert!(
+        states.contains(&json!("completed")) || states.contains(&json!("failed")),
+        "{a} {b}"
+    );
+    for job in [&a, &b] {
+        if job["state"] == "failed" {
+            let errors = job["errors"].to_string();
+            assert!(
+                errors.contains("another run moved the source's pointer")
+                    || errors.contains("was moved by another run"),
+                "{job}"
+            );
+        }
+    }
+    // Whatever the interleaving, one more run finishes the table.
+    let last = run_pull(&first, "crm").await;
+    assert_eq!(last["state"], "completed", "{last}");
+    let ledger = first
+        .db
+        .query("SELECT CAST(SUM(rows) AS TEXT) FROM sluice_loads WHERE source = 'pull:crm'")
+        .await;
+    assert_eq!(ledger[0][0].as_deref(), Some("20000"), "{a}\n{b}\n{last}");
+    assert!(target_deals(&first).await == deals(&source).await);
+}
