@@ -44,6 +44,8 @@ pub struct App {
     webhooks: Arc<Webhooks>,
     access: Arc<Access>,
     jobs: Arc<crate::jobs::Jobs>,
+    /// The pulled sources and their schedules.
+    sources: Arc<crate::sources::Sources>,
     /// The HTTPS certificate, when `[http.tls]` is set.
     tls: Option<Arc<Tls>>,
     /// The TCP listener's TLS, when `[tcp.tls]` is set.
@@ -162,6 +164,7 @@ impl App {
         );
         let tasks = TaskTracker::new();
         let jobs = crate::jobs::Jobs::new(storage.clone(), config.jobs_settings(), tasks.clone());
+        let sources = crate::sources::Sources::new(jobs.clone(), config.sources.clone());
         Ok(App {
             config,
             http,
@@ -174,6 +177,7 @@ impl App {
             webhooks,
             access,
             jobs,
+            sources,
             tls,
             tcp_tls,
             storage,
@@ -307,6 +311,9 @@ impl App {
         // Jobs whose instance is gone (this one before a restart, or another one) are
         // marked failed, in the background and then every few seconds: it is a write,
         // and the database may be busy (or locked) at start-up.
+        if self.config.sources.values().any(|s| s.every.is_some()) {
+            connections.spawn(self.sources.clone().schedule(accepting.clone()));
+        }
         let (jobs, stop) = (self.jobs.clone(), accepting.clone());
         connections.spawn(async move { jobs.watch_interrupted(stop).await });
         connections.spawn(crate::shutdown::on_hangup(
@@ -389,6 +396,7 @@ impl App {
             webhooks: self.webhooks.clone(),
             access: self.access.clone(),
             jobs: self.jobs.clone(),
+            sources: self.sources.clone(),
             site: Arc::new(crate::http::site::SiteGuard::new(
                 &self.config.http,
                 &[&self.config.http.listen, &self.config.admin.listen],

@@ -623,6 +623,23 @@ impl Jobs {
         }
     }
 
+    /// The database the jobs are recorded in.
+    pub fn store(&self) -> &crate::sink::Store {
+        &self.storage.store
+    }
+
+    /// Whether a pull of `source` runs here now.
+    pub fn pull_running(&self, source: &str) -> bool {
+        let scope = Scope::Pull(source.to_owned());
+        lock(&self.running).values().any(|j| {
+            j.scope == scope
+                && matches!(
+                    lock(&j.record).row.header.state.as_str(),
+                    "ready" | "running"
+                )
+        })
+    }
+
     /// One job: from memory while it runs here, else from the table.
     pub async fn get(&self, id: &str) -> Result<Option<JobView>, SinkError> {
         if let Some(job) = lock(&self.running).get(id) {

@@ -30,6 +30,7 @@ pub mod schema;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod sources;
 pub mod spool;
 pub mod stats;
 pub mod telemetry;

@@ -47,6 +47,10 @@ pub struct SourceConfig {
     /// source.
     #[serde(default)]
     pub max_rows_per_second: u64,
+    /// Runs on this schedule (e.g. `"5m"`), the first right after start-up; without it,
+    /// on demand only.
+    #[serde(default, deserialize_with = "crate::toml_values::opt_duration")]
+    pub every: Option<std::time::Duration>,
 }
 
 fn default_load_size() -> usize {
@@ -86,6 +90,12 @@ impl SourceConfig {
         }
         if !(1..=100_000).contains(&self.load_size) {
             return at(format!("load_size = {}: give 1 to 100000", self.load_size));
+        }
+        if self
+            .every
+            .is_some_and(|d| d < std::time::Duration::from_secs(1))
+        {
+            return at("every must be at least 1s (e.g. \"5m\")".into());
         }
         if self.url_env.is_empty() {
             return at("url_env names no variable".into());

@@ -50,7 +50,7 @@ enum OneJobFailures {
     Unavailable(ErrorBody),
 }
 
-fn job_error(e: JobError) -> ApiError {
+pub fn job_error(e: JobError) -> ApiError {
     match e {
         JobError::Invalid(m) => ApiError::BadRequest {
             error: m,

@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod openapi;
 mod settings;
 pub mod site;
+pub mod sources;
 pub mod ui;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhook::Webhooks>,
     pub access: Arc<crate::auth::Access>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    pub sources: Arc<crate::sources::Sources>,
     /// Which hosts and browser origins may call the events and admin endpoints.
     pub site: Arc<site::SiteGuard>,
 }
@@ -136,6 +138,11 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/replay", post(jobs::start_replay))
         .route("/v1/jobs/pull", post(jobs::start_pull))
+        .route("/v1/sources", get(sources::list_sources))
+        .route("/v1/sources/{name}/run", post(sources::run_source))
+        .route("/v1/sources/{name}/pause", post(sources::pause_source))
+        .route("/v1/sources/{name}/resume", post(sources::resume_source))
+        .route("/v1/sources/{name}/reset", post(sources::reset_source))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(

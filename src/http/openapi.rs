@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, events, hooks, jobs};
+use super::{admin, events, hooks, jobs, sources};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,11 @@ use super::{admin, events, hooks, jobs};
         admin::list_dead_letters,
         jobs::start_replay,
         jobs::start_pull,
+        sources::list_sources,
+        sources::run_source,
+        sources::pause_source,
+        sources::resume_source,
+        sources::reset_source,
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,

@@ -79,9 +79,9 @@ async fn change_source(source: &TestDb, n: i64) {
 /// updated_at to the microsecond in UTC, won (`1`/`0`/NULL).
 async fn deals(db: &TestDb) -> Vec<Vec<Option<String>>> {
     let sql = match db.kind {
-        Db::Postgres => "SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM deals ORDER BY id".to_owned(),
-        Db::Mysql => "SELECT CAST(id AS CHAR), name, CAST(amount AS CHAR), stage, DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%s.%f'), CAST(won AS CHAR) FROM deals ORDER BY id".to_owned(),
-        Db::Sqlite => "SELECT CAST(id AS TEXT), name, amount, stage, substr(updated_at, 1, 26), CAST(won AS TEXT) FROM crm_deal ORDER BY id".to_owned(),
+        Db::Postgres => "SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM deals ORDER BY deals.id".to_owned(),
+        Db::Mysql => "SELECT CAST(id AS CHAR), name, CAST(amount AS CHAR), stage, DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%s.%f'), CAST(won AS CHAR) FROM deals ORDER BY deals.id".to_owned(),
+        Db::Sqlite => "SELECT CAST(id AS TEXT), name, amount, stage, substr(updated_at, 1, 26), CAST(won AS TEXT) FROM crm_deal ORDER BY crm_deal.id".to_owned(),
     };
     trim_amounts(db.query(&sql).await)
 }
@@ -90,7 +90,7 @@ async fn deals(db: &TestDb) -> Vec<Vec<Option<String>>> {
 async fn target_deals(app: &TestApp) -> Vec<Vec<Option<String>>> {
     match app.db.kind {
         Db::Postgres => {
-            let sql = "SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM crm_deal ORDER BY id";
+            let sql = "SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM crm_deal ORDER BY crm_deal.id";
             trim_amounts(app.db.query(sql).await)
         }
         _ => deals(&app.db).await,
@@ -164,6 +164,7 @@ fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
                 stream: "crm_deal".into(),
                 load_size,
                 max_rows_per_second: 0,
+                every: None,
             },
         );
     }
@@ -385,7 +386,7 @@ async fn a_pull_killed_mid_run_resumes_from_its_pointer() {
         rows, 50_000,
         "every row loaded once ({loads_before} loads before the kill, {loads} after)"
     );
-    let target_rows = trim_amounts(target.query("SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM crm_deal ORDER BY id").await);
+    let target_rows = trim_amounts(target.query("SELECT CAST(id AS TEXT), name, CAST(amount AS TEXT), stage, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), CASE WHEN won THEN '1' WHEN NOT won THEN '0' END FROM crm_deal ORDER BY crm_deal.id").await);
     assert!(
         target_rows == deals(&source).await,
         "the target differs from the source"
@@ -459,4 +460,141 @@ async fn two_instances_pulling_one_source_load_each_row_once() {
         .await;
     assert_eq!(ledger[0][0].as_deref(), Some("20000"), "{a}\n{b}\n{last}");
     assert!(target_deals(&first).await == deals(&source).await);
+}
+
+/// `every`: a source runs on its schedule; paused, it does not; resumed, it catches up;
+/// reset to `null`, the next run loads every row again. A source that cannot be read
+/// fails its runs and backs off, and never holds up the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_sources_run_pause_resume_reset_and_back_off() {
+    let Some(source) = TestDb::create(Db::Postgres).await else {
+        return;
+    };
+    create_source(&source, 3000).await;
+    let schemas = tempfile::tempdir().unwrap();
+    write_schema(schemas.path());
+    let var = source_env(&source, "scheduled");
+    let Some(app) = spawn_app(Db::Sqlite, schemas.path().to_path_buf(), move |c| {
+        pulling(var, 1000)(c);
+        let every = Some(Duration::from_secs(1));
+        if let Some(s) = c.sources.get_mut("crm") {
+            s.every = every;
+        }
+        c.sources.insert(
+            "broken".into(),
+            sluice::pull::SourceConfig {
+                url_env: "SLUICE_TEST_NO_SUCH_VARIABLE".into(),
+                table: Some("deals".into()),
+                query: None,
+                cursor: vec!["id".into()],
+                stream: "crm_deal".into(),
+                load_size: 1000,
+                max_rows_per_second: 0,
+                every,
+            },
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let source_view = |name: &'static str| {
+        let app = &app;
+        async move {
+            let (status, list) = app.get_json("/v1/sources").await;
+            assert_eq!(status, 200, "{list}");
+            list["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .cloned()
+                .unwrap()
+        }
+    };
+    let loaded = || async {
+        app.db
+            .query("SELECT CAST(COALESCE(SUM(rows), 0) AS TEXT) FROM sluice_loads WHERE source = 'pull:crm'")
+            .await[0][0]
+            .clone()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let until = |what: &'static str, want: i64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n = loaded().await;
+            if n == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {n} rows loaded, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until("the first scheduled run", 3000).await;
+    let crm = source_view("crm").await;
+    assert_eq!(crm["pointer"]["id"], "3000", "{crm}");
+    assert_eq!(crm["every_seconds"], 1, "{crm}");
+
+    let (status, paused) = post_json(&app, "/v1/sources/crm/pause", json!({})).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused");
+    assert!(paused["next_run"].is_null(), "{paused}");
+    change_source(&source, 3000).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(loaded().await, 3000, "paused: nothing is pulled");
+
+    let (status, resumed) = post_json(&app, "/v1/sources/crm/resume", json!({})).await;
+    assert_eq!(status, 200, "{resumed}");
+    until("resumed", 3530).await;
+    let (got, want) = (target_deals(&app).await, deals(&source).await);
+    let differ = got.iter().zip(&want).find(|(a, b)| a != b);
+    assert!(
+        got.len() == want.len() && differ.is_none(),
+        "{} vs {}: {differ:?}",
+        got.len(),
+        want.len()
+    );
+
+    let (status, refused) = post_json(
+        &app,
+        "/v1/sources/crm/reset",
+        json!({"pointer": {"id": "1"}}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}: the pointer lacks updated_at");
+    let (status, reset) = post_json(&app, "/v1/sources/crm/reset", json!({"pointer": null})).await;
+    if status == 409 {
+        // A scheduled run was under way: reset between runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, reset) =
+            post_json(&app, "/v1/sources/crm/reset", json!({"pointer": null})).await;
+        assert_eq!(status, 200, "{reset}");
+    } else {
+        assert_eq!(status, 200, "{reset}");
+    }
+    until("reset to the first row", 3530 + 3500).await;
+    assert!(target_deals(&app).await == deals(&source).await);
+
+    let broken = source_view("broken").await;
+    assert_eq!(broken["last_state"], "failed", "{broken}");
+    assert!(broken["failures"].as_u64().unwrap() >= 2, "{broken}");
+    let (status, _) = post_json(&app, "/v1/sources/nope/run", json!({})).await;
+    assert_eq!(status, 404);
+}
+
+async fn post_json(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .client
+        .post(app.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
