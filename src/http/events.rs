@@ -135,6 +135,7 @@ pub enum BodyFailures {
         content(
             (EventsBody = "application/json"),
             (String = "application/x-ndjson"),
+            (String = "text/csv"),
         ),
     ),
     responses(
@@ -325,6 +326,32 @@ async fn decode(
         )
         .await
         .map_err(budget_error)?;
+    if format == body::Format::Csv {
+        let rows = match crate::ingest::csv_events::rows(stream, body) {
+            Ok(rows) => rows,
+            Err(error) => {
+                filing.set_aside(
+                    Some(stream),
+                    body,
+                    Stage::Parse,
+                    error.clone(),
+                    &source,
+                    received_at,
+                );
+                return Ok(ReadAs::Malformed(error));
+            }
+        };
+        let max = state.http.max_events_per_request;
+        if rows.len() > max {
+            return Err(BodyError::TooLarge(format!(
+                "the request holds {} events, more than http.max_events_per_request ({max}); split it into smaller requests",
+                rows.len()
+            ))
+            .into());
+        }
+        crate::ingest::csv_events::file(filing, stream, &source, received_at, &rows);
+        return Ok(ReadAs::Events);
+    }
     let pieces = match body::split(format, body, state.http.max_events_per_request) {
         Ok(pieces) => pieces,
         Err(BodyError::Malformed(error)) => {

@@ -18,6 +18,8 @@ pub enum Format {
     Json,
     /// One JSON object per line.
     Ndjson,
+    /// CSV with a header row (`text/csv`), read by `ingest::csv_events`.
+    Csv,
 }
 
 /// A body that cannot be read as events; the request is refused.
@@ -57,8 +59,9 @@ pub fn format_of(headers: &HeaderMap) -> Result<Format, BodyError> {
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/jsonlines"
         | "application/x-jsonlines" | "application/json-lines" => Ok(Format::Ndjson),
         e if e.ends_with("+json") => Ok(Format::Json),
+        "text/csv" | "application/csv" => Ok(Format::Csv),
         _ => Err(BodyError::UnsupportedMediaType(format!(
-            "unsupported Content-Type {text:?}: send application/json (one object or an array of objects) or application/x-ndjson (one object per line)"
+            "unsupported Content-Type {text:?}: send application/json (one object or an array of objects), application/x-ndjson (one object per line) or text/csv (a header row, then one event per row)"
         ))),
     }
 }
@@ -126,6 +129,9 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
         ))
     };
     match format {
+        Format::Csv => Err(BodyError::Malformed(
+            "a CSV body is read row by row, not split as JSON".into(),
+        )),
         Format::Ndjson => {
             let lines: Vec<&[u8]> = ndjson_lines(body).collect();
             if lines.len() > max_events {

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod budget;
+pub mod csv_events;
 pub mod filing;
 pub mod jetstream;
 pub mod spool_recovery;
