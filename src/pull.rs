@@ -29,7 +29,12 @@ use crate::sink::{RowBatch, Storage};
 pub struct SourceConfig {
     /// The environment variable holding the source's URL (`postgres://`, `mysql://`,
     /// `sqlite://`); the URL itself never sits in the config file.
+    #[serde(default)]
     pub url_env: String,
+    /// Instead of a database: CSV (`*.csv`, with a header row) or NDJSON (`*.ndjson`,
+    /// `*.jsonl`) files, `*` and `?` matching in the file name (`/data/prices/*.csv`);
+    /// each file is loaded once.
+    pub path: Option<String>,
     /// The table to read (`name` or `schema.name`).
     pub table: Option<String>,
     /// Instead of `table`: a `SELECT` whose rows are read (Sluice adds the cursor's
@@ -37,6 +42,7 @@ pub struct SourceConfig {
     pub query: Option<String>,
     /// The columns whose values, in order, identify how far the source was read: each
     /// run reads the rows strictly after the last one transmitted.
+    #[serde(default)]
     pub cursor: Vec<String>,
     /// The stream each row becomes an event of.
     pub stream: String,
@@ -62,6 +68,25 @@ impl SourceConfig {
     pub fn check(&self, name: &str) -> Result<(), String> {
         let at = |what: String| Err(format!("[sources.{name}] {what}"));
         crate::schema::check_identifier(name).or_else(|e| at(format!("the source's name {e}")))?;
+        if !(1..=100_000).contains(&self.load_size) {
+            return at(format!("load_size = {}: give 1 to 100000", self.load_size));
+        }
+        if self
+            .every
+            .is_some_and(|d| d < std::time::Duration::from_secs(1))
+        {
+            return at("every must be at least 1s (e.g. \"5m\")".into());
+        }
+        if let Some(path) = &self.path {
+            if !self.url_env.is_empty()
+                || self.table.is_some()
+                || self.query.is_some()
+                || !self.cursor.is_empty()
+            {
+                return at("path reads files: it takes no url_env, table, query or cursor".into());
+            }
+            return crate::pull_files::check_path(path).or_else(|e| at(format!("path {e}")));
+        }
         match (&self.table, &self.query) {
             (Some(_), Some(_)) | (None, None) => {
                 return at("needs either table or query (one of them)".into())
@@ -88,17 +113,10 @@ impl SourceConfig {
             crate::schema::check_identifier(column)
                 .or_else(|e| at(format!("cursor column {e}")))?;
         }
-        if !(1..=100_000).contains(&self.load_size) {
-            return at(format!("load_size = {}: give 1 to 100000", self.load_size));
-        }
-        if self
-            .every
-            .is_some_and(|d| d < std::time::Duration::from_secs(1))
-        {
-            return at("every must be at least 1s (e.g. \"5m\")".into());
-        }
         if self.url_env.is_empty() {
-            return at("url_env names no variable".into());
+            return at(
+                "needs url_env (the variable holding the database's URL), or path for files".into(),
+            );
         }
         Ok(())
     }
@@ -504,6 +522,10 @@ pub async fn pull(
     max_payload: usize,
     progress: &dyn PullProgress,
 ) -> anyhow::Result<PullReport> {
+    if let Some(path) = &source.path {
+        return crate::pull_files::pull(name, path, source, stream, storage, max_payload, progress)
+            .await;
+    }
     let url = std::env::var(&source.url_env).map_err(|_| {
         anyhow::anyhow!(
             "[sources.{name}] url_env: the environment variable {} is not set",

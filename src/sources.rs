@@ -196,6 +196,12 @@ impl Sources {
         }
         let text = match pointer {
             Value::Null => None,
+            _ if source.path.is_some() => {
+                return Err(SourceError::Invalid(
+                    "a file source is reset with {\"pointer\": null}: every file is loaded again"
+                        .into(),
+                ))
+            }
             Value::Object(values) => {
                 for column in &source.cursor {
                     if values.get(column).is_none_or(Value::is_null) {

@@ -620,9 +620,13 @@ impl Dialect {
     /// deletes it (the next run starts from the first row).
     pub fn reset_pointer(self, source: &str, value: Option<&str>, at: &DateTime<Utc>) -> String {
         let Some(value) = value else {
+            // A file source keeps one pointer per file, `NAME/file.csv`.
+            let files = format!("{source}/");
             return format!(
-                "DELETE FROM {POINTERS} WHERE source = {}",
-                self.text_literal(source)
+                "DELETE FROM {POINTERS} WHERE source = {} OR substr(source, 1, {}) = {}",
+                self.text_literal(source),
+                files.chars().count(),
+                self.text_literal(&files)
             );
         };
         let values = format!(

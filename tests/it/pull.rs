@@ -158,6 +158,7 @@ fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
             "crm".into(),
             sluice::pull::SourceConfig {
                 url_env: var,
+                path: None,
                 table: Some("deals".into()),
                 query: None,
                 cursor: vec!["updated_at".into(), "id".into()],
@@ -484,6 +485,7 @@ async fn scheduled_sources_run_pause_resume_reset_and_back_off() {
             "broken".into(),
             sluice::pull::SourceConfig {
                 url_env: "SLUICE_TEST_NO_SUCH_VARIABLE".into(),
+                path: None,
                 table: Some("deals".into()),
                 query: None,
                 cursor: vec!["id".into()],
@@ -598,3 +600,130 @@ async fn post_json(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
+
+/// A folder of CSV and NDJSON files: every good row stored with its types (quoted commas,
+/// a newline inside quotes, a BOM, an empty cell), a bad one dead-lettered with its file
+/// and line; the next run loads nothing again; a changed file waits for a reset.
+async fn a_folder_of_files_is_loaded_once(kind: Db) {
+    let schemas = tempfile::tempdir().unwrap();
+    let schema = json!({
+        "type": "object",
+        "required": ["sku", "price"],
+        "properties": {
+            "sku": {"type": "string", "maxLength": 16},
+            "note": {"type": "string"},
+            "price": {"type": "number", "x-sluice-decimal": [10, 2]},
+            "stock": {"type": "integer"}
+        }
+    });
+    std::fs::write(schemas.path().join("price_list.json"), schema.to_string()).unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("a.csv"),
+        "\u{feff}sku,note,price,stock\nA1,\"big, red\",12.50,3\nA2,\"two\nlines\",0.99,\nA3,bad,twelve,1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.path().join("b.ndjson"),
+        "{\"sku\": \"B1\", \"price\": 5, \"stock\": 2}\n\n{\"sku\": \"B2\", \"price\": 1.25}\n",
+    )
+    .unwrap();
+    std::fs::write(folder.path().join("ignored.txt"), "not a match").unwrap();
+    let pattern = format!("{}/*.??*", folder.path().display());
+    let Some(app) = spawn_app(kind, schemas.path().to_path_buf(), move |c| {
+        c.sources.insert(
+            "prices".into(),
+            sluice::pull::SourceConfig {
+                url_env: String::new(),
+                path: Some(pattern.replace("*.??*", "*.csv")),
+                table: None,
+                query: None,
+                cursor: Vec::new(),
+                stream: "price_list".into(),
+                load_size: 2,
+                max_rows_per_second: 0,
+                every: None,
+            },
+        );
+        c.sources.insert(
+            "more_prices".into(),
+            sluice::pull::SourceConfig {
+                url_env: String::new(),
+                path: Some(pattern.replace("*.??*", "*.ndjson")),
+                table: None,
+                query: None,
+                cursor: Vec::new(),
+                stream: "price_list".into(),
+                load_size: 1000,
+                max_rows_per_second: 0,
+                every: None,
+            },
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let first = run_pull(&app, "prices").await;
+    assert_eq!(first["state"], "completed", "{first}");
+    assert_eq!(first["result"]["read"], 3, "{first}");
+    assert_eq!(first["result"]["dead_lettered"], 1, "{first}");
+    let ndjson = run_pull(&app, "more_prices").await;
+    assert_eq!(ndjson["result"]["stored"], 2, "{ndjson}");
+    let rows = app
+        .db
+        .query(&format!(
+            "SELECT sku, note, {}, {} FROM price_list ORDER BY sku",
+            app.db.text("price"),
+            app.db.text("stock")
+        ))
+        .await;
+    let rows: Vec<Vec<Option<String>>> = trim_amounts(
+        rows.into_iter()
+            .map(|r| vec![r[0].clone(), r[1].clone(), r[2].clone(), r[3].clone()])
+            .collect(),
+    );
+    assert_eq!(
+        rows,
+        [
+            vec![
+                Some("A1".into()),
+                Some("big, red".into()),
+                Some("12.5".into()),
+                Some("3".into())
+            ],
+            vec![
+                Some("A2".into()),
+                Some("two\nlines".into()),
+                Some("0.99".into()),
+                None
+            ],
+            vec![Some("B1".into()), None, Some("5".into()), Some("2".into())],
+            vec![Some("B2".into()), None, Some("1.25".into()), None],
+        ],
+        "{kind:?}"
+    );
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let source = letters[0][4].clone().unwrap();
+    assert_eq!(source, "pull prices a.csv line 5", "{kind:?}");
+    // Loaded once: the next run reads nothing.
+    let again = run_pull(&app, "prices").await;
+    assert_eq!(again["result"]["read"], 0, "{again}");
+    // A changed file waits for a reset, then everything is loaded again.
+    std::fs::write(folder.path().join("a.csv"), "sku,price\nA1,13.00\n").unwrap();
+    let changed = run_pull(&app, "prices").await;
+    assert_eq!(changed["result"]["read"], 0, "{changed}");
+    let r = app
+        .client
+        .post(app.url("/v1/sources/prices/reset"))
+        .json(&json!({"pointer": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reloaded = run_pull(&app, "prices").await;
+    assert_eq!(reloaded["result"]["read"], 1, "{reloaded}");
+}
+
+crate::db_tests!(a_folder_of_files_is_loaded_once);
