@@ -41,7 +41,26 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
         }}}
     }});
     std::fs::write(schemas.path().join("member.json"), member.to_string()).unwrap();
-    let env = [("SLUICE_SCHEMAS_DIR", schemas.path().display().to_string())];
+    // A folder of log lines in CSV, pulled from the panel.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("logs.csv"),
+        "message,timestamp,level\nstarted,2026-12-01T10:00:00Z,info\n\"disk, full\",2026-12-01T10:00:01Z,error\n",
+    )
+    .unwrap();
+    let config = schemas.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.logs_csv]\npath = \"{}/*.csv\"\nstream = \"app_log\"\n",
+            folder.path().display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("SLUICE_SCHEMAS_DIR", schemas.path().display().to_string()),
+        ("SLUICE_CONFIG", config.display().to_string()),
+    ];
     let sluice = spawn_binary(None, &db, &env);
     // One reading stored (a load), three out of range, and one line that is HTML,
     // not JSON.
@@ -84,5 +103,6 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
         String::from_utf8_lossy(&out.stderr)
     );
     db.wait_for_count("reading", 4).await;
+    db.wait_for_count("app_log", 2).await;
     sluice.terminate().await;
 }

@@ -100,6 +100,18 @@ with sync_playwright() as p:
     expect(day.nth(0).locator("td").nth(2)).to_have_text("2")
     expect(day.nth(0).locator("td").nth(3)).to_have_text("1")
 
+    # A pulled source, run, paused and resumed from the panel.
+    source = page.locator("#sources tbody tr[data-source=logs_csv]")
+    expect(source).to_be_visible()
+    expect(source.locator("td").nth(1)).to_have_text("app_log")
+    expect(source.locator("td").nth(3)).to_have_text("from the start")
+    source.locator("button", has_text="Run").click()
+    expect(source.locator("td").nth(4)).to_contain_text("completed", timeout=30000)
+    source.locator("button", has_text="Pause").click()
+    expect(source.locator("td").nth(2)).to_have_text("paused")
+    source.locator("button", has_text="Resume").click()
+    expect(source.locator("td").nth(2)).to_have_text("idle")
+
     page.screenshot(path=screenshot, full_page=True)
     browser.close()
 

@@ -239,6 +239,39 @@ async function followJob(id) {
   }
 }
 
+// The pulled sources, each with its pointer, its runs and buttons to run, pause or
+// resume it.
+async function refreshSources() {
+  const { sources } = await api("/v1/sources");
+  $("sources-none").hidden = sources.length > 0;
+  fill($("sources").tBodies[0], sources, (tr, s) => {
+    tr.dataset.source = s.name;
+    cell(tr, s.name);
+    cell(tr, s.stream);
+    cell(tr, s.state, "write-state " + s.state);
+    cell(tr, s.pointer == null ? "from the start" : JSON.stringify(s.pointer));
+    cell(tr, s.last_job ? s.last_state + " (" + s.last_job + ")" : "");
+    cell(tr, s.next_run || (s.every_seconds ? "" : "on demand"));
+    cell(tr, s.failures, "num");
+    const actions = cell(tr, "");
+    const button = (label, path, follow) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.addEventListener("click", () =>
+        api("/v1/sources/" + encodeURIComponent(s.name) + "/" + path, { method: "POST" })
+          .then((r) => (follow ? followJob(r.id) : null))
+          .then(refreshSources)
+          .catch(report),
+      );
+      actions.appendChild(b);
+    };
+    button("Run", "run", true);
+    if (s.state === "paused") button("Resume", "resume", false);
+    else button("Pause", "pause", false);
+  });
+}
+
 async function refreshJobs() {
   const { jobs } = await api("/v1/jobs");
   fill($("jobs").tBodies[0], jobs, (tr, j) => {
@@ -283,6 +316,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("replay-cancel").addEventListener("click", () => {
     if (currentJob) api("/v1/jobs/" + encodeURIComponent(currentJob.id) + "/cancel", { method: "POST" }).catch(report);
   });
-  refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).catch(report);
-  setInterval(() => refreshStreams().catch(report), 2000);
+  refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).then(refreshSources).catch(report);
+  setInterval(() => refreshStreams().then(refreshSources).catch(report), 2000);
 });
