@@ -512,6 +512,50 @@ fn source_timestamp(text: &str) -> Option<String> {
     None
 }
 
+/// One load of a pulled source: `read` rows of `stream`, filed, and the pointer after
+/// them.
+pub(crate) struct PulledLoad<'a> {
+    pub stream: &'a Stream,
+    pub pointer: &'a Pointer,
+    pub read: usize,
+}
+
+impl PulledLoad<'_> {
+    /// Writes the load's dead letters first (a crash before the load commits reads
+    /// these rows again: a dead letter twice, never none), then its rows and the
+    /// pointer in one transaction, or the pointer alone when every row was
+    /// dead-lettered; counts it in `report`.
+    pub(crate) async fn write(
+        &self,
+        storage: &Storage,
+        filing: Filing,
+        report: &mut PullReport,
+    ) -> anyhow::Result<()> {
+        let events = filing.into_one();
+        if !events.letters.is_empty() {
+            storage.writer.write_dead_letters(&events.letters).await?;
+        }
+        if events.rows.is_empty() {
+            storage.store.move_pointer(self.pointer).await?;
+        } else {
+            let stored = storage
+                .writer
+                .write_batch(RowBatch {
+                    stream: self.stream,
+                    rows: &events.rows,
+                    replayed: &[],
+                    pointer: Some(self.pointer),
+                })
+                .await?;
+            report.stored += stored as u64;
+            report.loads += 1;
+        }
+        report.read += self.read as u64;
+        report.dead_lettered += events.letters.len() as u64;
+        Ok(())
+    }
+}
+
 /// Pulls source `name` into `stream` once: every row after its pointer, a load at a
 /// time, until the source has no more, `progress` says to stop, or a load fails.
 pub async fn pull(
@@ -645,30 +689,14 @@ async fn pull_on(
                 .enumerate()
                 .map(|(i, t)| Event::text(i, t.as_bytes())),
         );
-        let events = filing.into_one();
-        // Dead letters first: a crash before the load commits reads these rows again
-        // (a dead letter twice, never none).
-        if !events.letters.is_empty() {
-            storage.writer.write_dead_letters(&events.letters).await?;
-        }
-        if events.rows.is_empty() {
-            storage.store.move_pointer(&pointer).await?;
-        } else {
-            let stored = storage
-                .writer
-                .write_batch(RowBatch {
-                    stream,
-                    rows: &events.rows,
-                    replayed: &[],
-                    pointer: Some(&pointer),
-                })
-                .await
-                .with_context(|| format!("cannot write a load of source `{name}`"))?;
-            report.stored += stored as u64;
-            report.loads += 1;
-        }
-        report.read += page.len() as u64;
-        report.dead_lettered += events.letters.len() as u64;
+        let load = PulledLoad {
+            stream,
+            pointer: &pointer,
+            read: page.len(),
+        };
+        load.write(storage, filing, &mut report)
+            .await
+            .with_context(|| format!("cannot write a load of source `{name}`"))?;
         progress.advance(&report);
         after = pointer_values(Some(&pointer.value), &source.cursor)?;
         stored = Some(pointer.value);

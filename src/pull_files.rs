@@ -17,7 +17,7 @@ use crate::ingest::filing::Filing;
 use crate::pull::{PullProgress, PullReport, SourceConfig};
 use crate::schema::Stream;
 use crate::sink::ledger::Pointer;
-use crate::sink::{RowBatch, Storage};
+use crate::sink::Storage;
 
 /// What is wrong with a `path` pattern, if anything.
 pub fn check_path(path: &str) -> Result<(), String> {
@@ -243,39 +243,23 @@ pub async fn pull(
             };
             let mut filing = Filing::new(max_payload, Some(storage.store.dialect()));
             let from_file = format!("pull {name} {}", file.name);
-            let owned: Vec<CsvRow> = chunk
-                .iter()
-                .map(|r| CsvRow {
-                    line: r.line,
-                    text: r.text.clone(),
-                    error: r.error.clone(),
-                })
-                .collect();
-            csv_events::file(&mut filing, stream, &from_file, chrono::Utc::now(), &owned);
-            let events = filing.into_one();
-            if !events.letters.is_empty() {
-                storage.writer.write_dead_letters(&events.letters).await?;
-            }
-            if events.rows.is_empty() {
-                storage.store.move_pointer(&pointer).await?;
-            } else {
-                let stored = storage
-                    .writer
-                    .write_batch(RowBatch {
-                        stream,
-                        rows: &events.rows,
-                        replayed: &[],
-                        pointer: Some(&pointer),
-                    })
-                    .await
-                    .with_context(|| {
-                        format!("cannot write a load of {} (source `{name}`)", file.name)
-                    })?;
-                report.stored += stored as u64;
-                report.loads += 1;
-            }
-            report.read += chunk.len() as u64;
-            report.dead_lettered += events.letters.len() as u64;
+            csv_events::file(
+                &mut filing,
+                stream,
+                &from_file,
+                chrono::Utc::now(),
+                chunk.iter().copied(),
+            );
+            let load = crate::pull::PulledLoad {
+                stream,
+                pointer: &pointer,
+                read: chunk.len(),
+            };
+            load.write(storage, filing, &mut report)
+                .await
+                .with_context(|| {
+                    format!("cannot write a load of {} (source `{name}`)", file.name)
+                })?;
             progress.advance(&report);
             previous = Some(pointer.value);
         }

@@ -137,15 +137,15 @@ fn cell_json(ty: Option<ColumnType>, cell: &str) -> String {
 
 /// Files CSV `rows` to `stream`, each with its line in its source text
 /// (`http 1.2.3.4:5 line 7`), so that a row's dead letter says where it was.
-pub fn file(
+pub fn file<'r>(
     filing: &mut super::filing::Filing,
     stream: &std::sync::Arc<Stream>,
     source: &str,
     received_at: chrono::DateTime<chrono::Utc>,
-    rows: &[CsvRow],
+    rows: impl IntoIterator<Item = &'r CsvRow>,
 ) {
     let route = super::filing::Route::to(stream);
-    for (index, row) in rows.iter().enumerate() {
+    for (index, row) in rows.into_iter().enumerate() {
         let source: std::sync::Arc<str> = format!("{source} line {}", row.line).into();
         let event = match &row.error {
             None => super::filing::Event::text(index, row.text.as_bytes()),
