@@ -478,14 +478,14 @@ impl Jobs {
             move |jobs, job| async move {
                 crate::sink::prepare_tables(&jobs.storage.store, &registry).await?;
                 let tracker = PullTracker { job: &job };
-                let report = crate::pull::pull(
-                    &name,
-                    &source,
-                    &stream,
-                    &jobs.storage,
-                    jobs.settings.max_payload_bytes,
-                    &tracker,
-                )
+                let report = crate::pull::pull(crate::pull::Run {
+                    name: &name,
+                    source: &source,
+                    stream: &stream,
+                    storage: &jobs.storage,
+                    max_payload: jobs.settings.max_payload_bytes,
+                    progress: &tracker,
+                })
                 .await?;
                 Ok((
                     serde_json::to_value(&report).unwrap_or_default(),

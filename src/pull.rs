@@ -556,19 +556,24 @@ impl PulledLoad<'_> {
     }
 }
 
-/// Pulls source `name` into `stream` once: every row after its pointer, a load at a
+/// One run of a source: which, into what, and who follows it.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub name: &'a str,
+    pub source: &'a SourceConfig,
+    pub stream: &'a Arc<Stream>,
+    pub storage: &'a Storage,
+    /// `[dead_letters] max_payload_bytes`.
+    pub max_payload: usize,
+    pub progress: &'a dyn PullProgress,
+}
+
+/// Pulls a source into its stream once: every row after its pointer, a load at a
 /// time, until the source has no more, `progress` says to stop, or a load fails.
-pub async fn pull(
-    name: &str,
-    source: &SourceConfig,
-    stream: &Arc<Stream>,
-    storage: &Storage,
-    max_payload: usize,
-    progress: &dyn PullProgress,
-) -> anyhow::Result<PullReport> {
+pub async fn pull(run: Run<'_>) -> anyhow::Result<PullReport> {
+    let Run { name, source, .. } = run;
     if let Some(path) = &source.path {
-        return crate::pull_files::pull(name, path, source, stream, storage, max_payload, progress)
-            .await;
+        return crate::pull_files::pull(run, path).await;
     }
     let url = std::env::var(&source.url_env).map_err(|_| {
         anyhow::anyhow!(
@@ -582,32 +587,24 @@ pub async fn pull(
             crate::sink::redact(&url)
         )
     })?;
-    let result = pull_on(
-        &mut conn,
-        dialect,
+    let result = pull_on(&mut conn, dialect, run).await;
+    conn.close().await;
+    result
+}
+
+async fn pull_on(
+    conn: &mut SourceConn,
+    dialect: Dialect,
+    run: Run<'_>,
+) -> anyhow::Result<PullReport> {
+    let Run {
         name,
         source,
         stream,
         storage,
         max_payload,
         progress,
-    )
-    .await;
-    conn.close().await;
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn pull_on(
-    conn: &mut SourceConn,
-    dialect: Dialect,
-    name: &str,
-    source: &SourceConfig,
-    stream: &Arc<Stream>,
-    storage: &Storage,
-    max_payload: usize,
-    progress: &dyn PullProgress,
-) -> anyhow::Result<PullReport> {
+    } = run;
     let relation = Reader::relation(dialect, source);
     let columns = conn
         .describe(&format!("SELECT * FROM {relation}"))

@@ -7,17 +7,15 @@
 //! is reset.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::ingest::csv_events::{self, CsvRow};
 use crate::ingest::filing::Filing;
-use crate::pull::{PullProgress, PullReport, SourceConfig};
+use crate::pull::{PullReport, Run};
 use crate::schema::Stream;
 use crate::sink::ledger::Pointer;
-use crate::sink::Storage;
 
 /// What is wrong with a `path` pattern, if anything.
 pub fn check_path(path: &str) -> Result<(), String> {
@@ -181,15 +179,15 @@ fn stored(text: Option<String>) -> Option<Stored> {
 
 /// Loads every file `path` matches that was not loaded whole yet, `load_size` rows per
 /// load.
-pub async fn pull(
-    name: &str,
-    path: &str,
-    source: &SourceConfig,
-    stream: &Arc<Stream>,
-    storage: &Storage,
-    max_payload: usize,
-    progress: &dyn PullProgress,
-) -> anyhow::Result<PullReport> {
+pub async fn pull(run: Run<'_>, path: &str) -> anyhow::Result<PullReport> {
+    let Run {
+        name,
+        source,
+        stream,
+        storage,
+        max_payload,
+        progress,
+    } = run;
     // What to load: each file not loaded whole, from after its last line loaded.
     let mut pending = Vec::new();
     for file in files(path)? {
