@@ -162,7 +162,13 @@ async fn the_readme_examples_are_stored_with_the_shipped_schemas(db: Db) {
             app.db.text("total_amount")
         ))
         .await;
-    assert_eq!(rows, vec![vec![Some("BK-1".into()), Some("21.5".into())]]);
+    // An exact decimal: numeric(12,2) shows its scale; SQLite keeps the digits sent.
+    let amount = if app.db.kind == Db::Sqlite {
+        "21.5"
+    } else {
+        "21.50"
+    };
+    assert_eq!(rows, vec![vec![Some("BK-1".into()), Some(amount.into())]]);
 
     let webhook = std::fs::read(dir.join("email_webhook.json")).unwrap();
     let r = app
@@ -287,3 +293,54 @@ db_tests!(
     every_shipped_stream_has_an_example_that_is_stored,
     a_row_the_database_refuses_is_dead_lettered_and_the_rest_written,
 );
+
+/// The shipped `order_placed` takes the bookshop's markets only (the US — California,
+/// Oregon, New York, Montana —, Germany, Japan, Ethiopia) and money to the cent.
+async fn orders_outside_the_bookshop_s_markets_or_cents_are_dead_lettered(db: Db) {
+    let Some(app) = spawn_app(db, crate::helpers::shipped_schemas(), |_| {}).await else {
+        return;
+    };
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/order_placed.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let with = |country: &str, region: &str, total: Value| {
+        let mut order = example.clone();
+        order["event_id"] = json!(format!(
+            "00000000-0000-4000-8000-{:012}",
+            fastrand::u64(..1_000_000_000_000)
+        ));
+        order["country"] = json!(country);
+        order["region"] = json!(region);
+        order["total_amount"] = total;
+        order
+    };
+    let orders = [
+        with("US", "NY", json!(19.99)),
+        with("US", "TX", json!(19.99)),
+        with("FR", "IDF", json!(19.99)),
+        with("DE", "BE", json!(19.999)),
+    ];
+    let body: String = orders.iter().map(|o| format!("{o}\n")).collect();
+    let r = app
+        .post("order_placed", "", "application/x-ndjson", body)
+        .await;
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            answer["accepted"].as_i64(),
+            answer["dead_lettered"].as_i64()
+        ),
+        (Some(1), Some(3)),
+        "{db:?}: {answer}"
+    );
+    let errors = answer["errors"].to_string();
+    assert!(errors.contains("/region"), "{errors}");
+    assert!(errors.contains("/country"), "{errors}");
+    assert!(errors.contains("does not fit numeric(12,2)"), "{errors}");
+}
+
+db_tests!(orders_outside_the_bookshop_s_markets_or_cents_are_dead_lettered);
