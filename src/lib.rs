@@ -24,7 +24,6 @@ pub mod log_summary;
 pub mod pipeline;
 pub mod privacy;
 pub mod pull;
-pub mod pull_files;
 pub mod purge;
 pub mod replay;
 pub mod schema;

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use super::{PullReport, Run};
 use crate::ingest::csv_events::{self, CsvRow};
 use crate::ingest::filing::Filing;
-use crate::pull::{PullReport, Run};
 use crate::schema::Stream;
 use crate::sink::ledger::Pointer;
 
@@ -248,7 +248,7 @@ pub async fn pull(run: Run<'_>, path: &str) -> anyhow::Result<PullReport> {
                 chrono::Utc::now(),
                 chunk.iter().copied(),
             );
-            let load = crate::pull::PulledLoad {
+            let load = super::PulledLoad {
                 stream,
                 pointer: &pointer,
                 read: chunk.len(),
