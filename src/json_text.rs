@@ -68,6 +68,49 @@ pub fn top_level(
     serde_json::from_str(raw).ok()
 }
 
+/// The text of member `name` of the JSON object `raw` (its last, when repeated, as
+/// serde_json reads it), found by one scan that allocates nothing: what an exact
+/// decimal column reads its digits from.
+pub fn top_level_member<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    let mut p = Parser {
+        bytes: raw.as_bytes(),
+        text: raw,
+        pos: 0,
+    };
+    p.skip_ws();
+    (p.bytes.get(p.pos)? == &b'{').then_some(())?;
+    p.pos += 1;
+    let mut found = None;
+    loop {
+        p.skip_ws();
+        if p.bytes.get(p.pos) == Some(&b'}') {
+            return found;
+        }
+        let key = p.string_token()?;
+        let inner = &key[1..key.len() - 1];
+        let same = if inner.contains('\\') {
+            serde_json::from_str::<String>(key).ok()? == name
+        } else {
+            inner == name
+        };
+        p.skip_ws();
+        (p.bytes.get(p.pos)? == &b':').then_some(())?;
+        p.pos += 1;
+        p.skip_ws();
+        let start = p.pos;
+        p.skip_value()?;
+        if same {
+            found = p.text.get(start..p.pos);
+        }
+        p.skip_ws();
+        match *p.bytes.get(p.pos)? {
+            b',' => p.pos += 1,
+            b'}' => return found,
+            _ => return None,
+        }
+    }
+}
+
 /// `raw` (valid JSON) as compact text with object keys sorted, numbers exactly as
 /// written. `None` if `raw` is not valid JSON.
 pub fn exact_compact(raw: &str) -> Option<String> {
@@ -201,6 +244,48 @@ impl Parser<'_> {
         Some(())
     }
 
+    /// Moves past the value starting at `pos` (strings, nesting and scalars).
+    fn skip_value(&mut self) -> Option<()> {
+        match *self.bytes.get(self.pos)? {
+            b'"' => {
+                self.string_token()?;
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match *self.bytes.get(self.pos)? {
+                        b'"' => {
+                            self.string_token()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.pos += 1;
+                                return Some(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.pos += 1;
+                }
+            }
+            _ => {
+                let start = self.pos;
+                while self
+                    .bytes
+                    .get(self.pos)
+                    .is_some_and(|b| !matches!(b, b',' | b']' | b'}') && !b.is_ascii_whitespace())
+                {
+                    self.pos += 1;
+                }
+                (self.pos > start).then_some(())?;
+            }
+        }
+        Some(())
+    }
+
     /// The text of the string starting at `pos`, quotes included.
     fn string_token(&mut self) -> Option<&str> {
         (self.bytes.get(self.pos)? == &b'"').then_some(())?;
@@ -222,6 +307,22 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_s_text_is_found_past_nested_values_and_strings() {
+        let raw = r#" {"items": [{"total_amount": 1}, "}"], "t\u006ftal": 2, "total_amount" : 12345678901234567890.12 , "x": {"a": "]"}}"#;
+        assert_eq!(
+            top_level_member(raw, "total_amount"),
+            Some("12345678901234567890.12")
+        );
+        assert_eq!(top_level_member(raw, "total"), Some("2"));
+        assert_eq!(top_level_member(raw, "x"), Some(r#"{"a": "]"}"#));
+        assert_eq!(top_level_member(raw, "missing"), None);
+        assert_eq!(
+            top_level_member(r#"{"a": 1, "a": "2"}"#, "a"),
+            Some("\"2\"")
+        );
+    }
 
     #[test]
     fn long_integers_are_found_outside_strings_only() {

@@ -628,7 +628,6 @@ impl Stream {
             });
         };
         // Exact decimals are read from the event's own text, never through a double.
-        let mut members = None;
         let mut cells = Vec::with_capacity(self.columns.len());
         for col in &self.columns {
             let cell = match map.remove(&col.name) {
@@ -637,12 +636,7 @@ impl Stream {
                     Cell::Json(exact(&col.name, &v))
                 }
                 Some(_) if matches!(col.ty, ColumnType::Decimal { .. }) => {
-                    let members =
-                        members.get_or_insert_with(|| crate::json_text::top_level(original));
-                    let literal = members
-                        .as_ref()
-                        .and_then(|m| m.get(&col.name))
-                        .map(|r| r.get());
+                    let literal = crate::json_text::top_level_member(original, &col.name);
                     decimal_cell(col.ty, literal).map_err(|error| Rejection {
                         stage: Stage::Validate,
                         error: format!("at /{}: {error}", col.name),

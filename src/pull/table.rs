@@ -236,6 +236,20 @@ impl Reader {
     }
 }
 
+/// The next `limit` rows after the cursor values `after` (`None`: from the first).
+async fn read_page(
+    conn: &mut SourceConn,
+    reader: &Reader,
+    after: Option<&[String]>,
+    limit: usize,
+) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    conn.text_rows(
+        &reader.page(after.is_none(), limit),
+        after.unwrap_or_default(),
+    )
+    .await
+}
+
 /// The cursor values a pointer holds, in cursor order (`None`: from the start).
 fn pointer_values(pointer: Option<&str>, cursor: &[String]) -> anyhow::Result<Option<Vec<String>>> {
     let Some(text) = pointer else {
@@ -439,14 +453,11 @@ async fn pull_on(
     let pulled_from = crate::source::pull(name);
     let started = Instant::now();
     let mut report = PullReport::default();
+    let mut page = read_page(conn, &reader, after.as_deref(), source.load_size)
+        .await
+        .with_context(|| format!("cannot read source `{name}`"))?;
+    let paced = source.max_rows_per_second > 0;
     while !progress.cancelled() {
-        let page = conn
-            .text_rows(
-                &reader.page(after.is_none(), source.load_size),
-                after.as_deref().unwrap_or_default(),
-            )
-            .await
-            .with_context(|| format!("cannot read source `{name}`"))?;
         let Some(last) = page.last() else {
             break;
         };
@@ -489,22 +500,38 @@ async fn pull_on(
             pointer: &pointer,
             read: page.len(),
         };
-        load.write(storage, filing, &mut report)
-            .await
-            .with_context(|| format!("cannot write a load of source `{name}`"))?;
-        progress.advance(&report);
         after = pointer_values(Some(&pointer.value), &source.cursor)?;
+        let more = page.len() == source.load_size;
+        // Unpaced, the next page is read while this one is written: the source and the
+        // target work at once. (Cancelled meanwhile, the page read is dropped.)
+        let (written, next) = if more && !paced {
+            let (written, next) = tokio::join!(
+                load.write(storage, filing, &mut report),
+                read_page(conn, &reader, after.as_deref(), source.load_size)
+            );
+            (written, Some(next))
+        } else {
+            (load.write(storage, filing, &mut report).await, None)
+        };
+        written.with_context(|| format!("cannot write a load of source `{name}`"))?;
+        progress.advance(&report);
         stored = Some(pointer.value);
-        if page.len() < source.load_size {
+        if !more {
             break;
         }
-        if source.max_rows_per_second > 0 {
-            let due =
-                Duration::from_secs_f64(report.read as f64 / source.max_rows_per_second as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
+        page = match next {
+            Some(next) => next,
+            None => {
+                let due = Duration::from_secs_f64(
+                    report.read as f64 / source.max_rows_per_second.max(1) as f64,
+                );
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                read_page(conn, &reader, after.as_deref(), source.load_size).await
             }
         }
+        .with_context(|| format!("cannot read source `{name}`"))?;
     }
     Ok(report)
 }

@@ -145,6 +145,7 @@ impl Db {
         table_name: &str,
         rows: &[Row],
         connections: usize,
+        keep: bool,
     ) -> anyhow::Result<(Duration, String)> {
         let dialect = self.dialect();
         let table = dialect.quote(table_name);
@@ -279,7 +280,9 @@ impl Db {
             }
         };
         let stored = self.count(table_name).await?;
-        self.execute(&format!("DROP TABLE {table}")).await?;
+        if !keep {
+            self.execute(&format!("DROP TABLE {table}")).await?;
+        }
         anyhow::ensure!(
             stored == rows.len() as i64,
             "the limit run stored {stored} of {} rows",

@@ -91,6 +91,37 @@ impl Client {
     }
 }
 
+/// Runs a pull of `source` on the Sluice at `http` (`POST /v1/jobs/pull`) and waits
+/// for its job to end; returns the job as JSON.
+pub async fn pull_job(http: &str, source: &str) -> anyhow::Result<serde_json::Value> {
+    let mut client = Client::connect(http).await?;
+    client.sender.ready().await?;
+    let req = hyper::Request::post("/v1/jobs/pull")
+        .header(hyper::header::HOST, &client.host)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::json!({ "source": source }).to_string(),
+        )))?;
+    let res = client.sender.send_request(req).await?;
+    let status = res.status();
+    let text = res.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.as_u16() == 202,
+        "the pull was not started ({status}): {}",
+        String::from_utf8_lossy(&text)
+    );
+    let started: serde_json::Value = serde_json::from_slice(&text)?;
+    let id = started["id"].as_str().context("the job's id")?.to_owned();
+    loop {
+        let job: serde_json::Value =
+            serde_json::from_str(&client.get(&format!("/v1/jobs/{id}")).await?)?;
+        match job["state"].as_str() {
+            Some("ready" | "running") => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => return Ok(job),
+        }
+    }
+}
+
 /// Latencies of the requests of one run.
 #[derive(Debug, Default)]
 pub struct Latencies(Vec<Duration>);

@@ -71,7 +71,9 @@ struct Args {
     /// Sluice writes a stream on: 2; SQLite only 1). Each gets a ratio column.
     #[arg(long, value_delimiter = ',')]
     limit_connections: Vec<usize>,
-    /// Loads to run, in order, comma-separated: limit, http, tcp, rate.
+    /// Loads to run, in order, comma-separated: limit, http, tcp, rate, pull (the
+    /// events' rows copied into a table of the same database, then pulled from it by
+    /// a `[sources]` run into the stream; PostgreSQL and MariaDB).
     #[arg(long, value_delimiter = ',', default_value = "limit,http,tcp,rate")]
     modes: Vec<String>,
     /// The Sluice binary to start (on free ports, against --database-url).
@@ -340,7 +342,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     for connections in counts {
                         db.settle().await?;
                         let (took, how) = db
-                            .limit(url, stream, "sluice_bench_limit", &rows, connections)
+                            .limit(url, stream, "sluice_bench_limit", &rows, connections, false)
                             .await?;
                         let rate = rows.len() as f64 / took.as_secs_f64();
                         limits.push((connections, rate));
@@ -360,6 +362,16 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                         });
                         report(outcomes.last(), args.json);
                     }
+                    continue;
+                }
+                if mode == "pull" {
+                    let mut o = pull_mode(args, url, &mut db, stream, &events).await?;
+                    o.ratio_to_limits = limits
+                        .iter()
+                        .map(|(_, l)| o.events_per_second / l)
+                        .collect();
+                    outcomes.push(o);
+                    report(outcomes.last(), args.json);
                     continue;
                 }
                 if target.is_none() {
@@ -602,6 +614,97 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// The HMAC key of a bench run's treated fields (`x-sluice-privacy`): new per run.
+/// The `pull` mode: the events' rows are copied into `sluice_bench_source` (not timed),
+/// then a Sluice of its own pulls them into the stream's table with a `[sources]` run
+/// (cursor: the stream's first string property that is unique in the data, `order_id`
+/// for the shipped `order_placed`), 5,000 rows per load; timed from the request to the
+/// job's end.
+async fn pull_mode(
+    args: &Args,
+    url: &str,
+    db: &mut db::Db,
+    stream: &sluice::schema::Stream,
+    events: &[String],
+) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        db.dialect() != sluice::sink::Dialect::Sqlite,
+        "the pull mode reads from PostgreSQL or MariaDB: give --database-url"
+    );
+    let now = chrono::Utc::now();
+    let source: Arc<str> = "bench".into();
+    let rows = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
+            stream
+                .to_row(value, e.as_str().into(), false, source.clone(), i, now)
+                .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    db.limit(url, stream, "sluice_bench_source", &rows, 1, true)
+        .await?;
+    // A source's cursor is indexed, as the keyset reads need (each page one index range).
+    db.execute("CREATE INDEX sluice_bench_source_cursor ON sluice_bench_source (order_id)")
+        .await?;
+    db.empty(&args.table).await.ok();
+    db.execute("DELETE FROM sluice_pointers WHERE source = 'bench_pull'")
+        .await
+        .ok();
+    let dialect = db.dialect();
+    let columns: Vec<String> = stream
+        .columns
+        .iter()
+        .map(|c| dialect.quote(&c.name))
+        .collect();
+    let config =
+        std::env::temp_dir().join(format!("sluice-bench-pull-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[sources.bench_pull]\nurl_env = \"SLUICE_BENCH_SOURCE_URL\"\nquery = {:?}\ncursor = [\"order_id\"]\nstream = {:?}\nload_size = 5000\n",
+            format!("SELECT {} FROM sluice_bench_source", columns.join(", ")),
+            args.stream
+        ),
+    )?;
+    std::env::set_var("SLUICE_BENCH_SOURCE_URL", url);
+    let target = start_sluice(args, url, None, Some(&config))?;
+    let cpu_before = procfs::cpu_seconds(target.pid)?;
+    let rss = procfs::RssSampler::start(target.pid);
+    let started = Instant::now();
+    let job = load::pull_job(&target.http, "bench_pull").await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = procfs::cpu_seconds(target.pid)? - cpu_before;
+    anyhow::ensure!(
+        job["state"] == "completed",
+        "the pull did not complete: {job}"
+    );
+    let read = job["result"]["read"].as_u64().unwrap_or(0) as usize;
+    anyhow::ensure!(
+        read == rows.len(),
+        "the pull read {read} of {} rows: {job}",
+        rows.len()
+    );
+    db.execute("DROP TABLE sluice_bench_source").await?;
+    let _ = std::fs::remove_file(&config);
+    drop(target);
+    let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
+    Ok(Outcome {
+        mode: "pull".into(),
+        events: read,
+        seconds,
+        events_per_second: read as f64 / seconds,
+        mb_per_second: bytes as f64 / 1e6 / seconds,
+        p50_ms: None,
+        p99_ms: None,
+        p999_ms: None,
+        cpu_seconds: Some(cpu),
+        peak_rss_mib: Some(rss.peak_mib()),
+        ratio_to_limits: Vec::new(),
+        note: "a [sources] run of the same rows from a table of the same database, 5,000 rows per load, cursor order_id".into(),
+    })
+}
+
 fn bench_privacy_key() -> String {
     format!(
         "sluice-bench-{}-{}",
