@@ -42,6 +42,10 @@ pub struct SourceView {
     pub next_run: Option<String>,
     /// Scheduled runs that failed in a row (each doubles the wait).
     pub failures: u32,
+    /// Rows its loads committed (as far back as the load ledger goes).
+    pub rows: i64,
+    /// A file source: the files loaded whole (`null` for a database source).
+    pub files_loaded: Option<i64>,
 }
 
 /// What this instance knows of one source.
@@ -122,6 +126,7 @@ impl Sources {
     pub async fn view(&self, name: &str) -> Result<SourceView, crate::sink::SinkError> {
         let source = &self.config[name];
         let pointer = self.jobs.store().pointer(name).await?;
+        let (rows, files) = self.jobs.store().source_totals(name).await?;
         let last_job = lock(&self.states)
             .get(name)
             .and_then(|s| s.last_job.clone());
@@ -154,6 +159,8 @@ impl Sources {
                 .and_then(|s| s.next_run)
                 .map(rfc3339),
             failures: state.map_or(0, |s| s.failures),
+            rows,
+            files_loaded: source.path.as_ref().map(|_| files),
         })
     }
 

@@ -693,6 +693,26 @@ pub async fn list_loads<DB>(
 }
 
 sqlx_generic! {
+/// The rows source `name`'s loads committed and the files it loaded whole
+/// ([`Dialect::source_totals`]).
+pub async fn source_totals<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    name: &str,
+) -> Result<(i64, i64), SinkError> {
+    let files = format!("{name}/");
+    let (rows, done): (i64, i64) = sqlx::query_as::<DB, (i64, i64)>(&dialect.source_totals())
+        .bind(format!("pull:{name}"))
+        .bind(files.clone())
+        .bind(files)
+        .fetch_one(pool)
+        .await
+        .map_err(sink_error(dialect))?;
+    Ok((rows, done))
+}
+}
+
+sqlx_generic! {
 /// Runs `sql` (no bound values); answers the rows it changed.
 pub async fn execute_counted<DB>(pool: &Pool<DB>, dialect: Dialect, sql: &str) -> Result<u64, SinkError> {
     let done = sqlx::query::<DB>(sql)

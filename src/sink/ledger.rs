@@ -654,6 +654,28 @@ impl Dialect {
         )
     }
 
+    /// For source `?`: the rows its loads committed (in the ledger, within `[ledger]
+    /// retention`), and, for a file source, how many files it loaded whole (`?` again,
+    /// then the file pointers' prefix `?/`).
+    pub fn source_totals(self) -> String {
+        let sum = match self {
+            Dialect::Postgres => "CAST(COALESCE(SUM(l.rows), 0) AS bigint)",
+            Dialect::Mysql => "CAST(COALESCE(SUM(l.`rows`), 0) AS SIGNED)",
+            Dialect::Sqlite => "COALESCE(SUM(l.\"rows\"), 0)",
+        };
+        let count = match self {
+            Dialect::Mysql => "CAST(COUNT(*) AS SIGNED)",
+            _ => "COUNT(*)",
+        };
+        let done = "p.pointer LIKE '%\"done\":true%'";
+        format!(
+            "SELECT (SELECT {sum} FROM {LOADS} l WHERE l.source = {}), (SELECT {count} FROM {POINTERS} p WHERE substr(p.source, 1, length({})) = {} AND {done})",
+            self.placeholder(1),
+            self.placeholder(2),
+            self.placeholder(3)
+        )
+    }
+
     /// The watermark of stream `?`.
     pub fn watermark(self) -> String {
         format!(

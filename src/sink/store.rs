@@ -172,6 +172,12 @@ impl Store {
         with_pool!(&self.pools, p => super::generic::optional_text(p, self.dialect, &sql, source).await)
     }
 
+    /// The rows pulled source `name`'s loads committed (within `[ledger] retention`) and
+    /// the files it loaded whole.
+    pub async fn source_totals(&self, name: &str) -> Result<(i64, i64), SinkError> {
+        with_pool!(&self.pools, p => super::generic::source_totals(p, self.dialect, name).await)
+    }
+
     /// Moves a pointer on its own (a pulled page whose rows were all dead-lettered),
     /// from the value its run started from; fails when another run moved it.
     pub async fn move_pointer(&self, pointer: &ledger::Pointer) -> Result<(), SinkError> {

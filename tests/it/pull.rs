@@ -541,6 +541,8 @@ async fn scheduled_sources_run_pause_resume_reset_and_back_off() {
     let crm = source_view("crm").await;
     assert_eq!(crm["pointer"]["id"], "3000", "{crm}");
     assert_eq!(crm["every_seconds"], 1, "{crm}");
+    assert_eq!(crm["rows"], 3000, "{crm}");
+    assert!(crm["files_loaded"].is_null(), "{crm}");
 
     let (status, paused) = post_json(&app, "/v1/sources/crm/pause", json!({})).await;
     assert_eq!(status, 200, "{paused}");

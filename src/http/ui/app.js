@@ -249,7 +249,15 @@ async function refreshSources() {
     cell(tr, s.name);
     cell(tr, s.stream);
     cell(tr, s.state, "write-state " + s.state);
-    cell(tr, s.pointer == null ? "from the start" : JSON.stringify(s.pointer));
+    cell(
+      tr,
+      s.files_loaded != null
+        ? s.files_loaded + " file(s) loaded"
+        : s.pointer == null
+          ? "from the start"
+          : JSON.stringify(s.pointer),
+    );
+    cell(tr, s.rows, "num");
     cell(tr, s.last_job ? s.last_state + " (" + s.last_job + ")" : "");
     cell(tr, s.next_run || (s.every_seconds ? "" : "on demand"));
     cell(tr, s.failures, "num");
