@@ -226,18 +226,7 @@ impl Parser<'_> {
             }
             _ => {
                 // A number, true, false or null: copied as written.
-                let start = self.pos;
-                while self
-                    .bytes
-                    .get(self.pos)
-                    .is_some_and(|b| !matches!(b, b',' | b']' | b'}') && !b.is_ascii_whitespace())
-                {
-                    self.pos += 1;
-                }
-                let token = self.text.get(start..self.pos)?;
-                if token.is_empty() {
-                    return None;
-                }
+                let token = self.scalar_token()?;
                 out.push_str(token);
             }
         }
@@ -272,18 +261,23 @@ impl Parser<'_> {
                 }
             }
             _ => {
-                let start = self.pos;
-                while self
-                    .bytes
-                    .get(self.pos)
-                    .is_some_and(|b| !matches!(b, b',' | b']' | b'}') && !b.is_ascii_whitespace())
-                {
-                    self.pos += 1;
-                }
-                (self.pos > start).then_some(())?;
+                self.scalar_token()?;
             }
         }
         Some(())
+    }
+
+    /// The text of the number, `true`, `false` or `null` starting at `pos` (not empty).
+    fn scalar_token(&mut self) -> Option<&str> {
+        let start = self.pos;
+        while self
+            .bytes
+            .get(self.pos)
+            .is_some_and(|b| !matches!(b, b',' | b']' | b'}') && !b.is_ascii_whitespace())
+        {
+            self.pos += 1;
+        }
+        self.text.get(start..self.pos).filter(|t| !t.is_empty())
     }
 
     /// The text of the string starting at `pos`, quotes included.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{JobError, Jobs, PullRequest};
+use crate::jobs::{lock, JobError, Jobs, PullRequest};
 use crate::pull::SourceConfig;
 
 /// The longest a failing source waits between two scheduled tries.
@@ -64,10 +64,6 @@ pub struct Sources {
     jobs: Arc<Jobs>,
     config: BTreeMap<String, SourceConfig>,
     states: Mutex<BTreeMap<String, State>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -268,10 +264,10 @@ impl Sources {
                 let mut states = lock(&self.states);
                 if let Some(s) = states.get_mut(name) {
                     s.failures = if failed { s.failures + 1 } else { 0 };
+                    // One interval, doubled for each failure in a row after the first.
                     let wait = every
                         .saturating_mul(1 << s.failures.min(12).saturating_sub(1))
                         .min(MAX_BACKOFF.max(every));
-                    let wait = if failed { wait } else { every };
                     s.next_run = Some(
                         now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
                     );

@@ -795,12 +795,8 @@ pub async fn sweep_expired_loads<DB>(
         .map_err(&err)?;
     let mut deleted = 0;
     for (id,) in ids {
-        deleted += sqlx::query::<DB>(&dialect.drop_registration())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?
-            .rows();
+        let drop = dialect.drop_registration_of(id);
+        deleted += (&mut *tx).execute(drop.as_str()).await.map_err(&err)?.rows();
     }
     tx.commit().await.map_err(&err)?;
     Ok(deleted)

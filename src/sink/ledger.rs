@@ -122,10 +122,16 @@ impl Load {
         let mut sources: Vec<String> = Vec::new();
         let (mut first, mut last) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
         let mut bytes = 0i64;
+        let mut previous: Option<&str> = None;
         for row in rows {
             bytes += row.raw.len() as i64;
             first = Some(first.map_or(row.received_at, |f| f.min(row.received_at)));
             last = Some(last.map_or(row.received_at, |l| l.max(row.received_at)));
+            // The rows of one request share their source text: its kind once per run.
+            if previous == Some(&*row.source) {
+                continue;
+            }
+            previous = Some(&row.source);
             let kind = source_kind(&row.source);
             if !sources.contains(&kind) {
                 sources.push(kind);
@@ -405,17 +411,9 @@ impl Dialect {
         format!("UPDATE {LOAD_SEQ} SET last_id = last_id + 1 WHERE id = 1 RETURNING last_id")
     }
 
-    /// Deletes registration `load_id` (a load that failed).
+    /// Deletes registration `load_id` (a load that failed, or expired).
     pub fn drop_registration_of(self, load_id: i64) -> String {
         format!("DELETE FROM {IN_FLIGHT} WHERE load_id = {load_id}")
-    }
-
-    /// Deletes registration `?` (the sweep of expired ones).
-    pub fn drop_registration(self) -> String {
-        format!(
-            "DELETE FROM {IN_FLIGHT} WHERE load_id = {}",
-            self.placeholder(1)
-        )
     }
 
     /// The columns of a ledger row, in the order [`Dialect::insert_load`] binds them.
@@ -426,21 +424,16 @@ impl Dialect {
         )
     }
 
-    /// The values of a ledger row: 11 placeholders from `$first` (PostgreSQL casts its
-    /// three timestamps from text).
+    /// The values of a ledger row: 11 placeholders from `first`.
     fn load_values(self, first: usize) -> String {
         (first..first + 11)
-            .map(|n| match self {
-                Dialect::Postgres if (first + 5..first + 8).contains(&n) => {
-                    format!("CAST(${n} AS timestamptz)")
-                }
-                _ => self.placeholder(n),
-            })
+            .map(|n| self.placeholder(n))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
-    /// The ledger row of a load: binds load id, stream, table, rows, bytes, first and
+    /// SQLite's ledger row of a load (PostgreSQL and MySQL write it as literals in
+    /// [`Dialect::commit_load`]): binds load id, stream, table, rows, bytes, first and
     /// last received, committed, source, instance, schema SHA-256.
     pub fn insert_load(self) -> String {
         format!(

@@ -320,18 +320,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     continue;
                 }
                 if mode == "limit" {
-                    let now = chrono::Utc::now();
-                    let source: Arc<str> = "bench".into();
-                    let rows = events
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| {
-                            let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
-                            stream
-                                .to_row(value, e.as_str().into(), false, source.clone(), i, now)
-                                .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let rows = rows_of(stream, &events)?;
                     let counts = match (args.limit_connections.is_empty(), db.dialect()) {
                         (false, _) => args.limit_connections.clone(),
                         // SQLite has one writer; Sluice writes other databases' streams on 2
@@ -614,6 +603,25 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// The HMAC key of a bench run's treated fields (`x-sluice-privacy`): new per run.
+/// The rows of the generated `events` in `stream`, as Sluice would build them.
+fn rows_of(
+    stream: &sluice::schema::Stream,
+    events: &[String],
+) -> anyhow::Result<Vec<sluice::event::Row>> {
+    let now = chrono::Utc::now();
+    let source: Arc<str> = "bench".into();
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
+            stream
+                .to_row(value, e.as_str().into(), false, source.clone(), i, now)
+                .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
+        })
+        .collect()
+}
+
 /// The `pull` mode: the events' rows are copied into `sluice_bench_source` (not timed),
 /// then a Sluice of its own pulls them into the stream's table with a `[sources]` run
 /// (cursor: the stream's first string property that is unique in the data, `order_id`
@@ -630,18 +638,7 @@ async fn pull_mode(
         db.dialect() != sluice::sink::Dialect::Sqlite,
         "the pull mode reads from PostgreSQL or MariaDB: give --database-url"
     );
-    let now = chrono::Utc::now();
-    let source: Arc<str> = "bench".into();
-    let rows = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let value = parse_object(e.as_bytes()).map_err(anyhow::Error::msg)?;
-            stream
-                .to_row(value, e.as_str().into(), false, source.clone(), i, now)
-                .map_err(|e| anyhow::anyhow!("a generated event is invalid: {e:?}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rows = rows_of(stream, events)?;
     db.limit(url, stream, "sluice_bench_source", &rows, 1, true)
         .await?;
     // A source's cursor is indexed, as the keyset reads need (each page one index range).
