@@ -94,6 +94,42 @@ fn ingest(c: &mut Criterion) {
         });
     }
     group.finish();
+    // The stages of the largest case apart: parse alone, then validation alone.
+    let stream = registry
+        .get("order_placed")
+        .expect("shipped stream")
+        .clone();
+    let events = &cases[0].1;
+    let values: Vec<serde_json::Value> = events
+        .iter()
+        .map(|raw| parse_object(raw.as_bytes()).expect("valid JSON"))
+        .collect();
+    let mut group = c.benchmark_group("stages");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("order_placed parse", |b| {
+        b.iter(|| {
+            for raw in events {
+                assert!(parse_object(raw.as_bytes()).is_ok());
+            }
+        })
+    });
+    group.bench_function("order_placed fast path: read + check + row", |b| {
+        b.iter(|| {
+            for (i, raw) in events.iter().enumerate() {
+                let tape = sluice::schema::tape::read(raw).expect("plain JSON");
+                let row = stream.fast_row(&tape, raw, None, &source, i, now);
+                assert!(row.is_some());
+            }
+        })
+    });
+    group.bench_function("order_placed validate", |b| {
+        b.iter(|| {
+            for value in &values {
+                assert!(stream.is_valid(value));
+            }
+        })
+    });
+    group.finish();
 }
 
 fn encode(c: &mut Criterion) {

@@ -371,7 +371,10 @@ async fn decode(
     let events = pieces
         .into_iter()
         .enumerate()
-        .map(|(index, piece)| Event::parsed(index, piece.raw, piece.value));
+        .map(|(index, piece)| match piece.value {
+            Some(value) => Event::parsed(index, piece.raw, value),
+            None => Event::text(index, piece.raw),
+        });
     filing.file(&Route::to(stream), &source, received_at, events);
     Ok(ReadAs::Events)
 }

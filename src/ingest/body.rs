@@ -34,11 +34,22 @@ pub enum BodyError {
     Malformed(String),
 }
 
-/// One event's text and its parse result.
+/// One event's text and, when splitting parsed it already, its parse result.
 pub struct Piece<'a> {
     pub raw: &'a [u8],
+    /// The parsed object, or why this event is not one; `None`: not parsed yet (filing
+    /// reads it, by the fast path where the stream has one).
+    pub value: Option<Result<Value, String>>,
+}
+
+impl Piece<'_> {
     /// The parsed object, or why this event is not one.
-    pub value: Result<Value, String>,
+    pub fn value(&self) -> Result<Value, String> {
+        match &self.value {
+            Some(value) => value.clone(),
+            None => parse_object(self.raw),
+        }
+    }
 }
 
 /// The body format from `Content-Type`. A missing type, and curl's `-d` default
@@ -144,10 +155,7 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
             }
             Ok(lines
                 .into_iter()
-                .map(|raw| Piece {
-                    raw,
-                    value: parse_object(raw),
-                })
+                .map(|raw| Piece { raw, value: None })
                 .collect())
         }
         Format::Json => {
@@ -177,7 +185,7 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
                     .into_iter()
                     .map(|raw| Piece {
                         raw: raw.get().as_bytes(),
-                        value: parse_object(raw.get().as_bytes()),
+                        value: None,
                     })
                     .collect())
             } else {
@@ -190,7 +198,7 @@ pub fn split(format: Format, body: &[u8], max_events: usize) -> Result<Vec<Piece
                 }
                 Ok(vec![Piece {
                     raw: trimmed.as_bytes(),
-                    value: Ok(value),
+                    value: Some(Ok(value)),
                 }])
             }
         }
@@ -254,7 +262,7 @@ mod tests {
         let pieces = split(Format::Json, br#"[ {"a": 1}, 2, {"b" :"x"} ]"#, 10).unwrap();
         assert_eq!(pieces.len(), 3);
         assert_eq!(pieces[0].raw, br#"{"a": 1}"#);
-        assert!(pieces[1].value.as_ref().unwrap_err().contains("number"));
+        assert!(pieces[1].value().unwrap_err().contains("number"));
         assert_eq!(pieces[2].raw, br#"{"b" :"x"}"#);
     }
 
@@ -263,12 +271,8 @@ mod tests {
         let pieces = split(Format::Ndjson, b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}", 10).unwrap();
         assert_eq!(pieces.len(), 3);
         assert_eq!(pieces[0].raw, b"{\"a\":1}");
-        assert!(pieces[1]
-            .value
-            .as_ref()
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(pieces[2].value.is_ok());
+        assert!(pieces[1].value().unwrap_err().contains("not valid JSON"));
+        assert!(pieces[2].value().is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod alerts;
 mod api;
 mod auth;
 mod cli;
+mod compiled;
 mod csv;
 mod db_tls;
 mod dead_letters;

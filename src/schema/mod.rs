@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 
 use serde::Deserialize;
 
+pub mod compiled;
+pub mod tape;
+
 use crate::event::{truncate_utf8, Cell, Row, Stage};
 use crate::privacy::{Keys, Plan, PrivacyConfig, Replaced, Treatment};
 use crate::toml_values::{duration, opt_duration};
@@ -321,6 +324,9 @@ pub struct Stream {
     /// The treatment of personal fields (`x-sluice-privacy`), if the schema asks for any.
     pub privacy: Option<Plan>,
     validator: jsonschema::Validator,
+    /// The fast path from an event's text to its row (see [`compiled`]); `None` for a
+    /// schema it does not compile and for a stream that treats personal fields.
+    compiled: Option<compiled::Compiled>,
     /// What an event treated already (read back from the spool, a treated dead letter)
     /// must match: the schema with its treated properties relaxed.
     treated_validator: Option<jsonschema::Validator>,
@@ -487,7 +493,12 @@ impl Stream {
             )));
         }
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
+        let compiled = privacy
+            .is_none()
+            .then(|| compiled::Compiled::of(&schema, &columns, has_extra))
+            .flatten();
         Ok(Stream {
+            compiled,
             schema_id,
             schema_sha256: crate::event::sha256_hex(text.as_bytes()),
             schema,
@@ -503,6 +514,41 @@ impl Stream {
             privacy,
             validator,
             treated_validator,
+        })
+    }
+
+    /// Whether `event` passes the stream's schema (as received, not treated).
+    pub fn is_valid(&self, event: &Value) -> bool {
+        self.validator.is_valid(event)
+    }
+
+    /// Whether events of this stream can take the fast path ([`Stream::fast_row`]).
+    pub fn has_fast_path(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    /// The row of the event whose text is `text`, read into `tape`, by the fast path:
+    /// `None` unless the event certainly passes the schema (then [`Stream::to_row`]
+    /// decides, and says why). `skip` is a member left out (a routing field the schema
+    /// does not declare). The row is the one `to_row` makes of the same event.
+    pub fn fast_row(
+        &self,
+        tape: &[tape::Node<'_>],
+        text: &str,
+        skip: Option<&str>,
+        source: &Arc<str>,
+        index: usize,
+        received_at: DateTime<Utc>,
+    ) -> Option<Row> {
+        let (cells, extra) = self.compiled.as_ref()?.cells(tape, &self.columns, skip)?;
+        Some(Row {
+            cells,
+            extra,
+            received_at,
+            raw: text.into(),
+            treated: false,
+            source: source.clone(),
+            index,
         })
     }
 

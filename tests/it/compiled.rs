@@ -1,0 +1,294 @@
+//! The fast path (the schema compiled over a tape of the event's text) against the
+//! general one (`serde_json` and `jsonschema`): for generated events of every shipped
+//! stream, and for those events mutated every way proptest finds, an event the fast
+//! path accepts is one the general path accepts, with the very same row; the general
+//! path answers every other event, so every input gets the answer it always got.
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use sluice::ingest::body::parse_object;
+use sluice::schema::{tape, Registry, Stream};
+use sluice::Config;
+
+fn registry() -> Registry {
+    let mut config = Config {
+        schemas_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/schemas").into(),
+        ..Config::default()
+    };
+    config.privacy.key_file =
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/privacy.key").into());
+    Registry::load(config.streams_config()).expect("the shipped schemas load")
+}
+
+/// Valid events of each shipped stream that has a fast path.
+fn samples(registry: &Registry) -> Vec<(Arc<Stream>, Vec<Value>)> {
+    let mut out = Vec::new();
+    for stream in registry.iter().filter(|s| s.has_fast_path()) {
+        let events: Vec<Value> = if stream.name == "order_placed" {
+            sluice::loadgen::generate(50, 9)
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect()
+        } else {
+            let path = format!(
+                "{}/examples/{}.json",
+                env!("CARGO_MANIFEST_DIR"),
+                stream.name
+            );
+            match std::fs::read_to_string(&path) {
+                Ok(text) => vec![serde_json::from_str(&text).unwrap()],
+                Err(_) => continue,
+            }
+        };
+        out.push((stream.clone(), events));
+    }
+    out
+}
+
+/// What each path makes of `text`: the fast path's row (`None`: it left the event to
+/// the general path) and the general path's, as comparable text.
+fn both(stream: &Stream, text: &str) -> (Option<String>, Result<String, String>) {
+    let source: Arc<str> = "test".into();
+    let now = chrono::Utc::now();
+    let show = |row: &sluice::event::Row| format!("{:?} {:?} {}", row.cells, row.extra, row.raw);
+    let fast = tape::read(text)
+        .and_then(|t| stream.fast_row(&t, text, None, &source, 0, now))
+        .map(|row| show(&row));
+    let general = parse_object(text.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            stream
+                .to_row(v, text.into(), false, source.clone(), 0, now)
+                .map_err(|r| r.error)
+        })
+        .map(|row| show(&row));
+    (fast, general)
+}
+
+#[test]
+fn every_shipped_stream_without_privacy_takes_the_fast_path_with_the_general_path_s_rows() {
+    let registry = registry();
+    let samples = samples(&registry);
+    let names: Vec<&str> = samples.iter().map(|(s, _)| s.name.as_str()).collect();
+    for expected in [
+        "order_placed",
+        "cart_item_added",
+        "payment_processed",
+        "shipping_quoted",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} has no fast path: {names:?}"
+        );
+    }
+    for (stream, events) in &samples {
+        for event in events {
+            for text in [
+                event.to_string(),
+                serde_json::to_string_pretty(event).unwrap(),
+            ] {
+                let (fast, general) = both(stream, &text);
+                assert!(
+                    fast.is_some(),
+                    "{}: the fast path refused {text}",
+                    stream.name
+                );
+                assert_eq!(
+                    fast.as_ref(),
+                    general.as_ref().ok(),
+                    "{}: {text}",
+                    stream.name
+                );
+            }
+        }
+    }
+}
+
+/// Any JSON value, leaning to the edges: numbers beyond 64 bits, floats, escapes,
+/// non-ASCII text, uuids and date-times in and out of shape.
+fn any_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        prop_oneof![
+            Just("US"),
+            Just("DE"),
+            Just("CA"),
+            Just("USD"),
+            Just("usd"),
+            Just(""),
+            Just("9780131103627"),
+            Just("2024-05-01T12:00:00Z"),
+            Just("2024-05-01T12:00:00.123456789+02:00"),
+            Just("2024-02-30T12:00:00Z"),
+            Just("2024-05-01t12:00:00z"),
+            Just("2016-12-31T23:59:60Z"),
+            Just("1e2"),
+            Just("12.345"),
+            Just("-0.5"),
+            Just("0x10"),
+            Just("0b4f9d6a-3c1e-4f8a-9d2b-7e5c1a0f3b6d"),
+            Just("0B4F9D6A-3C1E-4F8A-9D2B-7E5C1A0F3B6D"),
+            Just("é\"\\\n\t\u{1F600}\u{0}"),
+        ]
+        .prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// One change to an event.
+#[derive(Debug, Clone)]
+enum Change {
+    Set(usize, Value),
+    SetNamed(String, Value),
+    Remove(usize),
+    SetInItem(usize, Value),
+    Number(usize, &'static str),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (any::<usize>(), any_value()).prop_map(|(i, v)| Change::Set(i, v)),
+        ("[a-z_]{1,10}", any_value()).prop_map(|(k, v)| Change::SetNamed(k, v)),
+        any::<usize>().prop_map(Change::Remove),
+        (any::<usize>(), any_value()).prop_map(|(i, v)| Change::SetInItem(i, v)),
+        (
+            any::<usize>(),
+            prop_oneof![
+                Just("1.0"),
+                Just("-0"),
+                Just("1e2"),
+                Just("123456789012345678901234"),
+                Just("9223372036854775808"),
+                Just("18446744073709551616"),
+                Just("0.1000000000000000055511151231257827"),
+                Just("1E-7"),
+                Just("12.345"),
+                Just("99999999999.99"),
+                Just("1e400"),
+                Just("-1"),
+                Just("3.0e1"),
+            ]
+        )
+            .prop_map(|(i, n)| Change::Number(i, n)),
+    ]
+}
+
+/// `event` (an object) with `changes` made, as text.
+fn changed(event: &Value, changes: &[Change]) -> String {
+    let mut event = event.clone();
+    let mut numbers = Vec::new();
+    let map = event.as_object_mut().unwrap();
+    for c in changes {
+        let keys: Vec<String> = map.keys().cloned().collect();
+        let key = |i: &usize| keys[i % keys.len().max(1)].clone();
+        match c {
+            Change::Set(i, v) if !keys.is_empty() => {
+                map.insert(key(i), v.clone());
+            }
+            Change::SetNamed(k, v) => {
+                map.insert(k.clone(), v.clone());
+            }
+            Change::Remove(i) if !keys.is_empty() => {
+                map.remove(&key(i));
+            }
+            Change::SetInItem(i, v) => {
+                if let Some(Value::Object(item)) =
+                    map.get_mut("items").and_then(|items| items.get_mut(0))
+                {
+                    let ks: Vec<String> = item.keys().cloned().collect();
+                    let k = ks
+                        .get(i % ks.len().max(1))
+                        .cloned()
+                        .unwrap_or("isbn".into());
+                    item.insert(k, v.clone());
+                }
+            }
+            Change::Number(i, n) if !keys.is_empty() => {
+                // A placeholder string, replaced by the literal in the text.
+                let mark = format!("@@{}@@", numbers.len());
+                map.insert(key(i), Value::from(mark.clone()));
+                numbers.push((mark, *n));
+            }
+            _ => {}
+        }
+    }
+    let mut text = event.to_string();
+    for (mark, literal) in numbers {
+        text = text.replace(&format!("\"{mark}\""), literal);
+    }
+    text
+}
+
+/// The samples, loaded once for all cases.
+fn shared_samples() -> &'static [(Arc<Stream>, Vec<Value>)] {
+    static SAMPLES: std::sync::OnceLock<Vec<(Arc<Stream>, Vec<Value>)>> =
+        std::sync::OnceLock::new();
+    SAMPLES.get_or_init(|| samples(&registry()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_fast_path_accepts_only_what_the_general_path_accepts_with_the_same_row(
+        pick in any::<usize>(),
+        sample in any::<usize>(),
+        changes in prop::collection::vec(change(), 0..4),
+        duplicate in any::<bool>(),
+    ) {
+        let samples = shared_samples();
+        let (stream, events) = &samples[pick % samples.len()];
+        let mut text = changed(&events[sample % events.len()], &changes);
+        if duplicate {
+            // serde_json keeps a repeated key's last value.
+            let first = text.find(':').unwrap();
+            let key_end = text[..first].to_owned();
+            text = format!("{key_end}:null,{}", &text[1..]);
+        }
+        let (fast, general) = both(stream, &text);
+        if let Some(fast) = fast {
+            prop_assert_eq!(Some(&fast), general.as_ref().ok(), "{}: {}", stream.name, text);
+        }
+    }
+}
+
+#[test]
+fn keywords_the_fast_path_does_not_compile_leave_the_stream_to_the_general_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, schema: Value| {
+        std::fs::write(dir.path().join(format!("{name}.json")), schema.to_string()).unwrap();
+    };
+    write(
+        "plain",
+        json!({"type": "object", "properties": {"a": {"type": "integer"}}}),
+    );
+    write(
+        "refs",
+        json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}, "$defs": {"n": {"type": "integer"}}}),
+    );
+    write(
+        "one_of",
+        json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "integer"}, {"type": "string"}]}}}),
+    );
+    let config = Config {
+        schemas_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let registry = Registry::load(config.streams_config()).unwrap();
+    assert!(registry.get("plain").unwrap().has_fast_path());
+    assert!(!registry.get("refs").unwrap().has_fast_path());
+    assert!(!registry.get("one_of").unwrap().has_fast_path());
+}
