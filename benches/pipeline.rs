@@ -116,7 +116,7 @@ fn ingest(c: &mut Criterion) {
     group.bench_function("order_placed fast path: read + check + row", |b| {
         b.iter(|| {
             for (i, raw) in events.iter().enumerate() {
-                let tape = sluice::schema::tape::read(raw).expect("plain JSON");
+                let tape = sluice::schema::tape::Tape::read(raw).expect("plain JSON");
                 let row = stream.fast_row(&tape, raw, None, &source, i, now);
                 assert!(row.is_some());
             }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::body::parse_object;
 use crate::event::{DeadLetter, Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
-use crate::schema::tape::{self, Node};
+use crate::schema::tape::{Kind, Tape};
 use crate::schema::{Registry, Stream};
 use crate::sink::Dialect;
 use crate::webhook::{verify::Verified, Webhook};
@@ -248,25 +248,17 @@ impl<'a> Route<'a> {
 impl<'a> ByField<'a> {
     /// The stream an event read into `tape` names (the fast path), and the member to
     /// leave out; `None` where the general path must decide (and explain).
-    fn fast(&self, tape: &[Node<'_>]) -> Option<(&'a Arc<Stream>, Option<&'a str>)> {
-        let Node::Obj { end, .. } = tape.first()? else {
-            return None;
-        };
+    fn fast(&self, tape: &Tape<'_>) -> Option<(&'a Arc<Stream>, Option<&'a str>)> {
         let mut named = None;
-        let mut i = 1;
-        while i < *end as usize {
-            let Node::Key(key) = &tape[i] else {
-                return None;
-            };
-            if key == self.field {
-                match (&tape[i + 1], named) {
-                    (Node::Str { text, .. }, None) => named = Some(text.as_ref()),
+        for (k, at) in tape.members(0) {
+            if tape.str(k) == self.field {
+                match (tape.kind(at), named) {
+                    (Kind::Str, None) => named = Some(tape.str(at)),
                     _ => return None,
                 }
             }
-            i = tape::next(tape, i + 1);
         }
-        let stream = self.registry.get(named.or(self.default)?)?;
+        let stream = self.registry.get(named.as_deref().or(self.default)?)?;
         let has_fast = stream.has_fast_path();
         has_fast.then_some((stream, (!stream.declares(self.field)).then_some(self.field)))
     }
@@ -419,7 +411,7 @@ impl Filing {
         let Ok(text) = std::str::from_utf8(raw) else {
             return false;
         };
-        let Some(tape) = tape::read(text) else {
+        let Some(tape) = Tape::read(text) else {
             return false;
         };
         let (stream, skip) = match route {

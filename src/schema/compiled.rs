@@ -20,7 +20,9 @@ use std::str::FromStr;
 
 use serde_json::{Map, Number, Value};
 
-use super::tape::{self, Node};
+use std::borrow::Cow;
+
+use super::tape::{Kind, Tape};
 use super::{convert, decimal_cell, Column, ColumnType};
 use crate::event::Cell;
 
@@ -82,7 +84,13 @@ struct NodeCheck {
 
 struct ObjectCheck {
     properties: Vec<(String, Check)>,
+    /// Each property's [`probe`].
+    probes: Vec<u64>,
     required: Vec<String>,
+    /// The required properties that are declared, one bit per property index.
+    required_mask: u64,
+    /// The required properties that are not declared (then they are extras).
+    required_other: Vec<String>,
     /// `additionalProperties` (`Any` when absent).
     additional: Check,
 }
@@ -100,6 +108,10 @@ pub struct Compiled {
     column_of: Vec<Option<usize>>,
     has_extra: bool,
 }
+
+/// The most properties an object schema may declare for the fast path (their
+/// presence is tracked in one word).
+const TRACKED: usize = 64;
 
 impl Compiled {
     /// The fast path of `schema` (whose table has `columns`), or `None` when it uses a
@@ -132,67 +144,63 @@ impl Compiled {
     /// declare).
     pub fn cells(
         &self,
-        tape: &[Node<'_>],
+        tape: &Tape<'_>,
         columns: &[Column],
         skip: Option<&str>,
     ) -> Option<(Vec<Cell>, Option<String>)> {
         let object = self.root.object.as_ref()?;
-        let Node::Obj { end, .. } = tape.first()? else {
-            return None;
-        };
-        let end = *end as usize;
         let mut cells: Vec<Cell> = vec![Cell::Null; columns.len()];
-        let mut seen = vec![false; object.properties.len()];
+        let mut seen = 0u64;
         let mut skipped = false;
         let mut extras: Vec<(&str, usize)> = Vec::new();
-        let mut i = 1;
-        while i < end {
-            let Node::Key(key) = &tape[i] else {
+        for (k, at) in tape.members(0) {
+            if tape.nodes[k].escaped {
+                return None;
+            }
+            let key = tape.str(k);
+            let Cow::Borrowed(key) = key else {
                 return None;
             };
-            let at = i + 1;
-            i = tape::next(tape, at);
-            if skip == Some(key.as_ref()) {
+            if skip == Some(key) {
                 // A repeated routing field: the general path decides.
-                if skipped {
+                if std::mem::replace(&mut skipped, true) {
                     return None;
                 }
-                skipped = true;
                 continue;
             }
-            let Some(p) = object.properties.iter().position(|(n, _)| n == key) else {
+            let Some(p) = object.find(key) else {
                 if !valid(&object.additional, tape, at) {
                     return None;
                 }
-                extras.push((key.as_ref(), at));
+                extras.push((key, at));
                 continue;
             };
-            if std::mem::replace(&mut seen[p], true) {
+            if seen & (1 << p) != 0 {
                 return None;
             }
+            seen |= 1 << p;
             let check = &object.properties[p].1;
             let column = self.column_of[p].map(|c| (c, &columns[c]));
-            match &tape[at] {
-                Node::Obj { .. } | Node::Arr { .. } => {
+            match tape.kind(at) {
+                Kind::Obj | Kind::Arr => {
                     let (c, column) = column?;
                     if column.ty != ColumnType::Json || !valid(check, tape, at) {
                         return None;
                     }
                     cells[c] = Cell::Json(json_text(tape, at)?);
                 }
-                node => {
-                    let value = scalar_value(node)?;
+                kind => {
+                    let value = scalar_value(tape, at)?;
                     if !valid_scalar(check, &value) {
                         return None;
                     }
                     let Some((c, column)) = column else {
                         continue;
                     };
-                    cells[c] = match (column.ty, node) {
-                        (_, Node::Null) => Cell::Null,
-                        (ColumnType::Decimal { .. }, Node::Num(literal))
-                        | (ColumnType::Decimal { .. }, Node::Str { raw: literal, .. }) => {
-                            decimal_cell(column.ty, Some(literal)).ok()?
+                    cells[c] = match (column.ty, kind) {
+                        (_, Kind::Null) => Cell::Null,
+                        (ColumnType::Decimal { .. }, Kind::Num | Kind::Str) => {
+                            decimal_cell(column.ty, Some(tape.raw(at))).ok()?
                         }
                         (ColumnType::Decimal { .. }, _) => return None,
                         (ColumnType::Json, _) => Cell::Json(json_text(tape, at)?),
@@ -201,12 +209,10 @@ impl Compiled {
                 }
             }
         }
-        let present = |name: &String| {
-            let declared = object.properties.iter().zip(&seen);
-            declared.clone().any(|((n, _), s)| *s && n == name)
-                || extras.iter().any(|(k, _)| k == name)
-        };
-        if !object.required.iter().all(present) {
+        let extra_present = |name: &String| extras.iter().any(|(k, _)| k == name);
+        if seen & object.required_mask != object.required_mask
+            || !object.required_other.iter().all(extra_present)
+        {
             return None;
         }
         if let Some((if_, then, else_)) = &self.root.cond {
@@ -217,7 +223,9 @@ impl Compiled {
         }
         let extra = if self.has_extra && !extras.is_empty() {
             extras.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            Some(object_text(tape, &extras)?)
+            let mut out = Vec::with_capacity(64);
+            write_members(tape, &extras, &mut out)?;
+            Some(String::from_utf8(out).ok()?)
         } else {
             None
         };
@@ -226,20 +234,20 @@ impl Compiled {
 }
 
 impl NodeCheck {
-    fn valid(&self, tape: &[Node<'_>], i: usize) -> bool {
-        let ok = match &tape[i] {
-            Node::Obj { .. } => {
+    fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let ok = match tape.kind(i) {
+            Kind::Obj => {
                 self.object_ok
                     && !self.any_type
                     && self.object.as_ref().is_none_or(|o| o.valid(tape, i))
             }
-            Node::Arr { .. } => {
+            Kind::Arr => {
                 self.array_ok
                     && !self.any_type
                     && self.array.as_ref().is_none_or(|a| a.valid(tape, i))
             }
-            Node::Key(_) => false,
-            node => match (&self.scalar, scalar_value(node)) {
+            Kind::Key => false,
+            _ => match (&self.scalar, scalar_value(tape, i)) {
                 (None, _) => true,
                 (Some(v), Some(value)) => v.is_valid(&value),
                 (Some(_), None) => false,
@@ -248,7 +256,7 @@ impl NodeCheck {
         ok && self.cond_holds(tape, i)
     }
 
-    fn cond_holds(&self, tape: &[Node<'_>], i: usize) -> bool {
+    fn cond_holds(&self, tape: &Tape<'_>, i: usize) -> bool {
         match &self.cond {
             None => true,
             Some((if_, then, else_)) => {
@@ -259,58 +267,58 @@ impl NodeCheck {
     }
 }
 
+/// A key's length and first 8 bytes as one word: most keys are told apart by it,
+/// without comparing their text.
+fn probe(key: &str) -> u64 {
+    let mut word = [0u8; 8];
+    let n = key.len().min(8);
+    word[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_le_bytes(word) ^ ((key.len() as u64) << 56)
+}
+
 impl ObjectCheck {
-    fn valid(&self, tape: &[Node<'_>], i: usize) -> bool {
-        let Node::Obj { end, .. } = tape[i] else {
-            return false;
-        };
-        let mut j = i + 1;
-        let mut present = 0;
-        while j < end as usize {
-            let Node::Key(key) = &tape[j] else {
-                return false;
-            };
-            let at = j + 1;
-            j = tape::next(tape, at);
-            let check = match self.properties.iter().find(|(n, _)| n == key) {
-                Some((_, check)) => check,
-                None => &self.additional,
+    /// The index of property `key`.
+    fn find(&self, key: &str) -> Option<usize> {
+        let probe = probe(key);
+        (0..self.properties.len()).find(|&p| self.probes[p] == probe && self.properties[p].0 == key)
+    }
+
+    fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let mut seen = 0u64;
+        let mut others = 0;
+        for (k, at) in tape.members(i) {
+            let key = tape.str(k);
+            let check = match self.find(&key) {
+                Some(p) => {
+                    seen |= 1 << p;
+                    &self.properties[p].1
+                }
+                None => {
+                    // A repeated key could count twice: the serializer refuses
+                    // duplicates, so such an event never leaves the fast path.
+                    others += usize::from(self.required_other.iter().any(|r| *r == key));
+                    &self.additional
+                }
             };
             if !valid(check, tape, at) {
                 return false;
             }
-            if self.required.iter().any(|r| r == key) {
-                present += 1;
-            }
         }
-        // A repeated key could count twice: the serializer refuses duplicates, so
-        // such an event never leaves the fast path.
-        present >= self.required.len()
+        seen & self.required_mask == self.required_mask && others >= self.required_other.len()
     }
 }
 
 impl ArrayCheck {
-    fn valid(&self, tape: &[Node<'_>], i: usize) -> bool {
-        let Node::Arr { len, end } = tape[i] else {
-            return false;
-        };
-        if self.min.is_some_and(|m| u64::from(len) < m)
-            || self.max.is_some_and(|m| u64::from(len) > m)
-        {
+    fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let len = u64::from(tape.nodes[i].len);
+        if self.min.is_some_and(|m| len < m) || self.max.is_some_and(|m| len > m) {
             return false;
         }
-        let mut j = i + 1;
-        while j < end as usize {
-            if !valid(&self.items, tape, j) {
-                return false;
-            }
-            j = tape::next(tape, j);
-        }
-        true
+        tape.elements(i).all(|j| valid(&self.items, tape, j))
     }
 }
 
-fn valid(check: &Check, tape: &[Node<'_>], i: usize) -> bool {
+fn valid(check: &Check, tape: &Tape<'_>, i: usize) -> bool {
     match check {
         Check::Any => true,
         Check::Never => false,
@@ -329,15 +337,16 @@ fn valid_scalar(check: &Check, value: &Value) -> bool {
     }
 }
 
-/// A scalar node as the `Value` serde_json reads from the same text (`None`: a number
-/// beyond 64 bits, whose digits only the general path keeps).
-fn scalar_value(node: &Node<'_>) -> Option<Value> {
-    Some(match node {
-        Node::Null => Value::Null,
-        Node::Bool(b) => Value::Bool(*b),
-        Node::Str { text, .. } => Value::String(text.as_ref().to_owned()),
-        Node::Num(literal) => Value::Number(number(literal)?),
-        Node::Obj { .. } | Node::Arr { .. } | Node::Key(_) => return None,
+/// Scalar node `i` as the `Value` serde_json reads from the same text (`None`: a
+/// number beyond 64 bits, whose digits only the general path keeps).
+fn scalar_value(tape: &Tape<'_>, i: usize) -> Option<Value> {
+    Some(match tape.kind(i) {
+        Kind::Null => Value::Null,
+        Kind::True => Value::Bool(true),
+        Kind::False => Value::Bool(false),
+        Kind::Str => Value::String(tape.str(i).into_owned()),
+        Kind::Num => Value::Number(number(tape.raw(i))?),
+        Kind::Obj | Kind::Arr | Kind::Key => return None,
     })
 }
 
@@ -353,20 +362,14 @@ fn number(literal: &str) -> Option<Number> {
 
 /// The compact JSON text of the subtree at `i`, as serde_json writes the same value
 /// (object keys sorted, strings escaped its way, numbers as it prints them).
-fn json_text(tape: &[Node<'_>], i: usize) -> Option<String> {
+fn json_text(tape: &Tape<'_>, i: usize) -> Option<String> {
     let mut out = Vec::with_capacity(64);
     write_json(tape, i, &mut out)?;
     String::from_utf8(out).ok()
 }
 
-/// An object's compact text from its members (key, value index), sorted by key.
-fn object_text(tape: &[Node<'_>], members: &[(&str, usize)]) -> Option<String> {
-    let mut out = Vec::with_capacity(64);
-    write_members(tape, members, &mut out)?;
-    String::from_utf8(out).ok()
-}
-
-fn write_members(tape: &[Node<'_>], members: &[(&str, usize)], out: &mut Vec<u8>) -> Option<()> {
+/// Writes an object from its members (key, value index), sorted by key.
+fn write_members(tape: &Tape<'_>, members: &[(&str, usize)], out: &mut Vec<u8>) -> Option<()> {
     out.push(b'{');
     for (n, (key, at)) in members.iter().enumerate() {
         if n > 0 {
@@ -376,49 +379,67 @@ fn write_members(tape: &[Node<'_>], members: &[(&str, usize)], out: &mut Vec<u8>
             }
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, key).ok()?;
-        out.push(b':');
+        // Keys here hold no escapes: written as they came.
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
         write_json(tape, *at, out)?;
     }
     out.push(b'}');
     Some(())
 }
 
-fn write_json(tape: &[Node<'_>], i: usize, out: &mut Vec<u8>) -> Option<()> {
-    match &tape[i] {
-        Node::Null => out.extend_from_slice(b"null"),
-        Node::Bool(true) => out.extend_from_slice(b"true"),
-        Node::Bool(false) => out.extend_from_slice(b"false"),
-        Node::Num(literal) => serde_json::to_writer(&mut *out, &number(literal)?).ok()?,
-        Node::Str { text, .. } => serde_json::to_writer(&mut *out, text.as_ref()).ok()?,
-        Node::Arr { end, .. } => {
+/// Whether serde_json writes the integer `literal` digit for digit: no sign on zero,
+/// and few enough digits for 64 bits.
+fn plain_integer(literal: &str) -> bool {
+    let digits = literal.strip_prefix('-').unwrap_or(literal);
+    (1..=18).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && literal != "-0"
+}
+
+fn write_json(tape: &Tape<'_>, i: usize, out: &mut Vec<u8>) -> Option<()> {
+    match tape.kind(i) {
+        Kind::Null => out.extend_from_slice(b"null"),
+        Kind::True => out.extend_from_slice(b"true"),
+        Kind::False => out.extend_from_slice(b"false"),
+        Kind::Num => {
+            let literal = tape.raw(i);
+            if plain_integer(literal) {
+                out.extend_from_slice(literal.as_bytes());
+            } else {
+                serde_json::to_writer(&mut *out, &number(literal)?).ok()?;
+            }
+        }
+        // Without escapes, the token is what serde_json writes (a control character
+        // would have needed one).
+        Kind::Str if !tape.nodes[i].escaped => out.extend_from_slice(tape.raw(i).as_bytes()),
+        Kind::Str => serde_json::to_writer(&mut *out, tape.str(i).as_ref()).ok()?,
+        Kind::Arr => {
             out.push(b'[');
-            let mut j = i + 1;
-            while j < *end as usize {
-                if j > i + 1 {
+            for (n, j) in tape.elements(i).enumerate() {
+                if n > 0 {
                     out.push(b',');
                 }
                 write_json(tape, j, out)?;
-                j = tape::next(tape, j);
             }
             out.push(b']');
         }
-        Node::Obj { len, end } => {
-            let mut members: Vec<(&str, usize)> = Vec::with_capacity(*len as usize);
-            let mut j = i + 1;
-            while j < *end as usize {
-                let Node::Key(key) = &tape[j] else {
+        Kind::Obj => {
+            let mut members: Vec<(&str, usize)> = Vec::with_capacity(tape.nodes[i].len as usize);
+            for (k, at) in tape.members(i) {
+                if tape.nodes[k].escaped {
                     return None;
-                };
-                members.push((key.as_ref(), j + 1));
-                j = tape::next(tape, j + 1);
+                }
+                let raw = tape.raw(k);
+                members.push((&raw[1..raw.len() - 1], at));
             }
             if !members.is_sorted_by(|a, b| a.0 < b.0) {
-                members.sort_by(|a, b| a.0.cmp(b.0));
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             }
             write_members(tape, &members, out)?;
         }
-        Node::Key(_) => return None,
+        Kind::Key => return None,
     }
     Some(())
 }
@@ -445,7 +466,10 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
     };
     let mut object = ObjectCheck {
         properties: Vec::new(),
+        probes: Vec::new(),
         required: Vec::new(),
+        required_mask: 0,
+        required_other: Vec::new(),
         additional: Check::Any,
     };
     let (mut has_object, mut array) = (false, None::<ArrayCheck>);
@@ -474,6 +498,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
             "properties" => {
                 has_object = true;
                 for (name, sub) in value.as_object()? {
+                    object.probes.push(probe(name));
                     object
                         .properties
                         .push((name.clone(), compile(sub, dialect)?));
@@ -515,6 +540,15 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
                 .build(&Value::Object(scalar))
                 .ok()?,
         );
+    }
+    if object.properties.len() > TRACKED {
+        return None;
+    }
+    for name in &object.required {
+        match object.find(name) {
+            Some(p) => object.required_mask |= 1 << p,
+            None => object.required_other.push(name.clone()),
+        }
     }
     node.object = has_object.then_some(object);
     node.array = array;

@@ -533,7 +533,7 @@ impl Stream {
     /// does not declare). The row is the one `to_row` makes of the same event.
     pub fn fast_row(
         &self,
-        tape: &[tape::Node<'_>],
+        tape: &tape::Tape<'_>,
         text: &str,
         skip: Option<&str>,
         source: &Arc<str>,

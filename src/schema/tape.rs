@@ -1,5 +1,6 @@
 //! A strict, borrowing JSON reader for the fast path: one event's text read into a flat
-//! tape of nodes that point into the text, with no `serde_json::Value` and no map.
+//! tape of small nodes that point into the text, with no `serde_json::Value`, no map
+//! and no string copied.
 //!
 //! The reader accepts a subset of what `serde_json` accepts and nothing more: anything
 //! unusual (a lone surrogate, deep nesting, a control character, text after the object)
@@ -12,54 +13,135 @@ use std::borrow::Cow;
 /// applies serde_json's own limit.
 const MAX_DEPTH: usize = 64;
 
-/// One node of the tape. A container is followed by its children (an object's as a
-/// [`Node::Key`] then the member's value); `end` is the index just past its last
-/// descendant, so a reader can skip it whole.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Node<'a> {
-    Null,
-    Bool(bool),
-    /// A number, as written.
-    Num(&'a str),
-    /// A string, unescaped; `raw` is its token as written, quotes included.
-    Str {
-        text: Cow<'a, str>,
-        raw: &'a str,
-    },
-    Arr {
-        len: u32,
-        end: u32,
-    },
-    Obj {
-        len: u32,
-        end: u32,
-    },
-    Key(Cow<'a, str>),
-}
-
-/// The tape of one JSON object's text, or `None` when the text is anything but a
-/// plain, well-formed JSON object (see the module's note).
-pub fn read(text: &str) -> Option<Vec<Node<'_>>> {
-    let mut r = Reader {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-        tape: Vec::with_capacity(32),
-    };
-    r.ws();
-    if r.bytes.get(r.pos) != Some(&b'{') {
-        return None;
+/// The bytes that end a run of plain string text: a quote, a backslash, and the
+/// control characters JSON refuses unescaped.
+const SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
     }
-    r.value(0)?;
-    r.ws();
-    (r.pos == r.bytes.len()).then_some(r.tape)
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// What a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Null,
+    True,
+    False,
+    /// A number; its text is the literal as written.
+    Num,
+    /// A string; its text is the token, quotes included.
+    Str,
+    Arr,
+    Obj,
+    /// An object member's name (its value is the next node); its text is the token.
+    Key,
 }
 
-/// The index just past the subtree at `i`.
-pub fn next(tape: &[Node<'_>], i: usize) -> usize {
-    match tape[i] {
-        Node::Arr { end, .. } | Node::Obj { end, .. } => end as usize,
-        _ => i + 1,
+/// One node of the tape. A container is followed by its children (an object's as a
+/// [`Kind::Key`] then the member's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub kind: Kind,
+    /// Whether a string or key holds escapes (its text must be unescaped).
+    pub escaped: bool,
+    /// A container's children; a scalar's or key's first byte in the text.
+    pub len: u32,
+    /// A container: the index just past its last descendant. A scalar or key: the byte
+    /// just past its text.
+    pub end: u32,
+}
+
+/// One JSON object's text read into nodes.
+#[derive(Debug)]
+pub struct Tape<'a> {
+    text: &'a str,
+    pub nodes: Vec<Node>,
+}
+
+impl<'a> Tape<'a> {
+    /// The tape of one JSON object's text, or `None` when the text is anything but a
+    /// plain, well-formed JSON object (see the module's note).
+    pub fn read(text: &'a str) -> Option<Tape<'a>> {
+        let mut r = Reader {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            nodes: Vec::with_capacity(64),
+        };
+        r.ws();
+        if r.bytes.get(r.pos) != Some(&b'{') {
+            return None;
+        }
+        r.value(0)?;
+        r.ws();
+        (r.pos == r.bytes.len()).then_some(Tape {
+            text,
+            nodes: r.nodes,
+        })
+    }
+
+    /// The kind of node `i`.
+    pub fn kind(&self, i: usize) -> Kind {
+        self.nodes[i].kind
+    }
+
+    /// The index just past the subtree at `i`.
+    pub fn next(&self, i: usize) -> usize {
+        let n = self.nodes[i];
+        match n.kind {
+            Kind::Arr | Kind::Obj => n.end as usize,
+            _ => i + 1,
+        }
+    }
+
+    /// The text of scalar or key `i` as written (a string's with its quotes).
+    pub fn raw(&self, i: usize) -> &'a str {
+        let n = self.nodes[i];
+        &self.text[n.len as usize..n.end as usize]
+    }
+
+    /// The text of string or key `i`, unescaped.
+    pub fn str(&self, i: usize) -> Cow<'a, str> {
+        let raw = self.raw(i);
+        let inner = &raw[1..raw.len() - 1];
+        if self.nodes[i].escaped {
+            // Read once already: its escapes are well formed.
+            unescape(inner).map_or(Cow::Borrowed(inner), Cow::Owned)
+        } else {
+            Cow::Borrowed(inner)
+        }
+    }
+
+    /// The members of object `i`: each key's node index, then its value's.
+    pub fn members(&self, i: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let end = self.nodes[i].end as usize;
+        let mut j = i + 1;
+        std::iter::from_fn(move || {
+            (j < end).then(|| {
+                let member = (j, j + 1);
+                j = self.next(j + 1);
+                member
+            })
+        })
+    }
+
+    /// The elements of array `i`, by node index.
+    pub fn elements(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let end = self.nodes[i].end as usize;
+        let mut j = i + 1;
+        std::iter::from_fn(move || {
+            (j < end).then(|| {
+                let element = j;
+                j = self.next(j);
+                element
+            })
+        })
     }
 }
 
@@ -67,25 +149,36 @@ struct Reader<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
-    tape: Vec<Node<'a>>,
+    nodes: Vec<Node>,
 }
 
-impl<'a> Reader<'a> {
+impl Reader<'_> {
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
             self.pos += 1;
         }
     }
 
+    fn push(&mut self, kind: Kind, start: usize) -> Option<()> {
+        self.nodes.push(Node {
+            kind,
+            escaped: false,
+            len: u32::try_from(start).ok()?,
+            end: u32::try_from(self.pos).ok()?,
+        });
+        Some(())
+    }
+
     fn value(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
+        let start = self.pos;
         match *self.bytes.get(self.pos)? {
             b'{' => {
                 self.pos += 1;
-                let at = self.tape.len();
-                self.tape.push(Node::Obj { len: 0, end: 0 });
+                let at = self.nodes.len();
+                self.push(Kind::Obj, start)?;
                 let mut len = 0u32;
                 self.ws();
                 if self.bytes.get(self.pos) == Some(&b'}') {
@@ -93,8 +186,7 @@ impl<'a> Reader<'a> {
                 } else {
                     loop {
                         self.ws();
-                        let (key, _) = self.string()?;
-                        self.tape.push(Node::Key(key));
+                        self.string(Kind::Key)?;
                         self.ws();
                         (self.bytes.get(self.pos)? == &b':').then_some(())?;
                         self.pos += 1;
@@ -112,13 +204,14 @@ impl<'a> Reader<'a> {
                         }
                     }
                 }
-                let end = u32::try_from(self.tape.len()).ok()?;
-                self.tape[at] = Node::Obj { len, end };
+                let end = u32::try_from(self.nodes.len()).ok()?;
+                self.nodes[at].len = len;
+                self.nodes[at].end = end;
             }
             b'[' => {
                 self.pos += 1;
-                let at = self.tape.len();
-                self.tape.push(Node::Arr { len: 0, end: 0 });
+                let at = self.nodes.len();
+                self.push(Kind::Arr, start)?;
                 let mut len = 0u32;
                 self.ws();
                 if self.bytes.get(self.pos) == Some(&b']') {
@@ -139,36 +232,31 @@ impl<'a> Reader<'a> {
                         }
                     }
                 }
-                let end = u32::try_from(self.tape.len()).ok()?;
-                self.tape[at] = Node::Arr { len, end };
+                let end = u32::try_from(self.nodes.len()).ok()?;
+                self.nodes[at].len = len;
+                self.nodes[at].end = end;
             }
-            b'"' => {
-                let (text, raw) = self.string()?;
-                self.tape.push(Node::Str { text, raw });
-            }
-            b't' => self.literal("true", Node::Bool(true))?,
-            b'f' => self.literal("false", Node::Bool(false))?,
-            b'n' => self.literal("null", Node::Null)?,
+            b'"' => self.string(Kind::Str)?,
+            b't' => self.literal(b"true", Kind::True)?,
+            b'f' => self.literal(b"false", Kind::False)?,
+            b'n' => self.literal(b"null", Kind::Null)?,
             _ => {
-                let num = self.number()?;
-                self.tape.push(Node::Num(num));
+                self.number()?;
+                self.push(Kind::Num, start)?;
             }
         }
         Some(())
     }
 
-    fn literal(&mut self, word: &str, node: Node<'a>) -> Option<()> {
-        self.bytes[self.pos..]
-            .starts_with(word.as_bytes())
-            .then_some(())?;
+    fn literal(&mut self, word: &[u8], kind: Kind) -> Option<()> {
+        let start = self.pos;
+        self.bytes[self.pos..].starts_with(word).then_some(())?;
         self.pos += word.len();
-        self.tape.push(node);
-        Some(())
+        self.push(kind, start)
     }
 
     /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn number(&mut self) -> Option<&'a str> {
-        let start = self.pos;
+    fn number(&mut self) -> Option<()> {
         let digits = |r: &mut Self| {
             let from = r.pos;
             while r.bytes.get(r.pos).is_some_and(u8::is_ascii_digit) {
@@ -197,96 +285,93 @@ impl<'a> Reader<'a> {
             }
             digits(self).then_some(())?;
         }
-        self.text.get(start..self.pos)
+        Some(())
     }
 
-    /// The string at `pos`: its unescaped text and its token as written.
-    fn string(&mut self) -> Option<(Cow<'a, str>, &'a str)> {
+    /// The string token at `pos`, as a node of `kind`.
+    fn string(&mut self, kind: Kind) -> Option<()> {
         (self.bytes.get(self.pos)? == &b'"').then_some(())?;
         let start = self.pos;
-        self.pos += 1;
-        let body = self.pos;
+        let body = start + 1;
+        let mut escaped = false;
+        let mut at = body;
         loop {
-            match *self.bytes.get(self.pos)? {
-                b'"' => {
-                    self.pos += 1;
-                    let raw = self.text.get(start..self.pos)?;
-                    return Some((Cow::Borrowed(&raw[1..raw.len() - 1]), raw));
-                }
-                b'\\' => break,
-                0..=0x1f => return None,
-                _ => self.pos += 1,
+            // Event strings are short: a table lookup per byte beats a vector search.
+            while !SPECIAL[usize::from(*self.bytes.get(at)?)] {
+                at += 1;
             }
-        }
-        // Escapes: unescape into an owned string from the first one on.
-        let mut out = String::from(self.text.get(body..self.pos)?);
-        loop {
-            match *self.bytes.get(self.pos)? {
-                b'"' => {
-                    self.pos += 1;
-                    let raw = self.text.get(start..self.pos)?;
-                    return Some((Cow::Owned(out), raw));
-                }
+            match self.bytes[at] {
+                b'"' => break,
                 b'\\' => {
-                    self.pos += 1;
-                    let c = match *self.bytes.get(self.pos)? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let high = self.hex4()?;
-                            let code = match high {
-                                0xD800..=0xDBFF => {
-                                    // A surrogate pair, or the general path.
-                                    (self.bytes.get(self.pos + 1..self.pos + 3)? == b"\\u")
-                                        .then_some(())?;
-                                    self.pos += 2;
-                                    let low = self.hex4()?;
-                                    (0xDC00..=0xDFFF).contains(&low).then_some(())?;
-                                    0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
-                                }
-                                0xDC00..=0xDFFF => return None,
-                                _ => high,
-                            };
-                            char::from_u32(code)?
-                        }
-                        _ => return None,
-                    };
-                    out.push(c);
-                    self.pos += 1;
+                    escaped = true;
+                    at += 2;
                 }
-                0..=0x1f => return None,
-                _ => {
-                    // Copy up to the next quote or backslash (the text is UTF-8).
-                    let from = self.pos;
-                    while let Some(&b) = self.bytes.get(self.pos) {
-                        if b == b'"' || b == b'\\' || b < 0x20 {
-                            break;
-                        }
-                        self.pos += 1;
-                    }
-                    out.push_str(self.text.get(from..self.pos)?);
-                }
+                _ => return None,
             }
         }
+        self.pos = at + 1;
+        let inner = self.text.get(body..at)?;
+        if escaped {
+            unescape(inner)?;
+        }
+        self.push(kind, start)?;
+        if let Some(last) = self.nodes.last_mut() {
+            last.escaped = escaped;
+        }
+        Some(())
     }
+}
 
-    /// The four hex digits after `\u` (with `pos` on the `u`), leaving `pos` on the last.
-    fn hex4(&mut self) -> Option<u32> {
-        let digits = self.text.get(self.pos + 1..self.pos + 5)?;
-        let code = u32::from_str_radix(digits, 16).ok()?;
-        digits
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit())
-            .then_some(())?;
-        self.pos += 4;
-        Some(code)
+/// The text of a string's inside with its escapes resolved, as serde_json resolves
+/// them; `None` for an escape it refuses or one the fast path leaves to it (a lone
+/// surrogate).
+fn unescape(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let escape = &rest[at + 1..];
+        let (c, used) = match *escape.as_bytes().first()? {
+            b'"' => ('"', 1),
+            b'\\' => ('\\', 1),
+            b'/' => ('/', 1),
+            b'b' => ('\u{8}', 1),
+            b'f' => ('\u{c}', 1),
+            b'n' => ('\n', 1),
+            b'r' => ('\r', 1),
+            b't' => ('\t', 1),
+            b'u' => {
+                let high = hex4(escape.get(1..5)?)?;
+                match high {
+                    0xD800..=0xDBFF => {
+                        let low = escape
+                            .get(5..7)
+                            .filter(|s| *s == "\\u")
+                            .and(escape.get(7..11));
+                        let low = hex4(low?)?;
+                        (0xDC00..=0xDFFF).contains(&low).then_some(())?;
+                        let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                        (char::from_u32(code)?, 11)
+                    }
+                    0xDC00..=0xDFFF => return None,
+                    _ => (char::from_u32(high)?, 5),
+                }
+            }
+            _ => return None,
+        };
+        out.push(c);
+        rest = &escape[used..];
     }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn hex4(digits: &str) -> Option<u32> {
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| u32::from_str_radix(digits, 16).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -295,29 +380,37 @@ mod tests {
 
     #[test]
     fn reads_plain_objects_and_refuses_what_it_does_not_take() {
-        let tape = read(r#" {"a": [1, -2.5e3, "x\u00e9\n"], "b": {}, "c": null} "#).unwrap();
-        assert_eq!(tape[0], Node::Obj { len: 3, end: 10 });
-        assert_eq!(tape[2], Node::Arr { len: 3, end: 6 });
-        assert_eq!(tape[4], Node::Num("-2.5e3"));
-        assert!(matches!(&tape[5], Node::Str { text, .. } if text == "xé\n"));
-        assert_eq!(next(&tape, 2), 6);
-        let pair = read(r#"{"s":"\ud83d\ude00"}"#).unwrap();
-        assert!(matches!(&pair[2], Node::Str { text, .. } if text == "😀"));
+        let tape = Tape::read(r#" {"a": [1, -2.5e3, "x\u00e9\n"], "b": {}, "c": null} "#).unwrap();
+        assert_eq!(
+            (tape.kind(0), tape.nodes[0].len, tape.next(0)),
+            (Kind::Obj, 3, 10)
+        );
+        assert_eq!((tape.kind(2), tape.next(2)), (Kind::Arr, 6));
+        assert_eq!((tape.kind(4), tape.raw(4)), (Kind::Num, "-2.5e3"));
+        assert_eq!(tape.str(5), "xé\n");
+        assert_eq!(tape.str(1), "a");
+        let keys: Vec<_> = tape.members(0).map(|(k, _)| tape.str(k)).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(tape.elements(2).collect::<Vec<_>>(), [3, 4, 5]);
+        let pair = Tape::read(r#"{"s":"\ud83d\ude00\/"}"#).unwrap();
+        assert_eq!(pair.str(2), "😀/");
         for bad in [
             "[1]",
             "{\"a\":1} x",
             "{\"a\":01}",
             "{\"a\":1.}",
             "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
             "{\"a\":\"\t\"}",
             "{\"a\":tru}",
             "{\"a\":1,}",
             "{\"a\":\"\\x\"}",
             "{\"a\":-}",
+            "{\"a\":\"\\",
         ] {
-            assert!(read(bad).is_none(), "{bad}");
+            assert!(Tape::read(bad).is_none(), "{bad}");
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
-        assert!(read(&deep).is_none());
+        assert!(Tape::read(&deep).is_none());
     }
 }

@@ -53,7 +53,7 @@ fn both(stream: &Stream, text: &str) -> (Option<String>, Result<String, String>)
     let source: Arc<str> = "test".into();
     let now = chrono::Utc::now();
     let show = |row: &sluice::event::Row| format!("{:?} {:?} {}", row.cells, row.extra, row.raw);
-    let fast = tape::read(text)
+    let fast = tape::Tape::read(text)
         .and_then(|t| stream.fast_row(&t, text, None, &source, 0, now))
         .map(|row| show(&row));
     let general = parse_object(text.as_bytes())
