@@ -23,7 +23,7 @@ use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 
 use super::tape::{Kind, Tape};
-use super::{convert, decimal_cell, Column, ColumnType};
+use super::{convert, decimal_cell, parse_timestamp, Column, ColumnType};
 use crate::event::Cell;
 
 /// Keywords that never change whether an instance is valid.
@@ -76,6 +76,8 @@ struct NodeCheck {
     any_type: bool,
     /// The node's scalar keywords, as `jsonschema` compiles them.
     scalar: Option<jsonschema::Validator>,
+    /// The same keywords checked on the tape, where that is certain (see [`Native`]).
+    native: Option<Native>,
     object: Option<ObjectCheck>,
     array: Option<ArrayCheck>,
     /// `if`, `then`, `else`.
@@ -189,23 +191,18 @@ impl Compiled {
                     }
                     cells[c] = Cell::Json(json_text(tape, at)?);
                 }
-                kind => {
-                    let value = scalar_value(tape, at)?;
-                    if !valid_scalar(check, &value) {
+                _ => {
+                    let valid = match check {
+                        Check::Any => true,
+                        Check::Never => false,
+                        Check::Node(node) => node.cond.is_none() && node.scalar_holds(tape, at),
+                    };
+                    if !valid {
                         return None;
                     }
-                    let Some((c, column)) = column else {
-                        continue;
-                    };
-                    cells[c] = match (column.ty, kind) {
-                        (_, Kind::Null) => Cell::Null,
-                        (ColumnType::Decimal { .. }, Kind::Num | Kind::Str) => {
-                            decimal_cell(column.ty, Some(tape.raw(at))).ok()?
-                        }
-                        (ColumnType::Decimal { .. }, _) => return None,
-                        (ColumnType::Json, _) => Cell::Json(json_text(tape, at)?),
-                        (ty, _) => convert(ty, value).ok()?,
-                    };
+                    if let Some((c, column)) = column {
+                        cells[c] = cell(column.ty, tape, at)?;
+                    }
                 }
             }
         }
@@ -247,13 +244,21 @@ impl NodeCheck {
                     && self.array.as_ref().is_none_or(|a| a.valid(tape, i))
             }
             Kind::Key => false,
-            _ => match (&self.scalar, scalar_value(tape, i)) {
-                (None, _) => true,
-                (Some(v), Some(value)) => v.is_valid(&value),
-                (Some(_), None) => false,
-            },
+            _ => self.scalar_holds(tape, i),
         };
         ok && self.cond_holds(tape, i)
+    }
+
+    /// Whether scalar `i` passes the node's scalar keywords: on the tape where that is
+    /// certain, else by `jsonschema` on its value.
+    fn scalar_holds(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let Some(general) = &self.scalar else {
+            return true;
+        };
+        if self.native.as_ref().is_some_and(|n| n.certain(tape, i)) {
+            return true;
+        }
+        scalar_value(tape, i).is_some_and(|value| general.is_valid(&value))
     }
 
     fn cond_holds(&self, tape: &Tape<'_>, i: usize) -> bool {
@@ -326,14 +331,280 @@ fn valid(check: &Check, tape: &Tape<'_>, i: usize) -> bool {
     }
 }
 
-/// Whether the scalar `value` passes `check`.
-fn valid_scalar(check: &Check, value: &Value) -> bool {
-    match check {
-        Check::Any => true,
-        Check::Never => false,
-        Check::Node(node) => {
-            node.cond.is_none() && node.scalar.as_ref().is_none_or(|v| v.is_valid(value))
+/// The cell of a column of type `ty` from scalar `i`: what [`convert`] (or, for a
+/// decimal, [`decimal_cell`]) makes of the same value, built from the text where
+/// that is the same, without the `Value`.
+fn cell(ty: ColumnType, tape: &Tape<'_>, i: usize) -> Option<Cell> {
+    let kind = tape.kind(i);
+    Some(match (ty, kind) {
+        (_, Kind::Null) => Cell::Null,
+        (ColumnType::Decimal { .. }, Kind::Num | Kind::Str) => {
+            decimal_cell(ty, Some(tape.raw(i))).ok()?
         }
+        (ColumnType::Decimal { .. }, _) => return None,
+        (ColumnType::Json, _) => Cell::Json(json_text(tape, i)?),
+        (ColumnType::Text { .. } | ColumnType::Hash, Kind::Str) => {
+            Cell::Text(tape.str(i).into_owned())
+        }
+        (ColumnType::Uuid, Kind::Str) => Cell::Uuid(tape.str(i).to_ascii_lowercase()),
+        (ColumnType::Timestamp, Kind::Str) => Cell::Timestamp(parse_timestamp(&tape.str(i)).ok()?),
+        (ColumnType::Integer, Kind::Num) if plain_integer(tape.raw(i)) => {
+            Cell::Int(tape.raw(i).parse().ok()?)
+        }
+        (ColumnType::Boolean, Kind::True) => Cell::Bool(true),
+        (ColumnType::Boolean, Kind::False) => Cell::Bool(false),
+        (ty, _) => convert(ty, scalar_value(tape, i)?).ok()?,
+    })
+}
+
+/// Type bits of [`Native`].
+const NULL: u8 = 1;
+const BOOLEAN: u8 = 2;
+const INTEGER: u8 = 4;
+const NUMBER: u8 = 8;
+const STRING: u8 = 16;
+const CONTAINER: u8 = 32;
+
+/// A node's scalar keywords checked on the tape, without a `Value`, for the keywords
+/// and values whose meaning is plain: `type`, `enum`/`const` of strings, lengths,
+/// integer bounds, and the common shapes of `pattern`, `uuid` and `date-time`. It
+/// answers only "certainly valid"; anything else is asked of `jsonschema`.
+struct Native {
+    types: Option<u8>,
+    strings: Option<Vec<String>>,
+    min_length: Option<u64>,
+    max_length: Option<u64>,
+    minimum: Option<i64>,
+    maximum: Option<i64>,
+    pattern: Option<regex::Regex>,
+    format: Option<Format>,
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Uuid,
+    DateTime,
+}
+
+/// Integers a double holds exactly: a bound within them compares exactly with a
+/// number that is not an integer.
+const EXACT: i64 = 1 << 53;
+
+impl Native {
+    /// The native check of a node's scalar keywords, if every one has one.
+    fn of(keywords: &Map<String, Value>) -> Option<Native> {
+        let mut native = Native {
+            types: None,
+            strings: None,
+            min_length: None,
+            max_length: None,
+            minimum: None,
+            maximum: None,
+            pattern: None,
+            format: None,
+        };
+        for (key, value) in keywords {
+            match key.as_str() {
+                "type" => {
+                    let names: Vec<&str> = match value {
+                        Value::String(t) => vec![t.as_str()],
+                        Value::Array(a) => a.iter().map(Value::as_str).collect::<Option<_>>()?,
+                        _ => return None,
+                    };
+                    let mut bits = 0;
+                    for name in names {
+                        bits |= match name {
+                            "null" => NULL,
+                            "boolean" => BOOLEAN,
+                            "integer" => INTEGER,
+                            "number" => NUMBER | INTEGER,
+                            "string" => STRING,
+                            "object" | "array" => CONTAINER,
+                            _ => return None,
+                        };
+                    }
+                    native.types = Some(bits);
+                }
+                "enum" => {
+                    let all = value
+                        .as_array()?
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned));
+                    native.strings = Some(all.collect::<Option<_>>()?);
+                }
+                "const" => native.strings = Some(vec![value.as_str()?.to_owned()]),
+                "minLength" => native.min_length = Some(value.as_u64()?),
+                "maxLength" => native.max_length = Some(value.as_u64()?),
+                "minimum" => native.minimum = Some(value.as_i64()?),
+                "maximum" => native.maximum = Some(value.as_i64()?),
+                "pattern" => native.pattern = Some(plain_pattern(value.as_str()?)?),
+                "format" => {
+                    native.format = Some(match value.as_str()? {
+                        "uuid" => Format::Uuid,
+                        "date-time" => Format::DateTime,
+                        _ => return None,
+                    })
+                }
+                _ => return None,
+            }
+        }
+        Some(native)
+    }
+
+    /// Whether scalar `i` certainly passes (false: not known here).
+    fn certain(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let kind = tape.kind(i);
+        let bits = match kind {
+            Kind::Null => NULL,
+            Kind::True | Kind::False => BOOLEAN,
+            Kind::Num if plain_integer(tape.raw(i)) => INTEGER,
+            // A number with a point or an exponent may still be an integer (`1.0`):
+            // `jsonschema` decides.
+            Kind::Num => NUMBER,
+            Kind::Str => STRING,
+            Kind::Obj | Kind::Arr | Kind::Key => return false,
+        };
+        if self.types.is_some_and(|t| t & bits == 0) {
+            return false;
+        }
+        match kind {
+            Kind::Str => {
+                let text = tape.str(i);
+                if let Some(strings) = &self.strings {
+                    if !strings.iter().any(|s| *s == text) {
+                        return false;
+                    }
+                }
+                if self.min_length.is_some() || self.max_length.is_some() {
+                    let chars = text.chars().count() as u64;
+                    if self.min_length.is_some_and(|m| chars < m)
+                        || self.max_length.is_some_and(|m| chars > m)
+                    {
+                        return false;
+                    }
+                }
+                self.pattern.as_ref().is_none_or(|p| p.is_match(&text))
+                    && match self.format {
+                        None => true,
+                        Some(Format::Uuid) => plain_uuid(&text),
+                        Some(Format::DateTime) => plain_date_time(&text),
+                    }
+            }
+            Kind::Num => {
+                if self.strings.is_some() {
+                    return false;
+                }
+                if self.minimum.is_none() && self.maximum.is_none() {
+                    return true;
+                }
+                let literal = tape.raw(i);
+                let (at_least, at_most) = if bits == INTEGER {
+                    let Ok(n) = literal.parse::<i64>() else {
+                        return false;
+                    };
+                    (
+                        self.minimum.is_none_or(|m| n >= m),
+                        self.maximum.is_none_or(|m| n <= m),
+                    )
+                } else {
+                    let Some(f) = number(literal).and_then(|n| n.as_f64()) else {
+                        return false;
+                    };
+                    // Bounds within 2^53 are exact as doubles; others are left to
+                    // `jsonschema`.
+                    let exact = |m: i64| m.abs() <= EXACT;
+                    if !self.minimum.into_iter().chain(self.maximum).all(exact) {
+                        return false;
+                    }
+                    (
+                        self.minimum.is_none_or(|m| f >= m as f64),
+                        self.maximum.is_none_or(|m| f <= m as f64),
+                    )
+                };
+                at_least && at_most
+            }
+            _ => self.strings.is_none(),
+        }
+    }
+}
+
+/// `pattern` as a `regex` that matches exactly what the ECMA-262 pattern matches, for
+/// patterns of literal characters, classes of them, groups, alternation, anchors and
+/// quantifiers (no escapes, no `.`, whose meanings differ between the two).
+fn plain_pattern(pattern: &str) -> Option<regex::Regex> {
+    let plain = !pattern.contains("(?")
+        && pattern
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "^$[]()|?*+{},-_:/#@!%&=~<> '\"".contains(c));
+    plain.then(|| regex::Regex::new(pattern).ok()).flatten()
+}
+
+/// Whether `text` is a hyphenated UUID (8-4-4-4-12 hex digits): what `format: uuid`
+/// accepts for certain.
+fn plain_uuid(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && [&b[..8], &b[9..13], &b[14..18], &b[19..23], &b[24..]]
+            .iter()
+            .all(|part| part.iter().all(u8::is_ascii_hexdigit))
+}
+
+/// Whether `text` is an RFC 3339 date-time in its everyday shape
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, a real day, seconds below 60): what
+/// `format: date-time` accepts for certain.
+fn plain_date_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .map(|d| d.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        digits(0, 4),
+        digits(5, 2),
+        digits(8, 2),
+        digits(11, 2),
+        digits(14, 2),
+        digits(17, 2),
+    ) else {
+        return false;
+    };
+    if !(at(4, b'-') && at(7, b'-') && at(10, b'T') && at(13, b':') && at(16, b':')) {
+        return false;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days || hour > 23 || minute > 59 || second > 59 {
+        return false;
+    }
+    let mut i = 19;
+    if at(i, b'.') {
+        let from = i + 1;
+        i = from;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == from || i - from > 9 {
+            return false;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z') => i + 1 == b.len(),
+        Some(b'+' | b'-') => {
+            let (Some(h), Some(m)) = (digits(i + 1, 2), digits(i + 4, 2)) else {
+                return false;
+            };
+            at(i + 3, b':') && h <= 23 && m <= 59 && i + 6 == b.len()
+        }
+        _ => false,
     }
 }
 
@@ -460,6 +731,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
         array_ok: true,
         any_type: false,
         scalar: None,
+        native: None,
         object: None,
         array: None,
         cond: None,
@@ -531,6 +803,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
         return Some(Check::Any);
     }
     if !scalar.is_empty() {
+        node.native = Native::of(&scalar);
         if let Some(d) = dialect {
             scalar.insert("$schema".into(), d.clone());
         }

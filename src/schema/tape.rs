@@ -27,6 +27,33 @@ const SPECIAL: [bool; 256] = {
     table
 };
 
+/// The end of the run of plain string text at `at`: the index of the first quote,
+/// backslash or control character, or the end. Eight bytes at a time (strings in
+/// events are too short for a vector search to pay for its setup).
+fn plain_run(bytes: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte below `n` (exact for the lowest such byte, which is
+    // the one taken).
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let found = below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1)
+            | below(w, 0x20);
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while bytes.get(at).is_some_and(|b| !SPECIAL[usize::from(*b)]) {
+        at += 1;
+    }
+    at
+}
+
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -296,11 +323,8 @@ impl Reader<'_> {
         let mut escaped = false;
         let mut at = body;
         loop {
-            // Event strings are short: a table lookup per byte beats a vector search.
-            while !SPECIAL[usize::from(*self.bytes.get(at)?)] {
-                at += 1;
-            }
-            match self.bytes[at] {
+            at = plain_run(self.bytes, at);
+            match *self.bytes.get(at)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -377,6 +401,22 @@ fn hex4(digits: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_runs_end_at_the_first_quote_backslash_or_control_character() {
+        let text = b"0123456789abcdef\"x";
+        assert_eq!(plain_run(text, 0), 16);
+        assert_eq!(plain_run(text, 3), 16);
+        for (i, special) in [b'"', b'\\', b'\n', 0u8, 0x1f].into_iter().enumerate() {
+            let mut bytes = "é plain text, long enough for words "
+                .repeat(3)
+                .into_bytes();
+            let at = 5 + 7 * i;
+            bytes[at] = special;
+            assert_eq!(plain_run(&bytes, 0), at, "{special}");
+        }
+        assert_eq!(plain_run("\u{7f}\u{80}é~ ".as_bytes(), 0), 7);
+    }
 
     #[test]
     fn reads_plain_objects_and_refuses_what_it_does_not_take() {

@@ -116,6 +116,24 @@ fn any_value() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(Value::from),
         (-1e6f64..1e6).prop_map(Value::from),
         prop_oneof![
+            Just(0i64),
+            Just(1),
+            Just(-1),
+            Just(100_000),
+            Just(100_001),
+            Just(10_000),
+            Just(i64::MAX)
+        ]
+        .prop_map(Value::from),
+        prop_oneof![
+            Just(0.0f64),
+            Just(1.0),
+            Just(-0.01),
+            Just(9_999_999_999.99),
+            Just(1.5)
+        ]
+        .prop_map(Value::from),
+        prop_oneof![
             Just("US"),
             Just("DE"),
             Just("CA"),
@@ -135,6 +153,18 @@ fn any_value() -> impl Strategy<Value = Value> {
             Just("0b4f9d6a-3c1e-4f8a-9d2b-7e5c1a0f3b6d"),
             Just("0B4F9D6A-3C1E-4F8A-9D2B-7E5C1A0F3B6D"),
             Just("é\"\\\n\t\u{1F600}\u{0}"),
+            Just("2024-05-01T12:00:00+24:00"),
+            Just("2024-05-01T12:00:00.1234567891Z"),
+            Just("0000-01-01T00:00:00Z"),
+            Just("2024-02-29T23:59:59-00:30"),
+            Just("2023-02-29T00:00:00Z"),
+            Just("2024-05-01 12:00:00Z"),
+            Just("ABC"),
+            Just("ABCD"),
+            Just("AB"),
+            Just("97801311036X"),
+            Just("978013110362X"),
+            Just("0B4F9D6A3C1E4F8A9D2B7E5C1A0F3B6D"),
         ]
         .prop_map(Value::from),
         "\\PC{0,12}".prop_map(Value::from),
@@ -291,4 +321,77 @@ fn keywords_the_fast_path_does_not_compile_leave_the_stream_to_the_general_path(
     assert!(registry.get("plain").unwrap().has_fast_path());
     assert!(!registry.get("refs").unwrap().has_fast_path());
     assert!(!registry.get("one_of").unwrap().has_fast_path());
+}
+
+/// The official JSON-Schema-Test-Suite's draft 2020-12 cases for the keywords the fast
+/// path compiles (`tests/fixtures/json-schema-test-suite`), each case's schema as the
+/// one property `v` of an event schema and its data as `v`'s value: whatever the fast
+/// path accepts, the suite calls valid and the general path accepts with the same row.
+#[test]
+fn the_fast_path_accepts_no_case_of_the_official_test_suite_that_is_invalid() {
+    let suite = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/json-schema-test-suite"
+    );
+    let (mut compiled, mut accepted, mut valid) = (0, 0, 0);
+    for entry in std::fs::read_dir(suite).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let groups: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for group in groups {
+            let mut schema = group["schema"].clone();
+            if let Some(map) = schema.as_object_mut() {
+                map.remove("$schema");
+            }
+            let event_schema = json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": {"v": schema},
+            });
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("case.json"), event_schema.to_string()).unwrap();
+            let config = Config {
+                schemas_dir: dir.path().to_path_buf(),
+                ..Config::default()
+            };
+            let Ok(registry) = Registry::load(config.streams_config()) else {
+                continue;
+            };
+            let stream = registry.get("case").unwrap();
+            if !stream.has_fast_path() {
+                continue;
+            }
+            compiled += 1;
+            for case in group["tests"].as_array().unwrap() {
+                let text = json!({"v": case["data"]}).to_string();
+                let (fast, general) = both(stream, &text);
+                let expected = case["valid"].as_bool().unwrap();
+                valid += usize::from(expected);
+                let described = format!(
+                    "{} / {} / {}: {text}",
+                    path.display(),
+                    group["description"],
+                    case["description"]
+                );
+                if let Some(fast) = fast {
+                    accepted += 1;
+                    assert!(
+                        expected,
+                        "the fast path accepted an invalid case: {described}"
+                    );
+                    assert_eq!(Some(&fast), general.as_ref().ok(), "{described}");
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{compiled} schemas compiled; the fast path accepted {accepted} of {valid} valid cases"
+    );
+    assert!(
+        compiled >= 100 && accepted >= 150,
+        "{compiled} schemas compiled, {accepted} cases accepted"
+    );
 }
