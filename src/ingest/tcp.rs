@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, FramedRead};
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -104,23 +104,25 @@ impl Frame {
     }
 }
 
-/// Newline framing with a maximum length: tokio-util's delimiter codec, with per-line
-/// problems returned as frames rather than errors so the connection goes on.
+/// Newline framing with a maximum length, per-line problems returned as frames rather
+/// than errors so the connection goes on. The state machine of tokio-util's delimiter
+/// codec, with the newline found by `memchr` a word at a time instead of a byte at a
+/// time (that search was 3 % of Sluice's CPU under a TCP load).
 pub struct LineCodec {
-    inner: AnyDelimiterCodec,
     max: usize,
+    /// How far the buffer was searched without finding a newline.
+    next_index: usize,
+    /// Whether the rest of a line longer than `max` is being skipped.
+    discarding: bool,
 }
 
 impl LineCodec {
     pub fn new(max_line_bytes: usize) -> LineCodec {
         LineCodec {
-            inner: Self::delimiter_codec(max_line_bytes),
             max: max_line_bytes,
+            next_index: 0,
+            discarding: false,
         }
-    }
-
-    fn delimiter_codec(max: usize) -> AnyDelimiterCodec {
-        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), max)
     }
 }
 
@@ -129,14 +131,41 @@ impl Decoder for LineCodec {
     type Error = io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, io::Error> {
-        match self.inner.decode(buf) {
-            Ok(Some(line)) => Ok(Some(Frame::Line(strip_cr(line)))),
-            Ok(None) => Ok(None),
-            // The codec reports the overflow before skipping, so the prefix is still here.
-            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => Ok(Some(Frame::TooLong(
-                Bytes::copy_from_slice(&buf[..self.max.min(buf.len())]),
-            ))),
-            Err(AnyDelimiterCodecError::Io(e)) => Err(e),
+        loop {
+            let read_to = self.max.saturating_add(1).min(buf.len());
+            let found = memchr::memchr(b'\n', &buf[self.next_index..read_to]);
+            match (self.discarding, found) {
+                (true, Some(offset)) => {
+                    buf.advance(offset + self.next_index + 1);
+                    self.discarding = false;
+                    self.next_index = 0;
+                }
+                (true, None) => {
+                    buf.advance(read_to);
+                    self.next_index = 0;
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                (false, Some(offset)) => {
+                    let end = offset + self.next_index;
+                    self.next_index = 0;
+                    let mut line = buf.split_to(end + 1);
+                    line.truncate(end);
+                    return Ok(Some(Frame::Line(strip_cr(line.freeze()))));
+                }
+                (false, None) if buf.len() > self.max => {
+                    // The prefix is returned; the rest is skipped up to the next newline.
+                    self.discarding = true;
+                    return Ok(Some(Frame::TooLong(Bytes::copy_from_slice(
+                        &buf[..self.max.min(buf.len())],
+                    ))));
+                }
+                (false, None) => {
+                    self.next_index = read_to;
+                    return Ok(None);
+                }
+            }
         }
     }
 
@@ -146,8 +175,7 @@ impl Decoder for LineCodec {
             None if buf.is_empty() => Ok(None),
             None => {
                 let rest = buf.split().freeze();
-                // The inner codec remembers how far it searched this buffer; start afresh.
-                self.inner = Self::delimiter_codec(self.max);
+                self.next_index = 0;
                 Ok(Some(Frame::Unterminated(strip_cr(rest))))
             }
         }

@@ -634,7 +634,8 @@ fn number(literal: &str) -> Option<Number> {
 /// The compact JSON text of the subtree at `i`, as serde_json writes the same value
 /// (object keys sorted, strings escaped its way, numbers as it prints them).
 fn json_text(tape: &Tape<'_>, i: usize) -> Option<String> {
-    let mut out = Vec::with_capacity(64);
+    // The compact text is rarely longer than the text as written.
+    let mut out = Vec::with_capacity((tape.nodes[i].span as usize).max(8));
     write_json(tape, i, &mut out)?;
     String::from_utf8(out).ok()
 }
@@ -697,18 +698,28 @@ fn write_json(tape: &Tape<'_>, i: usize, out: &mut Vec<u8>) -> Option<()> {
             out.push(b']');
         }
         Kind::Obj => {
-            let mut members: Vec<(&str, usize)> = Vec::with_capacity(tape.nodes[i].len as usize);
-            for (k, at) in tape.members(i) {
+            // Small objects sort their members on the stack.
+            const SMALL: usize = 16;
+            let mut small = [("", 0usize); SMALL];
+            let mut large = Vec::new();
+            let len = tape.nodes[i].len as usize;
+            let members: &mut [(&str, usize)] = if len <= SMALL {
+                &mut small[..len]
+            } else {
+                large.resize(len, ("", 0));
+                &mut large
+            };
+            for (slot, (k, at)) in members.iter_mut().zip(tape.members(i)) {
                 if tape.nodes[k].escaped {
                     return None;
                 }
                 let raw = tape.raw(k);
-                members.push((&raw[1..raw.len() - 1], at));
+                *slot = (&raw[1..raw.len() - 1], at);
             }
             if !members.is_sorted_by(|a, b| a.0 < b.0) {
                 members.sort_unstable_by(|a, b| a.0.cmp(b.0));
             }
-            write_members(tape, &members, out)?;
+            write_members(tape, members, out)?;
         }
         Kind::Key => return None,
     }

@@ -1001,12 +1001,12 @@ fn decimal_cell(ty: ColumnType, literal: Option<&str>) -> Result<Cell, String> {
         return Err("not a decimal column".into());
     };
     let literal = literal.ok_or("the value's text could not be read back")?;
-    let text = if literal.starts_with('"') {
-        serde_json::from_str::<String>(literal).map_err(|e| e.to_string())?
+    if literal.starts_with('"') {
+        let text = serde_json::from_str::<String>(literal).map_err(|e| e.to_string())?;
+        exact_decimal(&text, precision, scale).map(Cell::Text)
     } else {
-        literal.to_owned()
-    };
-    exact_decimal(&text, precision, scale).map(Cell::Text)
+        exact_decimal(literal, precision, scale).map(Cell::Text)
+    }
 }
 
 /// `text` (a JSON number's syntax) as a plain decimal, digit for digit (the exponent
@@ -1018,6 +1018,9 @@ pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, Str
         Some(rest) => (true, rest),
         None => (false, text),
     };
+    if let Some(plain) = plain_decimal(negative, unsigned, precision, scale) {
+        return Ok(plain);
+    }
     let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
         Some(at) => {
             let exponent: i64 = unsigned[at + 1..].parse().map_err(|_| bad())?;
@@ -1076,6 +1079,36 @@ pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, Str
         out.push_str(frac);
     }
     Ok(out)
+}
+
+/// [`exact_decimal`] of the everyday literal (digits, a point, digits, no exponent)
+/// that fits, in one allocation; `None` for anything else, which the general code
+/// decides.
+fn plain_decimal(negative: bool, unsigned: &str, precision: u8, scale: u8) -> Option<String> {
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty()
+        || !digits(int)
+        || !digits(frac)
+        || (frac.is_empty() && unsigned.contains('.'))
+    {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    if int.len() > usize::from(precision - scale) || frac.len() > usize::from(scale) {
+        return None;
+    }
+    let mut out = String::with_capacity(int.len() + frac.len() + 3);
+    if negative && !(int.is_empty() && frac.is_empty()) {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
 }
 
 /// `value`'s compact JSON text, written straight into a buffer (its `Display` goes

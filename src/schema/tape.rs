@@ -82,6 +82,8 @@ pub struct Node {
     /// A container: the index just past its last descendant. A scalar or key: the byte
     /// just past its text.
     pub end: u32,
+    /// A container: the length of its text.
+    pub span: u32,
 }
 
 /// One JSON object's text read into nodes.
@@ -190,6 +192,7 @@ impl Reader<'_> {
         self.nodes.push(Node {
             kind,
             escaped: false,
+            span: 0,
             len: u32::try_from(start).ok()?,
             end: u32::try_from(self.pos).ok()?,
         });
@@ -234,6 +237,7 @@ impl Reader<'_> {
                 let end = u32::try_from(self.nodes.len()).ok()?;
                 self.nodes[at].len = len;
                 self.nodes[at].end = end;
+                self.nodes[at].span = u32::try_from(self.pos - start).ok()?;
             }
             b'[' => {
                 self.pos += 1;
@@ -262,6 +266,7 @@ impl Reader<'_> {
                 let end = u32::try_from(self.nodes.len()).ok()?;
                 self.nodes[at].len = len;
                 self.nodes[at].end = end;
+                self.nodes[at].span = u32::try_from(self.pos - start).ok()?;
             }
             b'"' => self.string(Kind::Str)?,
             b't' => self.literal(b"true", Kind::True)?,
