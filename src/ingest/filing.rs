@@ -336,6 +336,11 @@ impl Filing {
         received_at: DateTime<Utc>,
         events: impl IntoIterator<Item = Event<'e>>,
     ) {
+        let events = events.into_iter();
+        if let Route::To { stream, .. } = route {
+            // Room for the rows at once, rather than growing (and copying) the list.
+            self.group(Some(stream)).rows.reserve(events.size_hint().0);
+        }
         for Event { index, raw, read } in events {
             let refuse = |this: &mut Filing, stream: Option<&Arc<Stream>>, stage, error| {
                 let err = EventError::whole(index, stage, error);

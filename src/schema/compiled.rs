@@ -275,10 +275,16 @@ impl NodeCheck {
 /// A key's length and first 8 bytes as one word: most keys are told apart by it,
 /// without comparing their text.
 fn probe(key: &str) -> u64 {
-    let mut word = [0u8; 8];
-    let n = key.len().min(8);
-    word[..n].copy_from_slice(&key.as_bytes()[..n]);
-    u64::from_le_bytes(word) ^ ((key.len() as u64) << 56)
+    let bytes = key.as_bytes();
+    let word = match bytes.first_chunk::<8>() {
+        Some(first) => u64::from_le_bytes(*first),
+        // A byte at a time: a short copy would be a call to memcpy.
+        None => bytes
+            .iter()
+            .rev()
+            .fold(0u64, |word, b| (word << 8) | u64::from(*b)),
+    };
+    word ^ ((key.len() as u64) << 56)
 }
 
 impl ObjectCheck {
