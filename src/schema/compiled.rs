@@ -291,7 +291,13 @@ impl ObjectCheck {
     /// The index of property `key`.
     fn find(&self, key: &str) -> Option<usize> {
         let probe = probe(key);
-        (0..self.properties.len()).find(|&p| self.probes[p] == probe && self.properties[p].0 == key)
+        (0..self.properties.len()).find(|&p| {
+            let name = self.properties[p].0.as_bytes();
+            // Equal probes and lengths: the first 8 bytes are equal already.
+            self.probes[p] == probe
+                && name.len() == key.len()
+                && (name.len() <= 8 || name[8..] == key.as_bytes()[8..])
+        })
     }
 
     fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
@@ -548,12 +554,22 @@ fn plain_pattern(pattern: &str) -> Option<regex::Regex> {
 /// Whether `text` is a hyphenated UUID (8-4-4-4-12 hex digits): what `format: uuid`
 /// accepts for certain.
 fn plain_uuid(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() == 36
-        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
-        && [&b[..8], &b[9..13], &b[14..18], &b[19..23], &b[24..]]
-            .iter()
-            .all(|part| part.iter().all(u8::is_ascii_hexdigit))
+    let Some(b) = text
+        .as_bytes()
+        .first_chunk::<36>()
+        .filter(|_| text.len() == 36)
+    else {
+        return false;
+    };
+    let mut ok = true;
+    for (i, c) in b.iter().enumerate() {
+        ok &= if matches!(i, 8 | 13 | 18 | 23) {
+            *c == b'-'
+        } else {
+            c.is_ascii_hexdigit()
+        };
+    }
+    ok
 }
 
 /// Whether `text` is an RFC 3339 date-time in its everyday shape

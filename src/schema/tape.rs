@@ -116,11 +116,13 @@ impl<'a> Tape<'a> {
     }
 
     /// The kind of node `i`.
+    #[inline]
     pub fn kind(&self, i: usize) -> Kind {
         self.nodes[i].kind
     }
 
     /// The index just past the subtree at `i`.
+    #[inline]
     pub fn next(&self, i: usize) -> usize {
         let n = self.nodes[i];
         match n.kind {
@@ -130,12 +132,14 @@ impl<'a> Tape<'a> {
     }
 
     /// The text of scalar or key `i` as written (a string's with its quotes).
+    #[inline]
     pub fn raw(&self, i: usize) -> &'a str {
         let n = self.nodes[i];
         &self.text[n.len as usize..n.end as usize]
     }
 
     /// The text of string or key `i`, unescaped.
+    #[inline]
     pub fn str(&self, i: usize) -> Cow<'a, str> {
         let raw = self.raw(i);
         let inner = &raw[1..raw.len() - 1];
@@ -339,14 +343,16 @@ impl Reader<'_> {
             }
         }
         self.pos = at + 1;
-        let inner = self.text.get(body..at)?;
         if escaped {
-            unescape(inner)?;
+            unescape(self.text.get(body..at)?)?;
         }
-        self.push(kind, start)?;
-        if let Some(last) = self.nodes.last_mut() {
-            last.escaped = escaped;
-        }
+        self.nodes.push(Node {
+            kind,
+            escaped,
+            span: 0,
+            len: u32::try_from(start).ok()?,
+            end: u32::try_from(self.pos).ok()?,
+        });
         Some(())
     }
 }

@@ -856,6 +856,9 @@ pub fn mysql_timestamp(t: &DateTime<Utc>) -> String {
 /// was 8% of Sluice's CPU profile under load.
 fn push_timestamp(out: &mut String, t: &DateTime<Utc>, sep: char, suffix: &str) -> bool {
     use chrono::{Datelike, Timelike};
+    // The UTC fields straight from the naive value (through the `DateTime` each field
+    // would apply the zero offset again).
+    let t = t.naive_utc();
     let year = t.year();
     let nanos = t.nanosecond();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {

@@ -51,12 +51,22 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
 pub fn encode_rows(stream: &Stream, rows: &[Row], load: Option<i64>) -> String {
     let load = load.map_or_else(|| "\\N".to_owned(), |id| id.to_string());
     let mut out = String::with_capacity(rows.iter().map(|r| r.raw.len() + 64).sum());
+    // The rows of one request share their time of receipt: its text is made once.
+    let mut received: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
     for row in rows {
         for cell in &row.cells {
             copy_text_cell(&mut out, cell);
             out.push('\t');
         }
-        copy_text_cell(&mut out, &Cell::Timestamp(row.received_at));
+        match &received {
+            Some((at, text)) if *at == row.received_at => out.push_str(text),
+            _ => {
+                let mut text = String::with_capacity(32);
+                copy_text_cell(&mut text, &Cell::Timestamp(row.received_at));
+                out.push_str(&text);
+                received = Some((row.received_at, text));
+            }
+        }
         if stream.has_extra {
             out.push('\t');
             match &row.extra {
