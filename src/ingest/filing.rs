@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::body::parse_object;
 use crate::event::{DeadLetter, Row, Stage, DEFAULT_MAX_PAYLOAD_BYTES};
-use crate::schema::tape::{Kind, Tape};
+use crate::schema::tape::{self, Kind, Tape};
 use crate::schema::{Registry, Stream};
 use crate::sink::Dialect;
 use crate::webhook::{verify::Verified, Webhook};
@@ -308,6 +308,8 @@ pub struct Filing {
     max_payload: usize,
     dialect: Option<Dialect>,
     token: Option<Arc<str>>,
+    /// The fast path's tape buffer, reused from one event to the next.
+    nodes: Vec<tape::Node>,
 }
 
 impl Filing {
@@ -319,6 +321,7 @@ impl Filing {
             max_payload,
             dialect,
             token: None,
+            nodes: Vec::new(),
         }
     }
 
@@ -416,21 +419,36 @@ impl Filing {
         let Ok(text) = std::str::from_utf8(raw) else {
             return false;
         };
-        let Some(tape) = Tape::read(text) else {
+        let Some(tape) = Tape::read_into(text, std::mem::take(&mut self.nodes)) else {
             return false;
         };
+        let filed = self.file_tape(route, &tape, text, index, source, received_at);
+        self.nodes = tape.into_nodes();
+        filed
+    }
+
+    /// [`Filing::file_fast`] of an event read into `tape`.
+    fn file_tape(
+        &mut self,
+        route: &Route<'_>,
+        tape: &Tape<'_>,
+        text: &str,
+        index: usize,
+        source: &Arc<str>,
+        received_at: DateTime<Utc>,
+    ) -> bool {
         let (stream, skip) = match route {
             Route::To {
                 stream,
                 strip: None,
             } => (*stream, None),
-            Route::Field(by) => match by.fast(&tape) {
+            Route::Field(by) => match by.fast(tape) {
                 Some(routed) => routed,
                 None => return false,
             },
             _ => return false,
         };
-        let Some(row) = stream.fast_row(&tape, text, skip, source, index, received_at) else {
+        let Some(row) = stream.fast_row(tape, text, skip, source, index, received_at) else {
             return false;
         };
         let events = self.group(Some(stream));

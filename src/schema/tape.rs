@@ -97,11 +97,18 @@ impl<'a> Tape<'a> {
     /// The tape of one JSON object's text, or `None` when the text is anything but a
     /// plain, well-formed JSON object (see the module's note).
     pub fn read(text: &'a str) -> Option<Tape<'a>> {
+        Tape::read_into(text, Vec::with_capacity(64))
+    }
+
+    /// [`Tape::read`] into `nodes`' room (cleared first): a caller reading many events
+    /// reuses one buffer ([`Tape::into_nodes`]).
+    pub fn read_into(text: &'a str, mut nodes: Vec<Node>) -> Option<Tape<'a>> {
+        nodes.clear();
         let mut r = Reader {
             text,
             bytes: text.as_bytes(),
             pos: 0,
-            nodes: Vec::with_capacity(64),
+            nodes,
         };
         r.ws();
         if r.bytes.get(r.pos) != Some(&b'{') {
@@ -113,6 +120,11 @@ impl<'a> Tape<'a> {
             text,
             nodes: r.nodes,
         })
+    }
+
+    /// The buffer of nodes, to read the next event into.
+    pub fn into_nodes(self) -> Vec<Node> {
+        self.nodes
     }
 
     /// The kind of node `i`.
