@@ -122,6 +122,38 @@ fn ingest(c: &mut Criterion) {
             }
         })
     });
+    // The same orders with 30 items each (about 2.4 KB): the cost per KB.
+    let large: Vec<String> = events
+        .iter()
+        .take(200)
+        .map(|raw| {
+            let mut v: serde_json::Value = serde_json::from_str(raw).expect("valid JSON");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            v["items"] = items.iter().cycle().take(30).cloned().collect();
+            v.to_string()
+        })
+        .collect();
+    group.throughput(Throughput::Bytes(
+        large.iter().map(|e| e.len() as u64).sum(),
+    ));
+    group.bench_function("order_placed x30 items general path", |b| {
+        b.iter(|| {
+            for (i, raw) in large.iter().enumerate() {
+                let value = parse_object(raw.as_bytes()).expect("valid JSON");
+                let row = stream.to_row(value, raw.as_str().into(), false, source.clone(), i, now);
+                assert!(row.is_ok());
+            }
+        })
+    });
+    group.bench_function("order_placed x30 items fast path", |b| {
+        b.iter(|| {
+            for (i, raw) in large.iter().enumerate() {
+                let tape = sluice::schema::tape::Tape::read(raw).expect("plain JSON");
+                assert!(stream.fast_row(&tape, raw, None, &source, i, now).is_some());
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(events.len() as u64));
     group.bench_function("order_placed validate", |b| {
         b.iter(|| {
             for value in &values {
