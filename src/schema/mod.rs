@@ -1069,6 +1069,12 @@ pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, Str
             "{text} does not fit numeric({precision},{scale}): at most {room} digits before the point and {scale} after"
         ));
     }
+    Ok(decimal_text(negative, int, frac))
+}
+
+/// A decimal's text from its sign and its digits before and after the point (leading
+/// and trailing zeros dropped already).
+fn decimal_text(negative: bool, int: &str, frac: &str) -> String {
     let mut out = String::with_capacity(int.len() + frac.len() + 3);
     if negative && !(int.is_empty() && frac.is_empty()) {
         out.push('-');
@@ -1078,7 +1084,7 @@ pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, Str
         out.push('.');
         out.push_str(frac);
     }
-    Ok(out)
+    out
 }
 
 /// [`exact_decimal`] of the everyday literal (digits, a point, digits, no exponent)
@@ -1099,16 +1105,7 @@ fn plain_decimal(negative: bool, unsigned: &str, precision: u8, scale: u8) -> Op
     if int.len() > usize::from(precision - scale) || frac.len() > usize::from(scale) {
         return None;
     }
-    let mut out = String::with_capacity(int.len() + frac.len() + 3);
-    if negative && !(int.is_empty() && frac.is_empty()) {
-        out.push('-');
-    }
-    out.push_str(if int.is_empty() { "0" } else { int });
-    if !frac.is_empty() {
-        out.push('.');
-        out.push_str(frac);
-    }
-    Some(out)
+    Some(decimal_text(negative, int, frac))
 }
 
 /// `value`'s compact JSON text, written straight into a buffer (its `Display` goes

@@ -221,69 +221,8 @@ impl Reader<'_> {
         }
         let start = self.pos;
         match *self.bytes.get(self.pos)? {
-            b'{' => {
-                self.pos += 1;
-                let at = self.nodes.len();
-                self.push(Kind::Obj, start)?;
-                let mut len = 0u32;
-                self.ws();
-                if self.bytes.get(self.pos) == Some(&b'}') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        self.string(Kind::Key)?;
-                        self.ws();
-                        (self.bytes.get(self.pos)? == &b':').then_some(())?;
-                        self.pos += 1;
-                        self.ws();
-                        self.value(depth + 1)?;
-                        len += 1;
-                        self.ws();
-                        match *self.bytes.get(self.pos)? {
-                            b',' => self.pos += 1,
-                            b'}' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                let end = u32::try_from(self.nodes.len()).ok()?;
-                self.nodes[at].len = len;
-                self.nodes[at].end = end;
-                self.nodes[at].span = u32::try_from(self.pos - start).ok()?;
-            }
-            b'[' => {
-                self.pos += 1;
-                let at = self.nodes.len();
-                self.push(Kind::Arr, start)?;
-                let mut len = 0u32;
-                self.ws();
-                if self.bytes.get(self.pos) == Some(&b']') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        self.value(depth + 1)?;
-                        len += 1;
-                        self.ws();
-                        match *self.bytes.get(self.pos)? {
-                            b',' => self.pos += 1,
-                            b']' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                let end = u32::try_from(self.nodes.len()).ok()?;
-                self.nodes[at].len = len;
-                self.nodes[at].end = end;
-                self.nodes[at].span = u32::try_from(self.pos - start).ok()?;
-            }
+            b'{' => self.container(Kind::Obj, b'}', start, depth)?,
+            b'[' => self.container(Kind::Arr, b']', start, depth)?,
             b'"' => self.string(Kind::Str)?,
             b't' => self.literal(b"true", Kind::True)?,
             b'f' => self.literal(b"false", Kind::False)?,
@@ -293,6 +232,46 @@ impl Reader<'_> {
                 self.push(Kind::Num, start)?;
             }
         }
+        Some(())
+    }
+
+    /// The object or array at `pos` (`close`: its closing bracket), its members or
+    /// elements after it.
+    fn container(&mut self, kind: Kind, close: u8, start: usize, depth: usize) -> Option<()> {
+        self.pos += 1;
+        let at = self.nodes.len();
+        self.push(kind, start)?;
+        let mut len = 0u32;
+        self.ws();
+        if self.bytes.get(self.pos) == Some(&close) {
+            self.pos += 1;
+        } else {
+            loop {
+                self.ws();
+                if kind == Kind::Obj {
+                    self.string(Kind::Key)?;
+                    self.ws();
+                    (self.bytes.get(self.pos)? == &b':').then_some(())?;
+                    self.pos += 1;
+                    self.ws();
+                }
+                self.value(depth + 1)?;
+                len += 1;
+                self.ws();
+                match *self.bytes.get(self.pos)? {
+                    b',' => self.pos += 1,
+                    c if c == close => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        let end = u32::try_from(self.nodes.len()).ok()?;
+        let span = u32::try_from(self.pos - start).ok()?;
+        let node = &mut self.nodes[at];
+        (node.len, node.end, node.span) = (len, end, span);
         Some(())
     }
 
