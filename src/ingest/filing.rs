@@ -407,11 +407,7 @@ impl Filing {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) -> bool {
-        if let Route::To {
-            stream,
-            strip: None,
-        } = route
-        {
+        if let Route::To { stream, .. } = route {
             if !stream.has_fast_path() {
                 return false;
             }
@@ -437,16 +433,24 @@ impl Filing {
         source: &Arc<str>,
         received_at: DateTime<Utc>,
     ) -> bool {
+        // A routing field is left out unless the schema declares it, as
+        // `strip_unless_declared` removes it on the general path.
         let (stream, skip) = match route {
-            Route::To {
-                stream,
-                strip: None,
-            } => (*stream, None),
+            Route::To { stream, strip } => (*stream, strip.filter(|f| !stream.declares(f))),
             Route::Field(by) => match by.fast(tape) {
                 Some(routed) => routed,
                 None => return false,
             },
-            _ => return false,
+            Route::Subject {
+                registry,
+                name,
+                field,
+                ..
+            } => match registry.get(name).filter(|s| s.has_fast_path()) {
+                Some(stream) => (stream, Some(*field).filter(|f| !stream.declares(f))),
+                None => return false,
+            },
+            Route::Webhook(_) => return false,
         };
         let Some(row) = stream.fast_row(tape, text, skip, source, index, received_at) else {
             return false;
@@ -865,6 +869,63 @@ mod tests {
         }
         let (_, value) = routed(&Route::to(click), event.clone()).unwrap();
         assert_eq!(value, event);
+    }
+
+    #[test]
+    fn the_fast_path_leaves_out_the_routing_field_as_the_general_path_does() {
+        let f = fixture();
+        let click = f.registry.get("click").unwrap();
+        let order = f.registry.get("order").unwrap();
+        assert!(click.has_fast_path() && order.has_fast_path());
+        let source: Arc<str> = "tcp 1.2.3.4:5".into();
+        let now = Utc::now();
+        let text = br#"{"kind":"click","id":7,"x":1}"#;
+        // What the general path makes of the event once the field is removed or kept.
+        let general = |stream: &Arc<Stream>, strip: bool| {
+            let mut value = parse_object(text).unwrap();
+            if strip {
+                value.as_object_mut().unwrap().remove("kind");
+            }
+            let raw = std::str::from_utf8(text).unwrap();
+            let row = stream
+                .to_row(value, raw.into(), false, source.clone(), 0, now)
+                .unwrap();
+            (row.cells, row.extra)
+        };
+        let filed = |route: &Route| {
+            let mut filing = Filing::new(1000, None);
+            filing.file(route, &source, now, [Event::text(0, text)]);
+            let mut rows = filing.into_one().rows;
+            assert_eq!(rows.len(), 1);
+            let row = rows.remove(0);
+            (row.cells, row.extra)
+        };
+        let subject = |name| Route::Subject {
+            registry: &f.registry,
+            subject: "events.x",
+            name,
+            field: "kind",
+        };
+        assert_eq!(filed(&subject("click")), general(click, true));
+        assert_eq!(filed(&subject("order")), general(order, false));
+        assert_eq!(
+            filed(&Route::again(click, "kind", "tcp 1.2.3.4:5")),
+            general(click, true)
+        );
+        assert_eq!(
+            filed(&Route::again(click, "kind", "http 1.2.3.4:5")),
+            general(click, false)
+        );
+        assert!(filed(&subject("click"))
+            .1
+            .is_some_and(|extra| !extra.contains("kind")));
+        // And the fast path itself takes the event, with the field left out.
+        let raw = std::str::from_utf8(text).unwrap();
+        let tape = Tape::read(raw).unwrap();
+        let fast = click
+            .fast_row(&tape, raw, Some("kind"), &source, 0, now)
+            .unwrap();
+        assert_eq!((fast.cells, fast.extra), general(click, true));
     }
 
     #[test]
