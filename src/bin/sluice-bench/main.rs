@@ -15,6 +15,18 @@
 //! committed events/s, MB/s, latency quantiles, the server's CPU seconds and peak RSS
 //! (from /proc), and the ratio to the limit.
 
+/// `event` (a generated order) with its items repeated to `n` of them; `item_count`
+/// follows.
+fn with_items(event: &str, n: usize) -> anyhow::Result<String> {
+    let mut order: serde_json::Value = serde_json::from_str(event)?;
+    let items = order["items"].as_array().cloned().unwrap_or_default();
+    let items: Vec<serde_json::Value> = items.iter().cycle().take(n).cloned().collect();
+    let count: u64 = items.iter().filter_map(|i| i["qty"].as_u64()).sum();
+    order["items"] = items.into();
+    order["item_count"] = count.into();
+    Ok(order.to_string())
+}
+
 mod db;
 mod jetstream;
 mod load;
@@ -46,6 +58,10 @@ struct Args {
     /// Seed of the event generator.
     #[arg(long, default_value_t = 20_240_501)]
     seed: u64,
+    /// Items per order (the generator's own 1 to 5 when absent): e.g. 30 for orders of
+    /// about 2.5 KB, to measure the cost per byte.
+    #[arg(long)]
+    items: Option<usize>,
     /// Events per HTTP request (NDJSON body).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -259,7 +275,14 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     );
 
     let generated = Instant::now();
-    let events = Arc::new(sluice::loadgen::generate(args.events, args.seed));
+    let mut events = sluice::loadgen::generate(args.events, args.seed);
+    if let Some(items) = args.items {
+        events = events
+            .iter()
+            .map(|e| with_items(e, items))
+            .collect::<anyhow::Result<_>>()?;
+    }
+    let events = Arc::new(events);
     let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
     eprintln!(
         "{} events, {:.0} bytes each on average, generated in {:.1} s; database {}",
