@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod pull;
 pub mod purge;
 pub mod replay;
+pub mod scan;
 pub mod schema;
 pub mod shutdown;
 pub mod sink;

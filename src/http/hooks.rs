@@ -210,7 +210,13 @@ fn file_body(
             Ok((vec![(&form_text[..], Ok(value))], Some((bytes, hint))))
         }
         Kind::Json => match body::split(body::Format::Json, bytes, max_events) {
-            Ok(pieces) => Ok((pieces.iter().map(|p| (p.raw, p.value())).collect(), None)),
+            Ok(pieces) => Ok((
+                pieces
+                    .into_iter()
+                    .map(|p| (p.raw, p.into_value()))
+                    .collect(),
+                None,
+            )),
             Err(BodyError::Malformed(error)) => Err(error),
             Err(e) => return Err(e.into()),
         },

@@ -43,10 +43,10 @@ pub struct Piece<'a> {
 }
 
 impl Piece<'_> {
-    /// The parsed object, or why this event is not one.
-    pub fn value(&self) -> Result<Value, String> {
-        match &self.value {
-            Some(value) => value.clone(),
+    /// The parsed object, or why this event is not one (parsed now if splitting did not).
+    pub fn into_value(self) -> Result<Value, String> {
+        match self.value {
+            Some(value) => value,
             None => parse_object(self.raw),
         }
     }
@@ -262,8 +262,9 @@ mod tests {
         let pieces = split(Format::Json, br#"[ {"a": 1}, 2, {"b" :"x"} ]"#, 10).unwrap();
         assert_eq!(pieces.len(), 3);
         assert_eq!(pieces[0].raw, br#"{"a": 1}"#);
-        assert!(pieces[1].value().unwrap_err().contains("number"));
         assert_eq!(pieces[2].raw, br#"{"b" :"x"}"#);
+        let values: Vec<_> = pieces.into_iter().map(Piece::into_value).collect();
+        assert!(values[1].as_ref().unwrap_err().contains("number"));
     }
 
     #[test]
@@ -271,8 +272,9 @@ mod tests {
         let pieces = split(Format::Ndjson, b"{\"a\":1}\r\n\n  \n{oops\n{\"c\":3}", 10).unwrap();
         assert_eq!(pieces.len(), 3);
         assert_eq!(pieces[0].raw, b"{\"a\":1}");
-        assert!(pieces[1].value().unwrap_err().contains("not valid JSON"));
-        assert!(pieces[2].value().is_ok());
+        let values: Vec<_> = pieces.into_iter().map(Piece::into_value).collect();
+        assert!(values[1].as_ref().unwrap_err().contains("not valid JSON"));
+        assert!(values[2].is_ok());
     }
 
     #[test]

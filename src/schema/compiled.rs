@@ -88,7 +88,6 @@ struct ObjectCheck {
     properties: Vec<(String, Check)>,
     /// Each property's [`probe`].
     probes: Vec<u64>,
-    required: Vec<String>,
     /// The required properties that are declared, one bit per property index.
     required_mask: u64,
     /// The required properties that are not declared (then they are extras).
@@ -192,12 +191,7 @@ impl Compiled {
                     cells[c] = Cell::Json(json_text(tape, at)?);
                 }
                 _ => {
-                    let valid = match check {
-                        Check::Any => true,
-                        Check::Never => false,
-                        Check::Node(node) => node.cond.is_none() && node.scalar_holds(tape, at),
-                    };
-                    if !valid {
+                    if !valid(check, tape, at) {
                         return None;
                     }
                     if let Some((c, column)) = column {
@@ -772,11 +766,11 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
     let mut object = ObjectCheck {
         properties: Vec::new(),
         probes: Vec::new(),
-        required: Vec::new(),
         required_mask: 0,
         required_other: Vec::new(),
         additional: Check::Any,
     };
+    let mut required: Vec<String> = Vec::new();
     let (mut has_object, mut array) = (false, None::<ArrayCheck>);
     let (mut if_, mut then, mut else_) = (None, Check::Any, Check::Any);
     let mut only_annotations = true;
@@ -811,7 +805,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
             }
             "required" => {
                 has_object = true;
-                object.required = value
+                required = value
                     .as_array()?
                     .iter()
                     .map(|v| v.as_str().map(str::to_owned))
@@ -850,10 +844,11 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
     if object.properties.len() > TRACKED {
         return None;
     }
-    for name in &object.required {
-        match object.find(name) {
+    // Where each required property is declared: a bit; where not: a name.
+    for name in required {
+        match object.find(&name) {
             Some(p) => object.required_mask |= 1 << p,
-            None => object.required_other.push(name.clone()),
+            None => object.required_other.push(name),
         }
     }
     node.object = has_object.then_some(object);

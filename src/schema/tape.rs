@@ -13,47 +13,6 @@ use std::borrow::Cow;
 /// applies serde_json's own limit.
 const MAX_DEPTH: usize = 64;
 
-/// The bytes that end a run of plain string text: a quote, a backslash, and the
-/// control characters JSON refuses unescaped.
-const SPECIAL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        table[b] = true;
-        b += 1;
-    }
-    table[b'"' as usize] = true;
-    table[b'\\' as usize] = true;
-    table
-};
-
-/// The end of the run of plain string text at `at`: the index of the first quote,
-/// backslash or control character, or the end. Eight bytes at a time (strings in
-/// events are too short for a vector search to pay for its setup).
-fn plain_run(bytes: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each byte below `n` (exact for the lowest such byte, which is
-    // the one taken).
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let found = below(w ^ (ONES * u64::from(b'"')), 1)
-            | below(w ^ (ONES * u64::from(b'\\')), 1)
-            | below(w, 0x20);
-        if found != 0 {
-            return at + (found.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    while bytes.get(at).is_some_and(|b| !SPECIAL[usize::from(*b)]) {
-        at += 1;
-    }
-    at
-}
-
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -204,10 +163,11 @@ impl Reader<'_> {
         }
     }
 
-    fn push(&mut self, kind: Kind, start: usize) -> Option<()> {
+    /// A node of `kind` whose text runs from `start` to `pos`.
+    fn push(&mut self, kind: Kind, escaped: bool, start: usize) -> Option<()> {
         self.nodes.push(Node {
             kind,
-            escaped: false,
+            escaped,
             span: 0,
             len: u32::try_from(start).ok()?,
             end: u32::try_from(self.pos).ok()?,
@@ -229,7 +189,7 @@ impl Reader<'_> {
             b'n' => self.literal(b"null", Kind::Null)?,
             _ => {
                 self.number()?;
-                self.push(Kind::Num, start)?;
+                self.push(Kind::Num, false, start)?;
             }
         }
         Some(())
@@ -240,7 +200,7 @@ impl Reader<'_> {
     fn container(&mut self, kind: Kind, close: u8, start: usize, depth: usize) -> Option<()> {
         self.pos += 1;
         let at = self.nodes.len();
-        self.push(kind, start)?;
+        self.push(kind, false, start)?;
         let mut len = 0u32;
         self.ws();
         if self.bytes.get(self.pos) == Some(&close) {
@@ -279,7 +239,7 @@ impl Reader<'_> {
         let start = self.pos;
         self.bytes[self.pos..].starts_with(word).then_some(())?;
         self.pos += word.len();
-        self.push(kind, start)
+        self.push(kind, false, start)
     }
 
     /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -323,7 +283,9 @@ impl Reader<'_> {
         let mut escaped = false;
         let mut at = body;
         loop {
-            at = plain_run(self.bytes, at);
+            // The next quote, backslash or control character (JSON refuses those
+            // unescaped).
+            at = crate::scan::first_of(self.bytes, at, [b'"', b'\\'], 0x20);
             match *self.bytes.get(at)? {
                 b'"' => break,
                 b'\\' => {
@@ -337,14 +299,7 @@ impl Reader<'_> {
         if escaped {
             unescape(self.text.get(body..at)?)?;
         }
-        self.nodes.push(Node {
-            kind,
-            escaped,
-            span: 0,
-            len: u32::try_from(start).ok()?,
-            end: u32::try_from(self.pos).ok()?,
-        });
-        Some(())
+        self.push(kind, escaped, start)
     }
 }
 
@@ -403,22 +358,6 @@ fn hex4(digits: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_runs_end_at_the_first_quote_backslash_or_control_character() {
-        let text = b"0123456789abcdef\"x";
-        assert_eq!(plain_run(text, 0), 16);
-        assert_eq!(plain_run(text, 3), 16);
-        for (i, special) in [b'"', b'\\', b'\n', 0u8, 0x1f].into_iter().enumerate() {
-            let mut bytes = "é plain text, long enough for words "
-                .repeat(3)
-                .into_bytes();
-            let at = 5 + 7 * i;
-            bytes[at] = special;
-            assert_eq!(plain_run(&bytes, 0), at, "{special}");
-        }
-        assert_eq!(plain_run("\u{7f}\u{80}é~ ".as_bytes(), 0), 7);
-    }
 
     #[test]
     fn reads_plain_objects_and_refuses_what_it_does_not_take() {

@@ -916,26 +916,8 @@ pub fn copy_text_cell(out: &mut String, cell: &Cell) {
 
 /// The index of the first backslash, tab, newline or carriage return in `bytes`.
 fn first_copy_special(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let special = |b: &u8| matches!(b, b'\\' | b'\t' | b'\n' | b'\r');
-    let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        let found = zero(w ^ (ONES * u64::from(b'\\')))
-            | zero(w ^ (ONES * u64::from(b'\t')))
-            | zero(w ^ (ONES * u64::from(b'\n')))
-            | zero(w ^ (ONES * u64::from(b'\r')));
-        if found != 0 {
-            // The lowest flagged byte is a real match; any above it may not be.
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    bytes[at..].iter().position(special).map(|i| at + i)
+    let at = crate::scan::first_of(bytes, 0, [b'\\', b'\t', b'\n', b'\r'], 0);
+    (at < bytes.len()).then_some(at)
 }
 
 /// Escapes text for the `COPY` text format: backslash, tab, newline and carriage return.

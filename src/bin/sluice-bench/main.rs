@@ -15,6 +15,11 @@
 //! committed events/s, MB/s, latency quantiles, the server's CPU seconds and peak RSS
 //! (from /proc), and the ratio to the limit.
 
+/// `rate` as a ratio to each limit measured (connections, rows/s), in their order.
+fn ratios(limits: &[(usize, f64)], rate: f64) -> Vec<f64> {
+    limits.iter().map(|(_, limit)| rate / limit).collect()
+}
+
 /// `event` (a generated order) with its items repeated to `n` of them; `item_count`
 /// follows.
 fn with_items(event: &str, n: usize) -> anyhow::Result<String> {
@@ -334,10 +339,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     target = None;
                     db.empty(&args.table).await?;
                     let mut o = jetstream::drain(args, url, &mut db, &events, instances).await?;
-                    o.ratio_to_limits = limits
-                        .iter()
-                        .map(|(_, l)| o.events_per_second / l)
-                        .collect();
+                    o.ratio_to_limits = ratios(&limits, o.events_per_second);
                     outcomes.push(o);
                     report(outcomes.last(), args.json);
                     continue;
@@ -378,10 +380,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                 }
                 if mode == "pull" {
                     let mut o = pull_mode(args, url, &mut db, stream, &events).await?;
-                    o.ratio_to_limits = limits
-                        .iter()
-                        .map(|(_, l)| o.events_per_second / l)
-                        .collect();
+                    o.ratio_to_limits = ratios(&limits, o.events_per_second);
                     outcomes.push(o);
                     report(outcomes.last(), args.json);
                     continue;
@@ -495,7 +494,7 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     ratio_to_limits: if mode == "rate" {
                         Vec::new()
                     } else {
-                        limits.iter().map(|(_, l)| rate / l).collect()
+                        ratios(&limits, rate)
                     },
                     note,
                 });
