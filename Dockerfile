@@ -24,6 +24,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
 COPY schemas ./schemas
+COPY transforms ./transforms
 ENV SLUICE_HTTP_LISTEN=0.0.0.0:8080 \
     SLUICE_TCP_LISTEN=0.0.0.0:9000 \
     SLUICE_DATABASE_URL=sqlite:///data/sluice.db

@@ -81,6 +81,9 @@ impl App {
                 registry.names()
             );
         }
+        config
+            .flow_graph(&registry.names())
+            .map_err(anyhow::Error::msg)?;
         let webhooks = Arc::new(Webhooks::load(&config.webhooks, &registry)?);
         config.warn_unprotected_listeners();
         let access = Arc::new(Access::load(

@@ -68,6 +68,26 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     for line in crate::webhook::Webhooks::describe(&config.webhooks, &registry)? {
         println!("-- {line}");
     }
+    let graph = config
+        .flow_graph(&registry.names())
+        .map_err(anyhow::Error::msg)?;
+    for name in graph.order() {
+        if let Some(t) = graph.transform(&name) {
+            let kind = match graph.script(&name, dialect) {
+                Ok(script) if script.is_incremental() => "incremental",
+                _ => "full refresh",
+            };
+            let every = t
+                .every
+                .map(|d| format!(", every {}s", d.as_secs()))
+                .unwrap_or_default();
+            println!(
+                "-- transform `{name}` ({}, {kind}{every}) after {:?}",
+                t.sql_file.display(),
+                t.after
+            );
+        }
+    }
     compare_tables(&config, &registry)
 }
 

@@ -96,6 +96,8 @@ fn section(path: &str) -> Option<Section> {
         "streams" => Named(fields_of::<StreamConfig>()),
         "webhooks" => Named(fields_of::<WebhookConfig>()),
         "sources" => Named(fields_of::<crate::pull::SourceConfig>()),
+        "transforms" => Named(fields_of::<crate::flows::TransformConfig>()),
+        "flows" => Struct(fields_of::<crate::flows::FlowsConfig>()),
         _ => return None,
     })
 }
@@ -209,6 +211,12 @@ pub struct Config {
     /// Pulled sources: tables of other databases read incrementally into a stream.
     #[serde(default)]
     pub sources: BTreeMap<String, crate::pull::SourceConfig>,
+    /// SQL transforms run inside the target database, keyed by name.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, crate::flows::TransformConfig>,
+    /// How flows run their tasks.
+    #[serde(default)]
+    pub flows: crate::flows::FlowsConfig,
 }
 
 /// The values of every `*_env` key in `table`, at any depth: names of environment
@@ -478,6 +486,12 @@ impl Config {
         for (name, source) in &self.sources {
             source.check(name)?;
         }
+        if !(1..=64).contains(&self.flows.max_parallel) {
+            return Err(format!(
+                "[flows] max_parallel = {}: give 1 to 64",
+                self.flows.max_parallel
+            ));
+        }
         for (name, hook) in &self.webhooks {
             hook.validate()
                 .map_err(|e| format!("[webhooks.{name}]: {e}"))?;
@@ -552,8 +566,19 @@ impl Config {
             streams: self.streams_config().to_source(),
             replay: self.replay_settings(),
             sources: self.sources.clone(),
+            transforms: self.transforms.clone(),
+            flows: self.flows.clone(),
             max_payload_bytes: self.dead_letters.max_payload_bytes,
         }
+    }
+
+    /// The transforms' graph over `streams`, checked (inputs, cycles, SQL files).
+    pub fn flow_graph(&self, streams: &[String]) -> Result<crate::flows::Graph, String> {
+        let graph = crate::flows::Graph::new(&self.transforms, &self.sources, streams)?;
+        let dialect = crate::sink::Dialect::from_url(&self.database.url)
+            .map_err(|m| format!("[database].url: {m}"))?;
+        graph.check_files(dialect)?;
+        Ok(graph)
     }
 
     /// The effective settings of `stream`: `[defaults]` overlaid by `[streams.NAME]`.

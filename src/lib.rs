@@ -14,6 +14,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod event;
+pub mod flows;
 pub mod http;
 pub mod ingest;
 pub mod internal_events;

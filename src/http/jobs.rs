@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::jobs::{JobError, JobView, PullRequest, ReplayRequest};
+use crate::jobs::{FlowRequest, JobError, JobView, PullRequest, ReplayRequest};
 
 /// `202` answer to starting a job.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -120,6 +120,35 @@ pub async fn start_pull(
         dead_lettered: 0,
     })?;
     let id = state.jobs.start_pull(request).await.map_err(job_error)?;
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { id })).into_response())
+}
+
+/// `POST /v1/jobs/flow`: runs transforms, and everything they depend on, as one job
+/// with a task per node (in `result.tasks`).
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/flow",
+    tag = "jobs",
+    security((), ("admin_token" = [])),
+    request_body(content = FlowRequest, description = "The transforms to run: `{\"targets\": [\"daily_revenue\"]}`."),
+    responses(
+        (status = 202, description = "The job is started; follow it and its tasks at `/v1/jobs/{id}`.", body = JobStarted),
+        (status = 400, description = "An unknown target, a cycle, an unreadable SQL file, or an unknown field.", body = ErrorBody),
+        JobFailures,
+    )
+)]
+pub async fn start_flow(
+    State(state): State<AppState>,
+    body: Result<Json<FlowRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::BadRequest {
+        error: format!(
+            "invalid request: {}; send {{\"targets\": [\"TRANSFORM\", …]}}",
+            e.body_text()
+        ),
+        dead_lettered: 0,
+    })?;
+    let id = state.jobs.start_flow(request).await.map_err(job_error)?;
     Ok((StatusCode::ACCEPTED, Json(JobStarted { id })).into_response())
 }
 

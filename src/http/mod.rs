@@ -138,6 +138,7 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/replay", post(jobs::start_replay))
         .route("/v1/jobs/pull", post(jobs::start_pull))
+        .route("/v1/jobs/flow", post(jobs::start_flow))
         .route("/v1/sources", get(sources::list_sources))
         .route("/v1/sources/{name}/run", post(sources::run_source))
         .route("/v1/sources/{name}/pause", post(sources::pause_source))

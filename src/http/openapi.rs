@@ -32,6 +32,7 @@ use super::{admin, events, hooks, jobs, sources};
         admin::list_dead_letters,
         jobs::start_replay,
         jobs::start_pull,
+        jobs::start_flow,
         sources::list_sources,
         sources::run_source,
         sources::pause_source,
@@ -45,7 +46,7 @@ use super::{admin, events, hooks, jobs, sources};
     tags(
         (name = "events", description = "Sending events."),
         (name = "webhooks", description = "Vendors' webhooks, verified by the scheme of their `[webhooks.NAME]` section before anything is stored."),
-        (name = "jobs", description = "Background jobs: replaying dead letters, with progress; behind the admin token."),
+        (name = "jobs", description = "Background jobs: replaying dead letters, pulling sources, running flows of transforms, with progress; behind the admin token."),
         (name = "operations", description = "Health, metrics, stream status and dead letters."),
     ),
     modifiers(&WebhookSecurity),

@@ -9,8 +9,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use super::dialect::{Dialect, DEAD_LETTERS, DEAD_LETTER_COLUMNS};
 use super::ledger::{self, Load};
 use super::{
-    chunks_by, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader, JobRecord,
-    ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
+    chunks_by, classify, sink_error, BatchWriter, DeadLetterPage, DeadLetterQuery, JobHeader,
+    JobRecord, ListedDeadLetter, PurgeFilter, RowBatch, SinkError, StoredDeadLetter, Written,
 };
 use crate::event::{Cell, DeadLetter};
 use crate::schema::Stream;
@@ -616,6 +616,92 @@ pub async fn delete_replayed<DB>(
         missing => Err(SinkError::replay_conflict(missing as usize)),
     }
 }
+}
+
+sqlx_generic! {
+/// Runs `statements`, then `move_pointer` (which must change one row), in one
+/// transaction, in UTC (so that dates cut from timestamps agree across databases). A
+/// statement's error names it.
+///
+/// MySQL/MariaDB commit implicitly at a DDL statement (`CREATE TABLE`) and then go on
+/// in autocommit; so there the statements run on a connection of their own with
+/// `autocommit = 0` (what follows a DDL statement is a new transaction, still
+/// committed only with the pointer), closed afterwards so the setting never reaches
+/// the pool.
+pub async fn run_script<DB>(
+    pool: &Pool<DB>,
+    dialect: Dialect,
+    statements: &[String],
+    move_pointer: &str,
+    name: &str,
+) -> Result<u64, SinkError> {
+    let err = sink_error(dialect);
+    if dialect == Dialect::Mysql {
+        let mut conn = pool.acquire().await.map_err(&err)?.detach();
+        conn.execute("SET autocommit = 0, time_zone = '+00:00'")
+            .await
+            .map_err(&err)?;
+        let rows = script_statements::<DB>(&mut conn, dialect, statements, move_pointer, name).await;
+        let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        conn.execute(end).await.map_err(&err)?;
+        return rows;
+    }
+    let mut tx = pool.begin().await.map_err(&err)?;
+    if dialect == Dialect::Postgres {
+        (&mut *tx)
+            .execute("SET LOCAL TIME ZONE 'UTC'")
+            .await
+            .map_err(&err)?;
+    }
+    let rows = script_statements::<DB>(&mut tx, dialect, statements, move_pointer, name).await?;
+    tx.commit().await.map_err(&err)?;
+    Ok(rows)
+}
+}
+
+/// [`run_script`]'s statements and pointer on `conn`, inside its transaction.
+async fn script_statements<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    statements: &[String],
+    move_pointer: &str,
+    name: &str,
+) -> Result<u64, SinkError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut rows = 0;
+    for (n, sql) in statements.iter().enumerate() {
+        match (&mut *conn).execute(sql.as_str()).await {
+            Ok(done) => rows += done.rows(),
+            Err(e) => {
+                let head: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                let head = match head.char_indices().nth(60) {
+                    Some((at, _)) => format!("{}…", &head[..at]),
+                    None => head,
+                };
+                return Err(SinkError {
+                    class: classify(dialect, &e),
+                    source: format!(
+                        "statement {} of {} (`{head}`): {e}",
+                        n + 1,
+                        statements.len()
+                    )
+                    .into(),
+                });
+            }
+        }
+    }
+    let moved = (&mut *conn)
+        .execute(move_pointer)
+        .await
+        .map_err(sink_error(dialect))?;
+    if moved.rows() != 1 {
+        return Err(SinkError::pointer_moved(name));
+    }
+    Ok(rows)
 }
 
 sqlx_generic! {

@@ -191,6 +191,21 @@ impl Store {
         }
     }
 
+    /// Runs a transform's `statements` in one transaction and moves its pointer (to
+    /// load `load_id`) in the same one; nothing commits when a statement fails or
+    /// another run moved the pointer. Answers the rows the statements changed.
+    pub async fn run_transform(
+        &self,
+        statements: &[String],
+        pointer: &ledger::Pointer,
+        load_id: i64,
+    ) -> Result<u64, SinkError> {
+        let moved = self
+            .dialect
+            .move_pointer(pointer, Some(load_id), &chrono::Utc::now());
+        with_pool!(&self.pools, p => super::generic::run_script(p, self.dialect, statements, &moved, &pointer.source).await)
+    }
+
     /// Sets a source's pointer, whatever it was (a reset; `None`: from the start).
     pub async fn reset_pointer(&self, source: &str, value: Option<&str>) -> Result<(), SinkError> {
         let sql = self

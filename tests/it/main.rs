@@ -16,6 +16,7 @@ mod durability;
 mod errors;
 mod evolution;
 mod flood;
+mod flows;
 mod ingest;
 mod instances;
 mod jetstream;

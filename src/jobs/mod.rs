@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+mod flow;
+
+pub use flow::{FlowRequest, TaskView};
+
 use crate::replay::{replay_with, Progress, ReplayOptions, StreamReport};
 use crate::sink::{JobHeader, JobRecord, SinkError, Storage};
 use crate::toml_values::duration;
@@ -63,6 +67,9 @@ pub struct JobsSettings {
     pub replay: crate::replay::ReplaySettings,
     /// `[sources.NAME]`.
     pub sources: std::collections::BTreeMap<String, crate::pull::SourceConfig>,
+    /// `[transforms.NAME]` and `[flows]`.
+    pub transforms: std::collections::BTreeMap<String, crate::flows::TransformConfig>,
+    pub flows: crate::flows::FlowsConfig,
     /// `[dead_letters] max_payload_bytes`, for a pull's dead letters.
     pub max_payload_bytes: usize,
 }
@@ -184,6 +191,8 @@ enum Scope {
     Replay(Option<String>),
     /// A pull of one source.
     Pull(String),
+    /// A flow: several run at once (its transforms take turns by their own locks).
+    Flow,
 }
 
 impl Scope {
@@ -246,6 +255,8 @@ pub struct Jobs {
     storage: Storage,
     settings: JobsSettings,
     running: Mutex<HashMap<String, Arc<Running>>>,
+    /// One lock per transform, so that two runs of it never overlap here.
+    transform_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The server's tracker: a job's task is one of the server's, waited for when it
     /// stops.
     tasks: tokio_util::task::TaskTracker,
@@ -333,6 +344,7 @@ impl Jobs {
             storage,
             settings,
             running: Mutex::new(HashMap::new()),
+            transform_locks: Mutex::new(HashMap::new()),
             tasks,
         })
     }

@@ -1,0 +1,521 @@
+//! Flows of SQL transforms (`[transforms.NAME]`, `POST /v1/jobs/flow`): the shipped
+//! `daily_revenue` over 10,000 bookshop events equals the same aggregate computed here
+//! from the events sent, run after run, processing each load once; a failing task stops
+//! what depends on it and commits nothing, and once fixed processes its range once; a
+//! cycle is refused by `sluice check`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::db_tests;
+use crate::helpers::{
+    shipped_schemas, sluice_command, spawn_app, spawn_binary, Db, TestApp, TestDb,
+};
+
+fn shipped(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file)
+}
+
+fn transform(sql_file: &Path, after: &[&str]) -> sluice::flows::TransformConfig {
+    sluice::flows::TransformConfig {
+        sql_file: sql_file.to_owned(),
+        after: after.iter().map(|s| s.to_string()).collect(),
+        every: None,
+    }
+}
+
+/// Starts a flow of `targets` and waits for its job to end; answers the job.
+async fn run_flow(app: &TestApp, targets: &[&str]) -> Value {
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/flow"))
+        .json(&json!({ "targets": targets }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
+        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flow never ended: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn task<'a>(job: &'a Value, name: &str) -> &'a Value {
+    job["result"]["tasks"]
+        .as_array()
+        .and_then(|tasks| tasks.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no task {name} in {job}"))
+}
+
+/// The bookshop's events, and what `daily_revenue` must hold, computed from them.
+#[derive(Default)]
+struct Shop {
+    /// order_id → country.
+    orders: BTreeMap<String, String>,
+    /// (order_id, day, currency, cents, captured) of each payment sent.
+    payments: Vec<(String, String, String, i64, bool)>,
+}
+
+impl Shop {
+    /// `n` orders from the load generator, their ids prefixed with `prefix`.
+    fn orders(&mut self, n: usize, seed: u64, prefix: &str) -> Vec<Value> {
+        sluice::loadgen::generate(n, seed)
+            .into_iter()
+            .map(|text| {
+                let mut order: Value = serde_json::from_str(&text).unwrap();
+                let id = order["order_id"].as_str().unwrap().replace("BK-", prefix);
+                order["order_id"] = json!(id);
+                self.orders
+                    .insert(id, order["country"].as_str().unwrap().to_owned());
+                order
+            })
+            .collect()
+    }
+
+    /// A payment of `order` (its amount and currency), one in nine declined, on one of
+    /// 20 days.
+    fn payment(&mut self, i: usize, order_id: &str, currency: &str, amount: f64) -> Value {
+        let day = format!("2026-11-{:02}", 1 + (i * 7) % 20);
+        let captured = !i.is_multiple_of(9);
+        self.payments.push((
+            order_id.to_owned(),
+            day.clone(),
+            currency.to_owned(),
+            (amount * 100.0).round() as i64,
+            captured,
+        ));
+        json!({
+            "event_id": format!("00000000-0000-4000-8000-{i:012x}"),
+            "occurred_at": format!("{day}T{:02}:{:02}:07Z", i % 24, i % 60),
+            "payment_id": format!("00000000-0000-4000-9000-{i:012x}"),
+            "order_id": order_id,
+            "status": if captured { "captured" } else { "declined" },
+            "amount": amount,
+            "currency": currency,
+            "method": "card"
+        })
+    }
+
+    /// (day, country, currency) → (payments, cents): captured payments whose order was
+    /// sent.
+    fn expected(&self) -> BTreeMap<(String, String, String), (i64, i64)> {
+        let mut out = BTreeMap::new();
+        for (order, day, currency, cents, captured) in &self.payments {
+            let Some(country) = self.orders.get(order) else {
+                continue;
+            };
+            if !captured {
+                continue;
+            }
+            let e = out
+                .entry((day.clone(), country.clone(), currency.clone()))
+                .or_insert((0, 0));
+            e.0 += 1;
+            e.1 += cents;
+        }
+        out
+    }
+}
+
+/// What `daily_revenue` holds, in the form of [`Shop::expected`].
+async fn daily_revenue(db: &TestDb) -> BTreeMap<(String, String, String), (i64, i64)> {
+    let sql = format!(
+        "SELECT {}, country, currency, {}, {} FROM daily_revenue",
+        db.text("day"),
+        db.text("payments"),
+        db.text("revenue")
+    );
+    db.query(&sql)
+        .await
+        .into_iter()
+        .map(|r| {
+            let text = |i: usize| r[i].clone().unwrap();
+            let revenue: f64 = text(4).parse().unwrap();
+            (
+                (text(0)[..10].to_owned(), text(1), text(2)),
+                (text(3).parse().unwrap(), (revenue * 100.0).round() as i64),
+            )
+        })
+        .collect()
+}
+
+/// Sends `events` to `stream` in bodies of 500, each answered once committed.
+async fn send(app: &TestApp, stream: &str, events: &[Value]) {
+    for chunk in events.chunks(500) {
+        let body: String = chunk.iter().map(|e| format!("{e}\n")).collect();
+        let r = app.post(stream, "", "application/x-ndjson", body).await;
+        let status = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["dead_lettered"], 0, "{answer}");
+    }
+}
+
+async fn max_load(db: &TestDb) -> i64 {
+    let sql = format!("SELECT {} FROM sluice_loads", db.text("MAX(load_id)"));
+    db.query(&sql).await[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+async fn daily_revenue_equals_the_aggregate_of_the_events_run_after_run(db: Db) {
+    let sql = shipped("transforms/daily_revenue.sql");
+    let Some(app) = spawn_app(db, shipped_schemas(), |c| {
+        c.transforms.insert(
+            "daily_revenue".into(),
+            transform(&sql, &["order_placed", "payment_processed"]),
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut shop = Shop::default();
+    // 5,000 orders and 5,000 payments: 4,500 for those orders, 500 for orders that
+    // arrive only later (their payment comes first).
+    let orders = shop.orders(5000, 7, "BK-");
+    let mut payments = Vec::new();
+    for (i, o) in orders.iter().take(4500).enumerate() {
+        let p = shop.payment(
+            i,
+            o["order_id"].as_str().unwrap(),
+            o["currency"].as_str().unwrap(),
+            o["total_amount"].as_f64().unwrap(),
+        );
+        payments.push(p);
+    }
+    let later = Shop::default().orders(500, 8, "BK2-");
+    for (i, o) in later.iter().enumerate() {
+        let p = shop.payment(
+            4500 + i,
+            o["order_id"].as_str().unwrap(),
+            o["currency"].as_str().unwrap(),
+            o["total_amount"].as_f64().unwrap(),
+        );
+        payments.push(p);
+    }
+    send(&app, "order_placed", &orders).await;
+    send(&app, "payment_processed", &payments).await;
+    let loaded = max_load(&app.db).await;
+
+    let job = run_flow(&app, &["daily_revenue"]).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let first = task(&job, "daily_revenue");
+    assert_eq!(first["state"], "completed", "{job}");
+    assert_eq!(first["range"][0], 1, "{job}");
+    let to = first["range"][1].as_i64().unwrap();
+    assert!(
+        to >= loaded,
+        "processed up to load {to}, {loaded} were committed: {job}"
+    );
+    let expected = shop.expected();
+    assert!(expected.len() > 20, "{} groups", expected.len());
+    assert_eq!(daily_revenue(&app.db).await, expected);
+
+    // 1,000 more: the 500 orders whose payments came first, and the last 500 orders'
+    // payments (on days already computed).
+    let later = shop.orders(500, 8, "BK2-");
+    let mut payments = Vec::new();
+    for (i, o) in orders.iter().enumerate().skip(4500) {
+        let p = shop.payment(
+            5000 + i,
+            o["order_id"].as_str().unwrap(),
+            o["currency"].as_str().unwrap(),
+            o["total_amount"].as_f64().unwrap(),
+        );
+        payments.push(p);
+    }
+    send(&app, "order_placed", &later).await;
+    send(&app, "payment_processed", &payments).await;
+    let job = run_flow(&app, &["daily_revenue"]).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let second = task(&job, "daily_revenue");
+    assert_eq!(second["range"][0], to + 1, "only the new loads: {job}");
+    let to2 = second["range"][1].as_i64().unwrap();
+    assert_eq!(daily_revenue(&app.db).await, shop.expected());
+    // The ledger: the new rows' loads are exactly the ones after the first run's.
+    for table in ["order_placed", "payment_processed"] {
+        let sql = format!(
+            "SELECT {}, {} FROM {table} WHERE _load_id > {to}",
+            app.db.text("MIN(_load_id)"),
+            app.db.text("COUNT(*)")
+        );
+        let r = &app.db.query(&sql).await[0];
+        assert_eq!(r[1].as_deref(), Some("500"), "{table}");
+        let min: i64 = r[0].as_deref().unwrap().parse().unwrap();
+        assert!(
+            min > to && min <= to2,
+            "{table}: load {min} outside {to}..={to2}"
+        );
+    }
+    let pointer = app
+        .db
+        .query("SELECT pointer FROM sluice_pointers WHERE source = 'daily_revenue'")
+        .await;
+    assert_eq!(
+        pointer[0][0].as_deref(),
+        Some(&*json!({"load_id": to2}).to_string())
+    );
+
+    // Nothing new: nothing run, nothing changed.
+    let job = run_flow(&app, &["daily_revenue"]).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let third = task(&job, "daily_revenue");
+    assert_eq!(third["range"], Value::Null, "{job}");
+    assert!(third["logs"].to_string().contains("nothing to do"), "{job}");
+    assert_eq!(daily_revenue(&app.db).await, shop.expected());
+}
+
+db_tests!(daily_revenue_equals_the_aggregate_of_the_events_run_after_run);
+
+async fn a_failing_task_stops_its_dependents_and_once_fixed_processes_its_range_once(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.sql");
+    let good = "CREATE TABLE IF NOT EXISTS order_copy (order_id varchar(64) NOT NULL);\n\
+                INSERT INTO order_copy SELECT order_id FROM order_placed WHERE _load_id BETWEEN :from_load AND :to_load;\n";
+    // The copy is made, then a statement fails: nothing of the run may stay.
+    std::fs::write(&copy, format!("{good}SELEC broken;\n")).unwrap();
+    let count = dir.path().join("count.sql");
+    std::fs::write(
+        &count,
+        "CREATE TABLE IF NOT EXISTS copy_count (n bigint NOT NULL);\nDELETE FROM copy_count;\nINSERT INTO copy_count SELECT COUNT(*) FROM order_copy;\n",
+    )
+    .unwrap();
+    let customers = shipped("transforms/customer_latest.sql");
+    let Some(app) = spawn_app(db, shipped_schemas(), |c| {
+        c.transforms
+            .insert("order_copy".into(), transform(&copy, &["order_placed"]));
+        c.transforms
+            .insert("copy_count".into(), transform(&count, &["order_copy"]));
+        c.transforms.insert(
+            "customer_latest".into(),
+            transform(&customers, &["order_placed"]),
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut shop = Shop::default();
+    let orders = shop.orders(300, 3, "BK-");
+    send(&app, "order_placed", &orders).await;
+
+    let job = run_flow(&app, &["copy_count", "customer_latest"]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let errors = job["errors"].to_string();
+    assert!(
+        errors.contains("task order_copy failed: statement 3 of 3 (`SELEC broken`)"),
+        "{errors}"
+    );
+    assert_eq!(task(&job, "order_copy")["state"], "failed");
+    let dependent = task(&job, "copy_count");
+    assert_eq!(dependent["state"], "cancelled", "{job}");
+    assert!(
+        dependent["logs"]
+            .to_string()
+            .contains("it depends on order_copy"),
+        "{job}"
+    );
+    // The independent branch ran.
+    assert_eq!(task(&job, "customer_latest")["state"], "completed", "{job}");
+    let customers = app.db.distinct("order_placed", "customer_id").await;
+    assert_eq!(app.db.count("customer_latest").await, customers);
+    // Nothing of the failed run was committed: not even its table, but on MariaDB,
+    // which commits a CREATE TABLE by itself (empty).
+    if db == Db::Mysql {
+        assert_eq!(app.db.count("order_copy").await, 0);
+    } else {
+        let tables = match db {
+            Db::Sqlite => "SELECT 1 FROM sqlite_master WHERE name = 'order_copy'",
+            _ => "SELECT 1 FROM information_schema.tables WHERE table_name = 'order_copy'",
+        };
+        let tables = app.db.query(tables).await;
+        assert!(tables.is_empty(), "the failed run left its table");
+    }
+    assert!(app
+        .db
+        .query("SELECT pointer FROM sluice_pointers WHERE source = 'order_copy'")
+        .await
+        .is_empty());
+
+    std::fs::write(&copy, good).unwrap();
+    let job = run_flow(&app, &["copy_count"]).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(app.db.count("order_copy").await, 300);
+    send(&app, "order_placed", &shop.orders(50, 4, "BK2-")).await;
+    let job = run_flow(&app, &["copy_count"]).await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        app.db.count("order_copy").await,
+        350,
+        "each load copied once"
+    );
+    assert_eq!(app.db.distinct("order_copy", "order_id").await, 350);
+    let n = app.db.values("copy_count", "n").await;
+    assert_eq!(n, vec![Some("350".to_owned())]);
+}
+
+db_tests!(a_failing_task_stops_its_dependents_and_once_fixed_processes_its_range_once);
+
+/// `sluice check` refuses a cycle and names it; an unknown target of a flow is a 400.
+#[test]
+fn check_names_a_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("t.sql");
+    std::fs::write(&sql, "SELECT 1").unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "schemas_dir = {schemas:?}\n[database]\nurl = \"sqlite://{db}\"\n\
+             [transforms.a]\nsql_file = {sql:?}\nafter = [\"c\"]\n\
+             [transforms.b]\nsql_file = {sql:?}\nafter = [\"a\"]\n\
+             [transforms.c]\nsql_file = {sql:?}\nafter = [\"b\", \"order_placed\"]\n",
+            schemas = shipped_schemas(),
+            db = dir.path().join("x.db").display(),
+        ),
+    )
+    .unwrap();
+    let out = sluice_command()
+        .args(["--config", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[transforms] form a cycle: a → c → b → a"),
+        "{stderr}"
+    );
+
+    // Without the cycle, check prints the transforms in the order they run.
+    std::fs::write(
+        &config,
+        format!(
+            "schemas_dir = {schemas:?}\n[database]\nurl = \"sqlite://{db}\"\n\
+             [transforms.a]\nsql_file = {sql:?}\nafter = [\"b\"]\n\
+             [transforms.b]\nsql_file = {sql:?}\nafter = [\"order_placed\"]\n",
+            schemas = shipped_schemas(),
+            db = dir.path().join("x.db").display(),
+        ),
+    )
+    .unwrap();
+    let out = sluice_command()
+        .args(["--config", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = stdout.find("-- transform `b`").expect("b is printed");
+    let a = stdout.find("-- transform `a`").expect("a is printed");
+    assert!(b < a, "{stdout}");
+}
+
+/// The README's flow example, run as written on SQLite with `examples/flows.toml`: the
+/// events in, the flow started and followed, the clean table as the README shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_flow_example_works_as_written() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .map(|b| b.split("```").next().unwrap_or_default())
+        .find(|b| b.contains("examples/flows.toml"))
+        .expect("the README's flow example");
+    let db = TestDb::create(Db::Sqlite).await.unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            (
+                "SLUICE_CONFIG",
+                root.join("examples/flows.toml").display().to_string(),
+            ),
+            (
+                "SLUICE_SCHEMAS_DIR",
+                shipped_schemas().display().to_string(),
+            ),
+        ],
+    );
+    let mut job = String::new();
+    let mut expected = None;
+    for line in block.lines() {
+        let line = line.split("  #").next().unwrap_or_default().trim();
+        if let Some(rows) = line.strip_prefix("# ").filter(|_| line.contains('|')) {
+            expected = Some(rows.to_owned());
+        }
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let command = line
+            .replace("127.0.0.1:8080", &sluice.http)
+            .replace("job-20261206093000-5e6f7a8b", &job);
+        let run = |command: String| {
+            std::process::Command::new("bash")
+                .args(["-c", &format!("{command} -s -w '\\n%{{http_code}}'")])
+                .current_dir(&root)
+                .output()
+                .unwrap()
+        };
+        let mut answer;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = run(command.clone());
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+            assert!(
+                (200..300).contains(&code.trim().parse::<u16>().unwrap_or(0)),
+                "{command} => {code} {body}"
+            );
+            answer = serde_json::from_str::<Value>(body).unwrap();
+            // The job is followed until it ends.
+            let running = matches!(answer["state"].as_str(), Some("ready" | "running"));
+            if !running || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if command.contains("/v1/jobs/flow") {
+            job = answer["id"].as_str().unwrap().to_owned();
+        }
+        if command.contains(&format!("/v1/jobs/{job}")) && !job.is_empty() {
+            assert_eq!(answer["state"], "completed", "{answer}");
+        }
+    }
+    assert!(!job.is_empty(), "the example starts a flow");
+    let rows = db
+        .query("SELECT day, country, currency, CAST(payments AS TEXT), CAST(revenue AS TEXT) FROM daily_revenue")
+        .await;
+    let rows: Vec<String> = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(Option::unwrap_or_default)
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    assert_eq!(rows, vec![expected.expect("the README shows the rows")]);
+    assert_eq!(db.count("customer_latest").await, 1);
+    let _ = sluice.terminate().await;
+}
