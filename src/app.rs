@@ -46,6 +46,8 @@ pub struct App {
     jobs: Arc<crate::jobs::Jobs>,
     /// The pulled sources and their schedules.
     sources: Arc<crate::sources::Sources>,
+    /// The transforms and their schedules.
+    transforms: Arc<crate::transforms::Transforms>,
     /// The HTTPS certificate, when `[http.tls]` is set.
     tls: Option<Arc<Tls>>,
     /// The TCP listener's TLS, when `[tcp.tls]` is set.
@@ -81,7 +83,7 @@ impl App {
                 registry.names()
             );
         }
-        config
+        let graph = config
             .flow_graph(&registry.names())
             .map_err(anyhow::Error::msg)?;
         let webhooks = Arc::new(Webhooks::load(&config.webhooks, &registry)?);
@@ -168,6 +170,7 @@ impl App {
         let tasks = TaskTracker::new();
         let jobs = crate::jobs::Jobs::new(storage.clone(), config.jobs_settings(), tasks.clone());
         let sources = crate::sources::Sources::new(jobs.clone(), config.sources.clone());
+        let transforms = crate::transforms::Transforms::new(jobs.clone(), graph);
         Ok(App {
             config,
             http,
@@ -181,6 +184,7 @@ impl App {
             access,
             jobs,
             sources,
+            transforms,
             tls,
             tcp_tls,
             storage,
@@ -314,8 +318,11 @@ impl App {
         // Jobs whose instance is gone (this one before a restart, or another one) are
         // marked failed, in the background and then every few seconds: it is a write,
         // and the database may be busy (or locked) at start-up.
-        if self.config.sources.values().any(|s| s.every.is_some()) {
+        if self.sources.scheduled() {
             connections.spawn(self.sources.clone().schedule(accepting.clone()));
+        }
+        if self.transforms.scheduled() {
+            connections.spawn(self.transforms.clone().schedule(accepting.clone()));
         }
         let (jobs, stop) = (self.jobs.clone(), accepting.clone());
         connections.spawn(async move { jobs.watch_interrupted(stop).await });
@@ -400,6 +407,7 @@ impl App {
             access: self.access.clone(),
             jobs: self.jobs.clone(),
             sources: self.sources.clone(),
+            transforms: self.transforms.clone(),
             site: Arc::new(crate::http::site::SiteGuard::new(
                 &self.config.http,
                 &[&self.config.http.listen, &self.config.admin.listen],

@@ -28,6 +28,7 @@ pub mod pull;
 pub mod purge;
 pub mod replay;
 pub mod scan;
+pub mod schedule;
 pub mod schema;
 pub mod shutdown;
 pub mod sink;
@@ -38,6 +39,7 @@ pub mod stats;
 pub mod telemetry;
 pub mod tls;
 pub mod toml_values;
+pub mod transforms;
 pub mod webhook;
 
 pub use app::App;

@@ -1,23 +1,19 @@
-//! The pulled sources of this instance: each one's schedule (`every`), whether it is
-//! paused, its last run, and the operator's commands (run, pause, resume, reset). A run
-//! is a pull job ([`Jobs::start_pull`]); a run that fails is tried again on the
-//! schedule, each failure in a row doubling the wait (up to an hour), so a source that
-//! is down never stalls the others or the push inputs.
+//! The pulled sources of this instance: each one's schedule (`every`, see
+//! [`crate::schedule`]), whether it is paused, its last run, and the operator's commands
+//! (run, pause, resume, reset). A run is a pull job ([`Jobs::start_pull`]); a run that
+//! fails is tried again on the schedule, each failure in a row doubling the wait (up to
+//! an hour), so a source that is down never stalls the others or the push inputs.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{lock, JobError, Jobs, PullRequest};
+use crate::jobs::{JobError, Jobs, PullRequest};
 use crate::pull::SourceConfig;
-
-/// The longest a failing source waits between two scheduled tries.
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+use crate::schedule::Schedule;
 
 /// One source as `GET /v1/sources` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -48,26 +44,11 @@ pub struct SourceView {
     pub files_loaded: Option<i64>,
 }
 
-/// What this instance knows of one source.
-#[derive(Debug, Default)]
-struct State {
-    paused: bool,
-    next_run: Option<DateTime<Utc>>,
-    failures: u32,
-    last_job: Option<String>,
-    /// Whether the outcome of `last_job` is counted yet.
-    settled: bool,
-}
-
 /// The sources and their schedules.
 pub struct Sources {
     jobs: Arc<Jobs>,
     config: BTreeMap<String, SourceConfig>,
-    states: Mutex<BTreeMap<String, State>>,
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    schedule: Schedule,
 }
 
 /// Why a source command could not be done.
@@ -84,22 +65,14 @@ pub enum SourceError {
 impl Sources {
     /// Scheduled sources run first right after start-up.
     pub fn new(jobs: Arc<Jobs>, config: BTreeMap<String, SourceConfig>) -> Arc<Sources> {
-        let now = Utc::now();
-        let states = config
+        let every = config
             .iter()
-            .map(|(name, source)| {
-                let state = State {
-                    next_run: source.every.map(|_| now),
-                    settled: true,
-                    ..State::default()
-                };
-                (name.clone(), state)
-            })
+            .map(|(name, source)| (name.clone(), source.every))
             .collect();
         Arc::new(Sources {
+            schedule: Schedule::new(jobs.clone(), every),
             jobs,
             config,
-            states: Mutex::new(states),
         })
     }
 
@@ -123,15 +96,7 @@ impl Sources {
         let source = &self.config[name];
         let pointer = self.jobs.store().pointer(name).await?;
         let (rows, files) = self.jobs.store().source_totals(name).await?;
-        let last_job = lock(&self.states)
-            .get(name)
-            .and_then(|s| s.last_job.clone());
-        let last_state = match last_job {
-            Some(id) => self.jobs.get(&id).await?.map(|j| j.header.state),
-            None => None,
-        };
-        let states = lock(&self.states);
-        let state = states.get(name);
+        let standing = self.schedule.standing(name).await?;
         let running = self.jobs.pull_running(name);
         Ok(SourceView {
             name: name.to_owned(),
@@ -142,19 +107,16 @@ impl Sources {
             pointer: pointer
                 .and_then(|p| serde_json::from_str(&p).ok())
                 .unwrap_or(Value::Null),
-            state: match (state.is_some_and(|s| s.paused), running) {
+            state: match (standing.paused, running) {
                 (true, _) => "paused",
                 (false, true) => "running",
                 (false, false) => "idle",
             }
             .into(),
-            last_job: state.and_then(|s| s.last_job.clone()),
-            last_state,
-            next_run: state
-                .filter(|s| !s.paused)
-                .and_then(|s| s.next_run)
-                .map(rfc3339),
-            failures: state.map_or(0, |s| s.failures),
+            last_job: standing.last_job,
+            last_state: standing.last_state,
+            next_run: standing.next_run,
+            failures: standing.failures,
             rows,
             files_loaded: source.path.as_ref().map(|_| files),
         })
@@ -169,22 +131,14 @@ impl Sources {
                 source: name.to_owned(),
             })
             .await?;
-        if let Some(state) = lock(&self.states).get_mut(name) {
-            state.last_job = Some(id.clone());
-            state.settled = false;
-        }
+        self.schedule.started(name, &id);
         Ok(id)
     }
 
     /// Stops (`true`) or resumes the scheduled runs; a run under way goes on.
     pub fn pause(&self, name: &str, paused: bool) -> Result<(), SourceError> {
-        let source = self.known(name)?;
-        let mut states = lock(&self.states);
-        let state = states.entry(name.to_owned()).or_default();
-        state.paused = paused;
-        if !paused && source.every.is_some() && state.next_run.is_none() {
-            state.next_run = Some(Utc::now());
-        }
+        self.known(name)?;
+        self.schedule.pause(name, paused);
         Ok(())
     }
 
@@ -229,72 +183,21 @@ impl Sources {
             .map_err(|e| SourceError::Job(e.into()))
     }
 
-    /// Runs the scheduled sources when due, until `stop`.
-    pub async fn schedule(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            self.tick().await;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
+    /// Whether any source runs on a schedule.
+    pub fn scheduled(&self) -> bool {
+        self.schedule.any()
     }
 
-    /// Counts the outcome of runs that ended, and starts the runs that are due.
-    async fn tick(&self) {
-        let now = Utc::now();
-        for (name, source) in &self.config {
-            let Some(every) = source.every else {
-                continue;
-            };
-            // The outcome of the last run, once it has ended: the next run is due one
-            // interval after it, or, after failures in a row, a doubling wait.
-            let ended = {
-                let states = lock(&self.states);
-                match states.get(name) {
-                    Some(s) if !s.settled && !self.jobs.pull_running(name) => s.last_job.clone(),
-                    _ => None,
-                }
-            };
-            if let Some(id) = ended {
-                let failed = match self.jobs.get(&id).await {
-                    Ok(Some(job)) => job.header.state == "failed",
-                    Ok(None) | Err(_) => continue,
-                };
-                let mut states = lock(&self.states);
-                if let Some(s) = states.get_mut(name) {
-                    s.failures = if failed { s.failures + 1 } else { 0 };
-                    // One interval, doubled for each failure in a row after the first.
-                    let wait = every
-                        .saturating_mul(1 << s.failures.min(12).saturating_sub(1))
-                        .min(MAX_BACKOFF.max(every));
-                    s.next_run = Some(
-                        now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
-                    );
-                    s.settled = true;
-                }
-            }
-            let due = {
-                let states = lock(&self.states);
-                states
-                    .get(name)
-                    .is_some_and(|s| !s.paused && s.settled && s.next_run.is_some_and(|t| t <= now))
-            };
-            if !due {
-                continue;
-            }
-            match self.run(name).await {
-                Ok(id) => tracing::info!(source = %name, job = %id, "Scheduled pull started."),
-                Err(e) => {
-                    tracing::warn!(source = %name, error = %e, "The scheduled pull could not start; it is tried again at the next interval.");
-                    if let Some(s) = lock(&self.states).get_mut(name) {
-                        s.next_run = Some(
-                            now + chrono::Duration::from_std(every)
-                                .unwrap_or(chrono::Duration::MAX),
-                        );
-                    }
-                }
-            }
-        }
+    /// Runs the scheduled sources when due, until `stop`.
+    pub async fn schedule(self: Arc<Self>, stop: CancellationToken) {
+        let jobs = self.jobs.clone();
+        let start = move |source: String| -> crate::schedule::Start {
+            let jobs = jobs.clone();
+            Box::pin(async move {
+                let request = PullRequest { source };
+                jobs.start_pull(request).await.map_err(|e| e.to_string())
+            })
+        };
+        self.schedule.run("pull", start, stop).await
     }
 }

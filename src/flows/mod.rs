@@ -28,7 +28,7 @@ pub mod script;
 use script::Script;
 
 /// `[transforms.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
     /// The SQL file (relative to the working directory, as `schemas_dir`): statements
@@ -374,6 +374,8 @@ pub struct TransformReport {
     pub statements: usize,
     /// An incremental transform with no new load: nothing was run.
     pub skipped: bool,
+    /// Whether the SQL uses `:from_load` / `:to_load`.
+    pub incremental: bool,
 }
 
 /// The highest load id below which `input` will never see another load commit: a
@@ -412,12 +414,15 @@ pub async fn run_transform(
     // A watermark never goes back; the pointer does not either.
     let to = to.unwrap_or(last).max(last);
     let from = last + 1;
-    if script.is_incremental() && to < from {
+    // Nothing new: nothing to run; but a first run runs even so, since its statements
+    // make the tables that the transforms reading it expect.
+    if script.is_incremental() && to < from && stored.is_some() {
         return Ok(TransformReport {
             range: None,
             rows: 0,
             statements: script.len(),
             skipped: true,
+            incremental: true,
         });
     }
     let statements = script.bind(from, to);
@@ -428,10 +433,11 @@ pub async fn run_transform(
     };
     let rows = store.run_transform(&statements, &pointer, to).await?;
     Ok(TransformReport {
-        range: script.is_incremental().then_some([from, to]),
+        range: (script.is_incremental() && from <= to).then_some([from, to]),
         rows,
         statements: statements.len(),
         skipped: false,
+        incremental: script.is_incremental(),
     })
 }
 

@@ -16,6 +16,7 @@ pub mod openapi;
 mod settings;
 pub mod site;
 pub mod sources;
+pub mod transforms;
 pub mod ui;
 
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub access: Arc<crate::auth::Access>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub sources: Arc<crate::sources::Sources>,
+    pub transforms: Arc<crate::transforms::Transforms>,
     /// Which hosts and browser origins may call the events and admin endpoints.
     pub site: Arc<site::SiteGuard>,
 }
@@ -144,6 +146,16 @@ pub fn routers(state: AppState, separate_admin: bool) -> (Router, Option<Router>
         .route("/v1/sources/{name}/pause", post(sources::pause_source))
         .route("/v1/sources/{name}/resume", post(sources::resume_source))
         .route("/v1/sources/{name}/reset", post(sources::reset_source))
+        .route("/v1/transforms", get(transforms::list_transforms))
+        .route("/v1/transforms/{name}/run", post(transforms::run_transform))
+        .route(
+            "/v1/transforms/{name}/pause",
+            post(transforms::pause_transform),
+        )
+        .route(
+            "/v1/transforms/{name}/resume",
+            post(transforms::resume_transform),
+        )
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(

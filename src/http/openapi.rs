@@ -8,7 +8,7 @@ use utoipa::OpenApi;
 
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::{admin, events, hooks, jobs, sources};
+use super::{admin, events, hooks, jobs, sources, transforms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,10 @@ use super::{admin, events, hooks, jobs, sources};
         sources::pause_source,
         sources::resume_source,
         sources::reset_source,
+        transforms::list_transforms,
+        transforms::run_transform,
+        transforms::pause_transform,
+        transforms::resume_transform,
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,
@@ -47,6 +51,7 @@ use super::{admin, events, hooks, jobs, sources};
         (name = "events", description = "Sending events."),
         (name = "webhooks", description = "Vendors' webhooks, verified by the scheme of their `[webhooks.NAME]` section before anything is stored."),
         (name = "jobs", description = "Background jobs: replaying dead letters, pulling sources, running flows of transforms, with progress; behind the admin token."),
+        (name = "transforms", description = "SQL transforms: the graph, their schedules, running one as a flow; behind the admin token."),
         (name = "operations", description = "Health, metrics, stream status and dead letters."),
     ),
     modifiers(&WebhookSecurity),

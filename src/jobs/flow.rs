@@ -265,7 +265,7 @@ impl Jobs {
                                 t.log(match (report.skipped, report.range) {
                                     (true, _) => "no new load since its pointer: nothing to do".into(),
                                     (false, Some([from, to])) => format!("{} statements committed over loads {from} to {to}: {} rows changed", report.statements, report.rows),
-                                    (false, None) => format!("{} statements committed (full refresh): {} rows changed", report.statements, report.rows),
+                                    (false, None) => format!("{} statements committed ({}): {} rows changed", report.statements, if report.incremental { "no new load, first run" } else { "full refresh" }, report.rows),
                                 });
                             }
                         }

@@ -520,7 +520,7 @@ impl Jobs {
     ) -> Result<String, JobError>
     where
         F: FnOnce(Arc<Jobs>, Arc<Running>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = anyhow::Result<(Value, &'static str)>> + Send,
+        Fut: std::future::Future<Output = anyhow::Result<(Value, &'static str)>> + Send + 'static,
     {
         let id = format!(
             "job-{}-{:08x}",
@@ -578,12 +578,14 @@ impl Jobs {
         Ok(id)
     }
 
-    /// Runs a job's work, recording its progress every 500 ms and its outcome.
+    /// Runs a job's work, recording its progress every 500 ms and its outcome. The work
+    /// is a task of its own, so that a record that waits for the database (SQLite's
+    /// write lock, held by the work's own transaction) never holds the work up.
     async fn run(
         &self,
         id: &str,
         job: Arc<Running>,
-        run: impl std::future::Future<Output = anyhow::Result<(Value, &'static str)>>,
+        run: impl std::future::Future<Output = anyhow::Result<(Value, &'static str)>> + Send + 'static,
     ) {
         {
             let mut r = lock(&job.record);
@@ -592,11 +594,12 @@ impl Jobs {
             r.log("started".into());
         }
         self.save(&job).await;
-        tokio::pin!(run);
+        let mut run = self.tasks.spawn(run);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let outcome = loop {
             tokio::select! {
-                r = &mut run => break r,
+                r = &mut run => break r.unwrap_or_else(|e| Err(anyhow::anyhow!("the job's task ended abnormally: {e}"))),
                 _ = tick.tick() => self.save(&job).await,
             }
         };
@@ -638,6 +641,16 @@ impl Jobs {
     /// The database the jobs are recorded in.
     pub fn store(&self) -> &crate::sink::Store {
         &self.storage.store
+    }
+
+    /// Whether job `id` is running here now (or about to).
+    pub fn active(&self, id: &str) -> bool {
+        lock(&self.running).get(id).is_some_and(|j| {
+            matches!(
+                lock(&j.record).row.header.state.as_str(),
+                "ready" | "running"
+            )
+        })
     }
 
     /// Whether a pull of `source` runs here now.

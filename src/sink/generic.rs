@@ -646,7 +646,14 @@ pub async fn run_script<DB>(
         conn.execute(end).await.map_err(&err)?;
         return rows;
     }
-    let mut tx = pool.begin().await.map_err(&err)?;
+    // SQLite: the write lock from the start, so that a first statement that only reads
+    // (CREATE TABLE IF NOT EXISTS of a table that exists) cannot be refused its upgrade
+    // to a writer when another connection has written meanwhile.
+    let mut tx = match dialect {
+        Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+        _ => pool.begin().await,
+    }
+    .map_err(&err)?;
     if dialect == Dialect::Postgres {
         (&mut *tx)
             .execute("SET LOCAL TIME ZONE 'UTC'")

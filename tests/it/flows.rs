@@ -519,3 +519,123 @@ async fn the_readmes_flow_example_works_as_written() {
     assert_eq!(db.count("customer_latest").await, 1);
     let _ = sluice.terminate().await;
 }
+
+/// A transform with `every` runs as a flow of its own on its schedule; the graph shows
+/// its inputs, pointer and last task; a pause stops the scheduled runs (a run asked for
+/// by hand still runs), a resume starts them again.
+async fn a_scheduled_transform_runs_pauses_and_resumes(db: Db) {
+    let customers = shipped("transforms/customer_latest.sql");
+    let revenue = shipped("transforms/daily_revenue.sql");
+    let Some(app) = spawn_app(db, shipped_schemas(), |c| {
+        let mut scheduled = transform(&customers, &["order_placed"]);
+        scheduled.every = Some(Duration::from_secs(1));
+        c.transforms.insert("customer_latest".into(), scheduled);
+        c.transforms.insert(
+            "daily_revenue".into(),
+            transform(&revenue, &["order_placed", "payment_processed"]),
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut shop = Shop::default();
+    send(&app, "order_placed", &shop.orders(40, 5, "BK-")).await;
+    let customers = app.db.distinct("order_placed", "customer_id").await;
+    let flows = |jobs: &Value| {
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "flow")
+            .count()
+    };
+    // Scheduled: it runs without being asked, and again a second later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, jobs) = app.get_json("/v1/jobs").await;
+        if flows(&jobs) >= 2 && app.db.count("customer_latest").await == customers {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scheduled runs: {jobs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, graph) = app.get_json("/v1/transforms").await;
+    assert_eq!(status, 200, "{graph}");
+    let listed = graph["transforms"].as_array().unwrap();
+    let names: Vec<_> = listed.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["customer_latest", "daily_revenue"]);
+    let scheduled = &listed[0];
+    assert_eq!(scheduled["every_seconds"], 1);
+    assert_eq!(scheduled["incremental"], false);
+    assert_eq!(
+        scheduled["after"],
+        json!([{"name": "order_placed", "kind": "stream"}])
+    );
+    assert!(scheduled["pointer"].as_i64().unwrap() >= 1, "{scheduled}");
+    assert!(scheduled["next_run"].is_string(), "{scheduled}");
+    let on_demand = &listed[1];
+    assert_eq!(on_demand["incremental"], true);
+    assert_eq!(on_demand["last_task"], Value::Null);
+    assert_eq!(on_demand["next_run"], Value::Null);
+
+    let pause = app
+        .client
+        .post(app.url("/v1/transforms/customer_latest/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200);
+    let paused: Value = pause.json().await.unwrap();
+    assert_eq!(paused["state"], "paused", "{paused}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, jobs) = app.get_json("/v1/jobs").await;
+    let before = flows(&jobs);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, jobs) = app.get_json("/v1/jobs").await;
+    assert_eq!(flows(&jobs), before, "paused, yet it ran: {jobs}");
+
+    // By hand, a paused transform still runs; the answer is a job to follow.
+    let r = app
+        .client
+        .post(app.url("/v1/transforms/daily_revenue/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let unknown = app
+        .client
+        .post(app.url("/v1/transforms/nope/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let resume = app
+        .client
+        .post(app.url("/v1/transforms/customer_latest/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, jobs) = app.get_json("/v1/jobs").await;
+        if flows(&jobs) >= before + 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not resumed: {jobs}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, graph) = app.get_json("/v1/transforms").await;
+    let last = &graph["transforms"][1]["last_task"];
+    assert_eq!(last["state"], "completed", "{graph}");
+}
+
+db_tests!(a_scheduled_transform_runs_pauses_and_resumes);

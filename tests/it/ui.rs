@@ -48,11 +48,32 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
         "message,timestamp,level\nstarted,2026-12-01T10:00:00Z,info\n\"disk, full\",2026-12-01T10:00:01Z,error\n",
     )
     .unwrap();
+    // Two transforms in a chain, run as a flow from the panel: readings per sensor
+    // (incremental), and a summary of that (a full refresh).
+    let by_sensor = folder.path().join("reading_by_sensor.sql");
+    std::fs::write(
+        &by_sensor,
+        "CREATE TABLE IF NOT EXISTS reading_by_sensor (sensor TEXT PRIMARY KEY, readings INTEGER NOT NULL);\n\
+         INSERT INTO reading_by_sensor (sensor, readings)\n\
+         SELECT sensor, COUNT(*) FROM reading WHERE _load_id BETWEEN :from_load AND :to_load GROUP BY sensor\n\
+         ON CONFLICT (sensor) DO UPDATE SET readings = reading_by_sensor.readings + excluded.readings;\n",
+    )
+    .unwrap();
+    let summary = folder.path().join("sensor_summary.sql");
+    std::fs::write(
+        &summary,
+        "CREATE TABLE IF NOT EXISTS sensor_summary (sensors INTEGER, readings INTEGER);\n\
+         DELETE FROM sensor_summary;\n\
+         INSERT INTO sensor_summary SELECT COUNT(*), SUM(readings) FROM reading_by_sensor;\n",
+    )
+    .unwrap();
     let config = schemas.path().join("sluice.toml");
     std::fs::write(
         &config,
         format!(
-            "[sources.logs_csv]\npath = \"{}/*.csv\"\nstream = \"app_log\"\n",
+            "[sources.logs_csv]\npath = \"{}/*.csv\"\nstream = \"app_log\"\n\
+             [transforms.reading_by_sensor]\nsql_file = {by_sensor:?}\nafter = [\"reading\"]\n\
+             [transforms.sensor_summary]\nsql_file = {summary:?}\nafter = [\"reading_by_sensor\"]\nevery = \"1h\"\n",
             folder.path().display()
         ),
     )
@@ -104,5 +125,13 @@ async fn the_panel_shows_streams_and_dead_letters_and_replays_in_a_real_browser(
     );
     db.wait_for_count("reading", 4).await;
     db.wait_for_count("app_log", 2).await;
+    // The flow started from the panel counted every reading once.
+    let summary = db
+        .query("SELECT CAST(sensors AS TEXT), CAST(readings AS TEXT) FROM sensor_summary")
+        .await;
+    assert_eq!(
+        summary,
+        vec![vec![Some("1".to_owned()), Some("4".to_owned())]]
+    );
     sluice.terminate().await;
 }

@@ -6,7 +6,9 @@ Checks: the streams and their counts appear (dead letters by stage); a stream op
 its schema and the DDL of its table, with its treated personal fields, its recent loads
 and its rows per day (a replay adds a load); dead letters filter by time; a dead letter opens with its error and a
 payload that would be HTML is shown as text (no script runs); a replay started from the
-panel reaches 100 % and completes.
+panel reaches 100 % and completes; a pulled source runs, pauses and resumes; the
+transforms' graph is drawn, a schedule pauses and resumes, and a flow started from the
+panel is followed task by task to completion.
 """
 import sys
 
@@ -87,8 +89,10 @@ with sync_playwright() as p:
     expect(page.locator("#job-state")).to_have_text("completed", timeout=30000)
     expect(page.locator("#job-percent")).to_have_text("100 %")
     expect(page.locator("#job-result")).to_contain_text("3 replayed, 1 still failing")
-    expect(page.locator("#jobs tbody tr")).to_have_count(1)
-    expect(page.locator("#jobs tbody tr").first).to_contain_text("completed")
+    # (The scheduled transform ran a flow at start-up too.)
+    replays = page.locator("#jobs tbody tr", has_text="replay")
+    expect(replays).to_have_count(1)
+    expect(replays.first).to_contain_text("completed")
     # The dead letters list is reloaded: only the one that still fails is left.
     expect(page.locator("#dead-letters tbody tr")).to_have_count(1)
     # The replayed rows are a load of their own, newest first; the day counts them.
@@ -113,6 +117,31 @@ with sync_playwright() as p:
     expect(source.locator("td").nth(2)).to_have_text("paused")
     source.locator("button", has_text="Resume").click()
     expect(source.locator("td").nth(2)).to_have_text("idle")
+
+    # The transforms' graph: the stream, then the chain of two transforms.
+    graph = page.locator("#flow-graph")
+    expect(graph.locator("g[data-node]")).to_have_count(3)
+    expect(graph.locator("g[data-node=reading]")).to_contain_text("reading (stream)")
+    expect(graph.locator("line")).to_have_count(2)
+    expect(graph.locator("line[data-edge='reading_by_sensor→sensor_summary']")).to_have_count(1)
+    chained = page.locator("#transforms tbody tr[data-transform=sensor_summary]")
+    expect(chained.locator("td").nth(1)).to_have_text("full refresh")
+    expect(page.locator("#transforms tbody tr[data-transform=reading_by_sensor] td").nth(1)).to_have_text("incremental")
+    # Its schedule paused and resumed.
+    chained.locator("button", has_text="Pause").click()
+    expect(chained.locator("td").nth(3)).to_have_text("paused")
+    chained.locator("button", has_text="Resume").click()
+    expect(chained.locator("td").nth(3)).not_to_have_text("paused")
+    # A flow of every transform, started here and followed task by task to the end.
+    page.click("#flow-all")
+    expect(page.locator("#flow-state")).to_have_text("completed", timeout=30000)
+    tasks = page.locator("#flow-tasks tbody tr")
+    expect(tasks).to_have_count(2)
+    expect(page.locator("#flow-tasks tbody tr[data-task=reading_by_sensor] td").nth(3)).to_have_text("completed")
+    expect(page.locator("#flow-tasks tbody tr[data-task=sensor_summary] td").nth(3)).to_have_text("completed")
+    expect(page.locator("#flow-tasks tbody tr[data-task=sensor_summary] td").nth(2)).to_have_text("reading_by_sensor")
+    expect(graph.locator("g[data-node=sensor_summary]")).to_have_attribute("data-state", "completed")
+    expect(page.locator("#transforms tbody tr[data-transform=reading_by_sensor] td").nth(5)).to_contain_text("completed")
 
     page.screenshot(path=screenshot, full_page=True)
     browser.close()

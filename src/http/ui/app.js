@@ -280,10 +280,163 @@ async function refreshSources() {
   });
 }
 
+// The transforms as a graph: what each reads on its left (streams, sources, other
+// transforms), one column per depth; a transform's box takes the state of its last
+// task (or of the flow being followed). Built node by node, text as text.
+let flowStates = new Map();
+let currentFlow = null;
+
+function drawGraph(transforms) {
+  const ns = "http://www.w3.org/2000/svg";
+  const depth = new Map();
+  const kinds = new Map();
+  for (const t of transforms) {
+    kinds.set(t.name, "transform");
+    for (const a of t.after) if (!kinds.has(a.name)) kinds.set(a.name, a.kind);
+  }
+  const depthOf = (name, seen = new Set()) => {
+    if (depth.has(name)) return depth.get(name);
+    const t = transforms.find((x) => x.name === name);
+    if (!t || seen.has(name)) return 0;
+    seen.add(name);
+    const d = 1 + Math.max(0, ...t.after.map((a) => depthOf(a.name, seen)));
+    depth.set(name, d);
+    return d;
+  };
+  const columns = [];
+  for (const name of kinds.keys()) {
+    const d = kinds.get(name) === "transform" ? depthOf(name) : 0;
+    (columns[d] = columns[d] || []).push(name);
+  }
+  const W = 170, H = 30, GX = 60, GY = 14;
+  const at = new Map();
+  columns.forEach((names, d) =>
+    (names || []).forEach((name, i) => at.set(name, { x: 10 + d * (W + GX), y: 10 + i * (H + GY) })),
+  );
+  const height = 20 + Math.max(...columns.map((c) => (c || []).length)) * (H + GY);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "graph");
+  svg.setAttribute("id", "flow-graph");
+  svg.setAttribute("width", String(20 + columns.length * (W + GX)));
+  svg.setAttribute("height", String(height));
+  const defs = document.createElementNS(ns, "defs");
+  const marker = document.createElementNS(ns, "marker");
+  for (const [k, v] of Object.entries({ id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5", markerWidth: "6", markerHeight: "6", orient: "auto" })) marker.setAttribute(k, v);
+  const tip = document.createElementNS(ns, "path");
+  tip.setAttribute("d", "M 0 0 L 10 5 L 0 10 z");
+  tip.setAttribute("fill", "#8a94a6");
+  marker.appendChild(tip);
+  defs.appendChild(marker);
+  svg.appendChild(defs);
+  for (const t of transforms) {
+    for (const a of t.after) {
+      const from = at.get(a.name), to = at.get(t.name);
+      const line = document.createElementNS(ns, "line");
+      line.setAttribute("x1", from.x + W);
+      line.setAttribute("y1", from.y + H / 2);
+      line.setAttribute("x2", to.x);
+      line.setAttribute("y2", to.y + H / 2);
+      line.dataset.edge = a.name + "→" + t.name;
+      svg.appendChild(line);
+    }
+  }
+  for (const [name, p] of at) {
+    const t = transforms.find((x) => x.name === name);
+    const state = flowStates.get(name) || (t && t.last_task ? t.last_task.state : "");
+    const g = document.createElementNS(ns, "g");
+    g.setAttribute("class", kinds.get(name) + " " + state);
+    g.dataset.node = name;
+    g.dataset.state = state;
+    const rect = document.createElementNS(ns, "rect");
+    for (const [k, v] of Object.entries({ x: p.x, y: p.y, width: W, height: H })) rect.setAttribute(k, v);
+    const text = document.createElementNS(ns, "text");
+    text.setAttribute("x", p.x + 8);
+    text.setAttribute("y", p.y + 19);
+    text.textContent = name + (kinds.get(name) === "transform" ? "" : " (" + kinds.get(name) + ")");
+    const title = document.createElementNS(ns, "title");
+    title.textContent = state ? name + ": " + state : name;
+    g.append(rect, text, title);
+    svg.appendChild(g);
+  }
+  $("flow-graph-box").replaceChildren(svg);
+}
+
+async function refreshTransforms() {
+  const { transforms } = await api("/v1/transforms");
+  $("transforms-none").hidden = transforms.length > 0;
+  $("flow-actions").hidden = transforms.length === 0;
+  if (transforms.length) drawGraph(transforms);
+  fill($("transforms").tBodies[0], transforms, (tr, t) => {
+    tr.dataset.transform = t.name;
+    cell(tr, t.name);
+    cell(tr, t.incremental == null ? "unreadable SQL" : t.incremental ? "incremental" : "full refresh");
+    cell(tr, t.after.map((a) => a.name).join(", "));
+    cell(tr, t.state, "write-state " + t.state);
+    cell(tr, t.pointer, "num");
+    const last = t.last_task;
+    cell(
+      tr,
+      last
+        ? last.state + ", " + last.rows + " rows" + (last.range ? ", loads " + last.range[0] + "–" + last.range[1] : "") + (last.errors.length ? ": " + last.errors[0] : "")
+        : "",
+    );
+    cell(tr, t.next_run || (t.every_seconds ? "" : "on demand"));
+    cell(tr, t.failures, "num");
+    const actions = cell(tr, "");
+    const button = (label, path, follow) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.addEventListener("click", () =>
+        api("/v1/transforms/" + encodeURIComponent(t.name) + "/" + path, { method: "POST" })
+          .then((r) => (follow ? followFlow(r.id) : null))
+          .then(refreshTransforms)
+          .catch(report),
+      );
+      actions.appendChild(b);
+    };
+    button("Run", "run", true);
+    if (t.every_seconds) {
+      if (t.state === "paused") button("Resume", "resume", false);
+      else button("Pause", "pause", false);
+    }
+  });
+}
+
+// A flow job's tasks, live, until the job ends.
+async function followFlow(id) {
+  const j = await api("/v1/jobs/" + encodeURIComponent(id));
+  currentFlow = j;
+  const tasks = (j.result && j.result.tasks) || [];
+  flowStates = new Map(tasks.map((t) => [t.name, t.state]));
+  $("flow").hidden = false;
+  $("flow-id").textContent = j.id;
+  $("flow-state").textContent = j.state;
+  $("flow-error").textContent = j.errors.join("; ");
+  fill($("flow-tasks").tBodies[0], tasks, (tr, t) => {
+    tr.dataset.task = t.name;
+    cell(tr, t.name);
+    cell(tr, t.kind);
+    cell(tr, t.after.join(", "));
+    cell(tr, t.state, "task-state " + t.state);
+    cell(tr, t.progress.done + " / " + t.progress.total);
+    cell(tr, t.rows, "num");
+    cell(tr, t.range ? t.range[0] + "–" + t.range[1] : "");
+    cell(tr, t.errors.length ? t.errors[t.errors.length - 1] : t.logs[t.logs.length - 1] || "");
+  });
+  const running = j.state === "running" || j.state === "ready";
+  $("flow-cancel").disabled = !running;
+  $("flow-all").disabled = running;
+  await refreshTransforms();
+  if (running) setTimeout(() => followFlow(id).catch(report), 300);
+  else refreshJobs().catch(report);
+}
+
 async function refreshJobs() {
   const { jobs } = await api("/v1/jobs");
   fill($("jobs").tBodies[0], jobs, (tr, j) => {
     cell(tr, j.id);
+    cell(tr, j.kind);
     cell(tr, j.state);
     cell(tr, j.progress.done + " / " + j.progress.total + " (" + j.progress.percent.toFixed(0) + " %)");
     cell(tr, j.result && j.result.replayed, "num");
@@ -324,6 +477,21 @@ document.addEventListener("DOMContentLoaded", () => {
   $("replay-cancel").addEventListener("click", () => {
     if (currentJob) api("/v1/jobs/" + encodeURIComponent(currentJob.id) + "/cancel", { method: "POST" }).catch(report);
   });
-  refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).then(refreshSources).catch(report);
-  setInterval(() => refreshStreams().then(refreshSources).catch(report), 2000);
+  $("flow-all").addEventListener("click", () =>
+    api("/v1/transforms")
+      .then(({ transforms }) =>
+        api("/v1/jobs/flow", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ targets: transforms.map((t) => t.name) }),
+        }),
+      )
+      .then((r) => followFlow(r.id))
+      .catch(report),
+  );
+  $("flow-cancel").addEventListener("click", () => {
+    if (currentFlow) api("/v1/jobs/" + encodeURIComponent(currentFlow.id) + "/cancel", { method: "POST" }).catch(report);
+  });
+  refreshStreams().then(() => loadDeadLetters(false)).then(refreshJobs).then(refreshSources).then(refreshTransforms).catch(report);
+  setInterval(() => refreshStreams().then(refreshSources).then(refreshTransforms).catch(report), 2000);
 });
