@@ -81,8 +81,13 @@ pub fn check(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 .every
                 .map(|d| format!(", every {}s", d.as_secs()))
                 .unwrap_or_default();
+            let publish = t
+                .publish
+                .as_ref()
+                .map(|p| format!(", published to Redis as {:?}", p.key))
+                .unwrap_or_default();
             println!(
-                "-- transform `{name}` ({}, {kind}{every}) after {:?}",
+                "-- transform `{name}` ({}, {kind}{every}{publish}) after {:?}",
                 t.sql_file.display(),
                 t.after
             );

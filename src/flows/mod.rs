@@ -23,6 +23,7 @@ use crate::pull::SourceConfig;
 use crate::sink::ledger::Pointer;
 use crate::sink::{Dialect, Store};
 
+pub mod publish;
 pub mod script;
 
 use script::Script;
@@ -42,6 +43,8 @@ pub struct TransformConfig {
     /// flows that name it (or a transform that reads it).
     #[serde(default, deserialize_with = "crate::toml_values::opt_duration")]
     pub every: Option<std::time::Duration>,
+    /// Publish the rows of its last statement (a query) to Redis.
+    pub publish: Option<publish::PublishConfig>,
 }
 
 /// `[flows]`.
@@ -346,6 +349,12 @@ impl Graph {
         })?;
         let script = Script::parse(&text, dialect == Dialect::Mysql)
             .map_err(|e| format!("[transforms.{name}] sql_file {}: {e}", file.display()))?;
+        if let Some(publish) = &transform.publish {
+            publish.check(name)?;
+            if !script.ends_with_query() {
+                return Err(format!("[transforms.{name}.publish] publishes the rows of the SQL's last statement, and the last statement of {} is not a query: end it with the SELECT whose rows are published", file.display()));
+            }
+        }
         if script.is_incremental() && transform.after.is_empty() {
             return Err(format!("[transforms.{name}] its SQL uses :from_load/:to_load but after names no input whose loads they would be; list the streams it reads in after"));
         }
@@ -376,6 +385,9 @@ pub struct TransformReport {
     pub skipped: bool,
     /// Whether the SQL uses `:from_load` / `:to_load`.
     pub incremental: bool,
+    /// A published transform: the keys set in Redis, and those deleted (`full`).
+    pub published: Option<u64>,
+    pub unpublished: Option<u64>,
 }
 
 /// The highest load id below which `input` will never see another load commit: a
@@ -423,6 +435,8 @@ pub async fn run_transform(
             statements: script.len(),
             skipped: true,
             incremental: true,
+            published: None,
+            unpublished: None,
         });
     }
     let statements = script.bind(from, to);
@@ -431,8 +445,31 @@ pub async fn run_transform(
         value: serde_json::json!({ "load_id": to }).to_string(),
         previous: stored,
     };
-    let rows = store.run_transform(&statements, &pointer, to).await?;
+    let (rows, published) = match &transform.publish {
+        None => (
+            store.run_transform(&statements, &pointer, to, None).await?,
+            None,
+        ),
+        Some(config) => {
+            let done = std::sync::OnceLock::new();
+            let publisher = |rows: Vec<String>| -> crate::sink::PublishFuture<'_> {
+                let done = &done;
+                Box::pin(async move {
+                    let published = publish::publish(config, &rows).await?;
+                    let _ = done.set(published);
+                    Ok(())
+                })
+            };
+            let rows = store
+                .run_transform(&statements, &pointer, to, Some(&publisher))
+                .await?;
+            let published = done.get().copied();
+            (rows, published)
+        }
+    };
     Ok(TransformReport {
+        published: published.map(|p| p.set),
+        unpublished: published.map(|p| p.deleted),
         range: (script.is_incremental() && from <= to).then_some([from, to]),
         rows,
         statements: statements.len(),
@@ -450,6 +487,7 @@ mod tests {
             sql_file: "t.sql".into(),
             after: after.iter().map(|s| s.to_string()).collect(),
             every: None,
+            publish: None,
         }
     }
 

@@ -267,6 +267,9 @@ impl Jobs {
                                     (false, Some([from, to])) => format!("{} statements committed over loads {from} to {to}: {} rows changed", report.statements, report.rows),
                                     (false, None) => format!("{} statements committed ({}): {} rows changed", report.statements, if report.incremental { "no new load, first run" } else { "full refresh" }, report.rows),
                                 });
+                                if let Some(set) = report.published {
+                                    t.log(format!("published {set} keys to Redis, deleted {} it no longer returns", report.unpublished.unwrap_or(0)));
+                                }
                             }
                         }
                         if cancelled {

@@ -618,10 +618,21 @@ pub async fn delete_replayed<DB>(
 }
 }
 
+/// A transform's run as [`run_script`] takes it.
+pub struct Script<'a, 'p> {
+    pub statements: &'a [String],
+    /// The statement that moves the transform's pointer; it must change one row.
+    pub move_pointer: &'a str,
+    /// The transform's name, for the error of a pointer moved by another run.
+    pub name: &'a str,
+    /// Publishes the rows of the last statement (a query) before the commit.
+    pub publish: Option<super::Publish<'p>>,
+}
+
 sqlx_generic! {
-/// Runs `statements`, then `move_pointer` (which must change one row), in one
-/// transaction, in UTC (so that dates cut from timestamps agree across databases). A
-/// statement's error names it.
+/// Runs a transform's statements, then its pointer's move, in one transaction, in UTC
+/// (so that dates cut from timestamps agree across databases). A statement's error
+/// names it.
 ///
 /// MySQL/MariaDB commit implicitly at a DDL statement (`CREATE TABLE`) and then go on
 /// in autocommit; so there the statements run on a connection of their own with
@@ -631,9 +642,7 @@ sqlx_generic! {
 pub async fn run_script<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
-    statements: &[String],
-    move_pointer: &str,
-    name: &str,
+    script: &Script<'_, '_>,
 ) -> Result<u64, SinkError> {
     let err = sink_error(dialect);
     if dialect == Dialect::Mysql {
@@ -641,7 +650,7 @@ pub async fn run_script<DB>(
         conn.execute("SET autocommit = 0, time_zone = '+00:00'")
             .await
             .map_err(&err)?;
-        let rows = script_statements::<DB>(&mut conn, dialect, statements, move_pointer, name).await;
+        let rows = script_statements::<DB>(&mut conn, dialect, script).await;
         let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
         conn.execute(end).await.map_err(&err)?;
         return rows;
@@ -660,55 +669,123 @@ pub async fn run_script<DB>(
             .await
             .map_err(&err)?;
     }
-    let rows = script_statements::<DB>(&mut tx, dialect, statements, move_pointer, name).await?;
+    let rows = script_statements::<DB>(&mut tx, dialect, script).await?;
     tx.commit().await.map_err(&err)?;
     Ok(rows)
 }
 }
 
-/// [`run_script`]'s statements and pointer on `conn`, inside its transaction.
+/// The first 60 characters of `sql` on one line, to name a statement in an error.
+fn statement_head(sql: &str) -> String {
+    let head: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    match head.char_indices().nth(60) {
+        Some((at, _)) => format!("{}…", &head[..at]),
+        None => head,
+    }
+}
+
+/// [`run_script`]'s statements, publish and pointer on `conn`, inside its transaction.
 async fn script_statements<DB>(
     conn: &mut DB::Connection,
     dialect: Dialect,
-    statements: &[String],
-    move_pointer: &str,
-    name: &str,
+    script: &Script<'_, '_>,
 ) -> Result<u64, SinkError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
     DB::QueryResult: RowsAffected,
 {
+    let statements = script.statements;
+    let failed = |n: usize, e: sqlx::Error| SinkError {
+        class: classify(dialect, &e),
+        source: format!(
+            "statement {} of {} (`{}`): {e}",
+            n + 1,
+            statements.len(),
+            statement_head(&statements[n])
+        )
+        .into(),
+    };
     let mut rows = 0;
+    let published = script.publish.map(|p| (statements.len() - 1, p));
     for (n, sql) in statements.iter().enumerate() {
-        match (&mut *conn).execute(sql.as_str()).await {
-            Ok(done) => rows += done.rows(),
-            Err(e) => {
-                let head: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-                let head = match head.char_indices().nth(60) {
-                    Some((at, _)) => format!("{}…", &head[..at]),
-                    None => head,
-                };
-                return Err(SinkError {
-                    class: classify(dialect, &e),
-                    source: format!(
-                        "statement {} of {} (`{head}`): {e}",
-                        n + 1,
-                        statements.len()
-                    )
-                    .into(),
-                });
+        match published {
+            Some((last, publish)) if n == last => {
+                let query = json_rows::<DB>(conn, dialect, sql)
+                    .await
+                    .map_err(|e| failed(n, e))?;
+                // (A bounded cache of prepared statements per connection keeps each
+                // run's text; the oldest leave it.)
+                let found: Vec<(String,)> = sqlx::query_as::<DB, (String,)>(&query)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(|e| failed(n, e))?;
+                publish(found.into_iter().map(|(row,)| row).collect())
+                    .await
+                    .map_err(|e| SinkError {
+                        class: super::ErrorClass::Transient,
+                        source: format!("{e}; nothing of this run was committed, and the next run publishes again").into(),
+                    })?;
             }
+            _ => match (&mut *conn).execute(sql.as_str()).await {
+                Ok(done) => rows += done.rows(),
+                Err(e) => return Err(failed(n, e)),
+            },
         }
     }
     let moved = (&mut *conn)
-        .execute(move_pointer)
+        .execute(script.move_pointer)
         .await
         .map_err(sink_error(dialect))?;
     if moved.rows() != 1 {
-        return Err(SinkError::pointer_moved(name));
+        return Err(SinkError::pointer_moved(script.name));
     }
     Ok(rows)
+}
+
+/// `query` wrapped so that each of its rows reads as one JSON object's text (keys the
+/// column names): PostgreSQL's `row_to_json`; MySQL's and SQLite's `json_object` over
+/// the columns the database describes.
+async fn json_rows<DB>(
+    conn: &mut DB::Connection,
+    dialect: Dialect,
+    query: &str,
+) -> Result<String, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    use sqlx::Column as _;
+    if dialect == Dialect::Postgres {
+        return Ok(format!(
+            "SELECT CAST(row_to_json(q) AS text) FROM ({query}) AS q"
+        ));
+    }
+    let described = (&mut *conn).describe(query).await?;
+    let pairs: Vec<String> = described
+        .columns()
+        .iter()
+        .map(|c| {
+            format!(
+                "{}, q.{}",
+                dialect.text_literal(c.name()),
+                dialect.quote(c.name())
+            )
+        })
+        .collect();
+    Ok(match dialect {
+        Dialect::Mysql => format!(
+            "SELECT CAST(JSON_OBJECT({}) AS CHAR CHARACTER SET utf8mb4) FROM ({query}) AS q",
+            pairs.join(", ")
+        ),
+        _ => format!(
+            "SELECT json_object({}) FROM ({query}) AS q",
+            pairs.join(", ")
+        ),
+    })
 }
 
 sqlx_generic! {

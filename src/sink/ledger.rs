@@ -453,7 +453,7 @@ impl Dialect {
 
     /// A text value as an SQL literal that reads the same under every setting
     /// (`standard_conforming_strings`, `NO_BACKSLASH_ESCAPES`): its UTF-8 as hex.
-    fn text_literal(self, text: &str) -> String {
+    pub(crate) fn text_literal(self, text: &str) -> String {
         let hex = hex::encode(text);
         match self {
             Dialect::Postgres => format!("convert_from(decode('{hex}', 'hex'), 'UTF8')"),

@@ -216,6 +216,12 @@ impl SinkError {
     }
 }
 
+/// Hands the rows of a transform's last query (JSON objects' texts) to their publisher,
+/// inside the run's transaction: an error rolls the run back.
+pub type Publish<'a> = &'a (dyn Fn(Vec<String>) -> PublishFuture<'a> + Sync);
+pub type PublishFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
 /// Which dead letters to purge.
 #[derive(Debug, Clone)]
 pub struct PurgeFilter {

@@ -194,16 +194,26 @@ impl Store {
     /// Runs a transform's `statements` in one transaction and moves its pointer (to
     /// load `load_id`) in the same one; nothing commits when a statement fails or
     /// another run moved the pointer. Answers the rows the statements changed.
+    ///
+    /// With `publish`, the last statement is a query whose rows (each a JSON object's
+    /// text) are handed to `publish` before the commit; its error rolls the run back.
     pub async fn run_transform(
         &self,
         statements: &[String],
         pointer: &ledger::Pointer,
         load_id: i64,
+        publish: Option<super::Publish<'_>>,
     ) -> Result<u64, SinkError> {
         let moved = self
             .dialect
             .move_pointer(pointer, Some(load_id), &chrono::Utc::now());
-        with_pool!(&self.pools, p => super::generic::run_script(p, self.dialect, statements, &moved, &pointer.source).await)
+        let script = super::generic::Script {
+            statements,
+            move_pointer: &moved,
+            name: &pointer.source,
+            publish,
+        };
+        with_pool!(&self.pools, p => super::generic::run_script(p, self.dialect, &script).await)
     }
 
     /// Sets a source's pointer, whatever it was (a reset; `None`: from the start).

@@ -24,6 +24,7 @@ fn transform(sql_file: &Path, after: &[&str]) -> sluice::flows::TransformConfig 
         sql_file: sql_file.to_owned(),
         after: after.iter().map(|s| s.to_string()).collect(),
         every: None,
+        publish: None,
     }
 }
 
@@ -639,3 +640,291 @@ async fn a_scheduled_transform_runs_pauses_and_resumes(db: Db) {
 }
 
 db_tests!(a_scheduled_transform_runs_pauses_and_resumes);
+
+/// A Redis server of the test's own on a free port, without persistence (so that it
+/// can be stopped and started again).
+struct OwnRedis {
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (bash .ci/run installs it)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnRedis { child: Some(child) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every key under `prefix` in the Redis at `url`, with its value parsed as JSON.
+async fn redis_keys(url: &str, prefix: &str) -> BTreeMap<String, Value> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let value: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.insert(key, serde_json::from_str(&value).unwrap());
+    }
+    out
+}
+
+/// A transform whose last statement is a query publishes its rows to Redis, one key per
+/// row (read back here with a Redis client): exactly the query's rows after each run,
+/// a row that leaves the result leaves Redis (`full = true`); with Redis stopped the
+/// task fails and commits nothing, and the next run publishes what it missed.
+async fn a_published_transform_mirrors_its_rows_in_redis(kind: Db) {
+    let Ok(redis_url) = std::env::var("SLUICE_TEST_REDIS_URL") else {
+        crate::helpers::skip("the Redis publish test: SLUICE_TEST_REDIS_URL is not set");
+        return;
+    };
+    let Some(db) = TestDb::create(kind).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("sluicet{:08x}", fastrand::u32(..));
+    let customers = dir.path().join("customer_cache.sql");
+    std::fs::write(
+        &customers,
+        "CREATE TABLE IF NOT EXISTS customer_cache (customer_id bigint NOT NULL PRIMARY KEY, orders bigint NOT NULL, last_order varchar(64) NOT NULL);\n\
+         DELETE FROM customer_cache;\n\
+         INSERT INTO customer_cache (customer_id, orders, last_order) SELECT customer_id, COUNT(*), MAX(order_id) FROM order_placed GROUP BY customer_id;\n\
+         SELECT customer_id, orders, last_order FROM customer_cache;\n",
+    )
+    .unwrap();
+    let orders_sql = dir.path().join("order_cache.sql");
+    std::fs::write(
+        &orders_sql,
+        "SELECT order_id, customer_id, country FROM order_placed WHERE _load_id BETWEEN :from_load AND :to_load",
+    )
+    .unwrap();
+    let own_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut own = OwnRedis::start(own_port);
+    let own_url = format!("redis://127.0.0.1:{own_port}/0");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[transforms.customer_cache]\nsql_file = {customers:?}\nafter = [\"order_placed\"]\n\
+             [transforms.customer_cache.publish]\nredis_url_env = \"TEST_STOREFRONT_REDIS\"\nkey = \"{tag}:customer:{{customer_id}}\"\nfull = true\n\
+             [transforms.order_cache]\nsql_file = {orders_sql:?}\nafter = [\"order_placed\"]\n\
+             [transforms.order_cache.publish]\nredis_url_env = \"TEST_OWN_REDIS\"\nkey = \"{tag}:order:{{order_id}}\"\n"
+        ),
+    )
+    .unwrap();
+    let sluice = spawn_binary(
+        None,
+        &db,
+        &[
+            ("SLUICE_CONFIG", config.display().to_string()),
+            (
+                "SLUICE_SCHEMAS_DIR",
+                shipped_schemas().display().to_string(),
+            ),
+            ("TEST_STOREFRONT_REDIS", redis_url.clone()),
+            ("TEST_OWN_REDIS", own_url.clone()),
+        ],
+    );
+    let base = format!("http://{}", sluice.http);
+    let client = reqwest::Client::new();
+    let send = |orders: Vec<Value>| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let body: String = orders.iter().map(|e| format!("{e}\n")).collect();
+            let r = client
+                .post(format!("{base}/v1/streams/order_placed/events"))
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        }
+    };
+    let flow = |target: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/v1/jobs/flow"))
+                .json(&json!({ "targets": [target] }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            let id = r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            loop {
+                let job: Value = client
+                    .get(format!("{base}/v1/jobs/{id}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+                    return job;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // 30 orders of 10 customers.
+    let mut shop = Shop::default();
+    let orders: Vec<Value> = shop
+        .orders(30, 11, "BK-")
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut o)| {
+            o["customer_id"] = json!(i % 10 + 1);
+            o
+        })
+        .collect();
+    send(orders.clone()).await;
+    let expected = |db_rows: Vec<Vec<Option<String>>>| -> BTreeMap<String, Value> {
+        db_rows
+            .into_iter()
+            .map(|r| {
+                let id: i64 = r[0].as_deref().unwrap().parse().unwrap();
+                let orders: i64 = r[1].as_deref().unwrap().parse().unwrap();
+                (
+                    format!("{tag}:customer:{id}"),
+                    json!({"customer_id": id, "orders": orders, "last_order": r[2].as_deref().unwrap()}),
+                )
+            })
+            .collect()
+    };
+    let cached = format!(
+        "SELECT {}, {}, last_order FROM customer_cache",
+        db.text("customer_id"),
+        db.text("orders")
+    );
+
+    let job = flow("customer_cache").await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert!(
+        task(&job, "customer_cache")["logs"]
+            .to_string()
+            .contains("published 10 keys"),
+        "{job}"
+    );
+    let published = redis_keys(&redis_url, &format!("{tag}:customer:")).await;
+    assert_eq!(published.len(), 10);
+    assert_eq!(published, expected(db.query(&cached).await));
+
+    // Customer 3's orders are gone from the table: its key leaves Redis.
+    db.execute("DELETE FROM order_placed WHERE customer_id = 3")
+        .await;
+    send(
+        shop.orders(5, 12, "BK2-")
+            .into_iter()
+            .map(|mut o| {
+                o["customer_id"] = json!(1);
+                o
+            })
+            .collect(),
+    )
+    .await;
+    let job = flow("customer_cache").await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let published = redis_keys(&redis_url, &format!("{tag}:customer:")).await;
+    assert_eq!(published.len(), 9);
+    assert!(!published.contains_key(&format!("{tag}:customer:3")));
+    assert_eq!(published[&format!("{tag}:customer:1")]["orders"], 8);
+    assert_eq!(published, expected(db.query(&cached).await));
+
+    // The incremental order cache: published, then Redis stops.
+    let job = flow("order_cache").await;
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(
+        redis_keys(&own_url, &format!("{tag}:order:")).await.len(),
+        32
+    );
+    own.stop();
+    let later: Vec<Value> = shop.orders(7, 13, "BK3-");
+    send(later.clone()).await;
+    let job = flow("order_cache").await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let errors = job["errors"].to_string();
+    assert!(
+        errors.contains("publishing to Redis at redis://127.0.0.1"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("nothing of this run was committed"),
+        "{errors}"
+    );
+    // Back (empty: it keeps nothing on disk): the next run publishes what it missed.
+    own = OwnRedis::start(own_port);
+    let job = flow("order_cache").await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let published = redis_keys(&own_url, &format!("{tag}:order:")).await;
+    let ids: Vec<&str> = later
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(published.len(), 7, "{published:?}");
+    for id in ids {
+        let value = &published[&format!("{tag}:order:{id}")];
+        assert_eq!(value["order_id"], id);
+    }
+    own.stop();
+    // The shared Redis is left as found.
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in redis_keys(&redis_url, &format!("{tag}:")).await.keys() {
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _ = sluice.terminate().await;
+}
+
+db_tests!(a_published_transform_mirrors_its_rows_in_redis);
