@@ -664,8 +664,10 @@ pub async fn run_script<DB>(
     }
     .map_err(&err)?;
     if dialect == Dialect::Postgres {
+        // And, from PostgreSQL 14, a statement whose Sluice is gone (killed mid-run)
+        // is cancelled within a second instead of holding its locks to its end.
         (&mut *tx)
-            .execute("SET LOCAL TIME ZONE 'UTC'")
+            .execute("SET LOCAL TIME ZONE 'UTC'; SELECT set_config('client_connection_check_interval', '1000', true) WHERE current_setting('server_version_num')::int >= 140000")
             .await
             .map_err(&err)?;
     }

@@ -928,3 +928,170 @@ async fn a_published_transform_mirrors_its_rows_in_redis(kind: Db) {
 }
 
 db_tests!(a_published_transform_mirrors_its_rows_in_redis);
+
+/// `kill -9` in the middle of a transform's transaction (its rows inserted, not
+/// committed; a second flow of it waiting for the first), then a restart: the
+/// interrupted flow is marked failed, and the next run leaves the output as if the
+/// transform had run once.
+async fn a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once(kind: Db) {
+    let Some(db) = TestDb::create(kind).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("slow_copy.sql");
+    let copy = "CREATE TABLE IF NOT EXISTS slow_copy (order_id varchar(64) NOT NULL);\n\
+                INSERT INTO slow_copy SELECT order_id FROM order_placed WHERE _load_id BETWEEN :from_load AND :to_load;\n";
+    // After the copy, a statement that takes long: the kill lands inside the transaction.
+    let slow = match kind {
+        Db::Postgres => "SELECT pg_sleep(60)",
+        Db::Mysql => "SELECT SLEEP(60)",
+        Db::Sqlite => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT COUNT(*) FROM c",
+    };
+    std::fs::write(&sql, format!("{copy}{slow};\n")).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!("[transforms.slow_copy]\nsql_file = {sql:?}\nafter = [\"order_placed\"]\n"),
+    )
+    .unwrap();
+    let env = [
+        ("SLUICE_CONFIG", config.display().to_string()),
+        (
+            "SLUICE_SCHEMAS_DIR",
+            shipped_schemas().display().to_string(),
+        ),
+        ("SLUICE_JOBS_STALE_AFTER", "2s".to_owned()),
+        ("SLUICE_JOBS_SWEEP_EVERY", "200ms".to_owned()),
+    ];
+    let client = reqwest::Client::new();
+    let mut sluice = spawn_binary(None, &db, &env);
+    let send = |base: String, prefix: &'static str, n: usize, seed: u64| {
+        let client = client.clone();
+        async move {
+            let body: String = Shop::default()
+                .orders(n, seed, prefix)
+                .iter()
+                .map(|e| format!("{e}\n"))
+                .collect();
+            let r = client
+                .post(format!("{base}/v1/streams/order_placed/events"))
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let start = |base: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/jobs/flow"))
+                .json(&json!({"targets": ["slow_copy"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let base = format!("http://{}", sluice.http);
+    send(base.clone(), "BK-", 50, 21).await;
+    let first = start(base.clone()).await;
+    // The copy is inserted once the task runs its slow statement; then the kill.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = get(format!("{base}/v1/jobs/{first}")).await;
+        if job["result"]["tasks"][0]["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A second flow of the same transform waits for the first, and says so. (Not on
+    // SQLite: the running transform holds its one write lock, so even the new job's
+    // record waits for it.)
+    let waiting = match kind {
+        Db::Sqlite => None,
+        _ => Some(start(base.clone()).await),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Some(waiting) = &waiting {
+        let job = get(format!("{base}/v1/jobs/{waiting}")).await;
+        let logs = job["result"]["tasks"][0]["logs"].to_string();
+        if logs.contains("waiting: another run of slow_copy is under way") {
+            assert_eq!(job["result"]["tasks"][0]["state"], "running", "{job}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sluice.child.kill().unwrap();
+    sluice.child.wait().unwrap();
+
+    // Fixed (no slow statement), restarted: the interrupted flow is failed, the next
+    // run copies every order once.
+    std::fs::write(&sql, copy).unwrap();
+    sluice = spawn_binary(None, &db, &env);
+    let base = format!("http://{}", sluice.http);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = get(format!("{base}/v1/jobs/{first}")).await;
+        if job["state"] == "failed" {
+            break;
+        }
+        assert_eq!(job["state"], "running", "{job}");
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let copied = db
+        .query("SELECT 1 FROM sluice_pointers WHERE source = 'slow_copy'")
+        .await;
+    assert!(copied.is_empty(), "the killed run moved its pointer");
+    let second = start(base.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let job = get(format!("{base}/v1/jobs/{second}")).await;
+        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["state"], "completed", "{job}");
+    assert_eq!(db.count("slow_copy").await, 50);
+    send(base.clone(), "BK2-", 10, 22).await;
+    let third = start(base.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = get(format!("{base}/v1/jobs/{third}")).await;
+        if job["state"] == "completed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(db.count("slow_copy").await, 60);
+    assert_eq!(db.distinct("slow_copy", "order_id").await, 60);
+    let _ = sluice.terminate().await;
+}
+
+db_tests!(a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once);
