@@ -1095,3 +1095,97 @@ async fn a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once(kind: Db
 }
 
 db_tests!(a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once);
+
+/// Cancelling a flow stops it between tasks: the running transform finishes and stays
+/// committed, the task after it never runs, and the job ends `cancelled`.
+async fn a_cancelled_flow_stops_between_tasks(kind: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = match kind {
+        Db::Postgres => "SELECT pg_sleep(2)",
+        Db::Mysql => "SELECT SLEEP(2)",
+        Db::Sqlite => "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT COUNT(*) FROM c",
+    };
+    let first = dir.path().join("first.sql");
+    std::fs::write(
+        &first,
+        format!("CREATE TABLE IF NOT EXISTS first_out (n bigint NOT NULL);\nINSERT INTO first_out SELECT COUNT(*) FROM order_placed;\n{slow};\n"),
+    )
+    .unwrap();
+    let second = dir.path().join("second.sql");
+    std::fs::write(
+        &second,
+        "CREATE TABLE IF NOT EXISTS second_out (n bigint NOT NULL);\nINSERT INTO second_out SELECT n FROM first_out;\n",
+    )
+    .unwrap();
+    let Some(app) = spawn_app(kind, shipped_schemas(), |c| {
+        c.transforms
+            .insert("first".into(), transform(&first, &["order_placed"]));
+        c.transforms
+            .insert("second".into(), transform(&second, &["first"]));
+    })
+    .await
+    else {
+        return;
+    };
+    send(&app, "order_placed", &Shop::default().orders(20, 31, "BK-")).await;
+    let r = app
+        .client
+        .post(app.url("/v1/jobs/flow"))
+        .json(&json!({"targets": ["second"]}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
+        if job["result"]["tasks"][0]["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
+        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(task(&job, "first")["state"], "completed", "{job}");
+    let second = task(&job, "second");
+    assert_eq!(second["state"], "cancelled", "{job}");
+    assert!(
+        second["logs"]
+            .to_string()
+            .contains("not run: the flow was cancelled"),
+        "{job}"
+    );
+    assert_eq!(
+        app.db.values("first_out", "n").await,
+        vec![Some("20".to_owned())]
+    );
+    let tables = match kind {
+        Db::Sqlite => "SELECT 1 FROM sqlite_master WHERE name = 'second_out'",
+        _ => "SELECT 1 FROM information_schema.tables WHERE table_name = 'second_out'",
+    };
+    assert!(
+        app.db.query(tables).await.is_empty(),
+        "the cancelled task ran"
+    );
+}
+
+db_tests!(a_cancelled_flow_stops_between_tasks);
