@@ -28,32 +28,72 @@ fn transform(sql_file: &Path, after: &[&str]) -> sluice::flows::TransformConfig 
     }
 }
 
-/// Starts a flow of `targets` and waits for its job to end; answers the job.
-async fn run_flow(app: &TestApp, targets: &[&str]) -> Value {
-    let r = app
-        .client
-        .post(app.url("/v1/jobs/flow"))
+/// Starts a flow of `targets` on the Sluice at `base` (`http://…`); answers its job's id.
+async fn start_flow(base: &str, targets: &[&str]) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/jobs/flow"))
         .json(&json!({ "targets": targets }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202, "{:?}", r.text().await);
-    let id = r.json::<Value>().await.unwrap()["id"]
+    r.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+/// Job `id` at `base`, as soon as `until` holds for it (failing after 60 s).
+async fn job_until(base: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
-        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
+        let job: Value = reqwest::get(format!("{base}/v1/jobs/{id}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if until(&job) {
             return job;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the flow never ended: {job}"
+            "waited in vain: {job}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether `job`'s first task is running.
+fn running(job: &Value) -> bool {
+    job["result"]["tasks"][0]["state"] == "running"
+}
+
+/// Whether `job` has ended.
+fn ended(job: &Value) -> bool {
+    !matches!(job["state"].as_str(), Some("ready" | "running"))
+}
+
+/// Starts a flow of `targets` and waits for its job to end; answers the job.
+async fn run_flow(app: &TestApp, targets: &[&str]) -> Value {
+    let base = format!("http://{}", app.addr);
+    let id = start_flow(&base, targets).await;
+    job_until(&base, &id, ended).await
+}
+
+/// `sluice check` on a config of `transforms` (TOML) over the shipped schemas.
+fn check(dir: &Path, transforms: &str) -> std::process::Output {
+    let config = dir.join("sluice.toml");
+    let text = format!(
+        "schemas_dir = {:?}\n[database]\nurl = \"sqlite://{}\"\n{transforms}",
+        shipped_schemas(),
+        dir.join("x.db").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    sluice_command()
+        .args(["--config", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap()
 }
 
 fn task<'a>(job: &'a Value, name: &str) -> &'a Value {
@@ -381,23 +421,14 @@ fn check_names_a_cycle() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("t.sql");
     std::fs::write(&sql, "SELECT 1").unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "schemas_dir = {schemas:?}\n[database]\nurl = \"sqlite://{db}\"\n\
-             [transforms.a]\nsql_file = {sql:?}\nafter = [\"c\"]\n\
+    let out = check(
+        dir.path(),
+        &format!(
+            "[transforms.a]\nsql_file = {sql:?}\nafter = [\"c\"]\n\
              [transforms.b]\nsql_file = {sql:?}\nafter = [\"a\"]\n\
-             [transforms.c]\nsql_file = {sql:?}\nafter = [\"b\", \"order_placed\"]\n",
-            schemas = shipped_schemas(),
-            db = dir.path().join("x.db").display(),
+             [transforms.c]\nsql_file = {sql:?}\nafter = [\"b\", \"order_placed\"]\n"
         ),
-    )
-    .unwrap();
-    let out = sluice_command()
-        .args(["--config", config.to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -406,21 +437,13 @@ fn check_names_a_cycle() {
     );
 
     // Without the cycle, check prints the transforms in the order they run.
-    std::fs::write(
-        &config,
-        format!(
-            "schemas_dir = {schemas:?}\n[database]\nurl = \"sqlite://{db}\"\n\
-             [transforms.a]\nsql_file = {sql:?}\nafter = [\"b\"]\n\
-             [transforms.b]\nsql_file = {sql:?}\nafter = [\"order_placed\"]\n",
-            schemas = shipped_schemas(),
-            db = dir.path().join("x.db").display(),
+    let out = check(
+        dir.path(),
+        &format!(
+            "[transforms.a]\nsql_file = {sql:?}\nafter = [\"b\"]\n\
+             [transforms.b]\nsql_file = {sql:?}\nafter = [\"order_placed\"]\n"
         ),
-    )
-    .unwrap();
-    let out = sluice_command()
-        .args(["--config", config.to_str().unwrap(), "check"])
-        .output()
-        .unwrap();
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -785,33 +808,10 @@ async fn a_published_transform_mirrors_its_rows_in_redis(kind: Db) {
         }
     };
     let flow = |target: &'static str| {
-        let (client, base) = (client.clone(), base.clone());
+        let base = base.clone();
         async move {
-            let r = client
-                .post(format!("{base}/v1/jobs/flow"))
-                .json(&json!({ "targets": [target] }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            let id = r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            loop {
-                let job: Value = client
-                    .get(format!("{base}/v1/jobs/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if !matches!(job["state"].as_str(), Some("ready" | "running")) {
-                    return job;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let id = start_flow(&base, &[target]).await;
+            job_until(&base, &id, ended).await
         }
     };
     // 30 orders of 10 customers.
@@ -983,65 +983,24 @@ async fn a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once(kind: Db
             assert_eq!(r.status(), 200);
         }
     };
-    let get = |url: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let start = |base: String| {
-        let client = client.clone();
-        async move {
-            let r = client
-                .post(format!("{base}/v1/jobs/flow"))
-                .json(&json!({"targets": ["slow_copy"]}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
     let base = format!("http://{}", sluice.http);
     send(base.clone(), "BK-", 50, 21).await;
-    let first = start(base.clone()).await;
+    let first = start_flow(&base, &["slow_copy"]).await;
     // The copy is inserted once the task runs its slow statement; then the kill.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = get(format!("{base}/v1/jobs/{first}")).await;
-        if job["result"]["tasks"][0]["state"] == "running" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    job_until(&base, &first, running).await;
     // A second flow of the same transform waits for the first, and says so. (Not on
     // SQLite: the running transform holds its one write lock, so even the new job's
     // record waits for it.)
     let waiting = match kind {
         Db::Sqlite => None,
-        _ => Some(start(base.clone()).await),
+        _ => Some(start_flow(&base, &["slow_copy"]).await),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while let Some(waiting) = &waiting {
-        let job = get(format!("{base}/v1/jobs/{waiting}")).await;
-        let logs = job["result"]["tasks"][0]["logs"].to_string();
-        if logs.contains("waiting: another run of slow_copy is under way") {
-            assert_eq!(job["result"]["tasks"][0]["state"], "running", "{job}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(waiting) = &waiting {
+        job_until(&base, waiting, |job| {
+            let logs = job["result"]["tasks"][0]["logs"].to_string();
+            logs.contains("waiting: another run of slow_copy is under way")
+        })
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     sluice.child.kill().unwrap();
@@ -1052,43 +1011,20 @@ async fn a_flow_killed_mid_transaction_leaves_its_output_as_if_run_once(kind: Db
     std::fs::write(&sql, copy).unwrap();
     sluice = spawn_binary(None, &db, &env);
     let base = format!("http://{}", sluice.http);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = get(format!("{base}/v1/jobs/{first}")).await;
-        if job["state"] == "failed" {
-            break;
-        }
-        assert_eq!(job["state"], "running", "{job}");
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let job = job_until(&base, &first, |job| job["state"] != "running").await;
+    assert_eq!(job["state"], "failed", "{job}");
     let copied = db
         .query("SELECT 1 FROM sluice_pointers WHERE source = 'slow_copy'")
         .await;
     assert!(copied.is_empty(), "the killed run moved its pointer");
-    let second = start(base.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let job = loop {
-        let job = get(format!("{base}/v1/jobs/{second}")).await;
-        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
-            break job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let second = start_flow(&base, &["slow_copy"]).await;
+    let job = job_until(&base, &second, ended).await;
     assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(db.count("slow_copy").await, 50);
     send(base.clone(), "BK2-", 10, 22).await;
-    let third = start(base.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = get(format!("{base}/v1/jobs/{third}")).await;
-        if job["state"] == "completed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let third = start_flow(&base, &["slow_copy"]).await;
+    let job = job_until(&base, &third, ended).await;
+    assert_eq!(job["state"], "completed", "{job}");
     assert_eq!(db.count("slow_copy").await, 60);
     assert_eq!(db.distinct("slow_copy", "order_id").await, 60);
     let _ = sluice.terminate().await;
@@ -1128,26 +1064,9 @@ async fn a_cancelled_flow_stops_between_tasks(kind: Db) {
         return;
     };
     send(&app, "order_placed", &Shop::default().orders(20, 31, "BK-")).await;
-    let r = app
-        .client
-        .post(app.url("/v1/jobs/flow"))
-        .json(&json!({"targets": ["second"]}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
-        if job["result"]["tasks"][0]["state"] == "running" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let base = format!("http://{}", app.addr);
+    let id = start_flow(&base, &["second"]).await;
+    job_until(&base, &id, running).await;
     let r = app
         .client
         .post(app.url(&format!("/v1/jobs/{id}/cancel")))
@@ -1155,15 +1074,7 @@ async fn a_cancelled_flow_stops_between_tasks(kind: Db) {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let job = loop {
-        let (_, job) = app.get_json(&format!("/v1/jobs/{id}")).await;
-        if !matches!(job["state"].as_str(), Some("ready" | "running")) {
-            break job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = job_until(&base, &id, ended).await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert_eq!(task(&job, "first")["state"], "completed", "{job}");
     let second = task(&job, "second");

@@ -239,6 +239,21 @@ async function followJob(id) {
   }
 }
 
+// A button in `parent` that POSTs to `url`, follows the job it starts with `follow`
+// (if given), then calls `refresh`.
+function actionButton(parent, label, url, follow, refresh) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = label;
+  b.addEventListener("click", () =>
+    api(url, { method: "POST" })
+      .then((r) => (follow ? follow(r.id) : null))
+      .then(refresh)
+      .catch(report),
+  );
+  parent.appendChild(b);
+}
+
 // The pulled sources, each with its pointer, its runs and buttons to run, pause or
 // resume it.
 async function refreshSources() {
@@ -262,21 +277,10 @@ async function refreshSources() {
     cell(tr, s.next_run || (s.every_seconds ? "" : "on demand"));
     cell(tr, s.failures, "num");
     const actions = cell(tr, "");
-    const button = (label, path, follow) => {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = label;
-      b.addEventListener("click", () =>
-        api("/v1/sources/" + encodeURIComponent(s.name) + "/" + path, { method: "POST" })
-          .then((r) => (follow ? followJob(r.id) : null))
-          .then(refreshSources)
-          .catch(report),
-      );
-      actions.appendChild(b);
-    };
-    button("Run", "run", true);
-    if (s.state === "paused") button("Resume", "resume", false);
-    else button("Pause", "pause", false);
+    const at = "/v1/sources/" + encodeURIComponent(s.name) + "/";
+    actionButton(actions, "Run", at + "run", followJob, refreshSources);
+    if (s.state === "paused") actionButton(actions, "Resume", at + "resume", null, refreshSources);
+    else actionButton(actions, "Pause", at + "pause", null, refreshSources);
   });
 }
 
@@ -383,22 +387,11 @@ async function refreshTransforms() {
     cell(tr, t.next_run || (t.every_seconds ? "" : "on demand"));
     cell(tr, t.failures, "num");
     const actions = cell(tr, "");
-    const button = (label, path, follow) => {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = label;
-      b.addEventListener("click", () =>
-        api("/v1/transforms/" + encodeURIComponent(t.name) + "/" + path, { method: "POST" })
-          .then((r) => (follow ? followFlow(r.id) : null))
-          .then(refreshTransforms)
-          .catch(report),
-      );
-      actions.appendChild(b);
-    };
-    button("Run", "run", true);
+    const at = "/v1/transforms/" + encodeURIComponent(t.name) + "/";
+    actionButton(actions, "Run", at + "run", followFlow, refreshTransforms);
     if (t.every_seconds) {
-      if (t.state === "paused") button("Resume", "resume", false);
-      else button("Pause", "pause", false);
+      if (t.state === "paused") actionButton(actions, "Resume", at + "resume", null, refreshTransforms);
+      else actionButton(actions, "Pause", at + "pause", null, refreshTransforms);
     }
   });
 }
