@@ -11,7 +11,6 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::jobs::{lock, Jobs};
-use crate::sink::SinkError;
 
 /// The longest a failing thing waits between two scheduled tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -34,9 +33,8 @@ pub struct Standing {
     /// RFC 3339; `None`: not scheduled, or paused.
     pub next_run: Option<String>,
     pub failures: u32,
+    /// The job of the last run this instance started.
     pub last_job: Option<String>,
-    /// The state of `last_job`.
-    pub last_state: Option<String>,
 }
 
 /// Starting one thing's run: its job's id, or why it could not start.
@@ -101,27 +99,19 @@ impl Schedule {
         }
     }
 
-    /// Where `name`'s schedule stands, with the state of its last job.
-    pub async fn standing(&self, name: &str) -> Result<Standing, SinkError> {
-        let last_job = lock(&self.states)
-            .get(name)
-            .and_then(|s| s.last_job.clone());
-        let last_state = match &last_job {
-            Some(id) => self.jobs.get(id).await?.map(|j| j.header.state),
-            None => None,
-        };
+    /// Where `name`'s schedule stands.
+    pub fn standing(&self, name: &str) -> Standing {
         let states = lock(&self.states);
         let state = states.get(name);
-        Ok(Standing {
+        Standing {
             paused: state.is_some_and(|s| s.paused),
             next_run: state
                 .filter(|s| !s.paused)
                 .and_then(|s| s.next_run)
                 .map(rfc3339),
             failures: state.map_or(0, |s| s.failures),
-            last_job,
-            last_state,
-        })
+            last_job: state.and_then(|s| s.last_job.clone()),
+        }
     }
 
     /// Starts `name` with `start` (which answers its job's id) whenever it is due, until

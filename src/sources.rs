@@ -96,7 +96,11 @@ impl Sources {
         let source = &self.config[name];
         let pointer = self.jobs.store().pointer(name).await?;
         let (rows, files) = self.jobs.store().source_totals(name).await?;
-        let standing = self.schedule.standing(name).await?;
+        let standing = self.schedule.standing(name);
+        let last_state = match &standing.last_job {
+            Some(id) => self.jobs.get(id).await?.map(|j| j.header.state),
+            None => None,
+        };
         let running = self.jobs.pull_running(name);
         Ok(SourceView {
             name: name.to_owned(),
@@ -114,7 +118,7 @@ impl Sources {
             }
             .into(),
             last_job: standing.last_job,
-            last_state: standing.last_state,
+            last_state,
             next_run: standing.next_run,
             failures: standing.failures,
             rows,

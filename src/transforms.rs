@@ -118,7 +118,7 @@ impl Transforms {
         recent: &[crate::jobs::JobView],
     ) -> Result<TransformView, SinkError> {
         let transform = self.graph.transform(name).cloned().unwrap_or_default();
-        let standing = self.schedule.standing(name).await?;
+        let standing = self.schedule.standing(name);
         let pointer = self
             .jobs
             .store()

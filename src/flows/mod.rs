@@ -399,17 +399,16 @@ pub async fn watermark_of(store: &Store, input: Input<'_>) -> Result<i64, anyhow
     })
 }
 
-/// Runs transform `name` once: its statements, bound to the loads not processed yet,
-/// and its new pointer, in one transaction. Another run that moved the pointer
-/// meanwhile (on another instance) makes this one fail without committing anything.
+/// Runs transform `name` once: `script` (its SQL file, [`Graph::script`]), bound to the
+/// loads not processed yet, and its new pointer, in one transaction. Another run that
+/// moved the pointer meanwhile (on another instance) makes this one fail without
+/// committing anything.
 pub async fn run_transform(
     store: &Store,
     graph: &Graph,
     name: &str,
+    script: &Script,
 ) -> anyhow::Result<TransformReport> {
-    let script = graph
-        .script(name, store.dialect())
-        .map_err(anyhow::Error::msg)?;
     let transform = graph
         .transform(name)
         .ok_or_else(|| anyhow::anyhow!("unknown transform `{name}`"))?;

@@ -148,11 +148,7 @@ pub async fn publish(config: &PublishConfig, rows: &[String]) -> Result<Publishe
     for text in rows {
         let row: Map<String, Value> = serde_json::from_str(text)
             .map_err(|e| format!("a row did not read as a JSON object ({e}): {text}"))?;
-        let value = Value::Object(row);
-        let Value::Object(row) = &value else {
-            unreachable!()
-        };
-        entries.push((key.render(row)?, value.to_string()));
+        entries.push((key.render(&row)?, Value::Object(row).to_string()));
     }
     let url = config.url()?;
     let shown = crate::sink::redact(&url);

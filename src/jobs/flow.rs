@@ -110,9 +110,15 @@ struct Board {
 }
 
 impl Board {
+    /// Changes task `at` with `f`, and records every task into the job.
     fn change(&self, at: usize, f: impl FnOnce(&mut TaskView)) {
-        let mut tasks = lock(&self.tasks);
-        f(&mut tasks[at]);
+        f(&mut lock(&self.tasks)[at]);
+        self.record();
+    }
+
+    /// Writes the tasks, and how many ended, into the job's record.
+    fn record(&self) {
+        let tasks = lock(&self.tasks);
         let done = tasks
             .iter()
             .filter(|t| !matches!(t.state.as_str(), "ready" | "running"))
@@ -207,7 +213,7 @@ impl Jobs {
             let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
             r.log(format!("{} tasks: {}", plan.len(), names.join(", ")));
         }
-        board.change(0, |_| {});
+        board.record();
         if plan.iter().any(|p| p.kind == TaskKind::Pull) {
             crate::sink::prepare_tables(&self.storage.store, &registry).await?;
         }
@@ -317,13 +323,17 @@ impl Jobs {
             }
         }
         let tasks = lock(&board.tasks).clone();
-        let failed: Vec<String> = tasks
+        // Each failure is in the job's errors already, with its message.
+        let failed: Vec<&str> = tasks
             .iter()
             .filter(|t| t.state == "failed")
-            .map(|t| format!("task {} failed: {}", t.name, t.errors.join("; ")))
+            .map(|t| t.name.as_str())
             .collect();
         if !failed.is_empty() {
-            anyhow::bail!("{}", failed.join("; "));
+            anyhow::bail!(
+                "the flow failed at {}; what depends on it did not run",
+                failed.join(", ")
+            );
         }
         Ok((
             json!({ "tasks": tasks }),
@@ -362,15 +372,7 @@ impl Jobs {
                     anyhow::anyhow!("[sources.{name}] stream `{}` has no schema", source.stream)
                 })?;
                 let progress = PullTask { board, at };
-                let report = crate::pull::pull(crate::pull::Run {
-                    name,
-                    source,
-                    stream,
-                    storage: &self.storage,
-                    max_payload: self.settings.max_payload_bytes,
-                    progress: &progress,
-                })
-                .await?;
+                let report = self.pull(name, source, stream, &progress).await?;
                 Ok(Outcome::Pulled(report))
             }
             TaskKind::Transform => {
@@ -384,12 +386,13 @@ impl Jobs {
                         lock.lock_owned().await
                     }
                 };
-                let statements = graph
+                // Read now, once: a fixed file applies at the next run.
+                let script = graph
                     .script(name, self.store().dialect())
-                    .map(|s| s.len() as i64)
-                    .unwrap_or(0);
-                board.change(at, |t| t.progress(0, statements));
-                let report = crate::flows::run_transform(self.store(), graph, name).await?;
+                    .map_err(anyhow::Error::msg)?;
+                board.change(at, |t| t.progress(0, script.len() as i64));
+                let report =
+                    crate::flows::run_transform(self.store(), graph, name, &script).await?;
                 Ok(Outcome::Transformed(report))
             }
         }

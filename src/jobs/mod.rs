@@ -1,6 +1,6 @@
-//! Background jobs: long operations (replaying dead letters today) run by the server,
-//! with their state, progress, logs and errors visible while they run and kept in the
-//! `sluice_jobs` table afterwards.
+//! Background jobs: long operations (replaying dead letters, pulling a source, running a
+//! flow of transforms, see [`flow`]) run by the server, with their state, progress, logs
+//! and errors visible while they run and kept in the `sluice_jobs` table afterwards.
 //!
 //! In: a request to start a job, or to cancel one. Out: a job that goes `ready →
 //! running → completed | failed | cancelled`, recorded in the database at each change
@@ -182,6 +182,17 @@ struct Running {
     record: Mutex<Record>,
     cancel: CancellationToken,
     scope: Scope,
+}
+
+impl Running {
+    /// Whether it is still `ready` or `running` (a job whose last save is under way
+    /// has already ended).
+    fn is_active(&self) -> bool {
+        matches!(
+            lock(&self.record).row.header.state.as_str(),
+            "ready" | "running"
+        )
+    }
 }
 
 /// What a job works on, so that two jobs over the same things do not run at once.
@@ -490,21 +501,33 @@ impl Jobs {
             move |jobs, job| async move {
                 crate::sink::prepare_tables(&jobs.storage.store, &registry).await?;
                 let tracker = PullTracker { job: &job };
-                let report = crate::pull::pull(crate::pull::Run {
-                    name: &name,
-                    source: &source,
-                    stream: &stream,
-                    storage: &jobs.storage,
-                    max_payload: jobs.settings.max_payload_bytes,
-                    progress: &tracker,
-                })
-                .await?;
+                let report = jobs.pull(&name, &source, &stream, &tracker).await?;
                 Ok((
                     serde_json::to_value(&report).unwrap_or_default(),
                     "what was loaded stays, with its pointer; the next run goes on from there",
                 ))
             },
         )
+        .await
+    }
+
+    /// Pulls `source` (`name`) into `stream` once, reporting to `progress`: the run of a
+    /// pull job and of a flow's pull task.
+    async fn pull(
+        &self,
+        name: &str,
+        source: &crate::pull::SourceConfig,
+        stream: &Arc<crate::schema::Stream>,
+        progress: &dyn crate::pull::PullProgress,
+    ) -> anyhow::Result<crate::pull::PullReport> {
+        crate::pull::pull(crate::pull::Run {
+            name,
+            source,
+            stream,
+            storage: &self.storage,
+            max_payload: self.settings.max_payload_bytes,
+            progress,
+        })
         .await
     }
 
@@ -553,13 +576,10 @@ impl Jobs {
         {
             let mut running = lock(&self.running);
             // A job that has just finished (its last save under way) does not count.
-            if let Some((other, _)) = running.iter().find(|(_, j)| {
-                let active = matches!(
-                    lock(&j.record).row.header.state.as_str(),
-                    "ready" | "running"
-                );
-                active && j.scope.overlaps(&job.scope)
-            }) {
+            if let Some((other, _)) = running
+                .iter()
+                .find(|(_, j)| j.is_active() && j.scope.overlaps(&job.scope))
+            {
                 return Err(JobError::Conflict(other.clone()));
             }
             running.insert(id.clone(), job.clone());
@@ -645,24 +665,15 @@ impl Jobs {
 
     /// Whether job `id` is running here now (or about to).
     pub fn active(&self, id: &str) -> bool {
-        lock(&self.running).get(id).is_some_and(|j| {
-            matches!(
-                lock(&j.record).row.header.state.as_str(),
-                "ready" | "running"
-            )
-        })
+        lock(&self.running).get(id).is_some_and(|j| j.is_active())
     }
 
     /// Whether a pull of `source` runs here now.
     pub fn pull_running(&self, source: &str) -> bool {
         let scope = Scope::Pull(source.to_owned());
-        lock(&self.running).values().any(|j| {
-            j.scope == scope
-                && matches!(
-                    lock(&j.record).row.header.state.as_str(),
-                    "ready" | "running"
-                )
-        })
+        lock(&self.running)
+            .values()
+            .any(|j| j.scope == scope && j.is_active())
     }
 
     /// One job: from memory while it runs here, else from the table.

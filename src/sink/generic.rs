@@ -650,10 +650,11 @@ pub async fn run_script<DB>(
         conn.execute("SET autocommit = 0, time_zone = '+00:00'")
             .await
             .map_err(&err)?;
-        let rows = script_statements::<DB>(&mut conn, dialect, script).await;
-        let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        conn.execute(end).await.map_err(&err)?;
-        return rows;
+        let rows = script_statements::<DB>(&mut conn, dialect, script).await?;
+        // On an error the connection is dropped, closed, and its transaction with it:
+        // the error told is the statement's, not a ROLLBACK's.
+        conn.execute("COMMIT").await.map_err(&err)?;
+        return Ok(rows);
     }
     // SQLite: the write lock from the start, so that a first statement that only reads
     // (CREATE TABLE IF NOT EXISTS of a table that exists) cannot be refused its upgrade
