@@ -270,33 +270,50 @@ fn pointer_values(pointer: Option<&str>, cursor: &[String]) -> anyhow::Result<Op
         .map(Some)
 }
 
-/// A source row as the JSON text of an event of `stream`: each value rendered by the
-/// type of the stream's column of that name (a number keeps its digits, a timestamp
-/// becomes RFC 3339, a boolean `t`/`1` becomes `true`), a column the stream does not
-/// declare by the source's type.
-fn render(stream: &Stream, columns: &[SourceColumn], values: &[Option<String>]) -> String {
-    let mut out = String::with_capacity(64 * columns.len());
-    out.push('{');
-    for (i, (column, value)) in columns.iter().zip(values).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::Value::from(column.name.as_str()).to_string());
-        out.push(':');
-        let Some(text) = value else {
-            out.push_str("null");
-            continue;
-        };
-        let declared = stream
-            .columns
+/// How a source's rows become the JSON text of events of a stream, worked out once per
+/// run: each column's key (as JSON, with its colon) and the type its values are
+/// rendered as: that of the stream's column of the same name (a number keeps its
+/// digits, a timestamp becomes RFC 3339, a boolean `t`/`1` becomes `true`), or for a
+/// column the stream does not declare, the source's type.
+struct Render {
+    columns: Vec<(String, ColumnType)>,
+}
+
+impl Render {
+    fn new(stream: &Stream, columns: &[SourceColumn]) -> Render {
+        let columns = columns
             .iter()
-            .find(|c| c.name == column.name)
-            .map(|c| c.ty);
-        let kind = declared.unwrap_or_else(|| by_source_type(&column.type_name));
-        out.push_str(&render_value(kind, text));
+            .map(|column| {
+                let mut key = String::new();
+                push_json_string(&mut key, &column.name);
+                key.push(':');
+                let declared = stream
+                    .columns
+                    .iter()
+                    .find(|c| c.name == column.name)
+                    .map(|c| c.ty);
+                let kind = declared.unwrap_or_else(|| by_source_type(&column.type_name));
+                (key, kind)
+            })
+            .collect();
+        Render { columns }
     }
-    out.push('}');
-    out
+
+    /// Appends one source row as an event's JSON text to `out`.
+    fn row(&self, values: &[Option<String>], out: &mut String) {
+        out.push('{');
+        for (i, ((key, kind), value)) in self.columns.iter().zip(values).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            match value {
+                Some(text) => push_value(out, *kind, text),
+                None => out.push_str("null"),
+            }
+        }
+        out.push('}');
+    }
 }
 
 /// The column type a source column the stream does not declare is rendered as.
@@ -320,37 +337,94 @@ fn by_source_type(type_name: &str) -> ColumnType {
     }
 }
 
-/// One value's JSON text for a column of type `kind`; anything that does not read as
-/// that type stays a string, for the schema to refuse with a clear message.
-fn render_value(kind: ColumnType, text: &str) -> String {
-    let string = || serde_json::Value::from(text).to_string();
-    match kind {
-        ColumnType::Integer | ColumnType::Number | ColumnType::Decimal { .. } => {
-            if is_json_number(text) {
-                text.to_owned()
-            } else {
-                string()
+/// Appends `text` as a JSON string.
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    let mut rest = text;
+    loop {
+        let at = crate::scan::first_of(rest.as_bytes(), 0, [b'"', b'\\'], 0x20);
+        out.push_str(&rest[..at]);
+        let Some(&special) = rest.as_bytes().get(at) else {
+            break;
+        };
+        match special {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            control => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{control:04x}");
             }
         }
+        rest = &rest[at + 1..];
+    }
+    out.push('"');
+}
+
+/// Appends one value's JSON text for a column of type `kind`; anything that does not
+/// read as that type stays a string, for the schema to refuse with a clear message.
+fn push_value(out: &mut String, kind: ColumnType, text: &str) {
+    match kind {
+        ColumnType::Integer | ColumnType::Number | ColumnType::Decimal { .. }
+            if is_json_number(text) =>
+        {
+            out.push_str(text)
+        }
         ColumnType::Boolean => match text {
-            "t" | "true" | "1" | "TRUE" => "true".into(),
-            "f" | "false" | "0" | "FALSE" => "false".into(),
-            _ => string(),
+            "t" | "true" | "1" | "TRUE" => out.push_str("true"),
+            "f" | "false" | "0" | "FALSE" => out.push_str("false"),
+            _ => push_json_string(out, text),
         },
         ColumnType::Timestamp => match source_timestamp(text) {
-            Some(t) => serde_json::Value::from(t).to_string(),
-            None => string(),
+            // RFC 3339 text needs no escape.
+            Some(t) => {
+                out.push('"');
+                out.push_str(&t);
+                out.push('"');
+            }
+            None => push_json_string(out, text),
         },
-        ColumnType::Json => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(_) => text.to_owned(),
-            Err(_) => string(),
-        },
-        ColumnType::Text { .. } | ColumnType::Uuid | ColumnType::Hash => string(),
+        ColumnType::Json if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            out.push_str(text)
+        }
+        _ => push_json_string(out, text),
     }
 }
 
-/// Whether `text` is a JSON number literal.
+/// Whether `text` is a JSON number literal that serde_json reads (one that overflows a
+/// double is not).
 fn is_json_number(text: &str) -> bool {
+    // serde_json reads a value between JSON whitespace.
+    let b = text.trim_matches([' ', '\t', '\n', '\r']).as_bytes();
+    let digits = |mut at: usize| {
+        let start = at;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        (at > start).then_some(at)
+    };
+    let mut at = usize::from(b.first() == Some(&b'-'));
+    let Some(end) = digits(at) else {
+        return false;
+    };
+    if b[at] == b'0' && end > at + 1 {
+        return false; // a leading zero
+    }
+    at = end;
+    if b.get(at) == Some(&b'.') {
+        let Some(end) = digits(at + 1) else {
+            return false;
+        };
+        at = end;
+    }
+    if at == b.len() && b.len() < 300 {
+        return true;
+    }
+    // An exponent, or digits enough to overflow: as serde_json reads it.
     matches!(
         serde_json::from_str::<serde_json::Value>(text),
         Ok(serde_json::Value::Number(_))
@@ -359,26 +433,39 @@ fn is_json_number(text: &str) -> bool {
 
 /// A source's timestamp text as RFC 3339 in UTC: PostgreSQL's `2026-12-01
 /// 10:00:00.5+00`, MySQL's `2026-12-01 10:00:00.500000` (read in UTC), SQLite's text as
-/// stored.
+/// stored. The formats are parsed once, not for every value.
 fn source_timestamp(text: &str) -> Option<String> {
-    use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(
-            t.with_timezone(&Utc)
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        );
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
-        if let Ok(t) = DateTime::parse_from_str(text, format) {
-            return Some(
-                t.with_timezone(&Utc)
-                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            );
+    use chrono::format::{parse, Item, Parsed, StrftimeItems};
+    use chrono::{DateTime, SecondsFormat, Utc};
+    type Formats = [Vec<Item<'static>>; 4];
+    static FORMATS: std::sync::OnceLock<Formats> = std::sync::OnceLock::new();
+    let [zoned, zoned_whole, naive, naive_t] = FORMATS.get_or_init(|| {
+        [
+            "%Y-%m-%d %H:%M:%S%.f%#z",
+            "%Y-%m-%d %H:%M:%S%#z",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M:%S%.f",
+        ]
+        .map(|f| StrftimeItems::new(f).parse().unwrap_or_default())
+    });
+    let utc = |t: DateTime<Utc>| Some(t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    for items in [zoned, zoned_whole] {
+        let mut parsed = Parsed::new();
+        if parse(&mut parsed, text, items.iter()).is_ok() {
+            if let Ok(t) = parsed.to_datetime() {
+                return utc(t.with_timezone(&Utc));
+            }
         }
     }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(t.and_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true));
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return utc(t.with_timezone(&Utc));
+    }
+    for items in [naive, naive_t] {
+        let mut parsed = Parsed::new();
+        if parse(&mut parsed, text, items.iter()).is_ok() {
+            if let Ok(t) = parsed.to_naive_datetime_with_offset(0) {
+                return utc(t.and_utc());
+            }
         }
     }
     None
@@ -433,6 +520,7 @@ async fn pull_on(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let render = Render::new(stream, &columns);
     let reader = Reader {
         dialect,
         relation,
@@ -481,19 +569,23 @@ async fn pull_on(
             value: serde_json::Value::Object(pointer_object).to_string(),
             previous: stored.clone(),
         };
-        let texts: Vec<String> = page
-            .iter()
-            .map(|values| render(stream, &reader.columns, values))
-            .collect();
+        // The page's events in one buffer.
+        let mut texts = String::with_capacity(page.len() * 64 * reader.columns.len());
+        let mut spans = Vec::with_capacity(page.len());
+        for values in &page {
+            let start = texts.len();
+            render.row(values, &mut texts);
+            spans.push(start..texts.len());
+        }
         let mut filing = Filing::new(max_payload, Some(storage.store.dialect()));
         filing.file(
             &Route::to(stream),
             &pulled_from,
             chrono::Utc::now(),
-            texts
+            spans
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Event::text(i, t.as_bytes())),
+                .map(|(i, span)| Event::text(i, &texts.as_bytes()[span.clone()])),
         );
         let load = PulledLoad {
             stream,
@@ -540,6 +632,12 @@ async fn pull_on(
 mod tests {
     use super::*;
 
+    fn render_value(kind: ColumnType, text: &str) -> String {
+        let mut out = String::new();
+        push_value(&mut out, kind, text);
+        out
+    }
+
     #[test]
     fn source_values_render_by_the_stream_s_types() {
         assert_eq!(render_value(ColumnType::Integer, "42"), "42");
@@ -556,19 +654,78 @@ mod tests {
         );
         assert_eq!(render_value(ColumnType::Boolean, "t"), "true");
         assert_eq!(render_value(ColumnType::Boolean, "0"), "false");
-        assert_eq!(
-            render_value(ColumnType::Timestamp, "2026-12-01 10:00:00.5+00"),
-            "\"2026-12-01T10:00:00.500Z\""
-        );
-        assert_eq!(
-            render_value(ColumnType::Timestamp, "2026-12-01 10:00:00.000000"),
-            "\"2026-12-01T10:00:00Z\""
-        );
+        assert_eq!(render_value(ColumnType::Boolean, "yes"), "\"yes\"");
+        for (source, rfc3339) in [
+            ("2026-12-01 10:00:00.5+00", "2026-12-01T10:00:00.500Z"),
+            ("2026-12-01 10:00:00+05:30", "2026-12-01T04:30:00Z"),
+            ("2026-12-01 10:00:00.000000", "2026-12-01T10:00:00Z"),
+            ("2026-12-01 10:00:00.123456", "2026-12-01T10:00:00.123456Z"),
+            ("2026-12-01T10:00:00.25", "2026-12-01T10:00:00.250Z"),
+            ("2026-12-01T10:00:00-01:00", "2026-12-01T11:00:00Z"),
+        ] {
+            assert_eq!(
+                render_value(ColumnType::Timestamp, source),
+                format!("\"{rfc3339}\""),
+                "{source}"
+            );
+        }
+        assert_eq!(render_value(ColumnType::Timestamp, "soon"), "\"soon\"");
         assert_eq!(
             render_value(ColumnType::Text { max_length: None }, "a\"b"),
             "\"a\\\"b\""
         );
         assert_eq!(render_value(ColumnType::Json, "{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(render_value(ColumnType::Json, "{\"a\":"), "\"{\\\"a\\\":\"");
+    }
+
+    #[test]
+    fn strings_and_numbers_read_as_serde_json_reads_them() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and backslash \\",
+            "tab\tnew line\ncarriage\rbell\u{7}nul\0\u{8}\u{c}\u{1f}\u{7f}",
+            "é ünïcode 😀 long enough to cross a word of eight bytes",
+        ] {
+            let mut ours = String::new();
+            push_json_string(&mut ours, text);
+            assert_eq!(ours, serde_json::to_string(text).unwrap(), "{text:?}");
+        }
+        for text in [
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "3.25",
+            "-0.5",
+            "1e3",
+            "1E-2",
+            "2.5e+7",
+            "123456789012345678901234567890",
+            "1e400",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "+1",
+            "1.2.3",
+            "0x10",
+            "NaN",
+            "Infinity",
+            "1 ",
+            " 1",
+            "\t-2.5\n",
+            " ",
+            "",
+            "12a",
+            &"9".repeat(400),
+        ] {
+            let serde = matches!(
+                serde_json::from_str::<serde_json::Value>(text),
+                Ok(serde_json::Value::Number(_))
+            );
+            assert_eq!(is_json_number(text), serde, "{text:?}");
+        }
     }
 
     #[test]
