@@ -88,30 +88,52 @@ impl SourceConn {
         })
     }
 
-    /// Every row `sql` answers (its columns cast to text), with `binds` as text.
-    async fn text_rows(
-        &mut self,
-        sql: &str,
-        binds: &[String],
-    ) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    /// The rows `sql` answers (its columns cast to text), with `binds` as text, as
+    /// events' JSON text ([`Render`]), read in place from the database's answer.
+    async fn page(&mut self, sql: &str, binds: &[String], render: &Render) -> anyhow::Result<Page> {
         with_conn!(self, c => {
             let mut q = sqlx::query(sql);
             for b in binds {
                 q = q.bind(b.as_str());
             }
             let rows = q.fetch_all(&mut *c).await?;
-            rows.iter()
-                .map(|row| {
-                    (0..row.len())
-                        .map(|i| row.try_get::<Option<String>, usize>(i).map_err(Into::into))
-                        .collect()
-                })
-                .collect()
+            let mut page = Page {
+                texts: String::with_capacity(rows.len() * 64 * render.columns.len()),
+                spans: Vec::with_capacity(rows.len()),
+                last: Vec::new(),
+            };
+            let mut values: Vec<Option<&str>> = Vec::with_capacity(render.columns.len());
+            for row in &rows {
+                values.clear();
+                for i in 0..row.len() {
+                    // Every column is cast to text: no type check per value.
+                    values.push(row.try_get_unchecked::<Option<&str>, usize>(i)?);
+                }
+                let start = page.texts.len();
+                render.row(&values, &mut page.texts);
+                page.spans.push(start..page.texts.len());
+            }
+            page.last = values.iter().map(|v| v.map(str::to_owned)).collect();
+            Ok(page)
         })
     }
 
     async fn close(self) {
         let _ = with_conn!(self, c => c.close().await);
+    }
+}
+
+/// One page of a source's rows as events' JSON text, one after the other, and the
+/// values of its last row (for the pointer).
+struct Page {
+    texts: String,
+    spans: Vec<std::ops::Range<usize>>,
+    last: Vec<Option<String>>,
+}
+
+impl Page {
+    fn len(&self) -> usize {
+        self.spans.len()
     }
 }
 
@@ -240,12 +262,14 @@ impl Reader {
 async fn read_page(
     conn: &mut SourceConn,
     reader: &Reader,
+    render: &Render,
     after: Option<&[String]>,
     limit: usize,
-) -> anyhow::Result<Vec<Vec<Option<String>>>> {
-    conn.text_rows(
+) -> anyhow::Result<Page> {
+    conn.page(
         &reader.page(after.is_none(), limit),
         after.unwrap_or_default(),
+        render,
     )
     .await
 }
@@ -276,7 +300,17 @@ fn pointer_values(pointer: Option<&str>, cursor: &[String]) -> anyhow::Result<Op
 /// digits, a timestamp becomes RFC 3339, a boolean `t`/`1` becomes `true`), or for a
 /// column the stream does not declare, the source's type.
 struct Render {
-    columns: Vec<(String, ColumnType)>,
+    columns: Vec<(String, Written)>,
+}
+
+/// How a column's values are written.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    /// As [`push_value`] writes the type's values.
+    As(ColumnType),
+    /// As they are: a JSON column of the stream whose source column is JSON (`json`,
+    /// `jsonb`), so the source guarantees its text reads as JSON.
+    Json,
 }
 
 impl Render {
@@ -293,23 +327,29 @@ impl Render {
                     .find(|c| c.name == column.name)
                     .map(|c| c.ty);
                 let kind = declared.unwrap_or_else(|| by_source_type(&column.type_name));
-                (key, kind)
+                let source_json = column.type_name.to_ascii_uppercase().starts_with("JSON");
+                let written = match kind {
+                    ColumnType::Json if source_json => Written::Json,
+                    kind => Written::As(kind),
+                };
+                (key, written)
             })
             .collect();
         Render { columns }
     }
 
     /// Appends one source row as an event's JSON text to `out`.
-    fn row(&self, values: &[Option<String>], out: &mut String) {
+    fn row(&self, values: &[Option<&str>], out: &mut String) {
         out.push('{');
-        for (i, ((key, kind), value)) in self.columns.iter().zip(values).enumerate() {
+        for (i, ((key, written), value)) in self.columns.iter().zip(values).enumerate() {
             if i > 0 {
                 out.push(',');
             }
             out.push_str(key);
-            match value {
-                Some(text) => push_value(out, *kind, text),
-                None => out.push_str("null"),
+            match (value, written) {
+                (Some(text), Written::As(kind)) => push_value(out, *kind, text),
+                (Some(text), Written::Json) => out.push_str(text),
+                (None, _) => out.push_str("null"),
             }
         }
         out.push('}');
@@ -541,14 +581,15 @@ async fn pull_on(
     let pulled_from = crate::source::pull(name);
     let started = Instant::now();
     let mut report = PullReport::default();
-    let mut page = read_page(conn, &reader, after.as_deref(), source.load_size)
+    let mut page = read_page(conn, &reader, &render, after.as_deref(), source.load_size)
         .await
         .with_context(|| format!("cannot read source `{name}`"))?;
     let paced = source.max_rows_per_second > 0;
     while !progress.cancelled() {
-        let Some(last) = page.last() else {
+        if page.len() == 0 {
             break;
-        };
+        }
+        let last = &page.last;
         let pointer_object: serde_json::Map<String, serde_json::Value> = reader
             .cursor_at
             .iter()
@@ -569,23 +610,15 @@ async fn pull_on(
             value: serde_json::Value::Object(pointer_object).to_string(),
             previous: stored.clone(),
         };
-        // The page's events in one buffer.
-        let mut texts = String::with_capacity(page.len() * 64 * reader.columns.len());
-        let mut spans = Vec::with_capacity(page.len());
-        for values in &page {
-            let start = texts.len();
-            render.row(values, &mut texts);
-            spans.push(start..texts.len());
-        }
         let mut filing = Filing::new(max_payload, Some(storage.store.dialect()));
         filing.file(
             &Route::to(stream),
             &pulled_from,
             chrono::Utc::now(),
-            spans
+            page.spans
                 .iter()
                 .enumerate()
-                .map(|(i, span)| Event::text(i, &texts.as_bytes()[span.clone()])),
+                .map(|(i, span)| Event::text(i, &page.texts.as_bytes()[span.clone()])),
         );
         let load = PulledLoad {
             stream,
@@ -599,7 +632,7 @@ async fn pull_on(
         let (written, next) = if more && !paced {
             let (written, next) = tokio::join!(
                 load.write(storage, filing, &mut report),
-                read_page(conn, &reader, after.as_deref(), source.load_size)
+                read_page(conn, &reader, &render, after.as_deref(), source.load_size)
             );
             (written, Some(next))
         } else {
@@ -620,7 +653,7 @@ async fn pull_on(
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
-                read_page(conn, &reader, after.as_deref(), source.load_size).await
+                read_page(conn, &reader, &render, after.as_deref(), source.load_size).await
             }
         }
         .with_context(|| format!("cannot read source `{name}`"))?;

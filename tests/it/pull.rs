@@ -251,6 +251,155 @@ async fn mariadb_into_sqlite() {
     a_source_table_is_pulled_incrementally_and_the_target_equals_it(Db::Mysql, Db::Sqlite).await
 }
 
+/// Values of every kind arrive as the source holds them: JSON documents of a `jsonb` /
+/// `json` column (taken as they are) and of a text column (checked: one that is not
+/// JSON is a dead letter naming the property), strings with quotes, backslashes,
+/// control characters and non-ASCII text, numbers, booleans and timestamps.
+async fn source_values_of_every_kind_arrive_as_the_source_holds_them(
+    source_kind: Db,
+    target_kind: Db,
+) {
+    let Some(source) = TestDb::create(source_kind).await else {
+        return;
+    };
+    let (json, now) = match source_kind {
+        Db::Postgres => ("jsonb", "TIMESTAMPTZ '2026-12-01 10:00:00.25+00'"),
+        _ => ("json", "TIMESTAMP('2026-12-01 10:00:00.250000')"),
+    };
+    source
+        .execute(&format!("CREATE TABLE docs (id bigint PRIMARY KEY, doc {json} NOT NULL, note text NOT NULL, label text NOT NULL, ratio decimal(8,3) NOT NULL, flag boolean NOT NULL, created {} NOT NULL)", if source_kind == Db::Postgres { "timestamptz" } else { "datetime(6)" }))
+        .await;
+    let label = "quote \" back \\ tab\t line\n bell\u{7} é 😀";
+    let rows = [
+        (
+            1,
+            r#"{"a": [1, 2.5, "x\"y"], "b": {"c": null}}"#,
+            r#"{"n": 1}"#,
+        ),
+        (2, r#"[true, false, "é"]"#, r#"{"n": 2}"#),
+        (3, r#"{"deep": {"er": [{"k": "v"}]}}"#, "{not json"),
+    ];
+    for (id, doc, note) in rows {
+        let quote = |t: &str| match source_kind {
+            Db::Postgres => format!("'{}'", t.replace('\'', "''")),
+            _ => format!("'{}'", t.replace('\\', "\\\\").replace('\'', "\\'")),
+        };
+        source
+            .execute(&format!(
+                "INSERT INTO docs VALUES ({id}, {}, {}, {}, {id}.125, {}, {now})",
+                quote(doc),
+                quote(note),
+                quote(&label.replace('\u{7}', &format!("{id}\u{7}"))),
+                if id % 2 == 0 { "true" } else { "false" }
+            ))
+            .await;
+    }
+    let schemas = tempfile::tempdir().unwrap();
+    let schema = json!({
+        "type": "object",
+        "required": ["id", "doc", "note", "label", "ratio", "flag", "created"],
+        "additionalProperties": false,
+        "properties": {
+            "id": {"type": "integer"},
+            "doc": {"type": ["object", "array"]},
+            "note": {"type": "object"},
+            "label": {"type": "string"},
+            "ratio": {"type": "number"},
+            "flag": {"type": "boolean"},
+            "created": {"type": "string", "format": "date-time"}
+        }
+    });
+    std::fs::write(schemas.path().join("doc.json"), schema.to_string()).unwrap();
+    let var = source_env(&source, &format!("docs{source_kind:?}{target_kind:?}"));
+    let Some(app) = spawn_app(target_kind, schemas.path().to_path_buf(), move |c| {
+        c.sources.insert(
+            "docs".into(),
+            sluice::pull::SourceConfig {
+                url_env: var,
+                path: None,
+                table: Some("docs".into()),
+                query: None,
+                cursor: vec!["id".into()],
+                stream: "doc".into(),
+                load_size: 2,
+                max_rows_per_second: 0,
+                every: None,
+            },
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let job = run_pull(&app, "docs").await;
+    assert_eq!(job["state"], "completed", "{job}");
+    let got = app
+        .db
+        .query(&format!(
+            "SELECT {}, {}, {}, label, {}, {} FROM doc ORDER BY id",
+            app.db.text("id"),
+            app.db.text("doc"),
+            app.db.text("note"),
+            app.db.text("ratio"),
+            app.db.text("flag")
+        ))
+        .await;
+    assert_eq!(got.len(), 2, "{source_kind:?} → {target_kind:?}: {got:?}");
+    for (row, (id, doc, note)) in got.iter().zip(rows) {
+        assert_eq!(row[0].as_deref(), Some(id.to_string().as_str()));
+        let as_json =
+            |t: &Option<String>| serde_json::from_str::<Value>(t.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            as_json(&row[1]),
+            serde_json::from_str::<Value>(doc).unwrap(),
+            "{row:?}"
+        );
+        assert_eq!(
+            as_json(&row[2]),
+            serde_json::from_str::<Value>(note).unwrap(),
+            "{row:?}"
+        );
+        assert_eq!(
+            row[3].as_deref(),
+            Some(label.replace('\u{7}', &format!("{id}\u{7}")).as_str()),
+            "{source_kind:?} → {target_kind:?}"
+        );
+        assert_eq!(
+            row[4].as_deref().map(|r| r.parse::<f64>().unwrap()),
+            Some(id as f64 + 0.125)
+        );
+        assert!(
+            matches!(
+                row[5].as_deref(),
+                Some("1" | "0" | "true" | "false" | "t" | "f")
+            ),
+            "{row:?}"
+        );
+    }
+    let letters = app
+        .db
+        .query("SELECT stage, error FROM sluice_dead_letters WHERE stream = 'doc'")
+        .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0][0].as_deref(), Some("validate"), "{letters:?}");
+    assert!(
+        letters[0][1]
+            .as_deref()
+            .is_some_and(|e| e.contains("/note")),
+        "{letters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_every_kind_postgres_into_postgres() {
+    source_values_of_every_kind_arrive_as_the_source_holds_them(Db::Postgres, Db::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_every_kind_mariadb_into_sqlite() {
+    source_values_of_every_kind_arrive_as_the_source_holds_them(Db::Mysql, Db::Sqlite).await
+}
+
 /// `max_rows_per_second` paces the reads: 10,000 rows at 2,000 a second take at least
 /// 4.5 s; and an unknown source is refused with the names of the known ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
