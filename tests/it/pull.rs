@@ -144,6 +144,27 @@ fn source_env(source: &TestDb, tag: &str) -> String {
     var
 }
 
+/// A source reading `table` of the database at `$url_env` by `cursor` into `stream`.
+fn table_source(
+    url_env: String,
+    table: &str,
+    cursor: &[&str],
+    stream: &str,
+    load_size: usize,
+) -> sluice::pull::SourceConfig {
+    sluice::pull::SourceConfig {
+        url_env,
+        path: None,
+        table: Some(table.into()),
+        query: None,
+        cursor: cursor.iter().map(|c| c.to_string()).collect(),
+        stream: stream.into(),
+        load_size,
+        max_rows_per_second: 0,
+        every: None,
+    }
+}
+
 fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
     move |c: &mut sluice::Config| {
         c.streams.insert(
@@ -156,17 +177,7 @@ fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
         );
         c.sources.insert(
             "crm".into(),
-            sluice::pull::SourceConfig {
-                url_env: var,
-                path: None,
-                table: Some("deals".into()),
-                query: None,
-                cursor: vec!["updated_at".into(), "id".into()],
-                stream: "crm_deal".into(),
-                load_size,
-                max_rows_per_second: 0,
-                every: None,
-            },
+            table_source(var, "deals", &["updated_at", "id"], "crm_deal", load_size),
         );
     }
 }
@@ -312,20 +323,8 @@ async fn source_values_of_every_kind_arrive_as_the_source_holds_them(
     std::fs::write(schemas.path().join("doc.json"), schema.to_string()).unwrap();
     let var = source_env(&source, &format!("docs{source_kind:?}{target_kind:?}"));
     let Some(app) = spawn_app(target_kind, schemas.path().to_path_buf(), move |c| {
-        c.sources.insert(
-            "docs".into(),
-            sluice::pull::SourceConfig {
-                url_env: var,
-                path: None,
-                table: Some("docs".into()),
-                query: None,
-                cursor: vec!["id".into()],
-                stream: "doc".into(),
-                load_size: 2,
-                max_rows_per_second: 0,
-                every: None,
-            },
-        );
+        c.sources
+            .insert("docs".into(), table_source(var, "docs", &["id"], "doc", 2));
     })
     .await
     else {
@@ -630,19 +629,16 @@ async fn scheduled_sources_run_pause_resume_reset_and_back_off() {
         if let Some(s) = c.sources.get_mut("crm") {
             s.every = every;
         }
+        let broken = table_source(
+            "SLUICE_TEST_NO_SUCH_VARIABLE".into(),
+            "deals",
+            &["id"],
+            "crm_deal",
+            1000,
+        );
         c.sources.insert(
             "broken".into(),
-            sluice::pull::SourceConfig {
-                url_env: "SLUICE_TEST_NO_SUCH_VARIABLE".into(),
-                path: None,
-                table: Some("deals".into()),
-                query: None,
-                cursor: vec!["id".into()],
-                stream: "crm_deal".into(),
-                load_size: 1000,
-                max_rows_per_second: 0,
-                every,
-            },
+            sluice::pull::SourceConfig { every, ..broken },
         );
     })
     .await
