@@ -481,7 +481,13 @@ impl Native {
                         return false;
                     }
                 }
-                if self.min_length.is_some() || self.max_length.is_some() {
+                // A string has at most one character per byte and at least one per
+                // four: the characters are counted only when the bytes do not settle
+                // the bounds.
+                let bytes = text.len() as u64;
+                let settled = self.min_length.is_none_or(|m| bytes.div_ceil(4) >= m)
+                    && self.max_length.is_none_or(|m| bytes <= m);
+                if !settled {
                     let chars = text.chars().count() as u64;
                     if self.min_length.is_some_and(|m| chars < m)
                         || self.max_length.is_some_and(|m| chars > m)
