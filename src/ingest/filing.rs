@@ -456,10 +456,10 @@ impl Filing {
             return false;
         };
         let events = self.group(Some(stream));
-        if events
-            .dialect
-            .is_some_and(|d| d.refused_value(stream, &row).is_some())
-        {
+        if events.dialect.is_some_and(|d| {
+            let nul_possible = crate::sink::dialect::json_has_nul(text);
+            d.refused_value(stream, &row, nul_possible).is_some()
+        }) {
             return false;
         }
         events.row_bytes += row.memory_size();
@@ -709,8 +709,11 @@ impl RequestEvents {
                 index,
                 received_at,
             )
-            .and_then(
-                |row| match self.dialect.and_then(|d| d.refused_value(stream, &row)) {
+            .and_then(|row| {
+                match self
+                    .dialect
+                    .and_then(|d| d.refused_value(stream, &row, true))
+                {
                     None => Ok(row),
                     Some((pointer, error)) => Err(crate::schema::Rejection {
                         stage: Stage::Write,
@@ -718,8 +721,8 @@ impl RequestEvents {
                         pointer: Some(pointer),
                         payload: row.treated.then_some(row.raw),
                     }),
-                },
-            );
+                }
+            });
         match row {
             Ok(row) => {
                 self.row_bytes += row.memory_size();

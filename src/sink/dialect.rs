@@ -728,16 +728,23 @@ impl Dialect {
     /// pointer and a reason, so that the event is dead-lettered when its row is built
     /// instead of failing (and bisecting) a whole batch: NUL in PostgreSQL text and
     /// `jsonb`, year 0 in PostgreSQL `timestamptz`, years outside 1000-9999 in MySQL's
-    /// `datetime(6)`.
-    pub fn refused_value(self, stream: &Stream, row: &Row) -> Option<(String, String)> {
+    /// `datetime(6)`. `nul_possible` false: the event's JSON text has no `\u0000`
+    /// escape, so no value of it holds NUL (JSON has no other way to write one).
+    pub fn refused_value(
+        self,
+        stream: &Stream,
+        row: &Row,
+        nul_possible: bool,
+    ) -> Option<(String, String)> {
         use chrono::Datelike;
         let name = self.name();
+        let nul = nul_possible && self == Dialect::Postgres;
         for (col, cell) in stream.columns.iter().zip(&row.cells) {
             let reason = match (self, cell) {
-                (Dialect::Postgres, Cell::Text(s)) if s.contains('\0') => format!(
+                (Dialect::Postgres, Cell::Text(s)) if nul && s.contains('\0') => format!(
                     "{name} cannot store the NUL character (\\u0000) in text; remove it from the value"
                 ),
-                (Dialect::Postgres, Cell::Json(s)) if json_has_nul(s) => format!(
+                (Dialect::Postgres, Cell::Json(s)) if nul && json_has_nul(s) => format!(
                     "{name} cannot store the NUL character (\\u0000) in jsonb; remove it from the value"
                 ),
                 (Dialect::Postgres, Cell::Timestamp(t)) if t.year() == 0 => format!(
@@ -751,7 +758,7 @@ impl Dialect {
             return Some((format!("/{}", col.name), reason));
         }
         match (self, &row.extra) {
-            (Dialect::Postgres, Some(extra)) if json_has_nul(extra) => Some((
+            (Dialect::Postgres, Some(extra)) if nul && json_has_nul(extra) => Some((
                 String::new(),
                 format!("{name} cannot store the NUL character (\\u0000) in jsonb, and a property the schema does not declare (kept in {EXTRA}) holds one; remove it"),
             )),
@@ -813,9 +820,9 @@ impl Filter {
     }
 }
 
-/// Whether JSON text written by serde_json holds an escaped NUL (`\u0000`) in a string
+/// Whether JSON text (as received, or as serde_json writes it) holds an escaped NUL (`\u0000`) in a string
 /// or key. Escapes are read in order, so `\\u0000` (a backslash, then `u0000`) is not one.
-fn json_has_nul(json: &str) -> bool {
+pub fn json_has_nul(json: &str) -> bool {
     let bytes = json.as_bytes();
     // Most JSON holds no `\u0000` at all: one vectorised search settles it. Where it
     // does, it is an escape only if an even number of backslashes precede it.

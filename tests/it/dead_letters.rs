@@ -165,7 +165,7 @@ async fn values_the_database_refuses_are_dead_lettered_when_the_row_is_built(db:
         &'static str,
         &'static [Db],
     );
-    let kinds: [Kind; 6] = [
+    let kinds: [Kind; 7] = [
         (
             "nul text",
             |i| serde_json::json!({"id": i, "s": "a\u{0}b"}),
@@ -199,6 +199,12 @@ async fn values_the_database_refuses_are_dead_lettered_when_the_row_is_built(db:
         (
             "good",
             |i| serde_json::json!({"id": i, "s": "x", "ts": "2024-01-01T00:00:00Z"}),
+            "",
+            &[],
+        ),
+        (
+            "a backslash, then the text u0000: no NUL",
+            |i| serde_json::json!({"id": i, "s": "x\\u0000y", "o": {"k": "\\u0000"}}),
             "",
             &[],
         ),
