@@ -153,6 +153,10 @@ struct Reader {
     columns: Vec<SourceColumn>,
     /// Positions of the cursor columns among `columns`.
     cursor_at: Vec<usize>,
+    /// How its rows become events.
+    render: Render,
+    /// Rows per page (`load_size`).
+    limit: usize,
 }
 
 impl Reader {
@@ -267,19 +271,18 @@ impl Reader {
     }
 }
 
-/// The next `limit` rows after the cursor values `after` (`None`: from the first).
+/// The next page of rows after the cursor values `after` (`None`: from the first),
+/// rendered into `buffer`.
 async fn read_page(
     conn: &mut SourceConn,
     reader: &Reader,
-    render: &Render,
     after: Option<&[String]>,
-    limit: usize,
     buffer: String,
 ) -> anyhow::Result<Page> {
     conn.page(
-        &reader.page(after.is_none(), limit),
+        &reader.page(after.is_none(), reader.limit),
         after.unwrap_or_default(),
-        render,
+        &reader.render,
         buffer,
     )
     .await
@@ -496,40 +499,7 @@ fn is_json_number(text: &str) -> bool {
 /// left to chrono.
 fn push_utc_timestamp(out: &mut String, text: &str) -> bool {
     let b = text.as_bytes();
-    let digits = |at: usize, n: usize| -> Option<u32> {
-        let mut v = 0u32;
-        for d in b.get(at..at + n)? {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            v = v * 10 + u32::from(d - b'0');
-        }
-        Some(v)
-    };
-    let shape = b.len() >= 19
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b' '
-        && b[13] == b':'
-        && b[16] == b':';
-    if !shape {
-        return false;
-    }
-    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-        digits(0, 4),
-        digits(5, 2),
-        digits(8, 2),
-        digits(11, 2),
-        digits(14, 2),
-        digits(17, 2),
-    ) else {
-        return false;
-    };
-    let valid = chrono::NaiveDate::from_ymd_opt(year as i32, month, day).is_some()
-        && hour < 24
-        && minute < 60
-        && second < 60;
-    if !valid {
+    if !crate::schema::compiled::plain_date_and_time(b, b' ') {
         return false;
     }
     let mut at = 19;
@@ -662,12 +632,13 @@ async fn pull_on(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let render = Render::new(stream, &columns);
     let reader = Reader {
         dialect,
         relation,
+        render: Render::new(stream, &columns),
         columns,
         cursor_at,
+        limit: source.load_size,
     };
     // The pointer as stored: each load moves it from there, or fails if another run did.
     let mut stored = storage.store.pointer(name).await?;
@@ -683,16 +654,9 @@ async fn pull_on(
     let pulled_from = crate::source::pull(name);
     let started = Instant::now();
     let mut report = PullReport::default();
-    let mut page = read_page(
-        conn,
-        &reader,
-        &render,
-        after.as_deref(),
-        source.load_size,
-        String::new(),
-    )
-    .await
-    .with_context(|| format!("cannot read source `{name}`"))?;
+    let mut page = read_page(conn, &reader, after.as_deref(), String::new())
+        .await
+        .with_context(|| format!("cannot read source `{name}`"))?;
     let paced = source.max_rows_per_second > 0;
     while !progress.cancelled() {
         if page.len() == 0 {
@@ -730,7 +694,7 @@ async fn pull_on(
                 .map(|(i, span)| Event::text(i, &page.texts.as_bytes()[span.clone()])),
         );
         // Filed (the rows hold their own text): the buffer serves the next page.
-        let mut buffer = Some(std::mem::take(&mut page.texts));
+        let buffer = std::mem::take(&mut page.texts);
         let load = PulledLoad {
             stream,
             pointer: &pointer,
@@ -743,18 +707,11 @@ async fn pull_on(
         let (written, next) = if more && !paced {
             let (written, next) = tokio::join!(
                 load.write(storage, filing, &mut report),
-                read_page(
-                    conn,
-                    &reader,
-                    &render,
-                    after.as_deref(),
-                    source.load_size,
-                    buffer.take().unwrap_or_default()
-                )
+                read_page(conn, &reader, after.as_deref(), buffer)
             );
-            (written, Some(next))
+            (written, Ok(next))
         } else {
-            (load.write(storage, filing, &mut report).await, None)
+            (load.write(storage, filing, &mut report).await, Err(buffer))
         };
         written.with_context(|| format!("cannot write a load of source `{name}`"))?;
         progress.advance(&report);
@@ -763,23 +720,15 @@ async fn pull_on(
             break;
         }
         page = match next {
-            Some(next) => next,
-            None => {
+            Ok(next) => next,
+            Err(buffer) => {
                 let due = Duration::from_secs_f64(
                     report.read as f64 / source.max_rows_per_second.max(1) as f64,
                 );
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
-                read_page(
-                    conn,
-                    &reader,
-                    &render,
-                    after.as_deref(),
-                    source.load_size,
-                    buffer.take().unwrap_or_default(),
-                )
-                .await
+                read_page(conn, &reader, after.as_deref(), buffer).await
             }
         }
         .with_context(|| format!("cannot read source `{name}`"))?;
@@ -844,6 +793,8 @@ mod tests {
             "2026-12-01",
             "2024-02-29",
             "2023-02-29",
+            "0000-02-29",
+            "1900-02-29",
             "0001-01-01",
             "9999-12-31",
             "2026-13-01",
@@ -890,7 +841,7 @@ mod tests {
                 assert_eq!(Some(out), source_timestamp(text), "{text}");
             }
         }
-        assert!(fast >= 360, "{fast} of {} took the fast way", texts.len());
+        assert!(fast >= 450, "{fast} of {} took the fast way", texts.len());
     }
 
     #[test]

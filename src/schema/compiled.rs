@@ -572,11 +572,9 @@ fn plain_uuid(text: &str) -> bool {
     ok
 }
 
-/// Whether `text` is an RFC 3339 date-time in its everyday shape
-/// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, a real day, seconds below 60): what
-/// `format: date-time` accepts for certain.
-fn plain_date_time(text: &str) -> bool {
-    let b = text.as_bytes();
+/// Whether `b` starts with `YYYY-MM-DD?HH:MM:SS`, `separator` between the date and the
+/// time, naming a real day and a time with seconds below 60.
+pub fn plain_date_and_time(b: &[u8], separator: u8) -> bool {
     let digits = |from: usize, n: usize| {
         b.get(from..from + n)
             .filter(|d| d.iter().all(u8::is_ascii_digit))
@@ -593,7 +591,7 @@ fn plain_date_time(text: &str) -> bool {
     ) else {
         return false;
     };
-    if !(at(4, b'-') && at(7, b'-') && at(10, b'T') && at(13, b':') && at(16, b':')) {
+    if !(at(4, b'-') && at(7, b'-') && at(10, separator) && at(13, b':') && at(16, b':')) {
         return false;
     }
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
@@ -604,7 +602,21 @@ fn plain_date_time(text: &str) -> bool {
         2 => 28,
         _ => return false,
     };
-    if day == 0 || day > days || hour > 23 || minute > 59 || second > 59 {
+    day != 0 && day <= days && hour <= 23 && minute <= 59 && second <= 59
+}
+
+/// Whether `text` is an RFC 3339 date-time in its everyday shape
+/// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, a real day, seconds below 60): what
+/// `format: date-time` accepts for certain.
+fn plain_date_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits = |from: usize, n: usize| {
+        b.get(from..from + n)
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .map(|d| d.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
+    };
+    let at = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !plain_date_and_time(b, b'T') {
         return false;
     }
     let mut i = 19;
