@@ -456,10 +456,10 @@ impl Filing {
             return false;
         };
         let events = self.group(Some(stream));
-        if events.dialect.is_some_and(|d| {
-            let nul_possible = crate::sink::dialect::json_has_nul(text);
-            d.refused_value(stream, &row, nul_possible).is_some()
-        }) {
+        if events
+            .dialect
+            .is_some_and(|d| d.refused_value(stream, &row, Some(text)).is_some())
+        {
             return false;
         }
         events.row_bytes += row.memory_size();
@@ -712,7 +712,7 @@ impl RequestEvents {
             .and_then(|row| {
                 match self
                     .dialect
-                    .and_then(|d| d.refused_value(stream, &row, true))
+                    .and_then(|d| d.refused_value(stream, &row, None))
                 {
                     None => Ok(row),
                     Some((pointer, error)) => Err(crate::schema::Rejection {

@@ -96,7 +96,7 @@ impl SourceConn {
         sql: &str,
         binds: &[String],
         render: &Render,
-        mut buffer: String,
+        mut buffer: Vec<u8>,
     ) -> anyhow::Result<Page> {
         with_conn!(self, c => {
             let mut q = sqlx::query(sql);
@@ -135,7 +135,7 @@ impl SourceConn {
 /// One page of a source's rows as events' JSON text, one after the other, and the
 /// values of its last row (for the pointer).
 struct Page {
-    texts: String,
+    texts: Vec<u8>,
     spans: Vec<std::ops::Range<usize>>,
     last: Vec<Option<String>>,
 }
@@ -277,7 +277,7 @@ async fn read_page(
     conn: &mut SourceConn,
     reader: &Reader,
     after: Option<&[String]>,
-    buffer: String,
+    buffer: Vec<u8>,
 ) -> anyhow::Result<Page> {
     conn.page(
         &reader.page(after.is_none(), reader.limit),
@@ -314,7 +314,7 @@ fn pointer_values(pointer: Option<&str>, cursor: &[String]) -> anyhow::Result<Op
 /// digits, a timestamp becomes RFC 3339, a boolean `t`/`1` becomes `true`), or for a
 /// column the stream does not declare, the source's type.
 struct Render {
-    columns: Vec<(String, Written)>,
+    columns: Vec<(Vec<u8>, Written)>,
 }
 
 /// How a column's values are written.
@@ -332,9 +332,9 @@ impl Render {
         let columns = columns
             .iter()
             .map(|column| {
-                let mut key = String::new();
+                let mut key = Vec::new();
                 push_json_string(&mut key, &column.name);
-                key.push(':');
+                key.push(b':');
                 let declared = stream
                     .columns
                     .iter()
@@ -353,20 +353,20 @@ impl Render {
     }
 
     /// Appends one source row as an event's JSON text to `out`.
-    fn row(&self, values: &[Option<&str>], out: &mut String) {
-        out.push('{');
+    fn row(&self, values: &[Option<&str>], out: &mut Vec<u8>) {
+        out.push(b'{');
         for (i, ((key, written), value)) in self.columns.iter().zip(values).enumerate() {
             if i > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(key);
+            out.extend_from_slice(key);
             match (value, written) {
                 (Some(text), Written::As(kind)) => push_value(out, *kind, text),
-                (Some(text), Written::Json) => out.push_str(text),
-                (None, _) => out.push_str("null"),
+                (Some(text), Written::Json) => out.extend_from_slice(text.as_bytes()),
+                (None, _) => out.extend_from_slice(b"null"),
             }
         }
-        out.push('}');
+        out.push(b'}');
     }
 }
 
@@ -391,54 +391,32 @@ fn by_source_type(type_name: &str) -> ColumnType {
     }
 }
 
-/// Appends `text` as a JSON string.
-fn push_json_string(out: &mut String, text: &str) {
-    out.push('"');
-    let mut rest = text;
-    loop {
-        let at = crate::scan::first_of(rest.as_bytes(), 0, [b'"', b'\\'], 0x20);
-        out.push_str(&rest[..at]);
-        let Some(&special) = rest.as_bytes().get(at) else {
-            break;
-        };
-        match special {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            0x08 => out.push_str("\\b"),
-            0x0c => out.push_str("\\f"),
-            control => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{control:04x}");
-            }
-        }
-        rest = &rest[at + 1..];
-    }
-    out.push('"');
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// Appends one value's JSON text for a column of type `kind`; anything that does not
 /// read as that type stays a string, for the schema to refuse with a clear message.
-fn push_value(out: &mut String, kind: ColumnType, text: &str) {
+fn push_value(out: &mut Vec<u8>, kind: ColumnType, text: &str) {
     match kind {
         ColumnType::Integer | ColumnType::Number | ColumnType::Decimal { .. }
             if is_json_number(text) =>
         {
-            out.push_str(text)
+            out.extend_from_slice(text.as_bytes())
         }
         ColumnType::Boolean => match text {
-            "t" | "true" | "1" | "TRUE" => out.push_str("true"),
-            "f" | "false" | "0" | "FALSE" => out.push_str("false"),
+            "t" | "true" | "1" | "TRUE" => out.extend_from_slice(b"true"),
+            "f" | "false" | "0" | "FALSE" => out.extend_from_slice(b"false"),
             _ => push_json_string(out, text),
         },
         ColumnType::Timestamp => {
             // RFC 3339 text needs no escape.
-            out.push('"');
+            out.push(b'"');
             if !push_utc_timestamp(out, text) {
                 match source_timestamp(text) {
-                    Some(t) => out.push_str(&t),
+                    Some(t) => out.extend_from_slice(t.as_bytes()),
                     None => {
                         out.pop();
                         push_json_string(out, text);
@@ -446,10 +424,10 @@ fn push_value(out: &mut String, kind: ColumnType, text: &str) {
                     }
                 }
             }
-            out.push('"');
+            out.push(b'"');
         }
         ColumnType::Json if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            out.push_str(text)
+            out.extend_from_slice(text.as_bytes())
         }
         _ => push_json_string(out, text),
     }
@@ -497,27 +475,19 @@ fn is_json_number(text: &str) -> bool {
 /// `+00:00`, PostgreSQL's `timestamptz` read in UTC). Whether it did; anything else
 /// (another zone, a year beyond four digits, a leap second, an impossible date) is
 /// left to chrono.
-fn push_utc_timestamp(out: &mut String, text: &str) -> bool {
+fn push_utc_timestamp(out: &mut Vec<u8>, text: &str) -> bool {
+    use crate::schema::compiled::{fraction_end, plain_date_and_time};
     let b = text.as_bytes();
-    if !crate::schema::compiled::plain_date_and_time(b, b' ') {
+    if !plain_date_and_time(b, b' ') {
         return false;
     }
-    let mut at = 19;
-    let mut fraction = &b[19..19];
-    if b.get(at) == Some(&b'.') {
-        let end = b[at + 1..]
-            .iter()
-            .position(|d| !d.is_ascii_digit())
-            .map_or(b.len(), |n| at + 1 + n);
-        fraction = &b[at + 1..end];
-        if fraction.is_empty() || fraction.len() > 9 {
-            return false;
-        }
-        at = end;
-    }
-    if !matches!(&b[at..], b"" | b"+00" | b"+00:00") {
+    let Some(end) = fraction_end(b, 19) else {
+        return false;
+    };
+    if !matches!(&b[end..], b"" | b"+00" | b"+00:00") {
         return false;
     }
+    let fraction = b.get(20..end).unwrap_or_default();
     // The fraction as chrono's `AutoSi` prints it: none when zero, else 3, 6 or 9
     // digits, the fewest that hold it.
     let mut nanos = [b'0'; 9];
@@ -531,15 +501,14 @@ fn push_utc_timestamp(out: &mut String, text: &str) -> bool {
     } else {
         9
     };
-    out.push_str(&text[..10]);
-    out.push('T');
-    out.push_str(&text[11..19]);
+    out.extend_from_slice(&b[..10]);
+    out.push(b'T');
+    out.extend_from_slice(&b[11..19]);
     if shown > 0 {
-        out.push('.');
-        // ASCII digits.
-        out.push_str(std::str::from_utf8(&nanos[..shown]).unwrap_or_default());
+        out.push(b'.');
+        out.extend_from_slice(&nanos[..shown]);
     }
-    out.push('Z');
+    out.push(b'Z');
     true
 }
 
@@ -654,7 +623,7 @@ async fn pull_on(
     let pulled_from = crate::source::pull(name);
     let started = Instant::now();
     let mut report = PullReport::default();
-    let mut page = read_page(conn, &reader, after.as_deref(), String::new())
+    let mut page = read_page(conn, &reader, after.as_deref(), Vec::new())
         .await
         .with_context(|| format!("cannot read source `{name}`"))?;
     let paced = source.max_rows_per_second > 0;
@@ -691,7 +660,7 @@ async fn pull_on(
             page.spans
                 .iter()
                 .enumerate()
-                .map(|(i, span)| Event::text(i, &page.texts.as_bytes()[span.clone()])),
+                .map(|(i, span)| Event::text(i, &page.texts[span.clone()])),
         );
         // Filed (the rows hold their own text): the buffer serves the next page.
         let buffer = std::mem::take(&mut page.texts);
@@ -741,9 +710,9 @@ mod tests {
     use super::*;
 
     fn render_value(kind: ColumnType, text: &str) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         push_value(&mut out, kind, text);
-        out
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -835,8 +804,9 @@ mod tests {
         );
         let mut fast = 0;
         for text in &texts {
-            let mut out = String::new();
+            let mut out = Vec::new();
             if push_utc_timestamp(&mut out, text) {
+                let out = String::from_utf8(out).unwrap();
                 fast += 1;
                 assert_eq!(Some(out), source_timestamp(text), "{text}");
             }
@@ -853,8 +823,9 @@ mod tests {
             "tab\tnew line\ncarriage\rbell\u{7}nul\0\u{8}\u{c}\u{1f}\u{7f}",
             "é ünïcode 😀 long enough to cross a word of eight bytes",
         ] {
-            let mut ours = String::new();
+            let mut ours = Vec::new();
             push_json_string(&mut ours, text);
+            let ours = String::from_utf8(ours).unwrap();
             assert_eq!(ours, serde_json::to_string(text).unwrap(), "{text:?}");
         }
         for text in [

@@ -572,22 +572,24 @@ fn plain_uuid(text: &str) -> bool {
     ok
 }
 
+/// The number written by the `n` ASCII digits of `b` at `from`, if they are digits.
+fn digits(b: &[u8], from: usize, n: usize) -> Option<u32> {
+    b.get(from..from + n)
+        .filter(|d| d.iter().all(u8::is_ascii_digit))
+        .map(|d| d.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
+}
+
 /// Whether `b` starts with `YYYY-MM-DD?HH:MM:SS`, `separator` between the date and the
 /// time, naming a real day and a time with seconds below 60.
 pub fn plain_date_and_time(b: &[u8], separator: u8) -> bool {
-    let digits = |from: usize, n: usize| {
-        b.get(from..from + n)
-            .filter(|d| d.iter().all(u8::is_ascii_digit))
-            .map(|d| d.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
-    };
     let at = |i: usize, c: u8| b.get(i) == Some(&c);
     let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-        digits(0, 4),
-        digits(5, 2),
-        digits(8, 2),
-        digits(11, 2),
-        digits(14, 2),
-        digits(17, 2),
+        digits(b, 0, 4),
+        digits(b, 5, 2),
+        digits(b, 8, 2),
+        digits(b, 11, 2),
+        digits(b, 14, 2),
+        digits(b, 17, 2),
     ) else {
         return false;
     };
@@ -605,38 +607,38 @@ pub fn plain_date_and_time(b: &[u8], separator: u8) -> bool {
     day != 0 && day <= days && hour <= 23 && minute <= 59 && second <= 59
 }
 
+/// Where an optional fraction of a second (`.` and one to nine digits) at `at` in `b`
+/// ends: `at` itself when there is none, `None` when it has no digit or more than nine.
+pub fn fraction_end(b: &[u8], at: usize) -> Option<usize> {
+    if b.get(at) != Some(&b'.') {
+        return Some(at);
+    }
+    let from = at + 1;
+    let end = b[from..]
+        .iter()
+        .position(|d| !d.is_ascii_digit())
+        .map_or(b.len(), |n| from + n);
+    (1..=9).contains(&(end - from)).then_some(end)
+}
+
 /// Whether `text` is an RFC 3339 date-time in its everyday shape
 /// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, a real day, seconds below 60): what
 /// `format: date-time` accepts for certain.
 fn plain_date_time(text: &str) -> bool {
     let b = text.as_bytes();
-    let digits = |from: usize, n: usize| {
-        b.get(from..from + n)
-            .filter(|d| d.iter().all(u8::is_ascii_digit))
-            .map(|d| d.iter().fold(0u32, |acc, c| acc * 10 + u32::from(c - b'0')))
-    };
-    let at = |i: usize, c: u8| b.get(i) == Some(&c);
     if !plain_date_and_time(b, b'T') {
         return false;
     }
-    let mut i = 19;
-    if at(i, b'.') {
-        let from = i + 1;
-        i = from;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == from || i - from > 9 {
-            return false;
-        }
-    }
+    let Some(i) = fraction_end(b, 19) else {
+        return false;
+    };
     match b.get(i) {
         Some(b'Z') => i + 1 == b.len(),
         Some(b'+' | b'-') => {
-            let (Some(h), Some(m)) = (digits(i + 1, 2), digits(i + 4, 2)) else {
+            let (Some(h), Some(m)) = (digits(b, i + 1, 2), digits(b, i + 4, 2)) else {
                 return false;
             };
-            at(i + 3, b':') && h <= 23 && m <= 59 && i + 6 == b.len()
+            b.get(i + 3) == Some(&b':') && h <= 23 && m <= 59 && i + 6 == b.len()
         }
         _ => false,
     }

@@ -728,17 +728,18 @@ impl Dialect {
     /// pointer and a reason, so that the event is dead-lettered when its row is built
     /// instead of failing (and bisecting) a whole batch: NUL in PostgreSQL text and
     /// `jsonb`, year 0 in PostgreSQL `timestamptz`, years outside 1000-9999 in MySQL's
-    /// `datetime(6)`. `nul_possible` false: the event's JSON text has no `\u0000`
-    /// escape, so no value of it holds NUL (JSON has no other way to write one).
+    /// `datetime(6)`. `json`: the JSON text the row was read from, when the caller has
+    /// it; without a `\u0000` escape there, no value holds NUL (JSON has no other way
+    /// to write one), and the values are not searched.
     pub fn refused_value(
         self,
         stream: &Stream,
         row: &Row,
-        nul_possible: bool,
+        json: Option<&str>,
     ) -> Option<(String, String)> {
         use chrono::Datelike;
         let name = self.name();
-        let nul = nul_possible && self == Dialect::Postgres;
+        let nul = self == Dialect::Postgres && json.is_none_or(json_has_nul);
         for (col, cell) in stream.columns.iter().zip(&row.cells) {
             let reason = match (self, cell) {
                 (Dialect::Postgres, Cell::Text(s)) if nul && s.contains('\0') => format!(
@@ -820,9 +821,10 @@ impl Filter {
     }
 }
 
-/// Whether JSON text (as received, or as serde_json writes it) holds an escaped NUL (`\u0000`) in a string
-/// or key. Escapes are read in order, so `\\u0000` (a backslash, then `u0000`) is not one.
-pub fn json_has_nul(json: &str) -> bool {
+/// Whether JSON text (as received, or as serde_json writes it) holds an escaped NUL
+/// (`\u0000`) in a string or key. Escapes are read in order, so `\\u0000` (a
+/// backslash, then `u0000`) is not one.
+fn json_has_nul(json: &str) -> bool {
     let bytes = json.as_bytes();
     // Most JSON holds no `\u0000` at all: one vectorised search settles it. Where it
     // does, it is an escape only if an even number of backslashes precede it.
