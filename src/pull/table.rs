@@ -1,6 +1,7 @@
 //! Database sources: a table (or query) of PostgreSQL, MySQL/MariaDB or SQLite read by
 //! keyset pagination on the cursor, strictly after the pointer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -552,6 +553,71 @@ fn source_timestamp(text: &str) -> Option<String> {
     None
 }
 
+/// What files a source's pages: the run's stream, source text and dead-letter limit.
+struct Filer<'a> {
+    name: &'a str,
+    reader: &'a Reader,
+    stream: &'a Arc<Stream>,
+    source: &'a Arc<str>,
+    max_payload: usize,
+    dialect: Dialect,
+}
+
+/// A page filed into rows and dead letters, with the pointer after it; its text buffer
+/// is free again (the rows hold their own text).
+struct FiledPage {
+    filing: Filing,
+    pointer: Pointer,
+    read: usize,
+    buffer: Vec<u8>,
+}
+
+impl Filer<'_> {
+    /// Files `page`, whose pointer moves on from `previous` (the pointer stored when the
+    /// page before it commits).
+    fn file(&self, mut page: Page, previous: Option<String>) -> anyhow::Result<FiledPage> {
+        let name = self.name;
+        let reader = self.reader;
+        let pointer_object: serde_json::Map<String, serde_json::Value> = reader
+            .cursor_at
+            .iter()
+            .map(|&i| {
+                (
+                    reader.columns[i].name.clone(),
+                    page.last
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .map_or(serde_json::Value::Null, serde_json::Value::from),
+                )
+            })
+            .collect();
+        if page.len() > 0 && pointer_object.values().any(serde_json::Value::is_null) {
+            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
+        }
+        let mut filing = Filing::new(self.max_payload, Some(self.dialect));
+        filing.file(
+            &Route::to(self.stream),
+            self.source,
+            chrono::Utc::now(),
+            page.spans
+                .iter()
+                .enumerate()
+                .map(|(i, span)| Event::text(i, &page.texts[span.clone()])),
+        );
+        Ok(FiledPage {
+            filing,
+            pointer: Pointer {
+                source: name.to_owned(),
+                value: serde_json::Value::Object(pointer_object).to_string(),
+                previous,
+            },
+            read: page.len(),
+            buffer: std::mem::take(&mut page.texts),
+        })
+    }
+}
+
 /// Pulls a database source (see [`super::pull`]).
 pub async fn pull(run: Run<'_>) -> anyhow::Result<PullReport> {
     let Run { name, source, .. } = run;
@@ -610,7 +676,7 @@ async fn pull_on(
         limit: source.load_size,
     };
     // The pointer as stored: each load moves it from there, or fails if another run did.
-    let mut stored = storage.store.pointer(name).await?;
+    let stored = storage.store.pointer(name).await?;
     let mut after = pointer_values(stored.as_deref(), &source.cursor)?;
     let remaining = conn
         .count(
@@ -621,74 +687,53 @@ async fn pull_on(
         .with_context(|| format!("cannot count the rows of source `{name}`"))?;
     progress.total(u64::try_from(remaining).unwrap_or(0));
     let pulled_from = crate::source::pull(name);
+    let filer = Filer {
+        name,
+        reader: &reader,
+        stream,
+        source: &pulled_from,
+        max_payload,
+        dialect: storage.store.dialect(),
+    };
     let started = Instant::now();
     let mut report = PullReport::default();
-    let mut page = read_page(conn, &reader, after.as_deref(), Vec::new())
+    let first = read_page(conn, &reader, after.as_deref(), Vec::new())
         .await
         .with_context(|| format!("cannot read source `{name}`"))?;
+    let mut filed = filer.file(first, stored)?;
     let paced = source.max_rows_per_second > 0;
-    while !progress.cancelled() {
-        if page.len() == 0 {
-            break;
-        }
-        let last = &page.last;
-        let pointer_object: serde_json::Map<String, serde_json::Value> = reader
-            .cursor_at
-            .iter()
-            .map(|&i| {
-                (
-                    reader.columns[i].name.clone(),
-                    last[i]
-                        .clone()
-                        .map_or(serde_json::Value::Null, serde_json::Value::from),
-                )
-            })
-            .collect();
-        if pointer_object.values().any(serde_json::Value::is_null) {
-            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
-        }
-        let pointer = Pointer {
-            source: name.to_owned(),
-            value: serde_json::Value::Object(pointer_object).to_string(),
-            previous: stored.clone(),
-        };
-        let mut filing = Filing::new(max_payload, Some(storage.store.dialect()));
-        filing.file(
-            &Route::to(stream),
-            &pulled_from,
-            chrono::Utc::now(),
-            page.spans
-                .iter()
-                .enumerate()
-                .map(|(i, span)| Event::text(i, &page.texts[span.clone()])),
-        );
-        // Filed (the rows hold their own text): the buffer serves the next page.
-        let buffer = std::mem::take(&mut page.texts);
+    while !progress.cancelled() && filed.read > 0 {
+        let FiledPage {
+            filing,
+            pointer,
+            read,
+            buffer,
+        } = filed;
         let load = PulledLoad {
             stream,
             pointer: &pointer,
-            read: page.len(),
+            read,
         };
         after = pointer_values(Some(&pointer.value), &source.cursor)?;
-        let more = page.len() == source.load_size;
-        // Unpaced, the next page is read while this one is written: the source and the
-        // target work at once. (Cancelled meanwhile, the page read is dropped.)
+        let more = read == source.load_size;
+        // Unpaced, the next page is read and filed while this one is written: the
+        // source, Sluice and the target work at once. (Cancelled meanwhile, the page is
+        // dropped.)
         let (written, next) = if more && !paced {
-            let (written, next) = tokio::join!(
-                load.write(storage, filing, &mut report),
-                read_page(conn, &reader, after.as_deref(), buffer)
-            );
+            let (written, next) = tokio::join!(load.write(storage, filing, &mut report), async {
+                let page = read_page(conn, &reader, after.as_deref(), buffer).await?;
+                filer.file(page, Some(pointer.value.clone()))
+            });
             (written, Ok(next))
         } else {
             (load.write(storage, filing, &mut report).await, Err(buffer))
         };
         written.with_context(|| format!("cannot write a load of source `{name}`"))?;
         progress.advance(&report);
-        stored = Some(pointer.value);
         if !more {
             break;
         }
-        page = match next {
+        filed = match next {
             Ok(next) => next,
             Err(buffer) => {
                 let due = Duration::from_secs_f64(
@@ -697,7 +742,8 @@ async fn pull_on(
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
-                read_page(conn, &reader, after.as_deref(), buffer).await
+                let page = read_page(conn, &reader, after.as_deref(), buffer).await;
+                page.and_then(|page| filer.file(page, Some(pointer.value.clone())))
             }
         }
         .with_context(|| format!("cannot read source `{name}`"))?;
