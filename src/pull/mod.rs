@@ -55,6 +55,10 @@ pub struct SourceConfig {
     /// source.
     #[serde(default)]
     pub max_rows_per_second: u64,
+    /// Connections a run may open to the source (1 to 16; default 1): with more, the
+    /// ends of the next pages are found on the cursor's index and that many pages are
+    /// read at once (still written in cursor order). A paced run reads with one.
+    pub max_connections: Option<usize>,
     /// Runs on this schedule (e.g. `"5m"`), the first right after start-up; without it,
     /// on demand only.
     #[serde(default, deserialize_with = "crate::toml_values::opt_duration")]
@@ -79,13 +83,19 @@ impl SourceConfig {
         {
             return at("every must be at least 1s (e.g. \"5m\")".into());
         }
+        if let Some(n) = self.max_connections {
+            if !(1..=16).contains(&n) {
+                return at(format!("max_connections = {n}: give 1 to 16"));
+            }
+        }
         if let Some(path) = &self.path {
             if !self.url_env.is_empty()
                 || self.table.is_some()
                 || self.query.is_some()
                 || !self.cursor.is_empty()
+                || self.max_connections.is_some()
             {
-                return at("path reads files: it takes no url_env, table, query or cursor".into());
+                return at("path reads files: it takes no url_env, table, query, cursor or max_connections".into());
             }
             return files::check_path(path).or_else(|e| at(format!("path {e}")));
         }

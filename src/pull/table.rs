@@ -1,8 +1,11 @@
 //! Database sources: a table (or query) of PostgreSQL, MySQL/MariaDB or SQLite read by
 //! keyset pagination on the cursor, strictly after the pointer.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use anyhow::{bail, Context};
 use sqlx::{Column as _, Connection as _, Executor as _, Row as _, TypeInfo as _};
@@ -39,11 +42,16 @@ macro_rules! with_conn {
 }
 
 impl SourceConn {
-    async fn open(url: &str) -> anyhow::Result<(SourceConn, Dialect)> {
+    /// A connection of source `name` (on PostgreSQL its `application_name` is `sluice
+    /// pull NAME`, so the source's operators can tell it apart).
+    async fn open(url: &str, name: &str) -> anyhow::Result<(SourceConn, Dialect)> {
+        use std::str::FromStr;
         let dialect = Dialect::from_url(url).map_err(|e| anyhow::anyhow!(e))?;
         let conn = match dialect {
             Dialect::Postgres => {
-                let mut c = sqlx::PgConnection::connect(url).await?;
+                let options = sqlx::postgres::PgConnectOptions::from_str(url)?
+                    .application_name(&format!("sluice pull {name}"));
+                let mut c = sqlx::PgConnection::connect_with(&options).await?;
                 // Timestamps read as text in UTC, whatever the server's zone.
                 c.execute("SET TIME ZONE 'UTC'").await?;
                 SourceConn::Postgres(c)
@@ -54,7 +62,6 @@ impl SourceConn {
                 SourceConn::Mysql(c)
             }
             Dialect::Sqlite => {
-                use std::str::FromStr;
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?.read_only(true);
                 SourceConn::Sqlite(sqlx::SqliteConnection::connect_with(&options).await?)
             }
@@ -96,9 +103,10 @@ impl SourceConn {
         &mut self,
         sql: &str,
         binds: &[String],
-        render: &Render,
+        reader: &Reader,
         mut buffer: Vec<u8>,
     ) -> anyhow::Result<Page> {
+        let render = &reader.render;
         with_conn!(self, c => {
             let mut q = sqlx::query(sql);
             for b in binds {
@@ -110,7 +118,7 @@ impl SourceConn {
             let mut page = Page {
                 texts: buffer,
                 spans: Vec::with_capacity(rows.len()),
-                last: Vec::new(),
+                cursor: Vec::new(),
             };
             let mut values: Vec<Option<&str>> = Vec::with_capacity(render.columns.len());
             for row in &rows {
@@ -123,8 +131,36 @@ impl SourceConn {
                 render.row(&values, &mut page.texts);
                 page.spans.push(start..page.texts.len());
             }
-            page.last = values.iter().map(|v| v.map(str::to_owned)).collect();
+            if !rows.is_empty() {
+                page.cursor = reader
+                    .cursor_at
+                    .iter()
+                    .map(|&i| values.get(i).copied().flatten().map(str::to_owned))
+                    .collect();
+            }
             Ok(page)
+        })
+    }
+
+    /// The cursor values of the one row `sql` answers (its columns cast to text), if
+    /// any.
+    async fn cursor_row(
+        &mut self,
+        sql: &str,
+        binds: &[String],
+    ) -> anyhow::Result<Option<Vec<Option<String>>>> {
+        with_conn!(self, c => {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = q.bind(b.as_str());
+            }
+            let Some(row) = q.fetch_optional(&mut *c).await? else {
+                return Ok(None);
+            };
+            (0..row.len())
+                .map(|i| Ok(row.try_get_unchecked::<Option<String>, usize>(i)?))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map(Some)
         })
     }
 
@@ -134,11 +170,12 @@ impl SourceConn {
 }
 
 /// One page of a source's rows as events' JSON text, one after the other, and the
-/// values of its last row (for the pointer).
+/// cursor values the pointer moves to after it (its last row's, or the end of the range
+/// it was read from).
 struct Page {
     texts: Vec<u8>,
     spans: Vec<std::ops::Range<usize>>,
-    last: Vec<Option<String>>,
+    cursor: Vec<Option<String>>,
 }
 
 impl Page {
@@ -218,34 +255,59 @@ impl Reader {
         }
     }
 
-    /// `WHERE (cursor) > (pointer)`, or nothing from the start.
-    fn after(&self, from_start: bool) -> String {
-        if from_start {
-            return String::new();
-        }
+    /// `WHERE (cursor) > (lower) AND (cursor) <= (upper)`, each bound if given (its
+    /// values bound as the placeholders after those of the bound before it).
+    fn range(&self, lower: bool, upper: bool) -> String {
         let columns: Vec<String> = self
             .cursor_at
             .iter()
             .map(|&i| self.dialect.quote(&self.columns[i].name))
             .collect();
-        let values: Vec<String> = self
-            .cursor_at
-            .iter()
-            .enumerate()
-            .map(|(n, &i)| self.bound(n + 1, i))
-            .collect();
-        format!(" WHERE ({}) > ({})", columns.join(", "), values.join(", "))
+        let columns = columns.join(", ");
+        let values = |first: usize| {
+            let values: Vec<String> = self
+                .cursor_at
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| self.bound(first + n, i))
+                .collect();
+            values.join(", ")
+        };
+        let mut conditions = Vec::new();
+        if lower {
+            conditions.push(format!("({columns}) > ({})", values(1)));
+        }
+        if upper {
+            let first = if lower { self.cursor_at.len() + 1 } else { 1 };
+            conditions.push(format!("({columns}) <= ({})", values(first)));
+        }
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
+        }
     }
 
     fn count(&self, from_start: bool) -> String {
         format!(
             "SELECT COUNT(*) FROM {}{}",
             self.relation,
-            self.after(from_start)
+            self.range(!from_start, false)
         )
     }
 
-    fn page(&self, from_start: bool, limit: usize) -> String {
+    /// The cursor columns in order, for `ORDER BY`.
+    fn order(&self) -> String {
+        let order: Vec<String> = self
+            .cursor_at
+            .iter()
+            .map(|&i| self.dialect.quote(&self.columns[i].name))
+            .collect();
+        order.join(", ")
+    }
+
+    /// The rows after `lower` (if any): up to `upper` when given, else `limit` of them.
+    fn page(&self, lower: bool, upper: bool) -> String {
         let select: Vec<String> = self
             .columns
             .iter()
@@ -257,36 +319,37 @@ impl Reader {
                 )
             })
             .collect();
-        let order: Vec<String> = self
-            .cursor_at
-            .iter()
-            .map(|&i| self.dialect.quote(&self.columns[i].name))
-            .collect();
+        let limit = if upper {
+            String::new()
+        } else {
+            format!(" LIMIT {}", self.limit)
+        };
         format!(
-            "SELECT {} FROM {}{} ORDER BY {} LIMIT {limit}",
+            "SELECT {} FROM {}{} ORDER BY {}{limit}",
             select.join(", "),
             self.relation,
-            self.after(from_start),
-            order.join(", ")
+            self.range(lower, upper),
+            self.order()
         )
     }
-}
 
-/// The next page of rows after the cursor values `after` (`None`: from the first),
-/// rendered into `buffer`.
-async fn read_page(
-    conn: &mut SourceConn,
-    reader: &Reader,
-    after: Option<&[String]>,
-    buffer: Vec<u8>,
-) -> anyhow::Result<Page> {
-    conn.page(
-        &reader.page(after.is_none(), reader.limit),
-        after.unwrap_or_default(),
-        &reader.render,
-        buffer,
-    )
-    .await
+    /// The cursor values of the `limit`th row after `lower`: the end of the next full
+    /// page, read from the cursor's index alone.
+    fn boundary(&self, lower: bool) -> String {
+        let select: Vec<String> = self
+            .cursor_at
+            .iter()
+            .map(|&i| self.as_text(&self.columns[i].name))
+            .collect();
+        format!(
+            "SELECT {} FROM {}{} ORDER BY {} LIMIT 1 OFFSET {}",
+            select.join(", "),
+            self.relation,
+            self.range(lower, false),
+            self.order(),
+            self.limit.saturating_sub(1)
+        )
+    }
 }
 
 /// The cursor values a pointer holds, in cursor order (`None`: from the start).
@@ -553,6 +616,152 @@ fn source_timestamp(text: &str) -> Option<String> {
     None
 }
 
+/// A run's pages in cursor order, read on up to `width` connections at once.
+///
+/// With one connection each page is read after the last row of the one before (keyset
+/// pagination). With more, the end of each next full page is found first (the
+/// `load_size`th row after the last end, from the cursor's index alone) and the ranges
+/// between those ends are read at once, each on a connection of its own; the last
+/// range is open-ended. Pages are still handed out, written and their pointers saved
+/// in cursor order.
+struct Pages {
+    name: String,
+    reader: Arc<Reader>,
+    width: usize,
+    idle: Vec<SourceConn>,
+    /// Reads under way, in cursor order.
+    reading: VecDeque<JoinHandle<(SourceConn, anyhow::Result<Page>)>>,
+    /// Where the next read starts (`None`: at the first row).
+    lower: Option<Vec<String>>,
+    /// The last read started runs to the end of the source: none starts after it until
+    /// it is back.
+    open_ended: bool,
+    /// The source has no more rows.
+    done: bool,
+    /// Text buffers of pages done with.
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Pages {
+    fn new(
+        name: &str,
+        reader: Arc<Reader>,
+        conns: Vec<SourceConn>,
+        after: Option<Vec<String>>,
+    ) -> Pages {
+        Pages {
+            name: name.to_owned(),
+            reader,
+            width: conns.len(),
+            idle: conns,
+            reading: VecDeque::new(),
+            lower: after,
+            open_ended: false,
+            done: false,
+            buffers: Vec::new(),
+        }
+    }
+
+    /// Cursor values that may serve as a bound: none of them NULL.
+    fn bound(&self, values: Vec<Option<String>>) -> anyhow::Result<Vec<String>> {
+        let name = &self.name;
+        values.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+            anyhow::anyhow!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)")
+        })
+    }
+
+    /// Starts reads on the idle connections, up to `width` under way.
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        while !self.done && !self.open_ended && self.reading.len() < self.width {
+            let Some(mut conn) = self.idle.pop() else {
+                break;
+            };
+            let lower = self.lower.as_deref();
+            let upper = if self.width > 1 {
+                let boundary = self.reader.boundary(lower.is_some());
+                match conn.cursor_row(&boundary, lower.unwrap_or_default()).await {
+                    Ok(end) => end.map(|values| self.bound(values)).transpose()?,
+                    Err(e) => {
+                        self.idle.push(conn);
+                        return Err(e);
+                    }
+                }
+            } else {
+                None
+            };
+            let sql = self.reader.page(lower.is_some(), upper.is_some());
+            let binds: Vec<String> = (lower.into_iter().flatten())
+                .chain(upper.iter().flatten())
+                .cloned()
+                .collect();
+            let reader = Arc::clone(&self.reader);
+            let buffer = self.buffers.pop().unwrap_or_default();
+            let end = upper.clone();
+            self.reading.push_back(tokio::spawn(async move {
+                let page = conn.page(&sql, &binds, &reader, buffer).await;
+                // A range's pointer is its end, even where rows were deleted since.
+                let page = page.map(|mut page| {
+                    if let Some(end) = end {
+                        page.cursor = end.into_iter().map(Some).collect();
+                    }
+                    page
+                });
+                (conn, page)
+            }));
+            match upper {
+                Some(end) => self.lower = Some(end),
+                None => self.open_ended = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The next page in cursor order (`None`: the source has no more).
+    async fn next(&mut self) -> anyhow::Result<Option<Page>> {
+        self.fill().await?;
+        let Some(reading) = self.reading.pop_front() else {
+            return Ok(None);
+        };
+        let (conn, page) = reading
+            .await
+            .map_err(|e| anyhow::anyhow!("a read of source `{}` stopped: {e}", self.name))?;
+        self.idle.push(conn);
+        let mut page = page?;
+        if self.open_ended && self.reading.is_empty() {
+            // The open-ended read: the source ends here, or goes on after its last row.
+            self.open_ended = false;
+            if page.len() < self.reader.limit {
+                self.done = true;
+            } else {
+                self.lower = Some(self.bound(page.cursor.clone())?);
+            }
+            if page.len() == 0 {
+                self.buffers.push(std::mem::take(&mut page.texts));
+                return Ok(None);
+            }
+        }
+        Ok(Some(page))
+    }
+
+    /// Closes the connections (reads still under way are stopped).
+    async fn close(mut self) {
+        for reading in self.reading.drain(..) {
+            reading.abort();
+        }
+        for conn in std::mem::take(&mut self.idle) {
+            conn.close().await;
+        }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        for reading in &self.reading {
+            reading.abort();
+        }
+    }
+}
+
 /// What files a source's pages: the run's stream, source text and dead-letter limit.
 struct Filer<'a> {
     name: &'a str,
@@ -563,8 +772,9 @@ struct Filer<'a> {
     dialect: Dialect,
 }
 
-/// A page filed into rows and dead letters, with the pointer after it; its text buffer
-/// is free again (the rows hold their own text).
+/// A page filed into rows and dead letters, with the pointer after it (its `previous`
+/// set when it is written); its text buffer is free again (the rows hold their own
+/// text).
 struct FiledPage {
     filing: Filing,
     pointer: Pointer,
@@ -573,28 +783,24 @@ struct FiledPage {
 }
 
 impl Filer<'_> {
-    /// Files `page`, whose pointer moves on from `previous` (the pointer stored when the
-    /// page before it commits).
-    fn file(&self, mut page: Page, previous: Option<String>) -> anyhow::Result<FiledPage> {
+    /// Files `page`.
+    fn file(&self, mut page: Page) -> anyhow::Result<FiledPage> {
         let name = self.name;
         let reader = self.reader;
+        if page.cursor.len() != reader.cursor_at.len() || page.cursor.iter().any(Option::is_none) {
+            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
+        }
         let pointer_object: serde_json::Map<String, serde_json::Value> = reader
             .cursor_at
             .iter()
-            .map(|&i| {
+            .zip(std::mem::take(&mut page.cursor))
+            .map(|(&i, value)| {
                 (
                     reader.columns[i].name.clone(),
-                    page.last
-                        .get(i)
-                        .cloned()
-                        .flatten()
-                        .map_or(serde_json::Value::Null, serde_json::Value::from),
+                    value.map_or(serde_json::Value::Null, serde_json::Value::from),
                 )
             })
             .collect();
-        if page.len() > 0 && pointer_object.values().any(serde_json::Value::is_null) {
-            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
-        }
         let mut filing = Filing::new(self.max_payload, Some(self.dialect));
         filing.file(
             &Route::to(self.stream),
@@ -610,11 +816,17 @@ impl Filer<'_> {
             pointer: Pointer {
                 source: name.to_owned(),
                 value: serde_json::Value::Object(pointer_object).to_string(),
-                previous,
+                previous: None,
             },
             read: page.len(),
             buffer: std::mem::take(&mut page.texts),
         })
+    }
+
+    /// The next page of `pages`, filed.
+    async fn next(&self, pages: &mut Pages) -> anyhow::Result<Option<FiledPage>> {
+        let page = pages.next().await?;
+        page.map(|page| self.file(page)).transpose()
     }
 }
 
@@ -627,20 +839,76 @@ pub async fn pull(run: Run<'_>) -> anyhow::Result<PullReport> {
             source.url_env
         )
     })?;
-    let (mut conn, dialect) = SourceConn::open(&url).await.with_context(|| {
-        format!(
-            "cannot connect to source `{name}` ({})",
-            crate::sink::redact(&url)
-        )
-    })?;
-    let result = pull_on(&mut conn, dialect, run).await;
-    conn.close().await;
-    result
+    let connect = || async {
+        SourceConn::open(&url, name).await.with_context(|| {
+            format!(
+                "cannot connect to source `{name}` ({})",
+                crate::sink::redact(&url)
+            )
+        })
+    };
+    let (mut conn, dialect) = connect().await?;
+    let reader = match Reader::new(&mut conn, dialect, run).await {
+        Ok(reader) => Arc::new(reader),
+        Err(e) => {
+            conn.close().await;
+            return Err(e);
+        }
+    };
+    // A paced run reads one page at a time.
+    let width = if source.max_rows_per_second > 0 {
+        1
+    } else {
+        source.max_connections.unwrap_or(1)
+    };
+    let mut conns = vec![conn];
+    while conns.len() < width {
+        conns.push(connect().await?.0);
+    }
+    pull_with(conns, reader, run).await
 }
 
-async fn pull_on(
-    conn: &mut SourceConn,
-    dialect: Dialect,
+impl Reader {
+    /// The reader of source `run.name`, from the columns the source answers.
+    async fn new(conn: &mut SourceConn, dialect: Dialect, run: Run<'_>) -> anyhow::Result<Reader> {
+        let Run {
+            name,
+            source,
+            stream,
+            ..
+        } = run;
+        let relation = Reader::relation(dialect, source);
+        let columns = conn
+            .describe(&format!("SELECT * FROM {relation}"))
+            .await
+            .with_context(|| format!("cannot read the columns of source `{name}`"))?;
+        let cursor_at = source
+            .cursor
+            .iter()
+            .map(|c| {
+                columns.iter().position(|s| &s.name == c).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "[sources.{name}] cursor column `{c}` is not a column of the source"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Reader {
+            dialect,
+            relation,
+            render: Render::new(stream, &columns),
+            columns,
+            cursor_at,
+            limit: source.load_size,
+        })
+    }
+}
+
+/// Reads the source's rows after the pointer on `conns` and writes them load by load,
+/// each with its pointer; the next page is read and filed while a load is written.
+async fn pull_with(
+    mut conns: Vec<SourceConn>,
+    reader: Arc<Reader>,
     run: Run<'_>,
 ) -> anyhow::Result<PullReport> {
     let Run {
@@ -651,34 +919,10 @@ async fn pull_on(
         max_payload,
         progress,
     } = run;
-    let relation = Reader::relation(dialect, source);
-    let columns = conn
-        .describe(&format!("SELECT * FROM {relation}"))
-        .await
-        .with_context(|| format!("cannot read the columns of source `{name}`"))?;
-    let cursor_at = source
-        .cursor
-        .iter()
-        .map(|c| {
-            columns.iter().position(|s| &s.name == c).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "[sources.{name}] cursor column `{c}` is not a column of the source"
-                )
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let reader = Reader {
-        dialect,
-        relation,
-        render: Render::new(stream, &columns),
-        columns,
-        cursor_at,
-        limit: source.load_size,
-    };
     // The pointer as stored: each load moves it from there, or fails if another run did.
-    let stored = storage.store.pointer(name).await?;
-    let mut after = pointer_values(stored.as_deref(), &source.cursor)?;
-    let remaining = conn
+    let mut stored = storage.store.pointer(name).await?;
+    let after = pointer_values(stored.as_deref(), &source.cursor)?;
+    let remaining = conns[0]
         .count(
             &reader.count(after.is_none()),
             after.as_deref().unwrap_or_default(),
@@ -695,59 +939,54 @@ async fn pull_on(
         max_payload,
         dialect: storage.store.dialect(),
     };
+    let mut pages = Pages::new(name, Arc::clone(&reader), std::mem::take(&mut conns), after);
+    let read_context = || format!("cannot read source `{name}`");
     let started = Instant::now();
     let mut report = PullReport::default();
-    let first = read_page(conn, &reader, after.as_deref(), Vec::new())
-        .await
-        .with_context(|| format!("cannot read source `{name}`"))?;
-    let mut filed = filer.file(first, stored)?;
-    let paced = source.max_rows_per_second > 0;
-    while !progress.cancelled() && filed.read > 0 {
-        let FiledPage {
-            filing,
-            pointer,
-            read,
-            buffer,
-        } = filed;
+    let mut filed = filer.next(&mut pages).await.with_context(read_context)?;
+    while let Some(FiledPage {
+        filing,
+        mut pointer,
+        read,
+        buffer,
+    }) = filed
+    {
+        if progress.cancelled() {
+            break;
+        }
+        pointer.previous = stored.take();
+        pages.buffers.push(buffer);
         let load = PulledLoad {
             stream,
             pointer: &pointer,
             read,
         };
-        after = pointer_values(Some(&pointer.value), &source.cursor)?;
-        let more = read == source.load_size;
-        // Unpaced, the next page is read and filed while this one is written: the
-        // source, Sluice and the target work at once. (Cancelled meanwhile, the page is
-        // dropped.)
-        let (written, next) = if more && !paced {
-            let (written, next) = tokio::join!(load.write(storage, filing, &mut report), async {
-                let page = read_page(conn, &reader, after.as_deref(), buffer).await?;
-                filer.file(page, Some(pointer.value.clone()))
-            });
-            (written, Ok(next))
+        let (written, next) = if source.max_rows_per_second == 0 {
+            // The next page is read and filed while this one is written: the source,
+            // Sluice and the target work at once. (Cancelled meanwhile, it is dropped.)
+            tokio::join!(
+                load.write(storage, filing, &mut report),
+                filer.next(&mut pages)
+            )
         } else {
-            (load.write(storage, filing, &mut report).await, Err(buffer))
+            let written = load.write(storage, filing, &mut report).await;
+            let due =
+                Duration::from_secs_f64(report.read as f64 / source.max_rows_per_second as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            let next = match written {
+                Ok(()) => filer.next(&mut pages).await,
+                Err(_) => Ok(None),
+            };
+            (written, next)
         };
         written.with_context(|| format!("cannot write a load of source `{name}`"))?;
         progress.advance(&report);
-        if !more {
-            break;
-        }
-        filed = match next {
-            Ok(next) => next,
-            Err(buffer) => {
-                let due = Duration::from_secs_f64(
-                    report.read as f64 / source.max_rows_per_second.max(1) as f64,
-                );
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
-                let page = read_page(conn, &reader, after.as_deref(), buffer).await;
-                page.and_then(|page| filer.file(page, Some(pointer.value.clone())))
-            }
-        }
-        .with_context(|| format!("cannot read source `{name}`"))?;
+        stored = Some(pointer.value);
+        filed = next.with_context(read_context)?;
     }
+    pages.close().await;
     Ok(report)
 }
 

@@ -161,11 +161,21 @@ fn table_source(
         stream: stream.into(),
         load_size,
         max_rows_per_second: 0,
+        max_connections: None,
         every: None,
     }
 }
 
 fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
+    pulling_on(var, load_size, None)
+}
+
+/// [`pulling`] with `max_connections`.
+fn pulling_on(
+    var: String,
+    load_size: usize,
+    max_connections: Option<usize>,
+) -> impl FnOnce(&mut sluice::Config) {
     move |c: &mut sluice::Config| {
         c.streams.insert(
             "crm_deal".into(),
@@ -175,16 +185,47 @@ fn pulling(var: String, load_size: usize) -> impl FnOnce(&mut sluice::Config) {
                 ..Default::default()
             },
         );
-        c.sources.insert(
-            "crm".into(),
-            table_source(var, "deals", &["updated_at", "id"], "crm_deal", load_size),
-        );
+        let mut source = table_source(var, "deals", &["updated_at", "id"], "crm_deal", load_size);
+        source.max_connections = max_connections;
+        c.sources.insert("crm".into(), source);
     }
 }
 
+/// The most connections of source `crm` the PostgreSQL `source` showed at once while
+/// `run` ran (sampled every 20 ms; by the `application_name` Sluice gives them).
+async fn most_connections_during<T>(
+    source: &TestDb,
+    run: impl std::future::Future<Output = T>,
+) -> (T, usize) {
+    let sql = "SELECT COUNT(*)::text FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'sluice pull crm'";
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sample = async {
+        let mut most = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let n: usize = source.query(sql).await[0][0]
+                .as_deref()
+                .unwrap()
+                .parse()
+                .unwrap();
+            most = most.max(n);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        most
+    };
+    let run = async {
+        let out = run.await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    };
+    tokio::join!(run, sample)
+}
+
+/// `max_connections`: how many connections the pull may read on at once (the ranges
+/// between the ends of the next pages, each on its own).
 async fn a_source_table_is_pulled_incrementally_and_the_target_equals_it(
     source_kind: Db,
     target_kind: Db,
+    max_connections: usize,
 ) {
     let Some(source) = TestDb::create(source_kind).await else {
         return;
@@ -196,13 +237,28 @@ async fn a_source_table_is_pulled_incrementally_and_the_target_equals_it(
     let Some(app) = spawn_app(
         target_kind,
         schemas.path().to_path_buf(),
-        pulling(var, 5000),
+        pulling_on(var, 5000, Some(max_connections)),
     )
     .await
     else {
         return;
     };
-    let first = run_pull(&app, "crm").await;
+    let first = if source_kind == Db::Postgres {
+        // The run holds every connection it may open, and no more.
+        let (first, most) = most_connections_during(&source, run_pull(&app, "crm")).await;
+        assert_eq!(
+            most, max_connections,
+            "connections of the pull at once: {first}"
+        );
+        let (_, after) = most_connections_during(&source, async {}).await;
+        assert_eq!(
+            after, 0,
+            "the pull's connections are closed when its job ends"
+        );
+        first
+    } else {
+        run_pull(&app, "crm").await
+    };
     assert_eq!(first["state"], "completed", "{first}");
     assert_eq!(first["result"]["read"], 50_000, "{first}");
     assert_eq!(first["result"]["loads"], 10, "{first}");
@@ -253,13 +309,13 @@ async fn a_source_table_is_pulled_incrementally_and_the_target_equals_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_into_postgres() {
-    a_source_table_is_pulled_incrementally_and_the_target_equals_it(Db::Postgres, Db::Postgres)
+    a_source_table_is_pulled_incrementally_and_the_target_equals_it(Db::Postgres, Db::Postgres, 3)
         .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_into_sqlite() {
-    a_source_table_is_pulled_incrementally_and_the_target_equals_it(Db::Mysql, Db::Sqlite).await
+    a_source_table_is_pulled_incrementally_and_the_target_equals_it(Db::Mysql, Db::Sqlite, 2).await
 }
 
 /// Values of every kind arrive as the source holds them: JSON documents of a `jsonb` /
@@ -789,6 +845,7 @@ async fn a_folder_of_files_is_loaded_once(kind: Db) {
                 stream: "price_list".into(),
                 load_size: 2,
                 max_rows_per_second: 0,
+                max_connections: None,
                 every: None,
             },
         );
@@ -803,6 +860,7 @@ async fn a_folder_of_files_is_loaded_once(kind: Db) {
                 stream: "price_list".into(),
                 load_size: 1000,
                 max_rows_per_second: 0,
+                max_connections: None,
                 every: None,
             },
         );

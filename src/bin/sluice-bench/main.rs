@@ -97,6 +97,9 @@ struct Args {
     /// a `[sources]` run into the stream; PostgreSQL and MariaDB).
     #[arg(long, value_delimiter = ',', default_value = "limit,http,tcp,rate")]
     modes: Vec<String>,
+    /// The pull mode's `max_connections`: source connections read at once.
+    #[arg(long, default_value_t = 1)]
+    pull_connections: usize,
     /// The Sluice binary to start (on free ports, against --database-url).
     #[arg(long, default_value = "target/release/sluice")]
     sluice_bin: PathBuf,
@@ -681,9 +684,14 @@ async fn pull_mode(
     std::fs::write(
         &config,
         format!(
-            "[sources.bench_pull]\nurl_env = \"SLUICE_BENCH_SOURCE_URL\"\nquery = {:?}\ncursor = [\"order_id\"]\nstream = {:?}\nload_size = 5000\n",
+            "[sources.bench_pull]\nurl_env = \"SLUICE_BENCH_SOURCE_URL\"\nquery = {:?}\ncursor = [\"order_id\"]\nstream = {:?}\nload_size = 5000\n{}",
             format!("SELECT {} FROM sluice_bench_source", columns.join(", ")),
-            args.stream
+            args.stream,
+            // Left out at its default, so a Sluice from before the setting runs too.
+            match args.pull_connections {
+                1 => String::new(),
+                n => format!("max_connections = {n}\n"),
+            }
         ),
     )?;
     std::env::set_var("SLUICE_BENCH_SOURCE_URL", url);
