@@ -230,3 +230,40 @@ pub async fn pull(run: Run<'_>) -> anyhow::Result<PullReport> {
         None => table::pull(run).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(toml: &str) -> SourceConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn a_source_s_sizes_and_connections_are_checked() {
+        let table =
+            "url_env = \"CRM\"\ntable = \"deals\"\ncursor = [\"id\"]\nstream = \"crm_deal\"\n";
+        assert_eq!(source(table).check("crm"), Ok(()));
+        assert_eq!(
+            source(&format!("{table}load_size = 0\n")).check("crm"),
+            Err("[sources.crm] load_size = 0: give 1 to 100000".into())
+        );
+        assert_eq!(
+            source(&format!("{table}max_connections = 16\n")).check("crm"),
+            Ok(())
+        );
+        assert_eq!(
+            source(&format!("{table}max_connections = 0\n")).check("crm"),
+            Err("[sources.crm] max_connections = 0: give 1 to 16".into())
+        );
+        assert_eq!(
+            source(&format!("{table}max_connections = 17\n")).check("crm"),
+            Err("[sources.crm] max_connections = 17: give 1 to 16".into())
+        );
+        let files = "path = \"/data/*.csv\"\nstream = \"prices\"\nmax_connections = 2\n";
+        assert_eq!(
+            source(files).check("prices"),
+            Err("[sources.prices] path reads files: it takes no url_env, table, query, cursor or max_connections".into())
+        );
+    }
+}
