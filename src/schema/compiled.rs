@@ -17,6 +17,7 @@
 //! construction.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use serde_json::{Map, Number, Value};
 
@@ -94,6 +95,11 @@ struct ObjectCheck {
     required_other: Vec<String>,
     /// `additionalProperties` (`Any` when absent).
     additional: Check,
+    /// Per position of a key in an event's object, the property found there last:
+    /// producers send their keys in an order of their own, mostly the same from one
+    /// event to the next, so each key is mostly found at the first try. (A guess only:
+    /// shared by every thread that checks this schema, read and written relaxed.)
+    order: [AtomicU8; TRACKED],
 }
 
 struct ArrayCheck {
@@ -154,7 +160,7 @@ impl Compiled {
         let mut seen = 0u64;
         let mut skipped = false;
         let mut extras: Vec<(&str, usize)> = Vec::new();
-        for (k, at) in tape.members(0) {
+        for (position, (k, at)) in tape.members(0).enumerate() {
             if tape.nodes[k].escaped {
                 return None;
             }
@@ -169,7 +175,7 @@ impl Compiled {
                 }
                 continue;
             }
-            let Some(p) = object.find(key) else {
+            let Some(p) = object.find_at(key, position) else {
                 if !valid(&object.additional, tape, at) {
                     return None;
                 }
@@ -285,21 +291,52 @@ impl ObjectCheck {
     /// The index of property `key`.
     fn find(&self, key: &str) -> Option<usize> {
         let probe = probe(key);
-        (0..self.properties.len()).find(|&p| {
-            let name = self.properties[p].0.as_bytes();
-            // Equal probes and lengths: the first 8 bytes are equal already.
-            self.probes[p] == probe
-                && name.len() == key.len()
-                && (name.len() <= 8 || name[8..] == key.as_bytes()[8..])
-        })
+        (0..self.properties.len()).find(|&p| self.is(p, key, probe))
+    }
+
+    /// Whether property `p` is `key`, whose [`probe`] is `probe`.
+    #[inline]
+    fn is(&self, p: usize, key: &str, probe: u64) -> bool {
+        let name = self.properties[p].0.as_bytes();
+        // Equal probes and lengths: the first 8 bytes are equal already; up to 16, the
+        // last 8 are one word (no call to memcmp).
+        let key = key.as_bytes();
+        self.probes[p] == probe
+            && name.len() == key.len()
+            && match (name.len(), name.last_chunk::<8>(), key.last_chunk::<8>()) {
+                (0..=8, _, _) => true,
+                (9..=16, Some(a), Some(b)) => a == b,
+                _ => name[8..] == key[8..],
+            }
+    }
+
+    /// The index of property `key`, the `position`th key of its object: the property
+    /// found at that position last is tried first ([`ObjectCheck::order`]).
+    fn find_at(&self, key: &str, position: usize) -> Option<usize> {
+        let probe = probe(key);
+        let guess = self
+            .order
+            .get(position)
+            .map(|g| usize::from(g.load(Relaxed)));
+        if let Some(p) = guess.filter(|&p| p < self.properties.len()) {
+            if self.is(p, key, probe) {
+                return Some(p);
+            }
+        }
+        let found = (0..self.properties.len()).find(|&p| self.is(p, key, probe));
+        if let (Some(slot), Some(p)) = (self.order.get(position), found) {
+            // TRACKED properties at most: an index fits a byte.
+            slot.store(p as u8, Relaxed);
+        }
+        found
     }
 
     fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
         let mut seen = 0u64;
         let mut others = 0;
-        for (k, at) in tape.members(i) {
+        for (position, (k, at)) in tape.members(i).enumerate() {
             let key = tape.str(k);
-            let check = match self.find(&key) {
+            let check = match self.find_at(&key, position) {
                 Some(p) => {
                     seen |= 1 << p;
                     &self.properties[p].1
@@ -784,6 +821,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
         cond: None,
     };
     let mut object = ObjectCheck {
+        order: std::array::from_fn(|_| AtomicU8::new(0)),
         properties: Vec::new(),
         probes: Vec::new(),
         required_mask: 0,

@@ -112,9 +112,10 @@ impl<'a> Tape<'a> {
     /// The text of string or key `i`, unescaped.
     #[inline]
     pub fn str(&self, i: usize) -> Cow<'a, str> {
-        let raw = self.raw(i);
-        let inner = &raw[1..raw.len() - 1];
-        if self.nodes[i].escaped {
+        let n = self.nodes[i];
+        // Inside the quotes (ASCII, so the bounds are character boundaries).
+        let inner = &self.text[n.len as usize + 1..n.end as usize - 1];
+        if n.escaped {
             // Read once already: its escapes are well formed.
             unescape(inner).map_or(Cow::Borrowed(inner), Cow::Owned)
         } else {
