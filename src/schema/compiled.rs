@@ -598,16 +598,31 @@ fn plain_uuid(text: &str) -> bool {
     else {
         return false;
     };
-    let mut ok = true;
-    for (i, c) in b.iter().enumerate() {
-        ok &= if matches!(i, 8 | 13 | 18 | 23) {
-            *c == b'-'
-        } else {
-            c.is_ascii_hexdigit()
-        };
-    }
-    ok
+    let hex = |part: &[u8]| {
+        part.iter()
+            .fold(true, |ok, c| ok & HEX_DIGIT[usize::from(*c)])
+    };
+    b[8] == b'-'
+        && b[13] == b'-'
+        && b[18] == b'-'
+        && b[23] == b'-'
+        && hex(&b[..8])
+        && hex(&b[9..13])
+        && hex(&b[14..18])
+        && hex(&b[19..23])
+        && hex(&b[24..])
 }
+
+/// Which bytes are ASCII hexadecimal digits.
+static HEX_DIGIT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_hexdigit();
+        b += 1;
+    }
+    table
+};
 
 /// The number written by the `n` ASCII digits of `b` at `from`, if they are digits.
 fn digits(b: &[u8], from: usize, n: usize) -> Option<u32> {
@@ -743,6 +758,29 @@ fn plain_integer(literal: &str) -> bool {
         && literal != "-0"
 }
 
+/// Whether serde_json writes the float `literal` (already read as a JSON number) as it
+/// is: `-?(0|[1-9]d*).d*[1-9]`, 15 digits at most, at least 0.001 and below 10^15. Such
+/// a decimal reads as a double that no shorter decimal reads as (15 digits always make
+/// the trip to a double and back), so the shortest text that serde_json writes for the
+/// double is the literal itself, in plain notation in that range.
+fn plain_decimal(literal: &str) -> bool {
+    let unsigned = literal.strip_prefix('-').unwrap_or(literal);
+    let Some((whole, fraction)) = unsigned.split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let small = whole == "0" && fraction.starts_with("000");
+    !whole.is_empty()
+        && whole.len() <= 15
+        && (whole == "0" || !whole.starts_with('0'))
+        && !fraction.is_empty()
+        && !fraction.ends_with('0')
+        && whole.len() + fraction.len() <= 15
+        && !small
+        && digits(whole)
+        && digits(fraction)
+}
+
 fn write_json(tape: &Tape<'_>, i: usize, out: &mut Vec<u8>) -> Option<()> {
     match tape.kind(i) {
         Kind::Null => out.extend_from_slice(b"null"),
@@ -750,7 +788,7 @@ fn write_json(tape: &Tape<'_>, i: usize, out: &mut Vec<u8>) -> Option<()> {
         Kind::False => out.extend_from_slice(b"false"),
         Kind::Num => {
             let literal = tape.raw(i);
-            if plain_integer(literal) {
+            if plain_integer(literal) || plain_decimal(literal) {
                 out.extend_from_slice(literal.as_bytes());
             } else {
                 serde_json::to_writer(&mut *out, &number(literal)?).ok()?;
@@ -922,5 +960,93 @@ impl ArrayCheck {
             min: None,
             max: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What serde_json writes for the JSON number `literal`.
+    fn serde_text(literal: &str) -> String {
+        serde_json::to_string(&Number::from_str(literal).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plain_decimals_are_written_by_serde_json_as_they_are() {
+        for literal in [
+            "12.5",
+            "-0.5",
+            "0.001",
+            "0.999",
+            "1.05",
+            "99999999999999.9",
+            "123456789.123456",
+            "-7.25",
+        ] {
+            assert!(plain_decimal(literal), "{literal}");
+            assert_eq!(serde_text(literal), literal);
+        }
+        for literal in [
+            "12.50",
+            "0.0001",
+            "1e5",
+            "1.5e3",
+            "012.5",
+            "12.",
+            ".5",
+            "-0.0",
+            "12",
+            "1234567890123456.5",
+            "1.234567890123456",
+        ] {
+            assert!(!plain_decimal(literal), "{literal}");
+        }
+        // Every shape the check accepts, at every length and scale it accepts.
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let whole_len = rng.usize(1..=15);
+            let mut whole: String = (0..whole_len)
+                .map(|_| char::from(b'0' + rng.u8(0..10)))
+                .collect();
+            if rng.bool() {
+                whole = "0".into();
+            }
+            let fraction_len = rng.usize(1..=15);
+            let fraction: String = (0..fraction_len)
+                .map(|_| char::from(b'0' + rng.u8(0..10)))
+                .collect();
+            let sign = if rng.bool() { "-" } else { "" };
+            let literal = format!("{sign}{whole}.{fraction}");
+            if plain_decimal(&literal) {
+                accepted += 1;
+                assert_eq!(serde_text(&literal), literal);
+            }
+        }
+        assert!(accepted > 20_000, "{accepted}");
+    }
+
+    #[test]
+    fn uuids_are_checked_byte_by_byte() {
+        let reference = |text: &str| {
+            text.len() == 36
+                && text.bytes().enumerate().all(|(i, c)| match i {
+                    8 | 13 | 18 | 23 => c == b'-',
+                    _ => c.is_ascii_hexdigit(),
+                })
+        };
+        let good = "123e4567-e89b-12d3-a456-426614174000";
+        assert!(plain_uuid(good));
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..20_000 {
+            let mut bytes = good.as_bytes().to_vec();
+            let at = rng.usize(..36);
+            bytes[at] = rng.u8(..);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            assert_eq!(plain_uuid(&text), reference(&text), "{text:?}");
+        }
+        assert!(!plain_uuid(&good[1..]));
+        assert!(!plain_uuid(&format!("{good}0")));
     }
 }
