@@ -687,11 +687,14 @@ pub fn spawn_binary_under(
         .expect("sluice starts");
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("piped")).lines();
     let (tx, logs) = std::sync::mpsc::channel();
+    let mut before = Vec::new();
     let (http, tcp) = loop {
-        let line = lines
-            .next()
-            .expect("Sluice logs its addresses")
-            .expect("UTF-8 logs");
+        let Some(line) = lines.next() else {
+            let status = child.wait();
+            panic!("Sluice exited before it logged its addresses ({status:?}): {before:#?}");
+        };
+        let line = line.expect("UTF-8 logs");
+        before.push(line.clone());
         if let Some((http, tcp)) = sluice::app::listening_addresses(&line) {
             break (http, (tcp != "disabled").then_some(tcp));
         }
