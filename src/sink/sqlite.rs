@@ -32,6 +32,21 @@ const MAX_STATEMENT_BYTES: usize = 16 * 1024 * 1024;
 /// How long a write waits for another writer's lock before failing (transiently).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long opening the database at start-up is tried again while it is busy.
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Whether `e` is SQLite's BUSY or LOCKED (another connection holds a lock), not a
+/// file that cannot be opened at all.
+fn busy(e: &SinkError) -> bool {
+    match e.source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 /// The SQLite batch writer: one rusqlite connection for stream rows, the sqlx pool for
 /// dead letters.
 pub struct SqliteFile {
@@ -101,8 +116,21 @@ pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
         })
         .busy_timeout(BUSY_TIMEOUT);
     let path = options.get_filename().to_path_buf();
-    let (pool, health) =
-        super::open_pools::<sqlx::Sqlite>(config, options, Dialect::Sqlite).await?;
+    // Processes opening one new database file at once can find it locked beyond the
+    // busy timeout (SQLite does not wait on every lock, such as the one that switches
+    // the file to WAL): a start-up tries again for a while before it gives up.
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_millis(50);
+    let (pool, health) = loop {
+        match super::open_pools::<sqlx::Sqlite>(config, options.clone(), Dialect::Sqlite).await {
+            Err(e) if busy(&e) && started.elapsed() < OPEN_RETRY_FOR => {
+                tracing::debug!(error = %e, "The SQLite database is busy; opening it again.");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            opened => break opened?,
+        }
+    };
     let writer = SqliteFile {
         letters: SqlxInserts {
             pool: pool.clone(),
