@@ -258,12 +258,7 @@ impl Reader {
     /// `WHERE (cursor) > (lower) AND (cursor) <= (upper)`, each bound if given (its
     /// values bound as the placeholders after those of the bound before it).
     fn range(&self, lower: bool, upper: bool) -> String {
-        let columns: Vec<String> = self
-            .cursor_at
-            .iter()
-            .map(|&i| self.dialect.quote(&self.columns[i].name))
-            .collect();
-        let columns = columns.join(", ");
+        let columns = self.cursor_columns();
         let values = |first: usize| {
             let values: Vec<String> = self
                 .cursor_at
@@ -296,8 +291,8 @@ impl Reader {
         )
     }
 
-    /// The cursor columns in order, for `ORDER BY`.
-    fn order(&self) -> String {
+    /// The cursor columns in order, quoted, for `ORDER BY` and the keyset filter.
+    fn cursor_columns(&self) -> String {
         let order: Vec<String> = self
             .cursor_at
             .iter()
@@ -329,7 +324,7 @@ impl Reader {
             select.join(", "),
             self.relation,
             self.range(lower, upper),
-            self.order()
+            self.cursor_columns()
         )
     }
 
@@ -346,7 +341,7 @@ impl Reader {
             select.join(", "),
             self.relation,
             self.range(lower, false),
-            self.order(),
+            self.cursor_columns(),
             self.limit.saturating_sub(1)
         )
     }
@@ -616,6 +611,13 @@ fn source_timestamp(text: &str) -> Option<String> {
     None
 }
 
+/// Cursor values of source `name`, for a bound or a pointer: none of them may be NULL.
+fn cursor_values(name: &str, values: Vec<Option<String>>) -> anyhow::Result<Vec<String>> {
+    values.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+        anyhow::anyhow!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)")
+    })
+}
+
 /// A run's pages in cursor order, read on up to `width` connections at once.
 ///
 /// With one connection each page is read after the last row of the one before (keyset
@@ -662,14 +664,6 @@ impl Pages {
         }
     }
 
-    /// Cursor values that may serve as a bound: none of them NULL.
-    fn bound(&self, values: Vec<Option<String>>) -> anyhow::Result<Vec<String>> {
-        let name = &self.name;
-        values.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-            anyhow::anyhow!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)")
-        })
-    }
-
     /// Starts reads on the idle connections, up to `width` under way.
     async fn fill(&mut self) -> anyhow::Result<()> {
         while !self.done && !self.open_ended && self.reading.len() < self.width {
@@ -680,7 +674,9 @@ impl Pages {
             let upper = if self.width > 1 {
                 let boundary = self.reader.boundary(lower.is_some());
                 match conn.cursor_row(&boundary, lower.unwrap_or_default()).await {
-                    Ok(end) => end.map(|values| self.bound(values)).transpose()?,
+                    Ok(end) => end
+                        .map(|values| cursor_values(&self.name, values))
+                        .transpose()?,
                     Err(e) => {
                         self.idle.push(conn);
                         return Err(e);
@@ -733,7 +729,7 @@ impl Pages {
             if page.len() < self.reader.limit {
                 self.done = true;
             } else {
-                self.lower = Some(self.bound(page.cursor.clone())?);
+                self.lower = Some(cursor_values(&self.name, page.cursor.clone())?);
             }
             if page.len() == 0 {
                 self.buffers.push(std::mem::take(&mut page.texts));
@@ -787,19 +783,16 @@ impl Filer<'_> {
     fn file(&self, mut page: Page) -> anyhow::Result<FiledPage> {
         let name = self.name;
         let reader = self.reader;
-        if page.cursor.len() != reader.cursor_at.len() || page.cursor.iter().any(Option::is_none) {
-            bail!("source `{name}` has a row whose cursor column is NULL: a cursor must never be NULL (e.g. COALESCE it in a query)");
-        }
+        let cursor = cursor_values(name, std::mem::take(&mut page.cursor))?;
+        anyhow::ensure!(
+            cursor.len() == reader.cursor_at.len(),
+            "source `{name}`: a page came without its cursor values"
+        );
         let pointer_object: serde_json::Map<String, serde_json::Value> = reader
             .cursor_at
             .iter()
-            .zip(std::mem::take(&mut page.cursor))
-            .map(|(&i, value)| {
-                (
-                    reader.columns[i].name.clone(),
-                    value.map_or(serde_json::Value::Null, serde_json::Value::from),
-                )
-            })
+            .zip(cursor)
+            .map(|(&i, value)| (reader.columns[i].name.clone(), value.into()))
             .collect();
         let mut filing = Filing::new(self.max_payload, Some(self.dialect));
         filing.file(
@@ -939,7 +932,7 @@ async fn pull_with(
         max_payload,
         dialect: storage.store.dialect(),
     };
-    let mut pages = Pages::new(name, Arc::clone(&reader), std::mem::take(&mut conns), after);
+    let mut pages = Pages::new(name, Arc::clone(&reader), conns, after);
     let read_context = || format!("cannot read source `{name}`");
     let started = Instant::now();
     let mut report = PullReport::default();

@@ -459,11 +459,18 @@ pub fn classify(dialect: Dialect, e: &sqlx::Error) -> ErrorClass {
                     .map(|e| e.number())
                     .unwrap_or_default(),
             ),
-            Dialect::Sqlite => {
-                sqlite_class(db.code().and_then(|c| c.parse().ok()).unwrap_or_default())
-            }
+            Dialect::Sqlite => sqlite_class(sqlite_code(e).unwrap_or_default()),
         },
         _ => ErrorClass::Permanent,
+    }
+}
+
+/// SQLite's result code of `e` (extended codes reduced to their primary one), when the
+/// database answered it.
+pub(crate) fn sqlite_code(e: &sqlx::Error) -> Option<i32> {
+    match e {
+        sqlx::Error::Database(db) => db.code()?.parse::<i32>().ok().map(|c| c & 0xff),
+        _ => None,
     }
 }
 

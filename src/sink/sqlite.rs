@@ -38,13 +38,10 @@ const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Whether `e` is SQLite's BUSY or LOCKED (another connection holds a lock), not a
 /// file that cannot be opened at all.
 fn busy(e: &SinkError) -> bool {
-    match e.source.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Database(db)) => db
-            .code()
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        _ => false,
-    }
+    e.source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(super::sqlite_code)
+        .is_some_and(|c| matches!(c, 5 | 6))
 }
 
 /// The SQLite batch writer: one rusqlite connection for stream rows, the sqlx pool for
