@@ -399,6 +399,31 @@ pub async fn watermark_of(store: &Store, input: Input<'_>) -> Result<i64, anyhow
     })
 }
 
+/// Whether `inputs` (each with its watermark) have anything in loads `from..=to`: a
+/// stream's or a source's load, or a transform input that processed beyond `from`.
+async fn news(
+    store: &Store,
+    inputs: &[(Input<'_>, i64)],
+    from: i64,
+    to: i64,
+) -> anyhow::Result<bool> {
+    if to < from {
+        return Ok(false);
+    }
+    for (input, mark) in inputs {
+        let new = match input {
+            Input::Stream(stream) | Input::Source(_, stream) => {
+                store.has_loads(stream, from, to).await?
+            }
+            Input::Transform(_) => *mark >= from,
+        };
+        if new {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Runs transform `name` once: `script` (its SQL file, [`Graph::script`]), bound to the
 /// loads not processed yet, and its new pointer, in one transaction. Another run that
 /// moved the pointer meanwhile (on another instance) makes this one fail without
@@ -415,19 +440,22 @@ pub async fn run_transform(
     let stored = store.pointer(name).await?;
     let last = pointer_load(stored.as_deref())?;
     let mut to = None::<i64>;
+    let mut inputs = Vec::new();
     for input in &transform.after {
         let Some(input) = graph.input(input) else {
             anyhow::bail!("[transforms.{name}] after names `{input}`, which is unknown");
         };
         let mark = watermark_of(store, input).await?;
         to = Some(to.map_or(mark, |t| t.min(mark)));
+        inputs.push((input, mark));
     }
     // A watermark never goes back; the pointer does not either.
     let to = to.unwrap_or(last).max(last);
     let from = last + 1;
     // Nothing new: nothing to run; but a first run runs even so, since its statements
-    // make the tables that the transforms reading it expect.
-    if script.is_incremental() && to < from && stored.is_some() {
+    // make the tables that the transforms reading it expect. A watermark is a bound
+    // that moves with other streams' loads, so a range may hold no load of the inputs.
+    if script.is_incremental() && stored.is_some() && !news(store, &inputs, from, to).await? {
         return Ok(TransformReport {
             range: None,
             rows: 0,

@@ -580,9 +580,13 @@ where
     /// to the pool only if that worked (else it is closed).
     async fn abandon(mut self) {
         let mut cleanup = String::from("ROLLBACK");
-        if self.id != 0 {
+        if let Some(drop) = self
+            .dialect
+            .drop_registration_of(self.id)
+            .filter(|_| self.id != 0)
+        {
             cleanup.push_str("; ");
-            cleanup.push_str(&self.dialect.drop_registration_of(self.id));
+            cleanup.push_str(&drop);
         }
         if self.conn().execute(cleanup.as_str()).await.is_ok() {
             drop(self.conn.take());
@@ -953,7 +957,7 @@ pub async fn purge_loads<DB>(
 }
 
 sqlx_generic! {
-/// Deletes the registrations older than `seconds` that no writer holds.
+/// Abandons the loads in flight for longer than `seconds` ([`Dialect::expired_loads`]).
 pub async fn sweep_expired_loads<DB>(
     pool: &Pool<DB>,
     dialect: Dialect,
@@ -966,10 +970,13 @@ pub async fn sweep_expired_loads<DB>(
         .fetch_all(&mut *tx)
         .await
         .map_err(&err)?;
+    // PostgreSQL: each listed load's session is already ended.
     let mut deleted = 0;
     for (id,) in ids {
-        let drop = dialect.drop_registration_of(id);
-        deleted += (&mut *tx).execute(drop.as_str()).await.map_err(&err)?.rows();
+        match dialect.drop_registration_of(id) {
+            Some(drop) => deleted += (&mut *tx).execute(drop.as_str()).await.map_err(&err)?.rows(),
+            None => deleted += 1,
+        }
     }
     tx.commit().await.map_err(&err)?;
     Ok(deleted)

@@ -33,7 +33,11 @@ pub struct PgCopy {
 /// store's health connection.
 pub async fn connect(config: &DatabaseConfig) -> Result<Storage, SinkError> {
     let err = sink_error(DIALECT);
-    let options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
+    let mut options = PgConnectOptions::from_str(&config.url).map_err(&err)?;
+    // `pg_stat_activity` names the instance of each session (unless the URL names it).
+    if options.get_application_name().is_none() {
+        options = options.application_name(&format!("sluice {}", super::ledger::instance()));
+    }
     let (pool, health) = super::open_pools::<sqlx::Postgres>(config, options, DIALECT).await?;
     Ok(Storage {
         writer: Arc::new(PgCopy { pool: pool.clone() }),

@@ -128,6 +128,15 @@ impl Store {
         if self.describe_table(ledger::STREAMS).await?.is_empty() {
             self.execute_ddl(self.dialect.create_ledger()).await?;
         }
+        if self.dialect == Dialect::Postgres {
+            let current = self.dialect.watermarks_read_transactions();
+            if with_pool!(&self.pools, p => scalar(p, self.dialect, &current).await)? == 0 {
+                self.execute_ddl(vec![self.dialect.create_watermarks()])
+                    .await?;
+            }
+            self.execute_ddl(vec![self.dialect.raise_load_offset()])
+                .await?;
+        }
         if self.describe_table(ledger::DAILY).await?.is_empty() {
             self.execute_ddl(vec![self.dialect.create_daily()]).await?;
         }
@@ -163,6 +172,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ledger::ListedLoad>, SinkError> {
         with_pool!(&self.pools, p => super::generic::list_loads(p, self.dialect, stream, page, limit).await)
+    }
+
+    /// Whether stream `stream` has a load in `from..=to` (in the ledger, so within
+    /// `[ledger] retention`).
+    pub async fn has_loads(&self, stream: &str, from: i64, to: i64) -> Result<bool, SinkError> {
+        let sql = self.dialect.has_loads(from, to);
+        Ok(with_pool!(&self.pools, p => scalar_bound(p, self.dialect, &sql, stream).await)? > 0)
     }
 
     /// The pointer of pulled source `source`: `None` when it never ran (or was reset to

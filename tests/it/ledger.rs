@@ -2,6 +2,10 @@
 //! `sluice_loads`, in the same transaction as its rows (which carry its id in
 //! `_load_id`); the watermark never passes a load that may still commit, and a load
 //! whose writer is gone holds it only for `[ledger] in_flight_timeout`.
+//!
+//! The watermark is a bound, not a stream's last load: on MySQL and SQLite an idle
+//! stream's is the last load of the database (one stream here), on PostgreSQL the
+//! newest transaction id that has ended (plus an offset), at or above it.
 
 use std::time::Duration;
 
@@ -19,18 +23,53 @@ async fn watermark_api(app: &TestApp, stream: &str) -> i64 {
 }
 
 /// The stream's watermark from the API and from `sluice_watermarks`, which agree
-/// (while no load commits or expires in between).
+/// (while no load commits or expires in between; on PostgreSQL the view, read after,
+/// is at or above the API's, as other transactions end meanwhile).
 async fn watermark(app: &TestApp, stream: &str) -> i64 {
     let api = watermark_api(app, stream).await;
-    let sql = app
+    let sql: i64 = app
         .db
         .query(&format!(
             "SELECT {} FROM sluice_watermarks WHERE stream = '{stream}'",
             app.db.text("watermark")
         ))
-        .await;
-    assert_eq!(sql[0][0].as_deref(), Some(api.to_string().as_str()));
+        .await[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    match app.db.kind {
+        Db::Postgres => assert!(sql >= api, "view {sql}, API {api}"),
+        _ => assert_eq!(sql, api),
+    }
     api
+}
+
+/// Whether watermark `w` of an idle stream has taken load `last`, its last (see the
+/// module's note: on PostgreSQL at or above it, elsewhere that load).
+fn taken(kind: Db, w: i64, last: i64) -> bool {
+    match kind {
+        Db::Postgres => w >= last,
+        _ => w == last,
+    }
+}
+
+/// Asserts that `app`'s watermark of `reading` is held below load `stuck`, which is in
+/// flight, and not below a load committed before it.
+async fn assert_held_below(app: &TestApp, stuck: i64) {
+    let w = watermark(app, "reading").await;
+    let below = ids(
+        app,
+        "MAX(load_id)",
+        &format!("FROM sluice_loads WHERE stream = 'reading' AND load_id < {stuck}"),
+    )
+    .await;
+    let kind = app.db.kind;
+    assert!(
+        w < stuck && w >= below[0],
+        "{kind:?}: watermark {w}, load in flight {stuck}, the last load below it {}",
+        below[0]
+    );
 }
 
 /// The integers of `expr` in `rest` (`FROM … ORDER BY …`).
@@ -209,12 +248,17 @@ async fn every_committed_batch_is_a_load_with_its_rows(kind: Db) {
     // Idle: the watermark is the last load.
     let load_ids = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
     assert!(load_ids.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(watermark(&app, "reading").await, *load_ids.last().unwrap());
+    let (w, last) = (watermark(&app, "reading").await, *load_ids.last().unwrap());
+    assert!(
+        taken(kind, w, last),
+        "{kind:?}: watermark {w}, last load {last}"
+    );
 }
 
-/// A registered load that does not commit (its writer stuck, or killed) holds the
+/// A load in flight that does not commit (its writer stuck, or killed) holds the
 /// watermark below it while later loads commit; once older than
-/// `in_flight_timeout` it is dropped and the watermark moves on.
+/// `in_flight_timeout` it is abandoned (on MySQL its registration deleted, on
+/// PostgreSQL its session ended) and the watermark moves on.
 async fn a_load_in_flight_holds_the_watermark_until_it_expires(kind: Db) {
     if kind == Db::Sqlite {
         return; // SQLite takes a load's id as it commits: nothing is ever in flight.
@@ -236,36 +280,51 @@ async fn a_load_in_flight_holds_the_watermark_until_it_expires(kind: Db) {
     };
     assert_eq!(post(0).await.status(), 200);
     let before = watermark(&app, "reading").await;
-    // A writer of another instance registers a load, as the ledger's protocol does, and
+    // A writer of another instance begins a load, as the ledger's protocol does, and
     // then hangs.
-    app.db
-        .execute("UPDATE sluice_load_seq SET last_id = last_id + 1 WHERE id = 1")
-        .await;
-    let stuck = ids(&app, "last_id", "FROM sluice_load_seq WHERE id = 1").await[0];
-    let now = match kind {
-        Db::Postgres => "now()",
-        _ => "NOW(6)",
+    let mut _held = None;
+    let stuck = match kind {
+        Db::Postgres => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+            sqlx::query("SELECT pg_advisory_xact_lock_shared(1936483173, hashtext('reading'))")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let stuck: i64 = sqlx::query_scalar(
+                "SELECT CAST(CAST(pg_current_xact_id() AS text) AS bigint) + last_id FROM sluice_load_seq WHERE id = 1",
+            )
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            _held = Some(c);
+            stuck
+        }
+        _ => {
+            app.db
+                .execute("UPDATE sluice_load_seq SET last_id = last_id + 1 WHERE id = 1")
+                .await;
+            let stuck = ids(&app, "last_id", "FROM sluice_load_seq WHERE id = 1").await[0];
+            app.db
+                .execute(&format!(
+                    "INSERT INTO sluice_loads_in_flight (load_id, stream, instance, registered_at) VALUES ({stuck}, 'reading', 'gone:1', NOW(6))"
+                ))
+                .await;
+            stuck
+        }
     };
-    app.db
-        .execute(&format!(
-            "INSERT INTO sluice_loads_in_flight (load_id, stream, instance, registered_at) VALUES ({stuck}, 'reading', 'gone:1', {now})"
-        ))
-        .await;
     assert_eq!(post(5).await.status(), 200);
     assert_eq!(post(10).await.status(), 200);
     let committed = ids(&app, "load_id", "FROM sluice_loads ORDER BY load_id").await;
     assert!(*committed.last().unwrap() > stuck, "{committed:?}");
-    assert_eq!(
-        watermark(&app, "reading").await,
-        stuck - 1,
-        "{kind:?}: held below the stuck load"
-    );
+    assert_held_below(&app, stuck).await;
     assert!(stuck > before);
-    // After in_flight_timeout (5 s; the sweep runs every 1.25 s) it is dropped.
+    // After in_flight_timeout (5 s; the sweep runs every 1.25 s) it is abandoned.
     crate::helpers::eventually(20, "the stuck load expires", || async {
         let w = watermark_api(&app, "reading").await;
         let last = *committed.last().unwrap();
-        if w == last {
+        if taken(kind, w, last) {
             Ok(())
         } else {
             Err(format!("watermark {w}, last load {last}"))
@@ -281,7 +340,8 @@ async fn a_load_in_flight_holds_the_watermark_until_it_expires(kind: Db) {
 /// every 50 ms and reads `_load_id` in `(last, W]`. At the end it has seen every row
 /// exactly once, and the ledger's rows sum to the table's count. (A watermark that were
 /// simply the highest committed load would let it skip the rows of a lower load that
-/// commits later.)
+/// commits later: a trigger holds every load with a row whose `seq` ends in 4,999 of
+/// 5,000 for 0.2 s, mid-transaction, while the other writers commit.)
 async fn a_reader_following_the_watermark_sees_every_row_exactly_once(kind: Db) {
     let Some(first) = spawn_app(kind, crate::helpers::fixture_schemas(), |_| {}).await else {
         return;
@@ -301,6 +361,16 @@ async fn a_reader_following_the_watermark_sees_every_row_exactly_once(kind: Db) 
         .chain(second.as_ref())
         .map(|a| a.url("/v1/streams/reading/events"))
         .collect();
+    match kind {
+        Db::Postgres => {
+            first.db.execute("CREATE FUNCTION reading_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$").await;
+            first.db.execute("CREATE TRIGGER reading_slow BEFORE INSERT ON reading FOR EACH ROW WHEN (NEW.seq % 5000 = 4999) EXECUTE FUNCTION reading_slow()").await;
+        }
+        Db::Mysql => {
+            first.db.execute("CREATE TRIGGER reading_slow BEFORE INSERT ON reading FOR EACH ROW BEGIN IF NEW.seq % 5000 = 4999 THEN DO SLEEP(0.2); END IF; END").await;
+        }
+        Db::Sqlite => {} // one writer at a time: no load commits past another
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut producers = Vec::new();
     for p in 0..8i64 {
@@ -430,7 +500,10 @@ async fn ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay(kind
         30,
         "{kind:?}: data rows stay"
     );
-    assert_eq!(watermark(&app, "reading").await, last);
+    // With no ledger row left at or below it, the watermark is its bound: at or above
+    // the last load (on PostgreSQL it then moves with the database's transactions).
+    let w = watermark(&app, "reading").await;
+    assert!(w >= last, "{kind:?}: watermark {w}, last load {last}");
 }
 
 /// A session of the test's holding `reading` locked, so that a writer's transaction
@@ -478,17 +551,24 @@ impl TableLock {
     }
 }
 
-/// The load `instance` has registered and not committed, once there is one.
+/// The load process `instance` has begun and not committed, once there is one: on
+/// MySQL its registration; on PostgreSQL the transaction of a session of that
+/// instance (`application_name` `sluice host:pid`) holding a stream's advisory lock.
 async fn load_in_flight(app: &TestApp, instance: &str) -> i64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let sql = match app.db.kind {
+        // The session's 32-bit `backend_xid` widened to the id of the snapshot's epoch
+        // nearest to it (the load's id may be at or above the snapshot's `xmax`).
+        Db::Postgres => format!(
+            "SELECT CAST(MIN(n.next + MOD(CAST(CAST(a.backend_xid AS text) AS bigint) - MOD(n.next, 4294967296) + 6442450944, 4294967296) - 2147483648) + (SELECT last_id FROM sluice_load_seq WHERE id = 1) AS text) FROM pg_stat_activity a, (SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint) AS next) n WHERE a.application_name LIKE 'sluice %:{instance}' AND a.backend_xid IS NOT NULL AND a.pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1936483173 AND granted)"
+        ),
+        _ => format!(
+            "SELECT {} FROM sluice_loads_in_flight WHERE instance LIKE '%:{instance}'",
+            app.db.text("load_id")
+        ),
+    };
     loop {
-        let rows = app
-            .db
-            .query(&format!(
-                "SELECT {} FROM sluice_loads_in_flight WHERE instance LIKE '%:{instance}'",
-                app.db.text("load_id")
-            ))
-            .await;
+        let rows = app.db.query(&sql).await;
         if let Some(id) = rows.first().and_then(|r| r[0].as_deref()) {
             return id.parse().unwrap();
         }
@@ -502,11 +582,12 @@ async fn load_in_flight(app: &TestApp, instance: &str) -> i64 {
 
 /// Through the real binary: a writer whose transaction is held open holds the watermark
 /// below its load until it commits; held open past `in_flight_timeout`, its load
-/// expires, cannot commit (its claim is refused), and its rows are written once as a
-/// new load; a writer killed (`kill -9`) mid-load holds it for about
-/// `[ledger] in_flight_timeout`, no less and not much more, while another instance
-/// goes on committing; the killed writer's rows are not in the table and every row
-/// there belongs to a load of the ledger.
+/// expires, cannot commit (on MySQL its claim is refused, on PostgreSQL its session
+/// is ended), and its rows are written once as a new load; a writer killed (`kill -9`)
+/// mid-load, its transaction held open, holds it for about `[ledger]
+/// in_flight_timeout`, no less and not much more, and then another instance goes on
+/// committing; the killed writer's rows are not in the table and every row there
+/// belongs to a load of the ledger.
 async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded_time(kind: Db) {
     if kind == Db::Sqlite {
         return; // SQLite takes a load's id as it commits: nothing is ever in flight.
@@ -543,25 +624,54 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
     let lock = TableLock::take(&db).await;
     let held = tokio::spawn(post(writer_url.clone(), 5));
     let stuck = load_in_flight(&other, &pid).await;
-    assert_eq!(watermark(&other, "reading").await, stuck - 1, "{kind:?}");
+    assert_held_below(&other, stuck).await;
     lock.release().await;
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
-    assert_eq!(watermark(&other, "reading").await, stuck, "{kind:?}");
+    let w = watermark(&other, "reading").await;
+    assert!(
+        taken(kind, w, stuck),
+        "{kind:?}: watermark {w}, load {stuck}"
+    );
 
-    // Held open past in_flight_timeout: the registration expires, the watermark passes
-    // it, and the writer can no longer commit that load; it writes the rows again as a
-    // new load, once.
-    let lock = TableLock::take(&db).await;
+    // From here a trigger holds a writer's transaction mid-load, as a slow disk or a
+    // long lock would, while the other instance commits: rows with `seq` 20 (once) and
+    // 10 (each time) sleep 8 s.
+    match kind {
+        Db::Postgres => {
+            db.execute("CREATE SEQUENCE reading_slow_20").await;
+            db.execute("CREATE FUNCTION reading_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.seq = 10 THEN PERFORM pg_sleep(8); ELSIF NEW.seq = 20 THEN IF nextval('reading_slow_20') = 1 THEN PERFORM pg_sleep(8); END IF; END IF; RETURN NEW; END $$").await;
+            db.execute("CREATE TRIGGER reading_slow BEFORE INSERT ON reading FOR EACH ROW EXECUTE FUNCTION reading_slow()").await;
+        }
+        _ => {
+            db.execute("CREATE SEQUENCE reading_slow_20").await;
+            db.execute("CREATE TRIGGER reading_slow BEFORE INSERT ON reading FOR EACH ROW BEGIN IF NEW.seq = 10 THEN DO SLEEP(8); ELSEIF NEW.seq = 20 THEN IF NEXTVAL(reading_slow_20) = 1 THEN DO SLEEP(8); END IF; END IF; END").await;
+        }
+    }
+    let last_load = || async {
+        *ids(&other, "load_id", "FROM sluice_loads ORDER BY load_id")
+            .await
+            .last()
+            .unwrap()
+    };
+
+    // Held open past in_flight_timeout: the load is abandoned (MySQL: its registration
+    // deleted; PostgreSQL: its session ended), the watermark passes it, and the writer
+    // can no longer commit that load; it writes the rows again as a new load, once.
     let late = tokio::spawn(post(writer_url.clone(), 20));
     let expired = load_in_flight(&other, &pid).await;
+    assert_eq!(post(other_url.clone(), 30).await.unwrap().status(), 200);
+    let later = last_load().await;
+    assert!(later > expired, "{kind:?}: a later load committed");
+    assert_held_below(&other, expired).await;
     crate::helpers::eventually(20, "the held load expires", || async {
         match watermark_api(&other, "reading").await {
-            w if w >= expired => Ok(()),
-            w => Err(format!("watermark {w}, held load {expired}")),
+            w if w >= later => Ok(()),
+            w => Err(format!(
+                "watermark {w}, held load {expired}, later load {later}"
+            )),
         }
     })
     .await;
-    lock.release().await;
     assert_eq!(late.await.unwrap().unwrap().status(), 200);
     let late_loads = ids(
         &other,
@@ -585,33 +695,29 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
         "{kind:?}: the expired load never committed"
     );
 
-    // Killed mid-load: held for in_flight_timeout, then passed.
-    let lock = TableLock::take(&db).await;
+    // Killed mid-load, its transaction still open (on PostgreSQL a session busy in a
+    // statement does not notice its client is gone): held for in_flight_timeout while
+    // the other instance commits, then passed.
     let lost = tokio::spawn(post(writer_url.clone(), 10));
     let stuck = load_in_flight(&other, &pid).await;
     let registered = std::time::Instant::now();
     writer.child.kill().unwrap();
     writer.child.wait().unwrap();
     assert!(lost.await.unwrap().is_err(), "the killed writer answered");
-    lock.release().await;
     assert_eq!(post(other_url.clone(), 15).await.unwrap().status(), 200);
-    let last = *ids(&other, "load_id", "FROM sluice_loads ORDER BY load_id")
-        .await
-        .last()
-        .unwrap();
+    let last = last_load().await;
     assert!(last > stuck, "{kind:?}: a later load committed");
-    let w = watermark(&other, "reading").await;
-    if registered.elapsed() < timeout - Duration::from_secs(1) {
-        assert_eq!(
-            w,
-            stuck - 1,
-            "{kind:?}: held below the killed writer's load"
-        );
-    }
+    assert_held_below(&other, stuck).await;
+    assert!(
+        registered.elapsed() < timeout - Duration::from_secs(1),
+        "{kind:?}: too slow to see the watermark held"
+    );
     crate::helpers::eventually(20, "the killed writer's load expires", || async {
         match watermark_api(&other, "reading").await {
-            w if w == last => Ok(()),
-            w => Err(format!("watermark {w}, last load {last}")),
+            w if taken(kind, w, last) => Ok(()),
+            w => Err(format!(
+                "watermark {w}, killed writer's load {stuck}, last load {last}"
+            )),
         }
     })
     .await;
@@ -621,7 +727,7 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
         "{kind:?}: the watermark was held {held_for:?} with in_flight_timeout {timeout:?}"
     );
     // The killed writer's five rows never committed; every row is in a load.
-    assert_eq!(db.count("reading").await, 20, "{kind:?}");
+    assert_eq!(db.count("reading").await, 25, "{kind:?}");
     let orphans = ids(
         &other,
         "COUNT(*)",
