@@ -288,10 +288,13 @@ async fn a_load_in_flight_holds_the_watermark_until_it_expires(kind: Db) {
             use sqlx::Connection;
             let mut c = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
             sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-            sqlx::query("SELECT pg_advisory_xact_lock_shared(1936483173, hashtext('reading'))")
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sqlx::query(&format!(
+                "SELECT pg_advisory_xact_lock_shared({}, hashtext('reading'))",
+                sluice::sink::ledger::LOCK_CLASS
+            ))
+            .execute(&mut c)
+            .await
+            .unwrap();
             let stuck: i64 = sqlx::query_scalar(
                 "SELECT CAST(CAST(pg_current_xact_id() AS text) AS bigint) + last_id FROM sluice_load_seq WHERE id = 1",
             )
@@ -560,7 +563,8 @@ async fn load_in_flight(app: &TestApp, instance: &str) -> i64 {
         // The session's 32-bit `backend_xid` widened to the id of the snapshot's epoch
         // nearest to it (the load's id may be at or above the snapshot's `xmax`).
         Db::Postgres => format!(
-            "SELECT CAST(MIN(n.next + MOD(CAST(CAST(a.backend_xid AS text) AS bigint) - MOD(n.next, 4294967296) + 6442450944, 4294967296) - 2147483648) + (SELECT last_id FROM sluice_load_seq WHERE id = 1) AS text) FROM pg_stat_activity a, (SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint) AS next) n WHERE a.application_name LIKE 'sluice %:{instance}' AND a.backend_xid IS NOT NULL AND a.pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1936483173 AND granted)"
+            "SELECT CAST(MIN(n.next + MOD(CAST(CAST(a.backend_xid AS text) AS bigint) - MOD(n.next, 4294967296) + 6442450944, 4294967296) - 2147483648) + (SELECT last_id FROM sluice_load_seq WHERE id = 1) AS text) FROM pg_stat_activity a, (SELECT CAST(CAST(pg_snapshot_xmax(pg_current_snapshot()) AS text) AS bigint) AS next) n WHERE a.application_name LIKE 'sluice %:{instance}' AND a.backend_xid IS NOT NULL AND a.pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = {} AND granted)",
+            sluice::sink::ledger::LOCK_CLASS
         ),
         _ => format!(
             "SELECT {} FROM sluice_loads_in_flight WHERE instance LIKE '%:{instance}'",
