@@ -756,10 +756,11 @@ impl Dialect {
             Dialect::Postgres => {
                 let bigint = |x: &str| format!("CAST(CAST({x} AS text) AS bigint)");
                 format!(
-                    "(WITH wm_snap AS (SELECT pg_current_snapshot() AS snap), wm_locks AS MATERIALIZED (SELECT pid, locktype, objid, transactionid FROM pg_locks WHERE granted AND ((locktype = 'transactionid' AND mode = 'ExclusiveLock') OR (locktype = 'advisory' AND classid = {LOCK_CLASS} AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())))) SELECT COALESCE((SELECT MIN({x}) FROM pg_snapshot_xip(wm_snap.snap) x WHERE pg_xact_status(x) = 'in progress' AND {x} % 4294967296 NOT IN (SELECT {t} FROM wm_locks t WHERE t.locktype = 'transactionid' AND t.pid NOT IN (SELECT a.pid FROM wm_locks a WHERE a.locktype = 'advisory' AND a.objid = CAST(hashtext({stream}) AS oid)))), {xmax}) - 1 + {offset} FROM wm_snap)",
+                    "(WITH wm_snap AS (SELECT pg_current_snapshot() AS snap), wm_locks AS MATERIALIZED (SELECT pid, locktype, objid, transactionid FROM pg_locks WHERE granted AND ((locktype = 'transactionid' AND mode = 'ExclusiveLock') OR ({load_locks}))) SELECT COALESCE((SELECT MIN({x}) FROM pg_snapshot_xip(wm_snap.snap) x WHERE pg_xact_status(x) = 'in progress' AND {x} % 4294967296 NOT IN (SELECT {t} FROM wm_locks t WHERE t.locktype = 'transactionid' AND t.pid NOT IN (SELECT a.pid FROM wm_locks a WHERE a.locktype = 'advisory' AND a.objid = CAST(hashtext({stream}) AS oid)))), {xmax}) - 1 + {offset} FROM wm_snap)",
                     x = bigint("x"),
                     t = bigint("t.transactionid"),
                     xmax = bigint("pg_snapshot_xmax(wm_snap.snap)"),
+                    load_locks = pg_load_locks(),
                 )
             }
             Dialect::Mysql | Dialect::Sqlite => format!(
@@ -774,12 +775,18 @@ impl Dialect {
     /// stream's advisory lock), each ended as it is listed, which rolls its load back.
     pub fn expired_loads(self) -> String {
         match self {
-            Dialect::Postgres => format!("WITH stuck AS MATERIALIZED (SELECT pid FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => CAST($1 AS double precision)) AND pid <> pg_backend_pid() AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = {LOCK_CLASS} AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))) SELECT CAST(pid AS bigint) FROM stuck WHERE pg_terminate_backend(pid)"),
+            Dialect::Postgres => format!("WITH stuck AS MATERIALIZED (SELECT pid FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => CAST($1 AS double precision)) AND pid <> pg_backend_pid() AND pid IN (SELECT pid FROM pg_locks WHERE granted AND {})) SELECT CAST(pid AS bigint) FROM stuck WHERE pg_terminate_backend(pid)", pg_load_locks()),
             Dialect::Mysql => format!("SELECT load_id FROM {IN_FLIGHT} WHERE registered_at < NOW(6) - INTERVAL ? SECOND FOR UPDATE SKIP LOCKED"),
             // SQLite registers nothing (its loads take their id as they commit).
             Dialect::Sqlite => format!("SELECT load_id FROM {IN_FLIGHT} WHERE ? < 0"),
         }
     }
+}
+
+/// PostgreSQL: the rows of `pg_locks` that are loads' advisory locks in this database
+/// (any stream's), as a condition: one definition for the watermark and the sweep.
+fn pg_load_locks() -> String {
+    format!("locktype = 'advisory' AND classid = {LOCK_CLASS} AND objsubid = 2 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 }
 
 /// Whether `error` is the refusal of [`Dialect::commit_load`]'s ledger row for want of
