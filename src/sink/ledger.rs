@@ -502,13 +502,31 @@ impl Dialect {
     }
 
     /// A text value as an SQL literal that reads the same under every setting
-    /// (`standard_conforming_strings`, `NO_BACKSLASH_ESCAPES`): its UTF-8 as hex.
-    pub(crate) fn text_literal(self, text: &str) -> String {
-        let hex = hex::encode(text);
+    /// (`standard_conforming_strings`, `NO_BACKSLASH_ESCAPES`, `ANSI_QUOTES`). On
+    /// PostgreSQL an escape string (`E'…'`), whose backslashes are escapes whatever
+    /// `standard_conforming_strings` says: a constant for the server, where decoding hex
+    /// was three function calls per value (about a sixth of what a load's ledger
+    /// statements cost the server). On MySQL and SQLite its UTF-8 as hex.
+    pub fn text_literal(self, text: &str) -> String {
         match self {
-            Dialect::Postgres => format!("convert_from(decode('{hex}', 'hex'), 'UTF8')"),
-            Dialect::Mysql => format!("CONVERT(X'{hex}' USING utf8mb4)"),
-            Dialect::Sqlite => format!("CAST(X'{hex}' AS TEXT)"),
+            Dialect::Postgres => {
+                let mut out = String::with_capacity(text.len() + 4);
+                out.push_str("E'");
+                for c in text.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\'' => out.push_str("''"),
+                        // Refused by the server as text ("invalid byte sequence"),
+                        // instead of ending the query's string early.
+                        '\0' => out.push_str("\\000"),
+                        c => out.push(c),
+                    }
+                }
+                out.push('\'');
+                out
+            }
+            Dialect::Mysql => format!("CONVERT(X'{}' USING utf8mb4)", hex::encode(text)),
+            Dialect::Sqlite => format!("CAST(X'{}' AS TEXT)", hex::encode(text)),
         }
     }
 
@@ -807,7 +825,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_written_as_hex_and_the_claim_names_the_load() {
+    fn text_is_written_as_a_literal_and_the_claim_names_the_load() {
         let load = Load {
             stream: "o'rder".into(),
             table: "t".into(),
@@ -820,12 +838,9 @@ mod tests {
         };
         let pg = Dialect::Postgres.commit_load(7, &load, 3, &Utc::now());
         assert!(pg.starts_with("INSERT INTO sluice_loads"), "{pg}");
-        assert!(
-            pg.contains("VALUES (7, convert_from(decode('6f2772646572', 'hex'), 'UTF8'), "),
-            "{pg}"
-        );
+        assert!(pg.contains("VALUES (7, E'o''rder', "), "{pg}");
         assert!(pg.ends_with("; COMMIT"), "{pg}");
-        assert!(!pg.contains("o'r"));
+        assert!(!pg.contains("o'r"), "{pg}");
         let my = Dialect::Mysql.commit_load(7, &load, 3, &Utc::now());
         assert!(
             my.starts_with(

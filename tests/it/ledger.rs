@@ -741,7 +741,72 @@ async fn a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded
     assert_eq!(orphans, [0], "{kind:?}");
 }
 
+/// The literals the ledger writes its text in (stream, instance, a pulled source's
+/// pointer) read back as the same text from the database, under each setting that
+/// changes how a quoted string is read.
+async fn text_literals_read_back_the_same_under_every_quoting_setting(kind: Db) {
+    use sqlx::{Connection, Row};
+    let Some(db) = crate::helpers::TestDb::create(kind).await else {
+        return;
+    };
+    let dialect = match kind {
+        Db::Postgres => sluice::sink::dialect::Dialect::Postgres,
+        Db::Mysql => sluice::sink::dialect::Dialect::Mysql,
+        Db::Sqlite => sluice::sink::dialect::Dialect::Sqlite,
+    };
+    let texts = [
+        "order_placed",
+        "o'rder",
+        r"back\slash",
+        r"\'",
+        r#"{"id": "a'b\"c\\", "at": "2026-12-06"}"#,
+        "$$ E'x' $q$",
+        "ünïcödé ✓ 漢字",
+        "",
+    ];
+    let settings: &[&str] = match kind {
+        Db::Postgres => &[
+            "SET standard_conforming_strings = on",
+            "SET standard_conforming_strings = off",
+        ],
+        Db::Mysql => &[
+            "SET SESSION sql_mode = ''",
+            "SET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,ANSI_QUOTES'",
+        ],
+        Db::Sqlite => &["SELECT 1"],
+    };
+    for setting in settings {
+        for text in texts {
+            let select = format!("SELECT {}", dialect.text_literal(text));
+            let read: String = match kind {
+                Db::Postgres => {
+                    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                    sqlx::query(setting).execute(&mut c).await.unwrap();
+                    let row = sqlx::query(&select).fetch_one(&mut c).await;
+                    row.unwrap_or_else(|e| panic!("{setting}; {select}: {e}"))
+                        .get(0)
+                }
+                Db::Mysql => {
+                    let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+                    sqlx::query(setting).execute(&mut c).await.unwrap();
+                    let row = sqlx::query(&select).fetch_one(&mut c).await;
+                    row.unwrap_or_else(|e| panic!("{setting}; {select}: {e}"))
+                        .get(0)
+                }
+                Db::Sqlite => {
+                    let url = format!("{}?mode=rwc", db.url);
+                    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                    let row = sqlx::query(&select).fetch_one(&mut c).await;
+                    row.unwrap_or_else(|e| panic!("{select}: {e}")).get(0)
+                }
+            };
+            assert_eq!(read, text, "{kind:?}, {setting}: {select}");
+        }
+    }
+}
+
 crate::db_tests!(
+    text_literals_read_back_the_same_under_every_quoting_setting,
     a_writer_held_open_or_killed_mid_load_holds_the_watermark_for_a_bounded_time,
     ledger_rows_older_than_the_retention_are_purged_and_data_rows_stay,
     a_reader_following_the_watermark_sees_every_row_exactly_once,
