@@ -419,8 +419,33 @@ struct Native {
     max_length: Option<u64>,
     minimum: Option<i64>,
     maximum: Option<i64>,
-    pattern: Option<regex::Regex>,
+    pattern: Option<Pattern>,
     format: Option<Format>,
+}
+
+/// A plain `pattern` (see [`plain_pattern`]) as a dense DFA, searched with no cache:
+/// every thread checking the schema shares it as it is. (A `regex::Regex` lends each
+/// search a cache from a pool, and threads other than the first one to use it take it
+/// through a mutex: about 2 % of the CPU under load, with the search itself.) A pattern
+/// whose DFA would be large keeps the `Regex`.
+enum Pattern {
+    Dfa(regex_automata::dfa::dense::DFA<Vec<u32>>),
+    Regex(regex::Regex),
+}
+
+impl Pattern {
+    fn is_match(&self, text: &str) -> bool {
+        use regex_automata::dfa::Automaton;
+        match self {
+            // An error (the search gave up) is "not known here", as for any value
+            // the native check is unsure of.
+            Pattern::Dfa(dfa) => matches!(
+                dfa.try_search_fwd(&regex_automata::Input::new(text).earliest(true)),
+                Ok(Some(_))
+            ),
+            Pattern::Regex(regex) => regex.is_match(text),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -577,15 +602,28 @@ impl Native {
     }
 }
 
-/// `pattern` as a `regex` that matches exactly what the ECMA-262 pattern matches, for
-/// patterns of literal characters, classes of them, groups, alternation, anchors and
-/// quantifiers (no escapes, no `.`, whose meanings differ between the two).
-fn plain_pattern(pattern: &str) -> Option<regex::Regex> {
+/// `pattern` as a regular expression that matches exactly what the ECMA-262 pattern
+/// matches, for patterns of literal characters, classes of them, groups, alternation,
+/// anchors and quantifiers (no escapes, no `.`, whose meanings differ between the two).
+/// The DFA is built with the `regex` crate's defaults (Unicode, unanchored search);
+/// its size is bounded.
+fn plain_pattern(pattern: &str) -> Option<Pattern> {
+    use regex_automata::dfa::dense;
     let plain = !pattern.contains("(?")
         && pattern
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "^$[]()|?*+{},-_:/#@!%&=~<> '\"".contains(c));
-    plain.then(|| regex::Regex::new(pattern).ok()).flatten()
+    if !plain {
+        return None;
+    }
+    const LIMIT: usize = 1 << 20;
+    let config = dense::Config::new()
+        .dfa_size_limit(Some(LIMIT))
+        .determinize_size_limit(Some(LIMIT));
+    match dense::Builder::new().configure(config).build(pattern) {
+        Ok(dfa) => Some(Pattern::Dfa(dfa)),
+        Err(_) => regex::Regex::new(pattern).ok().map(Pattern::Regex),
+    }
 }
 
 /// Whether `text` is a hyphenated UUID (8-4-4-4-12 hex digits): what `format: uuid`
