@@ -429,7 +429,7 @@ struct Native {
 /// through a mutex: about 2 % of the CPU under load, with the search itself.) A pattern
 /// whose DFA would be large keeps the `Regex`.
 enum Pattern {
-    Dfa(regex_automata::dfa::dense::DFA<Vec<u32>>),
+    Dfa(Box<regex_automata::dfa::dense::DFA<Vec<u32>>>),
     Regex(regex::Regex),
 }
 
@@ -621,7 +621,7 @@ fn plain_pattern(pattern: &str) -> Option<Pattern> {
         .dfa_size_limit(Some(LIMIT))
         .determinize_size_limit(Some(LIMIT));
     match dense::Builder::new().configure(config).build(pattern) {
-        Ok(dfa) => Some(Pattern::Dfa(dfa)),
+        Ok(dfa) => Some(Pattern::Dfa(Box::new(dfa))),
         Err(_) => regex::Regex::new(pattern).ok().map(Pattern::Regex),
     }
 }
