@@ -775,30 +775,27 @@ async fn text_literals_read_back_the_same_under_every_quoting_setting(kind: Db) 
         ],
         Db::Sqlite => &["SELECT 1"],
     };
+    let url = match kind {
+        Db::Sqlite => format!("{}?mode=rwc", db.url),
+        _ => db.url.clone(),
+    };
     for setting in settings {
         for text in texts {
             let select = format!("SELECT {}", dialect.text_literal(text));
+            // A session of its own for each text, its setting first.
+            macro_rules! read_back {
+                ($conn:ty) => {{
+                    let mut c = <$conn>::connect(&url).await.unwrap();
+                    sqlx::query(setting).execute(&mut c).await.unwrap();
+                    let row = sqlx::query(&select).fetch_one(&mut c).await;
+                    row.unwrap_or_else(|e| panic!("{setting}; {select}: {e}"))
+                        .get(0)
+                }};
+            }
             let read: String = match kind {
-                Db::Postgres => {
-                    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                    sqlx::query(setting).execute(&mut c).await.unwrap();
-                    let row = sqlx::query(&select).fetch_one(&mut c).await;
-                    row.unwrap_or_else(|e| panic!("{setting}; {select}: {e}"))
-                        .get(0)
-                }
-                Db::Mysql => {
-                    let mut c = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
-                    sqlx::query(setting).execute(&mut c).await.unwrap();
-                    let row = sqlx::query(&select).fetch_one(&mut c).await;
-                    row.unwrap_or_else(|e| panic!("{setting}; {select}: {e}"))
-                        .get(0)
-                }
-                Db::Sqlite => {
-                    let url = format!("{}?mode=rwc", db.url);
-                    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                    let row = sqlx::query(&select).fetch_one(&mut c).await;
-                    row.unwrap_or_else(|e| panic!("{select}: {e}")).get(0)
-                }
+                Db::Postgres => read_back!(sqlx::PgConnection),
+                Db::Mysql => read_back!(sqlx::MySqlConnection),
+                Db::Sqlite => read_back!(sqlx::SqliteConnection),
             };
             assert_eq!(read, text, "{kind:?}, {setting}: {select}");
         }
