@@ -156,7 +156,10 @@ impl Compiled {
         skip: Option<&str>,
     ) -> Option<(Vec<Cell>, Option<String>)> {
         let object = self.root.object.as_ref()?;
-        let mut cells: Vec<Cell> = vec![Cell::Null; columns.len()];
+        // Written as a loop of `Null`s (`vec!` clones one, a call per cell).
+        let mut cells: Vec<Cell> = std::iter::repeat_with(|| Cell::Null)
+            .take(columns.len())
+            .collect();
         let mut seen = 0u64;
         let mut skipped = false;
         let mut extras: Vec<(&str, usize)> = Vec::new();
@@ -220,9 +223,9 @@ impl Compiled {
         }
         let extra = if self.has_extra && !extras.is_empty() {
             extras.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let mut out = Vec::with_capacity(64);
+            let mut out = String::with_capacity(64);
             write_members(tape, &extras, &mut out)?;
-            Some(String::from_utf8(out).ok()?)
+            Some(out)
         } else {
             None
         };
@@ -761,29 +764,29 @@ fn number(literal: &str) -> Option<Number> {
 /// (object keys sorted, strings escaped its way, numbers as it prints them).
 fn json_text(tape: &Tape<'_>, i: usize) -> Option<String> {
     // The compact text is rarely longer than the text as written.
-    let mut out = Vec::with_capacity((tape.nodes[i].span as usize).max(8));
+    let mut out = String::with_capacity((tape.nodes[i].span as usize).max(8));
     write_json(tape, i, &mut out)?;
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// Writes an object from its members (key, value index), sorted by key.
-fn write_members(tape: &Tape<'_>, members: &[(&str, usize)], out: &mut Vec<u8>) -> Option<()> {
-    out.push(b'{');
+fn write_members(tape: &Tape<'_>, members: &[(&str, usize)], out: &mut String) -> Option<()> {
+    out.push('{');
     for (n, (key, at)) in members.iter().enumerate() {
         if n > 0 {
             if members[n - 1].0 == *key {
                 // A repeated key: serde_json keeps the last; the general path does that.
                 return None;
             }
-            out.push(b',');
+            out.push(',');
         }
         // Keys here hold no escapes: written as they came.
-        out.push(b'"');
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
         write_json(tape, *at, out)?;
     }
-    out.push(b'}');
+    out.push('}');
     Some(())
 }
 
@@ -819,32 +822,32 @@ fn plain_decimal(literal: &str) -> bool {
         && digits(fraction)
 }
 
-fn write_json(tape: &Tape<'_>, i: usize, out: &mut Vec<u8>) -> Option<()> {
+fn write_json(tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
     match tape.kind(i) {
-        Kind::Null => out.extend_from_slice(b"null"),
-        Kind::True => out.extend_from_slice(b"true"),
-        Kind::False => out.extend_from_slice(b"false"),
+        Kind::Null => out.push_str("null"),
+        Kind::True => out.push_str("true"),
+        Kind::False => out.push_str("false"),
         Kind::Num => {
             let literal = tape.raw(i);
             if plain_integer(literal) || plain_decimal(literal) {
-                out.extend_from_slice(literal.as_bytes());
+                out.push_str(literal);
             } else {
-                serde_json::to_writer(&mut *out, &number(literal)?).ok()?;
+                out.push_str(&serde_json::to_string(&number(literal)?).ok()?);
             }
         }
         // Without escapes, the token is what serde_json writes (a control character
         // would have needed one).
-        Kind::Str if !tape.nodes[i].escaped => out.extend_from_slice(tape.raw(i).as_bytes()),
-        Kind::Str => serde_json::to_writer(&mut *out, tape.str(i).as_ref()).ok()?,
+        Kind::Str if !tape.nodes[i].escaped => out.push_str(tape.raw(i)),
+        Kind::Str => out.push_str(&serde_json::to_string(tape.str(i).as_ref()).ok()?),
         Kind::Arr => {
-            out.push(b'[');
+            out.push('[');
             for (n, j) in tape.elements(i).enumerate() {
                 if n > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 write_json(tape, j, out)?;
             }
-            out.push(b']');
+            out.push(']');
         }
         Kind::Obj => {
             // Small objects sort their members on the stack.
