@@ -312,8 +312,9 @@ impl Dialect {
         }
         statements.push(self.create_watermarks());
         match self {
-            Dialect::Postgres => statements.push(format!(
-                "DO $$ BEGIN IF to_regclass('{LOADS}_stream_load') IS NULL THEN CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id); END IF; END $$"
+            Dialect::Postgres => statements.push(super::dialect::pg_index_if_missing(
+                &format!("{LOADS}_stream_load"),
+                &format!("{LOADS} (stream, load_id)"),
             )),
             Dialect::Sqlite => statements.push(format!(
                 "CREATE INDEX IF NOT EXISTS {LOADS}_stream_load ON {LOADS} (stream, load_id)"
@@ -440,10 +441,9 @@ impl Dialect {
         let index = load_id_index(table);
         let on = self.quote(table);
         match self {
-            Dialect::Postgres => format!(
-                "DO $$ BEGIN IF to_regclass('{}') IS NULL THEN CREATE INDEX IF NOT EXISTS {} ON {on} USING brin ({LOAD_ID}) WITH (autosummarize = on); END IF; END $$",
-                index.replace('\'', "''"),
-                self.quote(&index)
+            Dialect::Postgres => super::dialect::pg_index_if_missing(
+                &index,
+                &format!("{on} USING brin ({LOAD_ID}) WITH (autosummarize = on)"),
             ),
             Dialect::Sqlite => format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {on} ({LOAD_ID})",
@@ -546,15 +546,16 @@ impl Dialect {
     /// zeroes its duplicate counter); SQLite opens the writing transaction and takes
     /// the next id in it. Answers the load id in its last row.
     pub fn begin_load(self, stream: &str, instance: &str) -> String {
-        let (stream, instance) = (self.text_literal(stream), self.text_literal(instance));
-        let columns = "load_id, stream, instance, registered_at";
         match self {
             // The lock first: the transaction gets its id only then.
             Dialect::Postgres => format!(
-                "BEGIN; SELECT pg_advisory_xact_lock_shared({LOCK_CLASS}, hashtext({stream})); SELECT CAST(CAST(pg_current_xact_id() AS text) AS bigint) + last_id FROM {LOAD_SEQ} WHERE id = 1"
+                "BEGIN; SELECT pg_advisory_xact_lock_shared({LOCK_CLASS}, hashtext({})); SELECT CAST(CAST(pg_current_xact_id() AS text) AS bigint) + last_id FROM {LOAD_SEQ} WHERE id = 1",
+                self.text_literal(stream)
             ),
             Dialect::Mysql => format!(
-                "BEGIN; UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1; INSERT INTO {IN_FLIGHT} ({columns}) VALUES (LAST_INSERT_ID(), {stream}, {instance}, NOW(6)); COMMIT; BEGIN; SET @{dups} = 0; SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
+                "BEGIN; UPDATE {LOAD_SEQ} SET last_id = LAST_INSERT_ID(last_id + 1) WHERE id = 1; INSERT INTO {IN_FLIGHT} (load_id, stream, instance, registered_at) VALUES (LAST_INSERT_ID(), {}, {}, NOW(6)); COMMIT; BEGIN; SET @{dups} = 0; SELECT CAST(LAST_INSERT_ID() AS SIGNED)",
+                self.text_literal(stream),
+                self.text_literal(instance),
                 dups = super::dialect::MYSQL_DUPLICATES
             ),
             Dialect::Sqlite => format!("BEGIN IMMEDIATE; {}", self.next_load_id()),
