@@ -52,10 +52,8 @@ fn by_vectors<const N: usize>(
     let bound = _mm_set1_epi8(below.wrapping_sub(1) as i8);
     let mut at = from;
     while let Some(chunk) = bytes.get(at..).and_then(|rest| rest.first_chunk::<16>()) {
-        let (low, high) = chunk.split_at(8);
-        let low = i64::from_le_bytes(low.try_into().unwrap_or_default());
-        let high = i64::from_le_bytes(high.try_into().unwrap_or_default());
-        let v: __m128i = _mm_set_epi64x(high, low);
+        let word = u128::from_le_bytes(*chunk);
+        let v: __m128i = _mm_set_epi64x((word >> 64) as i64, word as i64);
         let mut found = if below > 0 {
             _mm_cmpeq_epi8(_mm_min_epu8(v, bound), v)
         } else {
