@@ -4,22 +4,92 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 
 /// One column value of a row, already converted to the column's type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cell {
     Null,
-    Text(String),
-    /// A lower-case hyphenated UUID.
-    Uuid(String),
+    /// Text cells hold up to 24 bytes in the cell itself (most codes, names and ids),
+    /// longer text on the heap: a row of short strings makes no allocation per cell.
+    Text(CompactString),
+    /// A UUID, kept as its 16 bytes and written as lower-case hyphenated text.
+    Uuid(Uuid),
     Int(i64),
     Float(f64),
     Bool(bool),
     /// Serialized JSON (objects, arrays, values of no single type).
-    Json(String),
+    Json(CompactString),
     /// An instant, normalized to UTC with microsecond precision.
     Timestamp(DateTime<Utc>),
 }
+
+/// A UUID as its 16 bytes, in the cell itself (its text would be a 36-byte
+/// allocation per row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Uuid(pub [u8; 16]);
+
+impl Uuid {
+    /// The UUID written `8-4-4-4-12` in hex digits of either case; `None` for any other
+    /// text.
+    pub fn parse(text: &str) -> Option<Uuid> {
+        let text: &[u8; 36] = text.as_bytes().try_into().ok()?;
+        if [8, 13, 18, 23].iter().any(|&at| text[at] != b'-') {
+            return None;
+        }
+        // Where each byte's two digits start.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        let mut bytes = [0u8; 16];
+        let mut bad = 0;
+        for (byte, at) in bytes.iter_mut().zip(AT) {
+            let (high, low) = (
+                HEX_VALUE[usize::from(text[at])],
+                HEX_VALUE[usize::from(text[at + 1])],
+            );
+            bad |= high | low;
+            *byte = high << 4 | low;
+        }
+        (bad & 0xf0 == 0).then_some(Uuid(bytes))
+    }
+
+    /// The lower-case hyphenated text, written into `buf`.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut at = 0;
+        for (n, byte) in self.0.iter().enumerate() {
+            if matches!(n, 4 | 6 | 8 | 10) {
+                buf[at] = b'-';
+                at += 1;
+            }
+            buf[at] = HEX[usize::from(byte >> 4)];
+            buf[at + 1] = HEX[usize::from(byte & 15)];
+            at += 2;
+        }
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Uuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.encode(&mut [0; 36]))
+    }
+}
+
+/// Each byte's value as a hex digit of either case, 0xff for a byte that is none.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            c @ b'0'..=b'9' => c - b'0',
+            c @ b'a'..=b'f' => c - b'a' + 10,
+            c @ b'A'..=b'F' => c - b'A' + 10,
+            _ => 0xff,
+        };
+        b += 1;
+    }
+    table
+};
 
 /// A validated event, ready for its table.
 #[derive(Debug, Clone)]
@@ -51,7 +121,7 @@ impl Row {
             .cells
             .iter()
             .map(|c| match c {
-                Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => s.capacity(),
+                Cell::Text(s) | Cell::Json(s) if s.is_heap_allocated() => s.capacity(),
                 _ => 0,
             })
             .sum();
@@ -342,5 +412,32 @@ mod tests {
     fn truncation_respects_char_boundaries() {
         assert_eq!(truncate_utf8("aé", 2), "a");
         assert_eq!(truncate_utf8("abc", 5), "abc");
+    }
+
+    #[test]
+    fn a_uuid_reads_either_case_and_writes_lower_case_hyphenated() {
+        let text = "6F1C2D3E-4b5a-4C6D-8e7f-8091A2B3C4D5";
+        let uuid = Uuid::parse(text).expect("a hyphenated UUID");
+        assert_eq!(uuid.to_string(), text.to_ascii_lowercase());
+        assert_eq!(uuid.0[0], 0x6f);
+        assert_eq!(uuid.0[15], 0xd5);
+        let nil = Uuid::parse("00000000-0000-0000-0000-000000000000").expect("nil");
+        assert_eq!(nil, Uuid([0; 16]));
+        assert_eq!(
+            Uuid([0xff; 16]).to_string(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff"
+        );
+        for other in [
+            "",
+            "6f1c2d3e4b5a4c6d8e7f8091a2b3c4d5",
+            "{6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4d5}",
+            "6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4d",
+            "6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4dg",
+            "6f1c2d3e4-b5a-4c6d-8e7f-8091a2b3c4d5",
+            "6f1c2d3e-4b5a-4c6d-8e7f--091a2b3c4d5",
+            "6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4dé",
+        ] {
+            assert_eq!(Uuid::parse(other), None, "{other}");
+        }
     }
 }

@@ -26,6 +26,7 @@ use std::borrow::Cow;
 use super::tape::{Kind, Tape};
 use super::{convert, decimal_cell, parse_timestamp, Column, ColumnType};
 use crate::event::Cell;
+use compact_str::CompactString;
 
 /// Keywords that never change whether an instance is valid.
 const ANNOTATIONS: [&str; 12] = [
@@ -197,7 +198,7 @@ impl Compiled {
                     if column.ty != ColumnType::Json || !valid(check, tape, at) {
                         return None;
                     }
-                    cells[c] = Cell::Json(json_text(tape, at)?);
+                    cells[c] = Cell::Json(json_text(tape, at)?.into());
                 }
                 _ => {
                     if !valid(check, tape, at) {
@@ -388,11 +389,11 @@ fn cell(ty: ColumnType, tape: &Tape<'_>, i: usize) -> Option<Cell> {
             decimal_cell(ty, Some(tape.raw(i))).ok()?
         }
         (ColumnType::Decimal { .. }, _) => return None,
-        (ColumnType::Json, _) => Cell::Json(json_text(tape, i)?),
+        (ColumnType::Json, _) => Cell::Json(json_text(tape, i)?.into()),
         (ColumnType::Text { .. } | ColumnType::Hash, Kind::Str) => {
-            Cell::Text(tape.str(i).into_owned())
+            Cell::Text(CompactString::from(tape.str(i)))
         }
-        (ColumnType::Uuid, Kind::Str) => Cell::Uuid(tape.str(i).to_ascii_lowercase()),
+        (ColumnType::Uuid, Kind::Str) => super::uuid_cell(&tape.str(i)),
         (ColumnType::Timestamp, Kind::Str) => Cell::Timestamp(parse_timestamp(&tape.str(i)).ok()?),
         (ColumnType::Integer, Kind::Num) if plain_integer(tape.raw(i)) => {
             Cell::Int(tape.raw(i).parse().ok()?)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use serde_json::{Map, Value};
 
 use serde::Deserialize;
@@ -679,7 +680,7 @@ impl Stream {
             let cell = match map.remove(&col.name) {
                 None | Some(Value::Null) => Cell::Null,
                 Some(v) if col.ty == ColumnType::Json && originals.is_some() => {
-                    Cell::Json(exact(&col.name, &v))
+                    Cell::Json(exact(&col.name, &v).into())
                 }
                 Some(_) if matches!(col.ty, ColumnType::Decimal { .. }) => {
                     let literal = crate::json_text::top_level_member(original, &col.name);
@@ -969,8 +970,8 @@ fn infer_types_from_values(sub: &Value) -> Vec<&'static str> {
 /// Converts one valid JSON value to the column's cell type.
 fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
     Ok(match (ty, v) {
-        (ColumnType::Text { .. } | ColumnType::Hash, Value::String(s)) => Cell::Text(s),
-        (ColumnType::Uuid, Value::String(s)) => Cell::Uuid(s.to_ascii_lowercase()),
+        (ColumnType::Text { .. } | ColumnType::Hash, Value::String(s)) => Cell::Text(s.into()),
+        (ColumnType::Uuid, Value::String(s)) => uuid_cell(&s),
         (ColumnType::Timestamp, Value::String(s)) => Cell::Timestamp(parse_timestamp(&s)?),
         (ColumnType::Integer, Value::Number(n)) => Cell::Int(match n.as_i64() {
             Some(i) => i,
@@ -989,13 +990,22 @@ fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
                 .ok_or_else(|| format!("{n} is not a finite number"))?,
         ),
         (ColumnType::Boolean, Value::Bool(b)) => Cell::Bool(b),
-        (ColumnType::Json, v) => Cell::Json(compact(&v)),
+        (ColumnType::Json, v) => Cell::Json(compact(&v).into()),
         (ty, v) => return Err(format!("{v} cannot be stored in a {ty:?} column")),
     })
 }
 
 /// The cell of a decimal column from the value's JSON text as received (`literal`: a
 /// number, or a string holding one).
+/// A UUID column's cell: the UUID's bytes when written `8-4-4-4-12`, else the text in
+/// lower case (for the database to accept or refuse).
+pub(crate) fn uuid_cell(text: &str) -> Cell {
+    match crate::event::Uuid::parse(text) {
+        Some(uuid) => Cell::Uuid(uuid),
+        None => Cell::Text(text.to_ascii_lowercase().into()),
+    }
+}
+
 fn decimal_cell(ty: ColumnType, literal: Option<&str>) -> Result<Cell, String> {
     let ColumnType::Decimal { precision, scale } = ty else {
         return Err("not a decimal column".into());
@@ -1012,7 +1022,7 @@ fn decimal_cell(ty: ColumnType, literal: Option<&str>) -> Result<Cell, String> {
 /// `text` (a JSON number's syntax) as a plain decimal, digit for digit (the exponent
 /// applied, leading zeros of the integer part and trailing zeros of the fraction
 /// dropped), if it fits `numeric(precision, scale)` without rounding.
-pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, String> {
+pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<CompactString, String> {
     let bad = || format!("{text:?} is not a decimal number");
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -1073,9 +1083,10 @@ pub fn exact_decimal(text: &str, precision: u8, scale: u8) -> Result<String, Str
 }
 
 /// A decimal's text from its sign and its digits before and after the point (leading
-/// and trailing zeros dropped already).
-fn decimal_text(negative: bool, int: &str, frac: &str) -> String {
-    let mut out = String::with_capacity(int.len() + frac.len() + 3);
+/// and trailing zeros dropped already). Up to 21 digits it is held inline (a
+/// `CompactString` holds 24 bytes): no allocation.
+fn decimal_text(negative: bool, int: &str, frac: &str) -> CompactString {
+    let mut out = CompactString::with_capacity(int.len() + frac.len() + 3);
     if negative && !(int.is_empty() && frac.is_empty()) {
         out.push('-');
     }
@@ -1088,9 +1099,14 @@ fn decimal_text(negative: bool, int: &str, frac: &str) -> String {
 }
 
 /// [`exact_decimal`] of the everyday literal (digits, a point, digits, no exponent)
-/// that fits, in one allocation; `None` for anything else, which the general code
+/// that fits, in one allocation at most; `None` for anything else, which the general code
 /// decides.
-fn plain_decimal(negative: bool, unsigned: &str, precision: u8, scale: u8) -> Option<String> {
+fn plain_decimal(
+    negative: bool,
+    unsigned: &str,
+    precision: u8,
+    scale: u8,
+) -> Option<CompactString> {
     let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if int.is_empty()

@@ -859,10 +859,15 @@ fn json_has_nul(json: &str) -> bool {
 /// A timestamp as SQLite stores it: RFC 3339, UTC, microseconds.
 pub fn sqlite_timestamp(t: &DateTime<Utc>) -> String {
     let mut out = String::with_capacity(27);
-    if !push_timestamp(&mut out, t, 'T', "Z") {
-        out = t.to_rfc3339_opts(SecondsFormat::Micros, true);
-    }
+    push_sqlite_timestamp(&mut out, t);
     out
+}
+
+/// Appends [`sqlite_timestamp`] to `out` (a buffer reused from row to row).
+pub fn push_sqlite_timestamp(out: &mut String, t: &DateTime<Utc>) {
+    if !push_timestamp(out, t, 'T', "Z") {
+        out.push_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true));
+    }
 }
 
 /// A timestamp as MySQL's `datetime(6)` reads it, in UTC.
@@ -925,7 +930,8 @@ fn put_digits(slots: &mut [u8], mut n: u32) {
 pub fn copy_text_cell(out: &mut String, cell: &Cell) {
     match cell {
         Cell::Null => out.push_str("\\N"),
-        Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => copy_text_escape(out, s),
+        Cell::Text(s) | Cell::Json(s) => copy_text_escape(out, s),
+        Cell::Uuid(u) => out.push_str(u.encode(&mut [0; 36])),
         Cell::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
         Cell::Float(f) => write!(out, "{f:?}").expect("writing to a String cannot fail"),
         Cell::Bool(b) => out.push(if *b { 't' } else { 'f' }),

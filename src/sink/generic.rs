@@ -441,7 +441,8 @@ async fn insert_load<DB>(
             for cell in &row.cells {
                 q = match cell {
                     Cell::Null => q.bind(None::<&str>),
-                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => q.bind(s.as_str()),
+                    Cell::Text(s) | Cell::Json(s) => q.bind(s.as_str()),
+                    Cell::Uuid(u) => q.bind(u.to_string()),
                     Cell::Int(i) => q.bind(*i),
                     Cell::Float(f) => q.bind(*f),
                     Cell::Bool(b) => q.bind(*b),

@@ -16,7 +16,7 @@ use rusqlite::types::Value as SqlValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Sqlite;
 
-use super::dialect::{sqlite_timestamp, Dialect};
+use super::dialect::{push_sqlite_timestamp, sqlite_timestamp, Dialect};
 use super::generic::SqlxInserts;
 use super::ledger::Load;
 use super::store::{Pools, Store};
@@ -202,22 +202,30 @@ fn write_blocking(
     let mut stored = 0;
     {
         let mut statement = tx.prepare_cached(insert)?;
+        // Timestamps and UUIDs are formatted into buffers: SQLite copies what is bound.
+        let mut text = String::with_capacity(32);
+        let mut uuid = [0u8; 36];
         for row in rows {
             let mut i = 0;
             for cell in &row.cells {
                 i += 1;
                 match cell {
                     Cell::Null => statement.raw_bind_parameter(i, SqlValue::Null)?,
-                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => {
-                        statement.raw_bind_parameter(i, s.as_str())?
-                    }
+                    Cell::Text(s) | Cell::Json(s) => statement.raw_bind_parameter(i, s.as_str())?,
+                    Cell::Uuid(u) => statement.raw_bind_parameter(i, u.encode(&mut uuid))?,
                     Cell::Int(n) => statement.raw_bind_parameter(i, n)?,
                     Cell::Float(f) => statement.raw_bind_parameter(i, f)?,
                     Cell::Bool(b) => statement.raw_bind_parameter(i, b)?,
-                    Cell::Timestamp(t) => statement.raw_bind_parameter(i, sqlite_timestamp(t))?,
+                    Cell::Timestamp(t) => {
+                        text.clear();
+                        push_sqlite_timestamp(&mut text, t);
+                        statement.raw_bind_parameter(i, text.as_str())?
+                    }
                 }
             }
-            statement.raw_bind_parameter(i + 1, sqlite_timestamp(&row.received_at))?;
+            text.clear();
+            push_sqlite_timestamp(&mut text, &row.received_at);
+            statement.raw_bind_parameter(i + 1, text.as_str())?;
             let mut next = i + 2;
             if has_extra {
                 statement.raw_bind_parameter(next, row.extra.as_deref())?;

@@ -56,6 +56,7 @@ pub fn last_per_key<'a>(stream: &Stream, rows: &'a [Row]) -> Cow<'a, [Row]> {
 enum KeyPart<'a> {
     Null,
     Text(&'a str),
+    Uuid([u8; 16]),
     Int(i64),
     Bits(u64),
     Bool(bool),
@@ -66,7 +67,8 @@ impl<'a> KeyPart<'a> {
     fn of(cell: &'a Cell) -> KeyPart<'a> {
         match cell {
             Cell::Null => KeyPart::Null,
-            Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => KeyPart::Text(s),
+            Cell::Text(s) | Cell::Json(s) => KeyPart::Text(s),
+            Cell::Uuid(u) => KeyPart::Uuid(u.0),
             Cell::Int(i) => KeyPart::Int(*i),
             Cell::Float(f) => KeyPart::Bits(f.to_bits()),
             Cell::Bool(b) => KeyPart::Bool(*b),

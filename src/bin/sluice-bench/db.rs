@@ -338,9 +338,10 @@ fn mysql_tsv(rows: &[Row]) -> String {
         {
             match cell {
                 Cell::Null => out.push_str("\\N"),
-                Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => {
+                Cell::Text(s) | Cell::Json(s) => {
                     sluice::sink::dialect::copy_text_escape(&mut out, s)
                 }
+                Cell::Uuid(u) => out.push_str(&u.to_string()),
                 Cell::Int(n) => out.push_str(&n.to_string()),
                 Cell::Float(f) => out.push_str(&f.to_string()),
                 Cell::Bool(b) => out.push(if *b { '1' } else { '0' }),
@@ -366,7 +367,8 @@ fn mysql_insert(table: &str, columns: &str, rows: &[Row]) -> String {
         {
             match cell {
                 Cell::Null => sql.push_str("NULL"),
-                Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => quote_into(&mut sql, s),
+                Cell::Text(s) | Cell::Json(s) => quote_into(&mut sql, s),
+                Cell::Uuid(u) => quote_into(&mut sql, &u.to_string()),
                 Cell::Int(n) => sql.push_str(&n.to_string()),
                 Cell::Float(f) => sql.push_str(&f.to_string()),
                 Cell::Bool(b) => sql.push_str(if *b { "1" } else { "0" }),
@@ -405,7 +407,8 @@ fn sqlite_limit(path: &std::path::Path, sql: &str, rows: &[Row]) -> anyhow::Resu
                 .chain(std::iter::once(&Cell::Timestamp(row.received_at)))
                 .map(|cell| match cell {
                     Cell::Null => Value::Null,
-                    Cell::Text(s) | Cell::Uuid(s) | Cell::Json(s) => Value::Text(s.clone()),
+                    Cell::Text(s) | Cell::Json(s) => Value::Text(s.to_string()),
+                    Cell::Uuid(u) => Value::Text(u.to_string()),
                     Cell::Int(i) => Value::Integer(*i),
                     Cell::Float(f) => Value::Real(*f),
                     Cell::Bool(b) => Value::Integer(i64::from(*b)),
