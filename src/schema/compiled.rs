@@ -259,8 +259,14 @@ impl NodeCheck {
         let Some(general) = &self.scalar else {
             return true;
         };
-        if self.native.as_ref().is_some_and(|n| n.certain(tape, i)) {
-            return true;
+        if let Some(native) = &self.native {
+            if native.certain(tape, i) {
+                return true;
+            }
+            // Chiefly an `if` on a `const` that most events miss: no `Value` for them.
+            if native.certainly_not_listed(tape, i) {
+                return false;
+            }
         }
         scalar_value(tape, i).is_some_and(|value| general.is_valid(&value))
     }
@@ -497,14 +503,23 @@ impl Native {
                     }
                     native.types = Some(bits);
                 }
-                "enum" => {
-                    let all = value
-                        .as_array()?
-                        .iter()
-                        .map(|v| v.as_str().map(str::to_owned));
-                    native.strings = Some(all.collect::<Option<_>>()?);
+                "enum" | "const" => {
+                    let listed: Vec<String> = match value {
+                        Value::Array(all) if key == "enum" => all
+                            .iter()
+                            .map(|v| v.as_str().map(str::to_owned))
+                            .collect::<Option<_>>()?,
+                        _ if key == "const" => vec![value.as_str()?.to_owned()],
+                        _ => return None,
+                    };
+                    // Both keywords: a value must be in both lists.
+                    native.strings = Some(match native.strings.take() {
+                        None => listed,
+                        Some(earlier) => {
+                            earlier.into_iter().filter(|s| listed.contains(s)).collect()
+                        }
+                    });
                 }
-                "const" => native.strings = Some(vec![value.as_str()?.to_owned()]),
                 "minLength" => native.min_length = Some(value.as_u64()?),
                 "maxLength" => native.max_length = Some(value.as_u64()?),
                 "minimum" => native.minimum = Some(value.as_i64()?),
@@ -521,6 +536,22 @@ impl Native {
             }
         }
         Some(native)
+    }
+
+    /// Whether scalar `i` certainly fails: the node lists its strings (`enum`, `const`)
+    /// and `i` is none of them (or not a string at all).
+    fn certainly_not_listed(&self, tape: &Tape<'_>, i: usize) -> bool {
+        let Some(strings) = &self.strings else {
+            return false;
+        };
+        match tape.kind(i) {
+            Kind::Str => {
+                let text = tape.str(i);
+                !strings.iter().any(|s| *s == text)
+            }
+            Kind::Null | Kind::True | Kind::False | Kind::Num => true,
+            Kind::Obj | Kind::Arr | Kind::Key => false,
+        }
     }
 
     /// Whether scalar `i` certainly passes (false: not known here).

@@ -364,6 +364,56 @@ fn keywords_the_fast_path_does_not_compile_leave_the_stream_to_the_general_path(
     assert!(!registry.get("one_of").unwrap().has_fast_path());
 }
 
+/// A string the node lists none of (`enum`, `const`, both) is refused on the tape, and
+/// an `if` that misses its `const` applies no `then`: every answer is the general
+/// path's, and the valid events keep the fast path.
+#[test]
+fn listed_strings_and_conditions_on_them_get_the_general_path_s_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "both": {"enum": ["x", "y"], "const": "y"},
+            "country": {"type": "string"},
+            "region": {"type": "string"}
+        },
+        "if": {"properties": {"country": {"const": "US"}}},
+        "then": {"properties": {"region": {"enum": ["CA", "NY"]}}}
+    });
+    std::fs::write(dir.path().join("listed.json"), schema.to_string()).unwrap();
+    let config = Config {
+        schemas_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let registry = Registry::load(config.streams_config()).unwrap();
+    let stream = registry.get("listed").unwrap();
+    assert!(stream.has_fast_path());
+    for (event, valid) in [
+        (json!({"both": "y", "country": "US", "region": "CA"}), true),
+        (json!({"both": "y", "country": "DE", "region": "BE"}), true),
+        (json!({"both": "y", "country": 7, "region": "BE"}), false),
+        (json!({"both": "y", "country": "US", "region": "BE"}), false),
+        (json!({"both": "x", "country": "DE", "region": "BE"}), false),
+        (json!({"both": "z", "country": "DE", "region": "BE"}), false),
+        (
+            json!({"both": null, "country": "DE", "region": "BE"}),
+            false,
+        ),
+        (
+            json!({"both": "\\u0079", "country": "D\\u0045", "region": "BE"}),
+            true,
+        ),
+    ] {
+        let text = event.to_string().replace("\\\\u", "\\u");
+        let (fast, general) = both(stream, &text);
+        assert_eq!(general.is_ok(), valid, "{text}: {general:?}");
+        match fast {
+            Some(row) => assert_eq!(Ok(row), general, "{text}"),
+            None => assert!(!valid, "{text}: a valid event left the fast path"),
+        }
+    }
+}
+
 /// The official JSON-Schema-Test-Suite's draft 2020-12 cases for the keywords the fast
 /// path compiles (`tests/fixtures/json-schema-test-suite`), each case's schema as the
 /// one property `v` of an event schema and its data as `v`'s value: whatever the fast
