@@ -504,13 +504,12 @@ impl Native {
                     native.types = Some(bits);
                 }
                 "enum" | "const" => {
-                    let listed: Vec<String> = match value {
-                        Value::Array(all) if key == "enum" => all
-                            .iter()
-                            .map(|v| v.as_str().map(str::to_owned))
-                            .collect::<Option<_>>()?,
-                        _ if key == "const" => vec![value.as_str()?.to_owned()],
-                        _ => return None,
+                    let listed: Vec<String> = if key == "const" {
+                        vec![value.as_str()?.to_owned()]
+                    } else {
+                        let all = value.as_array()?.iter();
+                        all.map(|v| v.as_str().map(str::to_owned))
+                            .collect::<Option<_>>()?
                     };
                     // Both keywords: a value must be in both lists.
                     native.strings = Some(match native.strings.take() {

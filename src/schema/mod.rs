@@ -995,8 +995,6 @@ fn convert(ty: ColumnType, v: Value) -> Result<Cell, String> {
     })
 }
 
-/// The cell of a decimal column from the value's JSON text as received (`literal`: a
-/// number, or a string holding one).
 /// A UUID column's cell: the UUID's bytes when written `8-4-4-4-12`, else the text in
 /// lower case (for the database to accept or refuse).
 pub(crate) fn uuid_cell(text: &str) -> Cell {
@@ -1006,6 +1004,8 @@ pub(crate) fn uuid_cell(text: &str) -> Cell {
     }
 }
 
+/// The cell of a decimal column from the value's JSON text as received (`literal`: a
+/// number, or a string holding one).
 fn decimal_cell(ty: ColumnType, literal: Option<&str>) -> Result<Cell, String> {
     let ColumnType::Decimal { precision, scale } = ty else {
         return Err("not a decimal column".into());
