@@ -237,7 +237,14 @@ impl TestDb {
 
     /// Waits until `table` holds `n` rows (for `ack=accepted`), failing after 15 s.
     pub async fn wait_for_count(&self, table: &str, n: i64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.wait_for_count_within(table, n, Duration::from_secs(15))
+            .await
+    }
+
+    /// [`TestDb::wait_for_count`], failing after `limit`: for a test that writes many
+    /// small batches on purpose, whose rate is the database's commit rate.
+    pub async fn wait_for_count_within(&self, table: &str, n: i64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let c = self.count(table).await;
             if c == n {
