@@ -420,15 +420,15 @@ const CONTAINER: u8 = 32;
 
 /// A node's scalar keywords checked on the tape, without a `Value`, for the keywords
 /// and values whose meaning is plain: `type`, `enum`/`const` of strings, lengths,
-/// integer bounds, and the common shapes of `pattern`, `uuid` and `date-time`. It
+/// `minimum`/`maximum` (see [`number_range`]), and the common shapes of `pattern`, `uuid` and `date-time`. It
 /// answers only "certainly valid"; anything else is asked of `jsonschema`.
 struct Native {
     types: Option<u8>,
     strings: Option<Vec<String>>,
     min_length: Option<u64>,
     max_length: Option<u64>,
-    minimum: Option<i64>,
-    maximum: Option<i64>,
+    minimum: Option<Bound>,
+    maximum: Option<Bound>,
     pattern: Option<Pattern>,
     format: Option<Format>,
 }
@@ -464,9 +464,80 @@ enum Format {
     DateTime,
 }
 
-/// Integers a double holds exactly: a bound within them compares exactly with a
-/// number that is not an integer.
-const EXACT: i64 = 1 << 53;
+/// A `minimum` or `maximum` as the whole numbers at and below it and at and above it
+/// (the same number for an integer). `jsonschema` compares a value with the number
+/// serde_json read from the schema: an integer as it is, anything else as a double,
+/// whose floor and ceiling are exact.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    floor: i128,
+    ceil: i128,
+}
+
+impl Bound {
+    fn of(value: &Value) -> Option<Bound> {
+        let n = value.as_number()?;
+        let exact = |i: i128| Bound { floor: i, ceil: i };
+        if let Some(i) = n.as_i64() {
+            return Some(exact(i.into()));
+        }
+        if let Some(u) = n.as_u64() {
+            return Some(exact(u.into()));
+        }
+        // Within 2^63 the floor and the ceiling are exact integers.
+        let f = n.as_f64().filter(|f| f.abs() < 9.2e18)?;
+        Some(Bound {
+            floor: f.floor() as i128,
+            ceil: f.ceil() as i128,
+        })
+    }
+}
+
+/// Doubles are this far apart or closer below 2^53.
+const EXACT: u64 = 1 << 53;
+
+/// The whole numbers between which lies the number serde_json reads from the JSON
+/// number `literal`, if that is known here: an integer serde_json keeps as one (up to
+/// `u64::MAX`, down to `i64::MIN`) exactly; a decimal with a point, at most 18 digits
+/// and below 2^53, as its whole part widened by two on either side, never across zero
+/// (serde_json's default reading of a decimal may be a unit or two off in the last
+/// place, which is at most 1 there). Other numbers (an exponent, more digits) are left
+/// to `jsonschema`, which reads them as serde_json does.
+fn number_range(literal: &str) -> Option<(i128, i128)> {
+    // The tape has read `literal` as a JSON number: digits, then an optional point
+    // and digits, then an optional exponent.
+    let b = literal.as_bytes();
+    let negative = b.first() == Some(&b'-');
+    let from = usize::from(negative);
+    let mut at = from;
+    let mut value = 0u64;
+    while let Some(d) = b.get(at).map(|c| c.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+        value = value.checked_mul(10)?.checked_add(u64::from(d))?;
+        at += 1;
+    }
+    let signed = |n: u64| {
+        if negative {
+            -i128::from(n)
+        } else {
+            i128::from(n)
+        }
+    };
+    match b.get(at) {
+        None if !negative || value <= 1 << 63 => Some((signed(value), signed(value))),
+        Some(b'.')
+            if b.len() - 1 - from <= 18
+                && value < EXACT
+                && !b[at..].iter().any(|c| c | 0x20 == b'e') =>
+        {
+            // The decimal is between `value` and `value + 1` (in size); two more on
+            // either side for the reading, none past zero.
+            let near = signed(value.saturating_sub(2));
+            let far = signed(value + 3);
+            Some(if negative { (far, near) } else { (near, far) })
+        }
+        _ => None,
+    }
+}
 
 impl Native {
     /// The native check of a node's scalar keywords, if every one has one.
@@ -521,8 +592,8 @@ impl Native {
                 }
                 "minLength" => native.min_length = Some(value.as_u64()?),
                 "maxLength" => native.max_length = Some(value.as_u64()?),
-                "minimum" => native.minimum = Some(value.as_i64()?),
-                "maximum" => native.maximum = Some(value.as_i64()?),
+                "minimum" => native.minimum = Some(Bound::of(value)?),
+                "maximum" => native.maximum = Some(Bound::of(value)?),
                 "pattern" => native.pattern = Some(plain_pattern(value.as_str()?)?),
                 "format" => {
                     native.format = Some(match value.as_str()? {
@@ -605,31 +676,11 @@ impl Native {
                 if self.minimum.is_none() && self.maximum.is_none() {
                     return true;
                 }
-                let literal = tape.raw(i);
-                let (at_least, at_most) = if bits == INTEGER {
-                    let Ok(n) = literal.parse::<i64>() else {
-                        return false;
-                    };
-                    (
-                        self.minimum.is_none_or(|m| n >= m),
-                        self.maximum.is_none_or(|m| n <= m),
-                    )
-                } else {
-                    let Some(f) = number(literal).and_then(|n| n.as_f64()) else {
-                        return false;
-                    };
-                    // Bounds within 2^53 are exact as doubles; others are left to
-                    // `jsonschema`.
-                    let exact = |m: i64| m.abs() <= EXACT;
-                    if !self.minimum.into_iter().chain(self.maximum).all(exact) {
-                        return false;
-                    }
-                    (
-                        self.minimum.is_none_or(|m| f >= m as f64),
-                        self.maximum.is_none_or(|m| f <= m as f64),
-                    )
+                let Some((low, high)) = number_range(tape.raw(i)) else {
+                    return false;
                 };
-                at_least && at_most
+                self.minimum.is_none_or(|m| low >= m.ceil)
+                    && self.maximum.is_none_or(|m| high <= m.floor)
             }
             _ => self.strings.is_none(),
         }
@@ -1097,6 +1148,94 @@ mod tests {
             }
         }
         assert!(accepted > 20_000, "{accepted}");
+    }
+
+    /// `minimum` and `maximum` checked on the tape call a number valid only where
+    /// `jsonschema` does, for integers of every size, decimals, numbers at and next to
+    /// the bounds, and bounds that are integers, fractions and doubles far from 2^53.
+    #[test]
+    fn bounds_on_the_tape_accept_only_what_jsonschema_accepts() {
+        let bounds = [
+            "0",
+            "1",
+            "-1",
+            "0.5",
+            "-2.0001",
+            "9999999999.99",
+            "100000",
+            "4503599627370495.5",
+            "9007199254740993",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1e300",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let digits = |rng: &mut fastrand::Rng, n: usize| -> String {
+            let first = char::from(b'1' + rng.u8(0..9));
+            std::iter::once(first)
+                .chain((1..n).map(|_| char::from(b'0' + rng.u8(0..10))))
+                .collect()
+        };
+        let mut literals: Vec<String> = Vec::new();
+        for bound in bounds {
+            for suffix in ["", "0", "1", "00000001", "9", "99999999"] {
+                let near = if bound.contains('.') || bound.contains('e') {
+                    format!("{bound}{suffix}")
+                } else {
+                    format!("{bound}.{suffix}")
+                };
+                literals.push(near.trim_end_matches('.').to_owned());
+            }
+        }
+        for _ in 0..4000 {
+            let sign = if rng.bool() { "-" } else { "" };
+            let whole = if rng.u8(0..4) == 0 {
+                "0".to_owned()
+            } else {
+                let n = rng.usize(1..=20);
+                digits(&mut rng, n)
+            };
+            let literal = match rng.u8(0..3) {
+                0 => format!("{sign}{whole}"),
+                1 => {
+                    let n = rng.usize(1..=8);
+                    let fraction: String =
+                        (0..n).map(|_| char::from(b'0' + rng.u8(0..10))).collect();
+                    format!("{sign}{whole}.{fraction}")
+                }
+                _ => format!("{sign}{whole}e{}", rng.i8(-3..4)),
+            };
+            literals.push(literal);
+        }
+        let (mut certain, mut valid) = (0, 0);
+        for bound in bounds {
+            for keyword in ["minimum", "maximum"] {
+                let limit: Value = serde_json::from_str(bound).unwrap();
+                let schema = serde_json::json!({"type": "number", keyword: limit});
+                let validator = jsonschema::validator_for(&schema).unwrap();
+                let Some(native) = Native::of(schema.as_object().unwrap()) else {
+                    assert_eq!(bound, "1e300", "a bound the tape can check");
+                    continue;
+                };
+                for literal in &literals {
+                    let Ok(value) = serde_json::from_str::<Value>(literal) else {
+                        continue;
+                    };
+                    let text = format!("{{\"v\":{literal}}}");
+                    let tape = Tape::read(&text).unwrap();
+                    let is_valid = validator.is_valid(&value);
+                    valid += usize::from(is_valid);
+                    if native.certain(&tape, 2) {
+                        certain += 1;
+                        assert!(is_valid, "{literal} against {keyword} {bound}");
+                    }
+                }
+            }
+        }
+        // Most valid numbers are known valid on the tape (all but exponents, decimals
+        // beyond 2^53 or 18 digits, and those within two of a bound).
+        assert!(certain * 2 > valid, "{certain} of {valid}");
     }
 
     #[test]
