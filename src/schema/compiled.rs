@@ -96,6 +96,11 @@ struct ObjectCheck {
     required_other: Vec<String>,
     /// `additionalProperties` (`Any` when absent).
     additional: Check,
+    /// The properties' indices in the order of their names' bytes (serde_json's order
+    /// of an object's keys), and each name as a JSON key with its colon: an object of
+    /// declared properties only is written in that order ([`ObjectCheck::checked_json`]).
+    sorted: Vec<u8>,
+    keys: Vec<String>,
     /// Per position of a key in an event's object, the property found there last:
     /// producers send their keys in an order of their own, mostly the same from one
     /// event to the next, so each key is mostly found at the first try. (A guess only:
@@ -195,10 +200,13 @@ impl Compiled {
             match tape.kind(at) {
                 Kind::Obj | Kind::Arr => {
                     let (c, column) = column?;
-                    if column.ty != ColumnType::Json || !valid(check, tape, at) {
+                    if column.ty != ColumnType::Json {
                         return None;
                     }
-                    cells[c] = Cell::Json(json_text(tape, at)?.into());
+                    // The compact text is rarely longer than the text as written.
+                    let mut out = String::with_capacity(tape.nodes[at].span as usize);
+                    checked_json(check, tape, at, &mut out)?;
+                    cells[c] = Cell::Json(out.into());
                 }
                 _ => {
                     if !valid(check, tape, at) {
@@ -373,6 +381,120 @@ impl ArrayCheck {
             return false;
         }
         tape.elements(i).all(|j| valid(&self.items, tape, j))
+    }
+}
+
+/// Checks container `i` against `check` and writes its JSON text into `out` as
+/// [`json_text`] writes it, in one walk: `Some` when it certainly passes and was
+/// written. An object of declared properties is written in the order of their names
+/// from where the check found each (no keys compared to sort them); anything else is
+/// checked, then written, as apart.
+fn checked_json(check: &Check, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+    let node = match check {
+        Check::Any => return write_json(tape, i, out),
+        Check::Never => return None,
+        Check::Node(node) => node,
+    };
+    let plain = !node.any_type && node.cond.is_none();
+    match tape.kind(i) {
+        Kind::Obj if plain && node.object_ok => match &node.object {
+            Some(object) => object.checked_json(tape, i, out),
+            None => write_json(tape, i, out),
+        },
+        Kind::Arr if plain && node.array_ok => match &node.array {
+            Some(array) => array.checked_json(tape, i, out),
+            None => write_json(tape, i, out),
+        },
+        _ => {
+            node.valid(tape, i).then_some(())?;
+            write_json(tape, i, out)
+        }
+    }
+}
+
+impl ArrayCheck {
+    /// [`checked_json`] of array `i`.
+    fn checked_json(&self, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+        let len = u64::from(tape.nodes[i].len);
+        if self.min.is_some_and(|m| len < m) || self.max.is_some_and(|m| len > m) {
+            return None;
+        }
+        out.push('[');
+        for (n, j) in tape.elements(i).enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            match tape.kind(j) {
+                Kind::Obj | Kind::Arr => checked_json(&self.items, tape, j, out)?,
+                _ => {
+                    valid(&self.items, tape, j).then_some(())?;
+                    write_json(tape, j, out)?;
+                }
+            }
+        }
+        out.push(']');
+        Some(())
+    }
+}
+
+/// The most members of an object written by [`ObjectCheck::checked_json`] (where each
+/// property's value is kept on the stack).
+const WRITTEN: usize = 16;
+
+impl ObjectCheck {
+    /// [`checked_json`] of object `i`.
+    fn checked_json(&self, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+        if self.properties.len() > WRITTEN {
+            self.valid(tape, i).then_some(())?;
+            return write_json(tape, i, out);
+        }
+        let mut value_at = [0u32; WRITTEN];
+        let mut seen = 0u64;
+        for (position, (k, at)) in tape.members(i).enumerate() {
+            // A key with escapes, or one not declared: checked, then written, apart.
+            let key = if tape.nodes[k].escaped {
+                None
+            } else {
+                self.find_at(&tape.str(k), position)
+            };
+            let Some(p) = key else {
+                self.valid(tape, i).then_some(())?;
+                return write_json(tape, i, out);
+            };
+            if seen & (1 << p) != 0 {
+                // A repeated key: serde_json keeps the last; the general path does that.
+                return None;
+            }
+            seen |= 1 << p;
+            value_at[p] = at as u32;
+        }
+        if seen & self.required_mask != self.required_mask || !self.required_other.is_empty() {
+            return None;
+        }
+        out.push('{');
+        let mut first = true;
+        for &p in &self.sorted {
+            let p = usize::from(p);
+            if seen & (1 << p) == 0 {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(&self.keys[p]);
+            let at = value_at[p] as usize;
+            let check = &self.properties[p].1;
+            match tape.kind(at) {
+                Kind::Obj | Kind::Arr => checked_json(check, tape, at, out)?,
+                _ => {
+                    valid(check, tape, at).then_some(())?;
+                    write_json(tape, at, out)?;
+                }
+            }
+        }
+        out.push('}');
+        Some(())
     }
 }
 
@@ -988,6 +1110,8 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
         required_mask: 0,
         required_other: Vec::new(),
         additional: Check::Any,
+        sorted: Vec::new(),
+        keys: Vec::new(),
     };
     let mut required: Vec<String> = Vec::new();
     let (mut has_object, mut array) = (false, None::<ArrayCheck>);
@@ -1063,6 +1187,17 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
     if object.properties.len() > TRACKED {
         return None;
     }
+    let mut sorted: Vec<u8> = (0..object.properties.len() as u8).collect();
+    sorted.sort_by(|a, b| {
+        let name = |p: &u8| object.properties[usize::from(*p)].0.as_bytes();
+        name(a).cmp(name(b))
+    });
+    object.sorted = sorted;
+    object.keys = object
+        .properties
+        .iter()
+        .map(|(name, _)| Some(format!("{}:", serde_json::to_string(name).ok()?)))
+        .collect::<Option<_>>()?;
     // Where each required property is declared: a bit; where not: a name.
     for name in required {
         match object.find(&name) {
