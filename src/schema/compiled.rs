@@ -120,6 +120,69 @@ pub struct Compiled {
     /// Per root property (in `root.object`'s order): its column's index.
     column_of: Vec<Option<usize>>,
     has_extra: bool,
+    /// How the root's `if`, `then` and `else` are checked.
+    cond: [Part; 3],
+}
+
+/// How one of the root's `if`, `then` and `else` is checked: on the root object as any
+/// check is, or, for an object check of root properties only (`properties` and
+/// `required`, nothing else), on the values that the root's own walk found, with no
+/// key looked up again.
+enum Part {
+    Whole,
+    Found {
+        /// Per property of the part: the root property's index and the part's.
+        pairs: Vec<(usize, usize)>,
+        /// The part's required properties, as root property bits.
+        required: u64,
+    },
+}
+
+impl Part {
+    /// How `check` is checked, `root` being the root's object check.
+    fn of(check: &Check, root: &ObjectCheck) -> Part {
+        let Check::Node(node) = check else {
+            return Part::Whole;
+        };
+        let Some(object) = node.object.as_ref().filter(|_| {
+            node.object_ok && !node.any_type && node.scalar.is_none() && node.cond.is_none()
+        }) else {
+            return Part::Whole;
+        };
+        if !matches!(object.additional, Check::Any) || !object.required_other.is_empty() {
+            return Part::Whole;
+        }
+        let mut pairs = Vec::new();
+        let mut required = 0u64;
+        for (p, (name, _)) in object.properties.iter().enumerate() {
+            let Some(r) = root.find(name) else {
+                return Part::Whole;
+            };
+            pairs.push((r, p));
+            if object.required_mask & (1 << p) != 0 {
+                required |= 1 << r;
+            }
+        }
+        Part::Found { pairs, required }
+    }
+
+    /// Whether the root object passes `check` (this part's), `seen` and `value_at` being
+    /// what the root's walk found.
+    fn holds(&self, check: &Check, tape: &Tape<'_>, seen: u64, value_at: &[u32]) -> bool {
+        match (self, check) {
+            (Part::Found { pairs, required }, Check::Node(node)) => {
+                let Some(object) = &node.object else {
+                    return false;
+                };
+                seen & required == *required
+                    && pairs.iter().all(|&(r, p)| {
+                        seen & (1 << r) == 0
+                            || valid(&object.properties[p].1, tape, value_at[r] as usize)
+                    })
+            }
+            _ => valid(check, tape, 0),
+        }
+    }
 }
 
 /// The most properties an object schema may declare for the fast path (their
@@ -145,10 +208,19 @@ impl Compiled {
             .iter()
             .map(|(name, _)| columns.iter().position(|c| &c.name == name))
             .collect();
+        let cond = match &root.cond {
+            Some((if_, then, else_)) => [
+                Part::of(if_, object),
+                Part::of(then, object),
+                Part::of(else_, object),
+            ],
+            None => [Part::Whole, Part::Whole, Part::Whole],
+        };
         Some(Compiled {
             root,
             column_of,
             has_extra,
+            cond,
         })
     }
 
@@ -167,6 +239,8 @@ impl Compiled {
             .take(columns.len())
             .collect();
         let mut seen = 0u64;
+        // Where each property's value is, for the root's `if`.
+        let mut value_at = [0u32; TRACKED];
         let mut skipped = false;
         let mut extras: Vec<(&str, usize)> = Vec::new();
         for (position, (k, at)) in tape.members(0).enumerate() {
@@ -195,6 +269,7 @@ impl Compiled {
                 return None;
             }
             seen |= 1 << p;
+            value_at[p] = at as u32;
             let check = &object.properties[p].1;
             let column = self.column_of[p].map(|c| (c, &columns[c]));
             match tape.kind(at) {
@@ -225,8 +300,13 @@ impl Compiled {
             return None;
         }
         if let Some((if_, then, else_)) = &self.root.cond {
-            let branch = if valid(if_, tape, 0) { then } else { else_ };
-            if !valid(branch, tape, 0) {
+            let [if_part, then_part, else_part] = &self.cond;
+            let branch = if if_part.holds(if_, tape, seen, &value_at) {
+                (then_part, then)
+            } else {
+                (else_part, else_)
+            };
+            if !branch.0.holds(branch.1, tape, seen, &value_at) {
                 return None;
             }
         }

@@ -462,6 +462,73 @@ fn listed_strings_and_conditions_on_them_get_the_general_path_s_answer() {
     }
 }
 
+/// A root `if`/`then`/`else` about root properties is checked on the values the root's
+/// walk found; one that names anything else is checked on the whole event. Every mix of
+/// present, absent, listed and unlisted values gets the general path's answer, and every
+/// valid event takes the fast path.
+#[test]
+fn a_root_condition_gets_the_general_path_s_answer_for_every_mix_of_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let any = json!({"type": ["string", "integer"]});
+    let properties = json!({"country": any, "region": any, "zip": any});
+    let found = json!({
+        "type": "object",
+        "properties": properties,
+        "if": {"properties": {"country": {"const": "US"}}, "required": ["country"]},
+        "then": {"properties": {"region": {"enum": ["CA", "NY"]}}, "required": ["region", "zip"]},
+        "else": {"properties": {"zip": {"type": "integer"}}}
+    });
+    let mut whole = found.clone();
+    whole["else"] = json!({"properties": {"zip": {"type": "integer"}, "note": {"const": "x"}}});
+    std::fs::write(dir.path().join("found.json"), found.to_string()).unwrap();
+    std::fs::write(dir.path().join("whole.json"), whole.to_string()).unwrap();
+    let config = Config {
+        schemas_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let registry = Registry::load(config.streams_config()).unwrap();
+    let (mut valid, mut invalid) = (0, 0);
+    for name in ["found", "whole"] {
+        let stream = registry.get(name).unwrap();
+        assert!(stream.has_fast_path());
+        for country in [None, Some(json!("US")), Some(json!("DE")), Some(json!(7))] {
+            for region in [None, Some(json!("CA")), Some(json!("BE")), Some(json!(3))] {
+                for zip in [None, Some(json!("12345")), Some(json!(5))] {
+                    for note in [None, Some(json!("x")), Some(json!("y"))] {
+                        let mut event = serde_json::Map::new();
+                        for (key, value) in [
+                            ("note", &note),
+                            ("zip", &zip),
+                            ("country", &country),
+                            ("region", &region),
+                        ] {
+                            if let Some(value) = value {
+                                event.insert(key.to_owned(), value.clone());
+                            }
+                        }
+                        let text = Value::Object(event).to_string();
+                        let (fast, general) = both(stream, &text);
+                        match (fast, general) {
+                            (Some(fast), general) => {
+                                assert_eq!(Ok(fast), general, "{name}: {text}");
+                                valid += 1;
+                            }
+                            (None, Ok(_)) => {
+                                panic!("{name}: a valid event left the fast path: {text}")
+                            }
+                            (None, Err(_)) => invalid += 1,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        valid > 50 && invalid > 50,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
 /// The official JSON-Schema-Test-Suite's draft 2020-12 cases for the keywords the fast
 /// path compiles (`tests/fixtures/json-schema-test-suite`), each case's schema as the
 /// one property `v` of an event schema and its data as `v`'s value: whatever the fast
