@@ -622,8 +622,9 @@ const CONTAINER: u8 = 32;
 
 /// A node's scalar keywords checked on the tape, without a `Value`, for the keywords
 /// and values whose meaning is plain: `type`, `enum`/`const` of strings, lengths,
-/// `minimum`/`maximum` (see [`number_range`]), and the common shapes of `pattern`, `uuid` and `date-time`. It
-/// answers only "certainly valid"; anything else is asked of `jsonschema`.
+/// `minimum`/`maximum` (see [`number_range`]), and the common shapes of `pattern`,
+/// `uuid` and `date-time`. It answers only "certainly valid"; anything else is asked of
+/// `jsonschema`.
 struct Native {
     types: Option<u8>,
     strings: Option<Vec<String>>,
