@@ -62,6 +62,8 @@ impl<'a> Tape<'a> {
     /// [`Tape::read`] into `nodes`' room (cleared first): a caller reading many events
     /// reuses one buffer ([`Tape::into_nodes`]).
     pub fn read_into(text: &'a str, mut nodes: Vec<Node>) -> Option<Tape<'a>> {
+        // Every offset fits a node's `u32`.
+        u32::try_from(text.len()).ok()?;
         nodes.clear();
         let mut r = Reader {
             text,
@@ -158,7 +160,13 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    #[inline]
     fn ws(&mut self) {
+        // Most JSON is written compact: one compare for the usual case (JSON's
+        // whitespace is all below `!`).
+        if self.bytes.get(self.pos).is_some_and(|b| *b > b' ') {
+            return;
+        }
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
             self.pos += 1;
         }
@@ -166,12 +174,13 @@ impl Reader<'_> {
 
     /// A node of `kind` whose text runs from `start` to `pos`.
     fn push(&mut self, kind: Kind, escaped: bool, start: usize) -> Option<()> {
+        // Offsets fit: `read_into` takes no text of 4 GiB or more.
         self.nodes.push(Node {
             kind,
             escaped,
             span: 0,
-            len: u32::try_from(start).ok()?,
-            end: u32::try_from(self.pos).ok()?,
+            len: start as u32,
+            end: self.pos as u32,
         });
         Some(())
     }
@@ -229,8 +238,9 @@ impl Reader<'_> {
                 }
             }
         }
-        let end = u32::try_from(self.nodes.len()).ok()?;
-        let span = u32::try_from(self.pos - start).ok()?;
+        // Fewer nodes than bytes, and the text is under 4 GiB (`read_into`).
+        let end = self.nodes.len() as u32;
+        let span = (self.pos - start) as u32;
         let node = &mut self.nodes[at];
         (node.len, node.end, node.span) = (len, end, span);
         Some(())
