@@ -76,7 +76,7 @@ impl std::fmt::Display for Uuid {
 }
 
 /// Each byte's value as a hex digit of either case, 0xff for a byte that is none.
-const HEX_VALUE: [u8; 256] = {
+pub(crate) static HEX_VALUE: [u8; 256] = {
     let mut table = [0xff; 256];
     let mut b = 0;
     while b < 256 {

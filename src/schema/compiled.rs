@@ -924,9 +924,12 @@ fn plain_uuid(text: &str) -> bool {
     else {
         return false;
     };
+    // The table `Uuid::parse` reads digits through: 0xff for a byte that is none.
     let hex = |part: &[u8]| {
         part.iter()
-            .fold(true, |ok, c| ok & HEX_DIGIT[usize::from(*c)])
+            .fold(0, |bad, c| bad | crate::event::HEX_VALUE[usize::from(*c)])
+            & 0xf0
+            == 0
     };
     b[8] == b'-'
         && b[13] == b'-'
@@ -938,17 +941,6 @@ fn plain_uuid(text: &str) -> bool {
         && hex(&b[19..23])
         && hex(&b[24..])
 }
-
-/// Which bytes are ASCII hexadecimal digits.
-static HEX_DIGIT: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = (b as u8).is_ascii_hexdigit();
-        b += 1;
-    }
-    table
-};
 
 /// The number written by the `n` ASCII digits of `b` at `from`, if they are digits.
 fn digits(b: &[u8], from: usize, n: usize) -> Option<u32> {
