@@ -464,7 +464,7 @@ impl ArrayCheck {
     }
 }
 
-/// Checks container `i` against `check` and writes its JSON text into `out` as
+/// Checks node `i` against `check` and writes its JSON text into `out` as
 /// [`json_text`] writes it, in one walk: `Some` when it certainly passes and was
 /// written. An object of declared properties is written in the order of their names
 /// from where the check found each (no keys compared to sort them); anything else is
@@ -504,13 +504,7 @@ impl ArrayCheck {
             if n > 0 {
                 out.push(',');
             }
-            match tape.kind(j) {
-                Kind::Obj | Kind::Arr => checked_json(&self.items, tape, j, out)?,
-                _ => {
-                    valid(&self.items, tape, j).then_some(())?;
-                    write_json(tape, j, out)?;
-                }
-            }
+            checked_json(&self.items, tape, j, out)?;
         }
         out.push(']');
         Some(())
@@ -563,15 +557,7 @@ impl ObjectCheck {
             }
             first = false;
             out.push_str(&self.keys[p]);
-            let at = value_at[p] as usize;
-            let check = &self.properties[p].1;
-            match tape.kind(at) {
-                Kind::Obj | Kind::Arr => checked_json(check, tape, at, out)?,
-                _ => {
-                    valid(check, tape, at).then_some(())?;
-                    write_json(tape, at, out)?;
-                }
-            }
+            checked_json(&self.properties[p].1, tape, value_at[p] as usize, out)?;
         }
         out.push('}');
         Some(())
