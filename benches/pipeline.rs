@@ -126,12 +126,7 @@ fn ingest(c: &mut Criterion) {
     let large: Vec<String> = events
         .iter()
         .take(200)
-        .map(|raw| {
-            let mut v: serde_json::Value = serde_json::from_str(raw).expect("valid JSON");
-            let items = v["items"].as_array().cloned().unwrap_or_default();
-            v["items"] = items.iter().cycle().take(30).cloned().collect();
-            v.to_string()
-        })
+        .map(|raw| sluice::loadgen::with_items(raw, 30).expect("valid JSON"))
         .collect();
     group.throughput(Throughput::Bytes(
         large.iter().map(|e| e.len() as u64).sum(),

@@ -227,6 +227,18 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
     out
 }
 
+/// `event` (a generated order) with its items repeated to `n` of them, and `item_count`
+/// following: the large orders of the benches' cost per KB.
+pub fn with_items(event: &str, n: usize) -> serde_json::Result<String> {
+    let mut order: serde_json::Value = serde_json::from_str(event)?;
+    let items = order["items"].as_array().cloned().unwrap_or_default();
+    let items: Vec<serde_json::Value> = items.iter().cycle().take(n).cloned().collect();
+    let count: u64 = items.iter().filter_map(|i| i["qty"].as_u64()).sum();
+    order["items"] = items.into();
+    order["item_count"] = count.into();
+    Ok(order.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,18 +20,6 @@ fn ratios(limits: &[(usize, f64)], rate: f64) -> Vec<f64> {
     limits.iter().map(|(_, limit)| rate / limit).collect()
 }
 
-/// `event` (a generated order) with its items repeated to `n` of them; `item_count`
-/// follows.
-fn with_items(event: &str, n: usize) -> anyhow::Result<String> {
-    let mut order: serde_json::Value = serde_json::from_str(event)?;
-    let items = order["items"].as_array().cloned().unwrap_or_default();
-    let items: Vec<serde_json::Value> = items.iter().cycle().take(n).cloned().collect();
-    let count: u64 = items.iter().filter_map(|i| i["qty"].as_u64()).sum();
-    order["items"] = items.into();
-    order["item_count"] = count.into();
-    Ok(order.to_string())
-}
-
 mod db;
 mod jetstream;
 mod load;
@@ -287,8 +275,8 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
     if let Some(items) = args.items {
         events = events
             .iter()
-            .map(|e| with_items(e, items))
-            .collect::<anyhow::Result<_>>()?;
+            .map(|e| sluice::loadgen::with_items(e, items))
+            .collect::<serde_json::Result<_>>()?;
     }
     let events = Arc::new(events);
     let bytes: usize = events.iter().map(|e| e.len() + 1).sum();
