@@ -122,6 +122,9 @@ pub struct Compiled {
     has_extra: bool,
     /// How the root's `if`, `then` and `else` are checked.
     cond: [Part; 3],
+    /// Per column: whether a JSON column's cell is the value's text as written (see
+    /// [`Compiled::json_as_written`]).
+    as_written: Vec<bool>,
 }
 
 /// How one of the root's `if`, `then` and `else` is checked: on the root object as any
@@ -221,7 +224,26 @@ impl Compiled {
             column_of,
             has_extra,
             cond,
+            as_written: Vec::new(),
         })
+    }
+
+    /// The same, with the cell of each JSON column for which `as_written` holds made
+    /// from the value's text as written, when that holds the value serde_json's text
+    /// would (see [`AsWritten`]), instead of a text written anew. For a database that
+    /// stores a JSON value rather than its text (PostgreSQL's `jsonb`: key order,
+    /// whitespace and escapes are not kept), the stored value is the same, and a
+    /// nested object or array costs one copy instead of a walk that writes it.
+    pub fn json_as_written(
+        mut self,
+        columns: &[Column],
+        as_written: impl Fn(&Column) -> bool,
+    ) -> Self {
+        self.as_written = columns
+            .iter()
+            .map(|c| c.ty == ColumnType::Json && as_written(c))
+            .collect();
+        self
     }
 
     /// The cells and `_extra` of the event read into `tape`, if it certainly passes the
@@ -278,10 +300,16 @@ impl Compiled {
                     if column.ty != ColumnType::Json {
                         return None;
                     }
-                    // The compact text is rarely longer than the text as written.
-                    let mut out = String::with_capacity(tape.nodes[at].span as usize);
-                    checked_json(check, tape, at, &mut out)?;
-                    cells[c] = Cell::Json(out.into());
+                    cells[c] = if self.as_written.get(c) == Some(&true)
+                        && checked_json(check, tape, at, &mut AsWritten).is_some()
+                    {
+                        Cell::Json(tape.text_of(at).into())
+                    } else {
+                        // The compact text is rarely longer than the text as written.
+                        let mut out = String::with_capacity(tape.nodes[at].span as usize);
+                        checked_json(check, tape, at, &mut out)?;
+                        Cell::Json(out.into())
+                    };
                 }
                 _ => {
                     if !valid(check, tape, at) {
@@ -464,12 +492,48 @@ impl ArrayCheck {
     }
 }
 
+/// Where [`checked_json`] and [`write_json`] put the JSON text they make: a `String`,
+/// or nowhere ([`AsWritten`]).
+trait JsonOut {
+    /// Whether the text is kept.
+    const WRITES: bool;
+    fn push(&mut self, c: char);
+    fn push_str(&mut self, s: &str);
+}
+
+impl JsonOut for String {
+    const WRITES: bool = true;
+    #[inline]
+    fn push(&mut self, c: char) {
+        String::push(self, c);
+    }
+    #[inline]
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+}
+
+/// The walk of [`checked_json`] without its text, for a database that stores the text
+/// as written: it also proves that the text as written holds the value serde_json's
+/// text would ([`Compiled::json_as_written`]), and is `None` where it may not (a number
+/// serde_json writes otherwise, such as `1.50` or `1e3`). Whitespace, key order and
+/// escapes are the text's own and mean the same.
+struct AsWritten;
+
+impl JsonOut for AsWritten {
+    const WRITES: bool = false;
+    #[inline]
+    fn push(&mut self, _: char) {}
+    #[inline]
+    fn push_str(&mut self, _: &str) {}
+}
+
 /// Checks node `i` against `check` and writes its JSON text into `out` as
 /// [`json_text`] writes it, in one walk: `Some` when it certainly passes and was
 /// written. An object of declared properties is written in the order of their names
 /// from where the check found each (no keys compared to sort them); anything else is
 /// checked, then written, as apart.
-fn checked_json(check: &Check, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+fn checked_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
     let node = match check {
         Check::Any => return write_json(tape, i, out),
         Check::Never => return None,
@@ -485,8 +549,12 @@ fn checked_json(check: &Check, tape: &Tape<'_>, i: usize, out: &mut String) -> O
             Some(array) => array.checked_json(tape, i, out),
             None => write_json(tape, i, out),
         },
-        _ => {
+        kind => {
             node.valid(tape, i).then_some(())?;
+            if !O::WRITES && matches!(kind, Kind::Str | Kind::Null | Kind::True | Kind::False) {
+                // Their text as written holds the same value.
+                return Some(());
+            }
             write_json(tape, i, out)
         }
     }
@@ -494,7 +562,7 @@ fn checked_json(check: &Check, tape: &Tape<'_>, i: usize, out: &mut String) -> O
 
 impl ArrayCheck {
     /// [`checked_json`] of array `i`.
-    fn checked_json(&self, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+    fn checked_json<O: JsonOut>(&self, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
         let len = u64::from(tape.nodes[i].len);
         if self.min.is_some_and(|m| len < m) || self.max.is_some_and(|m| len > m) {
             return None;
@@ -517,7 +585,7 @@ const WRITTEN: usize = 16;
 
 impl ObjectCheck {
     /// [`checked_json`] of object `i`.
-    fn checked_json(&self, tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+    fn checked_json<O: JsonOut>(&self, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
         if self.properties.len() > WRITTEN {
             self.valid(tape, i).then_some(())?;
             return write_json(tape, i, out);
@@ -540,7 +608,16 @@ impl ObjectCheck {
                 return None;
             }
             seen |= 1 << p;
-            value_at[p] = at as u32;
+            if O::WRITES {
+                value_at[p] = at as u32;
+            } else {
+                // Nothing to write in order: each value is checked where it is.
+                checked_json(&self.properties[p].1, tape, at, out)?;
+            }
+        }
+        if !O::WRITES {
+            let required = seen & self.required_mask == self.required_mask;
+            return (required && self.required_other.is_empty()).then_some(());
         }
         if seen & self.required_mask != self.required_mask || !self.required_other.is_empty() {
             return None;
@@ -1033,7 +1110,11 @@ fn json_text(tape: &Tape<'_>, i: usize) -> Option<String> {
 }
 
 /// Writes an object from its members (key, value index), sorted by key.
-fn write_members(tape: &Tape<'_>, members: &[(&str, usize)], out: &mut String) -> Option<()> {
+fn write_members<O: JsonOut>(
+    tape: &Tape<'_>,
+    members: &[(&str, usize)],
+    out: &mut O,
+) -> Option<()> {
     out.push('{');
     for (n, (key, at)) in members.iter().enumerate() {
         if n > 0 {
@@ -1067,6 +1148,7 @@ fn plain_integer(literal: &str) -> bool {
 /// a decimal reads as a double that no shorter decimal reads as (15 digits always make
 /// the trip to a double and back), so the shortest text that serde_json writes for the
 /// double is the literal itself, in plain notation in that range.
+#[inline]
 fn plain_decimal(literal: &str) -> bool {
     let unsigned = literal.strip_prefix('-').unwrap_or(literal);
     let Some((whole, fraction)) = unsigned.split_once('.') else {
@@ -1085,7 +1167,7 @@ fn plain_decimal(literal: &str) -> bool {
         && digits(fraction)
 }
 
-fn write_json(tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
+fn write_json<O: JsonOut>(tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
     match tape.kind(i) {
         Kind::Null => out.push_str("null"),
         Kind::True => out.push_str("true"),
@@ -1094,13 +1176,18 @@ fn write_json(tape: &Tape<'_>, i: usize, out: &mut String) -> Option<()> {
             let literal = tape.raw(i);
             if plain_integer(literal) || plain_decimal(literal) {
                 out.push_str(literal);
-            } else {
+            } else if O::WRITES {
                 out.push_str(&serde_json::to_string(&number(literal)?).ok()?);
+            } else {
+                // Stored as written, the database would keep the literal's own digits.
+                return None;
             }
         }
         // Without escapes, the token is what serde_json writes (a control character
         // would have needed one).
         Kind::Str if !tape.nodes[i].escaped => out.push_str(tape.raw(i)),
+        // Escapes mean the same to the database as the text serde_json writes.
+        Kind::Str if !O::WRITES => {}
         Kind::Str => out.push_str(&serde_json::to_string(tape.str(i).as_ref()).ok()?),
         Kind::Arr => {
             out.push('[');

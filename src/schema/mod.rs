@@ -494,10 +494,18 @@ impl Stream {
             )));
         }
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
+        // PostgreSQL stores a JSON column as `jsonb`, a value: the text as written
+        // stores the same one (a key's column is compared as text, so it is written).
+        let jsonb = matches!(
+            crate::sink::dialect::Dialect::from_url(config.database_url),
+            Ok(crate::sink::dialect::Dialect::Postgres)
+        );
+        let in_key = |c: &Column| key.as_ref().is_some_and(|k| k.columns.contains(&c.name));
         let compiled = privacy
             .is_none()
             .then(|| compiled::Compiled::of(&schema, &columns, has_extra))
-            .flatten();
+            .flatten()
+            .map(|c| c.json_as_written(&columns, |col| jsonb && !in_key(col)));
         Ok(Stream {
             compiled,
             schema_id,

@@ -43,6 +43,8 @@ pub struct Node {
     pub end: u32,
     /// A container: the length of its text.
     pub span: u32,
+    /// The first byte of the node's text.
+    pub at: u32,
 }
 
 /// One JSON object's text read into nodes.
@@ -125,6 +127,17 @@ impl<'a> Tape<'a> {
         }
     }
 
+    /// The text of node `i` as written: a container's from its opening bracket to its
+    /// closing one, whitespace inside included.
+    #[inline]
+    pub fn text_of(&self, i: usize) -> &'a str {
+        let n = self.nodes[i];
+        match n.kind {
+            Kind::Arr | Kind::Obj => &self.text[n.at as usize..(n.at + n.span) as usize],
+            _ => self.raw(i),
+        }
+    }
+
     /// The members of object `i`: each key's node index, then its value's.
     pub fn members(&self, i: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
         let end = self.nodes[i].end as usize;
@@ -179,6 +192,7 @@ impl Reader<'_> {
             kind,
             escaped,
             span: 0,
+            at: start as u32,
             len: start as u32,
             end: self.pos as u32,
         });

@@ -8,15 +8,22 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use sluice::event::{Cell, Row};
 use sluice::ingest::body::parse_object;
 use sluice::schema::{tape, Registry, Stream};
 use sluice::Config;
 
 fn registry() -> Registry {
+    registry_for(&Config::default().database.url)
+}
+
+/// The shipped schemas' registry for a database at `url` (never connected to).
+fn registry_for(url: &str) -> Registry {
     let mut config = Config {
         schemas_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/schemas").into(),
         ..Config::default()
     };
+    config.database.url = url.into();
     config.privacy.key_file =
         Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/privacy.key").into());
     Registry::load(config.streams_config()).expect("the shipped schemas load")
@@ -275,6 +282,7 @@ enum Change {
     Remove(usize),
     SetInItem(usize, Value),
     Number(usize, &'static str),
+    NumberInItem(usize, &'static str),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -283,6 +291,7 @@ fn change() -> impl Strategy<Value = Change> {
         ("[a-z_]{1,10}", any_value()).prop_map(|(k, v)| Change::SetNamed(k, v)),
         any::<usize>().prop_map(Change::Remove),
         (any::<usize>(), any_value()).prop_map(|(i, v)| Change::SetInItem(i, v)),
+        (any::<usize>(), number_literal()).prop_map(|(i, n)| Change::NumberInItem(i, n)),
         (
             any::<usize>(),
             prop_oneof![
@@ -302,6 +311,24 @@ fn change() -> impl Strategy<Value = Change> {
             ]
         )
             .prop_map(|(i, n)| Change::Number(i, n)),
+    ]
+}
+
+/// A number literal as producers write them, plain or not as serde_json writes it.
+fn number_literal() -> impl Strategy<Value = &'static str> {
+    prop_oneof![
+        Just("1.50"),
+        Just("2.5"),
+        Just("1e2"),
+        Just("-0"),
+        Just("-0.0"),
+        Just("7"),
+        Just("0.001"),
+        Just("0.0001"),
+        Just("123456789012345678"),
+        Just("1234567890123456789"),
+        Just("1E-7"),
+        Just("3.0e1"),
     ]
 }
 
@@ -340,6 +367,17 @@ fn changed(event: &Value, changes: &[Change]) -> String {
                 let mark = format!("@@{}@@", numbers.len());
                 map.insert(key(i), Value::from(mark.clone()));
                 numbers.push((mark, *n));
+            }
+            Change::NumberInItem(i, n) => {
+                if let Some(Value::Object(item)) =
+                    map.get_mut("items").and_then(|items| items.get_mut(0))
+                {
+                    let ks: Vec<String> = item.keys().cloned().collect();
+                    let k = ks.get(i % ks.len().max(1)).cloned().unwrap_or("qty".into());
+                    let mark = format!("@@{}@@", numbers.len());
+                    item.insert(k, Value::from(mark.clone()));
+                    numbers.push((mark, *n));
+                }
             }
             _ => {}
         }
@@ -380,6 +418,167 @@ proptest! {
         let (fast, general) = both(stream, &text);
         if let Some(fast) = fast {
             prop_assert_eq!(Some(&fast), general.as_ref().ok(), "{}: {}", stream.name, text);
+        }
+    }
+}
+
+/// The number literals of JSON text `json` (those outside its strings).
+fn number_literals(json: &str) -> Vec<&str> {
+    let b = json.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                out.push(&json[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// JSON text `json` with a space or a line break after every `,` and `:` outside its
+/// strings (the same value).
+fn spaced(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() * 2);
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        out.push(c);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            ',' if !in_string => out.push_str("\n "),
+            ':' if !in_string => out.push(' '),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Where a JSON column is stored as `jsonb` (PostgreSQL): whether the fast path's row
+/// `fast` stores there what the general path's row `general` does. A JSON cell may be
+/// the value's text as written: it must hold the same value, with every number written
+/// as serde_json writes it (`jsonb` keeps a number's own digits: `1.50` is not `1.5`).
+fn same_in_jsonb(fast: &Row, general: &Row) -> Result<(), String> {
+    if fast.extra != general.extra || fast.raw != general.raw {
+        return Err(format!("{:?} is not {:?}", fast.extra, general.extra));
+    }
+    if fast.cells.len() != general.cells.len() {
+        return Err("not as many cells".into());
+    }
+    let read = |t: &str| serde_json::from_str::<Value>(t).map_err(|e| format!("{t}: {e}"));
+    for (f, g) in fast.cells.iter().zip(&general.cells) {
+        match (f, g) {
+            (Cell::Json(f), Cell::Json(g)) => {
+                if read(f)? != read(g)? {
+                    return Err(format!("{f} is not {g}"));
+                }
+                for n in number_literals(f) {
+                    let written = read(n)?.to_string();
+                    if written != n {
+                        return Err(format!("{n} in {f} is written {written} in {g}"));
+                    }
+                }
+            }
+            _ if format!("{f:?}") == format!("{g:?}") => {}
+            _ => return Err(format!("{f:?} is not {g:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// The samples of a registry for PostgreSQL, loaded once for all cases.
+fn shared_jsonb_samples() -> &'static [(Arc<Stream>, Vec<Value>)] {
+    static SAMPLES: std::sync::OnceLock<Vec<(Arc<Stream>, Vec<Value>)>> =
+        std::sync::OnceLock::new();
+    SAMPLES.get_or_init(|| samples(&registry_for("postgres://sluice@127.0.0.1/never_used")))
+}
+
+/// Each path's row of `text`, as [`both`] but the rows themselves.
+fn both_rows(stream: &Stream, text: &str) -> (Option<Row>, Result<Row, String>) {
+    let source: Arc<str> = "test".into();
+    let now = chrono::Utc::now();
+    let fast =
+        tape::Tape::read(text).and_then(|t| stream.fast_row(&t, text, None, &source, 0, now));
+    let general = parse_object(text.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|v| {
+            stream
+                .to_row(v, text.into(), false, source.clone(), 0, now)
+                .map_err(|r| r.error)
+        });
+    (fast, general)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// On PostgreSQL a JSON column may be the text as written: whatever its
+    /// whitespace, escapes and numbers, it stores the general path's value.
+    #[test]
+    fn where_json_is_stored_as_jsonb_the_fast_path_stores_the_general_path_s_values(
+        pick in any::<usize>(),
+        sample in any::<usize>(),
+        changes in prop::collection::vec(change(), 0..4),
+        space in any::<bool>(),
+    ) {
+        let samples = shared_jsonb_samples();
+        let (stream, events) = &samples[pick % samples.len()];
+        let mut text = changed(&events[sample % events.len()], &changes);
+        if space {
+            text = spaced(&text);
+        }
+        let (fast, general) = both_rows(stream, &text);
+        if let Some(fast) = fast {
+            let general = general.map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
+            same_in_jsonb(&fast, &general)
+                .map_err(|e| TestCaseError::fail(format!("{}: {e}: {text}", stream.name)))?;
+        }
+    }
+}
+
+#[test]
+fn the_text_as_written_is_stored_where_it_holds_the_same_jsonb_value() {
+    let registry = registry_for("postgres://sluice@127.0.0.1/never_used");
+    let stream = registry.get("order_placed").expect("shipped stream");
+    let column = stream
+        .columns
+        .iter()
+        .position(|c| c.name == "items")
+        .expect("a column for items");
+    for text in sluice::loadgen::generate(20, 3) {
+        let spaced = spaced(&text);
+        // A price written with an exponent: the same number, not as serde_json writes it.
+        let price = text.find(r#""unit_price":"#).unwrap() + r#""unit_price":"#.len();
+        let end = price + text[price..].find('}').unwrap();
+        let odd_number = format!("{}e0{}", &text[..end], &text[end..]);
+        for (text, as_written) in [(text.clone(), true), (spaced, true), (odd_number, false)] {
+            let (fast, general) = both_rows(stream, &text);
+            let (Some(fast), Ok(general)) = (fast, general) else {
+                panic!("either path refused {text}");
+            };
+            same_in_jsonb(&fast, &general).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let Cell::Json(items) = &fast.cells[column] else {
+                panic!("items is a JSON cell");
+            };
+            let start = text.find(r#""items":"#).unwrap() + r#""items":"#.len();
+            let written = text[start..].trim_start().starts_with(items.as_str());
+            assert_eq!(written, as_written, "{items}");
         }
     }
 }

@@ -189,7 +189,72 @@ async fn integers_beyond_64_bits_in_json_keep_every_digit(db: Db) {
     assert!(extra.contains("18446744073709551616"), "{extra}");
 }
 
+/// However a JSON value is written (whitespace, key order, escapes, number forms), each
+/// database stores what it stores for the same value's compact text with sorted keys
+/// (serde_json's): the same `jsonb` on PostgreSQL, where Sluice may send the text as
+/// written, the same text elsewhere.
+async fn a_json_value_written_any_way_is_stored_as_its_compact_text_would_be(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |_| {}).await else {
+        return;
+    };
+    let values = [
+        r#"{"b": 1, "a": [true, null, "x"]}"#,
+        "{\n  \"z\": {\"y\": 2, \"x\": 1},\n  \"a\": 0.25\r\n}",
+        r#"{"esc": "tab\there \"q\" \u00fc \u2028 \\ \/", "plain": "d\u00e9j\u00e0"}"#,
+        r#"{"\u0061": 1, "b": 2}"#,
+        r#"{"n": [1.50, 1e2, -0, 0.1, 1E-7, -0.0, 100, 2.5e-3, 12345678901234567]}"#,
+        r#"{"dup": 1, "dup": 2}"#,
+        r#"{"deep": {"a": {"b": {"c": [[], {}, [{}]]}}}}"#,
+        r#"{"ü": "ß", "emoji": "🚀", "": ""}"#,
+        r#"{}"#,
+    ];
+    // One JSON array: NDJSON would not take the line breaks.
+    let events: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"id\": {i}, \"s\": \"x\", \"o\": {v}, \"a\": [{v}, 3.25, {v}]}}"))
+        .collect();
+    let body = format!("[{}]", events.join(",\n"));
+    let r = app.post("typemap", "", "application/json", body).await;
+    let status = r.status();
+    let answer = r.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(&format!("\"accepted\":{}", values.len())),
+        "{answer}"
+    );
+    let rows = app
+        .db
+        .query(&format!(
+            "SELECT {}, {} FROM typemap ORDER BY id",
+            app.db.text("o"),
+            app.db.text("a")
+        ))
+        .await;
+    assert_eq!(rows.len(), values.len());
+    for (v, row) in values.iter().zip(rows) {
+        let value: Value = serde_json::from_str(v).unwrap();
+        let compact = [
+            value.to_string(),
+            json!([value.clone(), 3.25, value.clone()]).to_string(),
+        ];
+        for (got, compact) in row.into_iter().zip(compact) {
+            let expected = match db {
+                Db::Postgres => app
+                    .db
+                    .query(&format!("SELECT ($j${compact}$j$::jsonb)::text"))
+                    .await
+                    .remove(0)
+                    .remove(0),
+                _ => Some(compact.clone()),
+            };
+            assert_eq!(got, expected, "{db:?}: {v}");
+        }
+    }
+}
+
 db_tests!(
     every_type_round_trips_identically,
     integers_beyond_64_bits_in_json_keep_every_digit,
+    a_json_value_written_any_way_is_stored_as_its_compact_text_would_be,
 );
