@@ -548,6 +548,10 @@ impl Config {
             streams: &self.streams,
             privacy: &self.privacy,
             database_url: &self.database.url,
+            json_as_value: matches!(
+                crate::sink::Dialect::from_url(&self.database.url),
+                Ok(crate::sink::Dialect::Postgres)
+            ),
         }
     }
 

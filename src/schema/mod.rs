@@ -105,6 +105,9 @@ pub struct StreamsConfig<'a> {
     pub privacy: &'a PrivacyConfig,
     /// `database.url`: an SQLite database keeps its privacy key beside its file.
     pub database_url: &'a str,
+    /// Whether the database stores a JSON column as a value, not as text (PostgreSQL's
+    /// `jsonb`): then a nested value may be handed over as the event wrote it.
+    pub json_as_value: bool,
 }
 
 /// [`StreamsConfig`], owned: what a job keeps to read the schemas afresh.
@@ -115,6 +118,7 @@ pub struct StreamsSource {
     pub streams: BTreeMap<String, StreamConfig>,
     pub privacy: PrivacyConfig,
     pub database_url: String,
+    pub json_as_value: bool,
 }
 
 impl StreamsSource {
@@ -125,6 +129,7 @@ impl StreamsSource {
             streams: &self.streams,
             privacy: &self.privacy,
             database_url: &self.database_url,
+            json_as_value: self.json_as_value,
         }
     }
 }
@@ -138,6 +143,7 @@ impl StreamsConfig<'_> {
             streams: self.streams.clone(),
             privacy: self.privacy.clone(),
             database_url: self.database_url.to_owned(),
+            json_as_value: self.json_as_value,
         }
     }
 
@@ -494,18 +500,15 @@ impl Stream {
             )));
         }
         let schema_id = root.get("$id").and_then(Value::as_str).map(str::to_owned);
-        // PostgreSQL stores a JSON column as `jsonb`, a value: the text as written
-        // stores the same one (a key's column is compared as text, so it is written).
-        let jsonb = matches!(
-            crate::sink::dialect::Dialect::from_url(config.database_url),
-            Ok(crate::sink::dialect::Dialect::Postgres)
-        );
+        // A database that keeps a JSON column as a value (`jsonb`) stores the same one
+        // from the text as written; a key's column is compared as text in a batch, so
+        // it is written.
         let in_key = |c: &Column| key.as_ref().is_some_and(|k| k.columns.contains(&c.name));
         let compiled = privacy
             .is_none()
             .then(|| compiled::Compiled::of(&schema, &columns, has_extra))
             .flatten()
-            .map(|c| c.json_as_written(&columns, |col| jsonb && !in_key(col)));
+            .map(|c| c.json_as_written(&columns, |col| config.json_as_value && !in_key(col)));
         Ok(Stream {
             compiled,
             schema_id,
