@@ -186,6 +186,7 @@ impl Reader<'_> {
     }
 
     /// A node of `kind` whose text runs from `start` to `pos`.
+    #[inline(always)]
     fn push(&mut self, kind: Kind, escaped: bool, start: usize) -> Option<()> {
         // Offsets fit: `read_into` takes no text of 4 GiB or more.
         self.nodes.push(Node {
@@ -301,6 +302,7 @@ impl Reader<'_> {
     }
 
     /// The string token at `pos`, as a node of `kind`.
+    #[inline(always)]
     fn string(&mut self, kind: Kind) -> Option<()> {
         (self.bytes.get(self.pos)? == &b'"').then_some(())?;
         let start = self.pos;
