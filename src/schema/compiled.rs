@@ -1174,7 +1174,7 @@ fn plain_integer(literal: &str) -> bool {
 #[inline]
 fn plain_decimal(literal: &str) -> bool {
     let unsigned = literal.strip_prefix('-').unwrap_or(literal);
-    let Some((whole, fraction)) = unsigned.split_once('.') else {
+    let Some((whole, fraction)) = super::split_at_point(unsigned) else {
         return false;
     };
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());

@@ -1109,6 +1109,15 @@ fn decimal_text(negative: bool, int: &str, frac: &str) -> CompactString {
     out
 }
 
+/// `literal` split at its first `.`, which is not kept: `split_once('.')` for the short
+/// texts of numbers, a byte at a time (the `char` searcher's set-up costs more than the
+/// search there).
+pub(crate) fn split_at_point(literal: &str) -> Option<(&str, &str)> {
+    let at = literal.bytes().position(|b| b == b'.')?;
+    // ASCII: both sides of it are character boundaries.
+    Some((&literal[..at], &literal[at + 1..]))
+}
+
 /// [`exact_decimal`] of the everyday literal (digits, a point, digits, no exponent)
 /// that fits, in one allocation at most; `None` for anything else, which the general code
 /// decides.
@@ -1118,7 +1127,7 @@ fn plain_decimal(
     precision: u8,
     scale: u8,
 ) -> Option<CompactString> {
-    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let (int, frac) = split_at_point(unsigned).unwrap_or((unsigned, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if int.is_empty()
         || !digits(int)
