@@ -36,7 +36,7 @@ pub struct Node {
     pub kind: Kind,
     /// Whether a string or key holds escapes (its text must be unescaped).
     pub escaped: bool,
-    /// A container's children; a scalar's or key's first byte in the text.
+    /// A container's children (0 for a scalar or key).
     pub len: u32,
     /// A container: the index just past its last descendant. A scalar or key: the byte
     /// just past its text.
@@ -110,7 +110,7 @@ impl<'a> Tape<'a> {
     #[inline]
     pub fn raw(&self, i: usize) -> &'a str {
         let n = self.nodes[i];
-        &self.text[n.len as usize..n.end as usize]
+        &self.text[n.at as usize..n.end as usize]
     }
 
     /// The text of string or key `i`, unescaped.
@@ -118,7 +118,7 @@ impl<'a> Tape<'a> {
     pub fn str(&self, i: usize) -> Cow<'a, str> {
         let n = self.nodes[i];
         // Inside the quotes (ASCII, so the bounds are character boundaries).
-        let inner = &self.text[n.len as usize + 1..n.end as usize - 1];
+        let inner = &self.text[n.at as usize + 1..n.end as usize - 1];
         if n.escaped {
             // Read once already: its escapes are well formed.
             unescape(inner).map_or(Cow::Borrowed(inner), Cow::Owned)
@@ -194,7 +194,7 @@ impl Reader<'_> {
             escaped,
             span: 0,
             at: start as u32,
-            len: start as u32,
+            len: 0,
             end: self.pos as u32,
         });
         Some(())
