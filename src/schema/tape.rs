@@ -187,7 +187,7 @@ impl Reader<'_> {
 
     /// A node of `kind` whose text runs from `start` to `pos`.
     #[inline(always)]
-    fn push(&mut self, kind: Kind, escaped: bool, start: usize) -> Option<()> {
+    fn push(&mut self, kind: Kind, escaped: bool, start: usize) {
         // Offsets fit: `read_into` takes no text of 4 GiB or more.
         self.nodes.push(Node {
             kind,
@@ -197,7 +197,6 @@ impl Reader<'_> {
             len: 0,
             end: self.pos as u32,
         });
-        Some(())
     }
 
     fn value(&mut self, depth: usize) -> Option<()> {
@@ -214,7 +213,7 @@ impl Reader<'_> {
             b'n' => self.literal(b"null", Kind::Null)?,
             _ => {
                 self.number()?;
-                self.push(Kind::Num, false, start)?;
+                self.push(Kind::Num, false, start);
             }
         }
         Some(())
@@ -225,7 +224,7 @@ impl Reader<'_> {
     fn container(&mut self, kind: Kind, close: u8, start: usize, depth: usize) -> Option<()> {
         self.pos += 1;
         let at = self.nodes.len();
-        self.push(kind, false, start)?;
+        self.push(kind, false, start);
         let mut len = 0u32;
         self.ws();
         if self.bytes.get(self.pos) == Some(&close) {
@@ -265,7 +264,8 @@ impl Reader<'_> {
         let start = self.pos;
         self.bytes[self.pos..].starts_with(word).then_some(())?;
         self.pos += word.len();
-        self.push(kind, false, start)
+        self.push(kind, false, start);
+        Some(())
     }
 
     /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -326,7 +326,8 @@ impl Reader<'_> {
         if escaped {
             unescape(self.text.get(body..at)?)?;
         }
-        self.push(kind, escaped, start)
+        self.push(kind, escaped, start);
+        Some(())
     }
 }
 
