@@ -23,6 +23,8 @@ use serde_json::{Map, Number, Value};
 
 use std::borrow::Cow;
 
+use chrono::{DateTime, Utc};
+
 use super::tape::{Kind, Tape};
 use super::{convert, decimal_cell, parse_timestamp, Column, ColumnType};
 use crate::event::Cell;
@@ -1038,29 +1040,55 @@ fn digits(b: &[u8], from: usize, n: usize) -> Option<u32> {
 /// Whether `b` starts with `YYYY-MM-DD?HH:MM:SS`, `separator` between the date and the
 /// time, naming a real day and a time with seconds below 60.
 pub fn plain_date_and_time(b: &[u8], separator: u8) -> bool {
-    let at = |i: usize, c: u8| b.get(i) == Some(&c);
-    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-        digits(b, 0, 4),
-        digits(b, 5, 2),
-        digits(b, 8, 2),
-        digits(b, 11, 2),
-        digits(b, 14, 2),
-        digits(b, 17, 2),
-    ) else {
-        return false;
-    };
-    if !(at(4, b'-') && at(7, b'-') && at(10, separator) && at(13, b':') && at(16, b':')) {
-        return false;
+    date_and_time_fields(b, separator).is_some()
+}
+
+/// The year, month, day, hour, minute and second of [`plain_date_and_time`]'s shape.
+fn date_and_time_fields(b: &[u8], separator: u8) -> Option<[u32; 6]> {
+    let head: &[u8; 19] = b.first_chunk()?;
+    let separators = [
+        (4, b'-'),
+        (7, b'-'),
+        (10, separator),
+        (13, b':'),
+        (16, b':'),
+    ];
+    if separators.iter().any(|&(at, c)| head[at] != c) {
+        return None;
     }
+    // Every other byte a digit, eight bytes at a time: `YYYY-MM-`, `DDTHH:MM`, then
+    // `HH:MM:SS`.
+    let word = |at: usize| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&head[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    // A digit's byte, less `0`, is at most 9: no high bits, and adding 6 carries into
+    // none (nor past its byte).
+    let digits_at = |w: u64, mask: u64| {
+        let v = (w ^ 0x3030_3030_3030_3030) & mask;
+        (v | (v + 0x0606_0606_0606_0606)) & 0xf0f0_f0f0_f0f0_f0f0 == 0
+    };
+    const TIME: u64 = 0xffff_00ff_ff00_ffff;
+    if !(digits_at(word(0), 0x00ff_ff00_ffff_ffff)
+        && digits_at(word(8), TIME)
+        && digits_at(word(11), TIME))
+    {
+        return None;
+    }
+    let two = |at: usize| u32::from(head[at] - b'0') * 10 + u32::from(head[at + 1] - b'0');
+    let year = two(0) * 100 + two(2);
+    let (month, day, hour, minute, second) = (two(5), two(8), two(11), two(14), two(17));
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
         2 if leap => 29,
         2 => 28,
-        _ => return false,
+        _ => return None,
     };
-    day != 0 && day <= days && hour <= 23 && minute <= 59 && second <= 59
+    (day != 0 && day <= days && hour <= 23 && minute <= 59 && second <= 59)
+        .then_some([year, month, day, hour, minute, second])
 }
 
 /// Where an optional fraction of a second (`.` and one to nine digits) at `at` in `b`
@@ -1081,23 +1109,54 @@ pub fn fraction_end(b: &[u8], at: usize) -> Option<usize> {
 /// (`YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, a real day, seconds below 60): what
 /// `format: date-time` accepts for certain.
 fn plain_date_time(text: &str) -> bool {
+    date_time_parts(text).is_some()
+}
+
+/// A date-time of [`plain_date_time`]'s shape: its date and time fields, where its
+/// fraction ends, and its offset east of UTC in seconds.
+fn date_time_parts(text: &str) -> Option<([u32; 6], usize, i32)> {
     let b = text.as_bytes();
-    if !plain_date_and_time(b, b'T') {
-        return false;
-    }
-    let Some(i) = fraction_end(b, 19) else {
-        return false;
-    };
-    match b.get(i) {
-        Some(b'Z') => i + 1 == b.len(),
-        Some(b'+' | b'-') => {
-            let (Some(h), Some(m)) = (digits(b, i + 1, 2), digits(b, i + 4, 2)) else {
-                return false;
-            };
-            b.get(i + 3) == Some(&b':') && h <= 23 && m <= 59 && i + 6 == b.len()
+    let fields = date_and_time_fields(b, b'T')?;
+    let end = fraction_end(b, 19)?;
+    let offset = match b.get(end)? {
+        b'Z' if end + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') => {
+            let (h, m) = (digits(b, end + 1, 2)?, digits(b, end + 4, 2)?);
+            if b.get(end + 3) != Some(&b':') || h > 23 || m > 59 || end + 6 != b.len() {
+                return None;
+            }
+            let seconds = (h * 60 + m) as i32 * 60;
+            if *sign == b'-' {
+                -seconds
+            } else {
+                seconds
+            }
         }
-        _ => false,
-    }
+        _ => return None,
+    };
+    Some((fields, end, offset))
+}
+
+/// The instant a date-time of [`plain_date_time`]'s shape names, to the microsecond
+/// (a finer fraction cut off, as [`parse_timestamp`] does), built from its fields
+/// rather than by chrono's parser (about half the instructions). `None` for a text of
+/// any other shape, which chrono reads.
+pub fn plain_instant(text: &str) -> Option<DateTime<Utc>> {
+    let ([year, month, day, hour, minute, second], end, offset) = date_time_parts(text)?;
+    // The fraction's first six digits (`fraction_end` found digits there), padded
+    // with zeros.
+    let written = text.as_bytes().get(20..end.min(26)).unwrap_or_default();
+    let micros = written
+        .iter()
+        .fold(0, |acc, c| acc * 10 + u32::from(c - b'0'))
+        * [1_000_000, 100_000, 10_000, 1_000, 100, 10, 1][written.len()];
+    let local = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?
+        .and_hms_micro_opt(hour, minute, second, micros)?;
+    let utc = match offset {
+        0 => local,
+        offset => local.checked_sub_offset(chrono::FixedOffset::east_opt(offset)?)?,
+    };
+    Some(utc.and_utc())
 }
 
 /// Scalar node `i` as the `Value` serde_json reads from the same text (`None`: a
@@ -1619,5 +1678,81 @@ mod tests {
         }
         assert!(!plain_uuid(&good[1..]));
         assert!(!plain_uuid(&format!("{good}0")));
+    }
+
+    #[test]
+    fn plain_instants_are_the_instants_chrono_reads() {
+        // chrono's reading, as `parse_timestamp` made it before the plain one.
+        let chrono = |text: &str| {
+            let t = DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc);
+            DateTime::<Utc>::from_timestamp_micros(t.timestamp_micros())
+        };
+        let shape = regex::Regex::new(
+            r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+        )
+        .unwrap();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut plain = 0;
+        for n in 0..200_000 {
+            let year = match n % 4 {
+                0 => rng.u32(1969..=1971),
+                1 => rng.u32(0..=3),
+                2 => rng.u32(9997..=9999),
+                _ => rng.u32(0..=9999),
+            };
+            let fraction = match rng.usize(..4) {
+                0 => String::new(),
+                _ => {
+                    let digits = rng.usize(0..=10);
+                    let text: String = (0..digits).map(|_| rng.digit(10)).collect();
+                    format!(".{text}")
+                }
+            };
+            let offset = match rng.usize(..5) {
+                0 => "Z".to_owned(),
+                1 => "z".to_owned(),
+                _ => format!(
+                    "{}{:02}:{:02}",
+                    if rng.bool() { '+' } else { '-' },
+                    rng.u32(0..=24),
+                    rng.u32(0..=60)
+                ),
+            };
+            let mut text = format!(
+                "{year:04}-{:02}-{:02}{}{:02}:{:02}:{:02}{fraction}{offset}",
+                rng.u32(0..=13),
+                rng.u32(0..=32),
+                if rng.u8(..20) == 0 { 't' } else { 'T' },
+                rng.u32(0..=24),
+                rng.u32(0..=60),
+                rng.u32(0..=60),
+            );
+            if rng.u8(..4) == 0 {
+                // One byte anything printable.
+                let at = rng.usize(..text.len());
+                text.replace_range(at..at + 1, &char::from(rng.u8(b' '..=b'~')).to_string());
+            }
+            // The plain shape: anything chrono reads in it but a leap second.
+            let expected =
+                shape.is_match(&text) && &text[17..19] != "60" && chrono(&text).is_some();
+            match plain_instant(&text) {
+                Some(t) => {
+                    plain += 1;
+                    assert_eq!(Some(t), chrono(&text), "{text}");
+                }
+                None => assert!(!expected, "{text} is left to chrono"),
+            }
+        }
+        assert!(
+            plain > 50_000,
+            "{plain} of the texts were of the plain shape"
+        );
+        for bad in [
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00Zx",
+            "2024-05-01T12:00:00+01:0",
+        ] {
+            assert_eq!(plain_instant(bad), None, "{bad}");
+        }
     }
 }

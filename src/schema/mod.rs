@@ -1153,6 +1153,9 @@ fn compact(value: &Value) -> String {
 /// Parses an RFC 3339 timestamp into UTC, truncated to microseconds (the precision every
 /// supported database keeps).
 pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Some(t) = compiled::plain_instant(s) {
+        return Ok(t);
+    }
     let t = DateTime::parse_from_rfc3339(s)
         .map_err(|e| format!("{s:?} is not an RFC 3339 date-time ({e})"))?
         .with_timezone(&Utc);
