@@ -65,6 +65,8 @@ fn main() {
     // One buffer of nodes for every event, as the filing path keeps one.
     let nodes = std::cell::RefCell::new(Vec::with_capacity(64));
     let fast = |i: usize, raw: &str| {
+        // The filing path's check of the event's bytes.
+        let raw = sluice::scan::utf8(raw.as_bytes()).expect("UTF-8");
         let tape = Tape::read_into(raw, nodes.take()).expect("plain JSON");
         let row = stream
             .fast_row(&tape, raw, None, &source, i, now)

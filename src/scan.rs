@@ -2,6 +2,13 @@
 //! sixteen or eight bytes at a time: they are too short for a general vector search
 //! (memchr's) to pay for its set-up, and a byte at a time is several times slower.
 
+/// `bytes` as text, if they are UTF-8: the check every event's text gets before the
+/// fast path reads it.
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 

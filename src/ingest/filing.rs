@@ -412,7 +412,7 @@ impl Filing {
                 return false;
             }
         }
-        let Ok(text) = std::str::from_utf8(raw) else {
+        let Some(text) = crate::scan::utf8(raw) else {
             return false;
         };
         let Some(tape) = Tape::read_into(text, std::mem::take(&mut self.nodes)) else {
