@@ -758,10 +758,14 @@ impl Dialect {
                 (Dialect::Postgres, Cell::Json(s)) if nul && json_has_nul(s) => format!(
                     "{name} cannot store the NUL character (\\u0000) in jsonb; remove it from the value"
                 ),
-                (Dialect::Postgres, Cell::Timestamp(t)) if t.year() == 0 => format!(
+                // The year of the naive value: through the `DateTime` it would apply
+                // the zero offset again, a call per row.
+                (Dialect::Postgres, Cell::Timestamp(t)) if t.naive_utc().year() == 0 => format!(
                     "{name}'s timestamptz has no year 0; send a year from 0001"
                 ),
-                (Dialect::Mysql, Cell::Timestamp(t)) if !(1000..=9999).contains(&t.year()) => {
+                (Dialect::Mysql, Cell::Timestamp(t))
+                    if !(1000..=9999).contains(&t.naive_utc().year()) =>
+                {
                     format!("{name}'s datetime(6) supports years 1000 to 9999 only")
                 }
                 _ => continue,
