@@ -54,16 +54,25 @@ impl Uuid {
 
     /// The lower-case hyphenated text, written into `buf`.
     pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut at = 0;
-        for (n, byte) in self.0.iter().enumerate() {
-            if matches!(n, 4 | 6 | 8 | 10) {
-                buf[at] = b'-';
-                at += 1;
+        // Each half byte a digit, eight at a time: `n + '0'`, and 39 more from `a` on.
+        let digits = |four: &[u8]| {
+            let mut spread = 0u64;
+            for (n, byte) in four.iter().enumerate() {
+                let pair = u64::from(byte >> 4) | (u64::from(byte & 15) << 8);
+                spread |= pair << (16 * n);
             }
-            buf[at] = HEX[usize::from(byte >> 4)];
-            buf[at + 1] = HEX[usize::from(byte & 15)];
-            at += 2;
+            let letters = ((spread + 0x7676_7676_7676_7676) >> 7) & 0x0101_0101_0101_0101;
+            (spread + 0x3030_3030_3030_3030 + letters * 39).to_le_bytes()
+        };
+        let [a, b, c, d] = [0, 4, 8, 12].map(|at| digits(&self.0[at..at + 4]));
+        buf[..8].copy_from_slice(&a);
+        buf[9..13].copy_from_slice(&b[..4]);
+        buf[14..18].copy_from_slice(&b[4..]);
+        buf[19..23].copy_from_slice(&c[..4]);
+        buf[24..28].copy_from_slice(&c[4..]);
+        buf[28..].copy_from_slice(&d);
+        for at in [8, 13, 18, 23] {
+            buf[at] = b'-';
         }
         std::str::from_utf8(buf).unwrap_or_default()
     }
@@ -412,6 +421,24 @@ mod tests {
     fn truncation_respects_char_boundaries() {
         assert_eq!(truncate_utf8("aé", 2), "a");
         assert_eq!(truncate_utf8("abc", 5), "abc");
+    }
+
+    #[test]
+    fn uuids_read_and_write_as_their_bytes_formatted_one_by_one() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..20_000 {
+            let bytes: [u8; 16] = std::array::from_fn(|_| rng.u8(..));
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let expected = [&hex[..4], &hex[4..6], &hex[6..8], &hex[8..10], &hex[10..]]
+                .map(|part| part.concat())
+                .join("-");
+            assert_eq!(Uuid(bytes).to_string(), expected);
+            assert_eq!(Uuid::parse(&expected), Some(Uuid(bytes)));
+            assert_eq!(
+                Uuid::parse(&expected.to_ascii_uppercase()),
+                Some(Uuid(bytes))
+            );
+        }
     }
 
     #[test]
