@@ -127,6 +127,51 @@ pub struct Compiled {
     /// Per column: whether a JSON column's cell is the value's text as written (see
     /// [`Compiled::json_as_written`]).
     as_written: Vec<bool>,
+    /// Per root property: the reading of a string that is both its check and its
+    /// column's cell, where there is one ([`OneReading`]).
+    one_reading: Vec<Option<OneReading>>,
+}
+
+/// A root property whose check is only `format: uuid` or `format: date-time` (and
+/// `type` allowing a string), whose column is of that type: the one reading of its
+/// string that the check makes ([`plain_uuid`], [`plain_date_time`]) gives the cell
+/// too, instead of a second reading by [`cell`].
+#[derive(Clone, Copy)]
+enum OneReading {
+    Uuid,
+    DateTime,
+}
+
+impl OneReading {
+    fn of(check: &Check, column: Option<&Column>) -> Option<OneReading> {
+        let Check::Node(node) = check else {
+            return None;
+        };
+        let native = node.native.as_ref()?;
+        let only_format = node.cond.is_none()
+            && !node.any_type
+            && native.types.is_none_or(|t| t & STRING != 0)
+            && native.strings.is_none()
+            && native.min_length.is_none()
+            && native.max_length.is_none()
+            && native.minimum.is_none()
+            && native.maximum.is_none()
+            && native.pattern.is_none();
+        match (only_format, native.format, column?.ty) {
+            (true, Some(Format::Uuid), ColumnType::Uuid) => Some(OneReading::Uuid),
+            (true, Some(Format::DateTime), ColumnType::Timestamp) => Some(OneReading::DateTime),
+            _ => None,
+        }
+    }
+
+    /// The cell of string `text`, if it certainly passes the check.
+    #[inline]
+    fn cell(self, text: &str) -> Option<Cell> {
+        match self {
+            OneReading::Uuid => crate::event::Uuid::parse(text).map(Cell::Uuid),
+            OneReading::DateTime => plain_instant(text).map(Cell::Timestamp),
+        }
+    }
 }
 
 /// How one of the root's `if`, `then` and `else` is checked: on the root object as any
@@ -208,10 +253,16 @@ impl Compiled {
             return None;
         }
         let object = root.object.as_ref()?;
-        let column_of = object
+        let column_of: Vec<Option<usize>> = object
             .properties
             .iter()
             .map(|(name, _)| columns.iter().position(|c| &c.name == name))
+            .collect();
+        let one_reading = object
+            .properties
+            .iter()
+            .zip(&column_of)
+            .map(|((_, check), c)| OneReading::of(check, c.map(|c| &columns[c])))
             .collect();
         let cond = match &root.cond {
             Some((if_, then, else_)) => [
@@ -227,6 +278,7 @@ impl Compiled {
             has_extra,
             cond,
             as_written: Vec::new(),
+            one_reading,
         })
     }
 
@@ -311,6 +363,17 @@ impl Compiled {
                         let mut out = String::with_capacity(tape.nodes[at].span as usize);
                         checked_json(check, tape, at, &mut out)?;
                         Cell::Json(out.into())
+                    };
+                }
+                Kind::Str if self.one_reading[p].is_some() => {
+                    let (Some(reading), Some((c, column))) = (self.one_reading[p], column) else {
+                        return None;
+                    };
+                    let text = tape.str(at);
+                    cells[c] = match reading.cell(&text) {
+                        Some(cell) => cell,
+                        // Not of the plain shape: checked and read apart, as any value.
+                        None => checked_cell(check, column.ty, tape, at)?,
                     };
                 }
                 _ => {
@@ -649,6 +712,16 @@ fn valid(check: &Check, tape: &Tape<'_>, i: usize) -> bool {
         Check::Never => false,
         Check::Node(node) => node.valid(tape, i),
     }
+}
+
+/// The cell of scalar `i` for a column of type `ty`, if it passes `check`: for the few
+/// values the one reading of a [`OneReading`] property does not take, kept out of line
+/// so that [`cell`] stays inlined where every other value is read.
+#[cold]
+#[inline(never)]
+fn checked_cell(check: &Check, ty: ColumnType, tape: &Tape<'_>, i: usize) -> Option<Cell> {
+    valid(check, tape, i).then_some(())?;
+    cell(ty, tape, i)
 }
 
 /// The cell of a column of type `ty` from scalar `i`: what [`convert`] (or, for a
@@ -1753,6 +1826,47 @@ mod tests {
             "2024-05-01T12:00:00+01:0",
         ] {
             assert_eq!(plain_instant(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_bare_format_is_read_once_for_its_check_and_cell() {
+        let column = |ty| Column {
+            name: "v".into(),
+            ty,
+            nullable: true,
+            treatment: None,
+        };
+        let reading = |schema: Value, ty| {
+            let check = compile(&schema, &None).expect("compiled");
+            OneReading::of(&check, Some(&column(ty))).map(|r| matches!(r, OneReading::Uuid))
+        };
+        let date_time = serde_json::json!({"type": "string", "format": "date-time"});
+        assert_eq!(
+            reading(date_time.clone(), ColumnType::Timestamp),
+            Some(false)
+        );
+        assert_eq!(
+            reading(serde_json::json!({"format": "uuid"}), ColumnType::Uuid),
+            Some(true)
+        );
+        assert_eq!(
+            reading(date_time, ColumnType::Text { max_length: None }),
+            None
+        );
+        for other in [
+            serde_json::json!({"type": "string", "format": "date-time", "minLength": 30}),
+            serde_json::json!({"type": "string", "format": "date-time", "maxLength": 20}),
+            serde_json::json!({"type": "string", "format": "date-time", "pattern": "^2024"}),
+            serde_json::json!({"format": "date-time", "enum": ["2024-05-01T12:00:00Z"]}),
+            serde_json::json!({"type": "integer", "format": "date-time"}),
+            serde_json::json!({"format": "date-time", "if": {"minLength": 1}, "then": false}),
+        ] {
+            assert_eq!(
+                reading(other.clone(), ColumnType::Timestamp),
+                None,
+                "{other}"
+            );
         }
     }
 }
