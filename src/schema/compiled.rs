@@ -715,8 +715,8 @@ fn valid(check: &Check, tape: &Tape<'_>, i: usize) -> bool {
 }
 
 /// The cell of scalar `i` for a column of type `ty`, if it passes `check`: for the few
-/// values the one reading of a [`OneReading`] property does not take, kept out of line
-/// so that [`cell`] stays inlined where every other value is read.
+/// values the one reading of a [`OneReading`] property does not take (a string not of
+/// the plain shape), marked cold and kept out of line, off the common path.
 #[cold]
 #[inline(never)]
 fn checked_cell(check: &Check, ty: ColumnType, tape: &Tape<'_>, i: usize) -> Option<Cell> {
