@@ -5,7 +5,11 @@
 //! - `general`: parse into a `serde_json::Value`, validate with `jsonschema`, build the
 //!   row;
 //! - `fast`: the fast path (read a tape, check it, build the row);
-//! - `encode`: build the rows by the fast path, then encode them as COPY text.
+//! - `encode`: build the rows by the fast path, then encode them as COPY text;
+//! - `sqlite`: build the rows by the fast path, then write them to a new SQLite
+//!   database in a temporary directory, 1,000 per batch, as the writer does (the
+//!   database's set-up is counted too: compare this stage between builds, not with
+//!   the others).
 //!
 //! ```sh
 //! cargo bench --bench instructions --no-run
@@ -98,6 +102,34 @@ fn main() {
                 black_box(sluice::sink::postgres::encode_rows(&stream, batch, Some(1)));
             }
         }
-        other => panic!("unknown stage {other}: none, general, fast or encode"),
+        "sqlite" => {
+            let rows: Vec<_> = events
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| fast(i, raw))
+                .collect();
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            config.database.url = format!("sqlite://{}", dir.path().join("i.db").display());
+            // The writer blocks its worker thread in place, as under `serve`.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                let (_, storage) = sluice::sink::open(&config.database, registry)
+                    .await
+                    .expect("the SQLite database opens");
+                for batch in rows.chunks(1000) {
+                    storage
+                        .writer
+                        .write_rows(&stream, batch)
+                        .await
+                        .expect("the rows are written");
+                }
+                storage.close().await;
+            });
+        }
+        other => panic!("unknown stage {other}: none, general, fast, encode or sqlite"),
     }
 }

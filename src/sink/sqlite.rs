@@ -1,10 +1,10 @@
 //! SQLite writer (the embedded default), WAL mode with `synchronous=FULL`: the WAL is
 //! fsynced at every commit, so a committed batch (and an `ack=commit` answer) survives
 //! power loss, not just a crash of Sluice. Stream rows are written through the C
-//! library directly (rusqlite) on a blocking thread: one transaction per batch, one
-//! cached prepared `INSERT` executed per row. That is SQLite's fastest path; going
-//! through sqlx's worker thread with multi-row statements cost about three times as
-//! much per row (BENCHMARKS.md). Dead letters go through the sqlx pool, which the
+//! library directly (rusqlite) on a blocking thread: one transaction per batch, cached
+//! prepared `INSERT`s of 8 rows (and of one, for the rest of a batch). That is
+//! SQLite's fastest path; going through sqlx's worker thread with multi-row statements
+//! cost about three times as much per row (BENCHMARKS.md). Dead letters go through the sqlx pool, which the
 //! shared store uses too.
 
 use std::path::PathBuf;
@@ -65,7 +65,7 @@ impl RowConnection {
     /// blocking the calling thread.
     fn write(
         &self,
-        insert: &str,
+        insert: &Inserts,
         stream: &Stream,
         rows: &[Row],
         replayed: &[i64],
@@ -79,7 +79,7 @@ impl RowConnection {
     /// Writes `rows` as `load` (its id taken in the transaction).
     fn write_as(
         &self,
-        insert: &str,
+        insert: &Inserts,
         has_extra: bool,
         load: &Load,
         rows: &[Row],
@@ -174,10 +174,95 @@ fn open(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<rusqlite:
     Ok(conn)
 }
 
+/// Rows bound to one `INSERT` of several rows: each statement run has a cost of its own
+/// (opening the table's cursors, seeking them, resetting the statement), shared out
+/// this way. Counted with the `sqlite` stage of `benches/instructions.rs`, per row
+/// written: 19,545 instructions with one row per statement, 17,690 with 4, 17,180 with
+/// 6, 16,960 with 8, 17,430 with 10, 18,540 with 16, 20,330 with 32 (a statement of
+/// many rows keeps a statement journal, and SQLite allocates more per run).
+const ROWS_PER_INSERT: usize = 8;
+
+/// The `INSERT`s of a stream's rows: of [`ROWS_PER_INSERT`] rows (fewer when its
+/// parameters would pass SQLite's limit), and of one row, for the rest of a batch.
+#[derive(Clone)]
+struct Inserts {
+    many: String,
+    rows_per: usize,
+    one: String,
+}
+
+impl Inserts {
+    fn of(stream: &Stream) -> Inserts {
+        // The columns, `_received_at`, `_extra` if any, `_load_id`.
+        let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
+        let statement = |rows| {
+            Dialect::Sqlite.insert_statement(
+                &stream.table,
+                &Dialect::Sqlite.column_list(stream),
+                width,
+                rows,
+                &Dialect::Sqlite.on_conflict(stream),
+            )
+        };
+        // SQLite takes at most 32,766 parameters in one statement.
+        let rows_per = (32_766 / width).clamp(1, ROWS_PER_INSERT);
+        Inserts {
+            many: statement(rows_per),
+            rows_per,
+            one: statement(1),
+        }
+    }
+}
+
+/// The buffers a row's timestamps and UUID are formatted into: SQLite copies what is
+/// bound.
+struct Buffers {
+    text: String,
+    uuid: [u8; 36],
+}
+
+/// Binds `row`'s values to `statement`'s parameters from `first` on: the next free one.
+fn bind_row(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    row: &Row,
+    has_extra: bool,
+    load_id: i64,
+    buffers: &mut Buffers,
+) -> rusqlite::Result<usize> {
+    let mut i = first;
+    for cell in &row.cells {
+        match cell {
+            Cell::Null => statement.raw_bind_parameter(i, SqlValue::Null)?,
+            Cell::Text(s) | Cell::Json(s) => statement.raw_bind_parameter(i, s.as_str())?,
+            Cell::Uuid(u) => statement.raw_bind_parameter(i, u.encode(&mut buffers.uuid))?,
+            Cell::Int(n) => statement.raw_bind_parameter(i, n)?,
+            Cell::Float(f) => statement.raw_bind_parameter(i, f)?,
+            Cell::Bool(b) => statement.raw_bind_parameter(i, b)?,
+            Cell::Timestamp(t) => {
+                buffers.text.clear();
+                push_sqlite_timestamp(&mut buffers.text, t);
+                statement.raw_bind_parameter(i, buffers.text.as_str())?
+            }
+        }
+        i += 1;
+    }
+    buffers.text.clear();
+    push_sqlite_timestamp(&mut buffers.text, &row.received_at);
+    statement.raw_bind_parameter(i, buffers.text.as_str())?;
+    i += 1;
+    if has_extra {
+        statement.raw_bind_parameter(i, row.extra.as_deref())?;
+        i += 1;
+    }
+    statement.raw_bind_parameter(i, load_id)?;
+    Ok(i + 1)
+}
+
 /// Writes `rows` (and deletes the dead letters `replayed`) in one transaction.
 fn write_blocking(
     conn: &mut rusqlite::Connection,
-    insert: &str,
+    insert: &Inserts,
     has_extra: bool,
     load: &Load,
     rows: &[Row],
@@ -201,39 +286,30 @@ fn write_blocking(
     }
     let mut stored = 0;
     {
-        let mut statement = tx.prepare_cached(insert)?;
         // Timestamps and UUIDs are formatted into buffers: SQLite copies what is bound.
-        let mut text = String::with_capacity(32);
-        let mut uuid = [0u8; 36];
-        for row in rows {
-            let mut i = 0;
-            for cell in &row.cells {
-                i += 1;
-                match cell {
-                    Cell::Null => statement.raw_bind_parameter(i, SqlValue::Null)?,
-                    Cell::Text(s) | Cell::Json(s) => statement.raw_bind_parameter(i, s.as_str())?,
-                    Cell::Uuid(u) => statement.raw_bind_parameter(i, u.encode(&mut uuid))?,
-                    Cell::Int(n) => statement.raw_bind_parameter(i, n)?,
-                    Cell::Float(f) => statement.raw_bind_parameter(i, f)?,
-                    Cell::Bool(b) => statement.raw_bind_parameter(i, b)?,
-                    Cell::Timestamp(t) => {
-                        text.clear();
-                        push_sqlite_timestamp(&mut text, t);
-                        statement.raw_bind_parameter(i, text.as_str())?
-                    }
+        let mut buffers = Buffers {
+            text: String::with_capacity(32),
+            uuid: [0u8; 36],
+        };
+        let mut chunks = rows.chunks_exact(insert.rows_per);
+        if chunks.len() > 0 {
+            let mut statement = tx.prepare_cached(&insert.many)?;
+            for chunk in &mut chunks {
+                let mut next = 1;
+                for row in chunk {
+                    next = bind_row(&mut statement, next, row, has_extra, load_id, &mut buffers)?;
                 }
+                // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
+                stored += statement.raw_execute()?;
             }
-            text.clear();
-            push_sqlite_timestamp(&mut text, &row.received_at);
-            statement.raw_bind_parameter(i + 1, text.as_str())?;
-            let mut next = i + 2;
-            if has_extra {
-                statement.raw_bind_parameter(next, row.extra.as_deref())?;
-                next += 1;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut statement = tx.prepare_cached(&insert.one)?;
+            for row in rest {
+                bind_row(&mut statement, 1, row, has_extra, load_id, &mut buffers)?;
+                stored += statement.raw_execute()?;
             }
-            statement.raw_bind_parameter(next, load_id)?;
-            // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
-            stored += statement.raw_execute()?;
         }
     }
     tx.prepare_cached(&Dialect::Sqlite.insert_load())?
@@ -270,14 +346,7 @@ impl BatchWriter for SqliteFile {
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
         let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
-            let width = stream.columns.len() + 2 + usize::from(stream.has_extra);
-            let insert = Dialect::Sqlite.insert_statement(
-                &stream.table,
-                &Dialect::Sqlite.column_list(stream),
-                width,
-                1,
-                &Dialect::Sqlite.on_conflict(stream),
-            );
+            let insert = Inserts::of(stream);
             let has_extra = stream.has_extra;
             let flavor = tokio::runtime::Handle::current().runtime_flavor();
             if flavor == tokio::runtime::RuntimeFlavor::MultiThread {

@@ -381,7 +381,9 @@ async fn a_reader_following_the_watermark_sees_every_row_exactly_once(kind: Db) 
         producers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut sent = Vec::new();
-            let mut next = p * 1_000_000;
+            // Each producer's own range of `seq`: a producer of large requests can send
+            // more than a million rows in the 20 s.
+            let mut next = p * 1_000_000_000;
             while tokio::time::Instant::now() < deadline {
                 // Half the producers send small requests, half large ones: loads of
                 // very different lengths overlap, and commit out of id order.

@@ -144,6 +144,38 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
     assert!(second[0].2 > first[0].2, "{kind:?}: {first:?} {second:?}");
     assert_eq!(second[1].2, first[1].2, "{kind:?}");
 
+    // A batch of 19 rows (on SQLite, statements of several rows each, then single
+    // ones): deal 4 at versions in no order, deal 5 and 6 twice each, within what one
+    // statement holds and across statements. Only the newest of each stays.
+    let hours = [3, 9, 4, 12, 7, 1, 11, 2, 10, 8, 6, 5, 13, 0, 14];
+    let mut batch: Vec<Value> = hours
+        .iter()
+        .map(|h| deal(4, *h, &format!("at {h}")))
+        .collect();
+    batch.insert(2, deal(5, 10, "five new"));
+    batch.insert(5, deal(5, 11, "five won"));
+    batch.insert(7, deal(6, 12, "six won"));
+    batch.push(deal(6, 10, "six older"));
+    assert_eq!(batch.len(), 19);
+    post(&app, "deal", &batch).await;
+    let third = deals(&app).await;
+    let stages: Vec<(&str, &str)> = third
+        .iter()
+        .map(|(id, stage, _)| (id.as_str(), stage.as_str()))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("1", "won again"),
+            ("2", "new"),
+            ("3", "new"),
+            ("4", "at 14"),
+            ("5", "five won"),
+            ("6", "six won")
+        ],
+        "{kind:?}"
+    );
+
     // A composite key without a version: the later row always replaces.
     post(
         &app,
@@ -172,6 +204,40 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
         .map(|r| r.into_iter().map(Option::unwrap).collect())
         .collect();
     assert_eq!(prices, [["A", "DE", "2.5"], ["A", "US", "3.5"]], "{kind:?}");
+
+    // Without a version, order decides, within a statement of several rows too: in a
+    // batch of 19, the last price of each market stays.
+    let markets = ["US", "DE", "JP"];
+    let batch: Vec<Value> = (0..19)
+        .map(|i| json!({"sku": "B", "market": markets[(i * 7 / 3) % 3], "price": i as f64 + 0.5}))
+        .collect();
+    post(&app, "price", &batch).await;
+    let last = |m: &str| {
+        (0..19)
+            .rfind(|i| markets[(i * 7 / 3) % 3] == m)
+            .map(|i| format!("{i}.5"))
+            .unwrap()
+    };
+    let prices = app
+        .db
+        .query(&format!(
+            "SELECT market, {} FROM price WHERE sku = 'B' ORDER BY market",
+            app.db.text("price")
+        ))
+        .await;
+    let prices: Vec<Vec<String>> = prices
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap).collect())
+        .collect();
+    assert_eq!(
+        prices,
+        [
+            ["DE".to_owned(), last("DE")],
+            ["JP".to_owned(), last("JP")],
+            ["US".to_owned(), last("US")]
+        ],
+        "{kind:?}"
+    );
 }
 
 /// `upsert_key` set on a stream whose table exists without the key: start-up adds it
