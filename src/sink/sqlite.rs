@@ -219,6 +219,9 @@ impl Inserts {
 struct Buffers {
     text: String,
     uuid: [u8; 36],
+    /// The last `_received_at` and its text: the rows of one request share it.
+    received_at: Option<chrono::DateTime<chrono::Utc>>,
+    received: String,
 }
 
 /// Binds `row`'s values to `statement`'s parameters from `first` on: the next free one.
@@ -247,9 +250,12 @@ fn bind_row(
         }
         i += 1;
     }
-    buffers.text.clear();
-    push_sqlite_timestamp(&mut buffers.text, &row.received_at);
-    statement.raw_bind_parameter(i, buffers.text.as_str())?;
+    if buffers.received_at != Some(row.received_at) {
+        buffers.received.clear();
+        push_sqlite_timestamp(&mut buffers.received, &row.received_at);
+        buffers.received_at = Some(row.received_at);
+    }
+    statement.raw_bind_parameter(i, buffers.received.as_str())?;
     i += 1;
     if has_extra {
         statement.raw_bind_parameter(i, row.extra.as_deref())?;
@@ -290,6 +296,8 @@ fn write_blocking(
         let mut buffers = Buffers {
             text: String::with_capacity(32),
             uuid: [0u8; 36],
+            received_at: None,
+            received: String::with_capacity(32),
         };
         let mut chunks = rows.chunks_exact(insert.rows_per);
         if chunks.len() > 0 {
