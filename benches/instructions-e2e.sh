@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sluice's user-space instructions per event end to end (HTTP in, SQLite out), counted
+# by valgrind's callgrind: a figure that a shared VM's noise does not move, unlike its
+# CPU seconds. Sluice runs under callgrind; sluice-bench sends the HTTP load to it and
+# waits until every row is committed; Sluice is stopped and callgrind's total, less a
+# run with no load, is divided by the events.
+#
+#   bash benches/instructions-e2e.sh BINARY [EVENTS] [ITEMS]
+#
+# e.g. `bash benches/instructions-e2e.sh target/release/sluice 20000` (about a minute),
+# or with ITEMS = 30 for orders of about 2.9 KB. Two binaries: run each twice,
+# alternated; one binary's totals differ by about 1 % between runs (the run with no
+# load by more: it is subtracted, use the lower of two).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=$(realpath "$1")
+events=${2:-20000}
+items=${3:-}
+port=${PORT:-18181}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+[ -x target/release/sluice-bench ] || cargo build --release -q --bin sluice-bench
+
+# Callgrind's total for one run of Sluice with `n` events (0: start and stop only).
+count() {
+  local n=$1 dir
+  dir=$(mktemp -d -p "$work")
+  SLUICE_DATABASE_URL="sqlite://$dir/db.db" SLUICE_HTTP_LISTEN="127.0.0.1:$port" \
+    SLUICE_TCP_LISTEN="127.0.0.1:$((port + 1))" SLUICE_SCHEMAS_DIR="$PWD/schemas" \
+    SLUICE_LOG=warn \
+    valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$bin" serve \
+    >"$dir/log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 240); do
+    curl -sf "127.0.0.1:$port/readyz" >/dev/null && break
+    sleep 0.5
+  done
+  if [ "$n" -gt 0 ]; then
+    target/release/sluice-bench --target-http "127.0.0.1:$port" --pid "$pid" \
+      --database-url "sqlite://$dir/db.db" --modes http --events "$n" --connections 2 \
+      ${items:+--items "$items"} >"$dir/bench" 2>&1 || { cat "$dir/bench" >&2; exit 1; }
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || true
+  grep -o 'Collected : [0-9]*' "$dir/log" | awk '{print $3}'
+}
+
+idle=$(count 0)
+loaded=$(count "$events")
+echo "$(basename "$bin"): $(( (loaded - idle) / events )) instructions per event" \
+  "(loaded $loaded, idle $idle, $events events${items:+ of $items items})"
