@@ -178,12 +178,21 @@ fn open(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<rusqlite:
 /// (opening the table's cursors, seeking them, resetting the statement), shared out
 /// this way. Counted with the `sqlite` stage of `benches/instructions.rs`, per row
 /// written: 19,545 instructions with one row per statement, 17,690 with 4, 17,180 with
-/// 6, 16,960 with 8, 17,430 with 10, 18,540 with 16, 20,330 with 32 (a statement of
-/// many rows keeps a statement journal, and SQLite allocates more per run).
+/// 6, 16,960 with 8, 17,430 with 10, 18,540 with 16, 20,330 with 32 (SQLite
+/// allocates more per run of a larger statement). With `OR FAIL` (see [`Inserts`]), 8
+/// still beat 16 and 32.
 const ROWS_PER_INSERT: usize = 8;
 
 /// The `INSERT`s of a stream's rows: of [`ROWS_PER_INSERT`] rows (fewer when its
 /// parameters would pass SQLite's limit), and of one row, for the rest of a batch.
+///
+/// The one of several rows is `INSERT OR FAIL`: a row refused midway leaves the rows
+/// the statement wrote before it, where the default (`ABORT`) takes them back, which
+/// needs a statement journal that each run of a statement of several rows kept (600
+/// instructions per row written). Those rows never stay: the error ends the write,
+/// and the whole transaction is rolled back, as for any failed batch. The error is the
+/// same (`SQLITE_CONSTRAINT_…`). Conflicts on the key are still the `ON CONFLICT`
+/// clause's.
 #[derive(Clone)]
 struct Inserts {
     many: String,
@@ -207,7 +216,7 @@ impl Inserts {
         // SQLite takes at most 32,766 parameters in one statement.
         let rows_per = (32_766 / width).clamp(1, ROWS_PER_INSERT);
         Inserts {
-            many: statement(rows_per),
+            many: statement(rows_per).replacen("INSERT INTO", "INSERT OR FAIL INTO", 1),
             rows_per,
             one: statement(1),
         }
