@@ -78,6 +78,14 @@ fn main() {
         nodes.replace(tape.into_nodes());
         row
     };
+    // Every event's row by the fast path.
+    let all_rows = || -> Vec<_> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| fast(i, raw))
+            .collect()
+    };
     match stage.as_str() {
         "none" => {}
         "general" => {
@@ -93,21 +101,13 @@ fn main() {
             }
         }
         "encode" => {
-            let rows: Vec<_> = events
-                .iter()
-                .enumerate()
-                .map(|(i, raw)| fast(i, raw))
-                .collect();
+            let rows = all_rows();
             for batch in rows.chunks(1000) {
                 black_box(sluice::sink::postgres::encode_rows(&stream, batch, Some(1)));
             }
         }
         "sqlite" => {
-            let rows: Vec<_> = events
-                .iter()
-                .enumerate()
-                .map(|(i, raw)| fast(i, raw))
-                .collect();
+            let rows = all_rows();
             let dir = tempfile::tempdir().expect("a temporary directory");
             config.database.url = format!("sqlite://{}", dir.path().join("i.db").display());
             // The writer blocks its worker thread in place, as under `serve`.

@@ -87,6 +87,19 @@ async fn deals(app: &TestApp) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// (sku, market, price) of every price of `sku`, by market.
+async fn prices(app: &TestApp, sku: &str) -> Vec<Vec<String>> {
+    app.db
+        .query(&format!(
+            "SELECT sku, market, {} FROM price WHERE sku = '{sku}' ORDER BY market",
+            app.db.text("price")
+        ))
+        .await
+        .into_iter()
+        .map(|r| r.into_iter().map(Option::unwrap).collect())
+        .collect()
+}
+
 async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db) {
     let schemas = tempfile::tempdir().unwrap();
     write_schemas(schemas.path());
@@ -192,18 +205,11 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
         &[json!({"sku": "A", "market": "US", "price": 3.5, "note": "kept in _extra"})],
     )
     .await;
-    let prices = app
-        .db
-        .query(&format!(
-            "SELECT sku, market, {} FROM price ORDER BY market",
-            app.db.text("price")
-        ))
-        .await;
-    let prices: Vec<Vec<String>> = prices
-        .into_iter()
-        .map(|r| r.into_iter().map(Option::unwrap).collect())
-        .collect();
-    assert_eq!(prices, [["A", "DE", "2.5"], ["A", "US", "3.5"]], "{kind:?}");
+    assert_eq!(
+        prices(&app, "A").await,
+        [["A", "DE", "2.5"], ["A", "US", "3.5"]],
+        "{kind:?}"
+    );
 
     // Without a version, order decides, within a statement of several rows too: in a
     // batch of 19, the last price of each market stays.
@@ -213,29 +219,12 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
         .collect();
     post(&app, "price", &batch).await;
     let last = |m: &str| {
-        (0..19)
-            .rfind(|i| markets[(i * 7 / 3) % 3] == m)
-            .map(|i| format!("{i}.5"))
-            .unwrap()
+        let i = (0..19).rfind(|i| markets[(i * 7 / 3) % 3] == m).unwrap();
+        ["B".to_owned(), m.to_owned(), format!("{i}.5")]
     };
-    let prices = app
-        .db
-        .query(&format!(
-            "SELECT market, {} FROM price WHERE sku = 'B' ORDER BY market",
-            app.db.text("price")
-        ))
-        .await;
-    let prices: Vec<Vec<String>> = prices
-        .into_iter()
-        .map(|r| r.into_iter().map(Option::unwrap).collect())
-        .collect();
     assert_eq!(
-        prices,
-        [
-            ["DE".to_owned(), last("DE")],
-            ["JP".to_owned(), last("JP")],
-            ["US".to_owned(), last("US")]
-        ],
+        prices(&app, "B").await,
+        [last("DE"), last("JP"), last("US")],
         "{kind:?}"
     );
 }
