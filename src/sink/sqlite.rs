@@ -4,8 +4,8 @@
 //! library directly (rusqlite) on a blocking thread: one transaction per batch, cached
 //! prepared `INSERT`s of 8 rows (and of one, for the rest of a batch). That is
 //! SQLite's fastest path; going through sqlx's worker thread with multi-row statements
-//! cost about three times as much per row (BENCHMARKS.md). Dead letters go through the sqlx pool, which the
-//! shared store uses too.
+//! cost about three times as much per row (BENCHMARKS.md). Dead letters go through the
+//! sqlx pool, which the shared store uses too.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -169,6 +169,9 @@ fn rusqlite_error(e: rusqlite::Error) -> SinkError {
 
 fn open(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
+    // Two `INSERT`s per stream and the ledger's statements: room for 30 streams written
+    // without preparing a statement again (rusqlite keeps 16 by default).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
@@ -193,7 +196,6 @@ const ROWS_PER_INSERT: usize = 8;
 /// and the whole transaction is rolled back, as for any failed batch. The error is the
 /// same (`SQLITE_CONSTRAINT_…`). Conflicts on the key are still the `ON CONFLICT`
 /// clause's.
-#[derive(Clone)]
 struct Inserts {
     many: String,
     rows_per: usize,
@@ -301,7 +303,6 @@ fn write_blocking(
     }
     let mut stored = 0;
     {
-        // Timestamps and UUIDs are formatted into buffers: SQLite copies what is bound.
         let mut buffers = Buffers {
             text: String::with_capacity(32),
             uuid: [0u8; 36],
