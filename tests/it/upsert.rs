@@ -87,6 +87,14 @@ async fn deals(app: &TestApp) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// (id, stage) of each of `deals`.
+fn stages(deals: &[(String, String, String)]) -> Vec<(&str, &str)> {
+    deals
+        .iter()
+        .map(|(id, stage, _)| (id.as_str(), stage.as_str()))
+        .collect()
+}
+
 /// (sku, market, price) of every price of `sku`, by market.
 async fn prices(app: &TestApp, sku: &str) -> Vec<Vec<String>> {
     app.db
@@ -143,12 +151,8 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
     )
     .await;
     let second = deals(&app).await;
-    let stages: Vec<(&str, &str)> = second
-        .iter()
-        .map(|(id, stage, _)| (id.as_str(), stage.as_str()))
-        .collect();
     assert_eq!(
-        stages,
+        stages(&second),
         [("1", "won again"), ("2", "new"), ("3", "new")],
         "{kind:?}"
     );
@@ -172,12 +176,8 @@ async fn a_newer_row_replaces_the_stored_one_and_an_older_one_does_not(kind: Db)
     assert_eq!(batch.len(), 19);
     post(&app, "deal", &batch).await;
     let third = deals(&app).await;
-    let stages: Vec<(&str, &str)> = third
-        .iter()
-        .map(|(id, stage, _)| (id.as_str(), stage.as_str()))
-        .collect();
     assert_eq!(
-        stages,
+        stages(&third),
         [
             ("1", "won again"),
             ("2", "new"),
