@@ -10,7 +10,10 @@
 # e.g. `bash benches/instructions-e2e.sh target/release/sluice 20000` (about a minute),
 # or with ITEMS = 30 for orders of about 2.9 KB. Two binaries: run each twice,
 # alternated; one binary's totals differ by about 1 % between runs (the run with no
-# load by more: it is subtracted, use the lower of two).
+# load by more: it is subtracted, use the lower of two). With KEEP=FILE, the loaded
+# run's callgrind output is kept there, for `callgrind_annotate`. With DATABASE_URL
+# (e.g. postgres://postgres@127.0.0.1:5432/bench_l), Sluice writes there instead of a
+# new SQLite file: its own instructions only, the database's are in its own process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,9 +29,11 @@ trap 'rm -rf "$work"' EXIT
 count() {
   local n=$1 dir
   dir=$(mktemp -d -p "$work")
-  SLUICE_DATABASE_URL="sqlite://$dir/db.db" SLUICE_HTTP_LISTEN="127.0.0.1:$port" \
+  local url=${DATABASE_URL:-sqlite://$dir/db.db}
+  SLUICE_DATABASE_URL="$url" SLUICE_HTTP_LISTEN="127.0.0.1:$port" \
     SLUICE_TCP_LISTEN="127.0.0.1:$((port + 1))" SLUICE_SCHEMAS_DIR="$PWD/schemas" \
-    SLUICE_LOG=warn \
+    SLUICE_LOG=warn SLUICE_PRIVACY_KEY_ENV=E2E_PRIVACY_KEY \
+    E2E_PRIVACY_KEY=instructions-e2e-key-instructions-e2e-key \
     valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$bin" serve \
     >"$dir/log" 2>&1 &
   local pid=$!
@@ -38,11 +43,12 @@ count() {
   done
   if [ "$n" -gt 0 ]; then
     target/release/sluice-bench --target-http "127.0.0.1:$port" --pid "$pid" \
-      --database-url "sqlite://$dir/db.db" --modes http --events "$n" --connections 2 \
+      --database-url "$url" --modes http --events "$n" --connections 2 \
       ${items:+--items "$items"} >"$dir/bench" 2>&1 || { cat "$dir/bench" >&2; exit 1; }
   fi
   kill -TERM "$pid"
   wait "$pid" || true
+  if [ "$n" -gt 0 ] && [ -n "${KEEP:-}" ]; then cp "$dir/callgrind.out" "$KEEP"; fi
   grep -o 'Collected : [0-9]*' "$dir/log" | awk '{print $3}'
 }
 
