@@ -121,21 +121,10 @@ impl MemoryBudget {
 
 /// An upper estimate of the memory that parsing `json` into values takes: the text
 /// itself plus [`BYTES_PER_VALUE`] per byte that can start a value or an entry. It is
-/// a count over the bytes, cheap next to the parse it guards.
+/// a count over the bytes, sixteen at a time, cheap next to the parse it guards: it
+/// runs over every body on the hot path.
 pub fn decode_estimate(json: &[u8]) -> usize {
-    // Branch-free, in blocks that fit a byte counter, so the compiler vectorises it:
-    // this runs over every body on the hot path.
-    let mut structural = 0usize;
-    for block in json.chunks(255) {
-        let mut n: u8 = 0;
-        for &b in block {
-            n += u8::from(b == b',')
-                + u8::from(b == b':')
-                + u8::from(b == b'[')
-                + u8::from(b == b'{');
-        }
-        structural += usize::from(n);
-    }
+    let structural = crate::scan::count_of(json, [b',', b':', b'[', b'{']);
     json.len() + (structural + 1) * BYTES_PER_VALUE
 }
 

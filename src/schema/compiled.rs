@@ -334,7 +334,7 @@ impl Compiled {
                 }
                 continue;
             }
-            let Some(p) = object.find_at(key, position) else {
+            let Some(p) = object.find_at(key, key_probe(tape, k, key), position) else {
                 if !valid(&object.additional, tape, at) {
                     return None;
                 }
@@ -478,6 +478,19 @@ fn probe(key: &str) -> u64 {
     word ^ ((key.len() as u64) << 56)
 }
 
+/// The [`probe`] of key node `k`, whose text is `key`: for a short key without escapes,
+/// one load of the word where it starts, the bytes past its end masked off, instead of
+/// a byte at a time.
+#[inline]
+fn key_probe(tape: &Tape<'_>, k: usize, key: &str) -> u64 {
+    match tape.word_at(k) {
+        Some(word) if key.len() < 8 && !tape.nodes[k].escaped => {
+            (word & ((1u64 << (8 * key.len())) - 1)) ^ ((key.len() as u64) << 56)
+        }
+        _ => probe(key),
+    }
+}
+
 impl ObjectCheck {
     /// The index of property `key`.
     fn find(&self, key: &str) -> Option<usize> {
@@ -501,10 +514,10 @@ impl ObjectCheck {
             }
     }
 
-    /// The index of property `key`, the `position`th key of its object: the property
-    /// found at that position last is tried first ([`ObjectCheck::order`]).
-    fn find_at(&self, key: &str, position: usize) -> Option<usize> {
-        let probe = probe(key);
+    /// The index of property `key` (whose [`probe`] is `probe`), the `position`th key
+    /// of its object: the property found at that position last is tried first
+    /// ([`ObjectCheck::order`]).
+    fn find_at(&self, key: &str, probe: u64, position: usize) -> Option<usize> {
         let guess = self
             .order
             .get(position)
@@ -527,7 +540,7 @@ impl ObjectCheck {
         let mut others = 0;
         for (position, (k, at)) in tape.members(i).enumerate() {
             let key = tape.str(k);
-            let check = match self.find_at(&key, position) {
+            let check = match self.find_at(&key, key_probe(tape, k, &key), position) {
                 Some(p) => {
                     seen |= 1 << p;
                     &self.properties[p].1
@@ -662,7 +675,8 @@ impl ObjectCheck {
             let key = if tape.nodes[k].escaped {
                 None
             } else {
-                self.find_at(&tape.str(k), position)
+                let key = tape.str(k);
+                self.find_at(&key, key_probe(tape, k, &key), position)
             };
             let Some(p) = key else {
                 self.valid(tape, i).then_some(())?;
@@ -1727,6 +1741,18 @@ mod tests {
                     "{pattern} on {text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_key_probed_where_it_lies_is_probed_as_its_text() {
+        let text = r#"{"":0,"a":1,"qty":2,"abcdefg":3,"abcdefgh":4,"abcdefghijk":5,"x\u0041":6,"é":7,"z":8}"#;
+        let tape = Tape::read(text).unwrap();
+        let keys: Vec<_> = tape.members(0).map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 9);
+        for k in keys {
+            let key = tape.str(k);
+            assert_eq!(key_probe(&tape, k, &key), probe(&key), "{key}");
         }
     }
 

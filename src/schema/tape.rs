@@ -113,6 +113,16 @@ impl<'a> Tape<'a> {
         &self.text[n.at as usize..n.end as usize]
     }
 
+    /// The eight bytes from the first byte inside the quotes of key or string `i`, as
+    /// a little-endian word (a short key's word runs past its closing quote), or `None`
+    /// where the text ends sooner.
+    #[inline]
+    pub fn word_at(&self, i: usize) -> Option<u64> {
+        let at = self.nodes[i].at as usize + 1;
+        let word = self.text.as_bytes().get(at..)?.first_chunk::<8>()?;
+        Some(u64::from_le_bytes(*word))
+    }
+
     /// The text of string or key `i`, unescaped.
     #[inline]
     pub fn str(&self, i: usize) -> Cow<'a, str> {
