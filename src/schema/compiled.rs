@@ -90,8 +90,9 @@ struct NodeCheck {
 
 struct ObjectCheck {
     properties: Vec<(String, Check)>,
-    /// Each property's [`probe`].
-    probes: Vec<u64>,
+    /// Each property's [`probe`] and its name's length: a key of up to 8 bytes is
+    /// told from them alone, without the name's text.
+    probes: Vec<(u64, usize)>,
     /// The required properties that are declared, one bit per property index.
     required_mask: u64,
     /// The required properties that are not declared (then they are extras).
@@ -501,32 +502,36 @@ impl ObjectCheck {
     /// Whether property `p` is `key`, whose [`probe`] is `probe`.
     #[inline]
     fn is(&self, p: usize, key: &str, probe: u64) -> bool {
-        let name = self.properties[p].0.as_bytes();
+        let key = key.as_bytes();
         // Equal probes and lengths: the first 8 bytes are equal already; up to 16, the
         // last 8 are one word (no call to memcmp).
-        let key = key.as_bytes();
-        self.probes[p] == probe
-            && name.len() == key.len()
-            && match (name.len(), name.last_chunk::<8>(), key.last_chunk::<8>()) {
-                (0..=8, _, _) => true,
-                (9..=16, Some(a), Some(b)) => a == b,
-                _ => name[8..] == key[8..],
-            }
+        self.probes.get(p) == Some(&(probe, key.len()))
+            && (key.len() <= 8 || {
+                let name = self.properties[p].0.as_bytes();
+                match (name.len(), name.last_chunk::<8>(), key.last_chunk::<8>()) {
+                    (9..=16, Some(a), Some(b)) => a == b,
+                    _ => name[8..] == key[8..],
+                }
+            })
     }
 
     /// The index of property `key` (whose [`probe`] is `probe`), the `position`th key
     /// of its object: the property found at that position last is tried first
-    /// ([`ObjectCheck::order`]).
+    /// ([`ObjectCheck::order`]), in line; the others out of line.
+    #[inline]
     fn find_at(&self, key: &str, probe: u64, position: usize) -> Option<usize> {
-        let guess = self
-            .order
-            .get(position)
-            .map(|g| usize::from(g.load(Relaxed)));
-        if let Some(p) = guess.filter(|&p| p < self.properties.len()) {
+        if let Some(guess) = self.order.get(position) {
+            let p = usize::from(guess.load(Relaxed));
             if self.is(p, key, probe) {
                 return Some(p);
             }
         }
+        self.search(key, probe, position)
+    }
+
+    /// [`ObjectCheck::find_at`] past its guess.
+    #[inline(never)]
+    fn search(&self, key: &str, probe: u64, position: usize) -> Option<usize> {
         let found = (0..self.properties.len()).find(|&p| self.is(p, key, probe));
         if let (Some(slot), Some(p)) = (self.order.get(position), found) {
             // TRACKED properties at most: an index fits a byte.
@@ -1455,7 +1460,7 @@ fn compile(schema: &Value, dialect: &Option<Value>) -> Option<Check> {
             "properties" => {
                 has_object = true;
                 for (name, sub) in value.as_object()? {
-                    object.probes.push(probe(name));
+                    object.probes.push((probe(name), name.len()));
                     object
                         .properties
                         .push((name.clone(), compile(sub, dialect)?));
