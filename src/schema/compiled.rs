@@ -882,8 +882,9 @@ const EXACT: u64 = 1 << 53;
 /// and below 2^53, as its whole part widened by two on either side, never across zero
 /// (serde_json's default reading of a decimal may be a unit or two off in the last
 /// place, which is at most 1 there). Other numbers (an exponent, more digits) are left
-/// to `jsonschema`, which reads them as serde_json does.
-fn number_range(literal: &str) -> Option<(i128, i128)> {
+/// to `jsonschema`, which reads them as serde_json does. With it, in the same pass,
+/// whether the literal is a [`plain_integer`].
+fn number_range(literal: &str) -> (bool, Option<(i128, i128)>) {
     // The tape has read `literal` as a JSON number: digits, then an optional point
     // and digits, then an optional exponent.
     let b = literal.as_bytes();
@@ -891,8 +892,15 @@ fn number_range(literal: &str) -> Option<(i128, i128)> {
     let from = usize::from(negative);
     let mut at = from;
     let mut value = 0u64;
+    let mut fits = true;
     while let Some(d) = b.get(at).map(|c| c.wrapping_sub(b'0')).filter(|d| *d <= 9) {
-        value = value.checked_mul(10)?.checked_add(u64::from(d))?;
+        match value
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(d)))
+        {
+            Some(v) => value = v,
+            None => fits = false,
+        }
         at += 1;
     }
     let signed = |n: u64| {
@@ -902,7 +910,11 @@ fn number_range(literal: &str) -> Option<(i128, i128)> {
             i128::from(n)
         }
     };
-    match b.get(at) {
+    let whole = at == b.len();
+    // `plain_integer`: all digits, 18 at most, and not `-0`.
+    let integer = whole && at - from <= 18 && at > from && !(negative && value == 0);
+    let range = match b.get(at) {
+        _ if !fits => None,
         None if !negative || value <= 1 << 63 => Some((signed(value), signed(value))),
         Some(b'.')
             if b.len() - 1 - from <= 18
@@ -916,7 +928,8 @@ fn number_range(literal: &str) -> Option<(i128, i128)> {
             Some(if negative { (far, near) } else { (near, far) })
         }
         _ => None,
-    }
+    };
+    (integer, range)
 }
 
 impl Native {
@@ -1007,13 +1020,22 @@ impl Native {
     /// Whether scalar `i` certainly passes (false: not known here).
     fn certain(&self, tape: &Tape<'_>, i: usize) -> bool {
         let kind = tape.kind(i);
+        // A number is read once, for its type and its bounds.
+        let mut range = None;
         let bits = match kind {
             Kind::Null => NULL,
             Kind::True | Kind::False => BOOLEAN,
-            Kind::Num if plain_integer(tape.raw(i)) => INTEGER,
-            // A number with a point or an exponent may still be an integer (`1.0`):
-            // `jsonschema` decides.
-            Kind::Num => NUMBER,
+            Kind::Num => {
+                let integer;
+                (integer, range) = number_range(tape.raw(i));
+                // A number with a point or an exponent may still be an integer
+                // (`1.0`): `jsonschema` decides.
+                if integer {
+                    INTEGER
+                } else {
+                    NUMBER
+                }
+            }
             Kind::Str => STRING,
             Kind::Obj | Kind::Arr | Kind::Key => return false,
         };
@@ -1056,7 +1078,7 @@ impl Native {
                 if self.minimum.is_none() && self.maximum.is_none() {
                     return true;
                 }
-                let Some((low, high)) = number_range(tape.raw(i)) else {
+                let Some((low, high)) = range else {
                     return false;
                 };
                 self.minimum.is_none_or(|m| low >= m.ceil)
@@ -1746,6 +1768,30 @@ mod tests {
                     "{pattern} on {text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_number_read_for_its_bounds_is_a_plain_integer_where_plain_integer_says() {
+        for literal in [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "10",
+            "123456789012345678",
+            "-123456789012345678",
+            "1234567890123456789",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "1.5",
+            "-0.0",
+            "1e5",
+            "-1E+2",
+            "0.001",
+        ] {
+            assert_eq!(number_range(literal).0, plain_integer(literal), "{literal}");
         }
     }
 
