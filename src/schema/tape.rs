@@ -209,14 +209,25 @@ impl Reader<'_> {
         });
     }
 
+    /// The value at `pos`, `depth` containers deep: a container here, out of line (it
+    /// recurses); a scalar in line ([`Reader::scalar`]), as most values are.
+    #[inline(always)]
     fn value(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
+        match *self.bytes.get(self.pos)? {
+            b'{' => self.container(Kind::Obj, b'}', self.pos, depth),
+            b'[' => self.container(Kind::Arr, b']', self.pos, depth),
+            _ => self.scalar(),
+        }
+    }
+
+    /// The string, number or literal at `pos`.
+    #[inline(always)]
+    fn scalar(&mut self) -> Option<()> {
         let start = self.pos;
         match *self.bytes.get(self.pos)? {
-            b'{' => self.container(Kind::Obj, b'}', start, depth)?,
-            b'[' => self.container(Kind::Arr, b']', start, depth)?,
             b'"' => self.string(Kind::Str)?,
             b't' => self.literal(b"true", Kind::True)?,
             b'f' => self.literal(b"false", Kind::False)?,
@@ -231,6 +242,7 @@ impl Reader<'_> {
 
     /// The object or array at `pos` (`close`: its closing bracket), its members or
     /// elements after it.
+    #[inline(never)]
     fn container(&mut self, kind: Kind, close: u8, start: usize, depth: usize) -> Option<()> {
         self.pos += 1;
         let at = self.nodes.len();
