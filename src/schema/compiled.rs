@@ -643,6 +643,24 @@ fn checked_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut 
     }
 }
 
+/// [`checked_json`] of a member or an element `i`: a scalar's check is called from
+/// here, in line, as most members are scalars; anything else recurses.
+#[inline(always)]
+fn member_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
+    if let Check::Node(node) = check {
+        let kind = tape.kind(i);
+        if !matches!(kind, Kind::Obj | Kind::Arr | Kind::Key) {
+            node.valid(tape, i).then_some(())?;
+            return match kind {
+                // Their text as written holds the same value.
+                Kind::Str | Kind::Null | Kind::True | Kind::False if !O::WRITES => Some(()),
+                _ => write_json(tape, i, out),
+            };
+        }
+    }
+    checked_json(check, tape, i, out)
+}
+
 impl ArrayCheck {
     /// [`checked_json`] of array `i`.
     fn checked_json<O: JsonOut>(&self, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
@@ -655,7 +673,7 @@ impl ArrayCheck {
             if n > 0 {
                 out.push(',');
             }
-            checked_json(&self.items, tape, j, out)?;
+            member_json(&self.items, tape, j, out)?;
         }
         out.push(']');
         Some(())
@@ -696,7 +714,7 @@ impl ObjectCheck {
                 value_at[p] = at as u32;
             } else {
                 // Nothing to write in order: each value is checked where it is.
-                checked_json(&self.properties[p].1, tape, at, out)?;
+                member_json(&self.properties[p].1, tape, at, out)?;
             }
         }
         if !O::WRITES {
@@ -718,7 +736,7 @@ impl ObjectCheck {
             }
             first = false;
             out.push_str(&self.keys[p]);
-            checked_json(&self.properties[p].1, tape, value_at[p] as usize, out)?;
+            member_json(&self.properties[p].1, tape, value_at[p] as usize, out)?;
         }
         out.push('}');
         Some(())
