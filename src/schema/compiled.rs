@@ -632,15 +632,26 @@ fn checked_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut 
             Some(array) => array.checked_json(tape, i, out),
             None => write_json(tape, i, out),
         },
-        kind => {
-            node.valid(tape, i).then_some(())?;
-            if !O::WRITES && matches!(kind, Kind::Str | Kind::Null | Kind::True | Kind::False) {
-                // Their text as written holds the same value.
-                return Some(());
-            }
-            write_json(tape, i, out)
-        }
+        kind => valid_then_json(node, kind, tape, i, out),
     }
+}
+
+/// [`checked_json`] of node `i` (of kind `kind`) where it is not walked as an object or
+/// array of `node`'s: checked whole, then written.
+#[inline(always)]
+fn valid_then_json<O: JsonOut>(
+    node: &NodeCheck,
+    kind: Kind,
+    tape: &Tape<'_>,
+    i: usize,
+    out: &mut O,
+) -> Option<()> {
+    node.valid(tape, i).then_some(())?;
+    if !O::WRITES && matches!(kind, Kind::Str | Kind::Null | Kind::True | Kind::False) {
+        // Their text as written holds the same value.
+        return Some(());
+    }
+    write_json(tape, i, out)
 }
 
 /// [`checked_json`] of a member or an element `i`: a scalar's check is called from
@@ -650,12 +661,7 @@ fn member_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut O
     if let Check::Node(node) = check {
         let kind = tape.kind(i);
         if !matches!(kind, Kind::Obj | Kind::Arr | Kind::Key) {
-            node.valid(tape, i).then_some(())?;
-            return match kind {
-                // Their text as written holds the same value.
-                Kind::Str | Kind::Null | Kind::True | Kind::False if !O::WRITES => Some(()),
-                _ => write_json(tape, i, out),
-            };
+            return valid_then_json(node, kind, tape, i, out);
         }
     }
     checked_json(check, tape, i, out)
