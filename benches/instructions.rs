@@ -4,6 +4,7 @@
 //! - `none`: only the set-up (load the schemas, generate the events);
 //! - `general`: parse into a `serde_json::Value`, validate with `jsonschema`, build the
 //!   row;
+//! - `tape`: the event's UTF-8 check and its tape only (the fast path's reading);
 //! - `fast`: the fast path (read a tape, check it, build the row);
 //! - `encode`: build the rows by the fast path, then encode them as COPY text;
 //! - `sqlite`: build the rows by the fast path, then write them to a new SQLite
@@ -95,6 +96,14 @@ fn main() {
                 black_box(row.expect("valid"));
             }
         }
+        "tape" => {
+            let mut nodes = nodes.take();
+            for raw in &events {
+                let raw = sluice::scan::utf8(raw.as_bytes()).expect("UTF-8");
+                let tape = Tape::read_into(raw, nodes).expect("plain JSON");
+                nodes = black_box(tape).into_nodes();
+            }
+        }
         "fast" => {
             for (i, raw) in events.iter().enumerate() {
                 black_box(fast(i, raw));
@@ -130,6 +139,6 @@ fn main() {
                 storage.close().await;
             });
         }
-        other => panic!("unknown stage {other}: none, general, fast, encode or sqlite"),
+        other => panic!("unknown stage {other}: none, general, tape, fast, encode or sqlite"),
     }
 }

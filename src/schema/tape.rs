@@ -408,6 +408,143 @@ fn hex4(digits: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Node `i` as serde_json's value (an object's repeated key: the last one, as
+    /// serde_json keeps), each container's text checked to read as the same value.
+    fn value_of(tape: &Tape<'_>, i: usize) -> Value {
+        let value = match tape.kind(i) {
+            Kind::Obj => Value::Object(
+                tape.members(i)
+                    .map(|(k, v)| (tape.str(k).into_owned(), value_of(tape, v)))
+                    .collect(),
+            ),
+            Kind::Arr => Value::Array(tape.elements(i).map(|j| value_of(tape, j)).collect()),
+            Kind::Str => Value::String(tape.str(i).into_owned()),
+            Kind::Key => panic!("a key where a value was expected"),
+            _ => serde_json::from_str(tape.raw(i)).expect("a scalar's own text"),
+        };
+        let as_written: Value = serde_json::from_str(tape.text_of(i)).expect("the node's text");
+        assert_eq!(as_written, value, "node {i}'s text");
+        value
+    }
+
+    /// JSON text: compact or with whitespace, strings with escapes and characters of
+    /// every width, nested objects and arrays.
+    fn json(depth: u32) -> BoxedStrategy<String> {
+        let ws = prop::sample::select(vec!["", "", "", " ", "\n  ", "\t", "\r\n"]);
+        let string = prop::collection::vec(
+            prop::sample::select(vec![
+                "a",
+                "key",
+                "é",
+                "日本",
+                "😀",
+                "\\\"",
+                "\\\\",
+                "\\n",
+                "\\u00e9",
+                "\\ud83d\\ude00",
+                "\\/",
+                " ",
+                ",",
+                ":",
+                "{",
+                "]",
+                "0123456789abcdefghijklmnop",
+            ]),
+            0..6,
+        )
+        .prop_map(|parts| format!("\"{}\"", parts.concat()));
+        let scalar = prop_oneof![
+            string.clone(),
+            prop::sample::select(vec![
+                "0",
+                "-1",
+                "12.5",
+                "-0.0e+1",
+                "3E7",
+                "1.25e-3",
+                "true",
+                "false",
+                "null",
+                "12345678901234567890",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let leaf = scalar.boxed();
+        if depth == 0 {
+            return leaf;
+        }
+        let inner = json(depth - 1);
+        let array = (
+            prop::collection::vec((inner.clone(), ws.clone()), 0..5),
+            ws.clone(),
+        )
+            .prop_map(|(items, w)| {
+                let items: Vec<String> = items
+                    .into_iter()
+                    .map(|(v, w)| format!("{w}{v}{w}"))
+                    .collect();
+                format!("[{w}{}]", items.join(","))
+            });
+        prop_oneof![leaf, array, object(inner, string, ws)].boxed()
+    }
+
+    fn object(
+        inner: BoxedStrategy<String>,
+        key: impl Strategy<Value = String> + Clone,
+        ws: impl Strategy<Value = &'static str> + Clone,
+    ) -> impl Strategy<Value = String> {
+        (prop::collection::vec((key, inner, ws.clone()), 0..6), ws).prop_map(|(members, w)| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}{w}"))
+                .collect();
+            format!("{w}{{{}}}{w}", members.join(","))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The tape of a JSON object's text, whole or with a character put in, taken
+        /// out or replaced: where it reads, serde_json reads the same value; where
+        /// serde_json reads an object, it reads (but for a lone surrogate, which it
+        /// leaves to the general path).
+        #[test]
+        fn the_tape_reads_what_serde_json_reads_and_nothing_else(
+            text in object(json(3), json(0), prop::sample::select(vec!["", " ", "\n"])),
+            at in any::<prop::sample::Index>(),
+            edit in 0..4u8,
+            with in prop::sample::select(vec![
+                '"', '\\', ',', ':', '{', '}', '[', ']', ' ', '\n', '\t', '\u{1}', 'a', '0', '-',
+                '.', 'e', 't', 'é', '\u{1f}',
+            ]),
+        ) {
+            let mut chars: Vec<char> = text.chars().collect();
+            let i = at.index(chars.len() + 1);
+            match edit {
+                0 => {}
+                1 => chars.insert(i, with),
+                2 if i < chars.len() => { chars.remove(i); }
+                _ if i < chars.len() => chars[i] = with,
+                _ => {}
+            }
+            let text: String = chars.into_iter().collect();
+            let serde = serde_json::from_str::<Value>(&text);
+            match (Tape::read(&text), serde) {
+                (Some(tape), Ok(value)) => prop_assert_eq!(value_of(&tape, 0), value),
+                // A number beyond a double's range: a JSON number all the same, whose
+                // refusal is the general path's (the fast path leaves such numbers to it).
+                (Some(_), Err(e)) if e.to_string().starts_with("number out of range") => {}
+                (Some(_), Err(e)) => prop_assert!(false, "read {:?}, which serde_json refuses: {}", text, e),
+                (None, Ok(Value::Object(_))) => prop_assert!(false, "refused {:?}", text),
+                (None, _) => {}
+            }
+        }
+    }
 
     #[test]
     fn reads_plain_objects_and_refuses_what_it_does_not_take() {
