@@ -67,19 +67,14 @@ impl<'a> Tape<'a> {
         // Every offset fits a node's `u32`.
         u32::try_from(text.len()).ok()?;
         nodes.clear();
-        let mut r = Reader {
-            text,
-            bytes: text.as_bytes(),
-            pos: 0,
-            nodes,
-        };
-        r.ws();
-        if r.bytes.get(r.pos) != Some(&b'{') {
+        let mut r = Reader { text, nodes };
+        let b = text.as_bytes();
+        let start = ws(b, 0);
+        if b.get(start) != Some(&b'{') {
             return None;
         }
-        r.value(0)?;
-        r.ws();
-        (r.pos == r.bytes.len()).then_some(Tape {
+        let end = ws(b, r.container::<true>(b, start, 0)?);
+        (end == b.len()).then_some(Tape {
             text,
             nodes: r.nodes,
         })
@@ -175,29 +170,32 @@ impl<'a> Tape<'a> {
     }
 }
 
+/// The reader's state: its functions take the text's bytes and a position, and give
+/// the position after what they read (in registers, where a field of the reader would
+/// be reloaded after every node stored).
 struct Reader<'a> {
     text: &'a str,
-    bytes: &'a [u8],
-    pos: usize,
     nodes: Vec<Node>,
 }
 
-impl Reader<'_> {
-    #[inline]
-    fn ws(&mut self) {
-        // Most JSON is written compact: one compare for the usual case (JSON's
-        // whitespace is all below `!`).
-        if self.bytes.get(self.pos).is_some_and(|b| *b > b' ') {
-            return;
-        }
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
-            self.pos += 1;
-        }
+/// The first position at or after `p` that is not JSON's whitespace.
+#[inline(always)]
+fn ws(b: &[u8], mut p: usize) -> usize {
+    // Most JSON is written compact: one compare for the usual case (JSON's
+    // whitespace is all below `!`).
+    if b.get(p).is_some_and(|c| *c > b' ') {
+        return p;
     }
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(p) {
+        p += 1;
+    }
+    p
+}
 
-    /// A node of `kind` whose text runs from `start` to `pos`.
+impl Reader<'_> {
+    /// A node of `kind` whose text runs from `start` to `end`.
     #[inline(always)]
-    fn push(&mut self, kind: Kind, escaped: bool, start: usize) {
+    fn push(&mut self, kind: Kind, escaped: bool, start: usize, end: usize) {
         // Offsets fit: `read_into` takes no text of 4 GiB or more.
         self.nodes.push(Node {
             kind,
@@ -205,69 +203,67 @@ impl Reader<'_> {
             span: 0,
             at: start as u32,
             len: 0,
-            end: self.pos as u32,
+            end: end as u32,
         });
     }
 
-    /// The value at `pos`, `depth` containers deep: a container here, out of line (it
-    /// recurses); a scalar in line ([`Reader::scalar`]), as most values are.
+    /// The value at `p`, `depth` containers deep: a container out of line (it
+    /// recurses), a scalar in line, as most values are.
     #[inline(always)]
-    fn value(&mut self, depth: usize) -> Option<()> {
+    fn value(&mut self, b: &[u8], p: usize, depth: usize) -> Option<usize> {
+        match *b.get(p)? {
+            b'{' => self.container::<true>(b, p, depth),
+            b'[' => self.container::<false>(b, p, depth),
+            b'"' => self.string_at(b, p, Kind::Str),
+            b't' => self.literal(b, p, b"true", Kind::True),
+            b'f' => self.literal(b, p, b"false", Kind::False),
+            b'n' => self.literal(b, p, b"null", Kind::Null),
+            _ => {
+                let end = number(b, p)?;
+                self.push(Kind::Num, false, p, end);
+                Some(end)
+            }
+        }
+    }
+
+    /// The object (`OBJECT`) or array at `start`, its members or elements after it;
+    /// `depth` containers hold it.
+    #[inline(never)]
+    fn container<const OBJECT: bool>(
+        &mut self,
+        b: &[u8],
+        start: usize,
+        depth: usize,
+    ) -> Option<usize> {
         if depth > MAX_DEPTH {
             return None;
         }
-        match *self.bytes.get(self.pos)? {
-            b'{' => self.container(Kind::Obj, b'}', self.pos, depth),
-            b'[' => self.container(Kind::Arr, b']', self.pos, depth),
-            _ => self.scalar(),
-        }
-    }
-
-    /// The string, number or literal at `pos`.
-    #[inline(always)]
-    fn scalar(&mut self) -> Option<()> {
-        let start = self.pos;
-        match *self.bytes.get(self.pos)? {
-            b'"' => self.string(Kind::Str)?,
-            b't' => self.literal(b"true", Kind::True)?,
-            b'f' => self.literal(b"false", Kind::False)?,
-            b'n' => self.literal(b"null", Kind::Null)?,
-            _ => {
-                self.number()?;
-                self.push(Kind::Num, false, start);
-            }
-        }
-        Some(())
-    }
-
-    /// The object or array at `pos` (`close`: its closing bracket), its members or
-    /// elements after it.
-    #[inline(never)]
-    fn container(&mut self, kind: Kind, close: u8, start: usize, depth: usize) -> Option<()> {
-        self.pos += 1;
+        let (kind, close) = if OBJECT {
+            (Kind::Obj, b'}')
+        } else {
+            (Kind::Arr, b']')
+        };
         let at = self.nodes.len();
-        self.push(kind, false, start);
+        self.push(kind, false, start, start);
         let mut len = 0u32;
-        self.ws();
-        if self.bytes.get(self.pos) == Some(&close) {
-            self.pos += 1;
+        let mut p = ws(b, start + 1);
+        if b.get(p) == Some(&close) {
+            p += 1;
         } else {
             loop {
-                self.ws();
-                if kind == Kind::Obj {
-                    self.string(Kind::Key)?;
-                    self.ws();
-                    (self.bytes.get(self.pos)? == &b':').then_some(())?;
-                    self.pos += 1;
-                    self.ws();
+                p = ws(b, p);
+                if OBJECT {
+                    (b.get(p)? == &b'"').then_some(())?;
+                    p = ws(b, self.string_at(b, p, Kind::Key)?);
+                    (b.get(p)? == &b':').then_some(())?;
+                    p = ws(b, p + 1);
                 }
-                self.value(depth + 1)?;
+                p = ws(b, self.value(b, p, depth + 1)?);
                 len += 1;
-                self.ws();
-                match *self.bytes.get(self.pos)? {
-                    b',' => self.pos += 1,
+                match *b.get(p)? {
+                    b',' => p += 1,
                     c if c == close => {
-                        self.pos += 1;
+                        p += 1;
                         break;
                     }
                     _ => return None,
@@ -276,66 +272,30 @@ impl Reader<'_> {
         }
         // Fewer nodes than bytes, and the text is under 4 GiB (`read_into`).
         let end = self.nodes.len() as u32;
-        let span = (self.pos - start) as u32;
+        let span = (p - start) as u32;
         let node = &mut self.nodes[at];
         (node.len, node.end, node.span) = (len, end, span);
-        Some(())
+        Some(p)
     }
 
-    fn literal(&mut self, word: &[u8], kind: Kind) -> Option<()> {
-        let start = self.pos;
-        self.bytes[self.pos..].starts_with(word).then_some(())?;
-        self.pos += word.len();
-        self.push(kind, false, start);
-        Some(())
+    fn literal(&mut self, b: &[u8], p: usize, word: &[u8], kind: Kind) -> Option<usize> {
+        b.get(p..)?.starts_with(word).then_some(())?;
+        let end = p + word.len();
+        self.push(kind, false, p, end);
+        Some(end)
     }
 
-    /// A number in JSON's grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn number(&mut self) -> Option<()> {
-        let digits = |r: &mut Self| {
-            let from = r.pos;
-            while r.bytes.get(r.pos).is_some_and(u8::is_ascii_digit) {
-                r.pos += 1;
-            }
-            r.pos > from
-        };
-        if self.bytes.get(self.pos) == Some(&b'-') {
-            self.pos += 1;
-        }
-        match self.bytes.get(self.pos)? {
-            b'0' => self.pos += 1,
-            b'1'..=b'9' => {
-                digits(self);
-            }
-            _ => return None,
-        }
-        if self.bytes.get(self.pos) == Some(&b'.') {
-            self.pos += 1;
-            digits(self).then_some(())?;
-        }
-        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
-                self.pos += 1;
-            }
-            digits(self).then_some(())?;
-        }
-        Some(())
-    }
-
-    /// The string token at `pos`, as a node of `kind`.
+    /// The string token whose opening quote is at `start`, as a node of `kind`.
     #[inline(always)]
-    fn string(&mut self, kind: Kind) -> Option<()> {
-        (self.bytes.get(self.pos)? == &b'"').then_some(())?;
-        let start = self.pos;
+    fn string_at(&mut self, b: &[u8], start: usize, kind: Kind) -> Option<usize> {
         let body = start + 1;
         let mut escaped = false;
         let mut at = body;
         loop {
             // The next quote, backslash or control character (JSON refuses those
             // unescaped).
-            at = crate::scan::first_of(self.bytes, at, [b'"', b'\\'], 0x20);
-            match *self.bytes.get(at)? {
+            at = crate::scan::first_of(b, at, [b'"', b'\\'], 0x20);
+            match *b.get(at)? {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -344,13 +304,46 @@ impl Reader<'_> {
                 _ => return None,
             }
         }
-        self.pos = at + 1;
         if escaped {
             unescape(self.text.get(body..at)?)?;
         }
-        self.push(kind, escaped, start);
-        Some(())
+        self.push(kind, escaped, start, at + 1);
+        Some(at + 1)
     }
+}
+
+/// The end of the number at `p`, in JSON's grammar:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number(b: &[u8], mut p: usize) -> Option<usize> {
+    let digits = |p: &mut usize| {
+        let from = *p;
+        while b.get(*p).is_some_and(u8::is_ascii_digit) {
+            *p += 1;
+        }
+        *p > from
+    };
+    if b.get(p) == Some(&b'-') {
+        p += 1;
+    }
+    match b.get(p)? {
+        b'0' => p += 1,
+        b'1'..=b'9' => {
+            digits(&mut p);
+        }
+        _ => return None,
+    }
+    if b.get(p) == Some(&b'.') {
+        p += 1;
+        digits(&mut p).then_some(())?;
+    }
+    if let Some(b'e' | b'E') = b.get(p) {
+        p += 1;
+        if let Some(b'+' | b'-') = b.get(p) {
+            p += 1;
+        }
+        digits(&mut p).then_some(())?;
+    }
+    Some(p)
 }
 
 /// The text of a string's inside with its escapes resolved, as serde_json resolves
