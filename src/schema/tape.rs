@@ -314,34 +314,35 @@ impl Reader<'_> {
 
 /// The end of the number at `p`, in JSON's grammar:
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+#[inline]
 fn number(b: &[u8], mut p: usize) -> Option<usize> {
-    let digits = |p: &mut usize| {
-        let from = *p;
-        while b.get(*p).is_some_and(u8::is_ascii_digit) {
-            *p += 1;
-        }
-        *p > from
+    // The end of the digits from `p` (an iterator's walk: no bounds check per digit).
+    let digits = |p: usize| {
+        p + b.get(p..).map_or(0, |rest| {
+            rest.iter().take_while(|c| c.is_ascii_digit()).count()
+        })
     };
     if b.get(p) == Some(&b'-') {
         p += 1;
     }
     match b.get(p)? {
         b'0' => p += 1,
-        b'1'..=b'9' => {
-            digits(&mut p);
-        }
+        b'1'..=b'9' => p = digits(p + 1),
         _ => return None,
     }
     if b.get(p) == Some(&b'.') {
-        p += 1;
-        digits(&mut p).then_some(())?;
+        let end = digits(p + 1);
+        (end > p + 1).then_some(())?;
+        p = end;
     }
     if let Some(b'e' | b'E') = b.get(p) {
         p += 1;
         if let Some(b'+' | b'-') = b.get(p) {
             p += 1;
         }
-        digits(&mut p).then_some(())?;
+        let end = digits(p);
+        (end > p).then_some(())?;
+        p = end;
     }
     Some(p)
 }
