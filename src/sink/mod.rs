@@ -16,6 +16,7 @@ mod open;
 pub mod postgres;
 mod settings;
 mod sqlite;
+mod sqlite_raw;
 pub mod store;
 mod upsert;
 

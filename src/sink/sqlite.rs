@@ -4,21 +4,25 @@
 //! library directly (rusqlite) on a blocking thread: one transaction per batch, cached
 //! prepared `INSERT`s of 8 rows (and of one, for the rest of a batch). That is
 //! SQLite's fastest path; going through sqlx's worker thread with multi-row statements
-//! cost about three times as much per row (BENCHMARKS.md). Dead letters go through the
-//! sqlx pool, which the shared store uses too.
+//! cost about three times as much per row (BENCHMARKS.md). The `INSERT`s of rows are
+//! prepared and run through SQLite's C interface (`sqlite_raw`), which binds the rows'
+//! text where it is instead of copying it. Dead letters go through the sqlx pool, which
+//! the shared store uses too.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Sqlite;
 
 use super::dialect::{push_sqlite_timestamp, sqlite_timestamp, Dialect};
 use super::generic::SqlxInserts;
 use super::ledger::Load;
+use super::sqlite_raw::{Prepared, Run};
 use super::store::{Pools, Store};
 use super::DatabaseConfig;
 use super::{
@@ -57,7 +61,36 @@ struct RowConnection {
     /// `FULL` or `NORMAL`, as `[database] sqlite_synchronous` says.
     synchronous: &'static str,
     /// Opened on first write, dropped after a failure that may have broken it.
-    conn: Mutex<Option<rusqlite::Connection>>,
+    conn: Mutex<Option<Opened>>,
+}
+
+/// The rows' connection and the `INSERT`s prepared on it, by their SQL. The statements
+/// come first: fields are dropped in order, and a statement must be finalized before
+/// its connection closes.
+struct Opened {
+    inserts: HashMap<String, Prepared>,
+    conn: rusqlite::Connection,
+}
+
+/// How many `INSERT`s one connection keeps prepared: two per stream. A schema that
+/// changes while Sluice runs changes the SQL; past this, the old ones are let go.
+const PREPARED_INSERTS: usize = 64;
+
+/// `sql` prepared on `conn`, from `inserts` or prepared now and kept there.
+fn prepared<'a>(
+    inserts: &'a mut HashMap<String, Prepared>,
+    conn: &rusqlite::Connection,
+    sql: &str,
+) -> rusqlite::Result<&'a mut Prepared> {
+    if !inserts.contains_key(sql) {
+        if inserts.len() >= PREPARED_INSERTS {
+            inserts.clear();
+        }
+        inserts.insert(sql.to_owned(), Prepared::new(conn, sql)?);
+    }
+    inserts
+        .get_mut(sql)
+        .ok_or_else(|| rusqlite::Error::InvalidParameterName(sql.to_owned()))
 }
 
 impl RowConnection {
@@ -86,11 +119,14 @@ impl RowConnection {
         replayed: &[i64],
     ) -> Result<usize, SinkError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let conn = match slot.as_mut() {
+        let opened = match slot.as_mut() {
             Some(c) => c,
-            None => slot.insert(open(&self.path, self.synchronous).map_err(rusqlite_error)?),
+            None => slot.insert(Opened {
+                inserts: HashMap::new(),
+                conn: open(&self.path, self.synchronous).map_err(rusqlite_error)?,
+            }),
         };
-        let result = write_blocking(conn, insert, has_extra, load, rows, replayed)
+        let result = write_blocking(opened, insert, has_extra, load, rows, replayed)
             .map_err(rusqlite_error)
             .and_then(|r| r);
         if result.as_ref().is_err_and(SinkError::is_transient) {
@@ -225,66 +261,98 @@ impl Inserts {
     }
 }
 
-/// The buffers a row's timestamps and UUID are formatted into: SQLite copies what is
-/// bound.
-struct Buffers {
+/// The text of one statement's timestamps, UUIDs and `_received_at`s, formatted before
+/// any is bound: SQLite reads bound text where it is when the statement runs, so each
+/// needs its own place until then.
+#[derive(Default)]
+struct Texts {
     text: String,
-    uuid: [u8; 36],
-    /// The last `_received_at` and its text: the rows of one request share it.
+    /// Where each one is in `text`, in the order they are bound.
+    ranges: Vec<Range<usize>>,
+    /// The last `_received_at` and where its text is: the rows of one request share it.
     received_at: Option<chrono::DateTime<chrono::Utc>>,
-    received: String,
+    received: Range<usize>,
 }
 
-/// Binds `row`'s values to `statement`'s parameters from `first` on: the next free one.
-fn bind_row(
-    statement: &mut rusqlite::CachedStatement<'_>,
-    first: usize,
-    row: &Row,
+impl Texts {
+    /// Formats the texts of `rows`, in the order [`bind_row`] binds them.
+    fn format(&mut self, rows: &[Row]) {
+        self.text.clear();
+        self.ranges.clear();
+        self.received_at = None;
+        let mut uuid = [0u8; 36];
+        for row in rows {
+            for cell in &row.cells {
+                let start = self.text.len();
+                match cell {
+                    Cell::Uuid(u) => self.text.push_str(u.encode(&mut uuid)),
+                    Cell::Timestamp(t) => push_sqlite_timestamp(&mut self.text, t),
+                    _ => continue,
+                }
+                self.ranges.push(start..self.text.len());
+            }
+            if self.received_at != Some(row.received_at) {
+                let start = self.text.len();
+                push_sqlite_timestamp(&mut self.text, &row.received_at);
+                self.received = start..self.text.len();
+                self.received_at = Some(row.received_at);
+            }
+            self.ranges.push(self.received.clone());
+        }
+    }
+
+    /// The formatted texts, in order.
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        self.ranges.iter().filter_map(|r| self.text.get(r.clone()))
+    }
+}
+
+/// The next of a statement's formatted texts; [`Texts::format`] made one for each.
+fn next_text<'t>(texts: &mut impl Iterator<Item = &'t str>) -> rusqlite::Result<&'t str> {
+    texts.next().ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure("a row's text was not formatted".into())
+    })
+}
+
+/// Binds `row`'s values to the next of `run`'s parameters; its timestamps, UUIDs and
+/// `_received_at` from `texts`.
+fn bind_row<'t>(
+    run: &mut Run<'_, 't>,
+    row: &'t Row,
     has_extra: bool,
     load_id: i64,
-    buffers: &mut Buffers,
-) -> rusqlite::Result<usize> {
-    let mut i = first;
+    texts: &mut impl Iterator<Item = &'t str>,
+) -> rusqlite::Result<()> {
     for cell in &row.cells {
         match cell {
-            Cell::Null => statement.raw_bind_parameter(i, SqlValue::Null)?,
-            Cell::Text(s) | Cell::Json(s) => statement.raw_bind_parameter(i, s.as_str())?,
-            Cell::Uuid(u) => statement.raw_bind_parameter(i, u.encode(&mut buffers.uuid))?,
-            Cell::Int(n) => statement.raw_bind_parameter(i, n)?,
-            Cell::Float(f) => statement.raw_bind_parameter(i, f)?,
-            Cell::Bool(b) => statement.raw_bind_parameter(i, b)?,
-            Cell::Timestamp(t) => {
-                buffers.text.clear();
-                push_sqlite_timestamp(&mut buffers.text, t);
-                statement.raw_bind_parameter(i, buffers.text.as_str())?
-            }
+            Cell::Null => run.null()?,
+            Cell::Text(s) | Cell::Json(s) => run.text(s)?,
+            Cell::Uuid(_) | Cell::Timestamp(_) => run.text(next_text(texts)?)?,
+            Cell::Int(n) => run.int(*n)?,
+            Cell::Float(f) => run.float(*f)?,
+            Cell::Bool(b) => run.int(i64::from(*b))?,
         }
-        i += 1;
     }
-    if buffers.received_at != Some(row.received_at) {
-        buffers.received.clear();
-        push_sqlite_timestamp(&mut buffers.received, &row.received_at);
-        buffers.received_at = Some(row.received_at);
-    }
-    statement.raw_bind_parameter(i, buffers.received.as_str())?;
-    i += 1;
+    run.text(next_text(texts)?)?;
     if has_extra {
-        statement.raw_bind_parameter(i, row.extra.as_deref())?;
-        i += 1;
+        match row.extra.as_deref() {
+            Some(extra) => run.text(extra)?,
+            None => run.null()?,
+        }
     }
-    statement.raw_bind_parameter(i, load_id)?;
-    Ok(i + 1)
+    run.int(load_id)
 }
 
 /// Writes `rows` (and deletes the dead letters `replayed`) in one transaction.
 fn write_blocking(
-    conn: &mut rusqlite::Connection,
+    opened: &mut Opened,
     insert: &Inserts,
     has_extra: bool,
     load: &Load,
     rows: &[Row],
     replayed: &[i64],
 ) -> rusqlite::Result<Result<usize, SinkError>> {
+    let Opened { inserts, conn } = opened;
     // The write lock first: the load id taken here commits before the next is taken.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let load_id: i64 = tx
@@ -302,32 +370,30 @@ fn write_blocking(
         }
     }
     let mut stored = 0;
-    {
-        let mut buffers = Buffers {
-            text: String::with_capacity(32),
-            uuid: [0u8; 36],
-            received_at: None,
-            received: String::with_capacity(32),
-        };
-        let mut chunks = rows.chunks_exact(insert.rows_per);
-        if chunks.len() > 0 {
-            let mut statement = tx.prepare_cached(&insert.many)?;
-            for chunk in &mut chunks {
-                let mut next = 1;
-                for row in chunk {
-                    next = bind_row(&mut statement, next, row, has_extra, load_id, &mut buffers)?;
-                }
-                // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
-                stored += statement.raw_execute()?;
+    let mut texts = Texts::default();
+    let mut chunks = rows.chunks_exact(insert.rows_per);
+    if chunks.len() > 0 {
+        let statement = prepared(inserts, &tx, &insert.many)?;
+        for chunk in &mut chunks {
+            texts.format(chunk);
+            let mut formatted = texts.iter();
+            let mut run = statement.run();
+            for row in chunk {
+                bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
             }
+            // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
+            stored += run.execute()?;
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut statement = tx.prepare_cached(&insert.one)?;
-            for row in rest {
-                bind_row(&mut statement, 1, row, has_extra, load_id, &mut buffers)?;
-                stored += statement.raw_execute()?;
-            }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let statement = prepared(inserts, &tx, &insert.one)?;
+        for row in rest {
+            texts.format(std::slice::from_ref(row));
+            let mut formatted = texts.iter();
+            let mut run = statement.run();
+            bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
+            stored += run.execute()?;
         }
     }
     tx.prepare_cached(&Dialect::Sqlite.insert_load())?
@@ -405,5 +471,39 @@ impl BatchWriter for SqliteFile {
             })
             .await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statements are finalized before the connection closes: SQLite refuses to
+    /// close a connection with statements left, and rusqlite then leaks it, leaving
+    /// the WAL behind. A closed last connection removes its WAL file.
+    #[test]
+    fn closing_the_rows_connection_finalizes_its_statements_and_closes_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db.db");
+        let conn = open(&path, "FULL").expect("open");
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (a TEXT)")
+            .expect("create");
+        let mut opened = Opened {
+            inserts: HashMap::new(),
+            conn,
+        };
+        let insert = prepared(
+            &mut opened.inserts,
+            &opened.conn,
+            "INSERT INTO t VALUES (?)",
+        )
+        .expect("prepare");
+        let mut run = insert.run();
+        run.text("kept").expect("bind");
+        assert_eq!(run.execute().expect("insert"), 1);
+        let wal = dir.path().join("db.db-wal");
+        assert!(wal.exists(), "the WAL exists while the connection is open");
+        drop(opened);
+        assert!(!wal.exists(), "the connection was not closed");
     }
 }
