@@ -948,9 +948,12 @@ pub fn copy_text_cell(out: &mut String, cell: &Cell) {
     }
 }
 
-/// The index of the first backslash, tab, newline or carriage return in `bytes`.
+/// The index of the first byte of `bytes` that may need an escape: a backslash, or a
+/// control character up to carriage return (tab, newline and carriage return do; the
+/// others, rare, are copied by the escaping loop). One needle and one bound cost fewer
+/// compares per block than the four bytes themselves.
 fn first_copy_special(bytes: &[u8]) -> Option<usize> {
-    let at = crate::scan::first_of(bytes, 0, [b'\\', b'\t', b'\n', b'\r'], 0);
+    let at = crate::scan::first_of(bytes, 0, [b'\\'], b'\r' + 1);
     (at < bytes.len()).then_some(at)
 }
 
@@ -1056,6 +1059,10 @@ mod tests {
             assert_eq!(first_copy_special(text.as_bytes()), Some(at));
         }
         assert_eq!(first_copy_special(b"no escapes here at all"), None);
+        // Other control characters are looked at, and copied as they are.
+        let mut out = String::new();
+        copy_text_escape(&mut out, "bell\u{7} and form feed\u{c} stay; tab\t");
+        assert_eq!(out, "bell\u{7} and form feed\u{c} stay; tab\\t");
         let mut out = String::new();
         for c in [
             Cell::Null,
