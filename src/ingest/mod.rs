@@ -98,8 +98,18 @@ fn record_submitted(
     // By stream and stage: the stage, the count and one reason.
     let mut dead: std::collections::BTreeMap<(Option<&str>, &'static str), (Stage, usize, &str)> =
         Default::default();
-    for row in &events.rows {
-        *received.entry((stream, source(&row.source))).or_default() += 1;
+    // The rows of a request share their source: it is read and counted once per run of
+    // rows with the same one, not once per row.
+    let mut rows = events.rows.iter().peekable();
+    while let Some(first) = rows.next() {
+        let mut count = 1;
+        while rows
+            .next_if(|r| Arc::ptr_eq(&r.source, &first.source))
+            .is_some()
+        {
+            count += 1;
+        }
+        *received.entry((stream, source(&first.source))).or_default() += count;
     }
     for letter in &events.letters {
         let name = letter.stream.as_deref();
