@@ -456,9 +456,12 @@ impl Filing {
             return false;
         };
         let events = self.group(Some(stream));
+        // A `\u0000` is an escape: in a text the reader found no escape in, there is no
+        // NUL to search for.
+        let json = if tape.escapes() { text } else { "" };
         if events
             .dialect
-            .is_some_and(|d| d.refused_value(stream, &row, Some(text)).is_some())
+            .is_some_and(|d| d.refused_value(stream, &row, Some(json)).is_some())
         {
             return false;
         }

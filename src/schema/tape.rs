@@ -52,6 +52,7 @@ pub struct Node {
 pub struct Tape<'a> {
     text: &'a str,
     pub nodes: Vec<Node>,
+    escapes: bool,
 }
 
 impl<'a> Tape<'a> {
@@ -67,7 +68,11 @@ impl<'a> Tape<'a> {
         // Every offset fits a node's `u32`.
         u32::try_from(text.len()).ok()?;
         nodes.clear();
-        let mut r = Reader { text, nodes };
+        let mut r = Reader {
+            text,
+            nodes,
+            escapes: false,
+        };
         let b = text.as_bytes();
         let start = ws(b, 0);
         if b.get(start) != Some(&b'{') {
@@ -77,7 +82,14 @@ impl<'a> Tape<'a> {
         (end == b.len()).then_some(Tape {
             text,
             nodes: r.nodes,
+            escapes: r.escapes,
         })
+    }
+
+    /// Whether any string or key of the text holds an escape: where none does, no value
+    /// holds a character that only an escape writes (NUL, say).
+    pub fn escapes(&self) -> bool {
+        self.escapes
     }
 
     /// The buffer of nodes, to read the next event into.
@@ -176,6 +188,8 @@ impl<'a> Tape<'a> {
 struct Reader<'a> {
     text: &'a str,
     nodes: Vec<Node>,
+    /// Whether any string or key held an escape.
+    escapes: bool,
 }
 
 /// The first position at or after `p` that is not JSON's whitespace.
@@ -306,6 +320,7 @@ impl Reader<'_> {
         }
         if escaped {
             unescape(self.text.get(body..at)?)?;
+            self.escapes = true;
         }
         self.push(kind, escaped, start, at + 1);
         Some(at + 1)
@@ -538,6 +553,22 @@ mod tests {
                 (None, _) => {}
             }
         }
+    }
+
+    #[test]
+    fn the_tape_knows_whether_any_string_or_key_held_an_escape() {
+        let plain = r#"{"a":"x","b":[1,{"c":"y"}]}"#;
+        assert!(!Tape::read(plain).unwrap().escapes());
+        for escaped in [
+            r#"{"a":"x\u0000"}"#,
+            r#"{"a":[1,{"c":"\n"}]}"#,
+            r#"{"k\"ey":1}"#,
+        ] {
+            assert!(Tape::read(escaped).unwrap().escapes(), "{escaped}");
+        }
+        // A buffer reused after an event with escapes starts again without.
+        let nodes = Tape::read(r#"{"a":"\t"}"#).unwrap().into_nodes();
+        assert!(!Tape::read_into(plain, nodes).unwrap().escapes());
     }
 
     #[test]
