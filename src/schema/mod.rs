@@ -1127,21 +1127,27 @@ fn plain_decimal(
     precision: u8,
     scale: u8,
 ) -> Option<CompactString> {
-    let (int, frac) = split_at_point(unsigned).unwrap_or((unsigned, ""));
+    let (int, frac, point) = match split_at_point(unsigned) {
+        Some((int, frac)) => (int, frac, true),
+        None => (unsigned, "", false),
+    };
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty()
-        || !digits(int)
-        || !digits(frac)
-        || (frac.is_empty() && unsigned.contains('.'))
-    {
+    if int.is_empty() || !digits(int) || !digits(frac) || (frac.is_empty() && point) {
         return None;
     }
-    let int = int.trim_start_matches('0');
-    let frac = frac.trim_end_matches('0');
-    if int.len() > usize::from(precision - scale) || frac.len() > usize::from(scale) {
+    // Zeros trimmed a byte at a time: `trim_*_matches` with a `char` decodes UTF-8.
+    let leading = int.bytes().take_while(|b| *b == b'0').count();
+    let trailing = frac.bytes().rev().take_while(|b| *b == b'0').count();
+    let (trimmed, fraction) = (&int[leading..], &frac[..frac.len() - trailing]);
+    if trimmed.len() > usize::from(precision - scale) || fraction.len() > usize::from(scale) {
         return None;
     }
-    Some(decimal_text(negative, int, frac))
+    // The usual literal is already in its plain form (`12.5`, `0.75`, `3`): kept as
+    // written, in one copy.
+    if !negative && (leading == 0 || int == "0") && trailing == 0 {
+        return Some(CompactString::from(unsigned));
+    }
+    Some(decimal_text(negative, trimmed, fraction))
 }
 
 /// `value`'s compact JSON text, written straight into a buffer (its `Display` goes
@@ -1177,6 +1183,22 @@ mod tests {
         assert_eq!(ok("1.5e2", 12, 2), "150");
         assert_eq!(ok("15E-3", 12, 3), "0.015");
         assert_eq!(ok("007", 3, 0), "7");
+        // Literals already plain are kept as written; the others are made plain.
+        for (literal, plain) in [
+            ("0", "0"),
+            ("0.5", "0.5"),
+            ("10", "10"),
+            ("100.25", "100.25"),
+            ("0.0", "0"),
+            ("00", "0"),
+            ("00.5", "0.5"),
+            ("0.50", "0.5"),
+            ("-12.5", "-12.5"),
+            ("-0", "0"),
+            ("-0.5", "-0.5"),
+        ] {
+            assert_eq!(ok(literal, 12, 2), plain, "{literal}");
+        }
         assert_eq!(
             ok("12345678901234567890123456789.123456789", 38, 9),
             "12345678901234567890123456789.123456789"
