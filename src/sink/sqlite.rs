@@ -302,14 +302,14 @@ impl Texts {
     }
 
     /// The formatted texts, in order.
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        self.ranges.iter().filter_map(|r| self.text.get(r.clone()))
+    fn iter(&self) -> impl Iterator<Item = Option<&str>> {
+        self.ranges.iter().map(|r| self.text.get(r.clone()))
     }
 }
 
 /// The next of a statement's formatted texts; [`Texts::format`] made one for each.
-fn next_text<'t>(texts: &mut impl Iterator<Item = &'t str>) -> rusqlite::Result<&'t str> {
-    texts.next().ok_or_else(|| {
+fn next_text<'t>(texts: &mut impl Iterator<Item = Option<&'t str>>) -> rusqlite::Result<&'t str> {
+    texts.next().flatten().ok_or_else(|| {
         rusqlite::Error::ToSqlConversionFailure("a row's text was not formatted".into())
     })
 }
@@ -321,7 +321,7 @@ fn bind_row<'t>(
     row: &'t Row,
     has_extra: bool,
     load_id: i64,
-    texts: &mut impl Iterator<Item = &'t str>,
+    texts: &mut impl Iterator<Item = Option<&'t str>>,
 ) -> rusqlite::Result<()> {
     for cell in &row.cells {
         match cell {
