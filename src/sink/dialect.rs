@@ -922,11 +922,31 @@ fn push_timestamp(out: &mut String, t: &DateTime<Utc>, sep: char, suffix: &str) 
     true
 }
 
-/// Writes `n` in decimal into `slots`, zero-padded to their width.
+/// "00" to "99", for writing two digits at a time.
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut pairs = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    pairs
+};
+
+/// Writes `n` in decimal into `slots`, zero-padded to their width: two digits per
+/// division, from a table.
 fn put_digits(slots: &mut [u8], mut n: u32) {
-    for slot in slots.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
+    let mut rest = slots;
+    while let [head @ .., a, b] = rest {
+        let pair = (n % 100) as usize * 2;
+        *a = DIGIT_PAIRS[pair];
+        *b = DIGIT_PAIRS[pair + 1];
+        n /= 100;
+        rest = head;
+    }
+    if let [a] = rest {
+        *a = b'0' + (n % 10) as u8;
     }
 }
 
