@@ -204,10 +204,9 @@ fn rusqlite_error(e: rusqlite::Error) -> SinkError {
 }
 
 fn open(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<rusqlite::Connection> {
+    // rusqlite's statement cache (16 by default) keeps the ledger's and replay's few
+    // statements; the rows' `INSERT`s are kept apart, in `Opened`.
     let conn = rusqlite::Connection::open(path)?;
-    // Two `INSERT`s per stream and the ledger's statements: room for 30 streams written
-    // without preparing a statement again (rusqlite keeps 16 by default).
-    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
