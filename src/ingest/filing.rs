@@ -12,6 +12,7 @@
 //! event had not yet found its stream, the dead letter names the stream the route fixes
 //! before parsing (an HTTP path, a spool log), or none.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
@@ -134,9 +135,12 @@ pub enum Route<'a> {
 /// Routing by a field: the stream an object names in `field` (else `default`), the
 /// field removed unless the schema declares it.
 pub struct ByField<'a> {
-    pub registry: &'a Registry,
-    pub field: &'a str,
-    pub default: Option<&'a str>,
+    registry: &'a Registry,
+    field: &'a str,
+    default: Option<&'a str>,
+    /// The stream the fast path routed to last, and the member it left out: the lines
+    /// of one connection mostly go to one stream, found again without hashing its name.
+    last: Cell<Option<(&'a Arc<Stream>, Option<&'a str>)>>,
 }
 
 /// Routing by a webhook's configuration.
@@ -246,21 +250,39 @@ impl<'a> Route<'a> {
 }
 
 impl<'a> ByField<'a> {
+    /// Routing to the stream an object names in `field`, else to `default`.
+    pub fn new(registry: &'a Registry, field: &'a str, default: Option<&'a str>) -> Self {
+        ByField {
+            registry,
+            field,
+            default,
+            last: Cell::new(None),
+        }
+    }
+
     /// The stream an event read into `tape` names (the fast path), and the member to
     /// leave out; `None` where the general path must decide (and explain).
     fn fast(&self, tape: &Tape<'_>) -> Option<(&'a Arc<Stream>, Option<&'a str>)> {
         let mut named = None;
         for (k, at) in tape.members(0) {
-            if tape.str(k) == self.field {
+            if tape.is(k, self.field) {
                 match (tape.kind(at), named) {
                     (Kind::Str, None) => named = Some(tape.str(at)),
                     _ => return None,
                 }
             }
         }
-        let stream = self.registry.get(named.as_deref().or(self.default)?)?;
-        let has_fast = stream.has_fast_path();
-        has_fast.then_some((stream, (!stream.declares(self.field)).then_some(self.field)))
+        let name = named.as_deref().or(self.default)?;
+        if let Some(last) = self.last.get().filter(|(s, _)| s.name == name) {
+            return Some(last);
+        }
+        let stream = self.registry.get(name)?;
+        if !stream.has_fast_path() {
+            return None;
+        }
+        let routed = (stream, (!stream.declares(self.field)).then_some(self.field));
+        self.last.set(Some(routed));
+        Some(routed)
     }
 
     fn route(&self, mut value: Value) -> Result<Routed<'a>, String> {
@@ -809,13 +831,7 @@ mod tests {
     #[test]
     fn a_field_names_the_stream_and_is_removed_unless_declared() {
         let f = fixture();
-        let by = |default| {
-            Route::Field(ByField {
-                registry: &f.registry,
-                field: "kind",
-                default,
-            })
-        };
+        let by = |default| Route::Field(ByField::new(&f.registry, "kind", default));
         assert_eq!(
             routed(&by(None), json!({"kind": "click", "id": 1})),
             Ok(("click".into(), json!({"id": 1})))
@@ -966,11 +982,7 @@ mod tests {
             b"not json",
             br#"{"id":3}"#,
         ];
-        let route = Route::Field(ByField {
-            registry: &f.registry,
-            field: "kind",
-            default: None,
-        });
+        let route = Route::Field(ByField::new(&f.registry, "kind", None));
         let events = lines.iter().enumerate().map(|(i, raw)| Event::text(i, raw));
         filing.file(&route, &source, Utc::now(), events);
         assert_eq!(filing.len(), 5);
@@ -1000,6 +1012,49 @@ mod tests {
                 (Some("click".into()), 1, 1),
                 (Some("order".into()), 1, 0),
                 (None, 0, 2)
+            ]
+        );
+    }
+
+    /// The fast path remembers the stream it routed to last: lines that take turns
+    /// between streams (one naming its stream with an escaped key, one with none, so
+    /// the default) each reach their own, with the field kept or left out as their
+    /// stream says.
+    #[test]
+    fn lines_that_take_turns_between_streams_each_reach_their_own() {
+        let f = fixture();
+        let mut filing = Filing::new(1000, None);
+        let source: Arc<str> = "tcp 1.2.3.4:5".into();
+        let lines: [&[u8]; 5] = [
+            br#"{"kind":"click","id":1}"#,
+            br#"{"kind":"order","id":2}"#,
+            br#"{"ki\u006ed":"click","id":3}"#,
+            br#"{"id":4}"#,
+            br#"{"kind":"click","id":5}"#,
+        ];
+        let route = Route::Field(ByField::new(&f.registry, "kind", Some("order")));
+        let events = lines.iter().enumerate().map(|(i, raw)| Event::text(i, raw));
+        filing.file(&route, &source, Utc::now(), events);
+        assert!(filing.take_errors().is_empty());
+        let filed: Vec<(String, Vec<String>)> = filing
+            .into_groups()
+            .iter()
+            .map(|(s, e)| {
+                let rows = e.rows.iter().map(|r| format!("{:?}", r.cells)).collect();
+                (s.as_ref().map_or(String::new(), |s| s.name.clone()), rows)
+            })
+            .collect();
+        assert_eq!(
+            filed,
+            [
+                (
+                    "click".to_owned(),
+                    vec!["[Int(1)]".into(), "[Int(3)]".into(), "[Int(5)]".into()]
+                ),
+                (
+                    "order".to_owned(),
+                    vec!["[Int(2), Text(\"order\")]".into(), "[Int(4), Null]".into()]
+                )
             ]
         );
     }

@@ -296,11 +296,11 @@ impl Input {
                     name,
                     field,
                 },
-                None => Route::Field(ByField {
+                None => Route::Field(ByField::new(
                     registry,
                     field,
-                    default: self.tcp.default_stream.as_deref(),
-                }),
+                    self.tcp.default_stream.as_deref(),
+                )),
             };
             let first = owners.len();
             let mut lines = ndjson_lines(&message.payload).peekable();

@@ -363,11 +363,11 @@ impl Connection {
     /// Files the lines of `chunk`, numbering them on from the connection's count.
     fn file(&mut self, chunk: &[Frame]) -> Filing {
         let mut filing = self.ingest.filing();
-        let route = Route::Field(ByField {
-            registry: &self.ingest.registry,
-            field: &self.config.stream_field,
-            default: self.config.default_stream.as_deref(),
-        });
+        let route = Route::Field(ByField::new(
+            &self.ingest.registry,
+            &self.config.stream_field,
+            self.config.default_stream.as_deref(),
+        ));
         let first = self.line;
         self.line += chunk.len();
         let max = self.config.max_line_bytes;

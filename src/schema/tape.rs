@@ -144,6 +144,18 @@ impl<'a> Tape<'a> {
         }
     }
 
+    /// Whether key or string `i` is `text`: without escapes, its length first, then its
+    /// bytes where they lie.
+    #[inline]
+    pub fn is(&self, i: usize, text: &str) -> bool {
+        let n = self.nodes[i];
+        if n.escaped {
+            return self.str(i) == text;
+        }
+        (n.end - n.at) as usize == text.len() + 2
+            && &self.text.as_bytes()[n.at as usize + 1..n.end as usize - 1] == text.as_bytes()
+    }
+
     /// The text of node `i` as written: a container's from its opening bracket to its
     /// closing one, whitespace inside included.
     #[inline]
