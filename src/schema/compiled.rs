@@ -518,7 +518,7 @@ impl ObjectCheck {
     /// The index of property `key` (whose [`probe`] is `probe`), the `position`th key
     /// of its object: the property found at that position last is tried first
     /// ([`ObjectCheck::order`]), in line; the others out of line.
-    #[inline]
+    #[inline(always)]
     fn find_at(&self, key: &str, probe: u64, position: usize) -> Option<usize> {
         if let Some(guess) = self.order.get(position) {
             let p = usize::from(guess.load(Relaxed));
