@@ -141,27 +141,33 @@ fn record_submitted(
 }
 
 /// Splits `items` into runs that each fit a queue of `(max_events, max_bytes)`; an item
-/// larger than `max_bytes` forms a run of its own.
+/// larger than `max_bytes` forms a run of its own. The runs' ends are found first, so
+/// that items that fit one run (the usual case) stay where they are; otherwise each run
+/// but the first is split off the end.
 fn split_to_fit<T>(
-    items: Vec<T>,
+    mut items: Vec<T>,
     (max_events, max_bytes): (usize, usize),
     size: impl Fn(&T) -> usize,
 ) -> Vec<Vec<T>> {
-    let mut pieces: Vec<Vec<T>> = Vec::new();
-    let mut bytes = 0;
-    for item in items {
-        let s = size(&item);
-        match pieces.last_mut() {
-            Some(last) if last.len() < max_events && bytes + s <= max_bytes => {
-                bytes += s;
-                last.push(item);
-            }
-            _ => {
-                bytes = s;
-                pieces.push(vec![item]);
-            }
+    let mut starts = Vec::new();
+    let (mut len, mut bytes) = (0usize, 0usize);
+    for (i, item) in items.iter().enumerate() {
+        let s = size(item);
+        if len > 0 && (len >= max_events || bytes.saturating_add(s) > max_bytes) {
+            starts.push(i);
+            (len, bytes) = (0, 0);
         }
+        len += 1;
+        bytes = bytes.saturating_add(s);
     }
+    let mut pieces = Vec::with_capacity(starts.len() + 1);
+    for &start in starts.iter().rev() {
+        pieces.push(items.split_off(start));
+    }
+    if !items.is_empty() {
+        pieces.push(items);
+    }
+    pieces.reverse();
     pieces
 }
 
@@ -606,5 +612,42 @@ mod tests {
         assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 1]);
         let p = super::split_to_fit(vec![40usize, 40, 40, 200, 10], (10, 100), |s| *s);
         assert_eq!(sizes(&p), vec![80, 40, 200, 10]);
+        assert!(super::split_to_fit(Vec::<usize>::new(), (3, 100), |s| *s).is_empty());
+    }
+
+    /// Each item joins the run before it while that run has room for it, in count and in
+    /// bytes; otherwise it starts a run: as a run is filled one item at a time.
+    fn filled_one_at_a_time(
+        items: &[usize],
+        (max_events, max_bytes): (usize, usize),
+    ) -> Vec<Vec<usize>> {
+        let mut pieces: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = 0;
+        for &item in items {
+            match pieces.last_mut() {
+                Some(last) if last.len() < max_events && bytes + item <= max_bytes => {
+                    bytes += item;
+                    last.push(item);
+                }
+                _ => {
+                    bytes = item;
+                    pieces.push(vec![item]);
+                }
+            }
+        }
+        pieces
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn runs_are_the_runs_filled_one_item_at_a_time(
+            items in proptest::collection::vec(0usize..300, 0..60),
+            max_events in 1usize..8,
+            max_bytes in 1usize..500,
+        ) {
+            let expected = filled_one_at_a_time(&items, (max_events, max_bytes));
+            let got = super::split_to_fit(items, (max_events, max_bytes), |s| *s);
+            proptest::prop_assert_eq!(got, expected);
+        }
     }
 }
