@@ -321,7 +321,7 @@ impl Compiled {
         let mut skipped = false;
         let mut extras: Vec<(&str, usize)> = Vec::new();
         for (position, (k, at)) in tape.members(0).enumerate() {
-            if tape.nodes[k].escaped {
+            if tape.node(k).escaped {
                 return None;
             }
             let key = tape.str(k);
@@ -361,7 +361,7 @@ impl Compiled {
                         Cell::Json(tape.text_of(at).into())
                     } else {
                         // The compact text is rarely longer than the text as written.
-                        let mut out = String::with_capacity(tape.nodes[at].span as usize);
+                        let mut out = String::with_capacity(tape.node(at).span as usize);
                         checked_json(check, tape, at, &mut out)?;
                         Cell::Json(out.into())
                     };
@@ -485,7 +485,7 @@ fn probe(key: &str) -> u64 {
 #[inline]
 fn key_probe(tape: &Tape<'_>, k: usize, key: &str) -> u64 {
     match tape.word_at(k) {
-        Some(word) if key.len() < 8 && !tape.nodes[k].escaped => {
+        Some(word) if key.len() < 8 && !tape.node(k).escaped => {
             (word & ((1u64 << (8 * key.len())) - 1)) ^ ((key.len() as u64) << 56)
         }
         _ => probe(key),
@@ -567,7 +567,7 @@ impl ObjectCheck {
 
 impl ArrayCheck {
     fn valid(&self, tape: &Tape<'_>, i: usize) -> bool {
-        let len = u64::from(tape.nodes[i].len);
+        let len = u64::from(tape.node(i).len);
         if self.min.is_some_and(|m| len < m) || self.max.is_some_and(|m| len > m) {
             return false;
         }
@@ -670,7 +670,7 @@ fn member_json<O: JsonOut>(check: &Check, tape: &Tape<'_>, i: usize, out: &mut O
 impl ArrayCheck {
     /// [`checked_json`] of array `i`.
     fn checked_json<O: JsonOut>(&self, tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> {
-        let len = u64::from(tape.nodes[i].len);
+        let len = u64::from(tape.node(i).len);
         if self.min.is_some_and(|m| len < m) || self.max.is_some_and(|m| len > m) {
             return None;
         }
@@ -701,7 +701,7 @@ impl ObjectCheck {
         let mut seen = 0u64;
         for (position, (k, at)) in tape.members(i).enumerate() {
             // A key with escapes, or one not declared: checked, then written, apart.
-            let key = if tape.nodes[k].escaped {
+            let key = if tape.node(k).escaped {
                 None
             } else {
                 let key = tape.str(k);
@@ -1324,7 +1324,7 @@ fn number(literal: &str) -> Option<Number> {
 /// (object keys sorted, strings escaped its way, numbers as it prints them).
 fn json_text(tape: &Tape<'_>, i: usize) -> Option<String> {
     // The compact text is rarely longer than the text as written.
-    let mut out = String::with_capacity((tape.nodes[i].span as usize).max(8));
+    let mut out = String::with_capacity((tape.node(i).span as usize).max(8));
     write_json(tape, i, &mut out)?;
     Some(out)
 }
@@ -1405,7 +1405,7 @@ fn write_json<O: JsonOut>(tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> 
         }
         // Without escapes, the token is what serde_json writes (a control character
         // would have needed one).
-        Kind::Str if !tape.nodes[i].escaped => out.push_str(tape.raw(i)),
+        Kind::Str if !tape.node(i).escaped => out.push_str(tape.raw(i)),
         // Escapes mean the same to the database as the text serde_json writes.
         Kind::Str if !O::WRITES => {}
         Kind::Str => out.push_str(&serde_json::to_string(tape.str(i).as_ref()).ok()?),
@@ -1424,7 +1424,7 @@ fn write_json<O: JsonOut>(tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> 
             const SMALL: usize = 16;
             let mut small = [("", 0usize); SMALL];
             let mut large = Vec::new();
-            let len = tape.nodes[i].len as usize;
+            let len = tape.node(i).len as usize;
             let members: &mut [(&str, usize)] = if len <= SMALL {
                 &mut small[..len]
             } else {
@@ -1432,7 +1432,7 @@ fn write_json<O: JsonOut>(tape: &Tape<'_>, i: usize, out: &mut O) -> Option<()> 
                 &mut large
             };
             for (slot, (k, at)) in members.iter_mut().zip(tape.members(i)) {
-                if tape.nodes[k].escaped {
+                if tape.node(k).escaped {
                     return None;
                 }
                 let raw = tape.raw(k);

@@ -51,7 +51,11 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Tape<'a> {
     text: &'a str,
-    pub nodes: Vec<Node>,
+    /// Only the reader makes them: every byte bound they hold (a scalar's or key's
+    /// `at` and `end`, a container's `at` and `at + span`) lies within `text`, next to
+    /// an ASCII byte (a quote, a bracket, a digit, a literal's letter) or at the text's
+    /// end, so on a character boundary ([`Tape::between`]).
+    nodes: Vec<Node>,
     escapes: bool,
 }
 
@@ -97,6 +101,25 @@ impl<'a> Tape<'a> {
         self.nodes
     }
 
+    /// Node `i`.
+    #[inline]
+    pub fn node(&self, i: usize) -> Node {
+        self.nodes[i]
+    }
+
+    /// The text from byte `at` to byte `end`, two bounds of a node: with the bounds
+    /// checked, as any slice, but not whether each lies on a character boundary (each
+    /// does: see [`Tape::nodes`]).
+    #[inline]
+    fn between(&self, at: u32, end: u32) -> &'a str {
+        match self.text.as_bytes().get(at as usize..end as usize) {
+            // SAFETY: `text` is UTF-8 and both bounds are on its character boundaries
+            // (the field's invariant), so the bytes between them are UTF-8 too.
+            Some(bytes) => unsafe { std::str::from_utf8_unchecked(bytes) },
+            None => "",
+        }
+    }
+
     /// The kind of node `i`.
     #[inline]
     pub fn kind(&self, i: usize) -> Kind {
@@ -113,11 +136,16 @@ impl<'a> Tape<'a> {
         }
     }
 
-    /// The text of scalar or key `i` as written (a string's with its quotes).
+    /// The text of scalar or key `i` as written (a string's with its quotes); of a
+    /// container, as [`Tape::text_of`].
     #[inline]
     pub fn raw(&self, i: usize) -> &'a str {
         let n = self.nodes[i];
-        &self.text[n.at as usize..n.end as usize]
+        match n.kind {
+            // A container's `end` is a node's index, not a byte's.
+            Kind::Arr | Kind::Obj => self.between(n.at, n.at + n.span),
+            _ => self.between(n.at, n.end),
+        }
     }
 
     /// The eight bytes from the first byte inside the quotes of key or string `i`, as
@@ -134,8 +162,13 @@ impl<'a> Tape<'a> {
     #[inline]
     pub fn str(&self, i: usize) -> Cow<'a, str> {
         let n = self.nodes[i];
-        // Inside the quotes (ASCII, so the bounds are character boundaries).
-        let inner = &self.text[n.at as usize + 1..n.end as usize - 1];
+        // Inside the quotes: a byte past the first, a byte before the last, each next
+        // to a quote, so on a character boundary. Not a container (whose `end` is a
+        // node's index): its text as written is no string.
+        let inner = match n.kind {
+            Kind::Arr | Kind::Obj => "",
+            _ => self.between(n.at + 1, n.end.saturating_sub(1)),
+        };
         if n.escaped {
             // Read once already: its escapes are well formed.
             unescape(inner).map_or(Cow::Borrowed(inner), Cow::Owned)
@@ -152,19 +185,16 @@ impl<'a> Tape<'a> {
         if n.escaped {
             return self.str(i) == text;
         }
-        (n.end - n.at) as usize == text.len() + 2
-            && &self.text.as_bytes()[n.at as usize + 1..n.end as usize - 1] == text.as_bytes()
+        !matches!(n.kind, Kind::Arr | Kind::Obj)
+            && (n.end - n.at) as usize == text.len() + 2
+            && self.between(n.at + 1, n.end - 1) == text
     }
 
     /// The text of node `i` as written: a container's from its opening bracket to its
     /// closing one, whitespace inside included.
     #[inline]
     pub fn text_of(&self, i: usize) -> &'a str {
-        let n = self.nodes[i];
-        match n.kind {
-            Kind::Arr | Kind::Obj => &self.text[n.at as usize..(n.at + n.span) as usize],
-            _ => self.raw(i),
-        }
+        self.raw(i)
     }
 
     /// The members of object `i`: each key's node index, then its value's.
