@@ -970,11 +970,19 @@ mod tests {
         assert!(err.contains("maps to no stream"), "{err}");
     }
 
+    /// `lines` filed as one TCP chunk, routed by their field `kind`, else to `default`.
+    fn file_lines(f: &Fixture, lines: &[&[u8]], default: Option<&str>) -> Filing {
+        let mut filing = Filing::new(1000, None);
+        let source: Arc<str> = "tcp 1.2.3.4:5".into();
+        let route = Route::Field(ByField::new(&f.registry, "kind", default));
+        let events = lines.iter().enumerate().map(|(i, raw)| Event::text(i, raw));
+        filing.file(&route, &source, Utc::now(), events);
+        filing
+    }
+
     #[test]
     fn each_stream_gets_its_rows_and_what_fails_is_a_dead_letter_with_its_stage() {
         let f = fixture();
-        let mut filing = Filing::new(1000, None);
-        let source: Arc<str> = "tcp 1.2.3.4:5".into();
         let lines: [&[u8]; 5] = [
             br#"{"kind":"click","id":1}"#,
             br#"{"kind":"order","id":2}"#,
@@ -982,9 +990,7 @@ mod tests {
             b"not json",
             br#"{"id":3}"#,
         ];
-        let route = Route::Field(ByField::new(&f.registry, "kind", None));
-        let events = lines.iter().enumerate().map(|(i, raw)| Event::text(i, raw));
-        filing.file(&route, &source, Utc::now(), events);
+        let mut filing = file_lines(&f, &lines, None);
         assert_eq!(filing.len(), 5);
         let stages: Vec<(usize, Stage)> = filing
             .take_errors()
@@ -1023,8 +1029,6 @@ mod tests {
     #[test]
     fn lines_that_take_turns_between_streams_each_reach_their_own() {
         let f = fixture();
-        let mut filing = Filing::new(1000, None);
-        let source: Arc<str> = "tcp 1.2.3.4:5".into();
         let lines: [&[u8]; 5] = [
             br#"{"kind":"click","id":1}"#,
             br#"{"kind":"order","id":2}"#,
@@ -1032,9 +1036,7 @@ mod tests {
             br#"{"id":4}"#,
             br#"{"kind":"click","id":5}"#,
         ];
-        let route = Route::Field(ByField::new(&f.registry, "kind", Some("order")));
-        let events = lines.iter().enumerate().map(|(i, raw)| Event::text(i, raw));
-        filing.file(&route, &source, Utc::now(), events);
+        let mut filing = file_lines(&f, &lines, Some("order"));
         assert!(filing.take_errors().is_empty());
         let filed: Vec<(String, Vec<String>)> = filing
             .into_groups()
