@@ -39,6 +39,10 @@ count() {
     valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" "$bin" serve \
     >"$dir/log" 2>&1 &
   local pid=$!
+  # `count` runs in its own subshell (`$(count …)`): should the load fail, this stops
+  # the Sluice under callgrind, which would otherwise keep the ports for the next run.
+  server=$pid
+  trap 'kill -TERM "$server" 2>/dev/null' EXIT
   for _ in $(seq 1 240); do
     curl -sf "127.0.0.1:$port/readyz" >/dev/null && break
     sleep 0.5
