@@ -100,11 +100,16 @@ impl PoolUsage {
 pub trait BatchWriter: Send + Sync + 'static {
     fn dialect(&self) -> Dialect;
     /// How many batches of one stream are written at once, each on its own connection.
-    /// SQLite has a single writer, so more would only wait for its lock.
+    /// SQLite has a single writer, so more would only wait for its lock. A batch spends
+    /// about a third of its write in round trips (the load's first statements, the
+    /// start of the COPY, the commit) during which its connection's server process
+    /// waits: with two at once, both were sometimes waiting together and a fifth of the
+    /// CPU idle; with three, PostgreSQL took 15–30 % more events per second (see
+    /// BENCHMARKS.md), and a fourth added nothing measurable.
     fn write_concurrency(&self) -> usize {
         match self.dialect() {
             Dialect::Sqlite => 1,
-            Dialect::Postgres | Dialect::Mysql => 2,
+            Dialect::Postgres | Dialect::Mysql => 3,
         }
     }
     /// Writes `rows` to `stream`'s table in one transaction: [`Self::write_batch`] with

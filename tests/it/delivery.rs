@@ -50,6 +50,63 @@ async fn with_id_field_a_retried_event_is_stored_once(db: Db) {
 
 db_tests!(with_id_field_a_retried_event_is_stored_once);
 
+/// PostgreSQL and MariaDB: a stream writes up to three batches at once, each on a
+/// connection of its own (while one waits for an answer, the others keep the database
+/// busy). With the table locked, three writes wait on the lock and the other batches
+/// wait in the queue; once it is released, every event is stored.
+async fn a_stream_writes_up_to_three_batches_at_once(db: Db) {
+    let Some(app) = spawn_app(db, fixture_schemas(), |c| {
+        c.defaults.batch_max_events = 10;
+    })
+    .await
+    else {
+        return;
+    };
+    let lock = crate::helpers::hold_write_lock(&app.db).await;
+    // Six requests of ten: six batches.
+    for request in 0..6 {
+        let body = crate::helpers::readings_ndjson(request * 10..request * 10 + 10);
+        let r = app
+            .post("reading", "?ack=accepted", "application/x-ndjson", body)
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let waiting = match db {
+        Db::Postgres => format!(
+            "SELECT CAST(count(*) AS TEXT) FROM pg_stat_activity WHERE datname = '{name}' AND wait_event_type = 'Lock' AND query LIKE 'COPY%'"
+        ),
+        _ => format!(
+            "SELECT CAST(count(*) AS CHAR) FROM information_schema.processlist WHERE db = '{name}' AND state LIKE 'Waiting for table%' AND info LIKE 'INSERT%'"
+        ),
+    };
+    let count = || async { app.db.query(&waiting).await[0][0].clone() };
+    crate::helpers::eventually(10, "three writes waiting on the lock", || async {
+        let n = count().await;
+        match n.as_deref() {
+            Some("3") => Ok(()),
+            _ => Err(format!("{n:?} waiting")),
+        }
+    })
+    .await;
+    // No fourth write joins them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count().await.as_deref(), Some("3"));
+    drop(lock);
+    app.db.wait_for_count("reading", 60).await;
+    assert!(app.db.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_writes_up_to_three_batches_at_once_postgres() {
+    a_stream_writes_up_to_three_batches_at_once(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_writes_up_to_three_batches_at_once_mysql() {
+    a_stream_writes_up_to_three_batches_at_once(Db::Mysql).await;
+}
+
 /// Kills Sluice's database connections from another session, as a failover or a
 /// restart would; returns how many it killed.
 async fn kill_sluice_connections(db: &crate::helpers::TestDb) -> usize {

@@ -339,8 +339,9 @@ async fn bench(args: &Args, url: &str) -> anyhow::Result<()> {
                     let rows = rows_of(stream, &events)?;
                     let counts = match (args.limit_connections.is_empty(), db.dialect()) {
                         (false, _) => args.limit_connections.clone(),
-                        // SQLite has one writer; Sluice writes other databases' streams on 2
-                        // connections (Sink::write_concurrency).
+                        // SQLite has one writer; other databases on one connection and on
+                        // two, as many as this machine's cores (Sluice writes a stream on
+                        // up to 3: BatchWriter::write_concurrency).
                         (true, sluice::sink::Dialect::Sqlite) => vec![1],
                         (true, _) => vec![1, 2],
                     };
