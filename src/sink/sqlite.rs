@@ -6,8 +6,9 @@
 //! SQLite's fastest path; going through sqlx's worker thread with multi-row statements
 //! cost about three times as much per row (BENCHMARKS.md). The `INSERT`s of rows are
 //! prepared and run through SQLite's C interface (`sqlite_raw`), which binds the rows'
-//! text where it is instead of copying it. Dead letters go through the sqlx pool, which
-//! the shared store uses too.
+//! text where it is instead of copying it. The log is copied into the database by a
+//! checkpointer thread, not inside the writer's commits (`WalHook`). Dead letters go
+//! through the sqlx pool, which the shared store uses too.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -22,7 +23,7 @@ use sqlx::Sqlite;
 use super::dialect::{push_sqlite_timestamp, sqlite_timestamp, Dialect};
 use super::generic::SqlxInserts;
 use super::ledger::Load;
-use super::sqlite_raw::{Prepared, Run};
+use super::sqlite_raw::{Prepared, Run, WalHook};
 use super::store::{Pools, Store};
 use super::DatabaseConfig;
 use super::{
@@ -70,6 +71,89 @@ struct RowConnection {
 struct Opened {
     inserts: HashMap<String, Prepared>,
     conn: rusqlite::Connection,
+    /// Dropped after the connection closes, then the checkpointer (which then stops).
+    _hook: Option<WalHook>,
+    _checkpointer: Option<Checkpointer>,
+}
+
+impl Opened {
+    /// The rows' connection to `path`, whose log is copied into the database by a
+    /// checkpointer of its own ([`WalHook`]); should that thread not start, by the
+    /// writer, as SQLite does by default.
+    fn open(path: &std::path::Path, synchronous: &'static str) -> rusqlite::Result<Opened> {
+        let conn = open(path, synchronous)?;
+        let (wake, woken) = std::sync::mpsc::sync_channel(1);
+        let (hook, checkpointer) = match Checkpointer::spawn(path, synchronous, woken) {
+            Ok(checkpointer) => (Some(WalHook::install(&conn, wake)?), Some(checkpointer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot start the SQLite checkpointer thread; the writer checkpoints the log itself.");
+                (None, None)
+            }
+        };
+        Ok(Opened {
+            inserts: HashMap::new(),
+            conn,
+            _hook: hook,
+            _checkpointer: checkpointer,
+        })
+    }
+}
+
+/// The thread that copies the rows' log into the database when [`WalHook`] wakes it
+/// (`PRAGMA wal_checkpoint(PASSIVE)`: the writer goes on committing meanwhile), on a
+/// connection of its own. It stops once the hook is gone; dropping it waits for that.
+struct Checkpointer {
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// How many checkpoints it ran.
+    #[cfg_attr(not(test), allow(dead_code))]
+    done: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Checkpointer {
+    fn spawn(
+        path: &std::path::Path,
+        synchronous: &'static str,
+        woken: std::sync::mpsc::Receiver<()>,
+    ) -> std::io::Result<Checkpointer> {
+        let path = path.to_path_buf();
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-sqlite-checkpoint".into())
+            .spawn(move || {
+                let mut conn = None;
+                while woken.recv().is_ok() {
+                    let opened = match conn.take() {
+                        Some(c) => Ok(c),
+                        None => open(&path, synchronous),
+                    };
+                    let checkpointed = opened.and_then(|c| {
+                        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+                        Ok(c)
+                    });
+                    match checkpointed {
+                        Ok(c) => {
+                            conn = Some(c);
+                            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        // The log waits for the next try (or the writer's own).
+                        Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed; trying again at the next commit."),
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            thread: Some(thread),
+            done,
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// How many `INSERT`s one connection keeps prepared: two per stream. A schema that
@@ -121,10 +205,9 @@ impl RowConnection {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let opened = match slot.as_mut() {
             Some(c) => c,
-            None => slot.insert(Opened {
-                inserts: HashMap::new(),
-                conn: open(&self.path, self.synchronous).map_err(rusqlite_error)?,
-            }),
+            None => {
+                slot.insert(Opened::open(&self.path, self.synchronous).map_err(rusqlite_error)?)
+            }
         };
         let result = write_blocking(opened, insert, has_extra, load, rows, replayed)
             .map_err(rusqlite_error)
@@ -351,7 +434,7 @@ fn write_blocking(
     rows: &[Row],
     replayed: &[i64],
 ) -> rusqlite::Result<Result<usize, SinkError>> {
-    let Opened { inserts, conn } = opened;
+    let Opened { inserts, conn, .. } = opened;
     // The write lock first: the load id taken here commits before the next is taken.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let load_id: i64 = tx
@@ -490,6 +573,8 @@ mod tests {
         let mut opened = Opened {
             inserts: HashMap::new(),
             conn,
+            _hook: None,
+            _checkpointer: None,
         };
         let insert = prepared(
             &mut opened.inserts,
@@ -504,5 +589,50 @@ mod tests {
         assert!(wal.exists(), "the WAL exists while the connection is open");
         drop(opened);
         assert!(!wal.exists(), "the connection was not closed");
+    }
+
+    /// The most frames the log at `wal` held: SQLite writes it again from its start
+    /// once it is all copied, and never shortens the file (a frame is a 24-byte header
+    /// and a 4 KiB page).
+    fn most_frames(wal: &std::path::Path) -> u64 {
+        std::fs::metadata(wal).map_or(0, |m| m.len()) / (4096 + 24)
+    }
+
+    /// The writer's commits leave the copying of the log into the database to the
+    /// checkpointer thread, woken past 1,000 frames; the log stays about twice that
+    /// while many more frames are written, and closing the connection stops the thread
+    /// and removes the log.
+    #[test]
+    fn the_log_is_checkpointed_by_the_checkpointer_thread_and_stays_bounded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("db.db");
+        {
+            let conn = open(&path, "FULL").expect("open");
+            conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (a TEXT)")
+                .expect("create");
+        }
+        let opened = Opened::open(&path, "FULL").expect("open");
+        let value = "x".repeat(100_000);
+        let wal = dir.path().join("db.db-wal");
+        // About 25 frames (4 KiB pages) per commit, 6,000 frames in all.
+        for _ in 0..240 {
+            opened
+                .conn
+                .execute("INSERT INTO t VALUES (?1)", [&value])
+                .expect("insert");
+        }
+        let checkpointer = opened._checkpointer.as_ref().expect("started");
+        let done = checkpointer.done.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(done >= 1, "the checkpointer ran {done} checkpoints");
+        // The writer copies what is left at 2,000 frames, and the log starts again.
+        let most = most_frames(&wal);
+        assert!(most < 2100, "the log reached {most} frames");
+        drop(opened);
+        assert!(!wal.exists(), "a connection was left open");
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 240);
     }
 }
