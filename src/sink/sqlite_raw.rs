@@ -182,7 +182,7 @@ impl<'t> Run<'_, 't> {
 /// the log holds. Past [`CHECKPOINT_FRAMES`] (SQLite's own default for its automatic
 /// checkpoint) it wakes the checkpointer, a thread of its own that copies the log into
 /// the database on a connection of its own, instead of the writer doing so inside its
-/// commit (copying, then an fsync of the database file: about a third of the writer's
+/// commit (copying, then an fsync of the database file: about a quarter of the writer's
 /// time). SQLite writes the log again from its start only when a write begins with
 /// every frame copied, which a checkpoint running beside a busy writer rarely leaves;
 /// so past [`WRITER_CHECKPOINT_FRAMES`] the writer checkpoints itself, as SQLite does
