@@ -71,7 +71,7 @@ async fn a_stream_writes_up_to_three_batches_at_once(db: Db) {
             .await;
         assert_eq!(r.status(), 202);
     }
-    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let name = app.db.name();
     let waiting = match db {
         Db::Postgres => format!(
             "SELECT CAST(count(*) AS TEXT) FROM pg_stat_activity WHERE datname = '{name}' AND wait_event_type = 'Lock' AND query LIKE 'COPY%'"
@@ -110,7 +110,7 @@ async fn a_stream_writes_up_to_three_batches_at_once_mysql() {
 /// Kills Sluice's database connections from another session, as a failover or a
 /// restart would; returns how many it killed.
 async fn kill_sluice_connections(db: &crate::helpers::TestDb) -> usize {
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let name = db.name();
     match db.kind {
         Db::Postgres => db
             .query(&format!(
@@ -236,7 +236,7 @@ async fn readiness_follows_the_database_and_an_outage_loses_nothing() {
     let Some(app) = spawn_app(Db::Postgres, fixture_schemas(), |_| {}).await else {
         return;
     };
-    let name = app.db.url.rsplit('/').next().unwrap().to_owned();
+    let name = app.db.name();
     let admin = std::env::var("SLUICE_TEST_POSTGRES_URL").unwrap();
     let admin_exec = |sql: String| {
         let admin = admin.clone();

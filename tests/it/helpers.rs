@@ -61,6 +61,12 @@ fn with_database(base: &str, name: &str) -> String {
 }
 
 impl TestDb {
+    /// The database's name on its server (the URL's last segment), as
+    /// `pg_stat_activity` and MySQL's process list show it.
+    pub fn name(&self) -> String {
+        self.url.rsplit('/').next().unwrap_or_default().to_owned()
+    }
+
     /// A new empty database, or `None` (after printing SKIPPED) when the server's URL
     /// is not configured. With `SLUICE_TEST_REQUIRE_ALL=1` a missing URL fails the test.
     pub async fn create(kind: Db) -> Option<TestDb> {

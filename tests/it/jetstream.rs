@@ -53,7 +53,7 @@ async fn through_faulty_proxy(
 ) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, TestDb) {
     let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let proxy = faulty_proxy("127.0.0.1:5432", Fault::Drop, down.clone()).await;
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let name = db.name();
     (down, db.via(format!("postgres://postgres@{proxy}/{name}")))
 }
 

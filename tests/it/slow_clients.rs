@@ -182,7 +182,7 @@ async fn shutdown_finishes_within_its_budget_when_the_database_blackholes_packet
     };
     let blackhole = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let proxy = faulty_proxy("127.0.0.1:5432", Fault::Blackhole, blackhole.clone()).await;
-    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let name = db.name();
     let via_proxy = db.via(format!("postgres://postgres@{proxy}/{name}"));
     let sluice = spawn_binary(
         None,
