@@ -71,9 +71,9 @@ struct RowConnection {
 struct Opened {
     inserts: HashMap<String, Prepared>,
     conn: rusqlite::Connection,
-    /// Dropped after the connection closes, then the checkpointer (which then stops).
-    _hook: Option<WalHook>,
-    _checkpointer: Option<Checkpointer>,
+    /// The hook and its checkpointer (`None` if the thread could not start): dropped
+    /// after the connection closes, the hook first, so the checkpointer then stops.
+    _checkpointing: Option<(WalHook, Checkpointer)>,
 }
 
 impl Opened {
@@ -83,18 +83,17 @@ impl Opened {
     fn open(path: &std::path::Path, synchronous: &'static str) -> rusqlite::Result<Opened> {
         let conn = open(path, synchronous)?;
         let (wake, woken) = std::sync::mpsc::sync_channel(1);
-        let (hook, checkpointer) = match Checkpointer::spawn(path, synchronous, woken) {
-            Ok(checkpointer) => (Some(WalHook::install(&conn, wake)?), Some(checkpointer)),
+        let checkpointing = match Checkpointer::spawn(path, synchronous, woken) {
+            Ok(checkpointer) => Some((WalHook::install(&conn, wake)?, checkpointer)),
             Err(e) => {
                 tracing::warn!(error = %e, "Cannot start the SQLite checkpointer thread; the writer checkpoints the log itself.");
-                (None, None)
+                None
             }
         };
         Ok(Opened {
             inserts: HashMap::new(),
             conn,
-            _hook: hook,
-            _checkpointer: checkpointer,
+            _checkpointing: checkpointing,
         })
     }
 }
@@ -560,21 +559,27 @@ impl BatchWriter for SqliteFile {
 mod tests {
     use super::*;
 
+    /// A new database `db.db` in `dir`, in WAL mode, with table `t (a TEXT)`; its path
+    /// and the connection that made it.
+    fn wal_database(dir: &tempfile::TempDir) -> (PathBuf, rusqlite::Connection) {
+        let path = dir.path().join("db.db");
+        let conn = open(&path, "FULL").expect("open");
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (a TEXT)")
+            .expect("create");
+        (path, conn)
+    }
+
     /// The statements are finalized before the connection closes: SQLite refuses to
     /// close a connection with statements left, and rusqlite then leaks it, leaving
     /// the WAL behind. A closed last connection removes its WAL file.
     #[test]
     fn closing_the_rows_connection_finalizes_its_statements_and_closes_the_file() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("db.db");
-        let conn = open(&path, "FULL").expect("open");
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (a TEXT)")
-            .expect("create");
+        let (_, conn) = wal_database(&dir);
         let mut opened = Opened {
             inserts: HashMap::new(),
             conn,
-            _hook: None,
-            _checkpointer: None,
+            _checkpointing: None,
         };
         let insert = prepared(
             &mut opened.inserts,
@@ -605,12 +610,8 @@ mod tests {
     #[test]
     fn the_log_is_checkpointed_by_the_checkpointer_thread_and_stays_bounded() {
         let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("db.db");
-        {
-            let conn = open(&path, "FULL").expect("open");
-            conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (a TEXT)")
-                .expect("create");
-        }
+        let (path, made) = wal_database(&dir);
+        drop(made);
         let opened = Opened::open(&path, "FULL").expect("open");
         let value = "x".repeat(100_000);
         let wal = dir.path().join("db.db-wal");
@@ -621,7 +622,7 @@ mod tests {
                 .execute("INSERT INTO t VALUES (?1)", [&value])
                 .expect("insert");
         }
-        let checkpointer = opened._checkpointer.as_ref().expect("started");
+        let (_, checkpointer) = opened._checkpointing.as_ref().expect("started");
         let done = checkpointer.done.load(std::sync::atomic::Ordering::Relaxed);
         assert!(done >= 1, "the checkpointer ran {done} checkpoints");
         // The writer copies what is left at 2,000 frames, and the log starts again.
