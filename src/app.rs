@@ -257,6 +257,7 @@ impl App {
                     },
                     settings,
                     concurrency: self.storage.writer.write_concurrency(),
+                    per_commit: self.storage.writer.batches_per_commit(),
                     write_timeout,
                 }
                 .run(),
@@ -270,6 +271,7 @@ impl App {
                     target: DeadLetterTable,
                     settings: self.config.defaults.clone(),
                     concurrency: 1,
+                    per_commit: 1,
                     write_timeout,
                 }
                 .run(),

@@ -19,7 +19,7 @@ use crate::event::{DeadLetter, Row, Stage};
 use crate::internal_events::{BatchWritten, EventsDeadLettered, WriteRetried};
 use crate::schema::Stream;
 use crate::schema::StreamSettings;
-use crate::sink::{BatchWriter, ErrorClass, SinkError, Written};
+use crate::sink::{BatchWriter, BoxFuture, ErrorClass, SinkError, Written};
 use crate::stats::StreamStats;
 
 pub use crate::sink::DEFAULT_WRITE_TIMEOUT;
@@ -34,6 +34,22 @@ pub trait Item: Send + Sync + Sized + 'static {
     fn index(&self) -> usize;
     /// Writes `items` to `to` through `db`, in one transaction.
     fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a>;
+    /// Writes each of `batches` to `to` through `db`, all in one transaction; how many
+    /// items each stored. Only asked of items whose batcher commits several batches
+    /// together: an error (as here, by default) makes it write them one by one.
+    fn write_together<'a>(
+        db: &'a dyn BatchWriter,
+        to: &'a Self::Target,
+        batches: &'a [&'a [Self]],
+    ) -> BoxFuture<'a, Result<Vec<usize>, SinkError>> {
+        let _ = (db, to, batches);
+        Box::pin(async {
+            Err(SinkError {
+                class: ErrorClass::Permanent,
+                source: "these items are written one batch per transaction".into(),
+            })
+        })
+    }
     /// The dead letter that replaces an item the database refuses, if it can have one.
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter>;
     /// The status the target keeps (stream rows only): what the writer's internal
@@ -71,6 +87,14 @@ impl Item for Row {
 
     fn write<'a>(db: &'a dyn BatchWriter, to: &'a Self::Target, items: &'a [Self]) -> Written<'a> {
         db.write_rows(&to.stream, items)
+    }
+
+    fn write_together<'a>(
+        db: &'a dyn BatchWriter,
+        to: &'a Self::Target,
+        batches: &'a [&'a [Self]],
+    ) -> BoxFuture<'a, Result<Vec<usize>, SinkError>> {
+        db.write_loads(&to.stream, batches)
     }
 
     fn dead_letter(&self, target: &Self::Target, error: &SinkError) -> Option<DeadLetter> {
@@ -140,6 +164,10 @@ pub struct Batcher<T: Item> {
     /// that gathering and encoding the next batch overlaps the database's work on the
     /// current one.
     pub concurrency: usize,
+    /// Batches one transaction may hold when they are ready together, because the last
+    /// write ended after they filled ([`BatchWriter::batches_per_commit`]); 1 for a
+    /// batch per transaction.
+    pub per_commit: usize,
     /// Longest one write attempt may take (`database.write_timeout`); beyond it the
     /// attempt counts as a transient failure, so a database that stopped answering
     /// (packets dropped, no reset) cannot hang a stream forever.
@@ -162,6 +190,7 @@ impl<T: Item> Batcher<T> {
             target,
             settings,
             concurrency,
+            per_commit,
             write_timeout,
         } = self;
         let writer = Arc::new(Flusher::<T> {
@@ -220,8 +249,21 @@ impl<T: Item> Batcher<T> {
             while writes.len() >= concurrency.max(1) {
                 join(writes.join_next().await);
             }
+            // What queued up meanwhile shares this batch's transaction, up to
+            // `per_commit` batches, without waiting for more.
+            let mut batches = vec![batch];
+            while batches.len() < per_commit {
+                let Some(next) = queued_batch(&mut rx, &mut carried, max) else {
+                    break;
+                };
+                let full = carried.is_some();
+                batches.push(next);
+                if !full {
+                    break;
+                }
+            }
             let writer = writer.clone();
-            writes.spawn(async move { writer.flush(batch).await });
+            writes.spawn(async move { writer.flush_together(batches).await });
         }
         while let Some(done) = writes.join_next().await {
             join(Some(done));
@@ -231,6 +273,35 @@ impl<T: Item> Batcher<T> {
             "Batcher drained its queue and stopped."
         );
     }
+}
+
+/// A batch of up to `max` items from what is already queued (after `carried`, the
+/// envelope that did not fit the last one), without waiting; `None` if nothing is. An
+/// envelope that would not fit is left in `carried`, so a batch that ends with
+/// `carried` set is full.
+fn queued_batch<T>(
+    rx: &mut QueueReceiver<T>,
+    carried: &mut Option<Envelope<T>>,
+    max: usize,
+) -> Option<Vec<Envelope<T>>> {
+    let mut batch = Vec::new();
+    let mut count = 0;
+    while count < max {
+        let Some(env) = carried.take().or_else(|| rx.try_recv()) else {
+            break;
+        };
+        if count > 0 && count + env.items.len() > max {
+            *carried = Some(env);
+            break;
+        }
+        count += env.items.len();
+        batch.push(env);
+    }
+    if count >= max && carried.is_none() {
+        // Full to the item: whether more is queued is the next batch's question.
+        *carried = rx.try_recv();
+    }
+    (!batch.is_empty()).then_some(batch)
 }
 
 /// Writes `rows` to `stream`'s table the way the batcher writes a batch (transient
@@ -263,16 +334,92 @@ fn join(done: Option<Result<(), tokio::task::JoinError>>) {
     }
 }
 
-impl<T: Item> Flusher<T> {
-    /// Writes every event of `batch`, then acknowledges each envelope.
-    async fn flush(&self, mut batch: Vec<Envelope<T>>) {
-        let total: usize = batch.iter().map(|e| e.items.len()).sum();
+/// A batch's envelopes with their items taken out, in order, and for each item the
+/// envelope it came from.
+struct Flat<T> {
+    envelopes: Vec<Envelope<T>>,
+    items: Vec<T>,
+    owners: Vec<usize>,
+}
+
+impl<T> Flat<T> {
+    fn of(mut envelopes: Vec<Envelope<T>>) -> Flat<T> {
+        let total: usize = envelopes.iter().map(|e| e.items.len()).sum();
         let mut items = Vec::with_capacity(total);
         let mut owners = Vec::with_capacity(total);
-        for (owner, env) in batch.iter_mut().enumerate() {
+        for (owner, env) in envelopes.iter_mut().enumerate() {
             owners.extend(std::iter::repeat_n(owner, env.items.len()));
             items.append(&mut env.items);
         }
+        Flat {
+            envelopes,
+            items,
+            owners,
+        }
+    }
+}
+
+impl<T: Item> Flusher<T> {
+    /// Writes `batches` in one transaction if there are several and each is one
+    /// statement's worth, then acknowledges their envelopes; should that fail for any
+    /// reason (nothing of it is then stored), writes them one by one as
+    /// [`Self::flush`] does, retrying and isolating refused items.
+    async fn flush_together(&self, batches: Vec<Vec<Envelope<T>>>) {
+        let max = self.settings.batch_max_events.max(1);
+        let flats: Vec<Flat<T>> = batches.into_iter().map(Flat::of).collect();
+        if flats.len() > 1 && flats.iter().all(|f| f.items.len() <= max) {
+            let slices: Vec<&[T]> = flats.iter().map(|f| f.items.as_slice()).collect();
+            let started = std::time::Instant::now();
+            let written = tokio::time::timeout(
+                self.write_timeout,
+                T::write_together(&*self.sink, &self.target, &slices),
+            )
+            .await;
+            match written {
+                Ok(Ok(stored)) => {
+                    // Each batch is a load of its own; all waited for the same commit.
+                    let seconds = started.elapsed().as_secs_f64();
+                    for (n, flat) in flats.into_iter().enumerate() {
+                        let stored = stored.get(n).copied().unwrap_or(flat.items.len());
+                        if let Some(stats) = T::stats(&self.target) {
+                            BatchWritten {
+                                stream: T::target_name(&self.target),
+                                rows: stored,
+                                duplicates: flat.items.len().saturating_sub(stored),
+                                seconds,
+                            }
+                            .emit(stats);
+                        }
+                        for env in flat.envelopes {
+                            env.settle.resolve(Outcome::default());
+                            drop(env.permit);
+                        }
+                    }
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(
+                    target_name = T::target_name(&self.target),
+                    error = %e,
+                    "A write of several batches failed; writing them one by one."
+                ),
+                Err(_) => tracing::debug!(
+                    target_name = T::target_name(&self.target),
+                    "A write of several batches timed out; writing them one by one."
+                ),
+            }
+        }
+        for flat in flats {
+            self.flush(flat).await;
+        }
+    }
+
+    /// Writes every event of `batch`, then acknowledges each envelope.
+    async fn flush(&self, batch: Flat<T>) {
+        let Flat {
+            envelopes: batch,
+            items,
+            owners,
+        } = batch;
         let mut refused: Vec<(usize, SinkError)> = Vec::new();
         let max = self.settings.batch_max_events.max(1);
         for (n, chunk) in items.chunks(max).enumerate() {

@@ -112,6 +112,31 @@ pub trait BatchWriter: Send + Sync + 'static {
             Dialect::Postgres | Dialect::Mysql => 3,
         }
     }
+    /// How many batches of one stream one transaction may hold, when more than one is
+    /// ready by the time the last write ends (the writer has fallen behind): each is a
+    /// load of its own, with its own ledger row, but they share the transaction's
+    /// commit. SQLite's single writer spends a commit (the log's `fsync`) per
+    /// transaction; the others write batches side by side instead.
+    fn batches_per_commit(&self) -> usize {
+        1
+    }
+    /// Writes each of `batches` (rows of `stream`) as a load of its own, all in one
+    /// transaction; how many rows each stored. Only for a writer whose
+    /// [`Self::batches_per_commit`] is above 1: the others refuse, and the batcher then
+    /// writes the batches one by one.
+    fn write_loads<'a>(
+        &'a self,
+        stream: &'a Stream,
+        batches: &'a [&'a [Row]],
+    ) -> BoxFuture<'a, Result<Vec<usize>, SinkError>> {
+        let _ = (stream, batches);
+        Box::pin(async move {
+            Err(SinkError {
+                class: ErrorClass::Permanent,
+                source: "this database writes one batch per transaction".into(),
+            })
+        })
+    }
     /// Writes `rows` to `stream`'s table in one transaction: [`Self::write_batch`] with
     /// no dead letters to delete, which each writer keeps on its fast path.
     fn write_rows<'a>(&'a self, stream: &'a Stream, rows: &'a [Row]) -> Written<'a> {

@@ -177,30 +177,15 @@ fn prepared<'a>(
 }
 
 impl RowConnection {
-    /// Writes `rows` (and deletes the dead letters `replayed`) in one transaction,
-    /// blocking the calling thread.
+    /// Writes each of `loads` (its rows) and deletes the dead letters `replayed`, all in
+    /// one transaction, blocking the calling thread; how many rows each load stored.
     fn write(
         &self,
         insert: &Inserts,
-        stream: &Stream,
-        rows: &[Row],
-        replayed: &[i64],
-        pointer: Option<&super::ledger::Pointer>,
-    ) -> Result<usize, SinkError> {
-        let mut load = Load::of(stream, rows);
-        load.pointer = pointer.cloned();
-        self.write_as(insert, stream.has_extra, &load, rows, replayed)
-    }
-
-    /// Writes `rows` as `load` (its id taken in the transaction).
-    fn write_as(
-        &self,
-        insert: &Inserts,
         has_extra: bool,
-        load: &Load,
-        rows: &[Row],
+        loads: &[(Load, &[Row])],
         replayed: &[i64],
-    ) -> Result<usize, SinkError> {
+    ) -> Result<Vec<usize>, SinkError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let opened = match slot.as_mut() {
             Some(c) => c,
@@ -208,7 +193,7 @@ impl RowConnection {
                 slot.insert(Opened::open(&self.path, self.synchronous).map_err(rusqlite_error)?)
             }
         };
-        let result = write_blocking(opened, insert, has_extra, load, rows, replayed)
+        let result = write_blocking(opened, insert, has_extra, loads, replayed)
             .map_err(rusqlite_error)
             .and_then(|r| r);
         if result.as_ref().is_err_and(SinkError::is_transient) {
@@ -424,21 +409,18 @@ fn bind_row<'t>(
     run.int(load_id)
 }
 
-/// Writes `rows` (and deletes the dead letters `replayed`) in one transaction.
+/// Writes each of `loads` (and deletes the dead letters `replayed`) in one transaction;
+/// how many rows each load stored.
 fn write_blocking(
     opened: &mut Opened,
     insert: &Inserts,
     has_extra: bool,
-    load: &Load,
-    rows: &[Row],
+    loads: &[(Load, &[Row])],
     replayed: &[i64],
-) -> rusqlite::Result<Result<usize, SinkError>> {
+) -> rusqlite::Result<Result<Vec<usize>, SinkError>> {
     let Opened { inserts, conn, .. } = opened;
-    // The write lock first: the load id taken here commits before the next is taken.
+    // The write lock first: the load ids taken here commit before the next are taken.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let load_id: i64 = tx
-        .prepare_cached(&Dialect::Sqlite.next_load_id())?
-        .query_row([], |r| r.get(0))?;
     // Replay: the dead letters go first, all or nothing (see `generic::write_rows`).
     if !replayed.is_empty() {
         let mut delete = tx.prepare_cached(&Dialect::Sqlite.delete_dead_letters(1))?;
@@ -450,94 +432,190 @@ fn write_blocking(
             return Ok(Err(SinkError::replay_conflict(replayed.len() - deleted)));
         }
     }
-    let mut stored = 0;
-    let mut texts = Texts::default();
-    let mut chunks = rows.chunks_exact(insert.rows_per);
-    if chunks.len() > 0 {
-        let statement = prepared(inserts, &tx, &insert.many)?;
-        for chunk in &mut chunks {
-            texts.format(chunk);
-            let mut formatted = texts.iter();
-            let mut run = statement.run();
-            for row in chunk {
-                bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
-            }
-            // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
-            stored += run.execute()?;
-        }
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let statement = prepared(inserts, &tx, &insert.one)?;
-        for row in rest {
-            texts.format(std::slice::from_ref(row));
-            let mut formatted = texts.iter();
-            let mut run = statement.run();
-            bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
-            stored += run.execute()?;
-        }
-    }
-    tx.prepare_cached(&Dialect::Sqlite.insert_load())?
-        .execute(rusqlite::params![
-            load_id,
-            load.stream,
-            load.table,
-            stored as i64,
-            load.bytes,
-            sqlite_timestamp(&load.first_received_at),
-            sqlite_timestamp(&load.last_received_at),
-            sqlite_timestamp(&chrono::Utc::now()),
-            load.source,
-            super::ledger::instance(),
-            load.schema_sha256,
-        ])?;
-    if let Some(pointer) = &load.pointer {
-        let moved = tx.execute(
-            &Dialect::Sqlite.move_pointer(pointer, Some(load_id), &chrono::Utc::now()),
-            [],
-        )?;
-        if moved != 1 {
-            return Ok(Err(SinkError::pointer_moved(&pointer.source)));
+    // The loads commit together: the ledger says so with one time.
+    let committed_at = chrono::Utc::now();
+    let mut writing = Writing {
+        inserts,
+        insert,
+        has_extra,
+        texts: Texts::default(),
+        committed_text: sqlite_timestamp(&committed_at),
+        committed_at,
+    };
+    let mut stored = Vec::with_capacity(loads.len());
+    for (load, rows) in loads {
+        match writing.load(&tx, load, rows)? {
+            Ok(n) => stored.push(n),
+            Err(e) => return Ok(Err(e)),
         }
     }
     tx.commit().map(|()| Ok(stored))
 }
+
+/// What the loads of one transaction share: the statements, the texts' buffer and the
+/// time they commit at.
+struct Writing<'a> {
+    inserts: &'a mut HashMap<String, Prepared>,
+    insert: &'a Inserts,
+    has_extra: bool,
+    texts: Texts,
+    committed_at: chrono::DateTime<chrono::Utc>,
+    /// `committed_at` as the ledger stores it.
+    committed_text: String,
+}
+
+impl Writing<'_> {
+    /// Writes `rows` as `load` in transaction `tx`: its id taken, its rows, its ledger
+    /// row and (a pulled source's) pointer; how many rows it stored.
+    fn load(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        load: &Load,
+        rows: &[Row],
+    ) -> rusqlite::Result<Result<usize, SinkError>> {
+        let Writing {
+            inserts,
+            insert,
+            has_extra,
+            texts,
+            committed_at,
+            committed_text,
+        } = self;
+        let has_extra = *has_extra;
+        let load_id: i64 = tx
+            .prepare_cached(&Dialect::Sqlite.next_load_id())?
+            .query_row([], |r| r.get(0))?;
+        let mut stored = 0;
+        let mut chunks = rows.chunks_exact(insert.rows_per);
+        if chunks.len() > 0 {
+            let statement = prepared(inserts, tx, &insert.many)?;
+            for chunk in &mut chunks {
+                texts.format(chunk);
+                let mut formatted = texts.iter();
+                let mut run = statement.run();
+                for row in chunk {
+                    bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
+                }
+                // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
+                stored += run.execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let statement = prepared(inserts, tx, &insert.one)?;
+            for row in rest {
+                texts.format(std::slice::from_ref(row));
+                let mut formatted = texts.iter();
+                let mut run = statement.run();
+                bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
+                stored += run.execute()?;
+            }
+        }
+        tx.prepare_cached(&Dialect::Sqlite.insert_load())?
+            .execute(rusqlite::params![
+                load_id,
+                load.stream,
+                load.table,
+                stored as i64,
+                load.bytes,
+                sqlite_timestamp(&load.first_received_at),
+                sqlite_timestamp(&load.last_received_at),
+                committed_text.as_str(),
+                load.source,
+                super::ledger::instance(),
+                load.schema_sha256,
+            ])?;
+        if let Some(pointer) = &load.pointer {
+            let moved = tx.execute(
+                &Dialect::Sqlite.move_pointer(pointer, Some(load_id), committed_at),
+                [],
+            )?;
+            if moved != 1 {
+                return Ok(Err(SinkError::pointer_moved(&pointer.source)));
+            }
+        }
+        Ok(Ok(stored))
+    }
+}
+
+impl SqliteFile {
+    /// Writes each of `loads` and deletes the dead letters `replayed`, in one
+    /// transaction on the rows' connection; how many rows each load stored.
+    async fn write_loads_of(
+        &self,
+        stream: &Stream,
+        loads: Vec<(Load, &[Row])>,
+        replayed: &[i64],
+    ) -> Result<Vec<usize>, SinkError> {
+        let insert = Inserts::of(stream);
+        let has_extra = stream.has_extra;
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
+            // The rows are borrowed: block this worker (tokio moves its other tasks to
+            // the rest) instead of copying every row to a blocking thread.
+            return tokio::task::block_in_place(|| {
+                self.rows.write(&insert, has_extra, &loads, replayed)
+            });
+        }
+        // A current-thread runtime (tests) cannot block in place: copy the rows.
+        let (loads, rows): (Vec<Load>, Vec<Vec<Row>>) = loads
+            .into_iter()
+            .map(|(load, rows)| (load, rows.to_vec()))
+            .unzip();
+        let replayed = replayed.to_vec();
+        let writer = self.rows.clone();
+        tokio::task::spawn_blocking(move || {
+            let loads: Vec<(Load, &[Row])> = loads
+                .into_iter()
+                .zip(rows.iter().map(Vec::as_slice))
+                .collect();
+            writer.write(&insert, has_extra, &loads, &replayed)
+        })
+        .await
+        .unwrap_or_else(|join| {
+            Err(SinkError {
+                class: ErrorClass::Transient,
+                source: Box::new(join),
+            })
+        })
+    }
+}
+
+/// How many batches of a stream one transaction holds at most when they are ready
+/// together ([`BatchWriter::batches_per_commit`]): each commit costs SQLite's single
+/// writer the log's `fsync`, and the batches' rows wait for it together.
+const BATCHES_PER_COMMIT: usize = 4;
 
 impl BatchWriter for SqliteFile {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
 
+    fn batches_per_commit(&self) -> usize {
+        BATCHES_PER_COMMIT
+    }
+
     fn write_batch<'a>(&'a self, batch: RowBatch<'a>) -> Written<'a> {
-        let (stream, rows, replayed) = batch.parts();
         Box::pin(async move {
-            let insert = Inserts::of(stream);
-            let has_extra = stream.has_extra;
-            let flavor = tokio::runtime::Handle::current().runtime_flavor();
-            if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
-                // The batch is borrowed: block this worker (tokio moves its other tasks
-                // to the rest) instead of copying every row to a blocking thread.
-                return tokio::task::block_in_place(|| {
-                    self.rows
-                        .write(&insert, stream, rows, replayed, batch.pointer)
-                });
-            }
-            // A current-thread runtime (tests) cannot block in place: copy the batch.
-            let (rows, replayed) = (rows.to_vec(), replayed.to_vec());
-            let writer = self.rows.clone();
-            let mut load = Load::of(stream, &rows);
+            let mut load = Load::of(batch.stream, batch.rows);
             load.pointer = batch.pointer.cloned();
-            tokio::task::spawn_blocking(move || {
-                writer.write_as(&insert, has_extra, &load, &rows, &replayed)
-            })
-            .await
-            .unwrap_or_else(|join| {
-                Err(SinkError {
-                    class: ErrorClass::Transient,
-                    source: Box::new(join),
-                })
-            })
+            let stored = self
+                .write_loads_of(batch.stream, vec![(load, batch.rows)], batch.replayed)
+                .await?;
+            Ok(stored.into_iter().sum())
         })
+    }
+
+    fn write_loads<'a>(
+        &'a self,
+        stream: &'a Stream,
+        batches: &'a [&'a [Row]],
+    ) -> BoxFuture<'a, Result<Vec<usize>, SinkError>> {
+        let loads = batches
+            .iter()
+            .map(|rows| (Load::of(stream, rows), *rows))
+            .collect();
+        Box::pin(self.write_loads_of(stream, loads, &[]))
     }
 
     fn write_dead_letters<'a>(&'a self, letters: &'a [DeadLetter]) -> Written<'a> {

@@ -107,6 +107,109 @@ async fn a_stream_writes_up_to_three_batches_at_once_mysql() {
     a_stream_writes_up_to_three_batches_at_once(Db::Mysql).await;
 }
 
+/// SQLite: batches that queued up behind a write share the next transaction, up to
+/// four, each a load of its own (its ledger row, its `_load_id`) with one commit, and
+/// one time of commit in the ledger. Should that transaction fail, here for a row the
+/// database refuses, the batches are written one by one: the row is dead-lettered and
+/// every other event stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_the_batches_queued_behind_a_write_together() {
+    let Some(app) = spawn_app(Db::Sqlite, fixture_schemas(), |c| {
+        c.defaults.batch_max_events = 10;
+    })
+    .await
+    else {
+        return;
+    };
+    // Six batches of ten reach the queue while the first write waits for the lock.
+    let queue_six_batches = |first: i64| {
+        let app = &app;
+        async move {
+            let lock = crate::helpers::hold_write_lock(&app.db).await;
+            for request in 0..6 {
+                let start = first + request * 10;
+                let body = crate::helpers::readings_ndjson(start..start + 10);
+                let r = app
+                    .post("reading", "?ack=accepted", "application/x-ndjson", body)
+                    .await;
+                assert_eq!(r.status(), 202);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(lock);
+        }
+    };
+    queue_six_batches(0).await;
+    app.db.wait_for_count("reading", 60).await;
+    let loads = app
+        .db
+        .query("SELECT CAST(load_id AS TEXT), CAST(rows AS TEXT), committed_at FROM sluice_loads ORDER BY load_id")
+        .await;
+    assert_eq!(loads.len(), 6, "a load per batch: {loads:?}");
+    assert!(
+        loads.iter().all(|l| l[1].as_deref() == Some("10")),
+        "{loads:?}"
+    );
+    let commits: Vec<&str> = loads.iter().filter_map(|l| l[2].as_deref()).collect();
+    // The first alone (it held the lock), the next four together, the last alone.
+    assert!(commits[1..5].iter().all(|c| *c == commits[1]), "{loads:?}");
+    assert!(
+        commits[0] != commits[1] && commits[5] != commits[1],
+        "{loads:?}"
+    );
+    let per_load = app
+        .db
+        .query("SELECT CAST(_load_id AS TEXT), CAST(count(*) AS TEXT) FROM reading GROUP BY _load_id ORDER BY _load_id")
+        .await;
+    let ids: Vec<_> = loads
+        .iter()
+        .map(|l| (l[0].clone(), Some("10".to_owned())))
+        .collect();
+    let found: Vec<_> = per_load
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    assert_eq!(found, ids, "each batch's rows carry their own load's id");
+
+    app.db
+        .execute("CREATE TRIGGER no93 BEFORE INSERT ON reading WHEN NEW.seq = 93 BEGIN SELECT RAISE(FAIL, 'seq 93 refused'); END")
+        .await;
+    queue_six_batches(60).await;
+    app.db.wait_for_count("reading", 119).await;
+    let letters = app.db.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0][3].as_deref(),
+        Some(crate::helpers::reading(93).to_string().as_str())
+    );
+    let seqs = app
+        .db
+        .query("SELECT CAST(count(DISTINCT seq) AS TEXT), CAST(count(*) AS TEXT), CAST(min(seq) AS TEXT), CAST(max(seq) AS TEXT) FROM reading")
+        .await;
+    assert_eq!(
+        seqs[0],
+        ["119", "119", "0", "119"].map(|v| Some(v.to_owned())),
+        "every other event once"
+    );
+    let rows: Vec<_> = app
+        .db
+        .query("SELECT CAST(rows AS TEXT) FROM sluice_loads WHERE load_id > 6 ORDER BY load_id")
+        .await
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+    // Batches 1 to 3 and 5, 6 whole; the refused row's batch in the loads its
+    // bisection wrote (9 rows).
+    let n = rows.len();
+    assert!(n > 6, "{rows:?}");
+    assert_eq!(rows[..3], ["10", "10", "10"], "{rows:?}");
+    assert_eq!(rows[n - 2..], ["10", "10"], "{rows:?}");
+    let bisected: u32 = rows[3..n - 2]
+        .iter()
+        .filter_map(|r| r.parse::<u32>().ok())
+        .sum();
+    assert_eq!(bisected, 9, "{rows:?}");
+}
+
 /// Kills Sluice's database connections from another session, as a failover or a
 /// restart would; returns how many it killed.
 async fn kill_sluice_connections(db: &crate::helpers::TestDb) -> usize {
