@@ -1,9 +1,11 @@
 //! The batcher: one task per queue that gathers envelopes into batches and writes them.
 //!
 //! A batch is written once it holds `batch_max_events` events or its first event has
-//! waited `batch_max_wait`. A transient failure retries the same batch with exponential
-//! backoff and full jitter, forever, so the queue fills and backpressure reaches the
-//! clients; nothing is dead-lettered for it. A permanent failure splits the batch in
+//! waited `batch_max_wait`. Where the database has a single writer (SQLite), batches
+//! that filled while the last write ran share the next transaction, each a load of its
+//! own; should that transaction fail, they are written one by one. A transient failure
+//! retries the same batch with exponential backoff and full jitter, forever, so the
+//! queue fills and backpressure reaches the clients; nothing is dead-lettered for it. A permanent failure splits the batch in
 //! halves until the rows the database refuses are isolated (O(k log n) statements for k
 //! bad rows); those are dead-lettered with the database's message, the rest are written.
 //! Acknowledgements are sent only after the batch's rows and dead letters are committed.
