@@ -432,85 +432,20 @@ fn write_blocking(
             return Ok(Err(SinkError::replay_conflict(replayed.len() - deleted)));
         }
     }
-    // The loads commit together: the ledger says so with one time.
-    let committed_at = chrono::Utc::now();
-    let mut writing = Writing {
-        inserts,
-        insert,
-        has_extra,
-        texts: Texts::default(),
-        committed_text: sqlite_timestamp(&committed_at),
-        committed_at,
-    };
-    let mut stored = Vec::with_capacity(loads.len());
-    for (load, rows) in loads {
-        match writing.load(&tx, load, rows)? {
-            Ok(n) => stored.push(n),
-            Err(e) => return Ok(Err(e)),
-        }
-    }
-    tx.commit().map(|()| Ok(stored))
-}
-
-/// What the loads of one transaction share: the statements, the texts' buffer and the
-/// time they commit at.
-struct Writing<'a> {
-    inserts: &'a mut HashMap<String, Prepared>,
-    insert: &'a Inserts,
-    has_extra: bool,
-    texts: Texts,
-    committed_at: chrono::DateTime<chrono::Utc>,
-    /// `committed_at` as the ledger stores it.
-    committed_text: String,
-}
-
-impl Writing<'_> {
-    /// Writes `rows` as `load` in transaction `tx`: its id taken, its rows, its ledger
-    /// row and (a pulled source's) pointer; how many rows it stored.
-    fn load(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        load: &Load,
-        rows: &[Row],
-    ) -> rusqlite::Result<Result<usize, SinkError>> {
-        let Writing {
-            inserts,
-            insert,
-            has_extra,
-            texts,
-            committed_at,
-            committed_text,
-        } = self;
-        let has_extra = *has_extra;
+    let mut texts = Texts::default();
+    let mut written = Vec::with_capacity(loads.len());
+    for (_, rows) in loads {
         let load_id: i64 = tx
             .prepare_cached(&Dialect::Sqlite.next_load_id())?
             .query_row([], |r| r.get(0))?;
-        let mut stored = 0;
-        let mut chunks = rows.chunks_exact(insert.rows_per);
-        if chunks.len() > 0 {
-            let statement = prepared(inserts, tx, &insert.many)?;
-            for chunk in &mut chunks {
-                texts.format(chunk);
-                let mut formatted = texts.iter();
-                let mut run = statement.run();
-                for row in chunk {
-                    bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
-                }
-                // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
-                stored += run.execute()?;
-            }
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let statement = prepared(inserts, tx, &insert.one)?;
-            for row in rest {
-                texts.format(std::slice::from_ref(row));
-                let mut formatted = texts.iter();
-                let mut run = statement.run();
-                bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
-                stored += run.execute()?;
-            }
-        }
+        let stored = write_rows(&tx, inserts, &mut texts, insert, has_extra, load_id, rows)?;
+        written.push((load_id, stored));
+    }
+    // The loads commit together: the ledger says so with one time, taken once their
+    // rows are in.
+    let committed_at = chrono::Utc::now();
+    let committed_text = sqlite_timestamp(&committed_at);
+    for ((load, _), &(load_id, stored)) in loads.iter().zip(&written) {
         tx.prepare_cached(&Dialect::Sqlite.insert_load())?
             .execute(rusqlite::params![
                 load_id,
@@ -527,15 +462,55 @@ impl Writing<'_> {
             ])?;
         if let Some(pointer) = &load.pointer {
             let moved = tx.execute(
-                &Dialect::Sqlite.move_pointer(pointer, Some(load_id), committed_at),
+                &Dialect::Sqlite.move_pointer(pointer, Some(load_id), &committed_at),
                 [],
             )?;
             if moved != 1 {
                 return Ok(Err(SinkError::pointer_moved(&pointer.source)));
             }
         }
-        Ok(Ok(stored))
     }
+    tx.commit()
+        .map(|()| Ok(written.into_iter().map(|(_, stored)| stored).collect()))
+}
+
+/// Inserts `rows` of load `load_id` in transaction `tx`; how many it stored.
+fn write_rows(
+    tx: &rusqlite::Transaction<'_>,
+    inserts: &mut HashMap<String, Prepared>,
+    texts: &mut Texts,
+    insert: &Inserts,
+    has_extra: bool,
+    load_id: i64,
+    rows: &[Row],
+) -> rusqlite::Result<usize> {
+    let mut stored = 0;
+    let mut chunks = rows.chunks_exact(insert.rows_per);
+    if chunks.len() > 0 {
+        let statement = prepared(inserts, tx, &insert.many)?;
+        for chunk in &mut chunks {
+            texts.format(chunk);
+            let mut formatted = texts.iter();
+            let mut run = statement.run();
+            for row in chunk {
+                bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
+            }
+            // 0 for an id already stored (`ON CONFLICT DO NOTHING`).
+            stored += run.execute()?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let statement = prepared(inserts, tx, &insert.one)?;
+        for row in rest {
+            texts.format(std::slice::from_ref(row));
+            let mut formatted = texts.iter();
+            let mut run = statement.run();
+            bind_row(&mut run, row, has_extra, load_id, &mut formatted)?;
+            stored += run.execute()?;
+        }
+    }
+    Ok(stored)
 }
 
 impl SqliteFile {
