@@ -678,9 +678,12 @@ mod tests {
         let (_, checkpointer) = opened._checkpointing.as_ref().expect("started");
         let done = checkpointer.done.load(std::sync::atomic::Ordering::Relaxed);
         assert!(done >= 1, "the checkpointer ran {done} checkpoints");
-        // The writer copies what is left at 2,000 frames, and the log starts again.
+        // The writer copies what is left at 2,000 frames, and the log starts again; a
+        // few commits more when the checkpointer held the checkpoint then (the
+        // writer's passive checkpoint gives way to it). Without the writer's part the
+        // log grew to 6,360 frames here.
         let most = most_frames(&wal);
-        assert!(most < 2100, "the log reached {most} frames");
+        assert!(most < 3000, "the log reached {most} frames");
         drop(opened);
         assert!(!wal.exists(), "a connection was left open");
         let conn = rusqlite::Connection::open(&path).expect("open");
