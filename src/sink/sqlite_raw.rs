@@ -187,28 +187,52 @@ impl<'t> Run<'_, 't> {
 /// every frame copied, which a checkpoint running beside a busy writer rarely leaves;
 /// so past [`WRITER_CHECKPOINT_FRAMES`] the writer checkpoints itself, as SQLite does
 /// by default: by then the checkpointer has copied most of the log, and what is left
-/// is the last commits' frames. The log stays about twice SQLite's usual size.
+/// is the last commits' frames. A transaction larger than that (four batches of large
+/// events) would make the writer copy every one of its frames itself: the writer's
+/// threshold is also at least three times the last transaction's frames, so the
+/// checkpointer copies the first two while the writer goes on. The log stays about
+/// twice SQLite's usual size, or three transactions.
 ///
 /// Registering it replaces SQLite's automatic checkpoint (which is a WAL hook too). It
 /// must be dropped after its connection is closed (see `Opened` in `sqlite.rs`).
 pub(super) struct WalHook {
-    _wake: Box<std::sync::mpsc::SyncSender<()>>,
+    _state: Box<HookState>,
+}
+
+/// What [`wal_hook`] keeps from commit to commit.
+struct HookState {
+    wake: std::sync::mpsc::SyncSender<()>,
+    /// Frames in the log after the last commit (the hook runs on the writer's thread,
+    /// one commit at a time; atomic only to be shared with it).
+    frames: std::sync::atomic::AtomicI32,
 }
 
 /// Frames in the log past which the checkpointer is woken.
 pub(super) const CHECKPOINT_FRAMES: c_int = 1000;
-/// Frames in the log past which the writer checkpoints itself.
+/// Frames in the log past which the writer checkpoints itself (or more, see
+/// [`WalHook`]).
 pub(super) const WRITER_CHECKPOINT_FRAMES: c_int = 2 * CHECKPOINT_FRAMES;
 
 /// Called by SQLite after each commit of the hooked connection, with its write lock
-/// released; `arg` is the hook's [`WalHook::_wake`].
+/// released; `arg` is the hook's [`HookState`].
 unsafe extern "C" fn wal_hook(
     arg: *mut std::ffi::c_void,
     db: *mut ffi::sqlite3,
     name: *const c_char,
     frames: c_int,
 ) -> c_int {
-    if frames >= WRITER_CHECKPOINT_FRAMES {
+    use std::sync::atomic::Ordering::Relaxed;
+    // SAFETY: `arg` is the boxed state, alive as long as the connection is open.
+    let state = unsafe { &*arg.cast::<HookState>() };
+    let before = state.frames.swap(frames, Relaxed);
+    // The log starts again after a checkpoint copied all of it.
+    let this_commit = if frames > before {
+        frames - before
+    } else {
+        frames
+    };
+    let writer_at = WRITER_CHECKPOINT_FRAMES.max(this_commit.saturating_mul(3));
+    if frames >= writer_at {
         // As SQLite's own hook does; its result is of no use here (the checkpointer
         // or a reader in the way only leaves more of the log to the next commit).
         // SAFETY: `db` and `name` are what SQLite passed for this commit.
@@ -222,10 +246,8 @@ unsafe extern "C" fn wal_hook(
             );
         }
     } else if frames >= CHECKPOINT_FRAMES {
-        // SAFETY: `arg` is the boxed sender, alive as long as the connection is open.
-        let wake = unsafe { &*arg.cast::<std::sync::mpsc::SyncSender<()>>() };
         // Full: the checkpointer is woken already.
-        let _ = wake.try_send(());
+        let _ = state.wake.try_send(());
     }
     ffi::SQLITE_OK
 }
@@ -239,14 +261,17 @@ impl WalHook {
         // SAFETY: the handle is used once, now, while `conn` is open.
         let db =
             NonNull::new(unsafe { conn.handle() }).ok_or_else(|| rusqlite::Error::InvalidQuery)?;
-        let wake = Box::new(wake);
-        let arg = std::ptr::from_ref::<std::sync::mpsc::SyncSender<()>>(&wake)
+        let state = Box::new(HookState {
+            wake,
+            frames: std::sync::atomic::AtomicI32::new(0),
+        });
+        let arg = std::ptr::from_ref::<HookState>(&state)
             .cast_mut()
             .cast::<std::ffi::c_void>();
         // SAFETY: `arg` points into the box, which outlives the connection (the type's
-        // doc), and `wal_hook` only reads the sender through it.
+        // doc), and `wal_hook` only reads the state through it (its counter atomic).
         unsafe { ffi::sqlite3_wal_hook(db.as_ptr(), Some(wal_hook), arg) };
-        Ok(WalHook { _wake: wake })
+        Ok(WalHook { _state: state })
     }
 }
 
