@@ -692,4 +692,39 @@ mod tests {
             .expect("count");
         assert_eq!(rows, 240);
     }
+
+    /// Transactions larger than the writer's threshold (here about 1,470 frames each)
+    /// still leave a bounded log: the writer copies what is left once the log holds
+    /// about three of them (5,888 frames here; 4,416 when the writer's threshold did
+    /// not grow with them), the checkpointer copying meanwhile.
+    #[test]
+    fn large_transactions_keep_the_log_bounded_by_a_few_of_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (path, made) = wal_database(&dir);
+        drop(made);
+        let mut opened = Opened::open(&path, "FULL").expect("open");
+        let value = "x".repeat(100_000);
+        let wal = dir.path().join("db.db-wal");
+        // About 25 frames per row, 60 rows per transaction: 1,500 frames each.
+        for _ in 0..12 {
+            let tx = opened.conn.transaction().expect("begin");
+            for _ in 0..60 {
+                tx.execute("INSERT INTO t VALUES (?1)", [&value])
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let most = most_frames(&wal);
+        assert!(
+            most > 2100,
+            "the log never held two transactions: {most} frames"
+        );
+        assert!(most < 7000, "the log reached {most} frames");
+        drop(opened);
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 720);
+    }
 }
