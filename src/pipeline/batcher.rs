@@ -5,9 +5,10 @@
 //! that filled while the last write ran share the next transaction, each a load of its
 //! own; should that transaction fail, they are written one by one. A transient failure
 //! retries the same batch with exponential backoff and full jitter, forever, so the
-//! queue fills and backpressure reaches the clients; nothing is dead-lettered for it. A permanent failure splits the batch in
-//! halves until the rows the database refuses are isolated (O(k log n) statements for k
-//! bad rows); those are dead-lettered with the database's message, the rest are written.
+//! queue fills and backpressure reaches the clients; nothing is dead-lettered for it. A
+//! permanent failure splits the batch in halves until the rows the database refuses
+//! are isolated (O(k log n) statements for k bad rows); those are dead-lettered with
+//! the database's message, the rest are written.
 //! Acknowledgements are sent only after the batch's rows and dead letters are committed.
 
 use std::sync::Arc;
@@ -255,10 +256,9 @@ impl<T: Item> Batcher<T> {
             // `per_commit` batches, without waiting for more.
             let mut batches = vec![batch];
             while batches.len() < per_commit {
-                let Some(next) = queued_batch(&mut rx, &mut carried, max) else {
+                let Some((next, full)) = queued_batch(&mut rx, &mut carried, max) else {
                     break;
                 };
-                let full = carried.is_some();
                 batches.push(next);
                 if !full {
                     break;
@@ -278,14 +278,14 @@ impl<T: Item> Batcher<T> {
 }
 
 /// A batch of up to `max` items from what is already queued (after `carried`, the
-/// envelope that did not fit the last one), without waiting; `None` if nothing is. An
-/// envelope that would not fit is left in `carried`, so a batch that ends with
-/// `carried` set is full.
+/// envelope that did not fit the last one), without waiting, and whether it is full
+/// (more may be queued); `None` if nothing is. An envelope that would not fit is left
+/// in `carried`.
 fn queued_batch<T>(
     rx: &mut QueueReceiver<T>,
     carried: &mut Option<Envelope<T>>,
     max: usize,
-) -> Option<Vec<Envelope<T>>> {
+) -> Option<(Vec<Envelope<T>>, bool)> {
     let mut batch = Vec::new();
     let mut count = 0;
     while count < max {
@@ -299,11 +299,8 @@ fn queued_batch<T>(
         count += env.items.len();
         batch.push(env);
     }
-    if count >= max && carried.is_none() {
-        // Full to the item: whether more is queued is the next batch's question.
-        *carried = rx.try_recv();
-    }
-    (!batch.is_empty()).then_some(batch)
+    let full = count >= max || carried.is_some();
+    (!batch.is_empty()).then_some((batch, full))
 }
 
 /// Writes `rows` to `stream`'s table the way the batcher writes a batch (transient
@@ -383,15 +380,7 @@ impl<T: Item> Flusher<T> {
                     let seconds = started.elapsed().as_secs_f64();
                     for (n, flat) in flats.into_iter().enumerate() {
                         let stored = stored.get(n).copied().unwrap_or(flat.items.len());
-                        if let Some(stats) = T::stats(&self.target) {
-                            BatchWritten {
-                                stream: T::target_name(&self.target),
-                                rows: stored,
-                                duplicates: flat.items.len().saturating_sub(stored),
-                                seconds,
-                            }
-                            .emit(stats);
-                        }
+                        self.written(stored, flat.items.len(), seconds);
                         for env in flat.envelopes {
                             env.settle.resolve(Outcome::default());
                             drop(env.permit);
@@ -415,6 +404,20 @@ impl<T: Item> Flusher<T> {
         }
     }
 
+    /// Reports a write of `accepted` items that stored `stored` (the others were ids
+    /// already stored), in `seconds`, where the target keeps a status.
+    fn written(&self, stored: usize, accepted: usize, seconds: f64) {
+        if let Some(stats) = T::stats(&self.target) {
+            BatchWritten {
+                stream: T::target_name(&self.target),
+                rows: stored,
+                duplicates: accepted.saturating_sub(stored),
+                seconds,
+            }
+            .emit(stats);
+        }
+    }
+
     /// Writes every event of `batch`, then acknowledges each envelope.
     async fn flush(&self, batch: Flat<T>) {
         let Flat {
@@ -429,15 +432,7 @@ impl<T: Item> Flusher<T> {
             let started = std::time::Instant::now();
             let stored = self.write_isolating(chunk, n * max, &mut refused).await;
             let accepted = chunk.len() - (refused.len() - before);
-            if let Some(stats) = T::stats(&self.target) {
-                BatchWritten {
-                    stream: T::target_name(&self.target),
-                    rows: stored,
-                    duplicates: accepted.saturating_sub(stored),
-                    seconds: started.elapsed().as_secs_f64(),
-                }
-                .emit(stats);
-            }
+            self.written(stored, accepted, started.elapsed().as_secs_f64());
         }
         // Each refused item becomes a dead letter, if it can (a refused dead letter
         // cannot). Those that cannot, or whose dead letters the database refuses too,
