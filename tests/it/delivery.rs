@@ -50,6 +50,18 @@ async fn with_id_field_a_retried_event_is_stored_once(db: Db) {
 
 db_tests!(with_id_field_a_retried_event_is_stored_once);
 
+/// Queues `requests` requests of ten readings (`ack=accepted`), from `first` on.
+async fn queue_requests_of_ten(app: &crate::helpers::TestApp, first: i64, requests: i64) {
+    for request in 0..requests {
+        let start = first + request * 10;
+        let body = crate::helpers::readings_ndjson(start..start + 10);
+        let r = app
+            .post("reading", "?ack=accepted", "application/x-ndjson", body)
+            .await;
+        assert_eq!(r.status(), 202);
+    }
+}
+
 /// PostgreSQL and MariaDB: a stream writes up to three batches at once, each on a
 /// connection of its own (while one waits for an answer, the others keep the database
 /// busy). With the table locked, three writes wait on the lock and the other batches
@@ -64,13 +76,7 @@ async fn a_stream_writes_up_to_three_batches_at_once(db: Db) {
     };
     let lock = crate::helpers::hold_write_lock(&app.db).await;
     // Six requests of ten: six batches.
-    for request in 0..6 {
-        let body = crate::helpers::readings_ndjson(request * 10..request * 10 + 10);
-        let r = app
-            .post("reading", "?ack=accepted", "application/x-ndjson", body)
-            .await;
-        assert_eq!(r.status(), 202);
-    }
+    queue_requests_of_ten(&app, 0, 6).await;
     let name = app.db.name();
     let waiting = match db {
         Db::Postgres => format!(
@@ -126,14 +132,7 @@ async fn sqlite_commits_the_batches_queued_behind_a_write_together() {
         let app = &app;
         async move {
             let lock = crate::helpers::hold_write_lock(&app.db).await;
-            for request in 0..6 {
-                let start = first + request * 10;
-                let body = crate::helpers::readings_ndjson(start..start + 10);
-                let r = app
-                    .post("reading", "?ack=accepted", "application/x-ndjson", body)
-                    .await;
-                assert_eq!(r.status(), 202);
-            }
+            queue_requests_of_ten(app, first, 6).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             drop(lock);
         }
